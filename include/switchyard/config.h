@@ -1,0 +1,63 @@
+// Layer and router configuration, parsed from layer.json (schema: docs/layer-config.md).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace switchyard {
+
+enum class Activation { SwiGLU, GELU };
+enum class RoutingGroups { Batch, Sequence };
+enum class BalanceMode { MicroBatch, GlobalBatch, Sequence };
+
+// Reads typed values out of a JSON object and remembers which keys were read, so that `finish()`
+// can reject unknown names. Errors name the context (file and section), key and value.
+class ParamReader {
+ public:
+  ParamReader(const nlohmann::json& object, std::string context);
+  bool has(const std::string& key) const;
+  int64_t get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max);
+  double get_double(const std::string& key, double fallback, double min, double max);
+  bool get_bool(const std::string& key, bool fallback);
+  std::string get_choice(const std::string& key, const std::string& fallback,
+                         const std::vector<std::string>& choices);
+  const std::string& context() const { return context_; }
+  // Throws if the object has a key that nothing read.
+  void finish() const;
+
+ private:
+  const nlohmann::json& object_;
+  std::string context_;
+  std::set<std::string> read_;
+};
+
+struct LossConfig {
+  double balance = 0.0;  // Switch balance loss coefficient α
+  BalanceMode balance_mode = BalanceMode::MicroBatch;
+  bool balance_top1_only = false;  // GShard: f counts the first choice only
+  double z = 0.0;                  // router z-loss coefficient
+  double entropy = 0.0;            // mean per-token router entropy coefficient
+};
+
+struct LayerConfig {
+  std::string router = "mixtral";  // registry name
+  nlohmann::json router_params = nlohmann::json::object();  // router-specific, validated by it
+  Activation activation = Activation::SwiGLU;
+  RoutingGroups routing_groups = RoutingGroups::Batch;
+  LossConfig losses;
+  bool training = false;
+  uint64_t seed = 0;
+  std::string source = "layer.json";  // for error messages
+};
+
+// Parses and validates layer.json text. The router's own parameters are validated when the router
+// is created (see make_router). Unknown keys anywhere are errors.
+LayerConfig parse_layer_config(const nlohmann::json& json, const std::string& source);
+LayerConfig load_layer_config(const std::string& path);
+
+}  // namespace switchyard

@@ -1,0 +1,135 @@
+// The MoE layer: router -> dispatch (tokens grouped by expert) -> expert FFNs -> combine, with an
+// explicit backward. Float32 on the CPU. The front end (this class) validates; kernels only compute.
+#pragma once
+
+#include <switchyard/config.h>
+#include <switchyard/router.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace switchyard {
+
+struct MoEShape {
+  int64_t d = 0;   // model width
+  int64_t E = 0;   // routed experts
+  int64_t F = 0;   // expert hidden width
+  int64_t Fs = 0;  // shared expert hidden width, 0 = none
+};
+
+// Parameter views (not owned). Weights use PyTorch's (out, in) layout.
+struct MoEParams {
+  const float* gate = nullptr;       // (R, d); null for routers without a gate
+  const float* gate_bias = nullptr;  // (E) selection bias, or null
+  const float* w1 = nullptr;         // (E, F, d)
+  const float* w3 = nullptr;         // (E, F, d), SwiGLU only
+  const float* w2 = nullptr;         // (E, d, F)
+  const float* shared_w1 = nullptr;  // (Fs, d)
+  const float* shared_w3 = nullptr;  // (Fs, d), SwiGLU only
+  const float* shared_w2 = nullptr;  // (d, Fs)
+};
+
+// Gradient views (not owned), same shapes; null entries are skipped. Backward overwrites them.
+struct MoEGrads {
+  float* gate = nullptr;
+  float* w1 = nullptr;
+  float* w3 = nullptr;
+  float* w2 = nullptr;
+  float* shared_w1 = nullptr;
+  float* shared_w3 = nullptr;
+  float* shared_w2 = nullptr;
+};
+
+struct MoEBatch {
+  int64_t T = 0;
+  const float* x = nullptr;            // (T, d)
+  const int64_t* token_ids = nullptr;  // (T), hash routers
+  std::vector<int64_t> seq_lens;       // sums to T; empty = one sequence
+  const double* global_counts = nullptr;  // (R) earlier micro-batches' counts (global-batch loss)
+};
+
+struct RoutingStats {
+  std::vector<int64_t> tokens_per_expert;  // (E) kept assignments
+  int64_t assignments = 0;                 // chosen (token, expert) pairs before drops
+  int64_t dropped = 0;                     // dropped by capacity or a random policy
+  double max_vio = 0.0;                    // (max load - mean load) / mean load
+  double cv = 0.0;                         // std / mean of the load
+  double entropy = 0.0;                    // mean per-token router entropy (nats)
+  double experts_per_token = 0.0;          // kept true-expert assignments per token
+  std::map<std::string, double> losses;    // each enabled loss, coefficient applied
+  double aux_loss = 0.0;                   // their sum
+};
+
+// The random draws of one call, made from the seed so that the reference can replay them.
+struct RouterNoise {
+  std::vector<float> jitter;   // (T, d) multipliers, empty when off
+  std::vector<float> uniform;  // (T) U[0,1)
+};
+RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& traits, int64_t T,
+                              int64_t d, uint64_t call_index);
+
+// Activations saved by forward for backward. Reused across calls to avoid reallocating.
+struct MoECache {
+  int64_t T = 0;
+  std::vector<std::pair<int64_t, int64_t>> groups;     // routing groups
+  std::vector<std::pair<int64_t, int64_t>> sequences;  // token ranges of the sequences
+  RouterNoise noise;
+  std::vector<float> router_in;   // (T, d) jittered input, or (S, d) sequence means for SMEAR
+  std::vector<float> logits;      // (T, R) or (S, R)
+  RoutingPlan plan;
+  std::vector<int64_t> expert_offsets;  // (E + 1) into the dispatched rows
+  std::vector<int32_t> row_assignment;  // (A_kept) assignment of each dispatched row
+  std::vector<int64_t> token_offsets;   // (T + 1) CSR of dispatched rows by token
+  std::vector<int32_t> token_rows;      // (A_kept)
+  std::vector<float> xd;   // (A_kept, d) gathered inputs
+  std::vector<float> h1;   // (A_kept, F) w1 pre-activation
+  std::vector<float> h3;   // (A_kept, F) w3 output (SwiGLU)
+  std::vector<float> act;  // (A_kept, F) activation fed to w2
+  std::vector<float> out;  // (A_kept, d) expert outputs before weighting
+  std::vector<float> shared_h1, shared_h3, shared_act;  // (T, Fs)
+  std::vector<float> merged;  // SMEAR: (S, 2F d + d F) merged expert weights
+  RoutingStats stats;
+};
+
+class MoELayer {
+ public:
+  MoELayer(const LayerConfig& config, const MoEShape& shape);
+  ~MoELayer();
+
+  const LayerConfig& config() const { return config_; }
+  const MoEShape& shape() const { return shape_; }
+  int64_t num_router_outputs() const { return R_; }
+  Router& router() { return *router_; }
+  const Router& router() const { return *router_; }
+
+  // Validates the batch and parameters (shapes, finiteness), naming the field and value.
+  void validate(const MoEParams& p, const MoEBatch& batch) const;
+  // y (T, d). Saves activations in cache. Returns the routing statistics (also in cache.stats).
+  const RoutingStats& forward(const MoEParams& p, const MoEBatch& batch, MoECache& cache,
+                              float* y);
+  // dy (T, d) -> dx (T, d) and parameter gradients (overwritten). Includes the aux losses'
+  // gradients (the aux loss is added to the objective with weight 1).
+  void backward(const MoEParams& p, const MoEBatch& batch, const MoECache& cache, const float* dy,
+                float* dx, const MoEGrads& grads);
+  // Combine weights (T, E) from the last forward: weight of expert e for token t, 0 if not routed.
+  std::vector<float> combine_matrix(const MoECache& cache) const;
+  // Non-gradient router state after a step (bias, λ); counts from the cache's plan.
+  void update_router_state(const MoECache& cache, float* gate_bias);
+
+ private:
+  LayerConfig config_;
+  MoEShape shape_;
+  std::unique_ptr<Router> router_;
+  int64_t R_ = 0;
+  uint64_t calls_ = 0;
+};
+
+// Routing groups from the sequence lengths: the whole batch, or one group per sequence.
+std::vector<std::pair<int64_t, int64_t>> routing_groups(RoutingGroups mode,
+                                                        const std::vector<int64_t>& seq_lens,
+                                                        int64_t T);
+
+}  // namespace switchyard

@@ -1,0 +1,41 @@
+// The slow, obviously correct float64 reference of the whole MoE layer, for every router. Written
+// for clarity, independently of the fast path (no dispatch, no BLAS): tests compare against it and
+// differentiate it by finite differences.
+#pragma once
+
+#include <switchyard/config.h>
+#include <switchyard/moe_layer.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <vector>
+
+namespace switchyard::reference {
+
+struct Params {  // float64 copies of MoEParams; empty vectors = absent
+  std::vector<double> gate, gate_bias, w1, w3, w2, shared_w1, shared_w3, shared_w2;
+};
+
+struct Batch {
+  int64_t T = 0;
+  std::vector<double> x;             // (T, d)
+  std::vector<int64_t> token_ids;    // (T) or empty
+  std::vector<int64_t> seq_lens;     // empty = one sequence
+  std::vector<double> global_counts; // (R) or empty
+};
+
+struct Result {
+  std::vector<double> y;        // (T, d)
+  std::vector<double> combine;  // (T, E)
+  double aux_loss = 0.0;
+  std::vector<int64_t> tokens_per_expert;  // (E)
+  int64_t dropped = 0;
+};
+
+// `router_params` are the resolved parameters (Router::params(), with "router" naming the family:
+// topk, expert_choice, hash, base, top_p, remoe, smear, soft). `noise` replays the fast path's draws.
+Result forward(const LayerConfig& config, const nlohmann::json& router_params, const MoEShape& shape,
+               int64_t R, const Params& params, const Batch& batch, const RouterNoise& noise);
+
+}  // namespace switchyard::reference

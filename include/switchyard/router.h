@@ -1,0 +1,109 @@
+// The router interface: logits -> routing plan (forward), gradient of the combine weights ->
+// gradient of the logits (backward), and non-gradient state updates. One file per router in
+// src/routers/, one line in src/routers/registry.cpp; the shared tests pick every router up.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace switchyard {
+
+// How the balance and entropy losses turn logits into per-token probabilities over router outputs.
+enum class ScoreKind { Softmax, Sigmoid };
+
+struct RouterTraits {
+  bool batch_dependent = false;   // a token's route depends on other tokens of its routing group
+  bool needs_gate = true;         // uses gate.weight (hash routers do not)
+  bool needs_token_ids = false;   // hash routers
+  bool pooled_per_sequence = false;  // SMEAR: one route per sequence from the mean input
+  bool has_passthrough = false;      // BASE: y += (1 - α) x
+  bool supports_losses = true;       // balance / z / entropy losses are meaningful
+  ScoreKind score = ScoreKind::Softmax;
+  double jitter = 0.0;  // multiplicative input noise U[1-ε, 1+ε] in training
+};
+
+// Everything a router reads. Routing groups are [begin, end) token ranges; a router never looks
+// across a group boundary.
+struct RouterInput {
+  const float* logits = nullptr;  // (T, R)
+  int64_t T = 0, R = 0, E = 0;
+  const float* bias = nullptr;           // (E) selection bias, or null
+  const int64_t* token_ids = nullptr;    // (T), or null
+  const float* uniform = nullptr;        // (T) U[0,1) draws for random policies
+  std::vector<std::pair<int64_t, int64_t>> groups;
+  bool training = false;
+};
+
+// Assignments are listed group by group, each group in priority order (earlier = kept first when
+// capacity binds). The dispatch enforces `capacity[g]` (0 = unlimited) and fills `kept`.
+struct RoutingPlan {
+  std::vector<int32_t> token;   // (A)
+  std::vector<int32_t> expert;  // (A) in [0, E)
+  std::vector<int32_t> group;   // (A) routing group index
+  std::vector<float> weight;    // (A) combine weight g
+  std::vector<uint8_t> kept;    // (A) 0 when dropped by capacity or a random policy
+  std::vector<int64_t> capacity;      // (G) per-expert capacity in each group, 0 = unlimited
+  std::vector<float> passthrough;     // (T) coefficient of x added to y; empty if none
+  std::vector<double> selection_counts;  // (R) choices per router output before any drop
+  std::vector<double> first_choice_counts;  // (R) first choices only (top-k routers), else empty
+  // Router-specific values saved for backward (e.g. normalisers), indexed as the router likes.
+  std::vector<float> saved;
+
+  void clear();
+  size_t size() const { return token.size(); }
+  void add(int32_t t, int32_t e, int32_t g, float w) {
+    token.push_back(t);
+    expert.push_back(e);
+    group.push_back(g);
+    weight.push_back(w);
+    kept.push_back(1);
+  }
+};
+
+class Router {
+ public:
+  virtual ~Router() = default;
+  virtual const RouterTraits& traits() const = 0;
+  // Number of router outputs R for E experts (E + null experts for AdaMoE).
+  virtual int64_t num_outputs(int64_t num_experts) const { return num_experts; }
+  virtual void route(const RouterInput& in, RoutingPlan& plan) const = 0;
+  // Accumulates ∂L/∂logits (T, R) given ∂L/∂weight per assignment (A) (0 for dropped ones) and
+  // ∂L/∂passthrough (T) where the router has one.
+  virtual void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight,
+                        const float* d_passthrough, float* d_logits) const = 0;
+  // A router's own regulariser (ReMoE's adaptive L1): value with coefficients applied, and its
+  // gradient accumulated into d_logits when d_logits is not null.
+  virtual double own_loss(const RouterInput&, const RoutingPlan&, float* /*d_logits*/) const {
+    return 0.0;
+  }
+  // Non-gradient state after an optimiser step: the selection bias (aux-loss-free balancing),
+  // ReMoE's λ. `counts` are assignments per expert over the global batch, `zero_fraction` the
+  // share of router outputs that routed nothing (ReMoE).
+  virtual void update_state(const std::vector<double>& /*counts*/, double /*zero_fraction*/,
+                            float* /*bias*/, int64_t /*E*/) {}
+  // Every parameter with its resolved value, for logs and for the float64 reference.
+  virtual nlohmann::json params() const = 0;
+  virtual std::string describe() const = 0;
+};
+
+struct RouterEntry {
+  std::string name;
+  std::string summary;
+  // Loss coefficients used when layer.json has no "losses" object (the paper's setting).
+  nlohmann::json default_losses = nlohmann::json::object();
+  // Builds the router from its JSON parameters; must reject unknown keys (ParamReader::finish).
+  std::function<std::unique_ptr<Router>(const nlohmann::json& params, const std::string& context)>
+      make;
+};
+
+const std::vector<RouterEntry>& router_registry();
+std::unique_ptr<Router> make_router(const std::string& name, const nlohmann::json& params,
+                                    const std::string& context);
+
+}  // namespace switchyard

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages switchyard needs, only those that are missing.
+set -euo pipefail
+packages=(g++ cmake ninja-build libopenblas-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
+  libcli11-dev libfmt-dev python3 python3-numpy python3-torch clang-format)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "switchyard: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,159 @@
+// `switchyard layer`: one MoE layer from files (docs/layer-config.md).
+#include <switchyard/error.h>
+#include <switchyard/moe_layer.h>
+#include <switchyard/safetensors.h>
+
+#include <fmt/format.h>
+
+#include <set>
+
+#include "cli/commands.h"
+
+namespace switchyard::cli {
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& shape) { return fmt::format("({})", fmt::join(shape, ", ")); }
+
+struct Inputs {
+  const SafetensorsFile& file;
+  const std::string& path;
+  std::set<std::string> used;
+
+  const TensorData* find(const std::string& name) {
+    used.insert(name);
+    auto it = file.tensors.find(name);
+    return it == file.tensors.end() ? nullptr : &it->second;
+  }
+  const TensorData& require(const std::string& name) {
+    const TensorData* t = find(name);
+    if (!t) fail("{}: required tensor '{}' is missing", path, name);
+    return *t;
+  }
+  void expect_shape(const std::string& name, const TensorData& t, const std::vector<int64_t>& shape) {
+    if (t.shape != shape)
+      fail("{}: tensor '{}' has shape {}, expected {}", path, name, shape_str(t.shape), shape_str(shape));
+  }
+  std::vector<float> floats(const std::string& name, const std::vector<int64_t>& shape) {
+    const TensorData& t = require(name);
+    expect_shape(name, t, shape);
+    return t.to_f32(path + ": " + name);
+  }
+  std::vector<float> optional_floats(const std::string& name, const std::vector<int64_t>& shape) {
+    return find(name) ? floats(name, shape) : std::vector<float>{};
+  }
+};
+
+const float* ptr(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+
+}  // namespace
+
+int run_layer(const std::string& config_path, const std::string& in_path, const std::string& out_path) {
+  const LayerConfig config = load_layer_config(config_path);
+  const SafetensorsFile file = read_safetensors(in_path);
+  Inputs in{file, in_path, {}};
+
+  const TensorData& x_t = in.require("x");
+  if (x_t.shape.size() != 2) fail("{}: tensor 'x' must be (T, d), got {}", in_path, shape_str(x_t.shape));
+  const int64_t T = x_t.shape[0], d = x_t.shape[1];
+  const TensorData& w1_t = in.require("experts.w1");
+  if (w1_t.shape.size() != 3 || w1_t.shape[2] != d)
+    fail("{}: tensor 'experts.w1' must be (E, F, {}), got {}", in_path, d, shape_str(w1_t.shape));
+  MoEShape shape{d, w1_t.shape[0], w1_t.shape[1], 0};
+  const int64_t E = shape.E, F = shape.F;
+  if (const TensorData* s = in.find("shared.w1")) {
+    if (s->shape.size() != 2 || s->shape[1] != d)
+      fail("{}: tensor 'shared.w1' must be (Fs, {}), got {}", in_path, d, shape_str(s->shape));
+    shape.Fs = s->shape[0];
+  }
+  MoELayer layer(config, shape);
+  const int64_t R = layer.num_router_outputs();
+  const bool swiglu = config.activation == Activation::SwiGLU;
+
+  const std::vector<float> x = in.floats("x", {T, d});
+  const std::vector<float> w1 = in.floats("experts.w1", {E, F, d});
+  const std::vector<float> w2 = in.floats("experts.w2", {E, d, F});
+  const std::vector<float> w3 = swiglu ? in.floats("experts.w3", {E, F, d}) : std::vector<float>{};
+  const std::vector<float> gate = layer.router().traits().needs_gate
+                                      ? in.floats("gate.weight", {R, d})
+                                      : in.optional_floats("gate.weight", {R, d});
+  std::vector<float> bias = in.optional_floats("gate.bias", {E});
+  std::vector<float> sw1, sw2, sw3;
+  if (shape.Fs > 0) {
+    sw1 = in.floats("shared.w1", {shape.Fs, d});
+    sw2 = in.floats("shared.w2", {d, shape.Fs});
+    if (swiglu) sw3 = in.floats("shared.w3", {shape.Fs, d});
+  }
+  MoEBatch batch;
+  batch.T = T;
+  batch.x = x.data();
+  std::vector<int64_t> token_ids;
+  if (const TensorData* t = in.find("token_ids")) {
+    in.expect_shape("token_ids", *t, {T});
+    token_ids = t->to_i64(in_path + ": token_ids");
+    batch.token_ids = token_ids.data();
+  }
+  if (const TensorData* t = in.find("seq_lens")) {
+    if (t->shape.size() != 1) fail("{}: tensor 'seq_lens' must be 1-D, got {}", in_path, shape_str(t->shape));
+    batch.seq_lens = t->to_i64(in_path + ": seq_lens");
+  }
+  std::vector<double> global_counts;
+  if (const TensorData* t = in.find("global_counts")) {
+    in.expect_shape("global_counts", *t, {R});
+    global_counts = t->to_f64(in_path + ": global_counts");
+    batch.global_counts = global_counts.data();
+  }
+  const std::vector<float> dy = in.optional_floats("dy", {T, d});
+  for (const auto& [name, tensor] : file.tensors)
+    if (!in.used.count(name))
+      fail("{}: unknown tensor '{}' {} (see docs/layer-config.md)", in_path, name, shape_str(tensor.shape));
+
+  MoEParams params{ptr(gate), ptr(bias), ptr(w1), ptr(w3), ptr(w2), ptr(sw1), ptr(sw3), ptr(sw2)};
+  MoECache cache;
+  std::vector<float> y(size_t(T * d));
+  const RoutingStats& stats = layer.forward(params, batch, cache, y.data());
+
+  SafetensorsFile out;
+  out.tensors["y"] = TensorData::from_f32({T, d}, y);
+  out.tensors["combine"] = TensorData::from_f32({T, E}, layer.combine_matrix(cache));
+  out.tensors["aux_loss"] = TensorData::from_f32({}, {float(stats.aux_loss)});
+  out.tensors["tokens_per_expert"] = TensorData::from_i64({E}, stats.tokens_per_expert);
+  if (!dy.empty()) {
+    std::vector<float> dx(size_t(T * d)), dgate(size_t(R * d)), dw1(w1.size()), dw2(w2.size()),
+        dw3(w3.size()), dsw1(sw1.size()), dsw2(sw2.size()), dsw3(sw3.size());
+    MoEGrads grads{gate.empty() ? nullptr : dgate.data(), dw1.data(), swiglu ? dw3.data() : nullptr,
+                   dw2.data(), ptr(dsw1) ? dsw1.data() : nullptr, sw3.empty() ? nullptr : dsw3.data(),
+                   sw2.empty() ? nullptr : dsw2.data()};
+    layer.backward(params, batch, cache, dy.data(), dx.data(), grads);
+    out.tensors["dx"] = TensorData::from_f32({T, d}, dx);
+    if (!gate.empty()) out.tensors["d_gate.weight"] = TensorData::from_f32({R, d}, dgate);
+    out.tensors["d_experts.w1"] = TensorData::from_f32({E, F, d}, dw1);
+    out.tensors["d_experts.w2"] = TensorData::from_f32({E, d, F}, dw2);
+    if (swiglu) out.tensors["d_experts.w3"] = TensorData::from_f32({E, F, d}, dw3);
+    if (shape.Fs > 0) {
+      out.tensors["d_shared.w1"] = TensorData::from_f32({shape.Fs, d}, dsw1);
+      out.tensors["d_shared.w2"] = TensorData::from_f32({d, shape.Fs}, dsw2);
+      if (swiglu) out.tensors["d_shared.w3"] = TensorData::from_f32({shape.Fs, d}, dsw3);
+    }
+  }
+  out.metadata["stats"] = stats_json(stats).dump();
+  out.metadata["router"] = layer.router().params().dump();
+  write_safetensors(out_path, out);
+  fmt::print("{}: {}\n", config.router, layer.router().describe());
+  fmt::print("wrote {} (T = {}, d = {}, E = {}, aux_loss = {:.6g}, dropped = {}, MaxVio = {:.3f})\n",
+             out_path, T, d, E, stats.aux_loss, stats.dropped, stats.max_vio);
+  return 0;
+}
+
+nlohmann::json stats_json(const RoutingStats& s) {
+  return {{"tokens_per_expert", s.tokens_per_expert},
+          {"assignments", s.assignments},
+          {"dropped", s.dropped},
+          {"max_vio", s.max_vio},
+          {"cv", s.cv},
+          {"entropy", s.entropy},
+          {"experts_per_token", s.experts_per_token},
+          {"losses", s.losses},
+          {"aux_loss", s.aux_loss}};
+}
+
+}  // namespace switchyard::cli

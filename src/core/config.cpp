@@ -1,0 +1,138 @@
+#include <switchyard/config.h>
+#include <switchyard/error.h>
+#include <switchyard/file_util.h>
+#include <switchyard/router.h>
+
+#include <cmath>
+
+namespace switchyard {
+
+using nlohmann::json;
+
+ParamReader::ParamReader(const json& object, std::string context)
+    : object_(object), context_(std::move(context)) {
+  if (!object_.is_object()) fail("{}: expected a JSON object, got {}", context_, object_.dump());
+}
+
+bool ParamReader::has(const std::string& key) const { return object_.contains(key); }
+
+int64_t ParamReader::get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) {
+  read_.insert(key);
+  if (!has(key)) return fallback;
+  const json& v = object_.at(key);
+  if (!v.is_number_integer() && !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()))
+    fail("{}: field '{}' must be an integer, got {}", context_, key, v.dump());
+  const int64_t value = v.is_number_integer() ? v.get<int64_t>() : int64_t(v.get<double>());
+  if (value < min || value > max)
+    fail("{}: field '{}' = {} is out of range [{}, {}]", context_, key, value, min, max);
+  return value;
+}
+
+double ParamReader::get_double(const std::string& key, double fallback, double min, double max) {
+  read_.insert(key);
+  if (!has(key)) return fallback;
+  const json& v = object_.at(key);
+  if (!v.is_number()) fail("{}: field '{}' must be a number, got {}", context_, key, v.dump());
+  const double value = v.get<double>();
+  if (!std::isfinite(value) || value < min || value > max)
+    fail("{}: field '{}' = {} is out of range [{}, {}]", context_, key, value, min, max);
+  return value;
+}
+
+bool ParamReader::get_bool(const std::string& key, bool fallback) {
+  read_.insert(key);
+  if (!has(key)) return fallback;
+  const json& v = object_.at(key);
+  if (!v.is_boolean()) fail("{}: field '{}' must be true or false, got {}", context_, key, v.dump());
+  return v.get<bool>();
+}
+
+std::string ParamReader::get_choice(const std::string& key, const std::string& fallback,
+                                    const std::vector<std::string>& choices) {
+  read_.insert(key);
+  if (!has(key)) return fallback;
+  const json& v = object_.at(key);
+  if (v.is_string()) {
+    for (const auto& c : choices)
+      if (v.get<std::string>() == c) return c;
+  }
+  fail("{}: field '{}' = {} is not one of [{}]", context_, key, v.dump(),
+       fmt::join(choices, ", "));
+}
+
+void ParamReader::finish() const {
+  for (const auto& [key, value] : object_.items())
+    if (!read_.count(key))
+      fail("{}: unknown field '{}' (value {})", context_, key, value.dump());
+}
+
+namespace {
+
+LossConfig parse_losses(const json& object, const std::string& context) {
+  ParamReader r(object, context);
+  LossConfig losses;
+  losses.balance = r.get_double("balance", 0.0, 0.0, 1e6);
+  const std::string mode =
+      r.get_choice("balance_mode", "micro_batch", {"micro_batch", "global_batch", "sequence"});
+  losses.balance_mode = mode == "micro_batch"    ? BalanceMode::MicroBatch
+                        : mode == "global_batch" ? BalanceMode::GlobalBatch
+                                                 : BalanceMode::Sequence;
+  losses.balance_top1_only = r.get_bool("balance_top1_only", false);
+  losses.z = r.get_double("z", 0.0, 0.0, 1e6);
+  losses.entropy = r.get_double("entropy", 0.0, 0.0, 1e6);
+  r.finish();
+  return losses;
+}
+
+}  // namespace
+
+LayerConfig parse_layer_config(const json& j, const std::string& source) {
+  if (!j.is_object()) fail("{}: the layer config must be a JSON object", source);
+  LayerConfig config;
+  config.source = source;
+  json rest = json::object();
+  for (const auto& [key, value] : j.items()) {
+    if (key == "router" || key == "activation" || key == "routing_groups" || key == "losses" ||
+        key == "training" || key == "seed")
+      continue;
+    rest[key] = value;
+  }
+  json layer_keys = json::object();
+  for (const char* key : {"router", "activation", "routing_groups", "training", "seed"})
+    if (j.contains(key)) layer_keys[key] = j.at(key);
+  ParamReader r(layer_keys, source);
+  std::vector<std::string> names;
+  for (const auto& e : router_registry()) names.push_back(e.name);
+  config.router = r.get_choice("router", "mixtral", names);
+  config.activation =
+      r.get_choice("activation", "swiglu", {"swiglu", "gelu"}) == "swiglu" ? Activation::SwiGLU
+                                                                           : Activation::GELU;
+  config.routing_groups = r.get_choice("routing_groups", "batch", {"batch", "sequence"}) == "batch"
+                              ? RoutingGroups::Batch
+                              : RoutingGroups::Sequence;
+  config.training = r.get_bool("training", false);
+  config.seed = uint64_t(r.get_int("seed", 0, 0, INT64_MAX));
+  r.finish();
+  const RouterEntry* entry = nullptr;
+  for (const auto& e : router_registry())
+    if (e.name == config.router) entry = &e;
+  config.losses = parse_losses(j.contains("losses") ? j.at("losses") : entry->default_losses,
+                               source + " [losses]");
+  config.router_params = rest;
+  // Validate the router's parameters now so a bad config fails before any data is read.
+  make_router(config.router, config.router_params, source);
+  return config;
+}
+
+LayerConfig load_layer_config(const std::string& path) {
+  const std::string text = read_file_text(path);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail("{}: invalid JSON: {}", path, e.what());
+  }
+  return parse_layer_config(j, path);
+}
+
+}  // namespace switchyard

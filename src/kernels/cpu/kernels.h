@@ -1,0 +1,47 @@
+// CPU kernels of the MoE layer. Plain pointers and sizes only: the front end (src/layer) validates.
+// A CUDA backend implements the same set.
+#pragma once
+
+#include <cstdint>
+
+namespace switchyard::cpu {
+
+// Capacity and grouping. Assignments a in [0, A) are in priority order within each group.
+// kept[a] comes in as 0 for choices already dropped; a kept choice whose slot (count of earlier kept
+// choices of the same expert in the same group) reaches capacity[group[a]] > 0 is dropped. Then a
+// stable counting sort of kept assignments by expert: expert_offsets (E + 1), row_assignment
+// (kept count). Returns the number of kept assignments. `slots` is scratch of G * E.
+int64_t dispatch(int64_t A, const int32_t* expert, const int32_t* group, uint8_t* kept,
+                 const int64_t* capacity, int64_t G, int64_t E, int64_t* slots,
+                 int64_t* expert_offsets, int32_t* row_assignment);
+
+// CSR of dispatched rows by token: token_offsets (T + 1), token_rows (rows).
+void rows_by_token(int64_t rows, const int32_t* row_token, int64_t T, int64_t* token_offsets,
+                   int32_t* token_rows);
+
+// out[r] = x[row_token[r]] for r < rows; (rows, d).
+void gather_rows(int64_t rows, int64_t d, const float* x, const int32_t* row_token, float* out);
+
+enum class Act { SwiGLU, GELU };
+
+// One expert on n contiguous rows. x (n, d); w1 (F, d); w3 (F, d) or null for GELU; w2 (d, F).
+// Saves h1 (n, F), h3 (n, F) (SwiGLU), act (n, F); writes out (n, d).
+void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
+                 const float* w3, const float* w2, float* h1, float* h3, float* act, float* out);
+
+// Backward of ffn_forward. dout (n, d). Writes dw1, dw3 (F, d), dw2 (d, F) (accumulating when
+// `accumulate`), dx (n, d). `dact` (n, F) and `dh3` (n, F) are scratch.
+void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
+                  const float* w3, const float* w2, const float* h1, const float* h3,
+                  const float* act, const float* dout, float* dact, float* dh3, float* dw1,
+                  float* dw3, float* dw2, float* dx, bool accumulate);
+
+// y[t] += Σ_{rows r of t} row_weight[r] * out[r], with the CSR from rows_by_token.
+void combine_rows(int64_t T, int64_t d, const int64_t* token_offsets, const int32_t* token_rows,
+                  const float* row_weight, const float* out, float* y);
+
+// C (M, N) = alpha * op(A) op(B) + beta * C, row-major; thin wrapper over cblas_sgemm.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+}  // namespace switchyard::cpu

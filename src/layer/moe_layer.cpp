@@ -1,0 +1,467 @@
+// Front end of the MoE layer: validation, routing, dispatch, experts, combine, backward.
+#include <switchyard/error.h>
+#include <switchyard/moe_layer.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "kernels/cpu/kernels.h"
+#include "layer/losses.h"
+
+namespace switchyard {
+namespace {
+
+cpu::Act act_of(Activation a) { return a == Activation::SwiGLU ? cpu::Act::SwiGLU : cpu::Act::GELU; }
+
+void check_finite(const char* name, const float* data, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(data[i]))
+      fail("moe_layer: {} has a non-finite value {} at flat index {}", name, data[i], i);
+}
+
+std::vector<std::pair<int64_t, int64_t>> sequences_of(const std::vector<int64_t>& seq_lens,
+                                                      int64_t T) {
+  return routing_groups(RoutingGroups::Sequence, seq_lens, T);
+}
+
+}  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> routing_groups(RoutingGroups mode,
+                                                        const std::vector<int64_t>& seq_lens,
+                                                        int64_t T) {
+  if (mode == RoutingGroups::Batch || seq_lens.empty()) return {{0, T}};
+  std::vector<std::pair<int64_t, int64_t>> groups;
+  int64_t begin = 0;
+  for (int64_t len : seq_lens) {
+    groups.emplace_back(begin, begin + len);
+    begin += len;
+  }
+  return groups;
+}
+
+RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& traits, int64_t T,
+                              int64_t d, uint64_t call_index) {
+  RouterNoise noise;
+  if (!config.training) return noise;
+  std::mt19937_64 rng(config.seed * 0x9e3779b97f4a7c15ULL + call_index);
+  auto uniform01 = [&] { return float(double(rng() >> 11) * 0x1.0p-53); };
+  noise.uniform.resize(static_cast<size_t>(T));
+  for (auto& u : noise.uniform) u = uniform01();
+  if (traits.jitter > 0) {
+    noise.jitter.resize(size_t(T * d));
+    for (auto& v : noise.jitter) v = float(1.0 - traits.jitter + 2.0 * traits.jitter * uniform01());
+  }
+  return noise;
+}
+
+MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
+    : config_(config), shape_(shape) {
+  if (shape.d <= 0 || shape.E <= 0 || shape.F <= 0 || shape.Fs < 0)
+    fail("moe_layer: invalid shape d = {}, E = {}, F = {}, Fs = {} (all must be positive)", shape.d,
+         shape.E, shape.F, shape.Fs);
+  router_ = make_router(config.router, config.router_params, config.source);
+  R_ = router_->num_outputs(shape.E);
+  const LossConfig& losses = config.losses;
+  const bool any_loss = losses.balance > 0 || losses.z > 0 || losses.entropy > 0;
+  if (any_loss && !router_->traits().supports_losses)
+    fail("{}: router '{}' does not support the balance, z or entropy losses; set their "
+         "coefficients to 0",
+         config.source, config.router);
+  if (losses.balance > 0 && losses.balance_mode == BalanceMode::Sequence &&
+      (R_ != shape.E || losses.balance_top1_only))
+    fail("{}: balance_mode 'sequence' is not supported with null experts or balance_top1_only",
+         config.source);
+}
+
+MoELayer::~MoELayer() = default;
+
+void MoELayer::validate(const MoEParams& p, const MoEBatch& batch) const {
+  const auto& s = shape_;
+  const RouterTraits& traits = router_->traits();
+  if (batch.T <= 0) fail("moe_layer: x must have at least one token, got T = {}", batch.T);
+  if (!batch.x) fail("moe_layer: x (T, d) is missing");
+  check_finite("x", batch.x, batch.T * s.d);
+  if (traits.needs_gate) {
+    if (!p.gate) fail("moe_layer: router '{}' needs gate.weight ({}, {})", config_.router, R_, s.d);
+    check_finite("gate.weight", p.gate, R_ * s.d);
+  }
+  if (p.gate_bias) check_finite("gate.bias", p.gate_bias, s.E);
+  if (!p.w1 || !p.w2) fail("moe_layer: experts.w1 and experts.w2 are required");
+  check_finite("experts.w1", p.w1, s.E * s.F * s.d);
+  check_finite("experts.w2", p.w2, s.E * s.d * s.F);
+  const bool swiglu = config_.activation == Activation::SwiGLU;
+  if (swiglu != (p.w3 != nullptr))
+    fail("moe_layer: experts.w3 is {} but the activation is {}", p.w3 ? "given" : "missing",
+         swiglu ? "swiglu" : "gelu");
+  if (p.w3) check_finite("experts.w3", p.w3, s.E * s.F * s.d);
+  if (s.Fs > 0) {
+    if (!p.shared_w1 || !p.shared_w2 || swiglu != (p.shared_w3 != nullptr))
+      fail("moe_layer: the shared expert needs shared.w1, shared.w2{}", swiglu ? ", shared.w3" : "");
+    check_finite("shared.w1", p.shared_w1, s.Fs * s.d);
+    check_finite("shared.w2", p.shared_w2, s.d * s.Fs);
+    if (p.shared_w3) check_finite("shared.w3", p.shared_w3, s.Fs * s.d);
+  }
+  if (traits.needs_token_ids) {
+    if (!batch.token_ids) fail("moe_layer: router '{}' needs token_ids (T = {})", config_.router, batch.T);
+    for (int64_t t = 0; t < batch.T; ++t)
+      if (batch.token_ids[t] < 0)
+        fail("moe_layer: token_ids[{}] = {} is negative", t, batch.token_ids[t]);
+  }
+  int64_t total = 0;
+  for (size_t i = 0; i < batch.seq_lens.size(); ++i) {
+    if (batch.seq_lens[i] <= 0)
+      fail("moe_layer: seq_lens[{}] = {} must be positive", i, batch.seq_lens[i]);
+    total += batch.seq_lens[i];
+  }
+  if (!batch.seq_lens.empty() && total != batch.T)
+    fail("moe_layer: seq_lens sum to {} but x has T = {} tokens", total, batch.T);
+}
+
+const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch, MoECache& c,
+                                      float* y) {
+  validate(p, batch);
+  const int64_t T = batch.T, d = shape_.d, E = shape_.E, F = shape_.F, R = R_;
+  const RouterTraits& traits = router_->traits();
+  const cpu::Act act = act_of(config_.activation);
+  c.T = T;
+  c.noise = make_router_noise(config_, traits, T, d, calls_++);
+  RoutingStats& stats = c.stats;
+  stats = RoutingStats{};
+
+  // Shared expert first: it writes y, the routed experts add to it.
+  if (shape_.Fs > 0) {
+    c.shared_h1.resize(size_t(T * shape_.Fs));
+    c.shared_h3.resize(act == cpu::Act::SwiGLU ? size_t(T * shape_.Fs) : 0);
+    c.shared_act.resize(size_t(T * shape_.Fs));
+    cpu::ffn_forward(act, T, d, shape_.Fs, batch.x, p.shared_w1, p.shared_w3, p.shared_w2,
+                     c.shared_h1.data(), c.shared_h3.data(), c.shared_act.data(), y);
+  } else {
+    std::fill(y, y + T * d, 0.0f);
+  }
+
+  if (traits.pooled_per_sequence) {  // SMEAR
+    const auto seqs = sequences_of(batch.seq_lens, T);
+    const int64_t S = int64_t(seqs.size());
+    c.sequences = seqs;
+    c.groups = {{0, S}};
+    c.router_in.assign(size_t(S * d), 0.0f);  // (S, d) sequence means
+    for (int64_t s = 0; s < S; ++s) {
+      const auto [b, e] = seqs[size_t(s)];
+      for (int64_t t = b; t < e; ++t)
+        for (int64_t j = 0; j < d; ++j) c.router_in[size_t(s * d + j)] += batch.x[t * d + j];
+      for (int64_t j = 0; j < d; ++j) c.router_in[size_t(s * d + j)] /= float(e - b);
+    }
+    c.logits.resize(size_t(S * R));
+    cpu::gemm(false, true, S, R, d, 1.0f, c.router_in.data(), d, p.gate, d, 0.0f, c.logits.data(), R);
+    RouterInput in{c.logits.data(), S, R, E, nullptr, nullptr, nullptr, c.groups, config_.training};
+    router_->route(in, c.plan);
+    // Merged weights per sequence: [w1 (F, d) | w3 (F, d) | w2 (d, F)].
+    const int64_t block = F * d, per = (act == cpu::Act::SwiGLU ? 3 : 2) * block;
+    c.merged.assign(size_t(S * per), 0.0f);
+    for (size_t a = 0; a < c.plan.size(); ++a) {
+      const int64_t s = c.plan.token[a], e = c.plan.expert[a];
+      const float w = c.plan.weight[a];
+      float* m = c.merged.data() + s * per;
+      for (int64_t i = 0; i < block; ++i) m[i] += w * p.w1[e * block + i];
+      if (act == cpu::Act::SwiGLU)
+        for (int64_t i = 0; i < block; ++i) m[block + i] += w * p.w3[e * block + i];
+      float* m2 = m + per - block;
+      for (int64_t i = 0; i < block; ++i) m2[i] += w * p.w2[e * block + i];
+    }
+    c.h1.resize(size_t(T * F));
+    c.h3.resize(act == cpu::Act::SwiGLU ? size_t(T * F) : 0);
+    c.act.resize(size_t(T * F));
+    c.out.resize(size_t(T * d));
+    for (int64_t s = 0; s < S; ++s) {
+      const auto [b, e] = seqs[size_t(s)];
+      const float* m = c.merged.data() + s * per;
+      cpu::ffn_forward(act, e - b, d, F, batch.x + b * d, m, act == cpu::Act::SwiGLU ? m + block : nullptr,
+                       m + per - block, c.h1.data() + b * F,
+                       act == cpu::Act::SwiGLU ? c.h3.data() + b * F : nullptr, c.act.data() + b * F,
+                       c.out.data() + b * d);
+    }
+    for (int64_t i = 0; i < T * d; ++i) y[i] += c.out[size_t(i)];
+    stats.tokens_per_expert.assign(size_t(E), T);
+    stats.assignments = int64_t(c.plan.size());
+    stats.experts_per_token = 1.0;  // one merged expert per token
+    LossInput li{c.logits.data(), S, R, ScoreKind::Softmax, &c.plan, {{0, S}}, nullptr};
+    stats.entropy = mean_router_entropy(li);
+    return stats;
+  }
+
+  // Router.
+  c.groups = routing_groups(config_.routing_groups, batch.seq_lens, T);
+  c.sequences = sequences_of(batch.seq_lens, T);
+  const float* router_input = batch.x;
+  if (!c.noise.jitter.empty()) {
+    c.router_in.resize(size_t(T * d));
+    for (int64_t i = 0; i < T * d; ++i) c.router_in[size_t(i)] = batch.x[i] * c.noise.jitter[size_t(i)];
+    router_input = c.router_in.data();
+  } else {
+    c.router_in.clear();
+  }
+  if (traits.needs_gate) {
+    c.logits.resize(size_t(T * R));
+    cpu::gemm(false, true, T, R, d, 1.0f, router_input, d, p.gate, d, 0.0f, c.logits.data(), R);
+  } else {
+    c.logits.clear();
+  }
+  RouterInput in{traits.needs_gate ? c.logits.data() : nullptr,
+                 T,
+                 R,
+                 E,
+                 p.gate_bias,
+                 batch.token_ids,
+                 c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
+                 c.groups,
+                 config_.training};
+  router_->route(in, c.plan);
+  RoutingPlan& plan = c.plan;
+
+  // Dispatch: capacity, then rows grouped by expert.
+  const int64_t A = int64_t(plan.size());
+  const int64_t G = int64_t(plan.capacity.size());
+  std::vector<int64_t> slots(size_t(std::max(G * E, E)));
+  c.expert_offsets.resize(size_t(E + 1));
+  c.row_assignment.resize(static_cast<size_t>(A));
+  const int64_t rows = cpu::dispatch(A, plan.expert.data(), plan.group.data(), plan.kept.data(),
+                                     plan.capacity.data(), G, E, slots.data(),
+                                     c.expert_offsets.data(), c.row_assignment.data());
+  c.row_assignment.resize(static_cast<size_t>(rows));
+  std::vector<int32_t> row_token(static_cast<size_t>(rows));
+  std::vector<float> row_weight(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    row_token[size_t(r)] = plan.token[size_t(c.row_assignment[size_t(r)])];
+    row_weight[size_t(r)] = plan.weight[size_t(c.row_assignment[size_t(r)])];
+  }
+  c.token_offsets.resize(size_t(T + 1));
+  c.token_rows.resize(static_cast<size_t>(rows));
+  cpu::rows_by_token(rows, row_token.data(), T, c.token_offsets.data(), c.token_rows.data());
+
+  // Experts on contiguous slices.
+  c.xd.resize(size_t(rows * d));
+  c.h1.resize(size_t(rows * F));
+  c.h3.resize(act == cpu::Act::SwiGLU ? size_t(rows * F) : 0);
+  c.act.resize(size_t(rows * F));
+  c.out.resize(size_t(rows * d));
+  cpu::gather_rows(rows, d, batch.x, row_token.data(), c.xd.data());
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
+    cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
+                     p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
+                     act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
+                     c.out.data() + o * d);
+  }
+  cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), row_weight.data(),
+                    c.out.data(), y);
+  if (!plan.passthrough.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < d; ++j) y[t * d + j] += plan.passthrough[size_t(t)] * batch.x[t * d + j];
+
+  // Statistics and losses.
+  stats.tokens_per_expert.resize(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e)
+    stats.tokens_per_expert[size_t(e)] = c.expert_offsets[size_t(e) + 1] - c.expert_offsets[size_t(e)];
+  stats.assignments = A;
+  stats.dropped = A - rows;
+  const double mean = double(rows) / double(E);
+  if (mean > 0) {
+    double max = 0.0, var = 0.0;
+    for (int64_t n : stats.tokens_per_expert) {
+      max = std::max(max, double(n));
+      var += (double(n) - mean) * (double(n) - mean) / double(E);
+    }
+    stats.max_vio = (max - mean) / mean;
+    stats.cv = std::sqrt(var) / mean;
+  }
+  stats.experts_per_token = double(rows) / double(T);
+  if (traits.needs_gate) {
+    LossInput li{c.logits.data(), T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
+                 batch.global_counts};
+    stats.entropy = mean_router_entropy(li);
+    stats.aux_loss = aux_losses(config_.losses, li, stats.losses, nullptr);
+    const double own = router_->own_loss(in, plan, nullptr);
+    if (own != 0.0 || config_.router == "remoe") {
+      stats.losses["router"] = own;
+      stats.aux_loss += own;
+    }
+  }
+  return stats;
+}
+
+void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
+                        const float* dy, float* dx, const MoEGrads& g) {
+  const int64_t T = batch.T, d = shape_.d, E = shape_.E, F = shape_.F, R = R_;
+  if (T != c.T) fail("moe_layer backward: the batch has T = {} but forward saw T = {}", T, c.T);
+  const RouterTraits& traits = router_->traits();
+  const cpu::Act act = act_of(config_.activation);
+  const bool swiglu = act == cpu::Act::SwiGLU;
+  const RoutingPlan& plan = c.plan;
+  std::fill(dx, dx + T * d, 0.0f);
+  std::vector<float> d_logits(c.logits.size(), 0.0f);  // (T, R) or (S, R)
+  std::vector<float> d_weight(plan.size(), 0.0f);      // (A)
+
+  if (shape_.Fs > 0) {
+    std::vector<float> dact(size_t(T * shape_.Fs)), dh3(swiglu ? size_t(T * shape_.Fs) : 0);
+    std::vector<float> dxs(size_t(T * d));
+    cpu::ffn_backward(act, T, d, shape_.Fs, batch.x, p.shared_w1, p.shared_w3, p.shared_w2,
+                      c.shared_h1.data(), c.shared_h3.data(), c.shared_act.data(), dy, dact.data(),
+                      dh3.data(), g.shared_w1, g.shared_w3, g.shared_w2, dxs.data(), false);
+    for (int64_t i = 0; i < T * d; ++i) dx[i] += dxs[size_t(i)];
+  }
+
+  if (traits.pooled_per_sequence) {  // SMEAR
+    const auto seqs = sequences_of(batch.seq_lens, T);
+    const int64_t S = int64_t(seqs.size());
+    const int64_t block = F * d, per = (swiglu ? 3 : 2) * block;
+    std::vector<float> dmerged(static_cast<size_t>(per)), dact(size_t(T * F)), dh3(swiglu ? size_t(T * F) : 0);
+    std::vector<float> dxs(size_t(T * d));
+    if (g.w1) std::fill(g.w1, g.w1 + E * block, 0.0f);
+    if (g.w3) std::fill(g.w3, g.w3 + E * block, 0.0f);
+    if (g.w2) std::fill(g.w2, g.w2 + E * block, 0.0f);
+    for (int64_t s = 0; s < S; ++s) {
+      const auto [b, e] = seqs[size_t(s)];
+      const float* m = c.merged.data() + s * per;
+      float* dm = dmerged.data();
+      cpu::ffn_backward(act, e - b, d, F, batch.x + b * d, m, swiglu ? m + block : nullptr,
+                        m + per - block, c.h1.data() + b * F, swiglu ? c.h3.data() + b * F : nullptr,
+                        c.act.data() + b * F, dy + b * d, dact.data(), swiglu ? dh3.data() : nullptr,
+                        dm, swiglu ? dm + block : nullptr, dm + per - block, dxs.data() + b * d,
+                        false);
+      for (size_t a = 0; a < plan.size(); ++a) {
+        if (plan.token[a] != s) continue;
+        const int64_t x = plan.expert[a];
+        const float w = plan.weight[a];
+        double dp = 0.0;
+        for (int64_t i = 0; i < block; ++i) {
+          dp += double(dm[i]) * p.w1[x * block + i] + double(dm[per - block + i]) * p.w2[x * block + i];
+          if (g.w1) g.w1[x * block + i] += w * dm[i];
+          if (g.w2) g.w2[x * block + i] += w * dm[per - block + i];
+          if (swiglu) {
+            dp += double(dm[block + i]) * p.w3[x * block + i];
+            if (g.w3) g.w3[x * block + i] += w * dm[block + i];
+          }
+        }
+        d_weight[a] = float(dp);
+      }
+    }
+    for (int64_t i = 0; i < T * d; ++i) dx[i] += dxs[size_t(i)];
+    RouterInput in{c.logits.data(), S, R, E, nullptr, nullptr, nullptr, c.groups, config_.training};
+    router_->backward(in, plan, d_weight.data(), nullptr, d_logits.data());
+    if (g.gate)
+      cpu::gemm(true, false, R, d, S, 1.0f, d_logits.data(), R, c.router_in.data(), d, 0.0f, g.gate, d);
+    std::vector<float> dpooled(size_t(S * d));
+    cpu::gemm(false, false, S, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dpooled.data(), d);
+    for (int64_t s = 0; s < S; ++s) {
+      const auto [b, e] = seqs[size_t(s)];
+      for (int64_t t = b; t < e; ++t)
+        for (int64_t j = 0; j < d; ++j) dx[t * d + j] += dpooled[size_t(s * d + j)] / float(e - b);
+    }
+    return;
+  }
+
+  // Routed experts: dout = w · dy per row, u = <dy, out> per row for the router.
+  const int64_t rows = int64_t(c.row_assignment.size());
+  std::vector<float> dout(size_t(rows * d)), dxd(size_t(rows * d));
+  std::vector<float> dact(size_t(rows * F)), dh3(swiglu ? size_t(rows * F) : 0);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t a = c.row_assignment[size_t(r)];
+    const float* dyt = dy + int64_t(plan.token[size_t(a)]) * d;
+    const float* o = c.out.data() + r * d;
+    const float w = plan.weight[size_t(a)];
+    double u = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      dout[size_t(r * d + j)] = w * dyt[j];
+      u += double(dyt[j]) * o[j];
+    }
+    d_weight[size_t(a)] = float(u);
+  }
+  std::vector<float> scratch_w(size_t(F * d) * 3);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
+    float* dw1 = g.w1 ? g.w1 + e * F * d : scratch_w.data();
+    float* dw3 = swiglu ? (g.w3 ? g.w3 + e * F * d : scratch_w.data() + F * d) : nullptr;
+    float* dw2 = g.w2 ? g.w2 + e * d * F : scratch_w.data() + 2 * F * d;
+    cpu::ffn_backward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
+                      p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
+                      swiglu ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
+                      dout.data() + o * d, dact.data() + o * F, swiglu ? dh3.data() + o * F : nullptr,
+                      dw1, dw3, dw2, dxd.data() + o * d, false);
+  }
+  std::vector<float> ones(size_t(rows), 1.0f);
+  cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), ones.data(), dxd.data(), dx);
+
+  std::vector<float> d_pass;
+  if (!plan.passthrough.empty()) {
+    d_pass.assign(size_t(T), 0.0f);
+    for (int64_t t = 0; t < T; ++t) {
+      double dot = 0.0;
+      for (int64_t j = 0; j < d; ++j) {
+        dx[t * d + j] += plan.passthrough[size_t(t)] * dy[t * d + j];
+        dot += double(dy[t * d + j]) * batch.x[t * d + j];
+      }
+      d_pass[size_t(t)] = float(dot);
+    }
+  }
+
+  if (!traits.needs_gate) {
+    if (g.gate) std::fill(g.gate, g.gate + R * d, 0.0f);
+    return;
+  }
+  RouterInput in{c.logits.data(),
+                 T,
+                 R,
+                 E,
+                 p.gate_bias,
+                 batch.token_ids,
+                 c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
+                 c.groups,
+                 config_.training};
+  router_->backward(in, plan, d_weight.data(), d_pass.empty() ? nullptr : d_pass.data(),
+                    d_logits.data());
+  LossInput li{c.logits.data(), T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
+               batch.global_counts};
+  std::map<std::string, double> unused;
+  aux_losses(config_.losses, li, unused, d_logits.data());
+  router_->own_loss(in, plan, d_logits.data());
+
+  const float* router_input = c.router_in.empty() ? batch.x : c.router_in.data();
+  if (g.gate)
+    cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);
+  std::vector<float> dxr(size_t(T * d));
+  cpu::gemm(false, false, T, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dxr.data(), d);
+  const bool jittered = !c.noise.jitter.empty();
+  for (int64_t i = 0; i < T * d; ++i) dx[i] += jittered ? dxr[size_t(i)] * c.noise.jitter[size_t(i)] : dxr[size_t(i)];
+}
+
+std::vector<float> MoELayer::combine_matrix(const MoECache& c) const {
+  const int64_t E = shape_.E;
+  std::vector<float> combine(size_t(c.T * E), 0.0f);
+  const RoutingPlan& plan = c.plan;
+  if (router_->traits().pooled_per_sequence) {
+    // Plan rows are sequences: every token of a sequence gets its sequence's weights.
+    for (size_t a = 0; a < plan.size(); ++a) {
+      const auto [b, e] = c.sequences[size_t(plan.token[a])];
+      for (int64_t t = b; t < e; ++t) combine[size_t(t * E + plan.expert[a])] = plan.weight[a];
+    }
+    return combine;
+  }
+  for (size_t a = 0; a < plan.size(); ++a)
+    if (plan.kept[a]) combine[size_t(plan.token[a] * E + plan.expert[a])] += plan.weight[a];
+  return combine;
+}
+
+void MoELayer::update_router_state(const MoECache& c, float* gate_bias) {
+  const int64_t E = shape_.E;
+  std::vector<double> counts(c.plan.selection_counts.begin(),
+                             c.plan.selection_counts.begin() + std::min<int64_t>(E, int64_t(c.plan.selection_counts.size())));
+  counts.resize(size_t(E), 0.0);
+  const double rows = double(c.row_assignment.size());
+  const double zero_fraction = 1.0 - rows / (double(c.T) * double(E));
+  router_->update_state(counts, zero_fraction, gate_bias, E);
+}
+
+}  // namespace switchyard

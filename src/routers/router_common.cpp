@@ -1,0 +1,75 @@
+#include "routers/router_common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace switchyard::routers {
+
+void compute_scores(ScoreKind kind, const float* z, int64_t R, double* s) {
+  if (kind == ScoreKind::Sigmoid) {
+    for (int64_t j = 0; j < R; ++j) s[j] = 1.0 / (1.0 + std::exp(-double(z[j])));
+    return;
+  }
+  double max = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < R; ++j) max = std::max(max, double(z[j]));
+  double sum = 0.0;
+  for (int64_t j = 0; j < R; ++j) sum += (s[j] = std::exp(double(z[j]) - max));
+  for (int64_t j = 0; j < R; ++j) s[j] /= sum;
+}
+
+std::vector<int32_t> top_k_indices(const double* values, int64_t n, int64_t k) {
+  std::vector<int32_t> idx;
+  idx.reserve(static_cast<size_t>(n));
+  for (int32_t i = 0; i < int32_t(n); ++i)
+    if (!(values[i] == -std::numeric_limits<double>::infinity()) && !std::isnan(values[i]))
+      idx.push_back(i);
+  k = std::min<int64_t>(k, int64_t(idx.size()));
+  auto better = [&](int32_t a, int32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  };
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), better);
+  idx.resize(static_cast<size_t>(k));
+  return idx;
+}
+
+void scores_backward(ScoreKind kind, const double* s, const double* ds, int64_t R, float* dz) {
+  if (kind == ScoreKind::Sigmoid) {
+    for (int64_t j = 0; j < R; ++j) dz[j] += float(ds[j] * s[j] * (1.0 - s[j]));
+    return;
+  }
+  double dot = 0.0;
+  for (int64_t j = 0; j < R; ++j) dot += ds[j] * s[j];
+  for (int64_t j = 0; j < R; ++j) dz[j] += float(s[j] * (ds[j] - dot));
+}
+
+TokenAssignments assignments_by_token(const RoutingPlan& plan, int64_t T) {
+  TokenAssignments out;
+  out.offsets.assign(size_t(T + 1), 0);
+  for (int32_t t : plan.token) ++out.offsets[size_t(t) + 1];
+  std::partial_sum(out.offsets.begin(), out.offsets.end(), out.offsets.begin());
+  std::vector<int64_t> fill(out.offsets.begin(), out.offsets.end() - 1);
+  out.index.resize(plan.size());
+  for (size_t a = 0; a < plan.size(); ++a) out.index[size_t(fill[size_t(plan.token[a])]++)] = int32_t(a);
+  return out;
+}
+
+void backward_raw_scores(ScoreKind kind, const RouterInput& in, const RoutingPlan& plan,
+                         const float* d_weight, double scale, float* d_logits) {
+  const TokenAssignments by_token = assignments_by_token(plan, in.T);
+  std::vector<double> s(size_t(in.R)), ds(size_t(in.R));
+  for (int64_t t = 0; t < in.T; ++t) {
+    const int64_t begin = by_token.offsets[size_t(t)], end = by_token.offsets[size_t(t) + 1];
+    if (begin == end) continue;
+    std::fill(ds.begin(), ds.end(), 0.0);
+    for (int64_t i = begin; i < end; ++i) {
+      const int32_t a = by_token.index[size_t(i)];
+      if (plan.kept[size_t(a)]) ds[size_t(plan.expert[size_t(a)])] += scale * d_weight[a];
+    }
+    compute_scores(kind, in.logits + t * in.R, in.R, s.data());
+    scores_backward(kind, s.data(), ds.data(), in.R, d_logits + t * in.R);
+  }
+}
+
+}  // namespace switchyard::routers

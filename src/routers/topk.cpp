@@ -1,0 +1,245 @@
+// Token-choice top-k: Switch, GShard, Mixtral, DeepSeek-V3 and AdaMoE are presets of this router
+// (routers.md sections 1, 2, 3, 7, 10, 17).
+#include <switchyard/config.h>
+#include <switchyard/error.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "routers/router_common.h"
+#include "routers/routers.h"
+
+namespace switchyard::routers {
+namespace {
+
+using nlohmann::json;
+
+class TopKRouter final : public Router {
+ public:
+  TopKRouter(const json& params, const std::string& context) {
+    ParamReader r(params, context);
+    k_ = r.get_int("k", 2, 1, 1 << 20);
+    const std::string score = r.get_choice("score", "softmax", {"softmax", "sigmoid"});
+    traits_.score = score == "softmax" ? ScoreKind::Softmax : ScoreKind::Sigmoid;
+    normalize_ = r.get_bool("normalize", true);
+    capacity_factor_ = r.get_double("capacity_factor", 0.0, 0.0, 1e6);
+    batch_priority_ =
+        r.get_choice("drop_order", "position", {"position", "batch_priority"}) == "batch_priority";
+    random_second_ = r.get_choice("second_expert", "all", {"all", "random"}) == "random";
+    groups_ = r.get_int("groups", 1, 1, 1 << 20);
+    topk_groups_ = r.get_int("topk_groups", groups_, 1, groups_);
+    route_scale_ = r.get_double("route_scale", 1.0, 1e-6, 1e6);
+    null_experts_ = r.get_int("null_experts", 0, 0, 1 << 20);
+    traits_.jitter = r.get_double("jitter", 0.0, 0.0, 1.0);
+    bias_update_rate_ = r.get_double("bias_update_rate", 0.0, 0.0, 1e3);
+    r.finish();
+    if (normalize_ && k_ == 1 && null_experts_ == 0)
+      fail("{}: normalize = true with k = 1 makes every weight 1, so the router gets no gradient; "
+           "set normalize to false",
+           context);
+    if (groups_ > 1 && null_experts_ > 0)
+      fail("{}: groups = {} cannot be combined with null_experts = {}", context, groups_,
+           null_experts_);
+    traits_.batch_dependent = capacity_factor_ > 0.0;
+  }
+
+  const RouterTraits& traits() const override { return traits_; }
+  int64_t num_outputs(int64_t E) const override { return E + null_experts_; }
+
+  json params() const override {
+    return {{"router", "topk"},
+            {"k", k_},
+            {"score", traits_.score == ScoreKind::Softmax ? "softmax" : "sigmoid"},
+            {"normalize", normalize_},
+            {"capacity_factor", capacity_factor_},
+            {"drop_order", batch_priority_ ? "batch_priority" : "position"},
+            {"second_expert", random_second_ ? "random" : "all"},
+            {"groups", groups_},
+            {"topk_groups", topk_groups_},
+            {"route_scale", route_scale_},
+            {"null_experts", null_experts_},
+            {"jitter", traits_.jitter},
+            {"bias_update_rate", bias_update_rate_}};
+  }
+
+  std::string describe() const override {
+    std::string text = fmt::format("token-choice top-{} over {} scores", k_,
+                                   traits_.score == ScoreKind::Softmax ? "softmax" : "sigmoid");
+    if (normalize_) text += ", renormalised";
+    if (groups_ > 1) text += fmt::format(", {} of {} expert groups", topk_groups_, groups_);
+    if (null_experts_ > 0) text += fmt::format(", {} null experts", null_experts_);
+    if (capacity_factor_ > 0)
+      text += fmt::format(
+          ", capacity factor {} ({} drop order): batch-dependent, a token's route depends on the "
+          "other tokens of its routing group",
+          capacity_factor_, batch_priority_ ? "batch-prioritised" : "position");
+    else
+      text += ", dropless";
+    return text;
+  }
+
+  void route(const RouterInput& in, RoutingPlan& plan) const override {
+    const int64_t R = in.R, E = in.E;
+    if (k_ > R)
+      fail("router topk: k = {} exceeds the number of router outputs R = {}", k_, R);
+    if (groups_ > 1 && E % groups_ != 0)
+      fail("router topk: groups = {} does not divide the number of experts E = {}", groups_, E);
+    plan.clear();
+    plan.saved.assign(size_t(in.T), 0.0f);  // per-token normaliser of the weights
+    plan.selection_counts.assign(size_t(R), 0.0);
+    plan.first_choice_counts.assign(size_t(R), 0.0);
+    std::vector<int32_t> chosen(size_t(in.T * k_));  // (T, k) chosen outputs, -1 = none
+    std::vector<float> weights(size_t(in.T * k_));   // (T, k)
+    std::vector<double> s(static_cast<size_t>(R)), sel(static_cast<size_t>(R));
+    for (int64_t t = 0; t < in.T; ++t) {
+      compute_scores(traits_.score, in.logits + t * R, R, s.data());
+      for (int64_t j = 0; j < R; ++j) sel[size_t(j)] = s[size_t(j)] + (in.bias && j < E ? in.bias[j] : 0.0);
+      if (groups_ > 1) restrict_to_best_groups(sel.data(), E);
+      const std::vector<int32_t> top = top_k_indices(sel.data(), R, k_);
+      double norm = 0.0;
+      for (int32_t e : top)
+        if (e < E) norm += s[size_t(e)];
+      plan.saved[size_t(t)] = float(norm);
+      if (!top.empty()) plan.first_choice_counts[size_t(top[0])] += 1.0;
+      for (int64_t r = 0; r < k_; ++r) {
+        const int32_t e = r < int64_t(top.size()) ? top[size_t(r)] : -1;
+        chosen[size_t(t * k_ + r)] = e;
+        if (e < 0) continue;
+        plan.selection_counts[size_t(e)] += 1.0;
+        const double g = normalize_ ? (norm > 0 ? s[size_t(e)] / norm : 0.0) : s[size_t(e)];
+        weights[size_t(t * k_ + r)] = float(route_scale_ * g);
+      }
+    }
+    for (size_t g = 0; g < in.groups.size(); ++g) {
+      const auto [begin, end] = in.groups[g];
+      std::vector<int64_t> order(size_t(end - begin));
+      std::iota(order.begin(), order.end(), begin);
+      if (batch_priority_)  // V-MoE: tokens by descending first-choice weight
+        std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+          return weights[size_t(a * k_)] > weights[size_t(b * k_)];
+        });
+      for (int64_t r = 0; r < k_; ++r)
+        for (int64_t t : order) {
+          const int32_t e = chosen[size_t(t * k_ + r)];
+          if (e < 0 || e >= E) continue;  // null experts output nothing
+          const float w = weights[size_t(t * k_ + r)];
+          plan.add(int32_t(t), e, int32_t(g), w);
+          if (random_second_ && in.training && r >= 1 && !(2.0 * w / route_scale_ > in.uniform[t]))
+            plan.kept.back() = 0;
+        }
+      int64_t capacity = 0;
+      if (capacity_factor_ > 0) {
+        capacity = int64_t(std::ceil(double(end - begin) * double(k_) * capacity_factor_ / double(E)));
+        if (batch_priority_) capacity = (capacity + 3) / 4 * 4;
+      }
+      plan.capacity.push_back(capacity);
+    }
+  }
+
+  void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight,
+                const float* /*d_passthrough*/, float* d_logits) const override {
+    if (!normalize_) {
+      backward_raw_scores(traits_.score, in, plan, d_weight, route_scale_, d_logits);
+      return;
+    }
+    // g_e = rs * s_e / N with N the sum of s over the token's chosen true experts (all of which
+    // are in the plan, kept or not): dg_e/ds_j = rs * (δ_ej / N - s_e / N² [j chosen]).
+    const TokenAssignments by_token = assignments_by_token(plan, in.T);
+    std::vector<double> s(size_t(in.R)), ds(size_t(in.R));
+    for (int64_t t = 0; t < in.T; ++t) {
+      const int64_t begin = by_token.offsets[size_t(t)], end = by_token.offsets[size_t(t) + 1];
+      const double norm = plan.saved[size_t(t)];
+      if (begin == end || norm <= 0) continue;
+      compute_scores(traits_.score, in.logits + t * in.R, in.R, s.data());
+      std::fill(ds.begin(), ds.end(), 0.0);
+      double weighted = 0.0;  // Σ_kept u_e s_e
+      for (int64_t i = begin; i < end; ++i) {
+        const size_t a = size_t(by_token.index[size_t(i)]);
+        if (!plan.kept[a]) continue;
+        const double u = route_scale_ * d_weight[a];
+        ds[size_t(plan.expert[a])] += u / norm;
+        weighted += u * s[size_t(plan.expert[a])];
+      }
+      for (int64_t i = begin; i < end; ++i)
+        ds[size_t(plan.expert[size_t(by_token.index[size_t(i)])])] -= weighted / (norm * norm);
+      scores_backward(traits_.score, s.data(), ds.data(), in.R, d_logits + t * in.R);
+    }
+  }
+
+  void update_state(const std::vector<double>& counts, double, float* bias, int64_t E) override {
+    if (bias_update_rate_ <= 0 || bias == nullptr) return;
+    const double mean = std::accumulate(counts.begin(), counts.begin() + E, 0.0) / double(E);
+    for (int64_t e = 0; e < E; ++e) {
+      const double error = mean - counts[size_t(e)];
+      bias[e] += float(bias_update_rate_ * double((error > 0) - (error < 0)));
+    }
+  }
+
+ private:
+  // DeepSeek-V3 group-limited routing: keep the topk_groups groups with the best sum of their
+  // top-2 selection scores; the other experts cannot be chosen.
+  void restrict_to_best_groups(double* sel, int64_t E) const {
+    const int64_t size = E / groups_;
+    std::vector<double> group_score(static_cast<size_t>(groups_));
+    for (int64_t g = 0; g < groups_; ++g) {
+      const std::vector<int32_t> best = top_k_indices(sel + g * size, size, std::min<int64_t>(2, size));
+      double sum = 0.0;
+      for (int32_t i : best) sum += sel[g * size + i];
+      group_score[size_t(g)] = sum;
+    }
+    const std::vector<int32_t> keep = top_k_indices(group_score.data(), groups_, topk_groups_);
+    std::vector<uint8_t> kept(size_t(groups_), 0);
+    for (int32_t g : keep) kept[size_t(g)] = 1;
+    for (int64_t e = 0; e < E; ++e)
+      if (!kept[size_t(e / size)]) sel[e] = -std::numeric_limits<double>::infinity();
+  }
+
+  RouterTraits traits_;
+  int64_t k_ = 2;
+  bool normalize_ = true;
+  double capacity_factor_ = 0.0;
+  bool batch_priority_ = false;
+  bool random_second_ = false;
+  int64_t groups_ = 1, topk_groups_ = 1;
+  double route_scale_ = 1.0;
+  int64_t null_experts_ = 0;
+  double bias_update_rate_ = 0.0;
+};
+
+// Preset defaults are overridden by the user's parameters.
+std::unique_ptr<Router> with_defaults(json defaults, const json& params, const std::string& context) {
+  for (const auto& [key, value] : params.items()) defaults[key] = value;
+  return std::make_unique<TopKRouter>(defaults, context);
+}
+
+}  // namespace
+
+std::unique_ptr<Router> make_topk(const json& p, const std::string& c) {
+  return with_defaults(json::object(), p, c);
+}
+std::unique_ptr<Router> make_switch(const json& p, const std::string& c) {
+  return with_defaults({{"k", 1}, {"normalize", false}, {"capacity_factor", 1.25}, {"jitter", 0.01}},
+                       p, c);
+}
+std::unique_ptr<Router> make_gshard(const json& p, const std::string& c) {
+  return with_defaults({{"k", 2}, {"capacity_factor", 2.0}, {"second_expert", "random"}}, p, c);
+}
+std::unique_ptr<Router> make_mixtral(const json& p, const std::string& c) {
+  return with_defaults({{"k", 2}, {"normalize", true}}, p, c);
+}
+std::unique_ptr<Router> make_deepseek_v3(const json& p, const std::string& c) {
+  return with_defaults({{"score", "sigmoid"},
+                        {"k", 8},
+                        {"groups", 8},
+                        {"topk_groups", 4},
+                        {"route_scale", 2.5},
+                        {"bias_update_rate", 0.001}},
+                       p, c);
+}
+std::unique_ptr<Router> make_adamoe(const json& p, const std::string& c) {
+  return with_defaults({{"k", 4}, {"null_experts", 16}}, p, c);
+}
+
+}  // namespace switchyard::routers
