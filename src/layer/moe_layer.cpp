@@ -7,6 +7,8 @@
 #include <numeric>
 #include <random>
 
+#include <omp.h>
+
 #include "kernels/cpu/kernels.h"
 #include "layer/losses.h"
 
@@ -19,6 +21,20 @@ void check_finite(const char* name, const float* data, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(data[i]))
       fail("moe_layer: {} has a non-finite value {} at flat index {}", name, data[i], i);
+}
+
+// Runs fn(e) for every expert: in parallel over experts (largest first) when there are enough of
+// them to keep every thread busy, else one by one with the GEMMs split across threads.
+template <typename Fn>
+void for_each_expert(int64_t E, const std::vector<int64_t>& offsets, Fn&& fn) {
+  std::vector<int64_t> order(static_cast<size_t>(E));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return offsets[size_t(a) + 1] - offsets[size_t(a)] > offsets[size_t(b) + 1] - offsets[size_t(b)];
+  });
+  const bool by_expert = E >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
+  for (int64_t i = 0; i < E; ++i) fn(order[size_t(i)]);
 }
 
 std::vector<std::pair<int64_t, int64_t>> sequences_of(const std::vector<int64_t>& seq_lens,
@@ -247,13 +263,13 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   c.act.resize(size_t(rows * F));
   c.out.resize(size_t(rows * d));
   cpu::gather_rows(rows, d, batch.x, row_token.data(), c.xd.data());
-  for (int64_t e = 0; e < E; ++e) {
+  for_each_expert(E, c.expert_offsets, [&](int64_t e) {
     const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
     cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
                      p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
                      act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
                      c.out.data() + o * d);
-  }
+  });
   cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), row_weight.data(),
                     c.out.data(), y);
   if (!plan.passthrough.empty())
@@ -379,18 +395,20 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     }
     d_weight[size_t(a)] = float(u);
   }
-  std::vector<float> scratch_w(size_t(F * d) * 3);
-  for (int64_t e = 0; e < E; ++e) {
+  // Experts whose weight gradients are not wanted write into scratch, one block per expert.
+  std::vector<float> scratch_w(g.w1 && g.w2 && (g.w3 || !swiglu) ? 0 : size_t(E * F * d) * 3);
+  for_each_expert(E, c.expert_offsets, [&](int64_t e) {
     const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
-    float* dw1 = g.w1 ? g.w1 + e * F * d : scratch_w.data();
-    float* dw3 = swiglu ? (g.w3 ? g.w3 + e * F * d : scratch_w.data() + F * d) : nullptr;
-    float* dw2 = g.w2 ? g.w2 + e * d * F : scratch_w.data() + 2 * F * d;
+    float* scratch = scratch_w.empty() ? nullptr : scratch_w.data() + e * 3 * F * d;
+    float* dw1 = g.w1 ? g.w1 + e * F * d : scratch;
+    float* dw3 = swiglu ? (g.w3 ? g.w3 + e * F * d : scratch + F * d) : nullptr;
+    float* dw2 = g.w2 ? g.w2 + e * d * F : scratch + 2 * F * d;
     cpu::ffn_backward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
                       p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
                       swiglu ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
                       dout.data() + o * d, dact.data() + o * F, swiglu ? dh3.data() + o * F : nullptr,
                       dw1, dw3, dw2, dxd.data() + o * d, false);
-  }
+  });
   std::vector<float> ones(size_t(rows), 1.0f);
   cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), ones.data(), dxd.data(), dx);
 

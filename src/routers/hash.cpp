@@ -33,7 +33,7 @@ class HashRouter final : public Router {
     return {{"router", "hash"}, {"table", balanced_ ? "balanced" : "random"}, {"hash_seed", seed_}};
   }
   std::string describe() const override {
-    return balanced_ ? "hash layer, balanced table built from the token-id frequencies of the batch"
+    return balanced_ ? "hash layer, balanced table built from the token-id frequencies of each routing group"
                      : "hash layer, random table (splitmix64 of the token id)";
   }
 
@@ -41,9 +41,10 @@ class HashRouter final : public Router {
     if (in.token_ids == nullptr) fail("router hash: needs token_ids (T) int64");
     plan.clear();
     plan.selection_counts.assign(size_t(in.R), 0.0);
-    std::map<int64_t, int32_t> table;
-    if (balanced_) table = balanced_table(in);
     for (size_t g = 0; g < in.groups.size(); ++g) {
+      // Built per routing group, so that one sequence never changes another's table.
+      std::map<int64_t, int32_t> table;
+      if (balanced_) table = balanced_table(in, in.groups[g].first, in.groups[g].second);
       for (int64_t t = in.groups[g].first; t < in.groups[g].second; ++t) {
         const int64_t id = in.token_ids[t];
         const int32_t e = balanced_ ? table.at(id)
@@ -60,9 +61,9 @@ class HashRouter final : public Router {
 
  private:
   // Distinct ids by descending frequency (ties by id), each to the least-loaded expert.
-  std::map<int64_t, int32_t> balanced_table(const RouterInput& in) const {
+  std::map<int64_t, int32_t> balanced_table(const RouterInput& in, int64_t begin, int64_t end) const {
     std::map<int64_t, int64_t> frequency;
-    for (int64_t t = 0; t < in.T; ++t) ++frequency[in.token_ids[t]];
+    for (int64_t t = begin; t < end; ++t) ++frequency[in.token_ids[t]];
     std::vector<std::pair<int64_t, int64_t>> ids(frequency.begin(), frequency.end());
     std::stable_sort(ids.begin(), ids.end(),
                      [](const auto& a, const auto& b) { return a.second > b.second; });

@@ -16,7 +16,6 @@ class ReMoERouter final : public Router {
     lambda_ = r.get_double("lambda", 1e-8, 0.0, 1e6);
     rate_ = r.get_double("lambda_rate", 1.2, 1.0, 100.0);
     r.finish();
-    traits_.supports_losses = false;
   }
   const RouterTraits& traits() const override { return traits_; }
   nlohmann::json params() const override {

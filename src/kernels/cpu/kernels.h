@@ -40,6 +40,9 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
 void combine_rows(int64_t T, int64_t d, const int64_t* token_offsets, const int32_t* token_rows,
                   const float* row_weight, const float* out, float* y);
 
+// Makes OpenBLAS single-threaded: OpenMP owns the threads (see kernels.cpp).
+void init_blas_threads();
+
 // C (M, N) = alpha * op(A) op(B) + beta * C, row-major; thin wrapper over cblas_sgemm.
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);

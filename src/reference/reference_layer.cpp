@@ -1,0 +1,827 @@
+// The float64 reference of the MoE layer (docs/layer-config.md, followed literally). Everything is
+// written per token and per expert with plain loops, for clarity; nothing here is shared with the
+// fast path's routers, kernels or dispatch, so the two implementations check each other.
+
+#include <switchyard/error.h>
+#include <switchyard/reference.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace switchyard::reference {
+
+namespace {
+
+using nlohmann::json;
+using Range = std::pair<int64_t, int64_t>;  // [begin, end) token range
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// ---------------------------------------------------------------------------------------------
+// Small checks and parameter access.
+
+void expect_size(const std::vector<double>& v, int64_t n, const char* name) {
+  if (static_cast<int64_t>(v.size()) != n)
+    fail("reference::forward: '{}' has {} elements, expected {}", name, v.size(), n);
+}
+
+template <typename T>
+T param(const json& params, const char* key) {
+  if (!params.contains(key))
+    fail("reference::forward: router parameter '{}' is missing from {}", key, params.dump());
+  return params.at(key).get<T>();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar maths.
+
+double sigmoid(double z) {
+  return 1.0 / (1.0 + std::exp(-z));
+}
+double silu(double z) {
+  return z * sigmoid(z);
+}
+double gelu_erf(double z) {
+  return 0.5 * z * (1.0 + std::erf(z / std::sqrt(2.0)));
+}
+
+double logsumexp(const std::vector<double>& z) {
+  double m = -kInf;
+  for (double v : z) m = std::max(m, v);
+  double sum = 0.0;
+  for (double v : z) sum += std::exp(v - m);
+  return m + std::log(sum);
+}
+
+// exp(z - max) / Σ exp(z - max): equal logits give bit-equal probabilities, so exact ties stay
+// ties (across tokens too) and the tie rule decides.
+std::vector<double> softmax(const std::vector<double>& z) {
+  double m = -kInf;
+  for (double v : z) m = std::max(m, v);
+  std::vector<double> p(z.size());
+  double sum = 0.0;
+  for (size_t i = 0; i < z.size(); ++i) sum += (p[i] = std::exp(z[i] - m));
+  for (double& v : p) v /= sum;
+  return p;
+}
+
+std::vector<double> sigmoid_all(const std::vector<double>& z) {
+  std::vector<double> s(z.size());
+  for (size_t i = 0; i < z.size(); ++i) s[i] = sigmoid(z[i]);
+  return s;
+}
+
+std::vector<double> divide_by_sum(const std::vector<double>& v) {
+  double sum = 0.0;
+  for (double x : v) sum += x;
+  std::vector<double> out(v.size(), 0.0);
+  if (sum > 0.0)
+    for (size_t i = 0; i < v.size(); ++i) out[i] = v[i] / sum;
+  return out;
+}
+
+// Indices of `values` sorted by value descending, ties to the lower index.
+std::vector<int64_t> order_descending(const std::vector<double>& values) {
+  std::vector<int64_t> idx(values.size());
+  std::iota(idx.begin(), idx.end(), int64_t{0});
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](int64_t a, int64_t b) { return values[a] > values[b]; });
+  return idx;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors as rows.
+
+std::vector<double> row(const std::vector<double>& m, int64_t r, int64_t cols) {
+  return std::vector<double>(m.begin() + r * cols, m.begin() + (r + 1) * cols);
+}
+
+// out (rows) = W x with W (rows, cols) stored row-major starting at w.
+std::vector<double> matvec(const double* w, int64_t rows, int64_t cols,
+                           const std::vector<double>& x) {
+  std::vector<double> out(rows, 0.0);
+  for (int64_t i = 0; i < rows; ++i) {
+    double sum = 0.0;
+    for (int64_t j = 0; j < cols; ++j) sum += w[i * cols + j] * x[j];
+    out[i] = sum;
+  }
+  return out;
+}
+
+// One FFN on one token: SwiGLU w2 (silu(w1 x) ⊙ w3 x) or GELU w2 gelu(w1 x).
+// w1, w3: (F, d); w2: (d, F). w3 is ignored for GELU.
+std::vector<double> ffn(Activation activation, const double* w1, const double* w3, const double* w2,
+                        int64_t d, int64_t F, const std::vector<double>& x) {
+  const std::vector<double> h1 = matvec(w1, F, d, x);
+  std::vector<double> act(F);
+  if (activation == Activation::SwiGLU) {
+    const std::vector<double> h3 = matvec(w3, F, d, x);
+    for (int64_t f = 0; f < F; ++f) act[f] = silu(h1[f]) * h3[f];
+  } else {
+    for (int64_t f = 0; f < F; ++f) act[f] = gelu_erf(h1[f]);
+  }
+  return matvec(w2, d, F, act);
+}
+
+std::vector<double> expert_ffn(Activation activation, const Params& p, const MoEShape& shape,
+                               int64_t e, const std::vector<double>& x) {
+  const int64_t d = shape.d, F = shape.F;
+  const double* w3 = activation == Activation::SwiGLU ? p.w3.data() + e * F * d : nullptr;
+  return ffn(activation, p.w1.data() + e * F * d, w3, p.w2.data() + e * d * F, d, F, x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequences and routing groups.
+
+std::vector<Range> sequences(const std::vector<int64_t>& seq_lens, int64_t T) {
+  if (seq_lens.empty()) return {{0, T}};
+  std::vector<Range> out;
+  int64_t begin = 0;
+  for (int64_t len : seq_lens) {
+    out.emplace_back(begin, begin + len);
+    begin += len;
+  }
+  if (begin != T) fail("reference::forward: seq_lens sum to {}, expected T = {}", begin, T);
+  return out;
+}
+
+std::vector<Range> routing_group_ranges(RoutingGroups mode, const std::vector<int64_t>& seq_lens,
+                                        int64_t T) {
+  if (mode == RoutingGroups::Batch) return {{0, T}};
+  return sequences(seq_lens, T);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing result, common to every router.
+
+struct Assignment {
+  int64_t token = 0;
+  int64_t expert = 0;  // a true expert, in [0, E)
+  double weight = 0.0;
+  bool kept = true;
+};
+
+struct Routing {
+  std::vector<Assignment> assignments;
+  std::vector<double> passthrough;  // (T) coefficient of x added to y (BASE), empty if none
+  // (T, R) the router's choices of each output before any drop, for the balance loss; and the
+  // first choice alone (GShard's balance_top1_only).
+  std::vector<double> chosen;
+  std::vector<double> chosen_first;
+};
+
+// ---------------------------------------------------------------------------------------------
+// topk and its presets.
+
+struct TopkOptions {
+  int64_t k = 2;
+  bool sigmoid_score = false;
+  bool normalize = true;
+  double capacity_factor = 0.0;
+  bool batch_priority = false;
+  bool random_second = false;
+  int64_t groups = 1;
+  int64_t topk_groups = 1;
+  double route_scale = 1.0;
+};
+
+TopkOptions read_topk_options(const json& params) {
+  TopkOptions o;
+  o.k = param<int64_t>(params, "k");
+  o.sigmoid_score = param<std::string>(params, "score") == "sigmoid";
+  o.normalize = param<bool>(params, "normalize");
+  o.capacity_factor = param<double>(params, "capacity_factor");
+  o.batch_priority = param<std::string>(params, "drop_order") == "batch_priority";
+  o.random_second = param<std::string>(params, "second_expert") == "random";
+  o.groups = param<int64_t>(params, "groups");
+  o.topk_groups = param<int64_t>(params, "topk_groups");
+  o.route_scale = param<double>(params, "route_scale");
+  return o;
+}
+
+// The experts (true and null) a token may choose after DeepSeek-V3's group limit. Groups
+// partition the E true experts; null experts belong to no group and stay eligible.
+std::vector<bool> group_limited_eligibility(const std::vector<double>& selection, int64_t E,
+                                            int64_t groups, int64_t topk_groups) {
+  std::vector<bool> eligible(selection.size(), true);
+  if (groups <= 1 || topk_groups >= groups) return eligible;
+  const int64_t size = E / groups;
+  std::vector<double> group_score(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    std::vector<double> members(selection.begin() + g * size, selection.begin() + (g + 1) * size);
+    std::sort(members.begin(), members.end(), std::greater<double>());
+    group_score[g] = size == 1 ? members[0] : members[0] + members[1];
+  }
+  const std::vector<int64_t> ranked = order_descending(group_score);
+  for (int64_t i = topk_groups; i < groups; ++i)
+    for (int64_t e = ranked[i] * size; e < (ranked[i] + 1) * size; ++e) eligible[e] = false;
+  return eligible;
+}
+
+// One token's k choices in rank order (over all R outputs), ties to the lower index.
+std::vector<int64_t> choose_top_k(const std::vector<double>& selection,
+                                  const std::vector<bool>& eligible, int64_t k) {
+  std::vector<double> masked = selection;
+  for (size_t i = 0; i < masked.size(); ++i)
+    if (!eligible[i]) masked[i] = -kInf;
+  std::vector<int64_t> ranked = order_descending(masked);
+  ranked.resize(static_cast<size_t>(k));
+  return ranked;
+}
+
+// A token's true-expert choice with its rank (position in the top-k list).
+struct Choice {
+  int64_t token = 0;
+  int64_t expert = 0;
+  int64_t rank = 0;
+  double weight = 0.0;
+  bool kept = true;
+};
+
+// Capacity per expert for a group of n tokens: ⌈n·k·cf/E⌉, a multiple of 4 for batch priority.
+int64_t topk_capacity(int64_t n, const TopkOptions& o, int64_t E) {
+  int64_t C = static_cast<int64_t>(std::ceil(static_cast<double>(n) * static_cast<double>(o.k) *
+                                             o.capacity_factor / static_cast<double>(E)));
+  if (o.batch_priority) C = (C + 3) / 4 * 4;
+  return C;
+}
+
+// Drops the choices over capacity within one routing group, visiting them rank-major and,
+// within a rank, by position or by descending first-choice weight (ties to the lower token).
+// A choice is dropped when its slot (earlier kept choices of its expert) is >= C.
+void apply_capacity(std::vector<Choice>& choices, const std::vector<double>& first_weight,
+                    const Range& group, const TopkOptions& o, int64_t E) {
+  const int64_t C = topk_capacity(group.second - group.first, o, E);
+  std::vector<size_t> visit;  // indices into `choices` of this group's live choices
+  for (size_t i = 0; i < choices.size(); ++i)
+    if (choices[i].token >= group.first && choices[i].token < group.second && choices[i].kept)
+      visit.push_back(i);
+  auto before = [&](size_t a, size_t b) {
+    const Choice& ca = choices[a];
+    const Choice& cb = choices[b];
+    if (ca.rank != cb.rank) return ca.rank < cb.rank;
+    if (o.batch_priority && first_weight[ca.token] != first_weight[cb.token])
+      return first_weight[ca.token] > first_weight[cb.token];
+    return ca.token < cb.token;
+  };
+  std::sort(visit.begin(), visit.end(), before);
+  std::vector<int64_t> filled(E, 0);
+  for (size_t i : visit) {
+    Choice& c = choices[i];
+    if (filled[c.expert] >= C)
+      c.kept = false;
+    else
+      ++filled[c.expert];
+  }
+}
+
+Routing route_topk(const json& params, const std::vector<double>& logits,
+                   const std::vector<double>& bias, const std::vector<Range>& groups,
+                   const RouterNoise& noise, bool training, int64_t T, int64_t E, int64_t R) {
+  const TopkOptions o = read_topk_options(params);
+  const bool random_second = o.random_second && training;
+  if (random_second && static_cast<int64_t>(noise.uniform.size()) != T)
+    fail("reference::forward: the random second expert needs noise.uniform of {} draws", T);
+  Routing routing;
+  routing.chosen.assign(T * R, 0.0);
+  routing.chosen_first.assign(T * R, 0.0);
+  std::vector<Choice> choices;
+  std::vector<double> first_weight(T, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> z = row(logits, t, R);
+    const std::vector<double> s = o.sigmoid_score ? sigmoid_all(z) : softmax(z);
+    std::vector<double> selection = s;
+    for (int64_t e = 0; e < E && !bias.empty(); ++e) selection[e] += bias[e];
+    const std::vector<bool> eligible =
+        group_limited_eligibility(selection, E, o.groups, o.topk_groups);
+    const std::vector<int64_t> chosen = choose_top_k(selection, eligible, o.k);
+
+    double normaliser = 0.0;
+    for (int64_t e : chosen)
+      if (e < E) normaliser += s[e];
+    auto weight_of = [&](int64_t e) {
+      return (o.normalize ? s[e] / normaliser : s[e]) * o.route_scale;
+    };
+    // Batch priority: the weight of the first choice, 0 when it is a (removed) null expert.
+    first_weight[t] = chosen[0] < E ? weight_of(chosen[0]) : 0.0;
+    for (int64_t rank = 0; rank < o.k; ++rank) {
+      const int64_t e = chosen[rank];
+      routing.chosen[t * R + e] += 1.0;
+      if (rank == 0) routing.chosen_first[t * R + e] += 1.0;
+      if (e >= E) continue;  // null expert: outputs nothing
+      Choice c{t, e, rank, weight_of(e), true};
+      if (random_second && rank >= 1 && !(2.0 * c.weight > noise.uniform[t])) c.kept = false;
+      choices.push_back(c);
+    }
+  }
+  if (o.capacity_factor > 0.0)
+    for (const Range& g : groups) apply_capacity(choices, first_weight, g, o, E);
+  for (const Choice& c : choices)
+    routing.assignments.push_back({c.token, c.expert, c.kept ? c.weight : 0.0, c.kept});
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
+// expert_choice: per group, each expert takes its C best tokens by s[t, e].
+
+Routing route_expert_choice(const json& params, const std::vector<double>& logits,
+                            const std::vector<Range>& groups, int64_t T, int64_t E) {
+  const double c = param<double>(params, "capacity_factor");
+  std::vector<double> s(T * E);
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> p = softmax(row(logits, t, E));
+    std::copy(p.begin(), p.end(), s.begin() + t * E);
+  }
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  for (const Range& g : groups) {
+    const int64_t n = g.second - g.first;
+    const int64_t C = std::min(
+        n, static_cast<int64_t>(std::ceil(static_cast<double>(n) * c / static_cast<double>(E))));
+    for (int64_t e = 0; e < E; ++e) {
+      std::vector<double> column(n);
+      for (int64_t i = 0; i < n; ++i) column[i] = s[(g.first + i) * E + e];
+      const std::vector<int64_t> ranked = order_descending(column);
+      for (int64_t i = 0; i < C; ++i) {
+        const int64_t t = g.first + ranked[i];
+        routing.assignments.push_back({t, e, s[t * E + e], true});
+        routing.chosen[t * E + e] += 1.0;
+      }
+    }
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
+// hash: a fixed token id -> expert map, weight 1.
+
+uint64_t splitmix64(uint64_t state) {
+  uint64_t z = state + 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Balanced table of one group: distinct ids by frequency descending (ties by id ascending), each
+// given to the least-loaded expert so far (ties to the lower expert), load += frequency.
+std::vector<int64_t> balanced_hash_experts(const std::vector<int64_t>& ids, int64_t E) {
+  std::vector<std::pair<int64_t, int64_t>> freq;  // (id, count)
+  std::vector<int64_t> sorted_ids = ids;
+  std::sort(sorted_ids.begin(), sorted_ids.end());
+  for (int64_t id : sorted_ids) {
+    if (freq.empty() || freq.back().first != id)
+      freq.emplace_back(id, 1);
+    else
+      ++freq.back().second;
+  }
+  std::stable_sort(freq.begin(), freq.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::vector<int64_t> load(E, 0);
+  std::vector<std::pair<int64_t, int64_t>> table;  // (id, expert)
+  for (const auto& [id, count] : freq) {
+    const int64_t e = std::min_element(load.begin(), load.end()) - load.begin();
+    load[e] += count;
+    table.emplace_back(id, e);
+  }
+  std::vector<int64_t> experts;
+  for (int64_t id : ids)
+    for (const auto& [tid, e] : table)
+      if (tid == id) experts.push_back(e);
+  return experts;
+}
+
+Routing route_hash(const json& params, const std::vector<int64_t>& token_ids,
+                   const std::vector<Range>& groups, int64_t T, int64_t E) {
+  if (static_cast<int64_t>(token_ids.size()) != T)
+    fail("reference::forward: token_ids has {} elements, expected {}", token_ids.size(), T);
+  const bool balanced = param<std::string>(params, "table") == "balanced";
+  const uint64_t seed = param<uint64_t>(params, "hash_seed");
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  std::vector<int64_t> expert_of(T);
+  for (const Range& g : groups) {
+    if (balanced) {
+      const std::vector<int64_t> ids(token_ids.begin() + g.first, token_ids.begin() + g.second);
+      const std::vector<int64_t> experts = balanced_hash_experts(ids, E);
+      std::copy(experts.begin(), experts.end(), expert_of.begin() + g.first);
+    } else {
+      for (int64_t t = g.first; t < g.second; ++t)
+        expert_of[t] = static_cast<int64_t>(splitmix64(static_cast<uint64_t>(token_ids[t]) ^ seed) %
+                                            static_cast<uint64_t>(E));
+    }
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    routing.assignments.push_back({t, expert_of[t], 1.0, true});
+    routing.chosen[t * E + expert_of[t]] += 1.0;
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
+// base: balanced assignment by auction in training, greedy argmax in eval.
+
+// Owner expert of each token of one group (A: n × E affinities), by the contract's auction.
+std::vector<int64_t> auction(const std::vector<double>& A, int64_t n, int64_t E) {
+  std::vector<int64_t> cap(E);
+  for (int64_t e = 0; e < E; ++e) cap[e] = n / E + (e < n % E ? 1 : 0);
+  const double max_a = *std::max_element(A.begin(), A.end());
+  const double min_a = *std::min_element(A.begin(), A.end());
+  const double eps = std::max(1e-4, (max_a - min_a) / 50.0);
+  std::vector<double> price(n, 0.0);
+  std::vector<int64_t> owner(n, -1);
+  std::vector<int64_t> owned(E, 0);
+  auto all_full = [&] {
+    for (int64_t e = 0; e < E; ++e)
+      if (owned[e] < cap[e]) return false;
+    return true;
+  };
+  for (int round = 0; round < 100 && !all_full(); ++round) {
+    std::vector<double> best_bid(n, -kInf);
+    std::vector<int64_t> best_bidder(n, -1);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t need = cap[e] - owned[e];
+      if (need <= 0) continue;
+      std::vector<int64_t> candidates;
+      std::vector<double> values;
+      for (int64_t t = 0; t < n; ++t) {
+        if (owner[t] == e) continue;
+        candidates.push_back(t);
+        values.push_back(A[t * E + e] - price[t]);
+      }
+      const std::vector<int64_t> ranked = order_descending(values);
+      const int64_t take = std::min<int64_t>(need, static_cast<int64_t>(candidates.size()));
+      const double v_next = static_cast<int64_t>(candidates.size()) > take
+                                ? values[ranked[take]]
+                                : values[ranked[take - 1]];
+      for (int64_t i = 0; i < take; ++i) {
+        const int64_t t = candidates[ranked[i]];
+        const double bid = values[ranked[i]] - v_next + eps;
+        if (bid > best_bid[t]) {  // experts bid in index order: ties stay with the lower one
+          best_bid[t] = bid;
+          best_bidder[t] = e;
+        }
+      }
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      if (best_bidder[t] < 0) continue;
+      if (owner[t] >= 0) --owned[owner[t]];
+      owner[t] = best_bidder[t];
+      ++owned[owner[t]];
+      price[t] += best_bid[t];
+    }
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    if (owner[t] >= 0) continue;
+    int64_t best = -1;
+    for (int64_t e = 0; e < E; ++e)
+      if (owned[e] < cap[e] && (best < 0 || A[t * E + e] > A[t * E + best])) best = e;
+    owner[t] = best;
+    ++owned[best];
+  }
+  return owner;
+}
+
+Routing route_base(const std::vector<double>& logits, const std::vector<Range>& groups,
+                   bool training, int64_t T, int64_t E) {
+  std::vector<int64_t> expert_of(T);
+  for (const Range& g : groups) {
+    const int64_t n = g.second - g.first;
+    if (training) {
+      const std::vector<double> A(logits.begin() + g.first * E, logits.begin() + g.second * E);
+      const std::vector<int64_t> owner = auction(A, n, E);
+      std::copy(owner.begin(), owner.end(), expert_of.begin() + g.first);
+    } else {
+      for (int64_t t = g.first; t < g.second; ++t)
+        expert_of[t] = order_descending(row(logits, t, E))[0];
+    }
+  }
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  routing.passthrough.assign(T, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t e = expert_of[t];
+    const double alpha = sigmoid(logits[t * E + e]);
+    routing.assignments.push_back({t, e, alpha, true});
+    routing.passthrough[t] = 1.0 - alpha;
+    routing.chosen[t * E + e] += 1.0;
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
+// top_p: experts by descending p until the running sum exceeds the threshold; raw weights.
+
+Routing route_top_p(const json& params, const std::vector<double>& logits, int64_t T, int64_t E) {
+  const double threshold = param<double>(params, "threshold");
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  routing.chosen_first.assign(T * E, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> p = softmax(row(logits, t, E));
+    const std::vector<int64_t> ranked = order_descending(p);
+    double running = 0.0;
+    for (int64_t i = 0; i < E; ++i) {
+      const int64_t e = ranked[i];
+      routing.assignments.push_back({t, e, p[e], true});
+      routing.chosen[t * E + e] += 1.0;
+      if (i == 0) routing.chosen_first[t * E + e] += 1.0;
+      running += p[e];
+      if (running > threshold) break;
+    }
+  }
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
+// remoe: ReLU(z) is the weight; experts with z > 0 are active.
+
+Routing route_remoe(const std::vector<double>& logits, int64_t T, int64_t E) {
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e)
+      if (logits[t * E + e] > 0.0) {
+        routing.assignments.push_back({t, e, logits[t * E + e], true});
+        routing.chosen[t * E + e] += 1.0;
+      }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// L_reg = λ · E/(k·T²) · Σ_e (Σ_t R_te) · c_e, c_e = #{t: R_te > 0}.
+double remoe_regulariser(const json& params, const std::vector<double>& logits, int64_t T,
+                         int64_t E) {
+  const double lambda = param<double>(params, "lambda");
+  const double k = param<double>(params, "k");
+  double sum = 0.0;
+  for (int64_t e = 0; e < E; ++e) {
+    double mass = 0.0, count = 0.0;
+    for (int64_t t = 0; t < T; ++t)
+      if (logits[t * E + e] > 0.0) {
+        mass += logits[t * E + e];
+        count += 1.0;
+      }
+    sum += mass * count;
+  }
+  return lambda * static_cast<double>(E) / (k * static_cast<double>(T) * static_cast<double>(T)) *
+         sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// soft: every token uses every expert with weight softmax(z).
+
+Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
+  Routing routing;
+  routing.chosen.assign(T * E, 1.0);
+  routing.chosen_first = routing.chosen;
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> p = softmax(row(logits, t, E));
+    for (int64_t e = 0; e < E; ++e) routing.assignments.push_back({t, e, p[e], true});
+  }
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses.
+
+// Per-token probability over the R outputs for the balance and entropy losses.
+std::vector<double> loss_probabilities(const std::vector<double>& z, bool sigmoid_score) {
+  return sigmoid_score ? divide_by_sum(sigmoid_all(z)) : softmax(z);
+}
+
+// α · R · Σ_e f_e P_e over the tokens [begin, end), with `extra_counts` (global batch) added to c.
+double balance_over(const std::vector<double>& probs, const std::vector<double>& chosen,
+                    const Range& tokens, const std::vector<double>& extra_counts, int64_t R,
+                    double alpha) {
+  std::vector<double> counts(R, 0.0), mean_p(R, 0.0);
+  for (int64_t e = 0; e < R && !extra_counts.empty(); ++e) counts[e] = extra_counts[e];
+  const double n = static_cast<double>(tokens.second - tokens.first);
+  for (int64_t t = tokens.first; t < tokens.second; ++t)
+    for (int64_t e = 0; e < R; ++e) {
+      counts[e] += chosen[t * R + e];
+      mean_p[e] += probs[t * R + e] / n;
+    }
+  const std::vector<double> f = divide_by_sum(counts);
+  double sum = 0.0;
+  for (int64_t e = 0; e < R; ++e) sum += f[e] * mean_p[e];
+  return alpha * static_cast<double>(R) * sum;
+}
+
+double balance_loss(const LossConfig& losses, const std::vector<double>& probs,
+                    const Routing& routing, const Batch& batch, int64_t R) {
+  const std::vector<double>& chosen =
+      losses.balance_top1_only ? routing.chosen_first : routing.chosen;
+  const int64_t T = batch.T;
+  switch (losses.balance_mode) {
+    case BalanceMode::MicroBatch:
+      return balance_over(probs, chosen, {0, T}, {}, R, losses.balance);
+    case BalanceMode::GlobalBatch:
+      return balance_over(probs, chosen, {0, T}, batch.global_counts, R, losses.balance);
+    case BalanceMode::Sequence: {
+      const std::vector<Range> seqs = sequences(batch.seq_lens, T);
+      double sum = 0.0;
+      for (const Range& s : seqs) sum += balance_over(probs, chosen, s, {}, R, losses.balance);
+      return sum / static_cast<double>(seqs.size());
+    }
+  }
+  return 0.0;
+}
+
+// (1/T) Σ_t (logsumexp_j z_tj)².
+double z_loss(const std::vector<double>& logits, int64_t T, int64_t R) {
+  double sum = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    const double lse = logsumexp(row(logits, t, R));
+    sum += lse * lse;
+  }
+  return sum / static_cast<double>(T);
+}
+
+// (1/T) Σ_t H(p_t).
+double entropy_loss(const std::vector<double>& probs, int64_t T, int64_t R) {
+  double sum = 0.0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < R; ++e) {
+      const double p = probs[t * R + e];
+      if (p > 0.0) sum -= p * std::log(p);
+    }
+  return sum / static_cast<double>(T);
+}
+
+// Every enabled loss of the config, summed.
+double config_losses(const LossConfig& losses, const std::vector<double>& logits,
+                     bool sigmoid_score, const Routing& routing, const Batch& batch, int64_t R) {
+  const int64_t T = batch.T;
+  std::vector<double> probs(T * R);
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> p = loss_probabilities(row(logits, t, R), sigmoid_score);
+    std::copy(p.begin(), p.end(), probs.begin() + t * R);
+  }
+  double total = 0.0;
+  if (losses.balance != 0.0) total += balance_loss(losses, probs, routing, batch, R);
+  if (losses.z != 0.0) total += losses.z * z_loss(logits, T, R);
+  if (losses.entropy != 0.0) total += losses.entropy * entropy_loss(probs, T, R);
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The layer.
+
+void check_sizes(const LayerConfig& config, const MoEShape& shape, int64_t R, const Params& p,
+                 const Batch& b, const RouterNoise& noise, bool needs_gate) {
+  const int64_t T = b.T, d = shape.d, E = shape.E, F = shape.F, Fs = shape.Fs;
+  const bool swiglu = config.activation == Activation::SwiGLU;
+  expect_size(b.x, T * d, "x");
+  if (needs_gate) expect_size(p.gate, R * d, "gate.weight");
+  if (!p.gate_bias.empty()) expect_size(p.gate_bias, E, "gate.bias");
+  expect_size(p.w1, E * F * d, "experts.w1");
+  if (swiglu) expect_size(p.w3, E * F * d, "experts.w3");
+  expect_size(p.w2, E * d * F, "experts.w2");
+  expect_size(p.shared_w1, Fs * d, "shared.w1");
+  if (swiglu) expect_size(p.shared_w3, Fs * d, "shared.w3");
+  expect_size(p.shared_w2, d * Fs, "shared.w2");
+  if (!b.global_counts.empty()) expect_size(b.global_counts, R, "global_counts");
+  if (!noise.jitter.empty() && static_cast<int64_t>(noise.jitter.size()) != T * d)
+    fail("reference::forward: noise.jitter has {} elements, expected {}", noise.jitter.size(),
+         T * d);
+  if (!noise.uniform.empty() && static_cast<int64_t>(noise.uniform.size()) != T)
+    fail("reference::forward: noise.uniform has {} elements, expected {}", noise.uniform.size(), T);
+}
+
+// The router's view of x: x ⊙ jitter when the call has jitter.
+std::vector<double> router_input(const std::vector<double>& x, const RouterNoise& noise) {
+  std::vector<double> xr = x;
+  for (size_t i = 0; i < noise.jitter.size(); ++i) xr[i] *= static_cast<double>(noise.jitter[i]);
+  return xr;
+}
+
+// z = x Wᵀ for every row of `inputs` (n, d) with W (R, d).
+std::vector<double> logits_of(const std::vector<double>& inputs, const std::vector<double>& gate,
+                              int64_t n, int64_t d, int64_t R) {
+  std::vector<double> z(n * R);
+  for (int64_t t = 0; t < n; ++t) {
+    const std::vector<double> out = matvec(gate.data(), R, d, row(inputs, t, d));
+    std::copy(out.begin(), out.end(), z.begin() + t * R);
+  }
+  return z;
+}
+
+void add_shared_expert(Activation activation, const Params& p, const MoEShape& shape,
+                       const std::vector<double>& x, int64_t T, std::vector<double>& y) {
+  if (shape.Fs == 0) return;
+  const int64_t d = shape.d;
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> out = ffn(activation, p.shared_w1.data(), p.shared_w3.data(),
+                                        p.shared_w2.data(), d, shape.Fs, row(x, t, d));
+    for (int64_t j = 0; j < d; ++j) y[t * d + j] += out[j];
+  }
+}
+
+// SMEAR: per sequence, p = softmax(W mean(x)), one FFN with the p-merged expert weights.
+Result forward_smear(const LayerConfig& config, const MoEShape& shape, const Params& p,
+                     const Batch& b, const RouterNoise& noise) {
+  const int64_t T = b.T, d = shape.d, E = shape.E, F = shape.F;
+  const std::vector<double> xr = router_input(b.x, noise);
+  Result r;
+  r.y.assign(T * d, 0.0);
+  r.combine.assign(T * E, 0.0);
+  r.tokens_per_expert.assign(E, 0);
+  for (const Range& s : sequences(b.seq_lens, T)) {
+    std::vector<double> mean(d, 0.0);
+    for (int64_t t = s.first; t < s.second; ++t)
+      for (int64_t j = 0; j < d; ++j)
+        mean[j] += xr[t * d + j] / static_cast<double>(s.second - s.first);
+    const std::vector<double> prob = softmax(matvec(p.gate.data(), E, d, mean));
+    std::vector<double> w1(F * d, 0.0), w3(F * d, 0.0), w2(d * F, 0.0);
+    for (int64_t e = 0; e < E; ++e) {
+      for (int64_t i = 0; i < F * d; ++i) {
+        w1[i] += prob[e] * p.w1[e * F * d + i];
+        if (config.activation == Activation::SwiGLU) w3[i] += prob[e] * p.w3[e * F * d + i];
+        w2[i] += prob[e] * p.w2[e * d * F + i];
+      }
+    }
+    for (int64_t t = s.first; t < s.second; ++t) {
+      const std::vector<double> out =
+          ffn(config.activation, w1.data(), w3.data(), w2.data(), d, F, row(b.x, t, d));
+      std::copy(out.begin(), out.end(), r.y.begin() + t * d);
+      for (int64_t e = 0; e < E; ++e) {
+        r.combine[t * E + e] = prob[e];
+        ++r.tokens_per_expert[e];
+      }
+    }
+  }
+  add_shared_expert(config.activation, p, shape, b.x, T, r.y);
+  return r;
+}
+
+}  // namespace
+
+Result forward(const LayerConfig& config, const json& router_params, const MoEShape& shape,
+               int64_t R, const Params& params, const Batch& batch, const RouterNoise& noise) {
+  const std::string family = param<std::string>(router_params, "router");
+  const int64_t T = batch.T, d = shape.d, E = shape.E;
+  check_sizes(config, shape, R, params, batch, noise, family != "hash");
+  if (family == "smear") return forward_smear(config, shape, params, batch, noise);
+
+  const std::vector<Range> groups = routing_group_ranges(config.routing_groups, batch.seq_lens, T);
+  std::vector<double> logits;
+  if (family != "hash") logits = logits_of(router_input(batch.x, noise), params.gate, T, d, R);
+
+  Routing routing;
+  bool sigmoid_score = false;
+  if (family == "topk") {
+    sigmoid_score = param<std::string>(router_params, "score") == "sigmoid";
+    routing = route_topk(router_params, logits, params.gate_bias, groups, noise, config.training, T,
+                         E, R);
+  } else if (family == "expert_choice") {
+    routing = route_expert_choice(router_params, logits, groups, T, E);
+  } else if (family == "hash") {
+    routing = route_hash(router_params, batch.token_ids, groups, T, E);
+  } else if (family == "base") {
+    routing = route_base(logits, groups, config.training, T, E);
+  } else if (family == "top_p") {
+    routing = route_top_p(router_params, logits, T, E);
+  } else if (family == "remoe") {
+    routing = route_remoe(logits, T, E);
+  } else if (family == "soft") {
+    routing = route_soft(logits, T, E);
+  } else {
+    fail("reference::forward: unknown router family '{}'", family);
+  }
+
+  Result r;
+  r.y.assign(T * d, 0.0);
+  r.combine.assign(T * E, 0.0);
+  r.tokens_per_expert.assign(E, 0);
+  for (const Assignment& a : routing.assignments) {
+    if (!a.kept) {
+      ++r.dropped;
+      continue;
+    }
+    ++r.tokens_per_expert[a.expert];
+    r.combine[a.token * E + a.expert] += a.weight;
+    const std::vector<double> out =
+        expert_ffn(config.activation, params, shape, a.expert, row(batch.x, a.token, d));
+    for (int64_t j = 0; j < d; ++j) r.y[a.token * d + j] += a.weight * out[j];
+  }
+  for (int64_t t = 0; t < static_cast<int64_t>(routing.passthrough.size()); ++t)
+    for (int64_t j = 0; j < d; ++j) r.y[t * d + j] += routing.passthrough[t] * batch.x[t * d + j];
+  add_shared_expert(config.activation, params, shape, batch.x, T, r.y);
+
+  if (family != "hash" && family != "base")
+    r.aux_loss = config_losses(config.losses, logits, sigmoid_score, routing, batch, R);
+  if (family == "remoe") r.aux_loss += remoe_regulariser(router_params, logits, T, E);
+  return r;
+}
+
+}  // namespace switchyard::reference

@@ -1,0 +1,438 @@
+#!/usr/bin/python3
+"""Golden test: `switchyard layer` (float32 C++) against torch_layer.py (PyTorch, float64).
+
+    /usr/bin/python3 tests/golden/test_golden.py --switchyard build/release/switchyard
+
+For every case: random float32 inputs (fresh seed each run, printed; SWITCHYARD_TEST_SEED=N
+replays one), resampled until every discrete choice is clear by MARGIN (so float32 and float64
+take the same routes), written to in.safetensors with a layer.json in a temp dir; then
+`switchyard layer --config layer.json --in in.safetensors --out out.safetensors` and
+`torch_layer.py` with the same arguments; y, combine, aux_loss, tokens_per_expert and every
+gradient are compared. Ends with "N passed, M failed"; exit 1 on any failure, 77 when torch is
+missing (ctest SKIP_RETURN_CODE).
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import safetensors_io  # noqa: E402
+
+# Every discrete decision (the k-th vs (k+1)-th selection score, group scores, an expert's C-th vs
+# (C+1)-th token, top-p running sums against the threshold, ReMoE's z against 0, the priority
+# order of batch_priority) is kept at least MARGIN away from a tie. float32 logits of these sizes
+# are off by ~1e-6 at most, so 1e-4 leaves a factor ~100 while keeping resampling cheap.
+MARGIN = 1e-4
+
+# A float tensor passes when max|cli - ref| <= RTOL * max|ref| + ATOL. float32 rounding measured
+# with torch_layer in float32 against float64 on these cases stays below ~3e-6 relative to the
+# tensor's largest entry (sums of <= 200 products); 1e-4 leaves ~30x headroom and still catches
+# any real semantic error (those come out at 1e-3 .. 1e0). ATOL only covers all-zero tensors.
+RTOL = 1e-4
+ATOL = 1e-7
+
+LOSSES_ON = {"balance": 0.05, "z": 0.01, "entropy": 0.02}
+
+
+def C(name, cfg, T=64, d=32, E=8, F=24, **kw):
+    case = {"name": name, "cfg": cfg, "T": T, "d": d, "E": E, "F": F, "Fs": 0, "seq_lens": None,
+            "bias": False, "null": 0, "dy": "random", "global_counts": False, "token_ids": False,
+            "skew": 0.0, "expect_drops": False, "gate_scale": 1.5}
+    case.update(kw)
+    return case
+
+
+CASES = [
+    # --- mixtral / topk softmax ---
+    C("mixtral", {"router": "mixtral", "activation": "swiglu"}),
+    C("mixtral_losses_shared", {"router": "mixtral", "activation": "swiglu", "losses": LOSSES_ON},
+      Fs=16, T=96),
+    C("mixtral_gelu_seq_groups", {"router": "mixtral", "activation": "gelu",
+                                  "routing_groups": "sequence",
+                                  "losses": dict(LOSSES_ON, balance_mode="sequence")},
+      seq_lens=[40, 25, 55], T=120, d=48, E=16, F=40),
+    C("mixtral_aux_only_grads", {"router": "mixtral", "k": 3,
+                                 "losses": {"balance": 0.5, "z": 0.05, "entropy": 0.3}},
+      dy="zero", T=80, E=6),
+    C("mixtral_global_batch", {"router": "mixtral",
+                               "losses": {"balance": 0.2, "balance_mode": "global_batch"}},
+      global_counts=True),
+    C("topk_balance_top1_only", {"router": "topk", "k": 2,
+                                 "losses": {"balance": 0.2, "balance_top1_only": True}}),
+    C("topk_sigmoid_bias_scale", {"router": "topk", "k": 3, "score": "sigmoid",
+                                  "normalize": False, "route_scale": 2.0,
+                                  "losses": LOSSES_ON},
+      bias=True, E=12, F=20),
+    C("topk_groups_bias", {"router": "topk", "k": 4, "groups": 4, "topk_groups": 2,
+                           "activation": "gelu", "losses": {"z": 0.01}},
+      bias=True, E=16, F=16, d=24, T=100),
+    # --- capacity (switch / topk) ---
+    C("switch_capacity", {"router": "switch"}, T=128, skew=1.0, expect_drops=True),
+    C("switch_seq_groups_gelu_shared", {"router": "switch", "capacity_factor": 1.0,
+                                        "activation": "gelu", "routing_groups": "sequence",
+                                        "losses": {"balance": 0.05, "z": 0.01}},
+      seq_lens=[50, 30, 48], T=128, Fs=12, skew=0.7, expect_drops=True),
+    C("switch_batch_priority", {"router": "switch", "drop_order": "batch_priority",
+                                "capacity_factor": 0.75},
+      T=150, E=6, skew=0.5, expect_drops=True),
+    C("topk2_capacity_normalize", {"router": "topk", "k": 2, "capacity_factor": 0.75,
+                                   "routing_groups": "sequence", "losses": LOSSES_ON},
+      seq_lens=[70, 30, 60], T=160, skew=0.5, expect_drops=True),
+    C("topk2_batch_priority", {"router": "topk", "k": 2, "normalize": False,
+                               "capacity_factor": 1.0, "drop_order": "batch_priority"},
+      T=120, E=8, skew=0.8, expect_drops=True),
+    C("gshard_eval", {"router": "gshard", "capacity_factor": 0.5}, T=96, skew=0.5,
+      expect_drops=True),
+    # --- deepseek_v3 ---
+    C("deepseek_v3_preset", {"router": "deepseek_v3"}, seq_lens=[30, 34], T=64, E=16, F=16,
+      Fs=24, bias=True),
+    C("deepseek_v3_k4_groups", {"router": "deepseek_v3", "k": 4, "groups": 4, "topk_groups": 2,
+                                "routing_groups": "sequence",
+                                "losses": {"balance": 0.05, "balance_mode": "sequence",
+                                           "z": 0.01, "entropy": 0.02}},
+      seq_lens=[20, 45, 35], T=100, E=16, F=16, bias=True),
+    C("deepseek_v3_aux_only_grads", {"router": "deepseek_v3", "k": 6,
+                                     "losses": {"balance": 0.5, "balance_mode": "micro_batch",
+                                                "entropy": 0.2}},
+      dy="zero", T=64, E=16, F=16, bias=True),
+    # --- expert choice ---
+    C("expert_choice", {"router": "expert_choice", "losses": {"z": 0.01, "entropy": 0.02}},
+      T=96),
+    C("expert_choice_seq_gelu_shared", {"router": "expert_choice", "capacity_factor": 1.5,
+                                        "activation": "gelu", "routing_groups": "sequence"},
+      seq_lens=[33, 47, 20], T=100, E=6, Fs=10),
+    # --- top-p ---
+    C("top_p", {"router": "top_p", "losses": LOSSES_ON}, T=80),
+    C("top_p_0.7_gelu_seq", {"router": "top_p", "threshold": 0.7, "activation": "gelu",
+                             "losses": dict(LOSSES_ON, balance_mode="sequence")},
+      seq_lens=[31, 49], T=80, E=10, Fs=8),
+    # --- soft ---
+    C("soft", {"router": "soft", "losses": {"z": 0.01, "entropy": 0.05}}, T=48),
+    C("soft_gelu_shared", {"router": "soft", "activation": "gelu"}, T=40, E=5, Fs=12),
+    # --- ReMoE ---
+    C("remoe", {"router": "remoe", "k": 2, "lambda": 0.05}, T=64, gate_scale=1.0),
+    C("remoe_gelu_shared_z", {"router": "remoe", "activation": "gelu", "losses": {"z": 0.01}},
+      T=50, Fs=8, gate_scale=1.0),
+    # --- further routers of the contract (evaluation mode) ---
+    C("adamoe", {"router": "adamoe"}, E=8, null=16, T=64),
+    C("smear", {"router": "smear"}, seq_lens=[20, 28, 16], T=64),
+    C("hash_balanced", {"router": "hash", "table": "balanced"}, token_ids=True, T=64),
+    C("base_eval", {"router": "base"}, T=64),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Input generation with tie-free discrete choices
+# ----------------------------------------------------------------------------------------------
+
+def softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def groups_of(case, T):
+    if case["cfg"].get("routing_groups", "batch") == "sequence":
+        out, a = [], 0
+        for n in case["seq_lens"]:
+            out.append((a, a + n))
+            a += n
+        return out
+    return [(0, T)]
+
+
+def mark_close(values, idx, bad):
+    """values sorted descending with token ids idx: mark both tokens of every near-tie."""
+    gaps = values[:-1] - values[1:]
+    for j in np.nonzero(gaps <= MARGIN)[0]:
+        bad[idx[j]] = True
+        bad[idx[j + 1]] = True
+
+
+PRESET_K = {"topk": 2, "switch": 1, "gshard": 2, "mixtral": 2, "deepseek_v3": 8, "adamoe": 4}
+
+
+def topk_params(cfg):
+    r = cfg["router"]
+    p = {"k": PRESET_K[r], "score": "sigmoid" if r == "deepseek_v3" else "softmax",
+         "groups": 8 if r == "deepseek_v3" else 1, "topk_groups": 4 if r == "deepseek_v3" else None,
+         "normalize": r not in ("switch",), "route_scale": 2.5 if r == "deepseek_v3" else 1.0,
+         "capacity_factor": {"switch": 1.25, "gshard": 2.0}.get(r, 0.0),
+         "drop_order": "position"}
+    p.update({k: v for k, v in cfg.items() if k in p})
+    if p["topk_groups"] is None:
+        p["topk_groups"] = p["groups"]
+    return p
+
+
+def unclear_tokens(case, t):
+    """Tokens (bool (T,)) whose routing is within MARGIN of a tie, in float64 from the float32
+    inputs."""
+    cfg, router = case["cfg"], case["cfg"]["router"]
+    x = t["x"].astype(np.float64)
+    T, E = x.shape[0], case["E"]
+    bad = np.zeros(T, dtype=bool)
+    if router in ("soft", "smear", "hash"):
+        return bad
+    z = x @ t["gate.weight"].astype(np.float64).T
+    if router == "remoe":
+        bad |= (np.abs(z) <= MARGIN).any(1)
+        return bad
+    if router == "base":
+        srt = -np.sort(-z, axis=1)
+        bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
+        return bad
+    if router == "top_p":
+        s = softmax(z)
+        thr = cfg.get("threshold", 0.4)
+        srt = -np.sort(-s, axis=1)
+        cum = np.cumsum(srt, axis=1)
+        bad |= (np.abs(cum - thr) <= MARGIN).any(1)
+        m = (cum - srt <= thr).sum(1)  # kept count
+        for ti in range(T):
+            if m[ti] < E and srt[ti, m[ti] - 1] - srt[ti, m[ti]] <= MARGIN:
+                bad[ti] = True
+        return bad
+    if router == "expert_choice":
+        s = softmax(z)
+        c = cfg.get("capacity_factor", 2.0)
+        for (a, b) in groups_of(case, T):
+            Tg = b - a
+            Cap = min(Tg, math.ceil(Tg * c / E))
+            for e in range(E):
+                order = np.argsort(-s[a:b, e], kind="stable")
+                vals = s[a:b, e][order]
+                if Cap < Tg and vals[Cap - 1] - vals[Cap] <= MARGIN:
+                    bad[a + order[Cap - 1]] = True
+                    bad[a + order[Cap]] = True
+        return bad
+    # top-k family
+    p = topk_params(cfg)
+    k, G, kg = p["k"], p["groups"], p["topk_groups"]
+    s = softmax(z) if p["score"] == "softmax" else sigmoid(z)
+    sel = s.copy()
+    if "gate.bias" in t:
+        sel[:, :E] += t["gate.bias"].astype(np.float64)
+    if G > 1:
+        gsize = E // G
+        grouped = sel[:, :E].reshape(T, G, gsize)
+        gscore = (-np.sort(-grouped, axis=2))[:, :, :min(2, gsize)].sum(2)
+        gs = -np.sort(-gscore, axis=1)
+        if kg < G:
+            bad |= (gs[:, kg - 1] - gs[:, kg]) <= MARGIN
+        keep_g = np.zeros((T, G), dtype=bool)
+        np.put_along_axis(keep_g, np.argsort(-gscore, axis=1)[:, :kg], True, axis=1)
+        excl = np.repeat(~keep_g, gsize, axis=1)
+        sel[:, :E][excl] = -np.inf
+    srt = -np.sort(-sel, axis=1)
+    # the chosen set and its rank order (capacity is rank-major) must be clear
+    upto = min(k + 1, sel.shape[1])
+    gaps = srt[:, :upto - 1] - srt[:, 1:upto]
+    bad |= (np.nan_to_num(gaps, nan=np.inf, posinf=np.inf) <= MARGIN).any(1)
+    if p["capacity_factor"] > 0 and p["drop_order"] == "batch_priority":
+        first = np.argmax(sel, axis=1)
+        g1 = s[np.arange(T), first]
+        if p["normalize"]:
+            idx = np.argsort(-sel, axis=1)[:, :k]
+            g1 = g1 / np.take_along_axis(s, idx, axis=1).sum(1)
+        for (a, b) in groups_of(case, T):
+            order = np.argsort(-g1[a:b], kind="stable")
+            mark_close(g1[a:b][order], a + order, bad)
+    return bad
+
+
+def make_inputs(case, rng):
+    T, d, E, F, Fs = case["T"], case["d"], case["E"], case["F"], case["Fs"]
+    R = E + case["null"]
+    gelu = case["cfg"].get("activation", "swiglu") == "gelu"
+    f32 = np.float32
+    mu = rng.standard_normal(d) * case["skew"]  # a common offset makes some experts popular
+
+    def draw_x(n):
+        return (rng.standard_normal((n, d)) + mu).astype(f32)
+
+    t = {"x": draw_x(T)}
+    if case["cfg"]["router"] != "hash":
+        t["gate.weight"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
+    t["experts.w1"] = (rng.standard_normal((E, F, d)) / math.sqrt(d)).astype(f32)
+    if not gelu:
+        t["experts.w3"] = (rng.standard_normal((E, F, d)) / math.sqrt(d)).astype(f32)
+    t["experts.w2"] = (rng.standard_normal((E, d, F)) / math.sqrt(F)).astype(f32)
+    if Fs:
+        t["shared.w1"] = (rng.standard_normal((Fs, d)) / math.sqrt(d)).astype(f32)
+        if not gelu:
+            t["shared.w3"] = (rng.standard_normal((Fs, d)) / math.sqrt(d)).astype(f32)
+        t["shared.w2"] = (rng.standard_normal((d, Fs)) / math.sqrt(Fs)).astype(f32)
+    if case["bias"]:
+        t["gate.bias"] = (rng.standard_normal(E) * 0.05).astype(f32)
+    if case["seq_lens"] is not None:
+        assert sum(case["seq_lens"]) == T, case["name"]
+        t["seq_lens"] = np.array(case["seq_lens"], dtype=np.int64)
+    if case["global_counts"]:
+        t["global_counts"] = rng.integers(0, 200, size=R).astype(f32)
+    if case["token_ids"]:
+        t["token_ids"] = rng.integers(0, 24, size=T).astype(np.int64)
+    if case["dy"] == "random":
+        t["dy"] = rng.standard_normal((T, d)).astype(f32)
+    elif case["dy"] == "zero":
+        t["dy"] = np.zeros((T, d), dtype=f32)
+    for attempt in range(200):
+        bad = unclear_tokens(case, t)
+        if not bad.any():
+            return t
+        t["x"][bad] = draw_x(int(bad.sum()))
+    raise RuntimeError(f"{case['name']}: could not draw tie-free inputs")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running and comparing
+# ----------------------------------------------------------------------------------------------
+
+def compare(ref, got, case):
+    """Returns (ok, summary parts, failure messages)."""
+    parts, fails = [], []
+    for name in sorted(ref):
+        r = ref[name]
+        if name not in got:
+            fails.append(f"{name}: missing from the CLI output")
+            continue
+        g = got[name]
+        if name == "aux_loss":
+            if g.size != 1:
+                fails.append(f"aux_loss: shape {list(g.shape)}, expected a scalar")
+                continue
+            g = g.reshape(r.shape)
+        if g.shape != r.shape:
+            fails.append(f"{name}: shape {list(g.shape)}, expected {list(r.shape)}")
+            continue
+        if name == "tokens_per_expert":
+            if case["cfg"]["router"] == "smear":
+                continue  # the contract does not say what SMEAR counts
+            if not np.array_equal(g.astype(np.int64), r.astype(np.int64)):
+                fails.append(f"tokens_per_expert: {g.tolist()} != {r.tolist()}")
+            continue
+        g64 = g.astype(np.float64)
+        if not np.all(np.isfinite(g64)):
+            fails.append(f"{name}: non-finite values")
+            continue
+        scale = float(np.abs(r).max()) if r.size else 0.0
+        err = float(np.abs(g64 - r).max()) if r.size else 0.0
+        tol = RTOL * scale + ATOL
+        rel = err / max(scale, ATOL)
+        parts.append(f"{name}={rel:.1e}")
+        if err > tol:
+            where = np.unravel_index(np.argmax(np.abs(g64 - r)), r.shape) if r.ndim else ()
+            fails.append(f"{name}: max abs err {err:.3e} > tol {tol:.3e} (max|ref| {scale:.3e}) "
+                         f"at {tuple(int(i) for i in where)}: cli {g64[where]:.6g} ref {r[where]:.6g}")
+    return not fails, parts, fails
+
+
+def run_case(case, idx, seed, args, torch_layer, workdir):
+    rng = np.random.default_rng([seed, idx])
+    t = make_inputs(case, rng)
+    d = os.path.join(workdir, f"{idx:02d}_{case['name']}")
+    os.makedirs(d, exist_ok=True)
+    cfg_path, in_path = os.path.join(d, "layer.json"), os.path.join(d, "in.safetensors")
+    cli_out, ref_out = os.path.join(d, "out.safetensors"), os.path.join(d, "ref.safetensors")
+    with open(cfg_path, "w") as f:
+        json.dump(case["cfg"], f, indent=1)
+    safetensors_io.save(in_path, t)
+    io_args = ["--config", cfg_path, "--in", in_path]
+
+    if args.subprocess:
+        r = subprocess.run([sys.executable, os.path.join(HERE, "torch_layer.py")] + io_args +
+                           ["--out", ref_out], capture_output=True, text=True)
+        if r.returncode != 0:
+            return False, [], [f"torch_layer.py failed ({r.returncode}): {r.stderr.strip()}"]
+    else:
+        rc = torch_layer.main(io_args + ["--out", ref_out])
+        if rc != 0:
+            return False, [], [f"torch_layer.py failed ({rc})"]
+    ref, ref_meta = safetensors_io.load(ref_out)
+
+    if case["expect_drops"]:
+        dropped = json.loads(ref_meta["stats"])["dropped"]
+        if dropped <= 0:
+            return False, [], ["test design: no capacity drops in the reference, nothing tested"]
+
+    try:
+        r = subprocess.run([args.switchyard, "layer"] + io_args + ["--out", cli_out],
+                           capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return False, [], ["switchyard layer timed out (120 s)"]
+    if r.returncode != 0:
+        msg = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        return False, [], [f"switchyard layer exited {r.returncode}: " + " | ".join(msg[-3:])]
+    got, _ = safetensors_io.load(cli_out)
+    return compare(ref, got, case)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="golden test: switchyard layer vs PyTorch")
+    ap.add_argument("--switchyard", required=True, help="path to the switchyard binary")
+    ap.add_argument("--filter", default="", help="run only cases whose name contains this")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (printed)")
+    ap.add_argument("--subprocess", action="store_true",
+                    help="run torch_layer.py as a separate process (default: in-process, same code)")
+    args = ap.parse_args()
+
+    try:
+        import torch  # noqa: F401
+        import torch_layer
+    except Exception as exc:  # ImportError, or a broken install
+        print(f"SKIPPED: golden test needs PyTorch in {sys.executable}: "
+              f"{type(exc).__name__}: {exc}", flush=True)
+        return 77
+    torch.set_num_threads(1)
+
+    if not os.path.isfile(args.switchyard) or not os.access(args.switchyard, os.X_OK):
+        print(f"error: switchyard binary not found or not executable: {args.switchyard}")
+        return 2
+
+    env_seed = os.environ.get("SWITCHYARD_TEST_SEED")
+    seed = int(env_seed) if env_seed else int.from_bytes(os.urandom(4), "little")
+    print(f"golden seed = {seed} (SWITCHYARD_TEST_SEED={seed} reproduces this run)", flush=True)
+
+    cases = [(i, c) for i, c in enumerate(CASES) if args.filter in c["name"]]
+    passed = failed = 0
+    start = time.time()
+    tmp = tempfile.mkdtemp(prefix="switchyard_golden_")
+    try:
+        for i, case in enumerate(cases):
+            idx, case = case
+            try:
+                ok, parts, fails = run_case(case, idx, seed, args, torch_layer, tmp)
+            except Exception as exc:  # a bug in this script should fail loudly, not crash the run
+                ok, parts, fails = False, [], [f"test error: {type(exc).__name__}: {exc}"]
+            tag = "PASS" if ok else "FAIL"
+            print(f"{tag} {case['name']:32s} router={case['cfg']['router']:13s} "
+                  f"rel.err {' '.join(parts)}", flush=True)
+            for msg in fails:
+                print(f"     {msg}", flush=True)
+            passed += ok
+            failed += not ok
+    finally:
+        if args.keep:
+            print(f"kept inputs and outputs in {tmp}")
+        else:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"({time.time() - start:.1f} s, seed {seed})")
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+#!/usr/bin/python3
+"""Independent PyTorch implementation of switchyard's layer file interface (docs/layer-config.md).
+
+    torch_layer.py --config layer.json --in in.safetensors --out out.safetensors [--dtype float64]
+
+Computes one MoE layer in float64 (by default) the way a PyTorch user writes it: router logits,
+discrete choices with torch.topk / torch.sort (inputs are assumed tie-free), combine weights that
+carry autograd, a per-expert loop over the tokens routed to each expert with index_add back, the
+shared expert, and the auxiliary losses. With `dy` in the inputs, torch.autograd gives the
+gradients of sum(y * dy) + aux_loss.
+
+Writes y, combine (T, E), aux_loss (scalar), tokens_per_expert (E, int64) and, with dy, dx,
+d_gate.weight, d_experts.w1/w2[/w3], d_shared.w1/w2[/w3]. Floating outputs are written in the
+computation dtype (float64 by default) so that a comparison sees the reference at full precision.
+
+Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (evaluation mode:
+training=true is accepted only when the configuration has no random element), expert_choice,
+top_p, soft, remoe, smear, hash, base (evaluation: greedy argmax).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import safetensors_io  # noqa: E402
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+
+LAYER_KEYS = {"router", "activation", "routing_groups", "losses", "training", "seed"}
+LOSS_KEYS = {"balance", "balance_mode", "balance_top1_only", "z", "entropy"}
+
+TOPK_DEFAULTS = {
+    "k": 2, "score": "softmax", "normalize": True, "capacity_factor": 0.0,
+    "drop_order": "position", "second_expert": "all", "groups": 1, "topk_groups": None,
+    "route_scale": 1.0, "null_experts": 0, "jitter": 0.0, "bias_update_rate": 0.0,
+}
+NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
+             "z": 0.0, "entropy": 0.0}
+
+# name -> (family, parameter defaults, loss defaults used when the config has no `losses`)
+ROUTERS = {
+    "topk": ("topk", {}, {}),
+    "switch": ("topk", {"k": 1, "normalize": False, "capacity_factor": 1.25, "jitter": 0.01},
+               {"balance": 0.01}),
+    "gshard": ("topk", {"k": 2, "capacity_factor": 2.0, "second_expert": "random"},
+               {"balance": 0.01, "balance_top1_only": True}),
+    "mixtral": ("topk", {"k": 2, "normalize": True}, {"balance": 0.001}),
+    "deepseek_v3": ("topk", {"score": "sigmoid", "k": 8, "groups": 8, "topk_groups": 4,
+                             "route_scale": 2.5, "bias_update_rate": 0.001},
+                    {"balance": 0.0001, "balance_mode": "sequence"}),
+    "adamoe": ("topk", {"k": 4, "null_experts": 16}, {"balance": 1e-4}),
+    "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
+    "top_p": ("top_p", {"threshold": 0.4}, {}),
+    "soft": ("soft", {}, {}),
+    "remoe": ("remoe", {"k": 1, "lambda": 1e-8, "lambda_rate": 1.2}, {}),
+    "smear": ("smear", {}, {}),
+    "hash": ("hash", {"table": "random", "hash_seed": 0}, {}),
+    "base": ("base", {}, {}),
+}
+NO_LOSS_FAMILIES = {"hash", "base", "smear"}
+
+
+def parse_config(cfg):
+    if not isinstance(cfg, dict):
+        raise ConfigError("layer.json: top level must be an object")
+    name = cfg.get("router", "mixtral")
+    if name not in ROUTERS:
+        raise ConfigError(f"layer.json: unknown router {name!r}")
+    family, preset, preset_losses = ROUTERS[name]
+    params = dict(TOPK_DEFAULTS) if family == "topk" else {}
+    params.update(preset)
+    for key, value in cfg.items():
+        if key in LAYER_KEYS:
+            continue
+        if key not in params:
+            raise ConfigError(f"layer.json: unknown parameter {key!r} for router {name!r}")
+        params[key] = value
+    if "losses" in cfg:
+        losses = dict(NO_LOSSES)
+        for key, value in cfg["losses"].items():
+            if key not in LOSS_KEYS:
+                raise ConfigError(f"layer.json: unknown loss key {key!r}")
+            losses[key] = value
+    else:
+        losses = dict(NO_LOSSES)
+        losses.update(preset_losses)
+    if losses["balance_mode"] not in ("micro_batch", "sequence", "global_batch"):
+        raise ConfigError(f"layer.json: bad balance_mode {losses['balance_mode']!r}")
+    if family in NO_LOSS_FAMILIES and (losses["balance"] or losses["z"] or losses["entropy"]):
+        raise ConfigError(f"layer.json: losses are not allowed for router {name!r}")
+    layer = {
+        "router": name, "family": family, "params": params, "losses": losses,
+        "activation": cfg.get("activation", "swiglu"),
+        "routing_groups": cfg.get("routing_groups", "batch"),
+        "training": bool(cfg.get("training", False)), "seed": int(cfg.get("seed", 0)),
+    }
+    if layer["activation"] not in ("swiglu", "gelu"):
+        raise ConfigError(f"layer.json: bad activation {layer['activation']!r}")
+    if layer["routing_groups"] not in ("batch", "sequence"):
+        raise ConfigError(f"layer.json: bad routing_groups {layer['routing_groups']!r}")
+    if family == "topk":
+        p = params
+        if p["topk_groups"] is None:
+            p["topk_groups"] = p["groups"]
+        if p["score"] not in ("softmax", "sigmoid"):
+            raise ConfigError(f"layer.json: bad score {p['score']!r}")
+        if p["drop_order"] not in ("position", "batch_priority"):
+            raise ConfigError(f"layer.json: bad drop_order {p['drop_order']!r}")
+        if p["normalize"] and p["k"] == 1:
+            raise ConfigError("layer.json: normalize=true with k=1 gives the router no gradient")
+        if layer["training"] and (p["jitter"] > 0 or p["second_expert"] == "random"):
+            raise ConfigError("torch_layer: training-time random draws (jitter, random second "
+                              "expert) are not replayed; use training=false")
+    if family == "base" and layer["training"]:
+        raise ConfigError("torch_layer: BASE's training auction is not implemented")
+    return layer
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+def ffn(x, w1, w3, w2, activation):
+    """x (n, d); w1, w3 (F, d); w2 (d, F)."""
+    if activation == "swiglu":
+        h = F.silu(x @ w1.t()) * (x @ w3.t())
+    else:
+        h = F.gelu(x @ w1.t())  # exact erf form (torch's default)
+    return h @ w2.t()
+
+
+def group_ranges(mode, seq_lens, T):
+    if mode == "batch":
+        return [(0, T)]
+    out, start = [], 0
+    for n in seq_lens:
+        out.append((start, start + int(n)))
+        start += int(n)
+    return out
+
+
+def seq_ranges(seq_lens, T):
+    return group_ranges("sequence", seq_lens, T)
+
+
+def topk_indices(values, k):
+    """Indices of the k largest entries of each row, best first (inputs are tie-free)."""
+    return torch.topk(values, k, dim=-1, largest=True, sorted=True).indices
+
+
+class Routing:
+    """What a router hands to the layer.
+
+    weights  (T, E) combine weights with autograd, 0 where not routed or dropped
+    kept     (T, E) bool, the (token, expert) pairs that run an expert
+    choices  (T, R) float 0/1, the router's choices before any drop (balance-loss counts)
+    bal_prob (T, R) the balance / entropy probability (softmax, or s / sum s for sigmoid)
+    own_loss scalar tensor or None (ReMoE)
+    assigned number of (token, true expert) pairs chosen before any drop
+    """
+
+    def __init__(self, weights, kept, choices=None, bal_prob=None, own_loss=None, assigned=None):
+        self.weights, self.kept, self.choices = weights, kept, choices
+        self.bal_prob, self.own_loss = bal_prob, own_loss
+        self.assigned = int(kept.sum()) if assigned is None else int(assigned)
+
+
+# ----------------------------------------------------------------------------------------------
+# Routers
+# ----------------------------------------------------------------------------------------------
+
+def route_topk(z, bias, E, p, groups, top1_only):
+    T, R = z.shape
+    k, G, m = int(p["k"]), int(p["groups"]), int(p["null_experts"])
+    if R != E + m:
+        raise ConfigError(f"gate.weight has {R} rows, expected E + null_experts = {E + m}")
+    s = torch.softmax(z, dim=-1) if p["score"] == "softmax" else torch.sigmoid(z)
+    sel = s.detach().clone()
+    if bias is not None:
+        sel[:, :E] = sel[:, :E] + bias
+    if G > 1:
+        if E % G != 0:
+            raise ConfigError(f"groups={G} does not divide E={E}")
+        gsize = E // G
+        kg = int(p["topk_groups"])
+        grouped = sel[:, :E].reshape(T, G, gsize)
+        gscore = torch.topk(grouped, min(2, gsize), dim=-1).values.sum(-1)  # (T, G)
+        keep_g = torch.zeros(T, G, dtype=torch.bool)
+        keep_g.scatter_(1, topk_indices(gscore, kg), True)
+        excluded = (~keep_g).unsqueeze(-1).expand(T, G, gsize).reshape(T, E)
+        sel[:, :E] = sel[:, :E].masked_fill(excluded, float("-inf"))
+        if k > kg * gsize + m:
+            raise ConfigError(f"k={k} exceeds the experts left by group selection")
+    idx = topk_indices(sel, k)                         # (T, k), rank order
+    g = s.gather(1, idx)                               # (T, k), unbiased scores, autograd
+    true = idx < E
+    if p["normalize"]:
+        denom = (g * true).sum(-1, keepdim=True)
+        # a token whose choices are all null experts has no weights (and no gradient) at all
+        g = g / torch.where(denom > 0, denom, torch.ones_like(denom))
+    g = g * float(p["route_scale"])
+    g = g * true                                       # chosen null experts are removed
+
+    keep = true.clone()
+    cf = float(p["capacity_factor"])
+    if cf > 0:
+        gd = g.detach()
+        for (a, b) in groups:
+            Tg = b - a
+            C = math.ceil(Tg * k * cf / E)
+            if p["drop_order"] == "batch_priority":
+                C = int(math.ceil(C / 4) * 4)
+                # descending weight of the first choice, ties -> lower token (stable sort)
+                order = torch.sort(-gd[a:b, 0], stable=True).indices + a
+            else:
+                order = torch.arange(a, b)
+            used = [0] * E
+            for r in range(k):                         # rank-major
+                for t in order.tolist():
+                    e = int(idx[t, r])
+                    if e >= E:
+                        continue
+                    if used[e] < C:
+                        used[e] += 1
+                    else:
+                        keep[t, r] = False
+    w_full = torch.zeros(T, R, dtype=z.dtype).scatter(1, idx, g * keep)
+    kept = torch.zeros(T, R, dtype=torch.bool).scatter(1, idx, keep)[:, :E]
+    counted = idx[:, :1] if top1_only else idx
+    choices = torch.zeros(T, R, dtype=z.dtype).scatter(1, counted, 1.0)
+    if p["score"] == "softmax":
+        bal = s
+    else:
+        bal = s / s.sum(-1, keepdim=True)
+    return Routing(w_full[:, :E], kept, choices, bal, assigned=int(true.sum()))
+
+
+def route_expert_choice(z, E, p, groups):
+    T, R = z.shape
+    s = torch.softmax(z, dim=-1)
+    kept = torch.zeros(T, E, dtype=torch.bool)
+    c = float(p["capacity_factor"])
+    for (a, b) in groups:
+        Tg = b - a
+        C = min(Tg, math.ceil(Tg * c / E))
+        top = torch.topk(s.detach()[a:b].t(), C, dim=-1).indices + a  # (E, C)
+        for e in range(E):
+            kept[top[e], e] = True
+    w = s * kept
+    return Routing(w, kept, kept.to(z.dtype), s)
+
+
+def route_top_p(z, E, p):
+    s = torch.softmax(z, dim=-1)
+    sd = s.detach()
+    vals, order = torch.sort(sd, dim=-1, descending=True)
+    before = torch.cumsum(vals, dim=-1) - vals       # running sum before each sorted entry
+    keep_sorted = before <= float(p["threshold"])    # up to and including the first that exceeds
+    kept = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    return Routing(s * kept, kept, kept.to(z.dtype), s)
+
+
+def route_soft(z, E):
+    s = torch.softmax(z, dim=-1)
+    kept = torch.ones(z.shape, dtype=torch.bool)
+    return Routing(s, kept, kept.to(z.dtype), s)
+
+
+def route_remoe(z, E, p):
+    T = z.shape[0]
+    r = torch.relu(z)
+    kept = z.detach() > 0
+    c = kept.sum(0).to(z.dtype)                      # detached counts
+    lam, k = float(p["lambda"]), float(p["k"])
+    own = lam * E / (k * T * T) * (r.sum(0) * c).sum()
+    return Routing(r, kept, kept.to(z.dtype), torch.softmax(z, dim=-1), own)
+
+
+def splitmix64(v):
+    mask = (1 << 64) - 1
+    v = (v + 0x9E3779B97F4A7C15) & mask
+    v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & mask
+    return v ^ (v >> 31)
+
+
+def hash_table(ids, E, p):
+    ids = [int(v) for v in ids]
+    if p["table"] == "random":
+        seed = int(p["hash_seed"]) & ((1 << 64) - 1)
+        return [splitmix64((i & ((1 << 64) - 1)) ^ seed) % E for i in ids]
+    if p["table"] != "balanced":
+        raise ConfigError(f"bad hash table {p['table']!r}")
+    freq = {}
+    for i in ids:
+        freq[i] = freq.get(i, 0) + 1
+    load = [0] * E
+    table = {}
+    for i in sorted(freq, key=lambda v: (-freq[v], v)):
+        e = min(range(E), key=lambda j: (load[j], j))
+        table[i] = e
+        load[e] += freq[i]
+    return [table[i] for i in ids]
+
+
+# ----------------------------------------------------------------------------------------------
+# The layer
+# ----------------------------------------------------------------------------------------------
+
+def run_layer(layer, tin, dtype=torch.float64):
+    """tin: dict of numpy arrays (the input file). Returns (dict of numpy outputs, stats dict)."""
+    def tens(name, grad=False):
+        if name not in tin:
+            return None
+        t = torch.tensor(np.asarray(tin[name], dtype=np.float64), dtype=dtype)
+        return t.requires_grad_(grad)
+
+    backward = "dy" in tin
+    x = tens("x", backward)
+    if x is None:
+        raise ConfigError("input: x is required")
+    T, d = x.shape
+    w1, w2 = tens("experts.w1", backward), tens("experts.w2", backward)
+    swiglu = layer["activation"] == "swiglu"
+    w3 = tens("experts.w3", backward) if swiglu else None
+    if w1 is None or w2 is None or (swiglu and w3 is None):
+        raise ConfigError("input: experts.w1, experts.w2 (and experts.w3 for swiglu) are required")
+    E = w1.shape[0]
+    sw1, sw2 = tens("shared.w1", backward), tens("shared.w2", backward)
+    sw3 = tens("shared.w3", backward) if (swiglu and sw1 is not None) else None
+    gate = tens("gate.weight", backward)
+    bias = tens("gate.bias")
+    if bias is not None:
+        bias = bias.detach()
+    seq_lens = [int(v) for v in tin["seq_lens"]] if "seq_lens" in tin else [T]
+    if sum(seq_lens) != T or any(n <= 0 for n in seq_lens):
+        raise ConfigError(f"input: seq_lens {seq_lens} must be positive and sum to T={T}")
+    groups = group_ranges(layer["routing_groups"], seq_lens, T)
+    family, p, losses = layer["family"], layer["params"], layer["losses"]
+
+    y = torch.zeros(T, d, dtype=dtype)
+    z = None
+    routing = None
+    passthrough = None
+
+    if family == "smear":
+        # per sequence: merged expert from the mean input
+        combine = torch.zeros(T, E, dtype=dtype)
+        ys, combs = [], []
+        for (a, b) in seq_ranges(seq_lens, T):
+            m = x[a:b].mean(0)
+            pe = torch.softmax(gate @ m, dim=-1)                       # (E)
+            mw1 = (pe[:, None, None] * w1).sum(0)
+            mw2 = (pe[:, None, None] * w2).sum(0)
+            mw3 = (pe[:, None, None] * w3).sum(0) if swiglu else None
+            ys.append(ffn(x[a:b], mw1, mw3, mw2, layer["activation"]))
+            combs.append(pe.unsqueeze(0).expand(b - a, E))
+        y = torch.cat(ys, 0)
+        combine = torch.cat(combs, 0)
+        kept = torch.ones(T, E, dtype=torch.bool)
+        routing = Routing(combine, kept)
+    else:
+        if family == "hash":
+            if "token_ids" not in tin:
+                raise ConfigError("input: token_ids is required for hash routers")
+            experts = hash_table(tin["token_ids"], E, p)
+            kept = torch.zeros(T, E, dtype=torch.bool)
+            kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
+            routing = Routing(kept.to(dtype), kept)
+        else:
+            if gate is None:
+                raise ConfigError("input: gate.weight is required")
+            z = x @ gate.t()                                            # (T, R)
+            if family == "topk":
+                routing = route_topk(z, bias, E, p, groups, losses["balance_top1_only"])
+            elif family == "expert_choice":
+                routing = route_expert_choice(z, E, p, groups)
+            elif family == "top_p":
+                routing = route_top_p(z, E, p)
+            elif family == "soft":
+                routing = route_soft(z, E)
+            elif family == "remoe":
+                routing = route_remoe(z, E, p)
+            elif family == "base":
+                best = topk_indices(z.detach(), 1)[:, 0]
+                kept = torch.zeros(T, E, dtype=torch.bool)
+                kept[torch.arange(T), best] = True
+                alpha = torch.sigmoid(z)
+                routing = Routing(alpha * kept, kept)
+                passthrough = (1 - alpha.gather(1, best[:, None]))     # (T, 1)
+            else:
+                raise ConfigError(f"router family {family} not implemented")
+            if family in ("expert_choice", "top_p", "soft", "remoe", "base") and z.shape[1] != E:
+                raise ConfigError(f"gate.weight has {z.shape[1]} rows, expected E={E}")
+        # The usual per-expert loop: gather the tokens routed to e, run e, weight, add back.
+        W = routing.weights
+        for e in range(E):
+            tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
+            if tok.numel() == 0:
+                continue
+            out = ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer["activation"])
+            y = y.index_add(0, tok, out * W[tok, e:e + 1])
+        if passthrough is not None:
+            y = y + passthrough * x
+
+    if sw1 is not None:
+        y = y + ffn(x, sw1, sw3, sw2, layer["activation"])
+
+    # Auxiliary losses
+    loss_values = {}
+    aux = torch.zeros((), dtype=dtype)
+    if z is not None and routing.choices is not None:
+        R = z.shape[1]
+        if losses["balance"]:
+            alpha = float(losses["balance"])
+            P_all, C_all = routing.bal_prob, routing.choices.detach()
+            if losses["balance_mode"] == "sequence":
+                parts = []
+                for (a, b) in seq_ranges(seq_lens, T):
+                    c = C_all[a:b].sum(0)
+                    parts.append(alpha * R * ((c / c.sum()) * P_all[a:b].mean(0)).sum())
+                lb = torch.stack(parts).mean()
+            else:
+                c = C_all.sum(0)
+                if losses["balance_mode"] == "global_batch":
+                    if "global_counts" not in tin:
+                        raise ConfigError("input: global_batch balance needs global_counts")
+                    c = c + torch.tensor(np.asarray(tin["global_counts"], np.float64), dtype=dtype)
+                lb = alpha * R * ((c / c.sum()) * P_all.mean(0)).sum()
+            loss_values["balance"] = lb
+        if losses["z"]:
+            loss_values["z"] = float(losses["z"]) * (torch.logsumexp(z, dim=-1) ** 2).mean()
+        if losses["entropy"]:
+            pr = routing.bal_prob
+            loss_values["entropy"] = float(losses["entropy"]) * (-(pr * torch.log(pr)).sum(-1)).mean()
+    if routing.own_loss is not None:
+        loss_values["remoe"] = routing.own_loss
+    for v in loss_values.values():
+        aux = aux + v
+
+    combine = routing.weights.detach()
+    tokens_per_expert = routing.kept.sum(0).to(torch.int64)
+    out = {
+        "y": y.detach().numpy(),
+        "combine": combine.numpy().copy(),
+        "aux_loss": aux.detach().numpy(),
+        "tokens_per_expert": tokens_per_expert.numpy(),
+    }
+    if backward:
+        dy = torch.tensor(np.asarray(tin["dy"], np.float64), dtype=dtype)
+        objective = (y * dy).sum() + aux
+        named = [("dx", x), ("d_gate.weight", gate), ("d_experts.w1", w1), ("d_experts.w2", w2),
+                 ("d_experts.w3", w3), ("d_shared.w1", sw1), ("d_shared.w2", sw2),
+                 ("d_shared.w3", sw3)]
+        named = [(n, t) for n, t in named if t is not None and t.requires_grad]
+        grads = torch.autograd.grad(objective, [t for _, t in named], allow_unused=True)
+        for (n, t), gr in zip(named, grads):
+            out[n] = (gr if gr is not None else torch.zeros_like(t)).detach().numpy()
+    stats = {
+        "losses": {k: float(v.detach()) for k, v in loss_values.items()},
+        "aux_loss": float(aux.detach()),
+        "tokens_per_expert": [int(v) for v in tokens_per_expert],
+        "assignments": routing.assigned,
+        "dropped": routing.assigned - int(tokens_per_expert.sum()),
+    }
+    return out, stats
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--in", dest="inp", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                    help="computation dtype (float32 only to estimate rounding in self-tests)")
+    args = ap.parse_args(argv)
+    try:
+        with open(args.config) as f:
+            layer = parse_config(json.load(f))
+        tin, _ = safetensors_io.load(args.inp)
+        dtype = torch.float64 if args.dtype == "float64" else torch.float32
+        out, stats = run_layer(layer, tin, dtype)
+    except ConfigError as exc:
+        print(f"torch_layer: error: {exc}", file=sys.stderr)
+        return 2
+    safetensors_io.save(args.out, out, {"stats": json.dumps(stats)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+// Shared pieces of the tests that compare the fast MoE layer against the float64 reference
+// (test_layer_vs_reference, test_gradients, test_routing_invariants): the random seed, problem
+// construction (parameters, batch, noise) and the resampling that keeps discrete routing
+// decisions well separated so that float32 and float64 agree on them.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <switchyard/config.h>
+#include <switchyard/moe_layer.h>
+#include <switchyard/reference.h>
+#include <switchyard/router.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace switchyard::testing_support {
+
+// The run's base seed: SWITCHYARD_TEST_SEED when set, else fresh from std::random_device.
+inline uint64_t base_seed() {
+  static const uint64_t seed = [] {
+    if (const char* env = std::getenv("SWITCHYARD_TEST_SEED")) return uint64_t(std::stoull(env));
+    std::random_device rd;
+    return uint64_t((uint64_t(rd()) << 32) ^ uint64_t(rd()));
+  }();
+  return seed;
+}
+
+// A generator for one test, from the base seed and the test's name.
+inline std::mt19937_64 test_rng() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "";
+  std::seed_seq seq{uint32_t(base_seed()), uint32_t(base_seed() >> 32),
+                    uint32_t(std::hash<std::string>{}(name))};
+  return std::mt19937_64(seq);
+}
+
+inline std::string seed_trace() {
+  return "reproduce with SWITCHYARD_TEST_SEED=" + std::to_string(base_seed());
+}
+
+// Values k/64 with integer k in [-64, 64]: products and their sums over d < 2^11 terms are exact
+// in float32, so gate logits are bit-identical in float32 and float64 (no near-tie can flip).
+inline float dyadic(std::mt19937_64& rng) {
+  return float(std::uniform_int_distribution<int>(-64, 64)(rng)) / 64.0f;
+}
+inline std::vector<float> dyadic_vector(std::mt19937_64& rng, size_t n) {
+  std::vector<float> v(n);
+  for (float& x : v) x = dyadic(rng);
+  return v;
+}
+inline std::vector<float> normal_vector(std::mt19937_64& rng, size_t n, double scale) {
+  std::normal_distribution<double> dist(0.0, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = float(dist(rng));
+  return v;
+}
+inline std::vector<double> to_double(const std::vector<float>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+// One layer problem: config, fast layer, parameters and batch in float32, with the draws the
+// layer's first forward call makes.
+struct Problem {
+  LayerConfig config;
+  MoEShape shape;
+  int64_t T = 0;
+  int64_t R = 0;
+  std::unique_ptr<MoELayer> layer;
+  nlohmann::json router_params;
+  RouterTraits traits;
+  RouterNoise noise;
+  std::vector<float> x, gate, gate_bias, w1, w3, w2, shared_w1, shared_w3, shared_w2;
+  std::vector<int64_t> token_ids, seq_lens;
+  std::vector<double> global_counts;
+
+  std::string family() const { return router_params.at("router").get<std::string>(); }
+  bool swiglu() const { return config.activation == Activation::SwiGLU; }
+
+  MoEParams params() const {
+    MoEParams p;
+    p.gate = gate.empty() ? nullptr : gate.data();
+    p.gate_bias = gate_bias.empty() ? nullptr : gate_bias.data();
+    p.w1 = w1.data();
+    p.w3 = w3.empty() ? nullptr : w3.data();
+    p.w2 = w2.data();
+    p.shared_w1 = shared_w1.empty() ? nullptr : shared_w1.data();
+    p.shared_w3 = shared_w3.empty() ? nullptr : shared_w3.data();
+    p.shared_w2 = shared_w2.empty() ? nullptr : shared_w2.data();
+    return p;
+  }
+  MoEBatch batch() const {
+    MoEBatch b;
+    b.T = T;
+    b.x = x.data();
+    b.token_ids = token_ids.empty() ? nullptr : token_ids.data();
+    b.seq_lens = seq_lens;
+    b.global_counts = global_counts.empty() ? nullptr : global_counts.data();
+    return b;
+  }
+  reference::Params ref_params() const {
+    reference::Params p;
+    p.gate = to_double(gate);
+    p.gate_bias = to_double(gate_bias);
+    p.w1 = to_double(w1);
+    p.w3 = to_double(w3);
+    p.w2 = to_double(w2);
+    p.shared_w1 = to_double(shared_w1);
+    p.shared_w3 = to_double(shared_w3);
+    p.shared_w2 = to_double(shared_w2);
+    return p;
+  }
+  reference::Batch ref_batch() const {
+    reference::Batch b;
+    b.T = T;
+    b.x = to_double(x);
+    b.token_ids = token_ids;
+    b.seq_lens = seq_lens;
+    b.global_counts = global_counts;
+    return b;
+  }
+  reference::Result reference(const reference::Params& p, const reference::Batch& b) const {
+    return reference::forward(config, router_params, shape, R, p, b, noise);
+  }
+};
+
+struct ProblemOptions {
+  int64_t T = 7, E = 3, d = 13, F = 11, Fs = 0;
+  std::vector<int64_t> seq_lens;  // empty = one sequence
+  bool global_counts = false;
+  bool gate_bias = false;
+  bool zero_gate = false;  // all gate rows zero
+  double bias_scale = 0.05;
+};
+
+inline void fill_x_row(Problem& pb, std::mt19937_64& rng, int64_t t) {
+  for (int64_t j = 0; j < pb.shape.d; ++j) pb.x[t * pb.shape.d + j] = dyadic(rng);
+}
+
+inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptions& o,
+                            std::mt19937_64& rng) {
+  Problem pb;
+  pb.config = parse_layer_config(layer_json, "test layer.json");
+  pb.shape = MoEShape{o.d, o.E, o.F, o.Fs};
+  pb.T = o.T;
+  pb.layer = std::make_unique<MoELayer>(pb.config, pb.shape);
+  pb.R = pb.layer->num_router_outputs();
+  pb.router_params = pb.layer->router().params();
+  pb.traits = pb.layer->router().traits();
+  pb.noise = make_router_noise(pb.config, pb.traits, o.T, o.d, 0);
+  const int64_t d = o.d, E = o.E, F = o.F, Fs = o.Fs;
+  pb.x = dyadic_vector(rng, size_t(o.T * d));
+  if (pb.traits.needs_gate) {
+    pb.gate = o.zero_gate ? std::vector<float>(size_t(pb.R * d), 0.0f)
+                          : dyadic_vector(rng, size_t(pb.R * d));
+  }
+  if (o.gate_bias) {
+    std::uniform_real_distribution<double> u(-o.bias_scale, o.bias_scale);
+    pb.gate_bias.resize(size_t(E));
+    for (float& b : pb.gate_bias) b = float(u(rng));
+  }
+  pb.w1 = normal_vector(rng, size_t(E * F * d), 1.0 / std::sqrt(double(d)));
+  if (pb.swiglu()) pb.w3 = normal_vector(rng, size_t(E * F * d), 1.0 / std::sqrt(double(d)));
+  pb.w2 = normal_vector(rng, size_t(E * d * F), 1.0 / std::sqrt(double(F)));
+  if (Fs > 0) {
+    pb.shared_w1 = normal_vector(rng, size_t(Fs * d), 1.0 / std::sqrt(double(d)));
+    if (pb.swiglu()) pb.shared_w3 = normal_vector(rng, size_t(Fs * d), 1.0 / std::sqrt(double(d)));
+    pb.shared_w2 = normal_vector(rng, size_t(d * Fs), 1.0 / std::sqrt(double(Fs)));
+  }
+  if (pb.traits.needs_token_ids) {
+    // A small vocabulary so that ids repeat (frequencies matter for the balanced table).
+    std::uniform_int_distribution<int64_t> id(0, 2 * o.T + 3);
+    pb.token_ids.resize(size_t(o.T));
+    for (int64_t& v : pb.token_ids) v = id(rng);
+  }
+  pb.seq_lens = o.seq_lens;
+  if (o.global_counts) {
+    std::uniform_int_distribution<int> c(0, 50);
+    pb.global_counts.resize(size_t(pb.R));
+    for (double& v : pb.global_counts) v = double(c(rng));
+  }
+  return pb;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Well-separated routing: the tokens whose discrete decisions are within `margin` of flipping.
+
+struct Margins {
+  double score = 1e-4;     // probabilities / selection scores
+  double logit = 1e-3;     // raw logits (ReMoE's sign, BASE's argmax)
+  double priority = 1e-5;  // batch-priority first weights across tokens
+};
+
+inline std::vector<std::pair<int64_t, int64_t>> test_groups(const Problem& pb) {
+  return routing_groups(pb.config.routing_groups, pb.seq_lens, pb.T);
+}
+
+inline std::vector<double> double_logits(const Problem& pb) {
+  const int64_t d = pb.shape.d, R = pb.R;
+  std::vector<double> z(static_cast<size_t>(pb.T * R), 0.0);
+  if (pb.gate.empty()) return z;
+  for (int64_t t = 0; t < pb.T; ++t)
+    for (int64_t r = 0; r < R; ++r) {
+      double sum = 0.0;
+      for (int64_t j = 0; j < d; ++j) {
+        double xv = pb.x[t * d + j];
+        if (!pb.noise.jitter.empty()) xv *= double(pb.noise.jitter[t * d + j]);
+        sum += xv * double(pb.gate[r * d + j]);
+      }
+      z[t * R + r] = sum;
+    }
+  return z;
+}
+
+inline std::vector<double> softmax_of(const double* z, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, z[i]);
+  std::vector<double> p(static_cast<size_t>(n));
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += (p[i] = std::exp(z[i] - m));
+  for (double& v : p) v /= s;
+  return p;
+}
+
+inline std::vector<int64_t> sorted_desc(const std::vector<double>& v) {
+  std::vector<int64_t> idx(v.size());
+  std::iota(idx.begin(), idx.end(), int64_t{0});
+  std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return v[a] > v[b]; });
+  return idx;
+}
+
+// True when the first `positions` consecutive gaps of the descending values are all > margin.
+inline bool gaps_ok(const std::vector<double>& values, int64_t positions, double margin) {
+  const std::vector<int64_t> idx = sorted_desc(values);
+  for (int64_t i = 0; i < positions && i + 1 < int64_t(idx.size()); ++i) {
+    const double a = values[idx[i]], b = values[idx[i + 1]];
+    if (b == -std::numeric_limits<double>::infinity()) break;
+    if (!(a - b > margin)) return false;
+  }
+  return true;
+}
+
+inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, const Margins& m,
+                            std::vector<bool>& bad) {
+  const auto& p = pb.router_params;
+  const int64_t k = p.at("k"), G = p.at("groups"), TG = p.at("topk_groups");
+  const bool sigmoid = p.at("score") == "sigmoid", normalize = p.at("normalize");
+  const double scale = p.at("route_scale"), cf = p.at("capacity_factor");
+  const bool random_second = pb.config.training && p.at("second_expert") == "random";
+  const bool bpr = cf > 0.0 && p.at("drop_order") == "batch_priority";
+  const int64_t E = pb.shape.E, R = pb.R;
+  std::vector<double> first_weight(static_cast<size_t>(pb.T), 0.0);
+  for (int64_t t = 0; t < pb.T; ++t) {
+    std::vector<double> s(static_cast<size_t>(R));
+    if (sigmoid) {
+      for (int64_t r = 0; r < R; ++r) s[r] = 1.0 / (1.0 + std::exp(-z[t * R + r]));
+    } else {
+      s = softmax_of(&z[t * R], R);
+    }
+    std::vector<double> sel = s;
+    for (int64_t e = 0; e < E && !pb.gate_bias.empty(); ++e) sel[e] += pb.gate_bias[e];
+    if (G > 1 && TG < G) {
+      const int64_t size = E / G;
+      std::vector<double> gs(static_cast<size_t>(G));
+      for (int64_t g = 0; g < G; ++g) {
+        std::vector<double> mem(sel.begin() + g * size, sel.begin() + (g + 1) * size);
+        std::sort(mem.rbegin(), mem.rend());
+        gs[g] = size == 1 ? mem[0] : mem[0] + mem[1];
+      }
+      const auto gi = sorted_desc(gs);
+      if (!(gs[gi[TG - 1]] - gs[gi[TG]] > m.score)) bad[t] = true;
+      for (int64_t i = TG; i < G; ++i)
+        for (int64_t e = gi[i] * size; e < (gi[i] + 1) * size; ++e)
+          sel[e] = -std::numeric_limits<double>::infinity();
+    }
+    if (!gaps_ok(sel, k, m.score)) bad[t] = true;
+    const auto order = sorted_desc(sel);
+    double norm = 0.0;
+    for (int64_t i = 0; i < k; ++i)
+      if (order[i] < E) norm += s[order[i]];
+    auto weight = [&](int64_t e) { return (normalize ? s[e] / norm : s[e]) * scale; };
+    first_weight[t] = order[0] < E ? weight(order[0]) : 0.0;
+    if (random_second)
+      for (int64_t i = 1; i < k; ++i)
+        if (order[i] < E && !(std::abs(2.0 * weight(order[i]) - pb.noise.uniform[t]) > m.score))
+          bad[t] = true;
+  }
+  if (bpr && R > 1)  // one output: every first weight is exactly 1 in both precisions
+    for (const auto& [b, e] : test_groups(pb))
+      for (int64_t t = b; t < e; ++t)
+        for (int64_t u = b; u < t; ++u)
+          if (std::abs(first_weight[t] - first_weight[u]) <= m.priority) bad[t] = true;
+}
+
+inline void expert_choice_bad_tokens(const Problem& pb, const std::vector<double>& z,
+                                     const Margins& m, std::vector<bool>& bad) {
+  const double c = pb.router_params.at("capacity_factor");
+  const int64_t E = pb.shape.E;
+  std::vector<double> s(z.size());
+  for (int64_t t = 0; t < pb.T; ++t) {
+    const auto p = softmax_of(&z[t * E], E);
+    std::copy(p.begin(), p.end(), s.begin() + t * E);
+  }
+  for (const auto& [b, end] : test_groups(pb)) {
+    const int64_t n = end - b;
+    const int64_t C = std::min(n, int64_t(std::ceil(double(n) * c / double(E))));
+    if (C >= n) continue;
+    for (int64_t e = 0; e < E; ++e) {
+      std::vector<double> col(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) col[i] = s[(b + i) * E + e];
+      const auto idx = sorted_desc(col);
+      if (!(col[idx[C - 1]] - col[idx[C]] > m.score)) bad[b + idx[C]] = true;
+    }
+  }
+}
+
+inline void top_p_bad_tokens(const Problem& pb, const std::vector<double>& z, const Margins& m,
+                             std::vector<bool>& bad) {
+  const double thr = pb.router_params.at("threshold");
+  const int64_t E = pb.shape.E;
+  for (int64_t t = 0; t < pb.T; ++t) {
+    const auto p = softmax_of(&z[t * E], E);
+    const auto idx = sorted_desc(p);
+    double run = 0.0;
+    int64_t last = E - 1;
+    for (int64_t i = 0; i < E; ++i) {
+      run += p[idx[i]];
+      if (!(std::abs(run - thr) > m.score)) bad[t] = true;
+      if (run > thr) {
+        last = i;
+        break;
+      }
+    }
+    if (!gaps_ok(p, last + 1, m.score)) bad[t] = true;
+  }
+}
+
+// Marks the tokens whose routing could differ between float32 and float64 (or flip under a
+// finite-difference step).
+inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
+  std::vector<bool> bad(static_cast<size_t>(pb.T), false);
+  const std::string f = pb.family();
+  const std::vector<double> z = double_logits(pb);
+  const int64_t R = pb.R;
+  if (f == "topk") {
+    topk_bad_tokens(pb, z, m, bad);
+  } else if (f == "expert_choice") {
+    expert_choice_bad_tokens(pb, z, m, bad);
+  } else if (f == "top_p") {
+    top_p_bad_tokens(pb, z, m, bad);
+  } else if (f == "remoe") {
+    for (int64_t t = 0; t < pb.T; ++t)
+      for (int64_t r = 0; r < R; ++r)
+        if (!(std::abs(z[t * R + r]) > m.logit)) bad[t] = true;
+  } else if (f == "base") {
+    // In training the auction runs on exact (dyadic) logits; in eval the argmax must be clear.
+    // With the finite differences of the gradient test the auction also needs clear logits.
+    for (int64_t t = 0; t < pb.T; ++t)
+      if (!gaps_ok(std::vector<double>(z.begin() + t * R, z.begin() + (t + 1) * R), 1, m.logit))
+        bad[t] = true;
+  }
+  return bad;
+}
+
+// Resamples the offending tokens' inputs until every discrete decision is clear. Returns false
+// when that did not converge.
+inline bool separate_routing(Problem& pb, std::mt19937_64& rng, const Margins& m = {}) {
+  for (int iter = 0; iter < 20000; ++iter) {
+    const std::vector<bool> bad = bad_tokens(pb, m);
+    bool any = false;
+    for (int64_t t = 0; t < pb.T; ++t)
+      if (bad[t]) {
+        any = true;
+        fill_x_row(pb, rng, t);
+      }
+    if (!any) return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparisons.
+
+inline double max_abs(const std::vector<double>& v) {
+  double m = 0.0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+template <typename A, typename B>
+double max_abs_diff(const std::vector<A>& a, const std::vector<B>& b) {
+  double m = 0.0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    m = std::max(m, std::abs(double(a[i]) - double(b[i])));
+  return m;
+}
+
+}  // namespace switchyard::testing_support

@@ -1,0 +1,361 @@
+// The fast layer's backward (MoELayer::backward, aux-loss gradients included) against central
+// finite differences of the float64 reference, for every differentiable router; and the
+// degenerate one-expert layer against a directly written dense FFN, forward and backward.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <numbers>
+#include <numeric>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "reference_test_support.h"
+
+namespace switchyard {
+namespace {
+
+using nlohmann::json;
+using namespace testing_support;
+
+struct GradCase {
+  std::string name;
+  json config;
+  int64_t T = 9, E = 3, Fs = 0;
+  bool sequences = false;
+  bool gate_bias = false;
+};
+
+std::vector<GradCase> grad_cases() {
+  return {
+      {"mixtral", {{"router", "mixtral"}}, 9, 5},
+      {"mixtral_gelu_shared_z_entropy",
+       {{"router", "mixtral"},
+        {"activation", "gelu"},
+        {"losses", {{"balance", 0.05}, {"z", 0.01}, {"entropy", 0.05}}}},
+       9,
+       4,
+       6},
+      {"switch_training_capacity",
+       {{"router", "switch"}, {"training", true}, {"losses", {{"balance", 0.05}, {"z", 0.01}}}},
+       11,
+       3},
+      {"switch_batch_priority",
+       {{"router", "switch"}, {"drop_order", "batch_priority"}, {"capacity_factor", 0.5}},
+       13,
+       3},
+      {"gshard_training",
+       {{"router", "gshard"}, {"training", true}, {"capacity_factor", 1.0}},
+       9,
+       4},
+      {"deepseek_v3",
+       {{"router", "deepseek_v3"}, {"losses", {{"balance", 0.05}, {"balance_mode", "sequence"}}}},
+       9,
+       16,
+       5,
+       true,
+       true},
+      {"topk_sigmoid_groups_raw",
+       {{"router", "topk"},
+        {"score", "sigmoid"},
+        {"k", 2},
+        {"groups", 2},
+        {"topk_groups", 1},
+        {"normalize", false},
+        {"losses", {{"balance", 0.05}, {"z", 0.01}, {"entropy", 0.05}}}},
+       8,
+       6,
+       0,
+       false,
+       true},
+      {"adamoe", {{"router", "adamoe"}, {"losses", {{"balance", 0.05}}}}, 9, 5},
+      {"topk_null_capacity_global",
+       {{"router", "topk"},
+        {"k", 2},
+        {"null_experts", 2},
+        {"capacity_factor", 1.0},
+        {"route_scale", 1.7},
+        {"losses", {{"balance", 0.05}, {"balance_mode", "global_batch"}}}},
+       10,
+       3},
+      {"expert_choice", {{"router", "expert_choice"}, {"losses", {{"balance", 0.05}}}}, 9, 4},
+      {"expert_choice_sequence_z",
+       {{"router", "expert_choice"},
+        {"routing_groups", "sequence"},
+        {"capacity_factor", 1.0},
+        {"losses", {{"z", 0.01}}}},
+       9,
+       3,
+       5,
+       true},
+      {"hash_random", {{"router", "hash"}}, 9, 3, 5},
+      {"hash_balanced_gelu",
+       {{"router", "hash"}, {"table", "balanced"}, {"activation", "gelu"}},
+       9,
+       3},
+      {"base_training", {{"router", "base"}, {"training", true}}, 9, 3},
+      {"base_eval_shared", {{"router", "base"}}, 9, 3, 5},
+      {"top_p", {{"router", "top_p"}, {"losses", {{"balance", 0.05}, {"entropy", 0.05}}}}, 9, 5},
+      {"remoe", {{"router", "remoe"}, {"lambda", 0.01}}, 9, 4},
+      {"remoe_z_loss", {{"router", "remoe"}, {"lambda", 0.01}, {"losses", {{"z", 0.01}}}}, 9, 4},
+      {"smear", {{"router", "smear"}}, 9, 3, 0, true},
+      {"smear_gelu_shared", {{"router", "smear"}, {"activation", "gelu"}}, 9, 3, 5, true},
+      {"soft", {{"router", "soft"}, {"losses", {{"balance", 0.05}, {"z", 0.01}}}}, 9, 3, 5},
+  };
+}
+
+// Objective L = Σ y ⊙ dy + aux_loss of the reference.
+double objective(const reference::Result& r, const std::vector<double>& dy) {
+  double sum = r.aux_loss;
+  for (size_t i = 0; i < dy.size(); ++i) sum += r.y[i] * dy[i];
+  return sum;
+}
+
+// The discrete part of a routing result, which a finite-difference step must not change.
+struct Pattern {
+  std::vector<bool> support;
+  std::vector<int64_t> tokens_per_expert;
+  int64_t dropped = 0;
+  bool operator==(const Pattern&) const = default;
+};
+Pattern pattern_of(const reference::Result& r) {
+  Pattern p;
+  for (double c : r.combine) p.support.push_back(c != 0.0);
+  p.tokens_per_expert = r.tokens_per_expert;
+  p.dropped = r.dropped;
+  return p;
+}
+
+// One differentiable tensor: its float64 copy inside the reference inputs and the fast path's
+// gradient.
+struct Tensor {
+  std::string name;
+  std::vector<double>* values;
+  const std::vector<float>* gradient;
+};
+
+void PrintTo(const GradCase& c, std::ostream* os) {
+  *os << c.name << " " << c.config.dump();
+}
+
+class Gradients : public ::testing::TestWithParam<GradCase> {};
+
+TEST_P(Gradients, MatchFiniteDifferences) {
+  SCOPED_TRACE(seed_trace());
+  const GradCase& gc = GetParam();
+  SCOPED_TRACE("config " + gc.config.dump());
+  std::mt19937_64 rng = test_rng();
+  json config = gc.config;
+  config["seed"] = std::uniform_int_distribution<int64_t>(0, 1 << 30)(rng);
+  ProblemOptions o;
+  o.T = gc.T;
+  o.E = gc.E;
+  o.Fs = gc.Fs;
+  o.gate_bias = gc.gate_bias;
+  if (gc.sequences) o.seq_lens = {gc.T / 2, gc.T - gc.T / 2};
+  if (config.contains("losses") && config["losses"].value("balance_mode", "") == "global_batch")
+    o.global_counts = true;
+  Problem pb = make_problem(config, o, rng);
+  Margins margins;
+  margins.score = 1e-3;
+  margins.logit = 1e-2;
+  margins.priority = 1e-3;
+  ASSERT_TRUE(separate_routing(pb, rng, margins));
+
+  const int64_t T = pb.T, d = pb.shape.d;
+  const std::vector<float> dy = normal_vector(rng, size_t(T * d), 1.0);
+
+  // Fast path: forward then backward.
+  MoECache cache;
+  std::vector<float> y(static_cast<size_t>(T * d));
+  pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+  std::vector<float> dx(pb.x.size()), dgate(pb.gate.size()), dw1(pb.w1.size()), dw3(pb.w3.size()),
+      dw2(pb.w2.size()), dsw1(pb.shared_w1.size()), dsw3(pb.shared_w3.size()),
+      dsw2(pb.shared_w2.size());
+  MoEGrads grads;
+  grads.gate = dgate.empty() ? nullptr : dgate.data();
+  grads.w1 = dw1.data();
+  grads.w3 = dw3.empty() ? nullptr : dw3.data();
+  grads.w2 = dw2.data();
+  grads.shared_w1 = dsw1.empty() ? nullptr : dsw1.data();
+  grads.shared_w3 = dsw3.empty() ? nullptr : dsw3.data();
+  grads.shared_w2 = dsw2.empty() ? nullptr : dsw2.data();
+  pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), dx.data(), grads);
+
+  // Reference: central differences.
+  reference::Params rp = pb.ref_params();
+  reference::Batch rb = pb.ref_batch();
+  const std::vector<double> dy64 = to_double(dy);
+  const Pattern base_pattern = pattern_of(pb.reference(rp, rb));
+
+  std::vector<Tensor> tensors = {
+      {"x", &rb.x, &dx}, {"experts.w1", &rp.w1, &dw1}, {"experts.w2", &rp.w2, &dw2}};
+  if (pb.traits.needs_gate) tensors.push_back({"gate.weight", &rp.gate, &dgate});
+  if (pb.swiglu()) tensors.push_back({"experts.w3", &rp.w3, &dw3});
+  if (gc.Fs > 0) {
+    tensors.push_back({"shared.w1", &rp.shared_w1, &dsw1});
+    tensors.push_back({"shared.w2", &rp.shared_w2, &dsw2});
+    if (pb.swiglu()) tensors.push_back({"shared.w3", &rp.shared_w3, &dsw3});
+  }
+
+  const double h = 1e-6;
+  for (const Tensor& tensor : tensors) {
+    SCOPED_TRACE(tensor.name);
+    std::vector<size_t> order(tensor.values->size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::shuffle(order.begin(), order.end(), rng);
+    double diff_sq = 0.0, fd_sq = 0.0;
+    int checked = 0, skipped = 0;
+    for (size_t i : order) {
+      if (checked == 20) break;
+      double& v = (*tensor.values)[i];
+      const double saved = v;
+      v = saved + h;
+      const reference::Result plus = pb.reference(rp, rb);
+      v = saved - h;
+      const reference::Result minus = pb.reference(rp, rb);
+      v = saved;
+      if (!(pattern_of(plus) == base_pattern) || !(pattern_of(minus) == base_pattern)) {
+        ++skipped;  // the step flipped a discrete routing decision
+        continue;
+      }
+      const double fd = (objective(plus, dy64) - objective(minus, dy64)) / (2.0 * h);
+      const double an = (*tensor.gradient)[i];
+      EXPECT_LE(std::abs(fd - an), 2e-3 * std::max(1.0, std::abs(fd)))
+          << tensor.name << "[" << i << "]: finite difference " << fd << ", backward " << an;
+      diff_sq += (fd - an) * (fd - an);
+      fd_sq += fd * fd;
+      ++checked;
+    }
+    EXPECT_LE(skipped, checked) << "too many steps flipped the routing";
+    EXPECT_LE(std::sqrt(diff_sq), 1e-2 * std::max(std::sqrt(fd_sq), 1e-3))
+        << tensor.name << ": relative gradient error over " << checked << " elements";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Routers, Gradients, ::testing::ValuesIn(grad_cases()),
+                         [](const ::testing::TestParamInfo<GradCase>& param_info) {
+                           return param_info.param.name;
+                         });
+
+// ---------------------------------------------------------------------------------------------
+// One expert, k = 1, raw softmax weight, zero gate: combine weight exactly 1, so the layer is a
+// dense FFN. Compared with a directly written dense forward and backward.
+
+double sigmoid(double z) {
+  return 1.0 / (1.0 + std::exp(-z));
+}
+
+struct DenseGrads {
+  std::vector<double> y, dx, dw1, dw3, dw2;
+};
+
+// y = w2 act(w1 x [, w3 x]) per token and its gradients for the upstream dy.
+DenseGrads dense_ffn(bool swiglu, const Problem& pb, const std::vector<float>& dy) {
+  const int64_t T = pb.T, d = pb.shape.d, F = pb.shape.F;
+  DenseGrads g;
+  g.y.assign(size_t(T * d), 0.0);
+  g.dx.assign(size_t(T * d), 0.0);
+  g.dw1.assign(size_t(F * d), 0.0);
+  g.dw3.assign(swiglu ? size_t(F * d) : 0, 0.0);
+  g.dw2.assign(size_t(d * F), 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const size_t nF = static_cast<size_t>(F);
+    std::vector<double> h1(nF, 0.0), h3(nF, 0.0), a(nF, 0.0), da(nF, 0.0);
+    for (int64_t f = 0; f < F; ++f)
+      for (int64_t j = 0; j < d; ++j) {
+        h1[f] += double(pb.w1[f * d + j]) * pb.x[t * d + j];
+        if (swiglu) h3[f] += double(pb.w3[f * d + j]) * pb.x[t * d + j];
+      }
+    for (int64_t f = 0; f < F; ++f)
+      a[f] = swiglu ? h1[f] * sigmoid(h1[f]) * h3[f]
+                    : 0.5 * h1[f] * (1.0 + std::erf(h1[f] / std::sqrt(2.0)));
+    for (int64_t j = 0; j < d; ++j)
+      for (int64_t f = 0; f < F; ++f) {
+        g.y[t * d + j] += double(pb.w2[j * F + f]) * a[f];
+        g.dw2[j * F + f] += dy[t * d + j] * a[f];
+        da[f] += double(pb.w2[j * F + f]) * dy[t * d + j];
+      }
+    for (int64_t f = 0; f < F; ++f) {
+      double dh1 = 0.0, dh3 = 0.0;
+      if (swiglu) {
+        const double s = sigmoid(h1[f]);
+        dh1 = da[f] * h3[f] * s * (1.0 + h1[f] * (1.0 - s));
+        dh3 = da[f] * h1[f] * s;
+      } else {
+        const double cdf = 0.5 * (1.0 + std::erf(h1[f] / std::sqrt(2.0)));
+        const double pdf = std::exp(-0.5 * h1[f] * h1[f]) / std::sqrt(2.0 * std::numbers::pi);
+        dh1 = da[f] * (cdf + h1[f] * pdf);
+      }
+      for (int64_t j = 0; j < d; ++j) {
+        g.dw1[f * d + j] += dh1 * pb.x[t * d + j];
+        g.dx[t * d + j] += dh1 * double(pb.w1[f * d + j]);
+        if (swiglu) {
+          g.dw3[f * d + j] += dh3 * pb.x[t * d + j];
+          g.dx[t * d + j] += dh3 * double(pb.w3[f * d + j]);
+        }
+      }
+    }
+  }
+  return g;
+}
+
+void expect_close(const std::vector<float>& fast, const std::vector<double>& want,
+                  const std::string& name) {
+  ASSERT_EQ(fast.size(), want.size()) << name;
+  EXPECT_LE(max_abs_diff(fast, want), 1e-5 * std::max(1.0, max_abs(want))) << name;
+}
+
+TEST(Gradients, OneExpertIsDenseFFN) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  for (const char* activation : {"swiglu", "gelu"}) {
+    SCOPED_TRACE(activation);
+    const json config = {{"router", "topk"},
+                         {"k", 1},
+                         {"normalize", false},
+                         {"score", "softmax"},
+                         {"activation", activation}};
+    ProblemOptions o;
+    o.T = 7;
+    o.E = 1;
+    o.zero_gate = true;
+    Problem pb = make_problem(config, o, rng);
+    const int64_t T = pb.T, d = pb.shape.d;
+    const std::vector<float> dy = normal_vector(rng, size_t(T * d), 1.0);
+
+    MoECache cache;
+    std::vector<float> y(static_cast<size_t>(T * d));
+    pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+    const std::vector<float> combine = pb.layer->combine_matrix(cache);
+    for (float c : combine) EXPECT_EQ(c, 1.0f);
+
+    std::vector<float> dx(pb.x.size()), dgate(pb.gate.size(), 123.0f), dw1(pb.w1.size()),
+        dw3(pb.w3.size()), dw2(pb.w2.size());
+    MoEGrads grads;
+    grads.gate = dgate.data();
+    grads.w1 = dw1.data();
+    grads.w3 = dw3.empty() ? nullptr : dw3.data();
+    grads.w2 = dw2.data();
+    pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), dx.data(), grads);
+
+    const DenseGrads want = dense_ffn(pb.swiglu(), pb, dy);
+    expect_close(y, want.y, "y");
+    expect_close(dx, want.dx, "dx");
+    expect_close(dw1, want.dw1, "d_experts.w1");
+    expect_close(dw2, want.dw2, "d_experts.w2");
+    if (pb.swiglu()) expect_close(dw3, want.dw3, "d_experts.w3");
+    for (float g : dgate) EXPECT_EQ(g, 0.0f) << "a single softmax output has no gradient";
+
+    // The reference agrees too.
+    const reference::Result ref = pb.reference(pb.ref_params(), pb.ref_batch());
+    EXPECT_LE(max_abs_diff(ref.y, want.y), 1e-12 * std::max(1.0, max_abs(want.y)));
+  }
+}
+
+}  // namespace
+}  // namespace switchyard

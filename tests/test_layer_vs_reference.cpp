@@ -1,0 +1,368 @@
+// The fast float32 MoE layer against the float64 reference (src/reference/), for a table of router
+// configurations covering every router and option of docs/layer-config.md, at odd sizes, with
+// fresh random inputs each run (seed printed on failure, SWITCHYARD_TEST_SEED replays it).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "reference_test_support.h"
+
+namespace switchyard {
+namespace {
+
+using nlohmann::json;
+using namespace testing_support;
+
+struct Case {
+  std::string name;
+  json config;
+  std::vector<int64_t> Es = {1, 3, 64};
+  int64_t Fs = 0;          // shared expert width, 0 = none
+  bool sequences = false;  // pass seq_lens (several sequences)
+  bool global_counts = false;
+  bool gate_bias = false;
+};
+
+std::vector<Case> cases() {
+  return {
+      // Mixtral: softmax top-2, renormalised, dropless; preset balance loss.
+      {"mixtral", {{"router", "mixtral"}}, {3, 64}},
+      {"mixtral_gelu_shared_all_losses",
+       {{"router", "mixtral"},
+        {"activation", "gelu"},
+        {"losses", {{"balance", 0.01}, {"z", 0.001}, {"entropy", 0.01}}}},
+       {3, 64},
+       9},
+      // Switch: top-1, capacity 1.25 in position order, jitter in training.
+      {"switch_training_jitter", {{"router", "switch"}, {"training", true}}},
+      {"switch_batch_priority",
+       {{"router", "switch"}, {"drop_order", "batch_priority"}, {"capacity_factor", 1.0}}},
+      {"switch_sequence_groups_sequence_balance",
+       {{"router", "switch"},
+        {"routing_groups", "sequence"},
+        {"capacity_factor", 1.0},
+        {"losses", {{"balance", 0.01}, {"balance_mode", "sequence"}, {"z", 0.001}}}},
+       {1, 3, 64},
+       0,
+       true},
+      {"switch_batch_priority_sequence_groups_training",
+       {{"router", "switch"},
+        {"routing_groups", "sequence"},
+        {"drop_order", "batch_priority"},
+        {"training", true}},
+       {1, 3, 64},
+       0,
+       true},
+      // GShard: top-2, random second expert in training, capacity 2, balance on the first choice.
+      {"gshard_training", {{"router", "gshard"}, {"training", true}}, {3, 64}},
+      {"gshard_training_tight_capacity",
+       {{"router", "gshard"}, {"training", true}, {"capacity_factor", 0.75}},
+       {3, 64},
+       9},
+      {"gshard_eval_sequence_groups",
+       {{"router", "gshard"}, {"routing_groups", "sequence"}},
+       {3, 64},
+       0,
+       true},
+      // DeepSeek-V3: sigmoid, 8 groups keep 4, top-8, route scale 2.5, bias, sequence balance.
+      {"deepseek_v3", {{"router", "deepseek_v3"}}, {64}, 9, true, false, true},
+      {"deepseek_v3_one_expert_groups",
+       {{"router", "deepseek_v3"}, {"k", 2}, {"groups", 3}, {"topk_groups", 2}},
+       {3},
+       0,
+       true,
+       false,
+       true},
+      {"topk_sigmoid_groups",
+       {{"router", "topk"},
+        {"score", "sigmoid"},
+        {"k", 3},
+        {"groups", 4},
+        {"topk_groups", 2},
+        {"route_scale", 1.5},
+        {"losses", {{"balance", 0.01}, {"entropy", 0.01}, {"z", 0.001}}}},
+       {64},
+       0,
+       false,
+       false,
+       true},
+      {"topk_sigmoid_raw_weights",
+       {{"router", "topk"},
+        {"score", "sigmoid"},
+        {"k", 2},
+        {"normalize", false},
+        {"losses", {{"balance", 0.01}, {"z", 0.001}, {"entropy", 0.001}}}},
+       {3, 64}},
+      // AdaMoE: null experts (R = E + 16), top-4.
+      {"adamoe", {{"router", "adamoe"}}, {3, 64}},
+      {"topk_null_experts_capacity",
+       {{"router", "topk"},
+        {"k", 2},
+        {"null_experts", 2},
+        {"normalize", false},
+        {"capacity_factor", 1.5},
+        {"losses", {{"balance", 0.01}}}}},
+      {"topk_global_batch_balance_route_scale",
+       {{"router", "topk"},
+        {"k", 3},
+        {"normalize", false},
+        {"route_scale", 2.0},
+        {"losses", {{"balance", 0.01}, {"balance_mode", "global_batch"}}}},
+       {3, 64},
+       0,
+       false,
+       true},
+      {"topk_k1_gelu_jitter",
+       {{"router", "topk"},
+        {"k", 1},
+        {"normalize", false},
+        {"activation", "gelu"},
+        {"jitter", 0.05},
+        {"training", true}}},
+      // Expert choice.
+      {"expert_choice", {{"router", "expert_choice"}}},
+      {"expert_choice_sequence_groups_z",
+       {{"router", "expert_choice"},
+        {"capacity_factor", 1.0},
+        {"routing_groups", "sequence"},
+        {"losses", {{"z", 0.001}}}},
+       {1, 3, 64},
+       9,
+       true},
+      // Hash.
+      {"hash_random", {{"router", "hash"}, {"hash_seed", 12345}}},
+      {"hash_balanced", {{"router", "hash"}, {"table", "balanced"}}, {1, 3, 64}, 9},
+      {"hash_balanced_sequence_groups",
+       {{"router", "hash"}, {"table", "balanced"}, {"routing_groups", "sequence"}},
+       {1, 3, 64},
+       0,
+       true},
+      // BASE.
+      {"base_training_auction", {{"router", "base"}, {"training", true}}},
+      {"base_training_sequence_groups",
+       {{"router", "base"}, {"training", true}, {"routing_groups", "sequence"}},
+       {1, 3, 64},
+       0,
+       true},
+      {"base_eval_gelu_shared", {{"router", "base"}, {"activation", "gelu"}}, {1, 3, 64}, 9},
+      // Top-p.
+      {"top_p", {{"router", "top_p"}}},
+      {"top_p_threshold_sequence_balance",
+       {{"router", "top_p"},
+        {"threshold", 0.6},
+        {"losses", {{"balance", 0.01}, {"balance_mode", "sequence"}, {"z", 0.001}}}},
+       {1, 3, 64},
+       0,
+       true},
+      // ReMoE.
+      {"remoe", {{"router", "remoe"}, {"lambda", 0.001}, {"losses", {{"z", 0.001}}}}},
+      {"remoe_k2_shared", {{"router", "remoe"}, {"k", 2}, {"lambda", 0.01}}, {3, 64}, 9},
+      // SMEAR.
+      {"smear", {{"router", "smear"}}, {1, 3, 64}, 0, true},
+      {"smear_gelu_shared", {{"router", "smear"}, {"activation", "gelu"}}, {1, 3, 64}, 9},
+      // Soft.
+      {"soft_losses", {{"router", "soft"}, {"losses", {{"balance", 0.01}, {"entropy", 0.001}}}}},
+      {"soft_gelu_shared", {{"router", "soft"}, {"activation", "gelu"}}, {1, 3, 64}, 9, true},
+  };
+}
+
+std::vector<int64_t> seq_lens_for(int64_t T) {
+  if (T == 1) return {1};
+  if (T == 7) return {3, 1, 3};
+  return {T / 2, 1, T - T / 2 - 1};
+}
+
+struct Param {
+  Case c;
+  int64_t T = 0, E = 0;
+};
+
+void PrintTo(const Param& p, std::ostream* os) {
+  *os << p.c.name << " T=" << p.T << " E=" << p.E << " " << p.c.config.dump();
+}
+
+std::vector<Param> all_params() {
+  std::vector<Param> out;
+  for (const Case& c : cases())
+    for (int64_t E : c.Es)
+      for (int64_t T : {1, 7, 129}) out.push_back({c, T, E});
+  return out;
+}
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  return info.param.c.name + "_T" + std::to_string(info.param.T) + "_E" +
+         std::to_string(info.param.E);
+}
+
+// Runs the fast layer and the reference on the same problem and compares everything.
+void compare_with_reference(Problem& pb) {
+  const int64_t T = pb.T, d = pb.shape.d, E = pb.shape.E;
+  MoECache cache;
+  std::vector<float> y(static_cast<size_t>(T * d));
+  pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+  const std::vector<float> combine = pb.layer->combine_matrix(cache);
+  const reference::Result ref = pb.reference(pb.ref_params(), pb.ref_batch());
+
+  const double y_scale = std::max(1.0, max_abs(ref.y));
+  EXPECT_LE(max_abs_diff(y, ref.y), 1e-4 * y_scale)
+      << "y differs (max |y| " << max_abs(ref.y) << ")";
+  ASSERT_EQ(combine.size(), size_t(T * E));
+  EXPECT_LE(max_abs_diff(combine, ref.combine), 1e-4 * std::max(1.0, max_abs(ref.combine)))
+      << "combine differs";
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e)
+      EXPECT_EQ(combine[t * E + e] != 0.0f, ref.combine[t * E + e] != 0.0)
+          << "routing differs at token " << t << " expert " << e << ": fast " << combine[t * E + e]
+          << ", reference " << ref.combine[t * E + e];
+  EXPECT_EQ(cache.stats.tokens_per_expert, ref.tokens_per_expert);
+  EXPECT_EQ(cache.stats.dropped, ref.dropped);
+  EXPECT_NEAR(cache.stats.aux_loss, ref.aux_loss, 1e-4 * std::abs(ref.aux_loss) + 1e-9);
+}
+
+class LayerVsReference : public ::testing::TestWithParam<Param> {};
+
+TEST_P(LayerVsReference, Forward) {
+  SCOPED_TRACE(seed_trace());
+  const Param& p = GetParam();
+  SCOPED_TRACE("config " + p.c.config.dump());
+  std::mt19937_64 rng = test_rng();
+  json config = p.c.config;
+  config["seed"] = std::uniform_int_distribution<int64_t>(0, 1 << 30)(rng);
+  ProblemOptions o;
+  o.T = p.T;
+  o.E = p.E;
+  o.Fs = p.c.Fs;
+  if (p.c.sequences) o.seq_lens = seq_lens_for(p.T);
+  o.global_counts = p.c.global_counts;
+  o.gate_bias = p.c.gate_bias;
+  Problem pb = make_problem(config, o, rng);
+  ASSERT_TRUE(separate_routing(pb, rng)) << "could not draw well-separated routing inputs";
+  compare_with_reference(pb);
+}
+
+INSTANTIATE_TEST_SUITE_P(Routers, LayerVsReference, ::testing::ValuesIn(all_params()), param_name);
+
+// Some expert receives no token (E = 64, T = 7) and both paths agree on it.
+TEST(LayerVsReferenceEdge, ExpertsWithoutTokens) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  ProblemOptions o;
+  o.T = 7;
+  o.E = 64;
+  Problem pb = make_problem({{"router", "mixtral"}}, o, rng);
+  ASSERT_TRUE(separate_routing(pb, rng));
+  compare_with_reference(pb);
+  const reference::Result ref = pb.reference(pb.ref_params(), pb.ref_batch());
+  int64_t empty = 0;
+  for (int64_t c : ref.tokens_per_expert) empty += c == 0;
+  EXPECT_GE(empty, 64 - 14);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact ties: identical gate rows (or identical tokens) give exactly equal scores in float32 and
+// float64 (dyadic values); the lower index must win in both paths.
+
+Problem tied_problem(const json& config, int64_t T, int64_t E, std::mt19937_64& rng,
+                     bool identical_tokens = false, bool gate_bias = false) {
+  ProblemOptions o;
+  o.T = T;
+  o.E = E;
+  o.gate_bias = gate_bias;
+  o.bias_scale = 0.0;  // zero bias: ties survive the selection score
+  Problem pb = make_problem(config, o, rng);
+  const int64_t d = pb.shape.d;
+  for (int64_t r = 1; r < pb.R && !pb.gate.empty(); ++r)
+    std::copy(pb.gate.begin(), pb.gate.begin() + d, pb.gate.begin() + r * d);
+  if (identical_tokens)
+    for (int64_t t = 1; t < T; ++t) std::copy(pb.x.begin(), pb.x.begin() + d, pb.x.begin() + t * d);
+  return pb;
+}
+
+TEST(LayerVsReferenceTies, TopkLowerExpertWins) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  for (const char* router : {"mixtral", "topk", "adamoe", "deepseek_v3", "switch", "gshard"}) {
+    SCOPED_TRACE(router);
+    const int64_t E = std::string(router) == "deepseek_v3" ? 64 : 5;
+    Problem pb = tied_problem({{"router", router}}, 9, E, rng, false, true);
+    compare_with_reference(pb);
+    MoECache cache;
+    std::vector<float> y(static_cast<size_t>(pb.T * pb.shape.d));
+    pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+    const std::vector<float> combine = pb.layer->combine_matrix(cache);
+    const int64_t k = pb.router_params.at("k");
+    // Capacity may drop later tokens; every routed expert must be among the k lowest indices.
+    for (int64_t t = 0; t < pb.T; ++t)
+      for (int64_t e = k; e < E; ++e)
+        EXPECT_EQ(combine[t * E + e], 0.0f) << "t " << t << " e " << e;
+    if (std::string(router) == "mixtral")
+      for (int64_t t = 0; t < pb.T; ++t) {
+        EXPECT_EQ(combine[t * E + 0], 0.5f);
+        EXPECT_EQ(combine[t * E + 1], 0.5f);
+      }
+  }
+}
+
+TEST(LayerVsReferenceTies, BatchPriorityLowerTokenWins) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  // Every token picks expert 0 with the same weight: batch priority keeps the lowest tokens.
+  Problem pb =
+      tied_problem({{"router", "switch"}, {"drop_order", "batch_priority"}}, 13, 4, rng, true);
+  compare_with_reference(pb);
+  MoECache cache;
+  std::vector<float> y(static_cast<size_t>(pb.T * pb.shape.d));
+  pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+  const std::vector<float> combine = pb.layer->combine_matrix(cache);
+  const int64_t C = (int64_t(std::ceil(13 * 1.25 / 4)) + 3) / 4 * 4;  // 5 -> 8
+  for (int64_t t = 0; t < pb.T; ++t) EXPECT_EQ(combine[t * 4 + 0] != 0.0f, t < C) << "token " << t;
+}
+
+TEST(LayerVsReferenceTies, ExpertChoiceLowerTokenWins) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  Problem pb = tied_problem({{"router", "expert_choice"}}, 11, 3, rng, true);
+  compare_with_reference(pb);
+  MoECache cache;
+  std::vector<float> y(static_cast<size_t>(pb.T * pb.shape.d));
+  pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+  const std::vector<float> combine = pb.layer->combine_matrix(cache);
+  const int64_t C = int64_t(std::ceil(11.0 * 2.0 / 3.0));  // 8
+  for (int64_t t = 0; t < pb.T; ++t)
+    for (int64_t e = 0; e < 3; ++e)
+      EXPECT_EQ(combine[t * 3 + e] != 0.0f, t < C) << "token " << t << " expert " << e;
+}
+
+TEST(LayerVsReferenceTies, OtherRouters) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const std::vector<json> configs = {
+      {{"router", "top_p"}}, {{"router", "top_p"}, {"threshold", 0.5}},
+      {{"router", "base"}},  {{"router", "base"}, {"training", true}},
+      {{"router", "remoe"}}, {{"router", "soft"}},
+      {{"router", "smear"}}, {{"router", "expert_choice"}, {"routing_groups", "sequence"}},
+  };
+  for (const json& c : configs) {
+    SCOPED_TRACE(c.dump());
+    for (bool identical_tokens : {false, true}) {
+      Problem pb = tied_problem(c, 10, 4, rng, identical_tokens);
+      compare_with_reference(pb);
+    }
+  }
+  // top_p with uniform scores keeps experts 0, 1 (running sum 0.5 > 0.4) for E = 4.
+  Problem pb = tied_problem({{"router", "top_p"}}, 3, 4, rng);
+  MoECache cache;
+  std::vector<float> y(static_cast<size_t>(pb.T * pb.shape.d));
+  pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+  const std::vector<float> combine = pb.layer->combine_matrix(cache);
+  for (int64_t t = 0; t < pb.T; ++t)
+    for (int64_t e = 0; e < 4; ++e) EXPECT_EQ(combine[t * 4 + e] != 0.0f, e < 2);
+}
+
+}  // namespace
+}  // namespace switchyard

@@ -1,0 +1,268 @@
+// Structural invariants of the routing plan and the dispatch, for every router in the registry
+// (a new router is covered automatically), with default parameters and random inputs; and
+// per-sequence isolation: with routing_groups = sequence, one sequence's tokens never change
+// another sequence's plan.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "reference_test_support.h"
+
+namespace switchyard {
+namespace {
+
+using nlohmann::json;
+using namespace testing_support;
+
+constexpr int64_t kExperts = 16;  // satisfies every preset's defaults (DeepSeek-V3: 8 groups)
+
+struct RouterCase {
+  std::string name;
+  json config;  // router and its parameters
+};
+
+// Every registry entry with its defaults, plus options that change batch dependence.
+std::vector<RouterCase> router_cases() {
+  std::vector<RouterCase> out;
+  for (const RouterEntry& e : router_registry()) out.push_back({e.name, {{"router", e.name}}});
+  out.push_back({"hash_balanced", {{"router", "hash"}, {"table", "balanced"}}});
+  out.push_back(
+      {"switch_batch_priority", {{"router", "switch"}, {"drop_order", "batch_priority"}}});
+  out.push_back({"topk_capacity", {{"router", "topk"}, {"capacity_factor", 1.0}}});
+  out.push_back({"expert_choice_c1", {{"router", "expert_choice"}, {"capacity_factor", 1.0}}});
+  return out;
+}
+
+void PrintTo(const RouterCase& c, std::ostream* os) {
+  *os << c.config.dump();
+}
+
+std::vector<int64_t> three_sequences(int64_t T) {
+  if (T < 3) return {T};
+  return {T / 2, 1, T - T / 2 - 1};
+}
+
+Problem make_router_problem(const json& router, bool training, bool per_sequence, int64_t T,
+                            std::mt19937_64& rng) {
+  json config = router;
+  config["training"] = training;
+  config["routing_groups"] = per_sequence ? "sequence" : "batch";
+  config["seed"] = std::uniform_int_distribution<int64_t>(0, 1 << 30)(rng);
+  ProblemOptions o;
+  o.T = T;
+  o.E = kExperts;
+  o.seq_lens = three_sequences(T);
+  return make_problem(config, o, rng);
+}
+
+// SMEAR-like routers route per sequence: plan rows are (sequence, expert), nothing is dispatched.
+void check_pooled_plan_invariants(const Problem& pb, const MoECache& cache) {
+  const RoutingPlan& plan = cache.plan;
+  const int64_t E = pb.shape.E;
+  const auto seqs = routing_groups(RoutingGroups::Sequence, pb.seq_lens, pb.T);
+  const int64_t S = int64_t(seqs.size());
+  std::set<std::pair<int32_t, int32_t>> kept_pairs;
+  std::vector<int64_t> tokens(static_cast<size_t>(E), 0);
+  int64_t dropped = 0;
+  for (size_t a = 0; a < plan.size(); ++a) {
+    const int32_t s = plan.token[a], e = plan.expert[a];
+    ASSERT_GE(s, 0);
+    ASSERT_LT(s, S);
+    ASSERT_GE(e, 0);
+    ASSERT_LT(e, E);
+    EXPECT_TRUE(std::isfinite(plan.weight[a]));
+    if (!plan.kept[a]) {
+      ++dropped;
+      continue;
+    }
+    EXPECT_TRUE(kept_pairs.insert({s, e}).second) << "sequence " << s << " expert " << e;
+    tokens[e] += seqs[s].second - seqs[s].first;
+  }
+  EXPECT_EQ(cache.stats.dropped, dropped);
+  EXPECT_EQ(cache.stats.tokens_per_expert, tokens);
+}
+
+void check_plan_invariants(const Problem& pb, const MoECache& cache) {
+  if (pb.traits.pooled_per_sequence) return check_pooled_plan_invariants(pb, cache);
+  const RoutingPlan& plan = cache.plan;
+  const int64_t T = pb.T, E = pb.shape.E;
+  const size_t A = plan.size();
+  ASSERT_EQ(plan.expert.size(), A);
+  ASSERT_EQ(plan.group.size(), A);
+  ASSERT_EQ(plan.weight.size(), A);
+  ASSERT_EQ(plan.kept.size(), A);
+  const int64_t G = int64_t(cache.groups.size());
+  ASSERT_GE(G, 1);
+
+  // Indices in range, a token inside its group, each kept pair once.
+  std::set<std::pair<int32_t, int32_t>> kept_pairs;
+  std::vector<int64_t> kept_per_expert(static_cast<size_t>(E), 0);
+  std::map<std::pair<int64_t, int32_t>, int64_t> kept_per_group_expert;
+  int64_t kept_total = 0, dropped = 0;
+  for (size_t a = 0; a < A; ++a) {
+    const int32_t t = plan.token[a], e = plan.expert[a], g = plan.group[a];
+    ASSERT_GE(t, 0);
+    ASSERT_LT(t, T);
+    ASSERT_GE(e, 0);
+    ASSERT_LT(e, E);
+    ASSERT_GE(g, 0);
+    ASSERT_LT(g, G);
+    EXPECT_GE(t, cache.groups[g].first);
+    EXPECT_LT(t, cache.groups[g].second);
+    EXPECT_TRUE(std::isfinite(plan.weight[a]));
+    if (!plan.kept[a]) {
+      ++dropped;
+      continue;
+    }
+    EXPECT_TRUE(kept_pairs.insert({t, e}).second) << "token " << t << " expert " << e << " twice";
+    ++kept_per_expert[e];
+    ++kept_per_group_expert[{g, e}];
+    ++kept_total;
+  }
+  EXPECT_EQ(cache.stats.dropped, dropped);
+  EXPECT_EQ(cache.stats.tokens_per_expert, kept_per_expert);
+
+  // Capacity per group and expert.
+  if (!plan.capacity.empty()) {
+    ASSERT_EQ(int64_t(plan.capacity.size()), G);
+    for (const auto& [ge, count] : kept_per_group_expert) {
+      const int64_t C = plan.capacity[ge.first];
+      if (C > 0) {
+        EXPECT_LE(count, C) << "group " << ge.first << " expert " << ge.second;
+      }
+    }
+  }
+
+  // Dispatch by expert.
+  ASSERT_EQ(cache.expert_offsets.size(), size_t(E + 1));
+  EXPECT_EQ(cache.expert_offsets[0], 0);
+  for (int64_t e = 0; e < E; ++e) {
+    EXPECT_LE(cache.expert_offsets[e], cache.expert_offsets[e + 1]);
+    EXPECT_EQ(cache.expert_offsets[e + 1] - cache.expert_offsets[e], kept_per_expert[e]);
+  }
+  EXPECT_EQ(cache.expert_offsets[E], kept_total);
+  ASSERT_EQ(int64_t(cache.row_assignment.size()), kept_total);
+  std::set<int32_t> rows_of_assignments;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = cache.expert_offsets[e]; r < cache.expert_offsets[e + 1]; ++r) {
+      const int32_t a = cache.row_assignment[r];
+      ASSERT_GE(a, 0);
+      ASSERT_LT(size_t(a), A);
+      EXPECT_EQ(plan.expert[a], e) << "row " << r;
+      EXPECT_TRUE(plan.kept[a]) << "row " << r << " dispatches a dropped assignment";
+      EXPECT_TRUE(rows_of_assignments.insert(a).second) << "assignment " << a << " twice";
+    }
+
+  // Token CSR over the dispatched rows.
+  ASSERT_EQ(cache.token_offsets.size(), size_t(T + 1));
+  EXPECT_EQ(cache.token_offsets[0], 0);
+  EXPECT_EQ(cache.token_offsets[T], kept_total);
+  ASSERT_EQ(int64_t(cache.token_rows.size()), kept_total);
+  std::set<int32_t> seen_rows;
+  for (int64_t t = 0; t < T; ++t) {
+    EXPECT_LE(cache.token_offsets[t], cache.token_offsets[t + 1]);
+    for (int64_t i = cache.token_offsets[t]; i < cache.token_offsets[t + 1]; ++i) {
+      const int32_t r = cache.token_rows[i];
+      ASSERT_GE(r, 0);
+      ASSERT_LT(r, kept_total);
+      EXPECT_EQ(plan.token[cache.row_assignment[r]], t) << "row " << r;
+      EXPECT_TRUE(seen_rows.insert(r).second) << "row " << r << " twice";
+    }
+  }
+}
+
+class RoutingInvariants : public ::testing::TestWithParam<RouterCase> {};
+
+TEST_P(RoutingInvariants, PlanAndDispatch) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  for (bool training : {false, true})
+    for (bool per_sequence : {false, true})
+      for (int64_t T : {1, 29, 130}) {
+        SCOPED_TRACE("training " + std::to_string(training) + ", per-sequence groups " +
+                     std::to_string(per_sequence) + ", T " + std::to_string(T));
+        Problem pb = make_router_problem(GetParam().config, training, per_sequence, T, rng);
+        MoECache cache;
+        std::vector<float> y(static_cast<size_t>(T * pb.shape.d));
+        pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+        check_plan_invariants(pb, cache);
+        for (float v : y) ASSERT_TRUE(std::isfinite(v));
+      }
+}
+
+// The plan restricted to the tokens [begin, end): (token, expert, kept) -> weight.
+std::map<std::tuple<int32_t, int32_t, bool>, float> plan_of(const RoutingPlan& plan, int64_t begin,
+                                                            int64_t end) {
+  std::map<std::tuple<int32_t, int32_t, bool>, float> out;
+  for (size_t a = 0; a < plan.size(); ++a)
+    if (plan.token[a] >= begin && plan.token[a] < end)
+      out[{plan.token[a], plan.expert[a], plan.kept[a] != 0}] = plan.weight[a];
+  return out;
+}
+
+TEST_P(RoutingInvariants, SequencesAreIsolated) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  for (bool training : {false, true}) {
+    SCOPED_TRACE("training " + std::to_string(training));
+    const int64_t T = 61;
+    Problem pb = make_router_problem(GetParam().config, training, true, T, rng);
+    const auto seqs = routing_groups(RoutingGroups::Sequence, pb.seq_lens, T);
+    ASSERT_EQ(seqs.size(), 3u);
+
+    MoECache first;
+    std::vector<float> y(static_cast<size_t>(T * pb.shape.d));
+    pb.layer->forward(pb.params(), pb.batch(), first, y.data());
+
+    // Same config and seed in a fresh layer (same draws), other tokens in sequence 2.
+    Problem changed = make_router_problem(GetParam().config, training, true, T, rng);
+    changed.config = pb.config;
+    changed.layer = std::make_unique<MoELayer>(pb.config, pb.shape);
+    changed.x = pb.x;
+    changed.gate = pb.gate;
+    changed.gate_bias = pb.gate_bias;
+    changed.w1 = pb.w1;
+    changed.w3 = pb.w3;
+    changed.w2 = pb.w2;
+    changed.token_ids = pb.token_ids;
+    for (int64_t t = seqs[1].first; t < seqs[1].second; ++t) {
+      fill_x_row(changed, rng, t);
+      // Scale the new tokens up so that they would win any cross-sequence competition.
+      for (int64_t j = 0; j < pb.shape.d; ++j) changed.x[t * pb.shape.d + j] *= 4.0f;
+      if (!changed.token_ids.empty()) changed.token_ids[t] = 1000 + t;
+    }
+    MoECache second;
+    changed.layer->forward(changed.params(), changed.batch(), second, y.data());
+
+    for (size_t s : {size_t{0}, size_t{2}}) {
+      // Plan rows are tokens, or sequences for routers pooled per sequence.
+      const int64_t begin = pb.traits.pooled_per_sequence ? int64_t(s) : seqs[s].first;
+      const int64_t end = pb.traits.pooled_per_sequence ? int64_t(s) + 1 : seqs[s].second;
+      const auto a = plan_of(first.plan, begin, end);
+      const auto b = plan_of(second.plan, begin, end);
+      ASSERT_EQ(a.size(), b.size()) << "sequence " << s << " changed";
+      for (const auto& [key, w] : a) {
+        const auto it = b.find(key);
+        ASSERT_NE(it, b.end()) << "sequence " << s << " lost row " << std::get<0>(key)
+                               << " -> expert " << std::get<1>(key);
+        EXPECT_NEAR(it->second, w, 1e-6f * std::max(1.0f, std::abs(w)));
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, RoutingInvariants, ::testing::ValuesIn(router_cases()),
+                         [](const ::testing::TestParamInfo<RouterCase>& param_info) {
+                           return param_info.param.name;
+                         });
+
+}  // namespace
+}  // namespace switchyard
