@@ -1,8 +1,7 @@
 // `switchyard demo`: the layer with a spread of routers on random data: routing statistics and
 // timings in one table. (Until training lands, this is the README's main job.)
-#include <switchyard/moe_layer.h>
-
 #include <fmt/format.h>
+#include <switchyard/moe_layer.h>
 
 #include <algorithm>
 #include <chrono>
@@ -56,8 +55,10 @@ int run_demo(int64_t T, int repeats) {
   std::vector<int64_t> seq_lens(size_t(T / 256), 256);
   if (T % 256) seq_lens.push_back(T % 256);
 
-  fmt::print("switchyard demo: T = {} tokens ({} sequences), d = {}, E = {}, F = {}, SwiGLU, {} repeats\n\n",
-             T, seq_lens.size(), d, E, F, repeats);
+  fmt::print(
+      "switchyard demo: T = {} tokens ({} sequences), d = {}, E = {}, F = {}, SwiGLU, {} "
+      "repeats\n\n",
+      T, seq_lens.size(), d, E, F, repeats);
   fmt::print("{:<14} {:>7} {:>8} {:>7} {:>6} {:>8} {:>9} {:>9} {:>11}\n", "router", "exp/tok",
              "dropped", "MaxVio", "CV", "entropy", "aux_loss", "fwd ms", "fwd+bwd ms");
   for (const auto& [label, json] : runs) {
@@ -83,12 +84,14 @@ int run_demo(int64_t T, int repeats) {
       both.push_back(std::chrono::duration<double, std::milli>(t2 - t0).count());
     }
     const RoutingStats& s = cache.stats;
-    fmt::print("{:<14} {:>7.2f} {:>8} {:>7.3f} {:>6.3f} {:>8.3f} {:>9.2e} {:>9.1f} {:>11.1f}\n", label,
-               s.experts_per_token, s.dropped, s.max_vio, s.cv, s.entropy, s.aux_loss, median(fwd),
-               median(both));
+    fmt::print("{:<14} {:>7.2f} {:>8} {:>7.3f} {:>6.3f} {:>8.3f} {:>9.2e} {:>9.1f} {:>11.1f}\n",
+               label, s.experts_per_token, s.dropped, s.max_vio, s.cv, s.entropy, s.aux_loss,
+               median(fwd), median(both));
   }
-  fmt::print("\nexp/tok: experts per token (SMEAR: one merged expert); dropped: assignments over capacity;\n"
-             "MaxVio: (max load - mean load) / mean load; entropy: mean router entropy in nats.\n");
+  fmt::print(
+      "\nexp/tok: experts per token (SMEAR: one merged expert); dropped: assignments over "
+      "capacity;\n"
+      "MaxVio: (max load - mean load) / mean load; entropy: mean router entropy in nats.\n");
   return 0;
 }
 

@@ -1,9 +1,8 @@
 // `switchyard layer`: one MoE layer from files (docs/layer-config.md).
+#include <fmt/format.h>
 #include <switchyard/error.h>
 #include <switchyard/moe_layer.h>
 #include <switchyard/safetensors.h>
-
-#include <fmt/format.h>
 
 #include <set>
 
@@ -12,7 +11,9 @@
 namespace switchyard::cli {
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& shape) { return fmt::format("({})", fmt::join(shape, ", ")); }
+std::string shape_str(const std::vector<int64_t>& shape) {
+  return fmt::format("({})", fmt::join(shape, ", "));
+}
 
 struct Inputs {
   const SafetensorsFile& file;
@@ -29,9 +30,11 @@ struct Inputs {
     if (!t) fail("{}: required tensor '{}' is missing", path, name);
     return *t;
   }
-  void expect_shape(const std::string& name, const TensorData& t, const std::vector<int64_t>& shape) {
+  void expect_shape(const std::string& name, const TensorData& t,
+                    const std::vector<int64_t>& shape) {
     if (t.shape != shape)
-      fail("{}: tensor '{}' has shape {}, expected {}", path, name, shape_str(t.shape), shape_str(shape));
+      fail("{}: tensor '{}' has shape {}, expected {}", path, name, shape_str(t.shape),
+           shape_str(shape));
   }
   std::vector<float> floats(const std::string& name, const std::vector<int64_t>& shape) {
     const TensorData& t = require(name);
@@ -43,17 +46,21 @@ struct Inputs {
   }
 };
 
-const float* ptr(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+const float* ptr(const std::vector<float>& v) {
+  return v.empty() ? nullptr : v.data();
+}
 
 }  // namespace
 
-int run_layer(const std::string& config_path, const std::string& in_path, const std::string& out_path) {
+int run_layer(const std::string& config_path, const std::string& in_path,
+              const std::string& out_path) {
   const LayerConfig config = load_layer_config(config_path);
   const SafetensorsFile file = read_safetensors(in_path);
   Inputs in{file, in_path, {}};
 
   const TensorData& x_t = in.require("x");
-  if (x_t.shape.size() != 2) fail("{}: tensor 'x' must be (T, d), got {}", in_path, shape_str(x_t.shape));
+  if (x_t.shape.size() != 2)
+    fail("{}: tensor 'x' must be (T, d), got {}", in_path, shape_str(x_t.shape));
   const int64_t T = x_t.shape[0], d = x_t.shape[1];
   const TensorData& w1_t = in.require("experts.w1");
   if (w1_t.shape.size() != 3 || w1_t.shape[2] != d)
@@ -93,7 +100,8 @@ int run_layer(const std::string& config_path, const std::string& in_path, const 
     batch.token_ids = token_ids.data();
   }
   if (const TensorData* t = in.find("seq_lens")) {
-    if (t->shape.size() != 1) fail("{}: tensor 'seq_lens' must be 1-D, got {}", in_path, shape_str(t->shape));
+    if (t->shape.size() != 1)
+      fail("{}: tensor 'seq_lens' must be 1-D, got {}", in_path, shape_str(t->shape));
     batch.seq_lens = t->to_i64(in_path + ": seq_lens");
   }
   std::vector<double> global_counts;
@@ -105,7 +113,8 @@ int run_layer(const std::string& config_path, const std::string& in_path, const 
   const std::vector<float> dy = in.optional_floats("dy", {T, d});
   for (const auto& [name, tensor] : file.tensors)
     if (!in.used.count(name))
-      fail("{}: unknown tensor '{}' {} (see docs/layer-config.md)", in_path, name, shape_str(tensor.shape));
+      fail("{}: unknown tensor '{}' {} (see docs/layer-config.md)", in_path, name,
+           shape_str(tensor.shape));
 
   MoEParams params{ptr(gate), ptr(bias), ptr(w1), ptr(w3), ptr(w2), ptr(sw1), ptr(sw3), ptr(sw2)};
   MoECache cache;
@@ -120,8 +129,9 @@ int run_layer(const std::string& config_path, const std::string& in_path, const 
   if (!dy.empty()) {
     std::vector<float> dx(size_t(T * d)), dgate(size_t(R * d)), dw1(w1.size()), dw2(w2.size()),
         dw3(w3.size()), dsw1(sw1.size()), dsw2(sw2.size()), dsw3(sw3.size());
-    MoEGrads grads{gate.empty() ? nullptr : dgate.data(), dw1.data(), swiglu ? dw3.data() : nullptr,
-                   dw2.data(), ptr(dsw1) ? dsw1.data() : nullptr, sw3.empty() ? nullptr : dsw3.data(),
+    MoEGrads grads{gate.empty() ? nullptr : dgate.data(), dw1.data(),
+                   swiglu ? dw3.data() : nullptr,         dw2.data(),
+                   ptr(dsw1) ? dsw1.data() : nullptr,     sw3.empty() ? nullptr : dsw3.data(),
                    sw2.empty() ? nullptr : dsw2.data()};
     layer.backward(params, batch, cache, dy.data(), dx.data(), grads);
     out.tensors["dx"] = TensorData::from_f32({T, d}, dx);
@@ -139,8 +149,9 @@ int run_layer(const std::string& config_path, const std::string& in_path, const 
   out.metadata["router"] = layer.router().params().dump();
   write_safetensors(out_path, out);
   fmt::print("{}: {}\n", config.router, layer.router().describe());
-  fmt::print("wrote {} (T = {}, d = {}, E = {}, aux_loss = {:.6g}, dropped = {}, MaxVio = {:.3f})\n",
-             out_path, T, d, E, stats.aux_loss, stats.dropped, stats.max_vio);
+  fmt::print(
+      "wrote {} (T = {}, d = {}, E = {}, aux_loss = {:.6g}, dropped = {}, MaxVio = {:.3f})\n",
+      out_path, T, d, E, stats.aux_loss, stats.dropped, stats.max_vio);
   return 0;
 }
 

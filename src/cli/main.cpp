@@ -1,9 +1,9 @@
 // The switchyard command line: one binary, one subcommand per job.
+#include <fmt/format.h>
 #include <switchyard/error.h>
 #include <switchyard/router.h>
 
 #include <CLI/CLI.hpp>
-#include <fmt/format.h>
 
 #include "cli/commands.h"
 
@@ -12,7 +12,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   std::string config, in, out;
-  auto* layer = app.add_subcommand("layer", "Run one MoE layer from layer.json and safetensors files");
+  auto* layer =
+      app.add_subcommand("layer", "Run one MoE layer from layer.json and safetensors files");
   layer->add_option("--config", config, "layer.json (docs/layer-config.md)")->required();
   layer->add_option("--in", in, "input safetensors")->required();
   layer->add_option("--out", out, "output safetensors (written atomically)")->required();
@@ -21,8 +22,10 @@ int main(int argc, char** argv) {
 
   int64_t tokens = 2048;
   int repeats = 3;
-  auto* demo = app.add_subcommand("demo", "Run the layer with several routers; print statistics and timings");
-  demo->add_option("--tokens", tokens, "tokens per batch")->check(CLI::Range(int64_t(8), int64_t(1) << 24));
+  auto* demo = app.add_subcommand(
+      "demo", "Run the layer with several routers; print statistics and timings");
+  demo->add_option("--tokens", tokens, "tokens per batch")
+      ->check(CLI::Range(int64_t(8), int64_t(1) << 24));
   demo->add_option("--repeats", repeats, "timed repetitions")->check(CLI::Range(1, 1000));
 
   CLI11_PARSE(app, argc, argv);

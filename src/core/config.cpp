@@ -14,13 +14,16 @@ ParamReader::ParamReader(const json& object, std::string context)
   if (!object_.is_object()) fail("{}: expected a JSON object, got {}", context_, object_.dump());
 }
 
-bool ParamReader::has(const std::string& key) const { return object_.contains(key); }
+bool ParamReader::has(const std::string& key) const {
+  return object_.contains(key);
+}
 
 int64_t ParamReader::get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) {
   read_.insert(key);
   if (!has(key)) return fallback;
   const json& v = object_.at(key);
-  if (!v.is_number_integer() && !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()))
+  if (!v.is_number_integer() &&
+      !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()))
     fail("{}: field '{}' must be an integer, got {}", context_, key, v.dump());
   const int64_t value = v.is_number_integer() ? v.get<int64_t>() : int64_t(v.get<double>());
   if (value < min || value > max)
@@ -43,7 +46,8 @@ bool ParamReader::get_bool(const std::string& key, bool fallback) {
   read_.insert(key);
   if (!has(key)) return fallback;
   const json& v = object_.at(key);
-  if (!v.is_boolean()) fail("{}: field '{}' must be true or false, got {}", context_, key, v.dump());
+  if (!v.is_boolean())
+    fail("{}: field '{}' must be true or false, got {}", context_, key, v.dump());
   return v.get<bool>();
 }
 
@@ -56,14 +60,12 @@ std::string ParamReader::get_choice(const std::string& key, const std::string& f
     for (const auto& c : choices)
       if (v.get<std::string>() == c) return c;
   }
-  fail("{}: field '{}' = {} is not one of [{}]", context_, key, v.dump(),
-       fmt::join(choices, ", "));
+  fail("{}: field '{}' = {} is not one of [{}]", context_, key, v.dump(), fmt::join(choices, ", "));
 }
 
 void ParamReader::finish() const {
   for (const auto& [key, value] : object_.items())
-    if (!read_.count(key))
-      fail("{}: unknown field '{}' (value {})", context_, key, value.dump());
+    if (!read_.count(key)) fail("{}: unknown field '{}' (value {})", context_, key, value.dump());
 }
 
 namespace {
@@ -104,9 +106,9 @@ LayerConfig parse_layer_config(const json& j, const std::string& source) {
   std::vector<std::string> names;
   for (const auto& e : router_registry()) names.push_back(e.name);
   config.router = r.get_choice("router", "mixtral", names);
-  config.activation =
-      r.get_choice("activation", "swiglu", {"swiglu", "gelu"}) == "swiglu" ? Activation::SwiGLU
-                                                                           : Activation::GELU;
+  config.activation = r.get_choice("activation", "swiglu", {"swiglu", "gelu"}) == "swiglu"
+                          ? Activation::SwiGLU
+                          : Activation::GELU;
   config.routing_groups = r.get_choice("routing_groups", "batch", {"batch", "sequence"}) == "batch"
                               ? RoutingGroups::Batch
                               : RoutingGroups::Sequence;

@@ -37,20 +37,29 @@ void balance_probs_backward(ScoreKind kind, const double* s, const double* q, co
   routers::scores_backward(kind, s, ds.data(), R, dz);
 }
 
-// Balance loss over tokens [begin, end) with counts c: value α R Σ f_e P_e; dq_te = α R f_e / n · scale.
+// Balance loss over tokens [begin, end) with counts c: value α R Σ f_e P_e; dq_te = α R f_e / n ·
+// scale.
 double balance_term(const LossInput& in, double alpha, int64_t begin, int64_t end,
                     const std::vector<double>& counts, double scale, float* d_logits) {
   const int64_t R = in.R, n = end - begin;
   const double total = std::accumulate(counts.begin(), counts.end(), 0.0);
   if (n == 0 || total <= 0) return 0.0;
-  std::vector<double> s(static_cast<size_t>(R)), q(static_cast<size_t>(R)), P(size_t(R), 0.0), dq(static_cast<size_t>(R)), ds;
-  for (int64_t t = begin; t < end; ++t) {
-    balance_probs(in.score, in.logits + t * R, R, s.data(), q.data());
-    for (int64_t j = 0; j < R; ++j) P[size_t(j)] += q[size_t(j)] / double(n);
-    if (!d_logits) continue;
+  std::vector<double> P(static_cast<size_t>(R), 0.0);
+#pragma omp parallel
+  {
+    std::vector<double> s(static_cast<size_t>(R)), q(static_cast<size_t>(R)),
+        local(static_cast<size_t>(R), 0.0), dq(static_cast<size_t>(R)), ds;
     for (int64_t j = 0; j < R; ++j)
       dq[size_t(j)] = scale * alpha * double(R) * (counts[size_t(j)] / total) / double(n);
-    balance_probs_backward(in.score, s.data(), q.data(), dq.data(), R, d_logits + t * R, ds);
+#pragma omp for schedule(static)
+    for (int64_t t = begin; t < end; ++t) {
+      balance_probs(in.score, in.logits + t * R, R, s.data(), q.data());
+      for (int64_t j = 0; j < R; ++j) local[size_t(j)] += q[size_t(j)] / double(n);
+      if (d_logits)
+        balance_probs_backward(in.score, s.data(), q.data(), dq.data(), R, d_logits + t * R, ds);
+    }
+#pragma omp critical
+    for (int64_t j = 0; j < R; ++j) P[size_t(j)] += local[size_t(j)];
   }
   double loss = 0.0;
   for (int64_t j = 0; j < R; ++j) loss += counts[size_t(j)] / total * P[size_t(j)];
@@ -92,6 +101,7 @@ double balance_loss(const LossConfig& config, const LossInput& in, float* d_logi
 double z_loss(double coefficient, const LossInput& in, float* d_logits) {
   const int64_t R = in.R;
   double loss = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : loss)
   for (int64_t t = 0; t < in.T; ++t) {
     const float* z = in.logits + t * R;
     const double max = *std::max_element(z, z + R);
@@ -101,32 +111,38 @@ double z_loss(double coefficient, const LossInput& in, float* d_logits) {
     loss += lse * lse;
     if (d_logits)
       for (int64_t j = 0; j < R; ++j)
-        d_logits[t * R + j] += float(coefficient * 2.0 / double(in.T) * lse *
-                                     std::exp(double(z[j]) - lse));
+        d_logits[t * R + j] +=
+            float(coefficient * 2.0 / double(in.T) * lse * std::exp(double(z[j]) - lse));
   }
   return coefficient * loss / double(in.T);
 }
 
 double entropy_loss(double coefficient, const LossInput& in, float* d_logits) {
   const int64_t R = in.R;
-  std::vector<double> s(static_cast<size_t>(R)), q(static_cast<size_t>(R)), dq(static_cast<size_t>(R)), ds;
   double total = 0.0;
-  for (int64_t t = 0; t < in.T; ++t) {
-    balance_probs(in.score, in.logits + t * R, R, s.data(), q.data());
-    for (int64_t j = 0; j < R; ++j) {
-      const double v = q[size_t(j)];
-      total -= v > 0 ? v * std::log(v) : 0.0;
-      dq[size_t(j)] = -coefficient / double(in.T) * (v > 0 ? std::log(v) + 1.0 : 0.0);
+#pragma omp parallel reduction(+ : total)
+  {
+    std::vector<double> s(static_cast<size_t>(R)), q(static_cast<size_t>(R)),
+        dq(static_cast<size_t>(R)), ds;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < in.T; ++t) {
+      balance_probs(in.score, in.logits + t * R, R, s.data(), q.data());
+      for (int64_t j = 0; j < R; ++j) {
+        const double v = q[size_t(j)];
+        total -= v > 0 ? v * std::log(v) : 0.0;
+        dq[size_t(j)] = -coefficient / double(in.T) * (v > 0 ? std::log(v) + 1.0 : 0.0);
+      }
+      if (d_logits)
+        balance_probs_backward(in.score, s.data(), q.data(), dq.data(), R, d_logits + t * R, ds);
     }
-    if (d_logits) balance_probs_backward(in.score, s.data(), q.data(), dq.data(), R, d_logits + t * R, ds);
   }
   return coefficient * total / double(in.T);
 }
 
 }  // namespace
 
-double aux_losses(const LossConfig& config, const LossInput& in, std::map<std::string, double>& each,
-                  float* d_logits) {
+double aux_losses(const LossConfig& config, const LossInput& in,
+                  std::map<std::string, double>& each, float* d_logits) {
   double sum = 0.0;
   if (config.balance > 0) sum += each["balance"] = balance_loss(config, in, d_logits);
   if (config.z > 0) sum += each["z"] = z_loss(config.z, in, d_logits);
@@ -136,11 +152,15 @@ double aux_losses(const LossConfig& config, const LossInput& in, std::map<std::s
 
 double mean_router_entropy(const LossInput& in) {
   if (in.logits == nullptr || in.T == 0) return 0.0;
-  std::vector<double> s(size_t(in.R)), q(size_t(in.R));
   double total = 0.0;
-  for (int64_t t = 0; t < in.T; ++t) {
-    balance_probs(in.score, in.logits + t * in.R, in.R, s.data(), q.data());
-    for (double v : q) total -= v > 0 ? v * std::log(v) : 0.0;
+#pragma omp parallel reduction(+ : total)
+  {
+    std::vector<double> s(size_t(in.R)), q(size_t(in.R));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < in.T; ++t) {
+      balance_probs(in.score, in.logits + t * in.R, in.R, s.data(), q.data());
+      for (double v : q) total -= v > 0 ? v * std::log(v) : 0.0;
+    }
   }
   return total / double(in.T);
 }

@@ -1,4 +1,5 @@
 // Front end of the MoE layer: validation, routing, dispatch, experts, combine, backward.
+#include <omp.h>
 #include <switchyard/error.h>
 #include <switchyard/moe_layer.h>
 
@@ -7,15 +8,15 @@
 #include <numeric>
 #include <random>
 
-#include <omp.h>
-
 #include "kernels/cpu/kernels.h"
 #include "layer/losses.h"
 
 namespace switchyard {
 namespace {
 
-cpu::Act act_of(Activation a) { return a == Activation::SwiGLU ? cpu::Act::SwiGLU : cpu::Act::GELU; }
+cpu::Act act_of(Activation a) {
+  return a == Activation::SwiGLU ? cpu::Act::SwiGLU : cpu::Act::GELU;
+}
 
 void check_finite(const char* name, const float* data, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
@@ -30,7 +31,8 @@ void for_each_expert(int64_t E, const std::vector<int64_t>& offsets, Fn&& fn) {
   std::vector<int64_t> order(static_cast<size_t>(E));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return offsets[size_t(a) + 1] - offsets[size_t(a)] > offsets[size_t(b) + 1] - offsets[size_t(b)];
+    return offsets[size_t(a) + 1] - offsets[size_t(a)] >
+           offsets[size_t(b) + 1] - offsets[size_t(b)];
   });
   const bool by_expert = E >= 2 * omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic, 1) if (by_expert)
@@ -82,9 +84,10 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
   const LossConfig& losses = config.losses;
   const bool any_loss = losses.balance > 0 || losses.z > 0 || losses.entropy > 0;
   if (any_loss && !router_->traits().supports_losses)
-    fail("{}: router '{}' does not support the balance, z or entropy losses; set their "
-         "coefficients to 0",
-         config.source, config.router);
+    fail(
+        "{}: router '{}' does not support the balance, z or entropy losses; set their "
+        "coefficients to 0",
+        config.source, config.router);
   if (losses.balance > 0 && losses.balance_mode == BalanceMode::Sequence &&
       (R_ != shape.E || losses.balance_top1_only))
     fail("{}: balance_mode 'sequence' is not supported with null experts or balance_top1_only",
@@ -114,13 +117,15 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch) const {
   if (p.w3) check_finite("experts.w3", p.w3, s.E * s.F * s.d);
   if (s.Fs > 0) {
     if (!p.shared_w1 || !p.shared_w2 || swiglu != (p.shared_w3 != nullptr))
-      fail("moe_layer: the shared expert needs shared.w1, shared.w2{}", swiglu ? ", shared.w3" : "");
+      fail("moe_layer: the shared expert needs shared.w1, shared.w2{}",
+           swiglu ? ", shared.w3" : "");
     check_finite("shared.w1", p.shared_w1, s.Fs * s.d);
     check_finite("shared.w2", p.shared_w2, s.d * s.Fs);
     if (p.shared_w3) check_finite("shared.w3", p.shared_w3, s.Fs * s.d);
   }
   if (traits.needs_token_ids) {
-    if (!batch.token_ids) fail("moe_layer: router '{}' needs token_ids (T = {})", config_.router, batch.T);
+    if (!batch.token_ids)
+      fail("moe_layer: router '{}' needs token_ids (T = {})", config_.router, batch.T);
     for (int64_t t = 0; t < batch.T; ++t)
       if (batch.token_ids[t] < 0)
         fail("moe_layer: token_ids[{}] = {} is negative", t, batch.token_ids[t]);
@@ -170,7 +175,8 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
       for (int64_t j = 0; j < d; ++j) c.router_in[size_t(s * d + j)] /= float(e - b);
     }
     c.logits.resize(size_t(S * R));
-    cpu::gemm(false, true, S, R, d, 1.0f, c.router_in.data(), d, p.gate, d, 0.0f, c.logits.data(), R);
+    cpu::gemm(false, true, S, R, d, 1.0f, c.router_in.data(), d, p.gate, d, 0.0f, c.logits.data(),
+              R);
     RouterInput in{c.logits.data(), S, R, E, nullptr, nullptr, nullptr, c.groups, config_.training};
     router_->route(in, c.plan);
     // Merged weights per sequence: [w1 (F, d) | w3 (F, d) | w2 (d, F)].
@@ -193,10 +199,10 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     for (int64_t s = 0; s < S; ++s) {
       const auto [b, e] = seqs[size_t(s)];
       const float* m = c.merged.data() + s * per;
-      cpu::ffn_forward(act, e - b, d, F, batch.x + b * d, m, act == cpu::Act::SwiGLU ? m + block : nullptr,
-                       m + per - block, c.h1.data() + b * F,
-                       act == cpu::Act::SwiGLU ? c.h3.data() + b * F : nullptr, c.act.data() + b * F,
-                       c.out.data() + b * d);
+      cpu::ffn_forward(act, e - b, d, F, batch.x + b * d, m,
+                       act == cpu::Act::SwiGLU ? m + block : nullptr, m + per - block,
+                       c.h1.data() + b * F, act == cpu::Act::SwiGLU ? c.h3.data() + b * F : nullptr,
+                       c.act.data() + b * F, c.out.data() + b * d);
     }
     for (int64_t i = 0; i < T * d; ++i) y[i] += c.out[size_t(i)];
     stats.tokens_per_expert.assign(size_t(E), T);
@@ -213,7 +219,8 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   const float* router_input = batch.x;
   if (!c.noise.jitter.empty()) {
     c.router_in.resize(size_t(T * d));
-    for (int64_t i = 0; i < T * d; ++i) c.router_in[size_t(i)] = batch.x[i] * c.noise.jitter[size_t(i)];
+    for (int64_t i = 0; i < T * d; ++i)
+      c.router_in[size_t(i)] = batch.x[i] * c.noise.jitter[size_t(i)];
     router_input = c.router_in.data();
   } else {
     c.router_in.clear();
@@ -274,12 +281,14 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
                     c.out.data(), y);
   if (!plan.passthrough.empty())
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t j = 0; j < d; ++j) y[t * d + j] += plan.passthrough[size_t(t)] * batch.x[t * d + j];
+      for (int64_t j = 0; j < d; ++j)
+        y[t * d + j] += plan.passthrough[size_t(t)] * batch.x[t * d + j];
 
   // Statistics and losses.
   stats.tokens_per_expert.resize(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e)
-    stats.tokens_per_expert[size_t(e)] = c.expert_offsets[size_t(e) + 1] - c.expert_offsets[size_t(e)];
+    stats.tokens_per_expert[size_t(e)] =
+        c.expert_offsets[size_t(e) + 1] - c.expert_offsets[size_t(e)];
   stats.assignments = A;
   stats.dropped = A - rows;
   const double mean = double(rows) / double(E);
@@ -294,7 +303,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   }
   stats.experts_per_token = double(rows) / double(T);
   if (traits.needs_gate) {
-    LossInput li{c.logits.data(), T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
+    LossInput li{c.logits.data(),    T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
                  batch.global_counts};
     stats.entropy = mean_router_entropy(li);
     stats.aux_loss = aux_losses(config_.losses, li, stats.losses, nullptr);
@@ -332,7 +341,8 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     const auto seqs = sequences_of(batch.seq_lens, T);
     const int64_t S = int64_t(seqs.size());
     const int64_t block = F * d, per = (swiglu ? 3 : 2) * block;
-    std::vector<float> dmerged(static_cast<size_t>(per)), dact(size_t(T * F)), dh3(swiglu ? size_t(T * F) : 0);
+    std::vector<float> dmerged(static_cast<size_t>(per)), dact(size_t(T * F)),
+        dh3(swiglu ? size_t(T * F) : 0);
     std::vector<float> dxs(size_t(T * d));
     if (g.w1) std::fill(g.w1, g.w1 + E * block, 0.0f);
     if (g.w3) std::fill(g.w3, g.w3 + E * block, 0.0f);
@@ -342,17 +352,18 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
       const float* m = c.merged.data() + s * per;
       float* dm = dmerged.data();
       cpu::ffn_backward(act, e - b, d, F, batch.x + b * d, m, swiglu ? m + block : nullptr,
-                        m + per - block, c.h1.data() + b * F, swiglu ? c.h3.data() + b * F : nullptr,
-                        c.act.data() + b * F, dy + b * d, dact.data(), swiglu ? dh3.data() : nullptr,
-                        dm, swiglu ? dm + block : nullptr, dm + per - block, dxs.data() + b * d,
-                        false);
+                        m + per - block, c.h1.data() + b * F,
+                        swiglu ? c.h3.data() + b * F : nullptr, c.act.data() + b * F, dy + b * d,
+                        dact.data(), swiglu ? dh3.data() : nullptr, dm,
+                        swiglu ? dm + block : nullptr, dm + per - block, dxs.data() + b * d, false);
       for (size_t a = 0; a < plan.size(); ++a) {
         if (plan.token[a] != s) continue;
         const int64_t x = plan.expert[a];
         const float w = plan.weight[a];
         double dp = 0.0;
         for (int64_t i = 0; i < block; ++i) {
-          dp += double(dm[i]) * p.w1[x * block + i] + double(dm[per - block + i]) * p.w2[x * block + i];
+          dp += double(dm[i]) * p.w1[x * block + i] +
+                double(dm[per - block + i]) * p.w2[x * block + i];
           if (g.w1) g.w1[x * block + i] += w * dm[i];
           if (g.w2) g.w2[x * block + i] += w * dm[per - block + i];
           if (swiglu) {
@@ -367,7 +378,8 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     RouterInput in{c.logits.data(), S, R, E, nullptr, nullptr, nullptr, c.groups, config_.training};
     router_->backward(in, plan, d_weight.data(), nullptr, d_logits.data());
     if (g.gate)
-      cpu::gemm(true, false, R, d, S, 1.0f, d_logits.data(), R, c.router_in.data(), d, 0.0f, g.gate, d);
+      cpu::gemm(true, false, R, d, S, 1.0f, d_logits.data(), R, c.router_in.data(), d, 0.0f, g.gate,
+                d);
     std::vector<float> dpooled(size_t(S * d));
     cpu::gemm(false, false, S, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dpooled.data(), d);
     for (int64_t s = 0; s < S; ++s) {
@@ -403,11 +415,11 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     float* dw1 = g.w1 ? g.w1 + e * F * d : scratch;
     float* dw3 = swiglu ? (g.w3 ? g.w3 + e * F * d : scratch + F * d) : nullptr;
     float* dw2 = g.w2 ? g.w2 + e * d * F : scratch + 2 * F * d;
-    cpu::ffn_backward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
-                      p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
-                      swiglu ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
-                      dout.data() + o * d, dact.data() + o * F, swiglu ? dh3.data() + o * F : nullptr,
-                      dw1, dw3, dw2, dxd.data() + o * d, false);
+    cpu::ffn_backward(
+        act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d, p.w3 ? p.w3 + e * F * d : nullptr,
+        p.w2 + e * d * F, c.h1.data() + o * F, swiglu ? c.h3.data() + o * F : nullptr,
+        c.act.data() + o * F, dout.data() + o * d, dact.data() + o * F,
+        swiglu ? dh3.data() + o * F : nullptr, dw1, dw3, dw2, dxd.data() + o * d, false);
   });
   std::vector<float> ones(size_t(rows), 1.0f);
   cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), ones.data(), dxd.data(), dx);
@@ -440,7 +452,7 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
                  config_.training};
   router_->backward(in, plan, d_weight.data(), d_pass.empty() ? nullptr : d_pass.data(),
                     d_logits.data());
-  LossInput li{c.logits.data(), T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
+  LossInput li{c.logits.data(),    T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
                batch.global_counts};
   std::map<std::string, double> unused;
   aux_losses(config_.losses, li, unused, d_logits.data());
@@ -452,7 +464,8 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   std::vector<float> dxr(size_t(T * d));
   cpu::gemm(false, false, T, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dxr.data(), d);
   const bool jittered = !c.noise.jitter.empty();
-  for (int64_t i = 0; i < T * d; ++i) dx[i] += jittered ? dxr[size_t(i)] * c.noise.jitter[size_t(i)] : dxr[size_t(i)];
+  for (int64_t i = 0; i < T * d; ++i)
+    dx[i] += jittered ? dxr[size_t(i)] * c.noise.jitter[size_t(i)] : dxr[size_t(i)];
 }
 
 std::vector<float> MoELayer::combine_matrix(const MoECache& c) const {
@@ -475,7 +488,8 @@ std::vector<float> MoELayer::combine_matrix(const MoECache& c) const {
 void MoELayer::update_router_state(const MoECache& c, float* gate_bias) {
   const int64_t E = shape_.E;
   std::vector<double> counts(c.plan.selection_counts.begin(),
-                             c.plan.selection_counts.begin() + std::min<int64_t>(E, int64_t(c.plan.selection_counts.size())));
+                             c.plan.selection_counts.begin() +
+                                 std::min<int64_t>(E, int64_t(c.plan.selection_counts.size())));
   counts.resize(size_t(E), 0.0);
   const double rows = double(c.row_assignment.size());
   const double zero_fraction = 1.0 - rows / (double(c.T) * double(E));

@@ -104,7 +104,8 @@ class BaseRouter final : public Router {
         for (int64_t e = 0; e < n % E; ++e) ++capacity[size_t(e)];
         owner = auction(A, n, E, capacity);
       } else {
-        for (int64_t t = 0; t < n; ++t) owner[size_t(t)] = top_k_indices(&A[size_t(t * E)], E, 1)[0];
+        for (int64_t t = 0; t < n; ++t)
+          owner[size_t(t)] = top_k_indices(&A[size_t(t * E)], E, 1)[0];
       }
       for (int64_t t = 0; t < n; ++t) {
         const int32_t e = owner[size_t(t)];

@@ -55,8 +55,8 @@ class ExpertChoiceRouter final : public Router {
     }
   }
 
-  void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight,
-                const float*, float* d_logits) const override {
+  void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight, const float*,
+                float* d_logits) const override {
     backward_raw_scores(ScoreKind::Softmax, in, plan, d_weight, 1.0, d_logits);
   }
 

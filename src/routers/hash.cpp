@@ -33,7 +33,8 @@ class HashRouter final : public Router {
     return {{"router", "hash"}, {"table", balanced_ ? "balanced" : "random"}, {"hash_seed", seed_}};
   }
   std::string describe() const override {
-    return balanced_ ? "hash layer, balanced table built from the token-id frequencies of each routing group"
+    return balanced_ ? "hash layer, balanced table built from the token-id frequencies of each "
+                       "routing group"
                      : "hash layer, random table (splitmix64 of the token id)";
   }
 
@@ -47,8 +48,8 @@ class HashRouter final : public Router {
       if (balanced_) table = balanced_table(in, in.groups[g].first, in.groups[g].second);
       for (int64_t t = in.groups[g].first; t < in.groups[g].second; ++t) {
         const int64_t id = in.token_ids[t];
-        const int32_t e = balanced_ ? table.at(id)
-                                    : int32_t(splitmix64(uint64_t(id) ^ seed_) % uint64_t(in.E));
+        const int32_t e =
+            balanced_ ? table.at(id) : int32_t(splitmix64(uint64_t(id) ^ seed_) % uint64_t(in.E));
         plan.add(int32_t(t), e, int32_t(g), 1.0f);
         plan.selection_counts[size_t(e)] += 1.0;
       }
@@ -61,7 +62,8 @@ class HashRouter final : public Router {
 
  private:
   // Distinct ids by descending frequency (ties by id), each to the least-loaded expert.
-  std::map<int64_t, int32_t> balanced_table(const RouterInput& in, int64_t begin, int64_t end) const {
+  std::map<int64_t, int32_t> balanced_table(const RouterInput& in, int64_t begin,
+                                            int64_t end) const {
     std::map<int64_t, int64_t> frequency;
     for (int64_t t = begin; t < end; ++t) ++frequency[in.token_ids[t]];
     std::vector<std::pair<int64_t, int64_t>> ids(frequency.begin(), frequency.end());

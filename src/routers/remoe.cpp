@@ -41,8 +41,8 @@ class ReMoERouter final : public Router {
     }
   }
 
-  void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight,
-                const float*, float* d_logits) const override {
+  void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight, const float*,
+                float* d_logits) const override {
     for (size_t a = 0; a < plan.size(); ++a)
       if (plan.kept[a]) d_logits[plan.token[a] * in.R + plan.expert[a]] += d_weight[a];
   }

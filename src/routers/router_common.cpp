@@ -51,24 +51,29 @@ TokenAssignments assignments_by_token(const RoutingPlan& plan, int64_t T) {
   std::partial_sum(out.offsets.begin(), out.offsets.end(), out.offsets.begin());
   std::vector<int64_t> fill(out.offsets.begin(), out.offsets.end() - 1);
   out.index.resize(plan.size());
-  for (size_t a = 0; a < plan.size(); ++a) out.index[size_t(fill[size_t(plan.token[a])]++)] = int32_t(a);
+  for (size_t a = 0; a < plan.size(); ++a)
+    out.index[size_t(fill[size_t(plan.token[a])]++)] = int32_t(a);
   return out;
 }
 
 void backward_raw_scores(ScoreKind kind, const RouterInput& in, const RoutingPlan& plan,
                          const float* d_weight, double scale, float* d_logits) {
   const TokenAssignments by_token = assignments_by_token(plan, in.T);
-  std::vector<double> s(size_t(in.R)), ds(size_t(in.R));
-  for (int64_t t = 0; t < in.T; ++t) {
-    const int64_t begin = by_token.offsets[size_t(t)], end = by_token.offsets[size_t(t) + 1];
-    if (begin == end) continue;
-    std::fill(ds.begin(), ds.end(), 0.0);
-    for (int64_t i = begin; i < end; ++i) {
-      const int32_t a = by_token.index[size_t(i)];
-      if (plan.kept[size_t(a)]) ds[size_t(plan.expert[size_t(a)])] += scale * d_weight[a];
+#pragma omp parallel
+  {
+    std::vector<double> s(size_t(in.R)), ds(size_t(in.R));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < in.T; ++t) {
+      const int64_t begin = by_token.offsets[size_t(t)], end = by_token.offsets[size_t(t) + 1];
+      if (begin == end) continue;
+      std::fill(ds.begin(), ds.end(), 0.0);
+      for (int64_t i = begin; i < end; ++i) {
+        const int32_t a = by_token.index[size_t(i)];
+        if (plan.kept[size_t(a)]) ds[size_t(plan.expert[size_t(a)])] += scale * d_weight[a];
+      }
+      compute_scores(kind, in.logits + t * in.R, in.R, s.data());
+      scores_backward(kind, s.data(), ds.data(), in.R, d_logits + t * in.R);
     }
-    compute_scores(kind, in.logits + t * in.R, in.R, s.data());
-    scores_backward(kind, s.data(), ds.data(), in.R, d_logits + t * in.R);
   }
 }
 

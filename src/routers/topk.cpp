@@ -36,9 +36,10 @@ class TopKRouter final : public Router {
     bias_update_rate_ = r.get_double("bias_update_rate", 0.0, 0.0, 1e3);
     r.finish();
     if (normalize_ && k_ == 1 && null_experts_ == 0)
-      fail("{}: normalize = true with k = 1 makes every weight 1, so the router gets no gradient; "
-           "set normalize to false",
-           context);
+      fail(
+          "{}: normalize = true with k = 1 makes every weight 1, so the router gets no gradient; "
+          "set normalize to false",
+          context);
     if (groups_ > 1 && null_experts_ > 0)
       fail("{}: groups = {} cannot be combined with null_experts = {}", context, groups_,
            null_experts_);
@@ -82,8 +83,7 @@ class TopKRouter final : public Router {
 
   void route(const RouterInput& in, RoutingPlan& plan) const override {
     const int64_t R = in.R, E = in.E;
-    if (k_ > R)
-      fail("router topk: k = {} exceeds the number of router outputs R = {}", k_, R);
+    if (k_ > R) fail("router topk: k = {} exceeds the number of router outputs R = {}", k_, R);
     if (groups_ > 1 && E % groups_ != 0)
       fail("router topk: groups = {} does not divide the number of experts E = {}", groups_, E);
     plan.clear();
@@ -92,26 +92,36 @@ class TopKRouter final : public Router {
     plan.first_choice_counts.assign(size_t(R), 0.0);
     std::vector<int32_t> chosen(size_t(in.T * k_));  // (T, k) chosen outputs, -1 = none
     std::vector<float> weights(size_t(in.T * k_));   // (T, k)
-    std::vector<double> s(static_cast<size_t>(R)), sel(static_cast<size_t>(R));
-    for (int64_t t = 0; t < in.T; ++t) {
-      compute_scores(traits_.score, in.logits + t * R, R, s.data());
-      for (int64_t j = 0; j < R; ++j) sel[size_t(j)] = s[size_t(j)] + (in.bias && j < E ? in.bias[j] : 0.0);
-      if (groups_ > 1) restrict_to_best_groups(sel.data(), E);
-      const std::vector<int32_t> top = top_k_indices(sel.data(), R, k_);
-      double norm = 0.0;
-      for (int32_t e : top)
-        if (e < E) norm += s[size_t(e)];
-      plan.saved[size_t(t)] = float(norm);
-      if (!top.empty()) plan.first_choice_counts[size_t(top[0])] += 1.0;
-      for (int64_t r = 0; r < k_; ++r) {
-        const int32_t e = r < int64_t(top.size()) ? top[size_t(r)] : -1;
-        chosen[size_t(t * k_ + r)] = e;
-        if (e < 0) continue;
-        plan.selection_counts[size_t(e)] += 1.0;
-        const double g = normalize_ ? (norm > 0 ? s[size_t(e)] / norm : 0.0) : s[size_t(e)];
-        weights[size_t(t * k_ + r)] = float(route_scale_ * g);
+#pragma omp parallel
+    {
+      std::vector<double> s(static_cast<size_t>(R)), sel(static_cast<size_t>(R));
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < in.T; ++t) {
+        compute_scores(traits_.score, in.logits + t * R, R, s.data());
+        for (int64_t j = 0; j < R; ++j)
+          sel[size_t(j)] = s[size_t(j)] + (in.bias && j < E ? in.bias[j] : 0.0);
+        if (groups_ > 1) restrict_to_best_groups(sel.data(), E);
+        const std::vector<int32_t> top = top_k_indices(sel.data(), R, k_);
+        double norm = 0.0;
+        for (int32_t e : top)
+          if (e < E) norm += s[size_t(e)];
+        plan.saved[size_t(t)] = float(norm);
+        for (int64_t r = 0; r < k_; ++r) {
+          const int32_t e = r < int64_t(top.size()) ? top[size_t(r)] : -1;
+          chosen[size_t(t * k_ + r)] = e;
+          if (e < 0) continue;
+          const double g = normalize_ ? (norm > 0 ? s[size_t(e)] / norm : 0.0) : s[size_t(e)];
+          weights[size_t(t * k_ + r)] = float(route_scale_ * g);
+        }
       }
     }
+    for (int64_t t = 0; t < in.T; ++t)
+      for (int64_t r = 0; r < k_; ++r) {
+        const int32_t e = chosen[size_t(t * k_ + r)];
+        if (e < 0) continue;
+        plan.selection_counts[size_t(e)] += 1.0;
+        if (r == 0) plan.first_choice_counts[size_t(e)] += 1.0;
+      }
     for (size_t g = 0; g < in.groups.size(); ++g) {
       const auto [begin, end] = in.groups[g];
       std::vector<int64_t> order(size_t(end - begin));
@@ -131,7 +141,8 @@ class TopKRouter final : public Router {
         }
       int64_t capacity = 0;
       if (capacity_factor_ > 0) {
-        capacity = int64_t(std::ceil(double(end - begin) * double(k_) * capacity_factor_ / double(E)));
+        capacity =
+            int64_t(std::ceil(double(end - begin) * double(k_) * capacity_factor_ / double(E)));
         if (batch_priority_) capacity = (capacity + 3) / 4 * 4;
       }
       plan.capacity.push_back(capacity);
@@ -147,24 +158,28 @@ class TopKRouter final : public Router {
     // g_e = rs * s_e / N with N the sum of s over the token's chosen true experts (all of which
     // are in the plan, kept or not): dg_e/ds_j = rs * (δ_ej / N - s_e / N² [j chosen]).
     const TokenAssignments by_token = assignments_by_token(plan, in.T);
-    std::vector<double> s(size_t(in.R)), ds(size_t(in.R));
-    for (int64_t t = 0; t < in.T; ++t) {
-      const int64_t begin = by_token.offsets[size_t(t)], end = by_token.offsets[size_t(t) + 1];
-      const double norm = plan.saved[size_t(t)];
-      if (begin == end || norm <= 0) continue;
-      compute_scores(traits_.score, in.logits + t * in.R, in.R, s.data());
-      std::fill(ds.begin(), ds.end(), 0.0);
-      double weighted = 0.0;  // Σ_kept u_e s_e
-      for (int64_t i = begin; i < end; ++i) {
-        const size_t a = size_t(by_token.index[size_t(i)]);
-        if (!plan.kept[a]) continue;
-        const double u = route_scale_ * d_weight[a];
-        ds[size_t(plan.expert[a])] += u / norm;
-        weighted += u * s[size_t(plan.expert[a])];
+#pragma omp parallel
+    {
+      std::vector<double> s(size_t(in.R)), ds(size_t(in.R));
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < in.T; ++t) {
+        const int64_t begin = by_token.offsets[size_t(t)], end = by_token.offsets[size_t(t) + 1];
+        const double norm = plan.saved[size_t(t)];
+        if (begin == end || norm <= 0) continue;
+        compute_scores(traits_.score, in.logits + t * in.R, in.R, s.data());
+        std::fill(ds.begin(), ds.end(), 0.0);
+        double weighted = 0.0;  // Σ_kept u_e s_e
+        for (int64_t i = begin; i < end; ++i) {
+          const size_t a = size_t(by_token.index[size_t(i)]);
+          if (!plan.kept[a]) continue;
+          const double u = route_scale_ * d_weight[a];
+          ds[size_t(plan.expert[a])] += u / norm;
+          weighted += u * s[size_t(plan.expert[a])];
+        }
+        for (int64_t i = begin; i < end; ++i)
+          ds[size_t(plan.expert[size_t(by_token.index[size_t(i)])])] -= weighted / (norm * norm);
+        scores_backward(traits_.score, s.data(), ds.data(), in.R, d_logits + t * in.R);
       }
-      for (int64_t i = begin; i < end; ++i)
-        ds[size_t(plan.expert[size_t(by_token.index[size_t(i)])])] -= weighted / (norm * norm);
-      scores_backward(traits_.score, s.data(), ds.data(), in.R, d_logits + t * in.R);
     }
   }
 
@@ -184,7 +199,8 @@ class TopKRouter final : public Router {
     const int64_t size = E / groups_;
     std::vector<double> group_score(static_cast<size_t>(groups_));
     for (int64_t g = 0; g < groups_; ++g) {
-      const std::vector<int32_t> best = top_k_indices(sel + g * size, size, std::min<int64_t>(2, size));
+      const std::vector<int32_t> best =
+          top_k_indices(sel + g * size, size, std::min<int64_t>(2, size));
       double sum = 0.0;
       for (int32_t i : best) sum += sel[g * size + i];
       group_score[size_t(g)] = sum;
@@ -209,7 +225,8 @@ class TopKRouter final : public Router {
 };
 
 // Preset defaults are overridden by the user's parameters.
-std::unique_ptr<Router> with_defaults(json defaults, const json& params, const std::string& context) {
+std::unique_ptr<Router> with_defaults(json defaults, const json& params,
+                                      const std::string& context) {
   for (const auto& [key, value] : params.items()) defaults[key] = value;
   return std::make_unique<TopKRouter>(defaults, context);
 }
@@ -220,8 +237,8 @@ std::unique_ptr<Router> make_topk(const json& p, const std::string& c) {
   return with_defaults(json::object(), p, c);
 }
 std::unique_ptr<Router> make_switch(const json& p, const std::string& c) {
-  return with_defaults({{"k", 1}, {"normalize", false}, {"capacity_factor", 1.25}, {"jitter", 0.01}},
-                       p, c);
+  return with_defaults(
+      {{"k", 1}, {"normalize", false}, {"capacity_factor", 1.25}, {"jitter", 0.01}}, p, c);
 }
 std::unique_ptr<Router> make_gshard(const json& p, const std::string& c) {
   return with_defaults({{"k", 2}, {"capacity_factor", 2.0}, {"second_expert", "random"}}, p, c);

@@ -62,8 +62,9 @@ namespace {
 
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              int(M), int(N), int(K), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, int(M), int(N), int(K), alpha, A, int(lda), B,
+              int(ldb), beta, C, int(ldc));
 }
 
 }  // namespace
@@ -103,10 +104,14 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 
 namespace {
 
-inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+inline float sigmoid(float v) {
+  return 1.0f / (1.0f + std::exp(-v));
+}
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
-inline float gelu(float v) { return 0.5f * v * (1.0f + std::erf(v * kInvSqrt2)); }
+inline float gelu(float v) {
+  return 0.5f * v * (1.0f + std::erf(v * kInvSqrt2));
+}
 inline float gelu_grad(float v) {
   return 0.5f * (1.0f + std::erf(v * kInvSqrt2)) + v * kInvSqrt2Pi * std::exp(-0.5f * v * v);
 }
@@ -142,7 +147,7 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
     }
     return;
   }
-  gemm(true, false, d, F, n, 1.0f, dout, d, act, F, beta, dw2, F);  // (d, F)
+  gemm(true, false, d, F, n, 1.0f, dout, d, act, F, beta, dw2, F);   // (d, F)
   gemm(false, false, n, F, d, 1.0f, dout, d, w2, F, 0.0f, dact, F);  // (n, F)
   const int64_t size = n * F;
   // dact becomes dh1 in place; dh3 gets the gate's gradient.
@@ -159,7 +164,7 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
 #pragma omp parallel for simd schedule(static) if (size > 65536)
     for (int64_t i = 0; i < size; ++i) dact[i] *= gelu_grad(h1[i]);
   }
-  gemm(true, false, F, d, n, 1.0f, dact, F, x, d, beta, dw1, d);  // (F, d)
+  gemm(true, false, F, d, n, 1.0f, dact, F, x, d, beta, dw1, d);   // (F, d)
   gemm(false, false, n, d, F, 1.0f, dact, F, w1, d, 0.0f, dx, d);  // (n, d)
   if (act_kind == Act::SwiGLU) gemm(false, false, n, d, F, 1.0f, dh3, F, w3, d, 1.0f, dx, d);
 }
