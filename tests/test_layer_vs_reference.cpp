@@ -208,11 +208,11 @@ void compare_with_reference(Problem& pb) {
   const std::vector<float> combine = pb.layer->combine_matrix(cache);
   const reference::Result ref = pb.reference(pb.ref_params(), pb.ref_batch());
 
-  const double y_scale = std::max(1.0, max_abs(ref.y));
+  const double y_scale = std::max(1e-3, max_abs(ref.y));  // relative to max |y|
   EXPECT_LE(max_abs_diff(y, ref.y), 1e-4 * y_scale)
       << "y differs (max |y| " << max_abs(ref.y) << ")";
   ASSERT_EQ(combine.size(), size_t(T * E));
-  EXPECT_LE(max_abs_diff(combine, ref.combine), 1e-4 * std::max(1.0, max_abs(ref.combine)))
+  EXPECT_LE(max_abs_diff(combine, ref.combine), 1e-4 * std::max(1e-3, max_abs(ref.combine)))
       << "combine differs";
   for (int64_t t = 0; t < T; ++t)
     for (int64_t e = 0; e < E; ++e)

@@ -59,5 +59,7 @@ struct LayerConfig {
 // is created (see make_router). Unknown keys anywhere are errors.
 LayerConfig parse_layer_config(const nlohmann::json& json, const std::string& source);
 LayerConfig load_layer_config(const std::string& path);
+// Parses JSON text, rejecting duplicate keys; errors name `source`.
+nlohmann::json parse_json_strict(const std::string& text, const std::string& source);
 
 }  // namespace switchyard

@@ -72,6 +72,9 @@ class Router {
   virtual const RouterTraits& traits() const = 0;
   // Number of router outputs R for E experts (E + null experts for AdaMoE).
   virtual int64_t num_outputs(int64_t num_experts) const { return num_experts; }
+  // Rejects an expert count the router cannot route (k > R, groups not dividing E); `context`
+  // names the config in the message. Called when the layer is built, before any data is read.
+  virtual void check_shape(int64_t /*num_experts*/, const std::string& /*context*/) const {}
   virtual void route(const RouterInput& in, RoutingPlan& plan) const = 0;
   // Accumulates ∂L/∂logits (T, R) given ∂L/∂weight per assignment (A) (0 for dropped ones) and
   // ∂L/∂passthrough (T) where the router has one.

@@ -39,7 +39,7 @@ struct Inputs {
   std::vector<float> floats(const std::string& name, const std::vector<int64_t>& shape) {
     const TensorData& t = require(name);
     expect_shape(name, t, shape);
-    return t.to_f32(path + ": " + name);
+    return t.to_f32(path + ": tensor " + name);
   }
   std::vector<float> optional_floats(const std::string& name, const std::vector<int64_t>& shape) {
     return find(name) ? floats(name, shape) : std::vector<float>{};
@@ -80,9 +80,15 @@ int run_layer(const std::string& config_path, const std::string& in_path,
   const std::vector<float> w1 = in.floats("experts.w1", {E, F, d});
   const std::vector<float> w2 = in.floats("experts.w2", {E, d, F});
   const std::vector<float> w3 = swiglu ? in.floats("experts.w3", {E, F, d}) : std::vector<float>{};
-  const std::vector<float> gate = layer.router().traits().needs_gate
-                                      ? in.floats("gate.weight", {R, d})
-                                      : in.optional_floats("gate.weight", {R, d});
+  const RouterTraits& traits = layer.router().traits();
+  if (!traits.needs_gate && file.tensors.count("gate.weight"))
+    fail("{}: tensor 'gate.weight' is not used by router '{}' (it has no gate)", in_path,
+         config.router);
+  if (!traits.needs_token_ids && file.tensors.count("token_ids"))
+    fail("{}: tensor 'token_ids' is only used by hash routers, not by '{}'", in_path,
+         config.router);
+  const std::vector<float> gate =
+      traits.needs_gate ? in.floats("gate.weight", {R, d}) : std::vector<float>{};
   std::vector<float> bias = in.optional_floats("gate.bias", {E});
   std::vector<float> sw1, sw2, sw3;
   if (shape.Fs > 0) {
@@ -96,18 +102,20 @@ int run_layer(const std::string& config_path, const std::string& in_path,
   std::vector<int64_t> token_ids;
   if (const TensorData* t = in.find("token_ids")) {
     in.expect_shape("token_ids", *t, {T});
-    token_ids = t->to_i64(in_path + ": token_ids");
+    token_ids = t->to_i64(in_path + ": tensor token_ids");
     batch.token_ids = token_ids.data();
   }
   if (const TensorData* t = in.find("seq_lens")) {
     if (t->shape.size() != 1)
       fail("{}: tensor 'seq_lens' must be 1-D, got {}", in_path, shape_str(t->shape));
-    batch.seq_lens = t->to_i64(in_path + ": seq_lens");
+    batch.seq_lens = t->to_i64(in_path + ": tensor seq_lens");
+    if (batch.seq_lens.empty())
+      fail("{}: tensor 'seq_lens' is empty; omit it for one sequence", in_path);
   }
   std::vector<double> global_counts;
   if (const TensorData* t = in.find("global_counts")) {
     in.expect_shape("global_counts", *t, {R});
-    global_counts = t->to_f64(in_path + ": global_counts");
+    global_counts = t->to_f64(in_path + ": tensor global_counts");
     batch.global_counts = global_counts.data();
   }
   const std::vector<float> dy = in.optional_floats("dy", {T, d});
@@ -119,7 +127,16 @@ int run_layer(const std::string& config_path, const std::string& in_path,
   MoEParams params{ptr(gate), ptr(bias), ptr(w1), ptr(w3), ptr(w2), ptr(sw1), ptr(sw3), ptr(sw2)};
   MoECache cache;
   std::vector<float> y(size_t(T * d));
-  const RoutingStats& stats = layer.forward(params, batch, cache, y.data());
+  // Errors found in the data name the input file.
+  auto with_file = [&](auto&& step) {
+    try {
+      step();
+    } catch (const Error& e) {
+      fail("{}: {}", in_path, e.what());
+    }
+  };
+  with_file([&] { layer.forward(params, batch, cache, y.data()); });
+  const RoutingStats& stats = cache.stats;
 
   SafetensorsFile out;
   out.tensors["y"] = TensorData::from_f32({T, d}, y);
@@ -133,7 +150,7 @@ int run_layer(const std::string& config_path, const std::string& in_path,
                    swiglu ? dw3.data() : nullptr,         dw2.data(),
                    ptr(dsw1) ? dsw1.data() : nullptr,     sw3.empty() ? nullptr : dsw3.data(),
                    sw2.empty() ? nullptr : dsw2.data()};
-    layer.backward(params, batch, cache, dy.data(), dx.data(), grads);
+    with_file([&] { layer.backward(params, batch, cache, dy.data(), dx.data(), grads); });
     out.tensors["dx"] = TensorData::from_f32({T, d}, dx);
     if (!gate.empty()) out.tensors["d_gate.weight"] = TensorData::from_f32({R, d}, dgate);
     out.tensors["d_experts.w1"] = TensorData::from_f32({E, F, d}, dw1);

@@ -25,9 +25,13 @@ int64_t ParamReader::get_int(const std::string& key, int64_t fallback, int64_t m
   if (!v.is_number_integer() &&
       !(v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()))
     fail("{}: field '{}' must be an integer, got {}", context_, key, v.dump());
-  const int64_t value = v.is_number_integer() ? v.get<int64_t>() : int64_t(v.get<double>());
+  // Range-check as double first: casting an out-of-range value to int64 is undefined.
+  const double approx = v.get<double>();
+  if (!(approx >= double(min) && approx <= double(max)))
+    fail("{}: field '{}' = {} is out of range [{}, {}]", context_, key, v.dump(), min, max);
+  const int64_t value = v.is_number_integer() ? v.get<int64_t>() : int64_t(approx);
   if (value < min || value > max)
-    fail("{}: field '{}' = {} is out of range [{}, {}]", context_, key, value, min, max);
+    fail("{}: field '{}' = {} is out of range [{}, {}]", context_, key, v.dump(), min, max);
   return value;
 }
 
@@ -126,15 +130,31 @@ LayerConfig parse_layer_config(const json& j, const std::string& source) {
   return config;
 }
 
-LayerConfig load_layer_config(const std::string& path) {
-  const std::string text = read_file_text(path);
+json parse_json_strict(const std::string& text, const std::string& source) {
+  // nlohmann keeps the last of duplicate keys silently; a config with "k" twice is a mistake.
+  std::vector<std::set<std::string>> keys;
+  std::string duplicate;
+  auto callback = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) keys.emplace_back();
+    if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+    if (event == json::parse_event_t::key && !keys.empty() &&
+        !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
   json j;
   try {
-    j = json::parse(text);
+    j = json::parse(text, callback);
   } catch (const json::parse_error& e) {
-    fail("{}: invalid JSON: {}", path, e.what());
+    fail("{}: invalid JSON: {}", source, e.what());
   }
-  return parse_layer_config(j, path);
+  if (!duplicate.empty()) fail("{}: field '{}' appears more than once", source, duplicate);
+  return j;
+}
+
+LayerConfig load_layer_config(const std::string& path) {
+  const std::string text = read_file_text(path);
+  return parse_layer_config(parse_json_strict(text, path), path);
 }
 
 }  // namespace switchyard

@@ -18,10 +18,22 @@ cpu::Act act_of(Activation a) {
   return a == Activation::SwiGLU ? cpu::Act::SwiGLU : cpu::Act::GELU;
 }
 
-void check_finite(const char* name, const float* data, int64_t n) {
+// `cols` is the length of the last dimension, to report the position as (row, column).
+void check_finite(const char* name, const float* data, int64_t n, int64_t cols) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(data[i]))
-      fail("moe_layer: {} has a non-finite value {} at flat index {}", name, data[i], i);
+      fail("moe_layer: {} has a non-finite value {} at row {}, column {}", name, data[i], i / cols,
+           i % cols);
+}
+
+// Finite inputs can still overflow float32 in a product; say so rather than route on NaN.
+void check_overflow(const char* what, const float* data, int64_t n, int64_t cols) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(data[i]))
+      fail(
+          "moe_layer: {} overflowed float32 ({} at row {}, column {}): inputs or weights are too "
+          "large",
+          what, data[i], i / cols, i % cols);
 }
 
 // Runs fn(e) for every expert: in parallel over experts (largest first) when there are enough of
@@ -81,6 +93,7 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
          shape.E, shape.F, shape.Fs);
   router_ = make_router(config.router, config.router_params, config.source);
   R_ = router_->num_outputs(shape.E);
+  router_->check_shape(shape.E, config.source + " [router " + config.router + "]");
   const LossConfig& losses = config.losses;
   const bool any_loss = losses.balance > 0 || losses.z > 0 || losses.entropy > 0;
   if (any_loss && !router_->traits().supports_losses)
@@ -101,27 +114,27 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch) const {
   const RouterTraits& traits = router_->traits();
   if (batch.T <= 0) fail("moe_layer: x must have at least one token, got T = {}", batch.T);
   if (!batch.x) fail("moe_layer: x (T, d) is missing");
-  check_finite("x", batch.x, batch.T * s.d);
+  check_finite("x", batch.x, batch.T * s.d, s.d);
   if (traits.needs_gate) {
     if (!p.gate) fail("moe_layer: router '{}' needs gate.weight ({}, {})", config_.router, R_, s.d);
-    check_finite("gate.weight", p.gate, R_ * s.d);
+    check_finite("gate.weight", p.gate, R_ * s.d, s.d);
   }
-  if (p.gate_bias) check_finite("gate.bias", p.gate_bias, s.E);
+  if (p.gate_bias) check_finite("gate.bias", p.gate_bias, s.E, s.E);
   if (!p.w1 || !p.w2) fail("moe_layer: experts.w1 and experts.w2 are required");
-  check_finite("experts.w1", p.w1, s.E * s.F * s.d);
-  check_finite("experts.w2", p.w2, s.E * s.d * s.F);
+  check_finite("experts.w1", p.w1, s.E * s.F * s.d, s.d);
+  check_finite("experts.w2", p.w2, s.E * s.d * s.F, s.F);
   const bool swiglu = config_.activation == Activation::SwiGLU;
   if (swiglu != (p.w3 != nullptr))
     fail("moe_layer: experts.w3 is {} but the activation is {}", p.w3 ? "given" : "missing",
          swiglu ? "swiglu" : "gelu");
-  if (p.w3) check_finite("experts.w3", p.w3, s.E * s.F * s.d);
+  if (p.w3) check_finite("experts.w3", p.w3, s.E * s.F * s.d, s.d);
   if (s.Fs > 0) {
     if (!p.shared_w1 || !p.shared_w2 || swiglu != (p.shared_w3 != nullptr))
       fail("moe_layer: the shared expert needs shared.w1, shared.w2{}",
            swiglu ? ", shared.w3" : "");
-    check_finite("shared.w1", p.shared_w1, s.Fs * s.d);
-    check_finite("shared.w2", p.shared_w2, s.d * s.Fs);
-    if (p.shared_w3) check_finite("shared.w3", p.shared_w3, s.Fs * s.d);
+    check_finite("shared.w1", p.shared_w1, s.Fs * s.d, s.d);
+    check_finite("shared.w2", p.shared_w2, s.d * s.Fs, s.Fs);
+    if (p.shared_w3) check_finite("shared.w3", p.shared_w3, s.Fs * s.d, s.d);
   }
   if (traits.needs_token_ids) {
     if (!batch.token_ids)
@@ -138,6 +151,14 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch) const {
   }
   if (!batch.seq_lens.empty() && total != batch.T)
     fail("moe_layer: seq_lens sum to {} but x has T = {} tokens", total, batch.T);
+  if (batch.global_counts) {
+    if (config_.losses.balance_mode != BalanceMode::GlobalBatch)
+      fail("moe_layer: global_counts given but the balance loss is not in global_batch mode");
+    for (int64_t j = 0; j < R_; ++j)
+      if (!std::isfinite(batch.global_counts[j]) || batch.global_counts[j] < 0)
+        fail("moe_layer: global_counts[{}] = {} must be a finite count >= 0", j,
+             batch.global_counts[j]);
+  }
 }
 
 const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch, MoECache& c,
@@ -177,6 +198,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     c.logits.resize(size_t(S * R));
     cpu::gemm(false, true, S, R, d, 1.0f, c.router_in.data(), d, p.gate, d, 0.0f, c.logits.data(),
               R);
+    check_overflow("router logits (sequence means) x gate.weight^T", c.logits.data(), S * R, R);
     RouterInput in{c.logits.data(), S, R, E, nullptr, nullptr, nullptr, c.groups, config_.training};
     router_->route(in, c.plan);
     // Merged weights per sequence: [w1 (F, d) | w3 (F, d) | w2 (d, F)].
@@ -210,6 +232,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     stats.experts_per_token = 1.0;  // one merged expert per token
     LossInput li{c.logits.data(), S, R, ScoreKind::Softmax, &c.plan, {{0, S}}, nullptr};
     stats.entropy = mean_router_entropy(li);
+    check_overflow("y", y, T * d, d);
     return stats;
   }
 
@@ -228,6 +251,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   if (traits.needs_gate) {
     c.logits.resize(size_t(T * R));
     cpu::gemm(false, true, T, R, d, 1.0f, router_input, d, p.gate, d, 0.0f, c.logits.data(), R);
+    check_overflow("router logits x gate.weight^T", c.logits.data(), T * R, R);
   } else {
     c.logits.clear();
   }
@@ -313,6 +337,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
       stats.aux_loss += own;
     }
   }
+  check_overflow("y", y, T * d, d);
   return stats;
 }
 
@@ -324,6 +349,7 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   const cpu::Act act = act_of(config_.activation);
   const bool swiglu = act == cpu::Act::SwiGLU;
   const RoutingPlan& plan = c.plan;
+  check_finite("dy", dy, T * d, d);
   std::fill(dx, dx + T * d, 0.0f);
   std::vector<float> d_logits(c.logits.size(), 0.0f);  // (T, R) or (S, R)
   std::vector<float> d_weight(plan.size(), 0.0f);      // (A)

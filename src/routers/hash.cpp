@@ -27,6 +27,7 @@ class HashRouter final : public Router {
     traits_.needs_gate = false;
     traits_.needs_token_ids = true;
     traits_.supports_losses = false;
+    traits_.batch_dependent = balanced_;  // the table depends on the group's id frequencies
   }
   const RouterTraits& traits() const override { return traits_; }
   nlohmann::json params() const override {

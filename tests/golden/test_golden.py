@@ -20,11 +20,15 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import safetensors_io  # noqa: E402
+try:
+    import numpy as np
+    import safetensors_io
+    _IMPORT_ERROR = None
+except Exception as _exc:  # reported as a skip in main()
+    np = None
+    _IMPORT_ERROR = _exc
 
 # Every discrete decision (the k-th vs (k+1)-th selection score, group scores, an expert's C-th vs
 # (C+1)-th token, top-p running sums against the threshold, ReMoE's z against 0, the priority
@@ -89,6 +93,10 @@ CASES = [
     C("topk2_batch_priority", {"router": "topk", "k": 2, "normalize": False,
                                "capacity_factor": 1.0, "drop_order": "batch_priority"},
       T=120, E=8, skew=0.8, expect_drops=True),
+    # priority = the first choice's combine weight after renormalisation (see README)
+    C("topk2_batch_priority_normalized", {"router": "topk", "k": 2, "capacity_factor": 1.0,
+                                          "drop_order": "batch_priority"},
+      T=120, E=8, skew=0.8, expect_drops=True),
     C("gshard_eval", {"router": "gshard", "capacity_factor": 0.5}, T=96, skew=0.5,
       expect_drops=True),
     # --- deepseek_v3 ---
@@ -121,10 +129,16 @@ CASES = [
     C("remoe", {"router": "remoe", "k": 2, "lambda": 0.05}, T=64, gate_scale=1.0),
     C("remoe_gelu_shared_z", {"router": "remoe", "activation": "gelu", "losses": {"z": 0.01}},
       T=50, Fs=8, gate_scale=1.0),
+    # T in L_reg is the call's T; the balance probability of ReMoE is softmax(z) (see README)
+    C("remoe_seq_groups_losses", {"router": "remoe", "lambda": 0.3, "routing_groups": "sequence",
+                                  "losses": {"balance": 0.1, "entropy": 0.05}},
+      seq_lens=[20, 44], T=64, gate_scale=1.0),
     # --- further routers of the contract (evaluation mode) ---
     C("adamoe", {"router": "adamoe"}, E=8, null=16, T=64),
     C("smear", {"router": "smear"}, seq_lens=[20, 28, 16], T=64),
     C("hash_balanced", {"router": "hash", "table": "balanced"}, token_ids=True, T=64),
+    C("hash_random", {"router": "hash", "table": "random", "hash_seed": 12345},
+      token_ids=True, T=64),
     C("base_eval", {"router": "base"}, T=64),
 ]
 
@@ -389,6 +403,8 @@ def main():
     args = ap.parse_args()
 
     try:
+        if _IMPORT_ERROR is not None:
+            raise _IMPORT_ERROR
         import torch  # noqa: F401
         import torch_layer
     except Exception as exc:  # ImportError, or a broken install

@@ -1,0 +1,449 @@
+// Non-gradient router state through the public API (MoELayer::forward + update_router_state):
+// DeepSeek-V3's aux-loss-free selection bias (b_i += u·sign(mean c − c_i), and that iterating it
+// balances the load), ReMoE's λ (× α below the target zero fraction 1 − k/E, ÷ α otherwise), and
+// the global-batch balance loss (counts of earlier micro-batches added to this call's counts).
+// Random inputs; the seed is printed on failure and SWITCHYARD_TEST_SEED overrides it.
+#include <gtest/gtest.h>
+#include <switchyard/error.h>
+#include <switchyard/config.h>
+#include <switchyard/moe_layer.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace switchyard {
+namespace {
+
+using nlohmann::json;
+
+uint64_t base_seed() {
+  static const uint64_t seed = [] {
+    if (const char* env = std::getenv("SWITCHYARD_TEST_SEED")) return uint64_t(std::stoull(env));
+    std::random_device rd;
+    return (uint64_t(rd()) << 32) ^ uint64_t(rd());
+  }();
+  return seed;
+}
+
+std::string seed_trace() {
+  return "seed " + std::to_string(base_seed()) +
+         " (reproduce with SWITCHYARD_TEST_SEED=" + std::to_string(base_seed()) + ")";
+}
+
+// One generator per test, from the base seed and the test's name.
+std::mt19937_64 test_rng() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string name = std::string(info->test_suite_name()) + "." + info->name();
+  std::seed_seq seq{uint32_t(base_seed()), uint32_t(base_seed() >> 32),
+                    uint32_t(std::hash<std::string>{}(name))};
+  return std::mt19937_64(seq);
+}
+
+std::vector<float> normal(std::mt19937_64& rng, size_t n, double mean, double scale) {
+  std::normal_distribution<double> dist(mean, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = float(dist(rng));
+  return v;
+}
+
+// A SwiGLU layer's parameters (gate (E, d), experts) and an input x (T, d).
+struct Problem {
+  MoEShape shape;
+  int64_t T = 0;
+  std::vector<float> x, gate, w1, w3, w2;
+
+  Problem(std::mt19937_64& rng, int64_t T_, int64_t d, int64_t E, int64_t F)
+      : shape{d, E, F, 0}, T(T_) {
+    x = normal(rng, size_t(T * d), 0.0, 1.0);
+    gate = normal(rng, size_t(E * d), 0.0, 0.3);
+    w1 = normal(rng, size_t(E * F * d), 0.0, 0.3);
+    w3 = normal(rng, size_t(E * F * d), 0.0, 0.3);
+    w2 = normal(rng, size_t(E * d * F), 0.0, 0.3);
+  }
+  MoEParams params(const float* bias = nullptr) const {
+    return MoEParams{gate.data(), bias, w1.data(), w3.data(), w2.data(), nullptr, nullptr, nullptr};
+  }
+  MoEBatch batch() const {
+    MoEBatch b;
+    b.T = T;
+    b.x = x.data();
+    return b;
+  }
+};
+
+std::unique_ptr<MoELayer> make_layer(const json& config, const MoEShape& shape) {
+  return std::make_unique<MoELayer>(parse_layer_config(config, "test_router_state"), shape);
+}
+
+// Selection counts per true expert of the last forward (before any drop).
+std::vector<double> counts_of(const MoECache& cache, int64_t E) {
+  return std::vector<double>(cache.plan.selection_counts.begin(),
+                             cache.plan.selection_counts.begin() + E);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DeepSeek-V3 aux-loss-free balancing.
+
+constexpr double kBiasRate = 0.01;
+
+json deepseek_config() {
+  // The preset (sigmoid scores, route_scale 2.5) with one expert group and k = 2 for E = 8.
+  return {{"router", "deepseek_v3"},
+          {"k", 2},
+          {"groups", 1},
+          {"topk_groups", 1},
+          {"bias_update_rate", kBiasRate},
+          {"losses", json::object()}};
+}
+
+// A problem whose gate sends (nearly) every token to expert 0: x has a positive mean and gate row
+// 0 is shifted towards the all-ones direction.
+Problem skewed_problem(std::mt19937_64& rng) {
+  Problem p(rng, 256, 16, 8, 8);
+  for (float& v : p.x) v += 0.5f;
+  for (int64_t j = 0; j < p.shape.d; ++j) p.gate[size_t(j)] += 1.0f;
+  return p;
+}
+
+TEST(RouterState, BiasStepIsExactlyPlusMinusU) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const Problem p = skewed_problem(rng);
+  const int64_t E = p.shape.E;
+  auto layer = make_layer(deepseek_config(), p.shape);
+  ASSERT_DOUBLE_EQ(layer->router().params().at("bias_update_rate").get<double>(), kBiasRate);
+
+  // Two steps: from zero (changes are exactly ±u or 0), then from the updated bias.
+  std::vector<float> bias(size_t(E), 0.0f);
+  std::vector<float> y(size_t(p.T * p.shape.d));
+  for (int step = 0; step < 2; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    MoECache cache;
+    const RoutingStats& stats = layer->forward(p.params(bias.data()), p.batch(), cache, y.data());
+    const std::vector<double> counts = counts_of(cache, E);
+    // Dropless: the counts the update reads are the kept assignments.
+    for (int64_t e = 0; e < E; ++e)
+      ASSERT_EQ(counts[size_t(e)], double(stats.tokens_per_expert[size_t(e)])) << "expert " << e;
+    const double mean = std::accumulate(counts.begin(), counts.end(), 0.0) / double(E);
+    ASSERT_DOUBLE_EQ(mean, double(p.T) * 2.0 / double(E));
+    if (step == 0) {
+      ASSERT_GT(counts[0], 0.9 * double(p.T)) << "the skewed gate should pick expert 0";
+    }
+
+    const std::vector<float> before = bias;
+    layer->update_router_state(cache, bias.data());
+    int overloaded = 0, underloaded = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const double c = counts[size_t(e)];
+      const float step_u = c > mean ? -float(kBiasRate) : c < mean ? float(kBiasRate) : 0.0f;
+      overloaded += c > mean;
+      underloaded += c < mean;
+      EXPECT_EQ(bias[size_t(e)], before[size_t(e)] + step_u)
+          << "expert " << e << ": count " << c << ", mean " << mean;
+    }
+    EXPECT_GE(overloaded, 1);
+    EXPECT_GE(underloaded, 1);
+    // The overloaded expert 0 loses exactly u (from 0 at step 0: the bias is -u).
+    EXPECT_EQ(bias[0], before[0] - float(kBiasRate));
+    if (step == 0) {
+      EXPECT_EQ(bias[0], -float(kBiasRate));
+    }
+  }
+}
+
+TEST(RouterState, BiasUpdateWithoutRateOrBiasIsANoOp) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const Problem p = skewed_problem(rng);
+  const int64_t E = p.shape.E;
+  std::vector<float> y(size_t(p.T * p.shape.d));
+
+  json config = deepseek_config();
+  config["bias_update_rate"] = 0.0;
+  auto layer = make_layer(config, p.shape);
+  std::vector<float> bias = normal(rng, size_t(E), 0.0, 0.1);
+  const std::vector<float> before = bias;
+  MoECache cache;
+  layer->forward(p.params(bias.data()), p.batch(), cache, y.data());
+  layer->update_router_state(cache, bias.data());
+  EXPECT_EQ(bias, before) << "bias_update_rate = 0 must leave the bias alone";
+
+  // A positive rate with no bias tensor: nothing to update, and no crash.
+  auto with_rate = make_layer(deepseek_config(), p.shape);
+  with_rate->forward(p.params(), p.batch(), cache, y.data());
+  with_rate->update_router_state(cache, nullptr);
+}
+
+TEST(RouterState, LossFreeBalancingReducesMaxVio) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const Problem p = skewed_problem(rng);
+  const int64_t E = p.shape.E;
+  auto layer = make_layer(deepseek_config(), p.shape);
+  std::vector<float> bias(size_t(E), 0.0f);
+  std::vector<float> y(size_t(p.T * p.shape.d));
+  MoECache cache;
+
+  constexpr int kSteps = 200, kTail = 20;
+  std::vector<double> max_vio;
+  for (int step = 0; step < kSteps; ++step) {
+    layer->forward(p.params(bias.data()), p.batch(), cache, y.data());
+    max_vio.push_back(cache.stats.max_vio);
+    layer->update_router_state(cache, bias.data());
+  }
+  layer->forward(p.params(bias.data()), p.batch(), cache, y.data());
+  max_vio.push_back(cache.stats.max_vio);
+
+  const double start = max_vio.front(), end = max_vio.back();
+  double tail = 0.0;
+  for (int i = 0; i < kTail; ++i) tail += max_vio[max_vio.size() - 1 - size_t(i)] / kTail;
+  ::testing::Message trace;
+  trace << "MaxVio start " << start << ", after " << kSteps << " steps " << end
+        << ", mean of the last " << kTail << " " << tail << "; bias";
+  for (float b : bias) trace << ' ' << b;
+  SCOPED_TRACE(trace);
+  ASSERT_GT(start, 2.0) << "the skewed gate should start far from balance (max 3 for E = 8, k = 2)";
+  EXPECT_LT(end, 0.5 * start);
+  EXPECT_LT(tail, 0.5 * start);
+  EXPECT_LT(tail, 0.5) << "the load should end close to balanced";
+  // The overloaded expert ends with the lowest bias.
+  EXPECT_EQ(std::min_element(bias.begin(), bias.end()) - bias.begin(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReMoE's adaptive λ.
+
+constexpr double kLambda0 = 1e-3, kLambdaRate = 1.2;
+
+json remoe_config(double k) {
+  return {{"router", "remoe"}, {"k", k}, {"lambda", kLambda0}, {"lambda_rate", kLambdaRate}};
+}
+
+double lambda_of(const MoELayer& layer) {
+  return layer.router().params().at("lambda").get<double>();
+}
+
+// Zero fraction of the last forward: the share of (token, expert) pairs that routed nothing.
+double zero_fraction(const MoECache& cache, int64_t E) {
+  return 1.0 - double(cache.row_assignment.size()) / (double(cache.T) * double(E));
+}
+
+TEST(RouterState, ReMoELambdaFollowsTheZeroFraction) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  constexpr int64_t T = 64, d = 8, E = 4, F = 4;
+  const double k = 1.0, target = 1.0 - k / double(E);  // 0.75
+  Problem p(rng, T, d, E, F);
+  for (float& v : p.x) v = std::abs(v) + 0.1f;  // positive inputs: the gate's sign decides
+  std::vector<float> y(size_t(T * d));
+
+  struct Setting {
+    const char* name;
+    std::vector<float> row_sign;  // sign of each gate row
+    bool grows;                   // λ × α expected
+  };
+  const std::vector<Setting> settings = {
+      {"all experts active (zero fraction 0 < 0.75)", {1, 1, 1, 1}, true},
+      {"no expert active (zero fraction 1)", {-1, -1, -1, -1}, false},
+      {"one of four active (zero fraction = 0.75 = target: shrinks)", {1, -1, -1, -1}, false},
+      {"two of four active (zero fraction 0.5)", {-1, 1, 1, -1}, true},
+  };
+  for (const Setting& s : settings) {
+    SCOPED_TRACE(s.name);
+    Problem q = p;
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t j = 0; j < d; ++j)
+        q.gate[size_t(e * d + j)] =
+            s.row_sign[size_t(e)] * (std::abs(q.gate[size_t(e * d + j)]) + 0.01f);
+    auto layer = make_layer(remoe_config(k), q.shape);
+    ASSERT_DOUBLE_EQ(lambda_of(*layer), kLambda0);
+    double expected = kLambda0;
+    MoECache cache;
+    for (int step = 0; step < 3; ++step) {
+      layer->forward(q.params(), q.batch(), cache, y.data());
+      const double zf = zero_fraction(cache, E);
+      const double active = double(std::count(s.row_sign.begin(), s.row_sign.end(), 1.0f));
+      ASSERT_DOUBLE_EQ(zf, 1.0 - active / double(E));
+      EXPECT_DOUBLE_EQ(cache.stats.experts_per_token, active);
+      layer->update_router_state(cache, nullptr);
+      expected = s.grows ? expected * kLambdaRate : expected / kLambdaRate;
+      EXPECT_EQ(zf < target, s.grows);
+      EXPECT_DOUBLE_EQ(lambda_of(*layer), expected) << "step " << step << ", zero fraction " << zf;
+    }
+  }
+}
+
+TEST(RouterState, ReMoELambdaOnRandomInputs) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  constexpr int64_t T = 48, d = 8, E = 8, F = 4;
+  const double k = 2.0, target = 1.0 - k / double(E);
+  Problem p(rng, T, d, E, F);
+  auto layer = make_layer(remoe_config(k), p.shape);
+  std::vector<float> y(size_t(T * d));
+  MoECache cache;
+  double expected = kLambda0;
+  int grew = 0, shrank = 0;
+  for (int step = 0; step < 12; ++step) {
+    // Shift the gate's rows to move the zero fraction across the target.
+    Problem q = p;
+    const double shift = std::uniform_real_distribution<double>(-0.6, 0.6)(rng);
+    for (float& v : q.x) v = std::abs(v);
+    for (float& w : q.gate) w += float(shift);
+    layer->forward(q.params(), q.batch(), cache, y.data());
+    const double zf = zero_fraction(cache, E);
+    EXPECT_NEAR(zf, 1.0 - cache.stats.experts_per_token / double(E), 1e-12);
+    layer->update_router_state(cache, nullptr);
+    const bool grows = zf < target;
+    (grows ? grew : shrank)++;
+    expected = grows ? expected * kLambdaRate : expected / kLambdaRate;
+    EXPECT_NEAR(lambda_of(*layer), expected, 1e-12 * expected)
+        << "step " << step << ", zero fraction " << zf << ", target " << target;
+    // The loss uses the current λ: L = λ E / (k T²) Σ_e (Σ_t R_te) c_e is reported as "router".
+    ASSERT_TRUE(cache.stats.losses.count("router"));
+  }
+  SCOPED_TRACE("λ grew " + std::to_string(grew) + " times, shrank " + std::to_string(shrank));
+  EXPECT_GT(grew + shrank, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global-batch balance loss.
+
+constexpr double kAlpha = 0.01;
+
+json balance_config(const char* mode) {
+  return {
+      {"router", "mixtral"}, {"k", 2}, {"losses", {{"balance", kAlpha}, {"balance_mode", mode}}}};
+}
+
+// α R Σ_e f_e P_e with f = counts / Σ counts and P the mean softmax of the cached logits.
+double balance_formula(const MoECache& cache, int64_t R, const std::vector<double>& counts) {
+  std::vector<double> P(size_t(R), 0.0);
+  for (int64_t t = 0; t < cache.T; ++t) {
+    const float* z = cache.logits.data() + t * R;
+    const double max = *std::max_element(z, z + R);
+    double sum = 0.0;
+    for (int64_t j = 0; j < R; ++j) sum += std::exp(double(z[j]) - max);
+    for (int64_t j = 0; j < R; ++j)
+      P[size_t(j)] += std::exp(double(z[j]) - max) / sum / double(cache.T);
+  }
+  const double total = std::accumulate(counts.begin(), counts.end(), 0.0);
+  double loss = 0.0;
+  for (int64_t j = 0; j < R; ++j) loss += counts[size_t(j)] / total * P[size_t(j)];
+  return kAlpha * double(R) * loss;
+}
+
+double balance_of(const RoutingStats& stats) {
+  const auto it = stats.losses.find("balance");
+  return it == stats.losses.end() ? std::nan("") : it->second;
+}
+
+void expect_close(double a, double b, const std::string& what) {
+  EXPECT_NEAR(a, b, 1e-10 * std::max(std::abs(a), std::abs(b)) + 1e-15) << what;
+}
+
+TEST(RouterState, GlobalBatchBalanceAddsTheEarlierCounts) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  constexpr int64_t T = 40, d = 8, E = 6, F = 4;
+  const Problem first(rng, T, d, E, F);
+  Problem second = first;
+  second.x = normal(rng, size_t(T * d), 0.0, 1.0);
+  for (int64_t i = 0; i < T * d; i += 3) second.x[size_t(i)] += 0.7f;  // a different load
+
+  auto micro = make_layer(balance_config("micro_batch"), first.shape);
+  auto global = make_layer(balance_config("global_batch"), first.shape);
+  std::vector<float> y(size_t(T * d));
+  MoECache c_micro, c_global, c_first;
+
+  // Micro-batch 1 gives the earlier counts.
+  micro->forward(first.params(), first.batch(), c_first, y.data());
+  const std::vector<double> earlier = counts_of(c_first, E);
+  ASSERT_DOUBLE_EQ(std::accumulate(earlier.begin(), earlier.end(), 0.0), double(2 * T));
+
+  // Micro-batch 2: the micro-batch layer's loss is the formula with this call's counts c ...
+  micro->forward(second.params(), second.batch(), c_micro, y.data());
+  const std::vector<double> c = counts_of(c_micro, E);
+  const double L_micro = balance_of(c_micro.stats);
+  expect_close(L_micro, balance_formula(c_micro, E, c), "micro-batch loss vs formula(c)");
+
+  // ... and the global-batch layer's loss is the same formula with c + earlier counts.
+  MoEBatch b = second.batch();
+  b.global_counts = earlier.data();
+  global->forward(second.params(), b, c_global, y.data());
+  ASSERT_EQ(c_global.logits, c_micro.logits);
+  ASSERT_EQ(counts_of(c_global, E), c);
+  std::vector<double> added(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) added[size_t(e)] = c[size_t(e)] + earlier[size_t(e)];
+  const double L_global = balance_of(c_global.stats);
+  expect_close(L_global, balance_formula(c_micro, E, added), "global-batch loss vs formula(c + g)");
+  EXPECT_NE(c, added);
+
+  // Without global counts, or with zeros, global-batch mode is micro-batch mode.
+  MoEBatch none = second.batch();
+  global->forward(second.params(), none, c_global, y.data());
+  expect_close(balance_of(c_global.stats), L_micro, "global-batch without global_counts");
+  const std::vector<double> zeros(size_t(E), 0.0);
+  b.global_counts = zeros.data();
+  global->forward(second.params(), b, c_global, y.data());
+  expect_close(balance_of(c_global.stats), L_micro, "global-batch with zero counts");
+
+  // Global counts given to a layer that is not in global-batch mode are a mistake, not ignored.
+  b.global_counts = earlier.data();
+  EXPECT_THROW(micro->forward(second.params(), b, c_micro, y.data()), switchyard::Error);
+}
+
+TEST(RouterState, GlobalBatchWithProportionalCountsMatchesMicroBatch) {
+  // Earlier counts proportional to this call's leave f unchanged: the two layers agree on the
+  // loss and on its gradient.
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  constexpr int64_t T = 32, d = 8, E = 4, F = 4;
+  const Problem p(rng, T, d, E, F);
+  auto micro = make_layer(balance_config("micro_batch"), p.shape);
+  auto global = make_layer(balance_config("global_batch"), p.shape);
+  std::vector<float> y_micro(size_t(T * d)), y_global(size_t(T * d));
+  MoECache c_micro, c_global;
+  micro->forward(p.params(), p.batch(), c_micro, y_micro.data());
+  std::vector<double> g = counts_of(c_micro, E);
+  for (double& v : g) v *= 3.0;
+  MoEBatch b = p.batch();
+  b.global_counts = g.data();
+  global->forward(p.params(), b, c_global, y_global.data());
+  EXPECT_EQ(y_micro, y_global);
+  expect_close(balance_of(c_global.stats), balance_of(c_micro.stats), "loss");
+  expect_close(c_global.stats.aux_loss, c_micro.stats.aux_loss, "aux_loss");
+
+  const std::vector<float> dy = normal(rng, size_t(T * d), 0.0, 1.0);
+  std::vector<float> dx_m(size_t(T * d)), dx_g(size_t(T * d)), dgate_m(size_t(E * d)),
+      dgate_g(size_t(E * d));
+  micro->backward(p.params(), p.batch(), c_micro, dy.data(), dx_m.data(),
+                  MoEGrads{dgate_m.data(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr});
+  global->backward(p.params(), b, c_global, dy.data(), dx_g.data(),
+                   MoEGrads{dgate_g.data(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr});
+  for (size_t i = 0; i < dgate_m.size(); ++i)
+    EXPECT_NEAR(dgate_g[i], dgate_m[i], 1e-6f * (1.0f + std::abs(dgate_m[i]))) << "d_gate " << i;
+  for (size_t i = 0; i < dx_m.size(); ++i)
+    EXPECT_NEAR(dx_g[i], dx_m[i], 1e-6f * (1.0f + std::abs(dx_m[i]))) << "dx " << i;
+
+  // Non-proportional counts change the gradient: the global counts reach backward.
+  std::vector<double> skew(size_t(E), 0.0);
+  skew[0] = 10.0 * double(T);
+  b.global_counts = skew.data();
+  global->forward(p.params(), b, c_global, y_global.data());
+  global->backward(p.params(), b, c_global, dy.data(), dx_g.data(),
+                   MoEGrads{dgate_g.data(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr});
+  double diff = 0.0;
+  for (size_t i = 0; i < dgate_m.size(); ++i) diff += std::abs(dgate_g[i] - dgate_m[i]);
+  EXPECT_GT(diff, 1e-7) << "skewed global counts should change d_gate";
+}
+
+}  // namespace
+}  // namespace switchyard
