@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "routers/router_common.h"
 #include "routers/routers.h"
 
 namespace switchyard::routers {
@@ -27,18 +28,10 @@ class ReMoERouter final : public Router {
   }
 
   void route(const RouterInput& in, RoutingPlan& plan) const override {
-    plan.clear();
-    plan.selection_counts.assign(size_t(in.R), 0.0);
-    for (size_t g = 0; g < in.groups.size(); ++g) {
-      for (int64_t t = in.groups[g].first; t < in.groups[g].second; ++t)
-        for (int64_t e = 0; e < in.E; ++e) {
-          const float z = in.logits[t * in.R + e];
-          if (!(z > 0.0f)) continue;
-          plan.add(int32_t(t), int32_t(e), int32_t(g), z);
-          plan.selection_counts[size_t(e)] += 1.0;
-        }
-      plan.capacity.push_back(0);
-    }
+    route_per_token(in, plan, [&](int64_t t, auto&& emit) {
+      for (int64_t e = 0; e < in.E; ++e)
+        if (in.logits[t * in.R + e] > 0.0f) emit(int32_t(e), in.logits[t * in.R + e]);
+    });
   }
 
   void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight, const float*,

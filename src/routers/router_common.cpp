@@ -77,4 +77,12 @@ void backward_raw_scores(ScoreKind kind, const RouterInput& in, const RoutingPla
   }
 }
 
+void route_all_experts(const RouterInput& in, RoutingPlan& plan) {
+  std::vector<double> s(size_t(in.R));
+  route_per_token(in, plan, [&](int64_t t, auto&& emit) {
+    compute_scores(ScoreKind::Softmax, in.logits + t * in.R, in.R, s.data());
+    for (int64_t e = 0; e < in.E; ++e) emit(int32_t(e), s[size_t(e)]);
+  });
+}
+
 }  // namespace switchyard::routers

@@ -30,4 +30,24 @@ TokenAssignments assignments_by_token(const RoutingPlan& plan, int64_t T);
 void backward_raw_scores(ScoreKind kind, const RouterInput& in, const RoutingPlan& plan,
                          const float* d_weight, double scale, float* d_logits);
 
+// Routing for routers without capacity whose choices for a token depend on that token alone:
+// clears the plan, then for each token of each group calls choose(t, emit) with emit(e, weight)
+// adding one choice. Every group gets capacity 0 (unlimited).
+template <typename Choose>
+void route_per_token(const RouterInput& in, RoutingPlan& plan, Choose&& choose) {
+  plan.clear();
+  plan.selection_counts.assign(size_t(in.R), 0.0);
+  for (size_t g = 0; g < in.groups.size(); ++g) {
+    for (int64_t t = in.groups[g].first; t < in.groups[g].second; ++t)
+      choose(t, [&](int32_t e, double weight) {
+        plan.add(int32_t(t), e, int32_t(g), float(weight));
+        plan.selection_counts[size_t(e)] += 1.0;
+      });
+    plan.capacity.push_back(0);
+  }
+}
+
+// Every expert, weighted by the softmax of the token's logits (soft routing, SMEAR).
+void route_all_experts(const RouterInput& in, RoutingPlan& plan);
+
 }  // namespace switchyard::routers

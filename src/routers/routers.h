@@ -1,9 +1,8 @@
 // Factories of every router; the registry (registry.cpp) lists them by name.
 #pragma once
 
-#include <switchyard/router.h>
-
 #include <fmt/format.h>
+#include <switchyard/router.h>
 
 #include <memory>
 #include <string>

@@ -23,22 +23,16 @@ class TopPRouter final : public Router {
   }
 
   void route(const RouterInput& in, RoutingPlan& plan) const override {
-    plan.clear();
-    plan.selection_counts.assign(size_t(in.R), 0.0);
     std::vector<double> s(size_t(in.R));
-    for (size_t g = 0; g < in.groups.size(); ++g) {
-      for (int64_t t = in.groups[g].first; t < in.groups[g].second; ++t) {
-        compute_scores(ScoreKind::Softmax, in.logits + t * in.R, in.R, s.data());
-        double mass = 0.0;
-        for (int32_t e : top_k_indices(s.data(), in.R, in.R)) {
-          plan.add(int32_t(t), e, int32_t(g), float(s[size_t(e)]));
-          plan.selection_counts[size_t(e)] += 1.0;
-          mass += s[size_t(e)];
-          if (mass > threshold_) break;
-        }
+    route_per_token(in, plan, [&](int64_t t, auto&& emit) {
+      compute_scores(ScoreKind::Softmax, in.logits + t * in.R, in.R, s.data());
+      double mass = 0.0;
+      for (int32_t e : top_k_indices(s.data(), in.R, in.R)) {
+        emit(e, s[size_t(e)]);
+        mass += s[size_t(e)];
+        if (mass > threshold_) break;
       }
-      plan.capacity.push_back(0);
-    }
+    });
   }
 
   void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight, const float*,
