@@ -50,4 +50,16 @@ void route_per_token(const RouterInput& in, RoutingPlan& plan, Choose&& choose) 
 // Every expert, weighted by the softmax of the token's logits (soft routing, SMEAR).
 void route_all_experts(const RouterInput& in, RoutingPlan& plan);
 
+// Base of the routers that send every token to every expert with softmax weights.
+class AllExpertsRouter : public Router {
+ public:
+  void route(const RouterInput& in, RoutingPlan& plan) const override {
+    route_all_experts(in, plan);
+  }
+  void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight, const float*,
+                float* d_logits) const override {
+    backward_raw_scores(ScoreKind::Softmax, in, plan, d_weight, 1.0, d_logits);
+  }
+};
+
 }  // namespace switchyard::routers

@@ -9,7 +9,7 @@
 namespace switchyard::routers {
 namespace {
 
-class SmearRouter final : public Router {
+class SmearRouter final : public AllExpertsRouter {
  public:
   SmearRouter(const nlohmann::json& params, const std::string& context) {
     ParamReader(params, context).finish();
@@ -21,13 +21,6 @@ class SmearRouter final : public Router {
   std::string describe() const override {
     return "SMEAR: one softmax over experts per sequence (from the mean input); the experts' "
            "weights are merged and run once";
-  }
-  void route(const RouterInput& in, RoutingPlan& plan) const override {
-    route_all_experts(in, plan);
-  }
-  void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight, const float*,
-                float* d_logits) const override {
-    backward_raw_scores(ScoreKind::Softmax, in, plan, d_weight, 1.0, d_logits);
   }
 
  private:

@@ -7,7 +7,7 @@
 namespace switchyard::routers {
 namespace {
 
-class SoftRouter final : public Router {
+class SoftRouter final : public AllExpertsRouter {
  public:
   SoftRouter(const nlohmann::json& params, const std::string& context) {
     ParamReader(params, context).finish();
@@ -16,13 +16,6 @@ class SoftRouter final : public Router {
   nlohmann::json params() const override { return {{"router", "soft"}}; }
   std::string describe() const override {
     return "dense soft routing: every expert, weighted by the softmax";
-  }
-  void route(const RouterInput& in, RoutingPlan& plan) const override {
-    route_all_experts(in, plan);
-  }
-  void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight, const float*,
-                float* d_logits) const override {
-    backward_raw_scores(ScoreKind::Softmax, in, plan, d_weight, 1.0, d_logits);
   }
 
  private:
