@@ -61,6 +61,9 @@ struct RoutingStats {
   double experts_per_token = 0.0;          // kept true-expert assignments per token
   std::map<std::string, double> losses;    // each enabled loss, coefficient applied
   double aux_loss = 0.0;                   // their sum
+  // Forward wall time per phase: shared_expert, route (logits + router), dispatch (capacity,
+  // grouping, gather), experts, combine, statistics (loads, losses, checks).
+  std::map<std::string, double> phase_ms;
 };
 
 // The random draws of one call, made from the seed so that the reference can replay them.
@@ -105,8 +108,9 @@ class MoELayer {
   Router& router() { return *router_; }
   const Router& router() const { return *router_; }
 
-  // Validates the batch and parameters (shapes, finiteness), naming the field and value.
-  void validate(const MoEParams& p, const MoEBatch& batch) const;
+  // Validates the batch and parameters (presence, finiteness, sequence lengths, ids), naming the
+  // field and value. forward() runs it without the weight scan (check_weights = false).
+  void validate(const MoEParams& p, const MoEBatch& batch, bool check_weights = true) const;
   // y (T, d). Saves activations in cache. Returns the routing statistics (also in cache.stats).
   const RoutingStats& forward(const MoEParams& p, const MoEBatch& batch, MoECache& cache,
                               float* y);

@@ -135,7 +135,10 @@ int run_layer(const std::string& config_path, const std::string& in_path,
       fail("{}: {}", in_path, e.what());
     }
   };
-  with_file([&] { layer.forward(params, batch, cache, y.data()); });
+  with_file([&] {
+    layer.validate(params, batch);
+    layer.forward(params, batch, cache, y.data());
+  });
   const RoutingStats& stats = cache.stats;
 
   SafetensorsFile out;

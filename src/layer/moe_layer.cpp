@@ -4,6 +4,7 @@
 #include <switchyard/moe_layer.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -109,7 +110,7 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
 
 MoELayer::~MoELayer() = default;
 
-void MoELayer::validate(const MoEParams& p, const MoEBatch& batch) const {
+void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_weights) const {
   const auto& s = shape_;
   const RouterTraits& traits = router_->traits();
   if (batch.T <= 0) fail("moe_layer: x must have at least one token, got T = {}", batch.T);
@@ -117,24 +118,24 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch) const {
   check_finite("x", batch.x, batch.T * s.d, s.d);
   if (traits.needs_gate) {
     if (!p.gate) fail("moe_layer: router '{}' needs gate.weight ({}, {})", config_.router, R_, s.d);
-    check_finite("gate.weight", p.gate, R_ * s.d, s.d);
+    if (check_weights) check_finite("gate.weight", p.gate, R_ * s.d, s.d);
   }
-  if (p.gate_bias) check_finite("gate.bias", p.gate_bias, s.E, s.E);
+  if (p.gate_bias && check_weights) check_finite("gate.bias", p.gate_bias, s.E, s.E);
   if (!p.w1 || !p.w2) fail("moe_layer: experts.w1 and experts.w2 are required");
-  check_finite("experts.w1", p.w1, s.E * s.F * s.d, s.d);
-  check_finite("experts.w2", p.w2, s.E * s.d * s.F, s.F);
+  if (check_weights) check_finite("experts.w1", p.w1, s.E * s.F * s.d, s.d);
+  if (check_weights) check_finite("experts.w2", p.w2, s.E * s.d * s.F, s.F);
   const bool swiglu = config_.activation == Activation::SwiGLU;
   if (swiglu != (p.w3 != nullptr))
     fail("moe_layer: experts.w3 is {} but the activation is {}", p.w3 ? "given" : "missing",
          swiglu ? "swiglu" : "gelu");
-  if (p.w3) check_finite("experts.w3", p.w3, s.E * s.F * s.d, s.d);
+  if (p.w3 && check_weights) check_finite("experts.w3", p.w3, s.E * s.F * s.d, s.d);
   if (s.Fs > 0) {
     if (!p.shared_w1 || !p.shared_w2 || swiglu != (p.shared_w3 != nullptr))
       fail("moe_layer: the shared expert needs shared.w1, shared.w2{}",
            swiglu ? ", shared.w3" : "");
-    check_finite("shared.w1", p.shared_w1, s.Fs * s.d, s.d);
-    check_finite("shared.w2", p.shared_w2, s.d * s.Fs, s.Fs);
-    if (p.shared_w3) check_finite("shared.w3", p.shared_w3, s.Fs * s.d, s.d);
+    if (check_weights) check_finite("shared.w1", p.shared_w1, s.Fs * s.d, s.d);
+    if (check_weights) check_finite("shared.w2", p.shared_w2, s.d * s.Fs, s.Fs);
+    if (p.shared_w3 && check_weights) check_finite("shared.w3", p.shared_w3, s.Fs * s.d, s.d);
   }
   if (traits.needs_token_ids) {
     if (!batch.token_ids)
@@ -163,7 +164,9 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch) const {
 
 const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch, MoECache& c,
                                       float* y) {
-  validate(p, batch);
+  // Weights are not scanned on every call (100 MB for a fine-grained layer); a non-finite weight
+  // that is used shows up in the logits or y checks below.
+  validate(p, batch, /*check_weights=*/false);
   const int64_t T = batch.T, d = shape_.d, E = shape_.E, F = shape_.F, R = R_;
   const RouterTraits& traits = router_->traits();
   const cpu::Act act = act_of(config_.activation);
@@ -171,6 +174,13 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   c.noise = make_router_noise(config_, traits, T, d, calls_++);
   RoutingStats& stats = c.stats;
   stats = RoutingStats{};
+  // Wall time per phase, for the routing-overhead figures (stats.phase_ms).
+  auto clock = std::chrono::steady_clock::now();
+  auto lap = [&](const char* phase) {
+    const auto now = std::chrono::steady_clock::now();
+    stats.phase_ms[phase] += std::chrono::duration<double, std::milli>(now - clock).count();
+    clock = now;
+  };
 
   // Shared expert first: it writes y, the routed experts add to it.
   if (shape_.Fs > 0) {
@@ -236,6 +246,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     return stats;
   }
 
+  lap("shared_expert");
   // Router.
   c.groups = routing_groups(config_.routing_groups, batch.seq_lens, T);
   c.sequences = sequences_of(batch.seq_lens, T);
@@ -267,6 +278,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   router_->route(in, c.plan);
   RoutingPlan& plan = c.plan;
 
+  lap("route");
   // Dispatch: capacity, then rows grouped by expert.
   const int64_t A = int64_t(plan.size());
   const int64_t G = int64_t(plan.capacity.size());
@@ -294,6 +306,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   c.act.resize(size_t(rows * F));
   c.out.resize(size_t(rows * d));
   cpu::gather_rows(rows, d, batch.x, row_token.data(), c.xd.data());
+  lap("dispatch");
   for_each_expert(E, c.expert_offsets, [&](int64_t e) {
     const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
     cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
@@ -301,6 +314,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
                      act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
                      c.out.data() + o * d);
   });
+  lap("experts");
   cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), row_weight.data(),
                     c.out.data(), y);
   if (!plan.passthrough.empty())
@@ -308,6 +322,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
       for (int64_t j = 0; j < d; ++j)
         y[t * d + j] += plan.passthrough[size_t(t)] * batch.x[t * d + j];
 
+  lap("combine");
   // Statistics and losses.
   stats.tokens_per_expert.resize(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e)
@@ -338,6 +353,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     }
   }
   check_overflow("y", y, T * d, d);
+  lap("statistics");
   return stats;
 }
 

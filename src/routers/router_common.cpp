@@ -19,19 +19,24 @@ void compute_scores(ScoreKind kind, const float* z, int64_t R, double* s) {
   for (int64_t j = 0; j < R; ++j) s[j] /= sum;
 }
 
-std::vector<int32_t> top_k_indices(const double* values, int64_t n, int64_t k) {
-  std::vector<int32_t> idx;
-  idx.reserve(static_cast<size_t>(n));
+void top_k_indices(const double* values, int64_t n, int64_t k, std::vector<int32_t>& out) {
+  out.clear();
   for (int32_t i = 0; i < int32_t(n); ++i)
     if (!(values[i] == -std::numeric_limits<double>::infinity()) && !std::isnan(values[i]))
-      idx.push_back(i);
-  k = std::min<int64_t>(k, int64_t(idx.size()));
+      out.push_back(i);
+  k = std::min<int64_t>(k, int64_t(out.size()));
   auto better = [&](int32_t a, int32_t b) {
     return values[a] > values[b] || (values[a] == values[b] && a < b);
   };
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), better);
-  idx.resize(static_cast<size_t>(k));
-  return idx;
+  std::partial_sort(out.begin(), out.begin() + k, out.end(), better);
+  out.resize(size_t(k));
+}
+
+std::vector<int32_t> top_k_indices(const double* values, int64_t n, int64_t k) {
+  std::vector<int32_t> out;
+  out.reserve(size_t(n));
+  top_k_indices(values, n, k, out);
+  return out;
 }
 
 void scores_backward(ScoreKind kind, const double* s, const double* ds, int64_t R, float* dz) {

@@ -14,6 +14,8 @@ void compute_scores(ScoreKind kind, const float* z, int64_t R, double* s);
 // Indices of the k largest values (ties -> lower index), in descending order of value.
 // Entries equal to -inf are never chosen.
 std::vector<int32_t> top_k_indices(const double* values, int64_t n, int64_t k);
+// The same into `out` (reused storage, for hot loops).
+void top_k_indices(const double* values, int64_t n, int64_t k, std::vector<int32_t>& out);
 
 // dz += J^T ds for one token, J the Jacobian of the scores with respect to the logits.
 void scores_backward(ScoreKind kind, const double* s, const double* ds, int64_t R, float* dz);

@@ -95,13 +95,15 @@ class TopKRouter final : public Router {
 #pragma omp parallel
     {
       std::vector<double> s(static_cast<size_t>(R)), sel(static_cast<size_t>(R));
+      std::vector<int32_t> top;
+      top.reserve(size_t(R));
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < in.T; ++t) {
         compute_scores(traits_.score, in.logits + t * R, R, s.data());
         for (int64_t j = 0; j < R; ++j)
           sel[size_t(j)] = s[size_t(j)] + (in.bias && j < E ? in.bias[j] : 0.0);
         if (groups_ > 1) restrict_to_best_groups(sel.data(), E);
-        const std::vector<int32_t> top = top_k_indices(sel.data(), R, k_);
+        top_k_indices(sel.data(), R, k_, top);
         double norm = 0.0;
         for (int32_t e : top)
           if (e < E) norm += s[size_t(e)];
