@@ -103,6 +103,8 @@ class MoELayer {
   ~MoELayer();
 
   const LayerConfig& config() const { return config_; }
+  // Training mode: jitter, random policies, BASE's auction (the model toggles it for evaluation).
+  void set_training(bool training) { config_.training = training; }
   const MoEShape& shape() const { return shape_; }
   int64_t num_router_outputs() const { return R_; }
   Router& router() { return *router_; }
@@ -116,8 +118,9 @@ class MoELayer {
                               float* y);
   // dy (T, d) -> dx (T, d) and parameter gradients (overwritten). Includes the aux losses'
   // gradients (the aux loss is added to the objective with weight 1).
+  // `aux_weight` scales the aux losses' share (for gradient accumulation over micro-batches).
   void backward(const MoEParams& p, const MoEBatch& batch, const MoECache& cache, const float* dy,
-                float* dx, const MoEGrads& grads);
+                float* dx, const MoEGrads& grads, float aux_weight = 1.0f);
   // Combine weights (T, E) from the last forward: weight of expert e for token t, 0 if not routed.
   std::vector<float> combine_matrix(const MoECache& cache) const;
   // Non-gradient router state after a step (bias, λ); counts from the cache's plan.

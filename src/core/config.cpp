@@ -67,6 +67,14 @@ std::string ParamReader::get_choice(const std::string& key, const std::string& f
   fail("{}: field '{}' = {} is not one of [{}]", context_, key, v.dump(), fmt::join(choices, ", "));
 }
 
+json ParamReader::get_object(const std::string& key, const json& fallback) {
+  read_.insert(key);
+  if (!has(key)) return fallback;
+  const json& v = object_.at(key);
+  if (!v.is_object()) fail("{}: field '{}' must be a JSON object, got {}", context_, key, v.dump());
+  return v;
+}
+
 void ParamReader::finish() const {
   for (const auto& [key, value] : object_.items())
     if (!read_.count(key)) fail("{}: unknown field '{}' (value {})", context_, key, value.dump());

@@ -358,7 +358,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
 }
 
 void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
-                        const float* dy, float* dx, const MoEGrads& g) {
+                        const float* dy, float* dx, const MoEGrads& g, float aux_weight) {
   const int64_t T = batch.T, d = shape_.d, E = shape_.E, F = shape_.F, R = R_;
   if (T != c.T) fail("moe_layer backward: the batch has T = {} but forward saw T = {}", T, c.T);
   const RouterTraits& traits = router_->traits();
@@ -497,8 +497,10 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   LossInput li{c.logits.data(),    T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
                batch.global_counts};
   std::map<std::string, double> unused;
-  aux_losses(config_.losses, li, unused, d_logits.data());
-  router_->own_loss(in, plan, d_logits.data());
+  std::vector<float> d_aux(d_logits.size(), 0.0f);
+  aux_losses(config_.losses, li, unused, d_aux.data());
+  router_->own_loss(in, plan, d_aux.data());
+  for (size_t i = 0; i < d_aux.size(); ++i) d_logits[i] += aux_weight * d_aux[i];
 
   const float* router_input = c.router_in.empty() ? batch.x : c.router_in.data();
   if (g.gate)

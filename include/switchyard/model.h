@@ -1,0 +1,103 @@
+// The MoE language model: decoder-only transformer with explicit forward and backward
+// (docs/model.md). Float32 on the CPU; one allocation for parameters, one for their gradients.
+#pragma once
+
+#include <switchyard/config.h>
+#include <switchyard/moe_layer.h>
+#include <switchyard/safetensors.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace switchyard {
+
+struct ModelConfig {
+  int64_t vocab_size = 256, d_model = 128, n_layers = 4, n_heads = 4, seq_len = 128;
+  int64_t moe_every = 1, experts = 8, d_ff = 256, shared_d_ff = 0, dense_d_ff = 512;
+  Activation activation = Activation::SwiGLU;
+  bool tied_head = true;
+  double rope_theta = 10000.0, norm_eps = 1e-5, init_std = 0.02;
+  nlohmann::json router = {{"router", "mixtral"}, {"k", 2}};  // a layer.json object
+
+  bool is_moe_layer(int64_t l) const { return (l + 1) % moe_every == 0; }
+  nlohmann::json to_json() const;
+};
+ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);
+
+// A named view into the parameter buffer.
+struct ParamTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0, size = 0;
+  bool decay = false;      // weight decay applies (matrices)
+  bool trainable = true;   // false for non-gradient state (selection bias)
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& config, uint64_t seed);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  std::vector<float>& params() { return params_; }
+  const std::vector<float>& params() const { return params_; }
+  std::vector<float>& grads() { return grads_; }
+  const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  const ParamTensor& tensor(const std::string& name) const;
+  float* param(const std::string& name) { return params_.data() + tensor(name).offset; }
+
+  // tokens (B, T) int32 in [0, V); targets (B, T) or null. Returns the mean cross-entropy (0 if no
+  // targets); the aux losses are in layer_stats(). logits() holds (B, T, V) afterwards.
+  double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, bool training);
+  // Accumulates into grads() the gradient of (mean cross-entropy + Σ aux losses) × scale.
+  void backward(float scale = 1.0f);
+  void zero_grads();
+  const std::vector<float>& logits() const { return logits_; }
+  double aux_loss() const;  // Σ over MoE layers of the last forward's aux loss
+  std::vector<const RoutingStats*> layer_stats() const;  // one per MoE layer
+  std::vector<const MoECache*> layer_caches() const;
+  // Router state after an optimiser step (selection bias, ReMoE's λ).
+  void update_router_state();
+  int64_t num_moe_layers() const;
+
+  SafetensorsFile to_safetensors() const;
+  void load_safetensors(const SafetensorsFile& file, const std::string& source);
+  int64_t parameter_count() const;
+  int64_t active_parameter_count() const;  // per token: routed experts count k (or mean)
+
+ private:
+  struct Impl;
+  ModelConfig config_;
+  std::vector<ParamTensor> tensors_;
+  std::vector<float> params_, grads_;
+  std::vector<float> logits_;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct AdamWConfig {
+  double lr = 3e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  double grad_clip = 1.0, min_lr_ratio = 0.1;
+  int64_t warmup_steps = 20, steps = 200;
+};
+
+class AdamW {
+ public:
+  AdamW(const AdamWConfig& config, size_t n);
+  double learning_rate(int64_t step) const;  // step counts from 0
+  // Clips grads to the global norm (returns the norm before clipping) and updates params.
+  double step(Model& model, int64_t step);
+  std::vector<float>& m() { return m_; }
+  std::vector<float>& v() { return v_; }
+
+ private:
+  AdamWConfig config_;
+  std::vector<float> m_, v_;
+};
+
+}  // namespace switchyard

@@ -1,0 +1,437 @@
+#include <switchyard/error.h>
+#include <switchyard/model.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+
+#include "kernels/cpu/kernels.h"
+#include "model/ops.h"
+
+namespace switchyard {
+
+using nlohmann::json;
+
+json ModelConfig::to_json() const {
+  return {{"vocab_size", vocab_size},
+          {"d_model", d_model},
+          {"n_layers", n_layers},
+          {"n_heads", n_heads},
+          {"seq_len", seq_len},
+          {"moe_every", moe_every},
+          {"experts", experts},
+          {"d_ff", d_ff},
+          {"shared_d_ff", shared_d_ff},
+          {"dense_d_ff", dense_d_ff},
+          {"activation", activation == Activation::SwiGLU ? "swiglu" : "gelu"},
+          {"tied_head", tied_head},
+          {"rope_theta", rope_theta},
+          {"norm_eps", norm_eps},
+          {"init_std", init_std},
+          {"router", router}};
+}
+
+namespace {
+
+// The layer.json object the model gives each MoE layer.
+json layer_json(const ModelConfig& c) {
+  json j = c.router;
+  j["activation"] = c.activation == Activation::SwiGLU ? "swiglu" : "gelu";
+  return j;
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const json& j, const std::string& source) {
+  ParamReader r(j, source);
+  ModelConfig c;
+  c.vocab_size = r.get_int("vocab_size", c.vocab_size, 2, 1 << 20);
+  c.d_model = r.get_int("d_model", c.d_model, 2, 1 << 16);
+  c.n_layers = r.get_int("n_layers", c.n_layers, 1, 1024);
+  c.n_heads = r.get_int("n_heads", c.n_heads, 1, 1024);
+  c.seq_len = r.get_int("seq_len", c.seq_len, 1, 1 << 16);
+  c.moe_every = r.get_int("moe_every", c.moe_every, 1, 1024);
+  c.experts = r.get_int("experts", c.experts, 1, 1 << 14);
+  c.d_ff = r.get_int("d_ff", c.d_ff, 1, 1 << 20);
+  c.shared_d_ff = r.get_int("shared_d_ff", c.shared_d_ff, 0, 1 << 20);
+  c.dense_d_ff = r.get_int("dense_d_ff", c.dense_d_ff, 1, 1 << 20);
+  c.activation = r.get_choice("activation", "swiglu", {"swiglu", "gelu"}) == "swiglu"
+                     ? Activation::SwiGLU
+                     : Activation::GELU;
+  c.tied_head = r.get_bool("tied_head", c.tied_head);
+  c.rope_theta = r.get_double("rope_theta", c.rope_theta, 1.0, 1e9);
+  c.norm_eps = r.get_double("norm_eps", c.norm_eps, 1e-12, 1.0);
+  c.init_std = r.get_double("init_std", c.init_std, 1e-6, 10.0);
+  c.router = r.get_object("router", c.router);
+  r.finish();
+  if (c.d_model % c.n_heads != 0 || (c.d_model / c.n_heads) % 2 != 0)
+    fail("{}: d_model = {} must split into n_heads = {} heads of even width (RoPE)", source,
+         c.d_model, c.n_heads);
+  for (const char* key : {"activation", "training", "seed"})
+    if (c.router.contains(key))
+      fail("{}: field 'router.{}' is set by the model, remove it", source, key);
+  parse_layer_config(layer_json(c), source + " [router]");
+  return c;
+}
+
+struct Model::Impl {
+  struct Layer {
+    bool moe = false;
+    size_t attn_norm = 0, wqkv = 0, wo = 0, mlp_norm = 0;
+    // MoE: parameter offsets (SIZE_MAX = absent) and the block [begin, end) they occupy.
+    size_t gate = SIZE_MAX, gate_bias = SIZE_MAX, w1 = SIZE_MAX, w3 = SIZE_MAX, w2 = SIZE_MAX;
+    size_t sw1 = SIZE_MAX, sw3 = SIZE_MAX, sw2 = SIZE_MAX, block_begin = 0, block_end = 0;
+    std::unique_ptr<MoELayer> moe_layer;
+    MoECache cache;
+    // Activations (views into acts).
+    float *h_in, *a, *rstd1, *qkv, *probs, *o, *h_mid, *m, *rstd2, *f, *dh1, *dh3, *dact;
+  };
+  std::vector<Layer> layers;
+  size_t wte = 0, final_norm = 0, lm_head = SIZE_MAX;
+  int64_t B = 0, T = 0;
+  std::vector<float> acts;  // one allocation for the activations of a (B, T) batch
+  float *h_out = nullptr, *hf = nullptr, *rstd_f = nullptr;
+  std::vector<float> scratch;  // backward scratch: dh, dtmp, dqkv, dprobs, dm, dlogits
+  std::vector<float> moe_grads;
+  std::vector<int32_t> tokens, targets;
+  std::vector<int64_t> token_ids;
+  bool has_targets = false;
+};
+
+Model::Model(const ModelConfig& config, uint64_t seed) : config_(config), impl_(new Impl) {
+  const ModelConfig& c = config_;
+  const int64_t C = c.d_model, V = c.vocab_size;
+  const bool swiglu = c.activation == Activation::SwiGLU;
+  size_t total = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool trainable = true) {
+    size_t size = 1;
+    for (int64_t v : shape) size *= size_t(v);
+    tensors_.push_back({name, shape, total, size, shape.size() >= 2, trainable});
+    total += size;
+    return tensors_.back().offset;
+  };
+  Impl& im = *impl_;
+  im.wte = add("wte", {V, C});
+  const LayerConfig lc = parse_layer_config(layer_json(c), "model router");
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    Impl::Layer L;
+    const std::string p = "layers." + std::to_string(l) + ".";
+    L.moe = c.is_moe_layer(l);
+    L.attn_norm = add(p + "attn_norm", {C});
+    L.wqkv = add(p + "attn.wqkv", {3 * C, C});
+    L.wo = add(p + "attn.wo", {C, C});
+    L.mlp_norm = add(p + "mlp_norm", {C});
+    if (L.moe) {
+      L.moe_layer = std::make_unique<MoELayer>(lc, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff});
+      const int64_t R = L.moe_layer->num_router_outputs(), E = c.experts, F = c.d_ff;
+      L.block_begin = total;
+      L.gate = add(p + "moe.gate.weight", {R, C});
+      L.gate_bias = add(p + "moe.gate.bias", {E}, false);
+      L.w1 = add(p + "moe.experts.w1", {E, F, C});
+      if (swiglu) L.w3 = add(p + "moe.experts.w3", {E, F, C});
+      L.w2 = add(p + "moe.experts.w2", {E, C, F});
+      if (c.shared_d_ff > 0) {
+        L.sw1 = add(p + "moe.shared.w1", {c.shared_d_ff, C});
+        if (swiglu) L.sw3 = add(p + "moe.shared.w3", {c.shared_d_ff, C});
+        L.sw2 = add(p + "moe.shared.w2", {C, c.shared_d_ff});
+      }
+      L.block_end = total;
+    } else {
+      L.w1 = add(p + "mlp.w1", {c.dense_d_ff, C});
+      if (swiglu) L.w3 = add(p + "mlp.w3", {c.dense_d_ff, C});
+      L.w2 = add(p + "mlp.w2", {C, c.dense_d_ff});
+    }
+    im.layers.push_back(std::move(L));
+  }
+  im.final_norm = add("final_norm", {C});
+  if (!c.tied_head) im.lm_head = add("lm_head", {V, C});
+  params_.assign(total, 0.0f);
+  grads_.assign(total, 0.0f);
+
+  std::mt19937_64 rng(seed);
+  const double out_std = c.init_std / std::sqrt(2.0 * double(c.n_layers));
+  for (const ParamTensor& t : tensors_) {
+    const bool is_norm = t.shape.size() == 1 && t.name.find("norm") != std::string::npos;
+    if (is_norm) {
+      std::fill_n(params_.begin() + long(t.offset), t.size, 1.0f);
+      continue;
+    }
+    if (!t.trainable) continue;  // selection bias starts at 0
+    const bool residual_out = t.name.ends_with("attn.wo") || t.name.ends_with("w2");
+    std::normal_distribution<float> normal(0.0f, float(residual_out ? out_std : c.init_std));
+    for (size_t i = 0; i < t.size; ++i) params_[t.offset + i] = normal(rng);
+  }
+}
+
+Model::~Model() = default;
+
+const ParamTensor& Model::tensor(const std::string& name) const {
+  for (const auto& t : tensors_)
+    if (t.name == name) return t;
+  fail("model: no parameter named '{}'", name);
+}
+
+int64_t Model::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& t : tensors_)
+    if (t.trainable) n += int64_t(t.size);
+  return n;
+}
+
+int64_t Model::active_parameter_count() const {
+  const double k = config_.router.value("k", 1.0);
+  double n = 0;
+  for (const auto& t : tensors_) {
+    if (!t.trainable) continue;
+    const bool routed = t.name.find("moe.experts.") != std::string::npos;
+    n += routed ? double(t.size) * std::min(1.0, k / double(config_.experts)) : double(t.size);
+  }
+  return int64_t(n);
+}
+
+int64_t Model::num_moe_layers() const {
+  int64_t n = 0;
+  for (const auto& L : impl_->layers) n += L.moe;
+  return n;
+}
+
+double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
+                      bool training) {
+  const ModelConfig& c = config_;
+  const int64_t C = c.d_model, V = c.vocab_size, H = c.n_heads, D = C / H, N = B * T;
+  const bool swiglu = c.activation == Activation::SwiGLU;
+  Impl& im = *impl_;
+  if (T > c.seq_len) fail("model: sequence length {} exceeds seq_len = {}", T, c.seq_len);
+  for (int64_t n = 0; n < N; ++n)
+    if (tokens[n] < 0 || tokens[n] >= V)
+      fail("model: token {} at position {} is outside the vocabulary [0, {})", tokens[n], n, V);
+  if (B != im.B || T != im.T) {  // carve the activation buffer
+    im.B = B;
+    im.T = T;
+    const int64_t Fd = c.dense_d_ff;
+    const size_t per_layer = size_t(N * C * 6 + N * 2 + N * 3 * C + B * H * T * T + N * Fd * 3);
+    im.acts.assign(per_layer * size_t(c.n_layers) + size_t(N * C * 2 + N), 0.0f);
+    float* p = im.acts.data();
+    auto take = [&](int64_t n) {
+      float* r = p;
+      p += n;
+      return r;
+    };
+    for (auto& L : im.layers) {
+      L.h_in = take(N * C), L.a = take(N * C), L.rstd1 = take(N), L.qkv = take(N * 3 * C);
+      L.probs = take(B * H * T * T), L.o = take(N * C), L.h_mid = take(N * C), L.m = take(N * C);
+      L.rstd2 = take(N), L.f = take(N * C), L.dh1 = take(N * Fd), L.dh3 = take(N * Fd);
+      L.dact = take(N * Fd);
+    }
+    im.h_out = take(N * C), im.hf = take(N * C), im.rstd_f = take(N);
+    logits_.assign(size_t(N * V), 0.0f);
+  }
+  im.tokens.assign(tokens, tokens + N);
+  im.has_targets = targets != nullptr;
+  if (targets) im.targets.assign(targets, targets + N);
+  im.token_ids.assign(tokens, tokens + N);
+
+  const float* P = params_.data();
+  for (int64_t n = 0; n < N; ++n)
+    std::copy_n(P + im.wte + size_t(tokens[n]) * size_t(C), C, im.layers[0].h_in + n * C);
+  MoEBatch batch;
+  batch.T = N;
+  batch.token_ids = im.token_ids.data();
+  batch.seq_lens.assign(size_t(B), T);
+  for (size_t l = 0; l < im.layers.size(); ++l) {
+    auto& L = im.layers[l];
+    ops::rmsnorm_forward(N, C, L.h_in, P + L.attn_norm, c.norm_eps, L.a, L.rstd1);
+    cpu::gemm(false, true, N, 3 * C, C, 1.0f, L.a, C, P + L.wqkv, C, 0.0f, L.qkv, 3 * C);
+    ops::rope(B, T, H, D, c.rope_theta, L.qkv, false);
+    ops::attention_forward(B, T, H, D, L.qkv, L.probs, L.o);
+    cpu::gemm(false, true, N, C, C, 1.0f, L.o, C, P + L.wo, C, 0.0f, L.h_mid, C);
+    for (int64_t i = 0; i < N * C; ++i) L.h_mid[i] += L.h_in[i];
+    ops::rmsnorm_forward(N, C, L.h_mid, P + L.mlp_norm, c.norm_eps, L.m, L.rstd2);
+    if (L.moe) {
+      auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : P + off; };
+      MoEParams mp{opt(L.gate), opt(L.gate_bias), opt(L.w1),  opt(L.w3),
+                   opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
+      batch.x = L.m;
+      L.moe_layer->set_training(training);
+      L.moe_layer->forward(mp, batch, L.cache, L.f);
+    } else {
+      cpu::ffn_forward(swiglu ? cpu::Act::SwiGLU : cpu::Act::GELU, N, C, c.dense_d_ff, L.m,
+                       P + L.w1, swiglu ? P + L.w3 : nullptr, P + L.w2, L.dh1, L.dh3, L.dact, L.f);
+    }
+    float* next = l + 1 < im.layers.size() ? im.layers[l + 1].h_in : im.h_out;
+    for (int64_t i = 0; i < N * C; ++i) next[i] = L.h_mid[i] + L.f[i];
+  }
+  ops::rmsnorm_forward(N, C, im.h_out, P + im.final_norm, c.norm_eps, im.hf, im.rstd_f);
+  const float* head = P + (c.tied_head ? im.wte : im.lm_head);
+  cpu::gemm(false, true, N, V, C, 1.0f, im.hf, C, head, C, 0.0f, logits_.data(), V);
+  return targets ? ops::cross_entropy(N, V, logits_.data(), targets, nullptr, 1.0f) : 0.0;
+}
+
+void Model::backward(float scale) {
+  const ModelConfig& c = config_;
+  Impl& im = *impl_;
+  if (!im.has_targets) fail("model: backward needs a forward with targets");
+  const int64_t B = im.B, T = im.T, N = B * T, C = c.d_model, V = c.vocab_size, H = c.n_heads;
+  const int64_t D = C / H;
+  const bool swiglu = c.activation == Activation::SwiGLU;
+  const float* P = params_.data();
+  float* G = grads_.data();
+  im.scratch.assign(size_t(N * C * 4 + N * 3 * C + B * H * T * T + N * V), 0.0f);
+  float* dh = im.scratch.data();            // (N, C) gradient of the residual stream
+  float* dtmp = dh + N * C;                 // (N, C)
+  float* dm = dtmp + N * C;                 // (N, C)
+  float* da = dm + N * C;                   // (N, C)
+  float* dqkv = da + N * C;                 // (N, 3C)
+  float* dprobs = dqkv + N * 3 * C;         // (B, H, T, T)
+  float* dlogits = dprobs + B * H * T * T;  // (N, V)
+
+  ops::cross_entropy(N, V, logits_.data(), im.targets.data(), dlogits, scale);
+  const size_t head = c.tied_head ? im.wte : im.lm_head;
+  cpu::gemm(true, false, V, C, N, 1.0f, dlogits, V, im.hf, C, 1.0f, G + head, C);
+  cpu::gemm(false, false, N, C, V, 1.0f, dlogits, V, P + head, C, 0.0f, dtmp, C);
+  ops::rmsnorm_backward(N, C, im.h_out, P + im.final_norm, im.rstd_f, dtmp, dh, G + im.final_norm);
+
+  MoEBatch batch;
+  batch.T = N;
+  batch.token_ids = im.token_ids.data();
+  batch.seq_lens.assign(size_t(B), T);
+  for (size_t li = im.layers.size(); li-- > 0;) {
+    auto& L = im.layers[li];
+    std::fill(dm, dm + N * C, 0.0f);
+    if (L.moe) {
+      im.moe_grads.assign(L.block_end - L.block_begin, 0.0f);
+      auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : P + off; };
+      auto grad = [&](size_t off) {
+        return off == SIZE_MAX ? nullptr : im.moe_grads.data() + (off - L.block_begin);
+      };
+      MoEParams mp{opt(L.gate), opt(L.gate_bias), opt(L.w1),  opt(L.w3),
+                   opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
+      MoEGrads mg{grad(L.gate), grad(L.w1),  grad(L.w3), grad(L.w2),
+                  grad(L.sw1),  grad(L.sw3), grad(L.sw2)};
+      batch.x = L.m;
+      // dy = dh · 1 (the FFN output adds to the residual); scale applies through dh already.
+      L.moe_layer->backward(mp, batch, L.cache, dh, dm, mg, scale);
+      for (size_t i = 0; i < im.moe_grads.size(); ++i) G[L.block_begin + i] += im.moe_grads[i];
+    } else {
+      std::vector<float> dact(size_t(N * c.dense_d_ff)), dh3(swiglu ? size_t(N * c.dense_d_ff) : 0);
+      cpu::ffn_backward(swiglu ? cpu::Act::SwiGLU : cpu::Act::GELU, N, C, c.dense_d_ff, L.m,
+                        P + L.w1, swiglu ? P + L.w3 : nullptr, P + L.w2, L.dh1, L.dh3, L.dact, dh,
+                        dact.data(), swiglu ? dh3.data() : nullptr, G + L.w1,
+                        swiglu ? G + L.w3 : nullptr, G + L.w2, dm, true);
+    }
+    ops::rmsnorm_backward(N, C, L.h_mid, P + L.mlp_norm, L.rstd2, dm, dh, G + L.mlp_norm);
+    // Attention block: h_mid = h_in + o Woᵀ.
+    cpu::gemm(true, false, C, C, N, 1.0f, dh, C, L.o, C, 1.0f, G + L.wo, C);
+    cpu::gemm(false, false, N, C, C, 1.0f, dh, C, P + L.wo, C, 0.0f, dtmp, C);
+    ops::attention_backward(B, T, H, D, L.qkv, L.probs, dtmp, dqkv, dprobs);
+    ops::rope(B, T, H, D, c.rope_theta, dqkv, true);
+    cpu::gemm(true, false, 3 * C, C, N, 1.0f, dqkv, 3 * C, L.a, C, 1.0f, G + L.wqkv, C);
+    cpu::gemm(false, false, N, C, 3 * C, 1.0f, dqkv, 3 * C, P + L.wqkv, C, 0.0f, da, C);
+    ops::rmsnorm_backward(N, C, L.h_in, P + L.attn_norm, L.rstd1, da, dh, G + L.attn_norm);
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    float* row = G + im.wte + size_t(im.tokens[size_t(n)]) * size_t(C);
+    for (int64_t i = 0; i < C; ++i) row[i] += dh[n * C + i];
+  }
+}
+
+void Model::zero_grads() {
+  std::fill(grads_.begin(), grads_.end(), 0.0f);
+}
+
+double Model::aux_loss() const {
+  double total = 0.0;
+  for (const auto& L : impl_->layers)
+    if (L.moe) total += L.cache.stats.aux_loss;
+  return total;
+}
+
+std::vector<const RoutingStats*> Model::layer_stats() const {
+  std::vector<const RoutingStats*> out;
+  for (const auto& L : impl_->layers)
+    if (L.moe) out.push_back(&L.cache.stats);
+  return out;
+}
+
+std::vector<const MoECache*> Model::layer_caches() const {
+  std::vector<const MoECache*> out;
+  for (const auto& L : impl_->layers)
+    if (L.moe) out.push_back(&L.cache);
+  return out;
+}
+
+void Model::update_router_state() {
+  for (auto& L : impl_->layers)
+    if (L.moe) L.moe_layer->update_router_state(L.cache, params_.data() + L.gate_bias);
+}
+
+SafetensorsFile Model::to_safetensors() const {
+  SafetensorsFile file;
+  for (const auto& t : tensors_)
+    file.tensors[t.name] = TensorData::from_f32(
+        t.shape, std::vector<float>(params_.begin() + long(t.offset),
+                                    params_.begin() + long(t.offset + t.size)));
+  return file;
+}
+
+void Model::load_safetensors(const SafetensorsFile& file, const std::string& source) {
+  for (const auto& [name, data] : file.tensors) {
+    bool known = false;
+    for (const auto& t : tensors_) known = known || t.name == name;
+    if (!known) fail("{}: unknown tensor '{}' for this model config", source, name);
+  }
+  for (const auto& t : tensors_) {
+    auto it = file.tensors.find(t.name);
+    if (it == file.tensors.end()) fail("{}: tensor '{}' is missing", source, t.name);
+    if (it->second.shape != t.shape)
+      fail("{}: tensor '{}' has shape ({}), the model config needs ({})", source, t.name,
+           fmt::join(it->second.shape, ", "), fmt::join(t.shape, ", "));
+    const std::vector<float> v = it->second.to_f32(t.name);
+    for (float x : v)
+      if (!std::isfinite(x)) fail("{}: tensor '{}' has a non-finite value {}", source, t.name, x);
+    std::copy(v.begin(), v.end(), params_.begin() + long(t.offset));
+  }
+}
+
+AdamW::AdamW(const AdamWConfig& config, size_t n) : config_(config), m_(n, 0.0f), v_(n, 0.0f) {}
+
+double AdamW::learning_rate(int64_t step) const {
+  const AdamWConfig& c = config_;
+  if (step < c.warmup_steps) return c.lr * double(step + 1) / double(c.warmup_steps);
+  const double span = double(std::max<int64_t>(1, c.steps - c.warmup_steps));
+  const double progress = std::clamp(double(step - c.warmup_steps) / span, 0.0, 1.0);
+  const double min_lr = c.lr * c.min_lr_ratio;
+  return min_lr + 0.5 * (c.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+double AdamW::step(Model& model, int64_t step) {
+  const AdamWConfig& c = config_;
+  std::vector<float>& p = model.params();
+  std::vector<float>& g = model.grads();
+  double norm_sq = 0.0;
+  for (const auto& t : model.tensors())
+    if (t.trainable)
+      for (size_t i = t.offset; i < t.offset + t.size; ++i) norm_sq += double(g[i]) * g[i];
+  const double norm = std::sqrt(norm_sq);
+  const double clip = c.grad_clip > 0 && norm > c.grad_clip ? c.grad_clip / norm : 1.0;
+  const double lr = learning_rate(step);
+  const double bc1 = 1.0 - std::pow(c.beta1, double(step + 1));
+  const double bc2 = 1.0 - std::pow(c.beta2, double(step + 1));
+  for (const auto& t : model.tensors()) {
+    if (!t.trainable) continue;
+    const double decay = t.decay ? 1.0 - lr * c.weight_decay : 1.0;
+#pragma omp parallel for schedule(static)
+    for (size_t i = t.offset; i < t.offset + t.size; ++i) {
+      const double grad = double(g[i]) * clip;
+      m_[i] = float(c.beta1 * m_[i] + (1.0 - c.beta1) * grad);
+      v_[i] = float(c.beta2 * v_[i] + (1.0 - c.beta2) * grad * grad);
+      const double denom = std::sqrt(double(v_[i])) / std::sqrt(bc2) + c.eps;
+      p[i] = float(p[i] * decay - lr * (double(m_[i]) / bc1) / denom);
+    }
+  }
+  return norm;
+}
+
+}  // namespace switchyard
