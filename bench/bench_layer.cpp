@@ -14,8 +14,13 @@
 //   routing_overhead_fwd(_fwdbwd)     the layer with F = 8: routing, dispatch, combine and the
 //                                     per-call work that does not scale with F (an estimate:
 //                                     its expert GEMMs are F/8 times smaller than the real ones)
+//   expert_ffn_f8_fwd(_fwdbwd)        just those F = 8 expert FFNs (cpu::ffn_forward/backward on the
+//                                     same groups, threaded like the layer), so that
+//                                     routing_overhead - expert_ffn_f8 is the overhead net of them
 #include <benchmark/benchmark.h>
 #include <switchyard/moe_layer.h>
+
+#include <omp.h>
 
 #include <cmath>
 #include <cstdint>
@@ -171,6 +176,57 @@ DenseSetup& dense_setup(const Shape& s) {
   return *slot;
 }
 
+// The F = 8 layer's expert FFNs alone, on the groups of its last forward (its cache), threaded as
+// the layer threads them (src/layer/moe_layer.cpp, for_each_expert): in parallel over experts when
+// E >= 2 * threads, else one by one with the GEMMs split across threads.
+struct ExpertF8Setup {
+  LayerSetup& layer;
+  int64_t E, F, rows;
+  std::vector<float> dout, dact, dh3, dw, dxd;
+
+  ExpertF8Setup(LayerSetup& l, int64_t E_, int64_t F_)
+      : layer(l), E(E_), F(F_), rows(l.cache.expert_offsets[size_t(E_)]) {
+    dout = random_normal(21, size_t(rows * kD), 1.0f);
+    dact.resize(size_t(rows * F));
+    dh3.resize(size_t(rows * F));
+    dw.resize(size_t(E * 3 * F * kD));
+    dxd.resize(size_t(rows * kD));
+  }
+
+  template <typename Fn>
+  void for_each_expert(Fn&& fn) {
+    const bool by_expert = E >= 2 * omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
+    for (int64_t e = 0; e < E; ++e) fn(e);
+  }
+
+  void forward() {
+    MoECache& c = layer.cache;
+    const int64_t d = kD;
+    for_each_expert([&](int64_t e) {
+      const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
+      cpu::ffn_forward(cpu::Act::SwiGLU, n, d, F, c.xd.data() + o * d, layer.w1.data() + e * F * d,
+                       layer.w3.data() + e * F * d, layer.w2.data() + e * d * F,
+                       c.h1.data() + o * F, c.h3.data() + o * F, c.act.data() + o * F,
+                       c.out.data() + o * d);
+    });
+  }
+
+  void backward() {
+    MoECache& c = layer.cache;
+    const int64_t d = kD;
+    for_each_expert([&](int64_t e) {
+      const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
+      float* w = dw.data() + e * 3 * F * d;
+      cpu::ffn_backward(cpu::Act::SwiGLU, n, d, F, c.xd.data() + o * d,
+                        layer.w1.data() + e * F * d, layer.w3.data() + e * F * d,
+                        layer.w2.data() + e * d * F, c.h1.data() + o * F, c.h3.data() + o * F,
+                        c.act.data() + o * F, dout.data() + o * d, dact.data() + o * F,
+                        dh3.data() + o * F, w, w + F * d, w + 2 * F * d, dxd.data() + o * d, false);
+    });
+  }
+};
+
 void set_flops(benchmark::State& state, double flops_per_iteration) {
   state.counters["GFLOP/s"] =
       benchmark::Counter(flops_per_iteration * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -191,7 +247,7 @@ void bm_layer(benchmark::State& state, Shape s, int64_t F, bool with_backward) {
     benchmark::DoNotOptimize(setup.dx.data());
     benchmark::ClobberMemory();
   }
-  set_flops(state, forward_flops(s, F) * (with_backward ? 3.0 : 1.0));
+  if (F == s.F) set_flops(state, forward_flops(s, F) * (with_backward ? 3.0 : 1.0));
   set_routing_counters(state, setup.cache.stats);
 }
 
@@ -205,6 +261,20 @@ void bm_dense(benchmark::State& state, Shape s, bool with_backward) {
     benchmark::ClobberMemory();
   }
   set_flops(state, forward_flops(s, s.F) * (with_backward ? 3.0 : 1.0));
+}
+
+void bm_expert_f8(benchmark::State& state, Shape s, bool with_backward) {
+  LayerSetup& layer = layer_setup(s, kRoutingF);
+  layer.forward();  // its cache holds the groups and the gathered rows
+  ExpertF8Setup setup(layer, s.E, kRoutingF);
+  setup.forward();
+  if (with_backward) setup.backward();
+  for (auto _ : state) {
+    setup.forward();
+    if (with_backward) setup.backward();
+    benchmark::ClobberMemory();
+  }
+  state.counters["rows"] = double(setup.rows);
 }
 
 void configure(benchmark::internal::Benchmark* b) {
@@ -223,6 +293,10 @@ int register_all() {
                                            kRoutingF, false));
     configure(benchmark::RegisterBenchmark((n + "/routing_overhead_fwdbwd").c_str(), bm_layer, s,
                                            kRoutingF, true));
+    configure(
+        benchmark::RegisterBenchmark((n + "/expert_ffn_f8_fwd").c_str(), bm_expert_f8, s, false));
+    configure(
+        benchmark::RegisterBenchmark((n + "/expert_ffn_f8_fwdbwd").c_str(), bm_expert_f8, s, true));
   }
   return 0;
 }

@@ -2,7 +2,7 @@
 # Installs the Debian packages switchyard needs, only those that are missing.
 set -euo pipefail
 packages=(g++ cmake ninja-build libopenblas-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
-  libcli11-dev libfmt-dev python3 python3-numpy python3-torch clang-format)
+  libcli11-dev libfmt-dev python3 python3-numpy python3-torch clang-format chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,6 +26,8 @@ class ParamReader {
   bool get_bool(const std::string& key, bool fallback);
   std::string get_choice(const std::string& key, const std::string& fallback,
                          const std::vector<std::string>& choices);
+  std::string get_string(const std::string& key, const std::string& fallback);
+  std::vector<std::string> get_string_list(const std::string& key);
   // A JSON object field (fallback when absent).
   nlohmann::json get_object(const std::string& key, const nlohmann::json& fallback);
   const std::string& context() const { return context_; }

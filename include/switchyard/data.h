@@ -55,8 +55,9 @@ struct CorpusDocument {
   std::string text;
   int domain = 0;
 };
-void write_byte_corpus(const std::string& dir, const std::vector<std::string>& domain_names,
-                       const std::vector<std::pair<std::string, std::vector<CorpusDocument>>>& splits);
+void write_byte_corpus(
+    const std::string& dir, const std::vector<std::string>& domain_names,
+    const std::vector<std::pair<std::string, std::vector<CorpusDocument>>>& splits);
 
 // Users' own text files as bytes: one document per file, domain = file index, domain name = the
 // file's name. At most 256 files; empty files are allowed, no bytes at all is an error.

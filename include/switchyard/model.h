@@ -65,6 +65,9 @@ class Model {
   // Router state after an optimiser step (selection bias, ReMoE's λ).
   void update_router_state();
   int64_t num_moe_layers() const;
+  // Non-gradient state besides the parameters (router state, noise counters), for checkpoints.
+  nlohmann::json state() const;
+  void set_state(const nlohmann::json& state, const std::string& source);
 
   SafetensorsFile to_safetensors() const;
   void load_safetensors(const SafetensorsFile& file, const std::string& source);

@@ -105,6 +105,10 @@ class MoELayer {
   const LayerConfig& config() const { return config_; }
   // Training mode: jitter, random policies, BASE's auction (the model toggles it for evaluation).
   void set_training(bool training) { config_.training = training; }
+  // Forward calls so far: the noise of call i is drawn from (seed, i); checkpoints keep it so a
+  // resumed run draws what the uninterrupted one would.
+  uint64_t calls() const { return calls_; }
+  void set_calls(uint64_t calls) { calls_ = calls; }
   const MoEShape& shape() const { return shape_; }
   int64_t num_router_outputs() const { return R_; }
   Router& router() { return *router_; }

@@ -90,6 +90,10 @@ class Router {
   // share of router outputs that routed nothing (ReMoE).
   virtual void update_state(const std::vector<double>& /*counts*/, double /*zero_fraction*/,
                             float* /*bias*/, int64_t /*E*/) {}
+  // Mutable non-gradient state for checkpoints (ReMoE's λ); the selection bias lives in the
+  // parameters instead.
+  virtual nlohmann::json state() const { return nlohmann::json::object(); }
+  virtual void set_state(const nlohmann::json& /*state*/) {}
   // Every parameter with its resolved value, for logs and for the float64 reference.
   virtual nlohmann::json params() const = 0;
   virtual std::string describe() const = 0;

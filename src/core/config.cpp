@@ -67,6 +67,29 @@ std::string ParamReader::get_choice(const std::string& key, const std::string& f
   fail("{}: field '{}' = {} is not one of [{}]", context_, key, v.dump(), fmt::join(choices, ", "));
 }
 
+std::string ParamReader::get_string(const std::string& key, const std::string& fallback) {
+  read_.insert(key);
+  if (!has(key)) return fallback;
+  const json& v = object_.at(key);
+  if (!v.is_string()) fail("{}: field '{}' must be a string, got {}", context_, key, v.dump());
+  return v.get<std::string>();
+}
+
+std::vector<std::string> ParamReader::get_string_list(const std::string& key) {
+  read_.insert(key);
+  std::vector<std::string> out;
+  if (!has(key)) return out;
+  const json& v = object_.at(key);
+  if (!v.is_array())
+    fail("{}: field '{}' must be a list of strings, got {}", context_, key, v.dump());
+  for (const json& item : v) {
+    if (!item.is_string())
+      fail("{}: field '{}' has a non-string entry {}", context_, key, item.dump());
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
 json ParamReader::get_object(const std::string& key, const json& fallback) {
   read_.insert(key);
   if (!has(key)) return fallback;

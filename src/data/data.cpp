@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 
 constexpr const char* kCorpusFormat = "switchyard-byte-corpus";
 constexpr int64_t kCorpusVersion = 1;
-constexpr size_t kMaxDomains = 256;  // domain labels are uint8
+constexpr size_t kMaxDomains = 256;               // domain labels are uint8
 __extension__ typedef unsigned __int128 uint128;  // exact products of two 64-bit values
 
 // ---- manifest helpers: every error names the manifest and the dotted field ---------------------
@@ -44,9 +44,9 @@ uint64_t require_unsigned(const json& value, const std::string& where, const std
   return value.get<uint64_t>();
 }
 
-std::string require_string(const json& value, const std::string& where,
-                           const std::string& source) {
-  if (!value.is_string()) fail("{}: field '{}' must be a string, got {}", source, where, value.dump());
+std::string require_string(const json& value, const std::string& where, const std::string& source) {
+  if (!value.is_string())
+    fail("{}: field '{}' must be a string, got {}", source, where, value.dump());
   return value.get<std::string>();
 }
 
@@ -62,11 +62,11 @@ bool hex_digest(const std::string& text) {
          });
 }
 
-// Checks that `documents` tile [0, size) in order and fills domains (size,) from them.
-void label_tokens(const std::vector<Document>& documents, int64_t size, size_t num_domains,
-                  const std::string& source, const std::string& where,
-                  std::vector<uint8_t>& domains) {
-  domains.assign(static_cast<size_t>(size), 0);
+// Checks that `documents` tile [0, size) in order with domains below num_domains; `where` names
+// the table and `size_where` the size field in error messages.
+void check_documents(const std::vector<Document>& documents, int64_t size, size_t num_domains,
+                     const std::string& source, const std::string& where,
+                     const std::string& size_where) {
   int64_t end = 0;
   for (size_t i = 0; i < documents.size(); ++i) {
     const Document& d = documents[i];
@@ -76,32 +76,37 @@ void label_tokens(const std::vector<Document>& documents, int64_t size, size_t n
            num_domains);
     }
     if (d.offset > size || d.length > size - d.offset) {
-      fail("{}: field '{}': document [offset {}, length {}] extends past the end of the file ({} "
-           "bytes)",
-           source, field, d.offset, d.length, size);
+      fail(
+          "{}: field '{}': document [offset {}, length {}] extends past the end of the data ({} "
+          "bytes by field '{}')",
+          source, field, d.offset, d.length, size, size_where);
     }
     if (d.offset < end) {
-      fail("{}: field '{}': document at offset {} overlaps or precedes the previous one, which "
-           "ends at {} (documents must be sorted and disjoint)",
-           source, field, d.offset, end);
+      fail(
+          "{}: field '{}': document at offset {} overlaps or precedes the previous one, which "
+          "ends at {} (documents must be sorted and disjoint)",
+          source, field, d.offset, end);
     }
     if (d.offset > end) {
-      fail("{}: field '{}': gap before the document at offset {}: the previous one ends at {} "
-           "(documents must cover the file)",
-           source, field, d.offset, end);
+      fail(
+          "{}: field '{}': gap before the document at offset {}: the previous one ends at {} "
+          "(documents must cover the data)",
+          source, field, d.offset, end);
     }
-    std::fill_n(domains.begin() + d.offset, d.length, static_cast<uint8_t>(d.domain));
     end = d.offset + d.length;
   }
   if (end != size) {
-    fail("{}: field '{}': documents cover {} of the file's {} bytes (documents must cover the file)",
-         source, where, end, size);
+    fail(
+        "{}: field '{}': documents cover {} of the {} bytes given by field '{}' (documents must "
+        "cover the data)",
+        source, where, end, size, size_where);
   }
 }
 
 }  // namespace
 
-// ---- byte corpus ---------------------------------------------------------------------------------
+// ---- byte corpus
+// ---------------------------------------------------------------------------------
 
 ByteCorpus load_byte_corpus(const std::string& dir, const std::string& split) {
   const std::string source = (fs::path(dir) / "manifest.json").string();
@@ -117,8 +122,8 @@ ByteCorpus load_byte_corpus(const std::string& dir, const std::string& split) {
   }
   if (!manifest.is_object()) fail("{}: the manifest must be a JSON object", source);
 
-  const std::string format = require_string(require(manifest, "format", "format", source),
-                                            "format", source);
+  const std::string format =
+      require_string(require(manifest, "format", "format", source), "format", source);
   if (format != kCorpusFormat) {
     fail("{}: field 'format' is '{}', expected '{}'", source, format, kCorpusFormat);
   }
@@ -149,7 +154,8 @@ ByteCorpus load_byte_corpus(const std::string& dir, const std::string& split) {
   if (!splits.is_object()) fail("{}: field 'splits' must be an object", source);
   if (!splits.contains(split)) {
     std::string available;
-    for (const auto& [name, _] : splits.items()) available += (available.empty() ? "" : ", ") + name;
+    for (const auto& [name, _] : splits.items())
+      available += (available.empty() ? "" : ", ") + name;
     fail("{}: missing field 'splits.{}': no split '{}' (available: {})", source, split, split,
          available.empty() ? "none" : available);
   }
@@ -157,16 +163,16 @@ ByteCorpus load_byte_corpus(const std::string& dir, const std::string& split) {
   const json& entry = splits.at(split);
   if (!entry.is_object()) fail("{}: field '{}' must be an object", source, at);
 
-  const std::string file = require_string(require(entry, "file", at + ".file", source),
-                                          at + ".file", source);
+  const std::string file =
+      require_string(require(entry, "file", at + ".file", source), at + ".file", source);
   if (!plain_file_name(file)) {
     fail("{}: field '{}.file' must name a file inside the corpus folder, got '{}'", source, at,
          file);
   }
-  const uint64_t size = require_unsigned(require(entry, "size", at + ".size", source),
-                                         at + ".size", source);
-  std::string digest = require_string(require(entry, "sha256", at + ".sha256", source),
-                                      at + ".sha256", source);
+  const uint64_t size =
+      require_unsigned(require(entry, "size", at + ".size", source), at + ".size", source);
+  std::string digest =
+      require_string(require(entry, "sha256", at + ".sha256", source), at + ".sha256", source);
   std::transform(digest.begin(), digest.end(), digest.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   if (!hex_digest(digest)) {
@@ -189,15 +195,15 @@ ByteCorpus load_byte_corpus(const std::string& dir, const std::string& split) {
     const uint64_t offset = require_unsigned(row[0], where + "[0]", source);
     const uint64_t length = require_unsigned(row[1], where + "[1]", source);
     const uint64_t domain = require_unsigned(row[2], where + "[2]", source);
-    // Clamp before narrowing; label_tokens then reports the value as out of range.
+    // Clamp before narrowing; check_documents then reports the value as out of range.
     d.offset = static_cast<int64_t>(std::min<uint64_t>(offset, INT64_MAX));
     d.length = static_cast<int64_t>(std::min<uint64_t>(length, INT64_MAX));
     d.domain = static_cast<int>(std::min<uint64_t>(domain, INT32_MAX));
     corpus.documents.push_back(d);
   }
-  // Checks the table before reading the (possibly large) split file.
-  label_tokens(corpus.documents, static_cast<int64_t>(size), corpus.domain_names.size(), source,
-               docs_at, corpus.domains);
+  // Checks the table before touching the (possibly large) split file.
+  check_documents(corpus.documents, static_cast<int64_t>(size), corpus.domain_names.size(), source,
+                  docs_at, at + ".size");
 
   corpus.split = split;
   corpus.path = (fs::path(dir) / file).string();
@@ -205,6 +211,13 @@ ByteCorpus load_byte_corpus(const std::string& dir, const std::string& split) {
   if (!fs::is_regular_file(corpus.path)) {
     fail("corpus '{}': missing file '{}' (named by field '{}.file' of {})", dir, corpus.path, at,
          source);
+  }
+  // The size first, so a wrong manifest cannot make us read (or allocate for) a huge file.
+  std::error_code ec;
+  const uintmax_t on_disk = fs::file_size(corpus.path, ec);
+  if (!ec && on_disk != size) {
+    fail("{}: size is {} bytes but field '{}.size' of {} says {}", corpus.path, on_disk, at, source,
+         size);
   }
   const std::vector<uint8_t> bytes = read_file_bytes(corpus.path);
   if (bytes.size() != size) {
@@ -217,6 +230,10 @@ ByteCorpus load_byte_corpus(const std::string& dir, const std::string& split) {
          actual, at, source, digest);
   }
   corpus.tokens.assign(bytes.begin(), bytes.end());
+  corpus.domains.resize(bytes.size());
+  for (const Document& d : corpus.documents) {
+    std::fill_n(corpus.domains.begin() + d.offset, d.length, static_cast<uint8_t>(d.domain));
+  }
   corpus.vocab_size = kByteVocabSize;
   return corpus;
 }
@@ -261,7 +278,8 @@ void write_byte_corpus(
   write_file_atomic((fs::path(dir) / "manifest.json").string(), manifest.dump(2) + "\n");
 }
 
-// ---- text files ------------------------------------------------------------------------------------
+// ---- text files
+// ------------------------------------------------------------------------------------
 
 TokenData load_text_files(const std::vector<std::string>& paths) {
   if (paths.empty()) fail("load_text_files: no files given");
@@ -272,7 +290,8 @@ TokenData load_text_files(const std::vector<std::string>& paths) {
   TokenData data;
   for (size_t i = 0; i < paths.size(); ++i) {
     const std::vector<uint8_t> bytes = read_file_bytes(paths[i]);
-    data.documents.push_back({data.size(), static_cast<int64_t>(bytes.size()), static_cast<int>(i)});
+    data.documents.push_back(
+        {data.size(), static_cast<int64_t>(bytes.size()), static_cast<int>(i)});
     data.tokens.insert(data.tokens.end(), bytes.begin(), bytes.end());
     data.domains.insert(data.domains.end(), bytes.size(), static_cast<uint8_t>(i));
     data.domain_names.push_back(fs::path(paths[i]).filename().string());
@@ -304,10 +323,11 @@ TokenData split_validation(TokenData& data, double fraction) {
   };
   for (const Document& d : data.documents) {
     if (d.offset < 0 || d.length < 0 || d.offset + d.length > data.size()) {
-      fail("split_validation: document [offset {}, length {}] lies outside the {} tokens",
-           d.offset, d.length, data.size());
+      fail("split_validation: document [offset {}, length {}] lies outside the {} tokens", d.offset,
+           d.length, data.size());
     }
-    const auto held_out = static_cast<int64_t>(std::floor(static_cast<double>(d.length) * fraction));
+    const auto held_out =
+        static_cast<int64_t>(std::floor(static_cast<double>(d.length) * fraction));
     append(train, d.offset, d.length - held_out, d.domain);
     append(val, d.offset + d.length - held_out, held_out, d.domain);
   }
@@ -315,7 +335,8 @@ TokenData split_validation(TokenData& data, double fraction) {
   return val;
 }
 
-// ---- .bin shards -----------------------------------------------------------------------------------
+// ---- .bin shards
+// -----------------------------------------------------------------------------------
 
 TokenData load_bin_shard(const std::string& path, int vocab_size) {
   if (vocab_size < 0 || vocab_size > 65536) {
@@ -377,7 +398,8 @@ void write_bin_shard(const std::string& path, std::span<const uint16_t> tokens) 
   write_file_atomic(path, bytes);
 }
 
-// ---- sampler -----------------------------------------------------------------------------------------
+// ---- sampler
+// -----------------------------------------------------------------------------------------
 
 BatchSampler::BatchSampler(const TokenData& data, int64_t batch, int64_t seq_len, uint64_t seed)
     : data_(&data), batch_(batch), seq_len_(seq_len), seed_(seed) {
@@ -392,7 +414,9 @@ BatchSampler::BatchSampler(const TokenData& data, int64_t batch, int64_t seq_len
   }
 }
 
-Batch BatchSampler::next() { return batch_at(step_++); }
+Batch BatchSampler::next() {
+  return batch_at(step_++);
+}
 
 void BatchSampler::skip_to(int64_t step) {
   if (step < 0) fail("BatchSampler: cannot skip to step {}", step);
@@ -424,9 +448,9 @@ Batch BatchSampler::eval_batch(int64_t index, int64_t num_batches) const {
   for (int64_t b = 0; b < batch_; ++b) {
     const int64_t w = index * batch_ + b;
     // w * last can exceed 64 bits for huge data.
-    offsets[b] = windows == 1 ? 0
-                              : static_cast<int64_t>(uint128(w) * uint64_t(last) /
-                                                     uint64_t(windows - 1));
+    offsets[b] = windows == 1
+                     ? 0
+                     : static_cast<int64_t>(uint128(w) * uint64_t(last) / uint64_t(windows - 1));
   }
   return gather(std::move(offsets));
 }

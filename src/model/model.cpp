@@ -362,6 +362,32 @@ std::vector<const MoECache*> Model::layer_caches() const {
   return out;
 }
 
+nlohmann::json Model::state() const {
+  json layers = json::array();
+  for (const auto& L : impl_->layers)
+    if (L.moe)
+      layers.push_back(
+          {{"router", L.moe_layer->router().state()}, {"calls", L.moe_layer->calls()}});
+  return {{"moe_layers", layers}};
+}
+
+void Model::set_state(const json& state, const std::string& source) {
+  try {
+    const json& layers = state.at("moe_layers");
+    if (!layers.is_array() || int64_t(layers.size()) != num_moe_layers())
+      fail("{}: state.moe_layers must list {} MoE layers", source, num_moe_layers());
+    size_t i = 0;
+    for (auto& L : impl_->layers) {
+      if (!L.moe) continue;
+      L.moe_layer->router().set_state(layers.at(i).at("router"));
+      L.moe_layer->set_calls(layers.at(i).at("calls").get<uint64_t>());
+      ++i;
+    }
+  } catch (const json::exception& e) {
+    fail("{}: malformed model state: {}", source, e.what());
+  }
+}
+
 void Model::update_router_state() {
   for (auto& L : impl_->layers)
     if (L.moe) L.moe_layer->update_router_state(L.cache, params_.data() + L.gate_bias);
@@ -419,16 +445,23 @@ double AdamW::step(Model& model, int64_t step) {
   const double lr = learning_rate(step);
   const double bc1 = 1.0 - std::pow(c.beta1, double(step + 1));
   const double bc2 = 1.0 - std::pow(c.beta2, double(step + 1));
+  const float b1 = float(c.beta1), b2 = float(c.beta2), eps = float(c.eps);
+  const float step_size = float(lr / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
+  const float gscale = float(clip);
   for (const auto& t : model.tensors()) {
     if (!t.trainable) continue;
-    const double decay = t.decay ? 1.0 - lr * c.weight_decay : 1.0;
-#pragma omp parallel for schedule(static)
-    for (size_t i = t.offset; i < t.offset + t.size; ++i) {
-      const double grad = double(g[i]) * clip;
-      m_[i] = float(c.beta1 * m_[i] + (1.0 - c.beta1) * grad);
-      v_[i] = float(c.beta2 * v_[i] + (1.0 - c.beta2) * grad * grad);
-      const double denom = std::sqrt(double(v_[i])) / std::sqrt(bc2) + c.eps;
-      p[i] = float(p[i] * decay - lr * (double(m_[i]) / bc1) / denom);
+    const float decay = t.decay ? float(1.0 - lr * c.weight_decay) : 1.0f;
+    float* pp = p.data() + t.offset;
+    const float* gg = g.data() + t.offset;
+    float* mm = m_.data() + t.offset;
+    float* vv = v_.data() + t.offset;
+    const int64_t n = int64_t(t.size);
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) {
+      const float grad = gg[i] * gscale;
+      mm[i] = b1 * mm[i] + (1.0f - b1) * grad;
+      vv[i] = b2 * vv[i] + (1.0f - b2) * grad * grad;
+      pp[i] = pp[i] * decay - step_size * mm[i] / (std::sqrt(vv[i]) * inv_sqrt_bc2 + eps);
     }
   }
   return norm;

@@ -52,6 +52,11 @@ class ReMoERouter final : public Router {
     return loss;
   }
 
+  nlohmann::json state() const override { return {{"lambda", lambda_}}; }
+  void set_state(const nlohmann::json& state) override {
+    lambda_ = state.at("lambda").get<double>();
+  }
+
   void update_state(const std::vector<double>&, double zero_fraction, float*, int64_t E) override {
     const double target = 1.0 - k_ / double(E);
     lambda_ = zero_fraction < target ? lambda_ * rate_ : lambda_ / rate_;

@@ -1,0 +1,55 @@
+// Training and comparing MoE language models (`switchyard train`, `compare`, `sample`).
+#pragma once
+
+#include <switchyard/model.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace switchyard {
+
+struct DataConfig {
+  std::string corpus;                  // a corpus directory (scripts/build-corpus.sh), or
+  std::vector<std::string> text_files; // users' text files (validation = last val_fraction), or
+  std::string bin_train, bin_val;      // llm.c .bin shards, or
+  bool synthetic = false;              // the small synthetic generator (tests)
+  double val_fraction = 0.05;
+};
+
+struct TrainConfig {
+  ModelConfig model;
+  DataConfig data;
+  AdamWConfig optim;
+  int64_t batch = 8, grad_accum = 1;
+  int64_t eval_every = 25, eval_batches = 4, checkpoint_every = 100, log_every = 10;
+  uint64_t seed = 1;
+  std::string out = "runs/train";
+  std::string name;  // label in reports (default: the router name)
+
+  nlohmann::json to_json() const;
+};
+TrainConfig parse_train_config(const nlohmann::json& j, const std::string& source);
+TrainConfig load_train_config(const std::string& path);
+
+struct TrainOptions {
+  bool resume = false;
+  int64_t stop_after = -1;  // stop (as if interrupted) after this many steps; -1 = run to the end
+  bool quiet = false;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double final_train_loss = 0.0, final_val_loss = 0.0, wall_seconds = 0.0, tokens_per_s = 0.0;
+};
+
+// Trains, logging to out/metrics.jsonl and writing out/run.json and out/checkpoint/ atomically.
+TrainResult train(const TrainConfig& config, const TrainOptions& options);
+
+// Generates `count` bytes after `prompt` from a checkpoint directory.
+std::string sample(const std::string& checkpoint_dir, const std::string& prompt, int64_t count,
+                   double temperature, uint64_t seed);
+
+}  // namespace switchyard

@@ -1,0 +1,115 @@
+// `switchyard train`, `sample` and `compare`.
+#include <fmt/format.h>
+#include <switchyard/error.h>
+#include <switchyard/file_util.h>
+#include <switchyard/train.h>
+
+#include <filesystem>
+
+#include "cli/commands.h"
+
+namespace switchyard::cli {
+
+using nlohmann::json;
+
+int run_train(const std::string& config_path, const TrainFlags& flags) {
+  json j = config_path.empty() ? json::object()
+                               : parse_json_strict(read_file_text(config_path), config_path);
+  if (!flags.out.empty()) j["out"] = flags.out;
+  if (flags.steps > 0) j["steps"] = flags.steps;
+  if (!flags.corpus.empty()) j["data"] = {{"corpus", flags.corpus}};
+  if (!flags.router.empty()) {
+    if (!j.contains("model")) j["model"] = json::object();
+    j["model"]["router"] = {{"router", flags.router}};
+  }
+  const TrainConfig config =
+      parse_train_config(j, config_path.empty() ? std::string("train flags") : config_path);
+  TrainOptions options;
+  options.resume = flags.resume;
+  options.stop_after = flags.stop_after;
+  const TrainResult r = train(config, options);
+  fmt::print("{}: {} steps, train loss {:.4f}, val loss {:.4f}, {:.0f} tokens/s, {:.1f} s -> {}\n",
+             config.name, r.steps, r.final_train_loss, r.final_val_loss, r.tokens_per_s,
+             r.wall_seconds, config.out);
+  return 0;
+}
+
+int run_sample(const std::string& checkpoint, const std::string& prompt, int64_t count,
+               double temperature, uint64_t seed) {
+  const std::string text = sample(checkpoint, prompt, count, temperature, seed);
+  fmt::print("{}{}\n", prompt, text);
+  return 0;
+}
+
+namespace {
+
+// The default comparison at matched active compute: top-1 routers get experts twice as wide as
+// the top-2 ones, so every router spends the same expert FLOPs per token.
+json default_entries() {
+  return json::array({
+      {{"name", "balance_loss"},
+       {"router", {{"router", "topk"}, {"k", 2}, {"losses", {{"balance", 0.01}}}}}},
+      {{"name", "loss_free"},
+       {"router",
+        {{"router", "deepseek_v3"},
+         {"k", 2},
+         {"groups", 1},
+         {"score", "sigmoid"},
+         {"losses", {{"balance", 0.0001}, {"balance_mode", "sequence"}}}}}},
+      {{"name", "switch"}, {"router", {{"router", "switch"}}}, {"d_ff_scale", 2}},
+      {{"name", "expert_choice"},
+       {"router", {{"router", "expert_choice"}, {"capacity_factor", 2.0}}}},
+      {{"name", "hash"}, {"router", {{"router", "hash"}}}, {"d_ff_scale", 2}},
+      {{"name", "remoe"}, {"router", {{"router", "remoe"}, {"k", 2}}}},
+  });
+}
+
+json entry_for_router(const std::string& name) {
+  for (const json& e : default_entries())
+    if (e.at("name") == name) return e;
+  const bool top1 = name == "switch" || name == "hash" || name == "base";
+  json e = {{"name", name}, {"router", {{"router", name}}}};
+  if (top1) e["d_ff_scale"] = 2;
+  return e;
+}
+
+}  // namespace
+
+int run_compare(const std::string& config_path, const TrainFlags& flags,
+                const std::vector<std::string>& routers) {
+  json j = config_path.empty() ? json::object()
+                               : parse_json_strict(read_file_text(config_path), config_path);
+  json entries = j.contains("routers") ? j.at("routers") : default_entries();
+  j.erase("routers");
+  if (!routers.empty()) {
+    entries = json::array();
+    for (const auto& r : routers) entries.push_back(entry_for_router(r));
+  }
+  const std::string out =
+      !flags.out.empty() ? flags.out : j.value("out", std::string("runs/compare"));
+  if (flags.steps > 0) j["steps"] = flags.steps;
+  if (!flags.corpus.empty()) j["data"] = {{"corpus", flags.corpus}};
+  const std::string source = config_path.empty() ? std::string("compare flags") : config_path;
+  std::vector<std::string> run_dirs;
+  for (const json& e : entries) {
+    if (!e.is_object() || !e.contains("name") || !e.at("name").is_string() || !e.contains("router"))
+      fail("{}: each 'routers' entry needs 'name' and 'router', got {}", source, e.dump());
+    const std::string name = e.at("name").get<std::string>();
+    json run = j;
+    if (!run.contains("model")) run["model"] = json::object();
+    run["model"]["router"] = e.at("router");
+    const int64_t d_ff = run["model"].value("d_ff", int64_t(256));
+    run["model"]["d_ff"] = d_ff * e.value("d_ff_scale", int64_t(1));
+    run["name"] = name;
+    run["out"] = (std::filesystem::path(out) / "runs" / name).string();
+    const TrainConfig config = parse_train_config(run, source + " [" + name + "]");
+    fmt::print(stderr, "== {} ({} steps)\n", name, config.optim.steps);
+    const TrainResult r = train(config, TrainOptions{});
+    fmt::print(stderr, "   val loss {:.4f}, {:.0f} tokens/s, {:.1f} s\n", r.final_val_loss,
+               r.tokens_per_s, r.wall_seconds);
+    run_dirs.push_back(config.out);
+  }
+  return run_report(run_dirs, (std::filesystem::path(out) / "report").string());
+}
+
+}  // namespace switchyard::cli

@@ -1,0 +1,714 @@
+#!/usr/bin/python3
+"""Independent PyTorch (float64, autograd) implementation of switchyard's MoE language model.
+
+    torch_model.py --config model.json --weights w.safetensors --tokens tokens.safetensors
+                   --out out.safetensors [--steps 10 --lr 3e-3 --warmup 20 --total-steps 200
+                   --weight-decay 0.1 --grad-clip 1.0 --min-lr-ratio 0.1]
+    torch_model.py --self-test      (finite-difference and init checks, no files)
+
+The contract is docs/model.md (architecture, RoPE, parameter names and shapes, optimiser); the MoE
+layers follow docs/layer-config.md through the routers of torch_layer.py. Like llm.c's
+test_gpt2: the golden side is written the way a PyTorch user writes it, with autograd for every
+gradient, and the C++ test compares against it.
+
+Inputs: the model's safetensors checkpoint (float32, names of docs/model.md; every name must be
+present with its shape and no other tensor may be there), and `tokens` (B, T+1) int32/int64:
+inputs tokens[:, :-1], targets tokens[:, 1:].
+
+Outputs (float64 unless noted):
+  logits (B, T, V), loss (scalar) = ce_loss + aux_loss at the initial weights;
+  ce_loss, aux_loss (scalars), aux.<l> (scalar) for every MoE layer l;
+  grad.<name> for every trainable parameter (the gradient of `loss`);
+  losses (N): the loss at each of N AdamW steps, computed before that step's update
+  (losses[0] == loss); lrs (N): the learning rate used at each step; grad_norms (N): the global
+  gradient norm before clipping; route_margin (N): the smallest gap, over tokens and MoE layers of
+  that step's forward, between a discrete routing decision and its tie (k-th vs (k+1)-th selection
+  score for top-k routers; see route_margin()) -- float32 can route differently below ~1e-5;
+  final.<name>: every parameter after the N steps (diagnostics).
+
+Optimiser (docs/model.md; the details the contract leaves open are fixed here as in llm.c):
+  t = step + 1; lr(step) = lr * (step + 1) / warmup for step < warmup, else
+  min_lr + 0.5 (1 + cos(pi * (step - warmup) / max(1, total - warmup))) (lr - min_lr),
+  min_lr = min_lr_ratio * lr (progress clamped to [0, 1]);
+  global norm over all trainable gradients; if grad_clip > 0 and norm > grad_clip every gradient
+  is multiplied by grad_clip / norm;
+  m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t))
+  + eps) + lr wd p (the decay term only for parameters with >= 2 dimensions, from the p before
+  the step).
+Router state after each step (docs/model.md "After each step the routers' non-gradient state
+updates"): top-k routers with bias_update_rate u > 0: b_e += u sign(mean(c) - c_e), c = the
+step's choices per expert before any drop (all ranks); ReMoE: lambda *= rate if the zero fraction
+1 - kept/(T E) < 1 - k/E else lambda /= rate. Both as src/routers/topk.cpp and remoe.cpp do it.
+
+The MoE layers run in training mode (jitter, GShard's random second expert and BASE's auction
+are rejected by torch_layer.parse_config: their random draws are not replayed).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import safetensors_io  # noqa: E402
+import torch_layer as TL  # noqa: E402
+
+DTYPE = torch.float64
+
+MODEL_DEFAULTS = {
+    "vocab_size": 256, "d_model": 128, "n_layers": 4, "n_heads": 4, "seq_len": 128,
+    "moe_every": 1, "experts": 8, "d_ff": 256, "shared_d_ff": 0, "dense_d_ff": 512,
+    "activation": "swiglu", "tied_head": True, "rope_theta": 10000.0, "norm_eps": 1e-5,
+    "init_std": 0.02, "router": {"router": "mixtral", "k": 2},
+}
+
+
+class ModelError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration and parameters
+# ----------------------------------------------------------------------------------------------
+
+def parse_model_config(j):
+    if not isinstance(j, dict):
+        raise ModelError("model.json: top level must be an object")
+    unknown = sorted(set(j) - set(MODEL_DEFAULTS))
+    if unknown:
+        raise ModelError(f"model.json: unknown keys {unknown}")
+    cfg = dict(MODEL_DEFAULTS)
+    cfg.update(j)
+    if cfg["activation"] not in ("swiglu", "gelu"):
+        raise ModelError(f"model.json: bad activation {cfg['activation']!r}")
+    if cfg["d_model"] % cfg["n_heads"] or (cfg["d_model"] // cfg["n_heads"]) % 2:
+        raise ModelError("model.json: d_model / n_heads must be an even integer")
+    router = dict(cfg["router"])
+    for key in ("activation", "training", "seed"):
+        if key in router:
+            raise ModelError(f"model.json: router must not set {key!r} (the model sets it)")
+    # The model sets activation and training; the seed only matters for random draws, which
+    # parse_config rejects in training mode.
+    router["activation"] = cfg["activation"]
+    router["training"] = True
+    cfg["layer"] = TL.parse_config(router)
+    return cfg
+
+
+def is_moe_layer(cfg, l):
+    return (l + 1) % cfg["moe_every"] == 0
+
+
+def num_router_outputs(cfg):
+    layer = cfg["layer"]
+    if layer["family"] == "topk":
+        return cfg["experts"] + int(layer["params"]["null_experts"])
+    return cfg["experts"]
+
+
+def param_specs(cfg):
+    """[(name, shape, trainable, init)] in the order of docs/model.md; init: 'normal', 'proj'
+    (std / sqrt(2 n_layers)), 'ones', 'zeros'."""
+    V, C, L = cfg["vocab_size"], cfg["d_model"], cfg["n_layers"]
+    E, Fe, Fs, Fd = cfg["experts"], cfg["d_ff"], cfg["shared_d_ff"], cfg["dense_d_ff"]
+    swiglu = cfg["activation"] == "swiglu"
+    specs = [("wte", (V, C), True, "normal")]
+    for l in range(L):
+        p = f"layers.{l}."
+        specs += [(p + "attn_norm", (C,), True, "ones"),
+                  (p + "attn.wqkv", (3 * C, C), True, "normal"),
+                  (p + "attn.wo", (C, C), True, "proj"),
+                  (p + "mlp_norm", (C,), True, "ones")]
+        if is_moe_layer(cfg, l):
+            m = p + "moe."
+            specs += [(m + "gate.weight", (num_router_outputs(cfg), C), True, "normal"),
+                      (m + "experts.w1", (E, Fe, C), True, "normal")]
+            if swiglu:
+                specs.append((m + "experts.w3", (E, Fe, C), True, "normal"))
+            specs.append((m + "experts.w2", (E, C, Fe), True, "proj"))
+            if Fs > 0:
+                specs.append((m + "shared.w1", (Fs, C), True, "normal"))
+                if swiglu:
+                    specs.append((m + "shared.w3", (Fs, C), True, "normal"))
+                specs.append((m + "shared.w2", (C, Fs), True, "proj"))
+            specs.append((m + "gate.bias", (E,), False, "zeros"))
+        else:
+            specs.append((p + "mlp.w1", (Fd, C), True, "normal"))
+            if swiglu:
+                specs.append((p + "mlp.w3", (Fd, C), True, "normal"))
+            specs.append((p + "mlp.w2", (C, Fd), True, "proj"))
+    specs.append(("final_norm", (C,), True, "ones"))
+    if not cfg["tied_head"]:
+        specs.append(("lm_head", (V, C), True, "normal"))
+    return specs
+
+
+def load_params(cfg, tensors):
+    """dict name -> float64 tensor (trainable ones require grad); checks names and shapes."""
+    specs = param_specs(cfg)
+    expected = {name for name, _, _, _ in specs}
+    problems = []
+    missing = [n for n, _, _, _ in specs if n not in tensors]
+    extra = sorted(set(tensors) - expected)
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if extra:
+        problems.append(f"unexpected tensors {extra}")
+    for name, shape, _, _ in specs:
+        if name in tensors and tuple(tensors[name].shape) != tuple(shape):
+            problems.append(f"{name} has shape {list(tensors[name].shape)}, expected {list(shape)}")
+    if problems:
+        raise ModelError("weights: " + "; ".join(problems))
+    params = {}
+    for name, _, trainable, _ in specs:
+        t = torch.tensor(np.asarray(tensors[name], dtype=np.float64), dtype=DTYPE)
+        params[name] = t.requires_grad_(trainable)
+    return params
+
+
+def init_params(cfg, seed):
+    """Random parameters by the init rules of docs/model.md (for --self-test)."""
+    gen = torch.Generator().manual_seed(seed)
+    std = cfg["init_std"]
+    params = {}
+    for name, shape, trainable, init in param_specs(cfg):
+        if init == "ones":
+            t = torch.ones(shape, dtype=DTYPE)
+        elif init == "zeros":
+            t = torch.zeros(shape, dtype=DTYPE)
+        else:
+            s = std if init == "normal" else std / math.sqrt(2 * cfg["n_layers"])
+            t = torch.randn(shape, generator=gen, dtype=DTYPE) * s
+        params[name] = t.requires_grad_(trainable)
+    return params
+
+
+# ----------------------------------------------------------------------------------------------
+# The MoE layer with autograd through its input (the structure of torch_layer.run_layer)
+# ----------------------------------------------------------------------------------------------
+
+def route_margin(family, p, z, s_sel, E, groups):
+    """Smallest distance of a discrete routing decision from its tie (float64 scores)."""
+    z = z.detach()
+    if family == "topk":
+        k = int(p["k"])
+        if s_sel.shape[1] <= k:
+            return math.inf
+        top = torch.topk(s_sel, k + 1, dim=-1).values
+        gap = top[:, k - 1] - top[:, k]
+        gap = gap[torch.isfinite(gap)]
+        return float(gap.min()) if gap.numel() else math.inf
+    if family == "expert_choice":
+        s = torch.softmax(z, dim=-1)
+        best = math.inf
+        for (a, b) in groups:
+            Tg = b - a
+            C = min(Tg, math.ceil(Tg * float(p["capacity_factor"]) / E))
+            if C >= Tg:
+                continue
+            top = torch.topk(s[a:b].t(), C + 1, dim=-1).values
+            best = min(best, float((top[:, C - 1] - top[:, C]).min()))
+        return best
+    if family == "remoe":
+        return float(z.abs().min())
+    if family == "top_p":
+        s = torch.softmax(z, dim=-1)
+        vals = torch.sort(s, dim=-1, descending=True).values
+        before = torch.cumsum(vals, dim=-1) - vals
+        return float((before - float(p["threshold"])).abs().min())
+    if family == "base":
+        top = torch.topk(z, 2, dim=-1).values
+        return float((top[:, 0] - top[:, 1]).min())
+    return math.inf
+
+
+def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
+    """x (T, d) with autograd. Returns (y, aux, info): info has counts (E), kept rows,
+    margin. `state` holds the non-gradient router state (remoe lambda)."""
+    T, d = x.shape
+    family, p, losses = layer["family"], dict(layer["params"]), layer["losses"]
+    if family == "remoe":
+        p["lambda"] = state["lambda"]
+    act = layer["activation"]
+    swiglu = act == "swiglu"
+    w1, w2 = P[prefix + "experts.w1"], P[prefix + "experts.w2"]
+    w3 = P[prefix + "experts.w3"] if swiglu else None
+    sw1 = P.get(prefix + "shared.w1")
+    sw2 = P.get(prefix + "shared.w2")
+    sw3 = P.get(prefix + "shared.w3") if swiglu else None
+    gate = P.get(prefix + "gate.weight")
+    bias = P.get(prefix + "gate.bias")
+    bias = bias.detach() if bias is not None else None
+    groups = TL.group_ranges(layer["routing_groups"], seq_lens, T)
+
+    y = torch.zeros(T, d, dtype=x.dtype)
+    z, passthrough, margin = None, None, math.inf
+    counts = None
+    if family == "smear":
+        ys, combs = [], []
+        for (a, b) in TL.seq_ranges(seq_lens, T):
+            m = x[a:b].mean(0)
+            pe = torch.softmax(gate @ m, dim=-1)
+            mw1 = (pe[:, None, None] * w1).sum(0)
+            mw2 = (pe[:, None, None] * w2).sum(0)
+            mw3 = (pe[:, None, None] * w3).sum(0) if swiglu else None
+            ys.append(TL.ffn(x[a:b], mw1, mw3, mw2, act))
+            combs.append(pe.unsqueeze(0).expand(b - a, E))
+        y = torch.cat(ys, 0)
+        routing = TL.Routing(torch.cat(combs, 0), torch.ones(T, E, dtype=torch.bool))
+    else:
+        if family == "hash":
+            experts = TL.hash_table(token_ids, E, p)
+            kept = torch.zeros(T, E, dtype=torch.bool)
+            kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
+            routing = TL.Routing(kept.to(x.dtype), kept)
+        else:
+            z = x @ gate.t()
+            if family == "topk":
+                routing = TL.route_topk(z, bias, E, p, groups, losses["balance_top1_only"])
+                # selection scores as route_topk forms them, for the margin and the counts
+                s = torch.softmax(z, -1) if p["score"] == "softmax" else torch.sigmoid(z)
+                sel = s.detach().clone()
+                if bias is not None:
+                    sel[:, :E] = sel[:, :E] + bias
+                if int(p["groups"]) > 1:
+                    # group exclusion: recompute as route_topk does
+                    G = int(p["groups"])
+                    gs = E // G
+                    grouped = sel[:, :E].reshape(T, G, gs)
+                    gscore = torch.topk(grouped, min(2, gs), dim=-1).values.sum(-1)
+                    keep_g = torch.zeros(T, G, dtype=torch.bool)
+                    keep_g.scatter_(1, TL.topk_indices(gscore, int(p["topk_groups"])), True)
+                    excl = (~keep_g).unsqueeze(-1).expand(T, G, gs).reshape(T, E)
+                    sel[:, :E] = sel[:, :E].masked_fill(excl, float("-inf"))
+                idx = TL.topk_indices(sel, int(p["k"]))
+                margin = route_margin(family, p, z, sel, E, groups)
+                if int(p["groups"]) > 1 and int(p["topk_groups"]) < int(p["groups"]):
+                    kg = int(p["topk_groups"])
+                    gtop = torch.topk(gscore, kg + 1, dim=-1).values
+                    margin = min(margin, float((gtop[:, kg - 1] - gtop[:, kg]).min()))
+                counts = torch.zeros(sel.shape[1], dtype=x.dtype).index_add_(
+                    0, idx.reshape(-1), torch.ones(idx.numel(), dtype=x.dtype))[:E]
+            elif family == "expert_choice":
+                routing = TL.route_expert_choice(z, E, p, groups)
+            elif family == "top_p":
+                routing = TL.route_top_p(z, E, p)
+            elif family == "soft":
+                routing = TL.route_soft(z, E)
+            elif family == "remoe":
+                routing = TL.route_remoe(z, E, p)
+            elif family == "base":
+                best = TL.topk_indices(z.detach(), 1)[:, 0]
+                kept = torch.zeros(T, E, dtype=torch.bool)
+                kept[torch.arange(T), best] = True
+                alpha = torch.sigmoid(z)
+                routing = TL.Routing(alpha * kept, kept)
+                passthrough = 1 - alpha.gather(1, best[:, None])
+            else:
+                raise ModelError(f"router family {family} not implemented")
+            if family != "topk":
+                margin = route_margin(family, p, z, None, E, groups)
+        W = routing.weights
+        for e in range(E):
+            tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
+            if tok.numel() == 0:
+                continue
+            out = TL.ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], act)
+            y = y.index_add(0, tok, out * W[tok, e:e + 1])
+        if passthrough is not None:
+            y = y + passthrough * x
+    if sw1 is not None:
+        y = y + TL.ffn(x, sw1, sw3, sw2, act)
+
+    aux = torch.zeros((), dtype=x.dtype)
+    if z is not None and routing.choices is not None:
+        R = z.shape[1]
+        if losses["balance"]:
+            alpha = float(losses["balance"])
+            P_all, C_all = routing.bal_prob, routing.choices.detach()
+            if losses["balance_mode"] == "sequence":
+                parts = []
+                for (a, b) in TL.seq_ranges(seq_lens, T):
+                    c = C_all[a:b].sum(0)
+                    parts.append(alpha * R * ((c / c.sum()) * P_all[a:b].mean(0)).sum())
+                aux = aux + torch.stack(parts).mean()
+            elif losses["balance_mode"] == "global_batch":
+                raise ModelError("global_batch balance needs grad_accum > 1; not implemented")
+            else:
+                c = C_all.sum(0)
+                aux = aux + alpha * R * ((c / c.sum()) * P_all.mean(0)).sum()
+        if losses["z"]:
+            aux = aux + float(losses["z"]) * (torch.logsumexp(z, dim=-1) ** 2).mean()
+        if losses["entropy"]:
+            pr = routing.bal_prob
+            aux = aux + float(losses["entropy"]) * (-(pr * torch.log(pr)).sum(-1)).mean()
+    if routing.own_loss is not None:
+        aux = aux + routing.own_loss
+    info = {"counts": counts, "kept_rows": int(routing.kept.sum()), "margin": margin}
+    return y, aux, info
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+def rmsnorm(x, w, eps):
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
+def rope(x, theta):
+    """x (B, H, T, D); rotate-half form, positions 0..T-1."""
+    T, D = x.shape[-2], x.shape[-1]
+    half = D // 2
+    i = torch.arange(half, dtype=DTYPE)
+    inv = theta ** (-2.0 * i / D)
+    ang = torch.arange(T, dtype=DTYPE)[:, None] * inv[None, :]   # (T, D/2)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def dense_ffn(x, P, prefix, act):
+    w3 = P[prefix + "mlp.w3"] if act == "swiglu" else None
+    return TL.ffn(x, P[prefix + "mlp.w1"], w3, P[prefix + "mlp.w2"], act)
+
+
+def forward(cfg, P, inputs, targets, states):
+    """inputs, targets (B, T) int64. Returns (logits, ce, aux_total, aux_per_layer, infos)."""
+    B, T = inputs.shape
+    C, H = cfg["d_model"], cfg["n_heads"]
+    D = C // H
+    eps, act = cfg["norm_eps"], cfg["activation"]
+    h = P["wte"][inputs]                                   # (B, T, C)
+    mask = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    aux_layers, infos = [], []
+    token_ids = inputs.reshape(-1).tolist()
+    for l in range(cfg["n_layers"]):
+        p = f"layers.{l}."
+        a = rmsnorm(h, P[p + "attn_norm"], eps)
+        qkv = a @ P[p + "attn.wqkv"].t()                   # (B, T, 3C)
+        q, k, v = qkv.split(C, dim=-1)
+        q = q.reshape(B, T, H, D).transpose(1, 2)
+        k = k.reshape(B, T, H, D).transpose(1, 2)
+        v = v.reshape(B, T, H, D).transpose(1, 2)
+        q, k = rope(q, cfg["rope_theta"]), rope(k, cfg["rope_theta"])
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+        att = torch.softmax(att.masked_fill(mask, float("-inf")), dim=-1)
+        o = (att @ v).transpose(1, 2).reshape(B, T, C)
+        h = h + o @ P[p + "attn.wo"].t()
+        m = rmsnorm(h, P[p + "mlp_norm"], eps)
+        if is_moe_layer(cfg, l):
+            y, aux, info = moe_forward(cfg["layer"], m.reshape(B * T, C), P, p + "moe.",
+                                       cfg["experts"], [T] * B, token_ids, states[l])
+            h = h + y.reshape(B, T, C)
+            aux_layers.append(aux)
+            infos.append(info)
+        else:
+            h = h + dense_ffn(m, P, p, act)
+    hf = rmsnorm(h, P["final_norm"], eps)
+    head = P["wte"] if cfg["tied_head"] else P["lm_head"]
+    logits = hf @ head.t()                                 # (B, T, V)
+    ce = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
+    aux_total = torch.zeros((), dtype=DTYPE)
+    for a in aux_layers:
+        aux_total = aux_total + a
+    return logits, ce, aux_total, aux_layers, infos
+
+
+def learning_rate(step, lr, warmup, total, min_lr_ratio):
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    min_lr = min_lr_ratio * lr
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(max(progress, 0.0), 1.0)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def initial_states(cfg):
+    states = {}
+    for l in range(cfg["n_layers"]):
+        if is_moe_layer(cfg, l):
+            st = {}
+            if cfg["layer"]["family"] == "remoe":
+                st["lambda"] = float(cfg["layer"]["params"]["lambda"])
+            states[l] = st
+    return states
+
+
+def update_router_state(cfg, P, states, infos):
+    layer = cfg["layer"]
+    E = cfg["experts"]
+    moe_layers = [l for l in range(cfg["n_layers"]) if is_moe_layer(cfg, l)]
+    for l, info in zip(moe_layers, infos):
+        if layer["family"] == "topk":
+            u = float(layer["params"]["bias_update_rate"])
+            if u > 0:
+                c = info["counts"]
+                err = c.mean() - c
+                with torch.no_grad():
+                    P[f"layers.{l}.moe.gate.bias"] += u * torch.sign(err)
+        elif layer["family"] == "remoe":
+            st = states[l]
+            T = info["T"]  # zero fraction over this call's T tokens and E experts
+            zero = 1.0 - info["kept_rows"] / (T * E)
+            target = 1.0 - float(layer["params"]["k"]) / E
+            rate = float(layer["params"]["lambda_rate"])
+            st["lambda"] = st["lambda"] * rate if zero < target else st["lambda"] / rate
+
+
+def train(cfg, P, inputs, targets, steps, opt):
+    """Returns (step-0 outputs dict, per-step arrays dict). Updates P in place."""
+    names = [n for n, t in P.items() if t.requires_grad]
+    tensors = [P[n] for n in names]
+    m = [torch.zeros_like(t) for t in tensors]
+    v = [torch.zeros_like(t) for t in tensors]
+    states = initial_states(cfg)
+    b1, b2, eps = 0.9, 0.95, 1e-8
+    out0 = {}
+    losses, lrs, norms, margins = [], [], [], []
+    for step in range(max(steps, 1)):
+        logits, ce, aux, aux_layers, infos = forward(cfg, P, inputs, targets, states)
+        for info in infos:
+            info["T"] = inputs.numel()
+        loss = ce + aux
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, tensors)]
+        if step == 0:
+            out0["logits"] = logits.detach().numpy()
+            out0["loss"] = np.array(float(loss.detach()))
+            out0["ce_loss"] = np.array(float(ce.detach()))
+            out0["aux_loss"] = np.array(float(aux.detach()))
+            moe_layers = [l for l in range(cfg["n_layers"]) if is_moe_layer(cfg, l)]
+            for l, a in zip(moe_layers, aux_layers):
+                out0[f"aux.{l}"] = np.array(float(a.detach()))
+            for n, g in zip(names, grads):
+                out0["grad." + n] = g.detach().numpy().copy()
+        if steps == 0:
+            break
+        losses.append(float(loss.detach()))
+        margins.append(min([info["margin"] for info in infos], default=math.inf))
+        norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+        norms.append(norm)
+        scale = opt["grad_clip"] / norm if opt["grad_clip"] > 0 and norm > opt["grad_clip"] else 1.0
+        lr = learning_rate(step, opt["lr"], opt["warmup"], opt["total_steps"], opt["min_lr_ratio"])
+        lrs.append(lr)
+        t = step + 1
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(tensors, grads)):
+                g = g * scale
+                m[i].mul_(b1).add_((1 - b1) * g)
+                v[i].mul_(b2).add_((1 - b2) * g * g)
+                mhat = m[i] / (1 - b1 ** t)
+                vhat = v[i] / (1 - b2 ** t)
+                update = mhat / (torch.sqrt(vhat) + eps)
+                if p.dim() >= 2:
+                    update = update + opt["weight_decay"] * p
+                p.sub_(lr * update)
+        update_router_state(cfg, P, states, infos)
+    arrays = {"losses": np.array(losses, dtype=np.float64), "lrs": np.array(lrs, dtype=np.float64),
+              "grad_norms": np.array(norms, dtype=np.float64),
+              "route_margin": np.array(margins, dtype=np.float64)}
+    return out0, arrays
+
+
+def load_tokens(path):
+    tensors, _ = safetensors_io.load(path)
+    if "tokens" not in tensors:
+        raise ModelError(f"{path}: no tensor 'tokens'")
+    tok = tensors["tokens"]
+    if tok.dtype.kind not in "iu" or tok.ndim != 2 or tok.shape[1] < 2:
+        raise ModelError(f"{path}: tokens must be (B, T+1) integers, got {tok.dtype} {tok.shape}")
+    tok = torch.tensor(tok.astype(np.int64))
+    return tok[:, :-1].contiguous(), tok[:, 1:].contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-test: finite differences and the loss at init
+# ----------------------------------------------------------------------------------------------
+
+def self_test():
+    ok = True
+    configs = [
+        ("moe_every=1 tied mixtral", {"vocab_size": 256, "d_model": 32, "n_layers": 2,
+                                       "n_heads": 4, "seq_len": 16, "experts": 4, "d_ff": 24,
+                                       "router": {"router": "mixtral", "k": 2,
+                                                  "losses": {"balance": 0.01, "z": 0.001}}}),
+        ("moe_every=2 untied shared", {"vocab_size": 256, "d_model": 32, "n_layers": 2,
+                                        "n_heads": 4, "seq_len": 16, "experts": 4, "d_ff": 24,
+                                        "moe_every": 2, "dense_d_ff": 40, "shared_d_ff": 16,
+                                        "tied_head": False,
+                                        "router": {"router": "mixtral", "k": 2,
+                                                   "losses": {"balance": 0.01, "z": 0.001}}}),
+        ("gelu expert_choice", {"vocab_size": 64, "d_model": 16, "n_layers": 2, "n_heads": 2,
+                                "seq_len": 8, "experts": 4, "d_ff": 12, "activation": "gelu",
+                                "router": {"router": "expert_choice"}}),
+        ("remoe", {"vocab_size": 64, "d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 8,
+                   "experts": 4, "d_ff": 12, "router": {"router": "remoe", "lambda": 0.1}}),
+    ]
+    for label, j in configs:
+        cfg = parse_model_config(j)
+        B, T, V = 3, 16 if j["seq_len"] == 16 else 8, cfg["vocab_size"]
+        gen = torch.Generator().manual_seed(1)
+        tok = torch.randint(0, V, (B, T + 1), generator=gen)
+        inputs, targets = tok[:, :-1], tok[:, 1:]
+        # Loss at init (init_std 0.02): close to ln V.
+        P = init_params(cfg, 0)
+        states = initial_states(cfg)
+        _, ce, aux, _, _ = forward(cfg, P, inputs, targets, states)
+        lnV = math.log(V)
+        good = abs(float(ce) - lnV) < 0.1
+        ok &= good
+        print(f"[{label}] init ce {float(ce):.5f} vs ln V {lnV:.5f}, aux {float(aux):.3e}: "
+              f"{'ok' if good else 'FAIL'}")
+        # Finite differences on a larger init (so the gradients are not tiny) for a few entries
+        # of several parameters. Routing must not flip under the perturbation (h = 1e-6).
+        P = init_params(cfg, 3)
+        with torch.no_grad():
+            for t in P.values():
+                if t.dim() >= 2:
+                    t.mul_(10.0)
+        names = [n for n, t in P.items() if t.requires_grad]
+
+        def objective():
+            _, ce_, aux_, _, _ = forward(cfg, P, inputs, targets, initial_states(cfg))
+            return ce_ + aux_
+        loss = objective()
+        grads = dict(zip(names, torch.autograd.grad(loss, [P[n] for n in names],
+                                                    allow_unused=True)))
+        rng = np.random.default_rng(5)
+        worst = 0.0
+        for name in names:
+            g = grads[name]
+            g = torch.zeros_like(P[name]) if g is None else g
+            flat = P[name].detach().view(-1)
+            picks = list(rng.choice(flat.numel(), size=min(3, flat.numel()), replace=False))
+            picks.append(int(g.abs().view(-1).argmax()))
+            for i in picks:
+                h = 1e-6
+                with torch.no_grad():
+                    old = float(flat[i])
+                    flat[i] = old + h
+                    lp = float(objective())
+                    flat[i] = old - h
+                    lm = float(objective())
+                    flat[i] = old
+                fd = (lp - lm) / (2 * h)
+                an = float(g.view(-1)[i])
+                scale = max(float(g.abs().max()), 1e-12)
+                err = abs(fd - an) / scale
+                worst = max(worst, err)
+                if err > 1e-5:
+                    ok = False
+                    print(f"  FAIL {name}[{i}]: autograd {an:.8e} finite difference {fd:.8e}")
+        print(f"[{label}] finite differences on every parameter: worst error / max|grad| "
+              f"{worst:.2e}: {'ok' if worst <= 1e-5 else 'FAIL'}")
+    # moe_forward (autograd through x) against torch_layer.run_layer (the layer golden).
+    layer_cases = [
+        {"router": "mixtral", "k": 2, "losses": {"balance": 0.01, "z": 0.001, "entropy": 0.01}},
+        {"router": "topk", "k": 2, "capacity_factor": 1.0, "routing_groups": "sequence"},
+        {"router": "deepseek_v3", "k": 2, "groups": 2, "topk_groups": 1},
+        {"router": "expert_choice"}, {"router": "top_p"}, {"router": "soft"},
+        {"router": "remoe", "lambda": 0.1}, {"router": "smear"}, {"router": "hash"},
+        {"router": "base"},
+    ]
+    rng = np.random.default_rng(11)
+    T, d, E, Fe, Fs = 24, 16, 4, 12, 8
+    for case in layer_cases:
+        layer = TL.parse_config(dict(case, activation="swiglu"))
+        tin = {"x": rng.normal(size=(T, d)), "gate.weight": rng.normal(size=(E, d)) * 0.5,
+               "experts.w1": rng.normal(size=(E, Fe, d)) * 0.3,
+               "experts.w3": rng.normal(size=(E, Fe, d)) * 0.3,
+               "experts.w2": rng.normal(size=(E, d, Fe)) * 0.3,
+               "shared.w1": rng.normal(size=(Fs, d)) * 0.3,
+               "shared.w3": rng.normal(size=(Fs, d)) * 0.3,
+               "shared.w2": rng.normal(size=(d, Fs)) * 0.3,
+               "gate.bias": rng.normal(size=(E,)) * 0.05,
+               "token_ids": rng.integers(0, 50, size=T), "seq_lens": np.array([8, 8, 8]),
+               "dy": rng.normal(size=(T, d))}
+        ref, _ = TL.run_layer(layer, tin)
+        P = {k[:]: torch.tensor(v, dtype=DTYPE).requires_grad_(k not in ("gate.bias",))
+             for k, v in tin.items() if k not in ("x", "token_ids", "seq_lens", "dy")}
+        x = torch.tensor(tin["x"], dtype=DTYPE, requires_grad=True)
+        st = {"lambda": float(layer["params"].get("lambda", 0.0))}
+        y, aux, _ = moe_forward(layer, x, P, "", E, [8, 8, 8], tin["token_ids"].tolist(), st)
+        obj = (y * torch.tensor(tin["dy"], dtype=DTYPE)).sum() + aux
+        names = ["gate.weight", "experts.w1", "experts.w3", "experts.w2", "shared.w1",
+                 "shared.w3", "shared.w2"]
+        grads = torch.autograd.grad(obj, [x] + [P[n] for n in names], allow_unused=True)
+        errs = [float(np.abs(y.detach().numpy() - ref["y"]).max()),
+                abs(float(aux) - float(ref["aux_loss"]))]
+        for n, g in zip(["dx"] + ["d_" + n for n in names], grads):
+            if n in ref:
+                gv = np.zeros_like(ref[n]) if g is None else g.numpy()
+                errs.append(float(np.abs(gv - ref[n]).max()))
+        worst = max(errs)
+        ok &= worst < 1e-12
+        print(f"[layer {case['router']}] moe_forward vs torch_layer.run_layer: max error "
+              f"{worst:.1e}: {'ok' if worst < 1e-12 else 'FAIL'}")
+    # RoPE: a rotation (norm preserved), q.k depends only on the position difference.
+    x = torch.randn(1, 1, 6, 8, dtype=DTYPE)
+    r = rope(x, 10000.0)
+    good = torch.allclose(r.norm(dim=-1), x.norm(dim=-1))
+    qv, kv = torch.randn(8, dtype=DTYPE), torch.randn(8, dtype=DTYPE)
+    rq = rope(qv.expand(1, 1, 6, 8), 10000.0)[0, 0]
+    rk = rope(kv.expand(1, 1, 6, 8), 10000.0)[0, 0]
+    good &= abs(float(rq[3] @ rk[1]) - float(rq[4] @ rk[2])) < 1e-12
+    ok &= bool(good)
+    print(f"[rope] rotation and relative-position checks: {'ok' if good else 'FAIL'}")
+    print("self-test", "passed" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--self-test", action="store_true")
+    ap.add_argument("--config")
+    ap.add_argument("--weights")
+    ap.add_argument("--tokens")
+    ap.add_argument("--out")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--total-steps", type=int, default=200)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    if args.self_test:
+        return self_test()
+    for req in ("config", "weights", "tokens", "out"):
+        if getattr(args, req) is None:
+            ap.error(f"--{req.replace('_', '-')} is required")
+    try:
+        with open(args.config) as f:
+            cfg = parse_model_config(json.load(f))
+        tensors, _ = safetensors_io.load(args.weights)
+        P = load_params(cfg, tensors)
+        inputs, targets = load_tokens(args.tokens)
+        V = cfg["vocab_size"]
+        if int(inputs.min()) < 0 or int(torch.cat([inputs, targets]).max()) >= V:
+            raise ModelError(f"tokens must lie in [0, {V})")
+        if inputs.shape[1] > cfg["seq_len"]:
+            raise ModelError(f"T = {inputs.shape[1]} exceeds seq_len = {cfg['seq_len']}")
+        opt = {"lr": args.lr, "warmup": args.warmup, "total_steps": args.total_steps,
+               "weight_decay": args.weight_decay, "grad_clip": args.grad_clip,
+               "min_lr_ratio": args.min_lr_ratio}
+        out0, arrays = train(cfg, P, inputs, targets, args.steps, opt)
+    except (ModelError, TL.ConfigError) as exc:
+        print(f"torch_model: error: {exc}", file=sys.stderr)
+        return 2
+    out = dict(out0)
+    out.update(arrays)
+    for name, t in P.items():
+        out["final." + name] = t.detach().numpy().copy()
+    safetensors_io.save(args.out, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
