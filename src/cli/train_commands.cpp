@@ -54,6 +54,7 @@ json default_entries() {
         {{"router", "deepseek_v3"},
          {"k", 2},
          {"groups", 1},
+         {"topk_groups", 1},
          {"score", "sigmoid"},
          {"losses", {{"balance", 0.0001}, {"balance_mode", "sequence"}}}}}},
       {{"name", "switch"}, {"router", {{"router", "switch"}}}, {"d_ff_scale", 2}},

@@ -72,7 +72,9 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   for (const char* key : {"activation", "training", "seed"})
     if (c.router.contains(key))
       fail("{}: field 'router.{}' is set by the model, remove it", source, key);
-  parse_layer_config(layer_json(c), source + " [router]");
+  const LayerConfig layer = parse_layer_config(layer_json(c), source + " [router]");
+  make_router(layer.router, layer.router_params, source + " [router]")
+      ->check_shape(c.experts, source + " [router]");
   return c;
 }
 

@@ -490,8 +490,10 @@ std::string line_plot_svg(const PlotSpec& spec, const std::vector<std::string>& 
                           double x_hi) {
   double legend_h = 0;
   const double left = 58, right = 14, bottom = 44;
-  const std::string legend =
-      legend_svg(names, spec.markers, left, 14, kPlotW - left - right, &legend_h);
+  // Markers only while they stay apart.
+  bool markers = spec.markers;
+  for (const Series& s : spec.series) markers = markers && s.x.size() <= 60;
+  const std::string legend = legend_svg(names, markers, left, 14, kPlotW - left - right, &legend_h);
   const double top = 14 + legend_h + 6;
   const double height = top + kPlotH + bottom;
   const double pw = kPlotW - left - right, ph = kPlotH;
@@ -594,7 +596,7 @@ std::string line_plot_svg(const PlotSpec& spec, const std::vector<std::string>& 
   append(out, "<g clip-path=\"url(#{}-clip)\">", spec.id);
   for (size_t r = 0; r < spec.series.size(); ++r) {
     const Series& s = spec.series[r];
-    const size_t stride = std::max<size_t>(1, s.x.size() / 1000);  // keeps long runs small
+    const size_t stride = std::max<size_t>(1, s.x.size() / 600);  // keeps long runs small
     std::vector<std::string> segments(1);
     for (size_t i = 0; i < s.x.size(); ++i) {
       if (i % stride != 0 && i + 1 != s.x.size()) continue;
@@ -613,7 +615,7 @@ std::string line_plot_svg(const PlotSpec& spec, const std::vector<std::string>& 
              "<title>{}</title></polyline>",
              points, run_colour(r), run_dash(r), html_escape(names[r]));
     }
-    if (spec.markers && s.x.size() <= 60)
+    if (markers)
       for (size_t i = 0; i < s.x.size(); ++i)
         if (finite(s.y[i]))
           append(out,
@@ -745,20 +747,34 @@ std::string heatmap_svg(const Heatmap& h, const ColourScale& scale) {
     return out;
   }
 
-  // Cells; tooltips only while they stay cheap.
-  const bool tooltips = rows * cols <= 4000;
+  // Small maps get one rect per cell with a tooltip. Large ones (many experts, layers and runs
+  // would make the page tens of megabytes) get one path per colour, 64 levels.
   append(out, "<g shape-rendering=\"crispEdges\">");
-  for (size_t c = 0; c < cols; ++c)
-    for (size_t e = 0; e < rows; ++e) {
-      const double v = e < h.shares[c].size() ? h.shares[c][e] : kNaN;
-      append(out, "<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"{}\">",
-             left + cell_w * double(c), top + cell_h * double(e), cell_w, cell_h,
-             viridis(v / scale.vmax));
-      if (tooltips)
-        append(out, "<title>expert {} · step {:.0f} · {}</title>", e, h.steps[c],
+  auto share = [&](size_t c, size_t e) { return e < h.shares[c].size() ? h.shares[c][e] : kNaN; };
+  if (rows * cols <= 1200) {
+    for (size_t c = 0; c < cols; ++c)
+      for (size_t e = 0; e < rows; ++e) {
+        const double v = share(c, e);
+        append(out,
+               "<rect x=\"{:.0f}\" y=\"{:.0f}\" width=\"{:.0f}\" height=\"{:.0f}\" fill=\"{}\">"
+               "<title>expert {} · step {:.0f} · {}</title></rect>",
+               left + cell_w * double(c), top + cell_h * double(e), cell_w, cell_h,
+               viridis(v / scale.vmax), e, h.steps[c],
                finite(v) ? fmt::format("{:.1f} %", 100 * v) : std::string("no data"));
-      append(out, "</rect>");
-    }
+      }
+  } else {
+    std::map<int, std::string> paths;  // colour level (-1: no data) → path data
+    for (size_t c = 0; c < cols; ++c)
+      for (size_t e = 0; e < rows; ++e) {
+        const double v = share(c, e);
+        const int level =
+            finite(v) ? int(std::lround(std::clamp(v / scale.vmax, 0.0, 1.0) * 63)) : -1;
+        append(paths[level], "M{:.0f} {:.0f}h{:.0f}v{:.0f}h-{:.0f}z", left + cell_w * double(c),
+               top + cell_h * double(e), cell_w, cell_h, cell_w);
+      }
+    for (const auto& [level, d] : paths)
+      append(out, "<path fill=\"{}\" d=\"{}\"/>", viridis(level < 0 ? kNaN : level / 63.0), d);
+  }
   append(out, "</g>");
   append(out,
          "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#9aa3b2\" "
@@ -807,8 +823,8 @@ std::string heatmap_svg(const Heatmap& h, const ColourScale& scale) {
          bar_x, bar_y, bar_w, bar_h, h.id);
   append(out, "<g class=\"ticks\">");
   append(out, "<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"start\">0 %</text>", bar_x, bar_y + 22);
-  append(out, "<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}{:.0f} %</text>", bar_x + bar_w,
-         bar_y + 22, scale.saturates ? "≥ " : "", 100 * scale.vmax);
+  append(out, "<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}{:.{}f} %</text>", bar_x + bar_w,
+         bar_y + 22, scale.saturates ? "≥ " : "", 100 * scale.vmax, scale.vmax < 0.1 ? 1 : 0);
   const double uniform = 1.0 / double(rows);
   if (uniform <= scale.vmax) {
     const double ux = bar_x + bar_w * uniform / scale.vmax;
@@ -1307,21 +1323,22 @@ std::string markdown(const std::vector<RunData>& runs, const Page& p) {
                  md_escape(settings_line(p.model_settings)),
                  md_escape(settings_line(p.train_settings)),
                  md_escape(settings_line(p.data_settings)));
-  std::string header = "|", rule = "|";
+  // fmt rather than operator+ chains: GCC 12 at -O3 warns falsely (-Wrestrict) about those.
+  std::string rule = "|";
+  out += "|";
   for (size_t c = 0; c < p.table.columns.size(); ++c) {
     const Column& col = p.table.columns[c];
-    header += " " + md_escape(col.header) +
-              (col.better < 0   ? " ↓"
-               : col.better > 0 ? " ↑"
-                                : "") +
-              " |";
+    append(out, " {}{} |", md_escape(col.header),
+           col.better < 0   ? " ↓"
+           : col.better > 0 ? " ↑"
+                            : "");
     rule += c == 0 ? "---|" : "---:|";
   }
-  out += header + "\n" + rule + "\n";
+  append(out, "\n{}\n", rule);
   for (const auto& row : p.table.rows) {
     out += "|";
     for (const Cell& cell : row)
-      out += " " + (cell.best ? "**" + md_escape(cell.text) + "**" : md_escape(cell.text)) + " |";
+      append(out, " {1}{0}{1} |", md_escape(cell.text), cell.best ? "**" : "");
     out += "\n";
   }
   out +=

@@ -81,11 +81,19 @@ class TopKRouter final : public Router {
     return text;
   }
 
+  void check_shape(int64_t E, const std::string& context) const override {
+    if (k_ > E + null_experts_)
+      fail("{}: k = {} exceeds the number of router outputs R = {} (E = {} experts{})", context, k_,
+           E + null_experts_, E, null_experts_ ? fmt::format(" + {} null", null_experts_) : "");
+    if (groups_ > 1 && E % groups_ != 0)
+      fail("{}: groups = {} does not divide the number of experts E = {}", context, groups_, E);
+    if (groups_ > 1 && k_ > topk_groups_ * (E / groups_))
+      fail("{}: k = {} exceeds the {} experts in topk_groups = {} groups of {}", context, k_,
+           topk_groups_ * (E / groups_), topk_groups_, E / groups_);
+  }
+
   void route(const RouterInput& in, RoutingPlan& plan) const override {
     const int64_t R = in.R, E = in.E;
-    if (k_ > R) fail("router topk: k = {} exceeds the number of router outputs R = {}", k_, R);
-    if (groups_ > 1 && E % groups_ != 0)
-      fail("router topk: groups = {} does not divide the number of experts E = {}", groups_, E);
     plan.clear();
     plan.saved.assign(size_t(in.T), 0.0f);  // per-token normaliser of the weights
     plan.selection_counts.assign(size_t(R), 0.0);

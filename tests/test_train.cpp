@@ -1,0 +1,190 @@
+// The training loop: resume reproduces the uninterrupted run exactly, checkpoints are atomic and
+// validated, bad configs name the field, and a tiny model learns the synthetic data.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <switchyard/error.h>
+#include <switchyard/file_util.h>
+#include <switchyard/train.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace switchyard {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("switchyard_train_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+json router_json(const std::string& name) {
+  if (name == "loss_free")  // DeepSeek-V3's bias balancing on a small layer
+    return {{"router", "deepseek_v3"}, {"k", 2}, {"groups", 1}, {"topk_groups", 1}};
+  return {{"router", name}};
+}
+
+json tiny_config(const fs::path& out, const std::string& router = "mixtral") {
+  return {{"model",
+           {{"d_model", 32},
+            {"n_layers", 2},
+            {"n_heads", 2},
+            {"seq_len", 32},
+            {"experts", 4},
+            {"d_ff", 32},
+            {"dense_d_ff", 64},
+            {"moe_every", 1},
+            {"router", router_json(router)}}},
+          {"data", {{"synthetic", true}}},
+          {"batch", 4},
+          {"steps", 12},
+          {"lr", 0.01},
+          {"warmup_steps", 2},
+          {"eval_every", 4},
+          {"eval_batches", 2},
+          {"checkpoint_every", 3},
+          {"seed", 7},
+          {"out", out.string()}};
+}
+
+std::vector<json> read_metrics(const fs::path& dir) {
+  std::vector<json> rows;
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) rows.push_back(json::parse(line));
+  return rows;
+}
+
+TrainOptions quiet() {
+  TrainOptions o;
+  o.quiet = true;
+  return o;
+}
+
+class Resume : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Resume, ReproducesTheUninterruptedRun) {
+  const std::string router = GetParam();
+  const fs::path dir = temp_dir("resume_" + router);
+  const TrainConfig whole = parse_train_config(tiny_config(dir / "whole", router), "test");
+  const TrainConfig parts = parse_train_config(tiny_config(dir / "parts", router), "test");
+  train(whole, quiet());
+  TrainOptions first = quiet();
+  first.stop_after = 5;
+  train(parts, first);
+  EXPECT_EQ(read_metrics(dir / "parts").size(), 5u);
+  TrainOptions rest = quiet();
+  rest.resume = true;
+  train(parts, rest);
+  const auto a = read_metrics(dir / "whole"), b = read_metrics(dir / "parts");
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["train_loss"], b[i]["train_loss"]) << "step " << i;
+    EXPECT_EQ(a[i].value("val_loss", -1.0), b[i].value("val_loss", -1.0)) << "step " << i;
+    EXPECT_EQ(a[i]["layers"][0]["load"], b[i]["layers"][0]["load"]) << "step " << i;
+  }
+  fs::remove_all(dir);
+}
+
+// Routers with non-gradient state (bias, λ) and training noise (jitter) must resume exactly too.
+INSTANTIATE_TEST_SUITE_P(Routers, Resume,
+                         ::testing::Values("mixtral", "switch", "loss_free", "remoe"));
+
+TEST(Train, LearnsTheSyntheticData) {
+  const fs::path dir = temp_dir("learn");
+  json j = tiny_config(dir / "run");
+  j["steps"] = 60;
+  train(parse_train_config(j, "test"), quiet());
+  const auto rows = read_metrics(dir / "run");
+  ASSERT_EQ(rows.size(), 60u);
+  const double first = rows.front()["train_loss"], last = rows.back()["val_loss"];
+  EXPECT_GT(first, 5.0);  // ≈ ln 256 at initialisation
+  EXPECT_LT(last, 3.0);   // the arithmetic and word patterns are learnable
+  const json run = json::parse(read_file_text((dir / "run" / "run.json").string()));
+  EXPECT_EQ(run["domains"], json({"arithmetic", "words"}));
+  EXPECT_TRUE(rows.back()["layers"][0].contains("domain_mi"));
+  EXPECT_TRUE(rows.back()["layers"][0].contains("fluctuation"));
+  const std::string text = sample((dir / "run" / "checkpoint").string(), "12+3", 40, 0.5, 1);
+  EXPECT_EQ(text.size(), 40u);
+  fs::remove_all(dir);
+}
+
+TEST(Train, CheckpointFilesAreCompleteAndNoTemporariesRemain) {
+  const fs::path dir = temp_dir("atomic");
+  train(parse_train_config(tiny_config(dir / "run"), "test"), quiet());
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << entry.path();
+  EXPECT_TRUE(fs::exists(dir / "run" / "checkpoint" / "model.safetensors"));
+  fs::remove_all(dir);
+}
+
+TEST(Train, CorruptCheckpointIsRejectedAndLeftIntact) {
+  const fs::path dir = temp_dir("corrupt");
+  const TrainConfig config = parse_train_config(tiny_config(dir / "run"), "test");
+  TrainOptions first = quiet();
+  first.stop_after = 3;
+  train(config, first);
+  const fs::path weights = dir / "run" / "checkpoint" / "model.safetensors";
+  std::string bytes = read_file_text(weights.string());
+  bytes.resize(bytes.size() / 2);  // truncated
+  write_file_atomic(weights.string(), bytes);
+  const std::string metrics_before = read_file_text((dir / "run" / "metrics.jsonl").string());
+  TrainOptions rest = quiet();
+  rest.resume = true;
+  try {
+    train(config, rest);
+    ADD_FAILURE() << "resume from a truncated checkpoint did not fail";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("model.safetensors"));
+  }
+  EXPECT_EQ(read_file_text(weights.string()), bytes);
+  EXPECT_EQ(read_file_text((dir / "run" / "metrics.jsonl").string()), metrics_before);
+  fs::remove_all(dir);
+}
+
+TEST(Train, BadConfigsNameTheField) {
+  const fs::path dir = temp_dir("bad");
+  auto expect_error = [&](json j, const std::string& needle) {
+    try {
+      parse_train_config(j, "train.json");
+      ADD_FAILURE() << "accepted " << j.dump();
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(needle)) << j.dump();
+      EXPECT_THAT(e.what(), ::testing::HasSubstr("train.json"));
+    }
+  };
+  json j = tiny_config(dir);
+  j["stpes"] = 3;
+  expect_error(j, "stpes");
+  j = tiny_config(dir);
+  j["steps"] = 0;
+  expect_error(j, "steps");
+  j = tiny_config(dir);
+  j["lr"] = "fast";
+  expect_error(j, "lr");
+  j = tiny_config(dir);
+  j["model"]["n_heads"] = 3;
+  expect_error(j, "n_heads");
+  j = tiny_config(dir);
+  j["model"]["router"] = {{"router", "mixtral"}, {"k", 9}};
+  expect_error(j, "k");
+  j = tiny_config(dir);
+  j["data"] = {{"synthetic", true}, {"corpus", "x"}};
+  expect_error(j, "exactly one");
+  j = tiny_config(dir);
+  j["data"] = {{"corpus", (dir / "missing").string()}};
+  const TrainConfig c = parse_train_config(j, "train.json");
+  EXPECT_THROW(train(c, quiet()), Error);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace switchyard
