@@ -240,8 +240,10 @@ void set_routing_counters(benchmark::State& state, const RoutingStats& stats) {
 
 void bm_layer(benchmark::State& state, Shape s, int64_t F, bool with_backward) {
   LayerSetup& setup = layer_setup(s, F);
+  std::map<std::string, double> phase_ms;  // summed over iterations (forward phases)
   for (auto _ : state) {
     setup.forward();
+    for (const auto& [phase, ms] : setup.cache.stats.phase_ms) phase_ms[phase] += ms;
     if (with_backward) setup.backward();
     benchmark::DoNotOptimize(setup.y.data());
     benchmark::DoNotOptimize(setup.dx.data());
@@ -249,6 +251,10 @@ void bm_layer(benchmark::State& state, Shape s, int64_t F, bool with_backward) {
   }
   if (F == s.F) set_flops(state, forward_flops(s, F) * (with_backward ? 3.0 : 1.0));
   set_routing_counters(state, setup.cache.stats);
+  // The layer's own per-phase timers (MoELayer::forward), averaged: a direct measure of the
+  // routing, dispatch and combine time inside the real run.
+  for (const auto& [phase, ms] : phase_ms)
+    state.counters["ms_" + phase] = ms / double(state.iterations());
 }
 
 void bm_dense(benchmark::State& state, Shape s, bool with_backward) {

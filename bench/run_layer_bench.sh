@@ -167,6 +167,14 @@ for name, s in shapes.items():
             lines.append(f"speed-up vs torch loop ({label}): fwd {sf:5.2f}x, fwd+bwd {sb:5.2f}x{target}")
     if not tl:
         lines.append("speed-up vs torch loop: n/a (no torch results)")
+    ph = extra.get(f"{name}/layer_fwd") or {}
+    if "ms_experts" in ph:
+        over = sum(ph.get("ms_" + p, 0.0) for p in ("route", "dispatch", "combine", "statistics"))
+        total = over + ph.get("ms_experts", 0.0) + ph.get("ms_shared_expert", 0.0)
+        lines.append(f"measured by the layer's phase timers, fwd: route {ph.get('ms_route', 0):.1f} ms, "
+                     f"dispatch+gather {ph.get('ms_dispatch', 0):.1f} ms, combine {ph.get('ms_combine', 0):.1f} ms, "
+                     f"statistics {ph.get('ms_statistics', 0):.1f} ms, experts {ph.get('ms_experts', 0):.1f} ms: "
+                     f"routing+dispatch+combine {100 * over / total:.1f}% (target <= 10%: {verdict(over / total <= 0.10)})")
     lv = extra.get(f"{name}/layer_fwd")
     if lv and "max_vio" in lv:
         lines.append(f"routing: MaxVio {lv['max_vio']:.3f}, dropped {int(lv['dropped'])}, "
