@@ -14,13 +14,13 @@
 //   routing_overhead_fwd(_fwdbwd)     the layer with F = 8: routing, dispatch, combine and the
 //                                     per-call work that does not scale with F (an estimate:
 //                                     its expert GEMMs are F/8 times smaller than the real ones)
-//   expert_ffn_f8_fwd(_fwdbwd)        just those F = 8 expert FFNs (cpu::ffn_forward/backward on the
+//   expert_ffn_f8_fwd(_fwdbwd)        just those F = 8 expert FFNs (cpu::ffn_forward/backward on
+//   the
 //                                     same groups, threaded like the layer), so that
 //                                     routing_overhead - expert_ffn_f8 is the overhead net of them
 #include <benchmark/benchmark.h>
-#include <switchyard/moe_layer.h>
-
 #include <omp.h>
+#include <switchyard/moe_layer.h>
 
 #include <cmath>
 #include <cstdint>
@@ -46,7 +46,9 @@ struct Shape {
 };
 constexpr Shape kShapes[] = {{"coarse", 8, 2, 1024}, {"fine", 64, 8, 256}};
 
-double forward_flops(const Shape& s, int64_t F) { return double(kT * s.k) * 6.0 * double(kD * F); }
+double forward_flops(const Shape& s, int64_t F) {
+  return double(kT * s.k) * 6.0 * double(kD * F);
+}
 
 std::vector<float> random_normal(uint64_t seed, size_t n, float stddev) {
   std::mt19937_64 rng(seed);
@@ -218,11 +220,11 @@ struct ExpertF8Setup {
     for_each_expert([&](int64_t e) {
       const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
       float* w = dw.data() + e * 3 * F * d;
-      cpu::ffn_backward(cpu::Act::SwiGLU, n, d, F, c.xd.data() + o * d,
-                        layer.w1.data() + e * F * d, layer.w3.data() + e * F * d,
-                        layer.w2.data() + e * d * F, c.h1.data() + o * F, c.h3.data() + o * F,
-                        c.act.data() + o * F, dout.data() + o * d, dact.data() + o * F,
-                        dh3.data() + o * F, w, w + F * d, w + 2 * F * d, dxd.data() + o * d, false);
+      cpu::ffn_backward(cpu::Act::SwiGLU, n, d, F, c.xd.data() + o * d, layer.w1.data() + e * F * d,
+                        layer.w3.data() + e * F * d, layer.w2.data() + e * d * F,
+                        c.h1.data() + o * F, c.h3.data() + o * F, c.act.data() + o * F,
+                        dout.data() + o * d, dact.data() + o * F, dh3.data() + o * F, w, w + F * d,
+                        w + 2 * F * d, dxd.data() + o * d, false);
     });
   }
 };

@@ -15,7 +15,6 @@
 #include <gtest/gtest.h>
 #include <switchyard/model.h>
 #include <switchyard/safetensors.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -45,11 +44,11 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr const char* kPython = "/usr/bin/python3";
-constexpr double kLogitTol = 1e-4;   // × max(1, |ref|), per element
-constexpr double kGradTol = 1e-3;    // × max|ref| of the tensor
-constexpr double kLossTol = 1e-4;    // absolute, per step
-constexpr double kNormTol = 1e-3;    // relative, pre-clip gradient norm per step
-constexpr double kMargin = 1e-5;     // smallest step-0 routing margin accepted without redrawing
+constexpr double kLogitTol = 1e-4;  // × max(1, |ref|), per element
+constexpr double kGradTol = 1e-3;   // × max|ref| of the tensor
+constexpr double kLossTol = 1e-4;   // absolute, per step
+constexpr double kNormTol = 1e-3;   // relative, pre-clip gradient norm per step
+constexpr double kMargin = 1e-5;    // smallest step-0 routing margin accepted without redrawing
 constexpr int kSeedTries = 5;
 
 uint64_t base_seed() {
@@ -62,7 +61,9 @@ uint64_t base_seed() {
 }
 
 // std::system's status as an exit code (or -1 when the command did not exit normally).
-int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+int exit_code(int status) {
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
 
 // Empty when /usr/bin/python3 imports torch and numpy; else the reason.
 std::string python_problem() {
@@ -93,7 +94,9 @@ struct GoldenCase {
 };
 
 // gtest prints the case's name instead of its bytes.
-void PrintTo(const GoldenCase& gc, std::ostream* os) { *os << gc.name; }
+void PrintTo(const GoldenCase& gc, std::ostream* os) {
+  *os << gc.name;
+}
 
 ModelConfig tiny_config() {
   ModelConfig c;
@@ -140,7 +143,10 @@ std::vector<GoldenCase> cases() {
     // Sigmoid scores, group-limited selection, sequence balance loss and the aux-loss-free
     // selection bias (updated after every step through update_router_state).
     GoldenCase g{"deepseek_v3_bias_update", tiny_config(), tiny_opt()};
-    g.model.router = {{"router", "deepseek_v3"}, {"k", 2}, {"groups", 2}, {"topk_groups", 1},
+    g.model.router = {{"router", "deepseek_v3"},
+                      {"k", 2},
+                      {"groups", 2},
+                      {"topk_groups", 1},
                       {"bias_update_rate", 0.01}};
     out.push_back(g);
   }
@@ -179,11 +185,11 @@ Reference run_reference(const fs::path& dir, const GoldenCase& gc) {
   cmd.precision(17);
   cmd << kPython << " '" << script.string() << "' --config '" << (dir / "model.json").string()
       << "' --weights '" << (dir / "weights.safetensors").string() << "' --tokens '"
-      << (dir / "tokens.safetensors").string() << "' --out '" << out.string()
-      << "' --steps " << gc.steps << " --lr " << gc.opt.lr << " --warmup " << gc.opt.warmup_steps
+      << (dir / "tokens.safetensors").string() << "' --out '" << out.string() << "' --steps "
+      << gc.steps << " --lr " << gc.opt.lr << " --warmup " << gc.opt.warmup_steps
       << " --total-steps " << gc.opt.steps << " --weight-decay " << gc.opt.weight_decay
-      << " --grad-clip " << gc.opt.grad_clip << " --min-lr-ratio " << gc.opt.min_lr_ratio
-      << " > '" << log.string() << "' 2>&1";
+      << " --grad-clip " << gc.opt.grad_clip << " --min-lr-ratio " << gc.opt.min_lr_ratio << " > '"
+      << log.string() << "' 2>&1";
   Reference ref;
   ref.rc = exit_code(std::system(cmd.str().c_str()));
   ref.log = "command: " + cmd.str() + "\n" + read_text(log);
@@ -223,8 +229,8 @@ TEST_P(ModelGolden, MatchesPyTorch) {
   const ModelConfig& cfg = gc.model;
   const int64_t B = gc.B, T = gc.T, V = cfg.vocab_size;
 
-  std::string tmpl = (fs::temp_directory_path() / ("switchyard_model_golden_" + gc.name + "_XXXXXX"))
-                         .string();
+  std::string tmpl =
+      (fs::temp_directory_path() / ("switchyard_model_golden_" + gc.name + "_XXXXXX")).string();
   ASSERT_NE(mkdtemp(tmpl.data()), nullptr) << "mkdtemp " << tmpl;
   const fs::path dir = tmpl;
 
@@ -235,11 +241,11 @@ TEST_P(ModelGolden, MatchesPyTorch) {
   std::vector<int32_t> tokens(size_t(B * T)), targets(size_t(B * T));
   uint64_t seed = 0;
   for (int attempt = 0; attempt < kSeedTries; ++attempt) {
-    seed = base_seed() + uint64_t(attempt) * 1000003ULL +
-           std::hash<std::string>{}(gc.name) % 1000ULL;
-    std::cout << "[ model golden ] case " << gc.name << ": seed " << seed
-              << " (base seed " << base_seed() << "; reproduce with SWITCHYARD_TEST_SEED="
-              << base_seed() << "), dir " << dir.string() << std::endl;
+    seed =
+        base_seed() + uint64_t(attempt) * 1000003ULL + std::hash<std::string>{}(gc.name) % 1000ULL;
+    std::cout << "[ model golden ] case " << gc.name << ": seed " << seed << " (base seed "
+              << base_seed() << "; reproduce with SWITCHYARD_TEST_SEED=" << base_seed() << "), dir "
+              << dir.string() << std::endl;
     model = std::make_unique<Model>(cfg, seed);
     std::mt19937_64 rng(seed ^ 0x5eedULL);
     std::uniform_int_distribution<int64_t> tok(0, V - 1);
@@ -293,13 +299,14 @@ TEST_P(ModelGolden, MatchesPyTorch) {
     }
     const bool good = worst <= kLogitTol;
     ok &= good;
-    report << (good ? "  ok   " : "  FAIL ") << "logits: max err/max(1,|ref|) " << worst
-           << " (abs " << worst_abs << " at flat index " << at << ")\n";
+    report << (good ? "  ok   " : "  FAIL ") << "logits: max err/max(1,|ref|) " << worst << " (abs "
+           << worst_abs << " at flat index " << at << ")\n";
     EXPECT_LE(worst, kLogitTol) << "logits";
   }
   // Losses.
   {
-    const double rl = ref.scalar("loss"), rce = ref.scalar("ce_loss"), raux = ref.scalar("aux_loss");
+    const double rl = ref.scalar("loss"), rce = ref.scalar("ce_loss"),
+                 raux = ref.scalar("aux_loss");
     report << "  loss ours " << loss << " ref " << rl << " | ce ours " << ce << " ref " << rce
            << " | aux ours " << aux << " ref " << raux << "\n";
     EXPECT_NEAR(loss, rl, kLossTol) << "loss (ce + aux)";
@@ -377,7 +384,8 @@ TEST_P(ModelGolden, MatchesPyTorch) {
                         std::abs(norms[i] - rn[i]) <= kNormTol * rn[i];
       curve_ok &= good;
       char line[256];
-      std::snprintf(line, sizeof line, "  %4lld %16.10f %16.10f %10.3e %10.4e %10.4e %10.5f %10.5f %10.3e%s\n",
+      std::snprintf(line, sizeof line,
+                    "  %4lld %16.10f %16.10f %10.3e %10.4e %10.4e %10.5f %10.5f %10.3e%s\n",
                     static_cast<long long>(s), losses[i], rl[i], std::abs(losses[i] - rl[i]),
                     lrs[i], rlr[i], norms[i], rn[i], rm[i], good ? "" : "  <-- FAIL");
       report << line;

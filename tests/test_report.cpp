@@ -428,6 +428,15 @@ TEST_F(ReportTest, BadLayerEntryNamesTheLineAndLayer) {
   EXPECT_NE(message.find("load[2]"), std::string::npos) << message;
 }
 
+TEST_F(ReportTest, EvaluationOnlyRowNeedsNoTrainingLoss) {
+  const RunData run = load_run(run_with_metrics(R"({"step": 0, "val_loss": 5.6})"
+                                                "\n" +
+                                                good_line(1) + "\n"));
+  ASSERT_EQ(run.rows.size(), 2u);
+  EXPECT_TRUE(std::isnan(run.rows[0].train_loss));
+  EXPECT_EQ(*run.rows[0].val_loss, 5.6);
+}
+
 TEST_F(ReportTest, NotAnObjectNamesTheLine) {
   const std::string message = load_error(good_line(1) + "\n[1, 2]\n");
   EXPECT_NE(message.find("metrics.jsonl:2"), std::string::npos) << message;

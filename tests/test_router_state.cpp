@@ -4,8 +4,8 @@
 // the global-batch balance loss (counts of earlier micro-batches added to this call's counts).
 // Random inputs; the seed is printed on failure and SWITCHYARD_TEST_SEED overrides it.
 #include <gtest/gtest.h>
-#include <switchyard/error.h>
 #include <switchyard/config.h>
+#include <switchyard/error.h>
 #include <switchyard/moe_layer.h>
 
 #include <algorithm>

@@ -1,10 +1,9 @@
 // Layer and router configuration, parsed from layer.json (schema: docs/layer-config.md).
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
@@ -49,7 +48,7 @@ struct LossConfig {
 };
 
 struct LayerConfig {
-  std::string router = "mixtral";  // registry name
+  std::string router = "mixtral";                           // registry name
   nlohmann::json router_params = nlohmann::json::object();  // router-specific, validated by it
   Activation activation = Activation::SwiGLU;
   RoutingGroups routing_groups = RoutingGroups::Batch;

@@ -1,4 +1,5 @@
-// Errors raised by switchyard's front end. Every message names the op or file, the field and the value.
+// Errors raised by switchyard's front end. Every message names the op or file, the field and the
+// value.
 #pragma once
 
 #include <fmt/format.h>

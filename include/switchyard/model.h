@@ -6,10 +6,9 @@
 #include <switchyard/moe_layer.h>
 #include <switchyard/safetensors.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -33,8 +32,8 @@ struct ParamTensor {
   std::string name;
   std::vector<int64_t> shape;
   size_t offset = 0, size = 0;
-  bool decay = false;      // weight decay applies (matrices)
-  bool trainable = true;   // false for non-gradient state (selection bias)
+  bool decay = false;     // weight decay applies (matrices)
+  bool trainable = true;  // false for non-gradient state (selection bias)
 };
 
 class Model {
@@ -54,7 +53,8 @@ class Model {
 
   // tokens (B, T) int32 in [0, V); targets (B, T) or null. Returns the mean cross-entropy (0 if no
   // targets); the aux losses are in layer_stats(). logits() holds (B, T, V) afterwards.
-  double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T, bool training);
+  double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
+                 bool training);
   // Accumulates into grads() the gradient of (mean cross-entropy + Σ aux losses) × scale.
   void backward(float scale = 1.0f);
   void zero_grads();

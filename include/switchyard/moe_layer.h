@@ -1,5 +1,6 @@
 // The MoE layer: router -> dispatch (tokens grouped by expert) -> expert FFNs -> combine, with an
-// explicit backward. Float32 on the CPU. The front end (this class) validates; kernels only compute.
+// explicit backward. Float32 on the CPU. The front end (this class) validates; kernels only
+// compute.
 #pragma once
 
 #include <switchyard/config.h>
@@ -45,9 +46,9 @@ struct MoEGrads {
 
 struct MoEBatch {
   int64_t T = 0;
-  const float* x = nullptr;            // (T, d)
-  const int64_t* token_ids = nullptr;  // (T), hash routers
-  std::vector<int64_t> seq_lens;       // sums to T; empty = one sequence
+  const float* x = nullptr;               // (T, d)
+  const int64_t* token_ids = nullptr;     // (T), hash routers
+  std::vector<int64_t> seq_lens;          // sums to T; empty = one sequence
   const double* global_counts = nullptr;  // (R) earlier micro-batches' counts (global-batch loss)
 };
 
@@ -80,18 +81,18 @@ struct MoECache {
   std::vector<std::pair<int64_t, int64_t>> groups;     // routing groups
   std::vector<std::pair<int64_t, int64_t>> sequences;  // token ranges of the sequences
   RouterNoise noise;
-  std::vector<float> router_in;   // (T, d) jittered input, or (S, d) sequence means for SMEAR
-  std::vector<float> logits;      // (T, R) or (S, R)
+  std::vector<float> router_in;  // (T, d) jittered input, or (S, d) sequence means for SMEAR
+  std::vector<float> logits;     // (T, R) or (S, R)
   RoutingPlan plan;
   std::vector<int64_t> expert_offsets;  // (E + 1) into the dispatched rows
   std::vector<int32_t> row_assignment;  // (A_kept) assignment of each dispatched row
   std::vector<int64_t> token_offsets;   // (T + 1) CSR of dispatched rows by token
   std::vector<int32_t> token_rows;      // (A_kept)
-  std::vector<float> xd;   // (A_kept, d) gathered inputs
-  std::vector<float> h1;   // (A_kept, F) w1 pre-activation
-  std::vector<float> h3;   // (A_kept, F) w3 output (SwiGLU)
-  std::vector<float> act;  // (A_kept, F) activation fed to w2
-  std::vector<float> out;  // (A_kept, d) expert outputs before weighting
+  std::vector<float> xd;                // (A_kept, d) gathered inputs
+  std::vector<float> h1;                // (A_kept, F) w1 pre-activation
+  std::vector<float> h3;                // (A_kept, F) w3 output (SwiGLU)
+  std::vector<float> act;               // (A_kept, F) activation fed to w2
+  std::vector<float> out;               // (A_kept, d) expert outputs before weighting
   std::vector<float> shared_h1, shared_h3, shared_act;  // (T, Fs)
   std::vector<float> merged;  // SMEAR: (S, 2F d + d F) merged expert weights
   RoutingStats stats;
@@ -118,8 +119,7 @@ class MoELayer {
   // field and value. forward() runs it without the weight scan (check_weights = false).
   void validate(const MoEParams& p, const MoEBatch& batch, bool check_weights = true) const;
   // y (T, d). Saves activations in cache. Returns the routing statistics (also in cache.stats).
-  const RoutingStats& forward(const MoEParams& p, const MoEBatch& batch, MoECache& cache,
-                              float* y);
+  const RoutingStats& forward(const MoEParams& p, const MoEBatch& batch, MoECache& cache, float* y);
   // dy (T, d) -> dx (T, d) and parameter gradients (overwritten). Includes the aux losses'
   // gradients (the aux loss is added to the objective with weight 1).
   // `aux_weight` scales the aux losses' share (for gradient accumulation over micro-batches).

@@ -6,9 +6,8 @@
 #include <switchyard/config.h>
 #include <switchyard/moe_layer.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 namespace switchyard::reference {
@@ -19,10 +18,10 @@ struct Params {  // float64 copies of MoEParams; empty vectors = absent
 
 struct Batch {
   int64_t T = 0;
-  std::vector<double> x;             // (T, d)
-  std::vector<int64_t> token_ids;    // (T) or empty
-  std::vector<int64_t> seq_lens;     // empty = one sequence
-  std::vector<double> global_counts; // (R) or empty
+  std::vector<double> x;              // (T, d)
+  std::vector<int64_t> token_ids;     // (T) or empty
+  std::vector<int64_t> seq_lens;      // empty = one sequence
+  std::vector<double> global_counts;  // (R) or empty
 };
 
 struct Result {
@@ -34,8 +33,10 @@ struct Result {
 };
 
 // `router_params` are the resolved parameters (Router::params(), with "router" naming the family:
-// topk, expert_choice, hash, base, top_p, remoe, smear, soft). `noise` replays the fast path's draws.
-Result forward(const LayerConfig& config, const nlohmann::json& router_params, const MoEShape& shape,
-               int64_t R, const Params& params, const Batch& batch, const RouterNoise& noise);
+// topk, expert_choice, hash, base, top_p, remoe, smear, soft). `noise` replays the fast path's
+// draws.
+Result forward(const LayerConfig& config, const nlohmann::json& router_params,
+               const MoEShape& shape, int64_t R, const Params& params, const Batch& batch,
+               const RouterNoise& noise);
 
 }  // namespace switchyard::reference

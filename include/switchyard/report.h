@@ -53,9 +53,10 @@ struct RunData {
 };
 
 // Reads dir/run.json and dir/metrics.jsonl. Malformed content throws switchyard::Error naming the
-// file (and, for metrics, the line number). A resumed run may log steps again: a step at or before
-// an earlier one replaces the rows from that step on. A last line without its newline that does not
-// parse is a write in progress and is skipped.
+// file (and, for metrics, the line number). Required: "name" in run.json; "step" in every row and
+// "train_loss" in every row without "val_loss". Other absent numbers read as NaN or 0. A resumed
+// run may log steps again: a step at or before an earlier one replaces the rows from that step on.
+// A last line without its newline that does not parse is a write in progress and is skipped.
 RunData load_run(const std::string& dir);
 
 // Writes out_dir/index.html and out_dir/summary.md (each atomically), creating out_dir.

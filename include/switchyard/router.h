@@ -3,11 +3,10 @@
 // src/routers/, one line in src/routers/registry.cpp; the shared tests pick every router up.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,9 +17,9 @@ namespace switchyard {
 enum class ScoreKind { Softmax, Sigmoid };
 
 struct RouterTraits {
-  bool batch_dependent = false;   // a token's route depends on other tokens of its routing group
-  bool needs_gate = true;         // uses gate.weight (hash routers do not)
-  bool needs_token_ids = false;   // hash routers
+  bool batch_dependent = false;      // a token's route depends on other tokens of its routing group
+  bool needs_gate = true;            // uses gate.weight (hash routers do not)
+  bool needs_token_ids = false;      // hash routers
   bool pooled_per_sequence = false;  // SMEAR: one route per sequence from the mean input
   bool has_passthrough = false;      // BASE: y += (1 - α) x
   bool supports_losses = true;       // balance / z / entropy losses are meaningful
@@ -33,9 +32,9 @@ struct RouterTraits {
 struct RouterInput {
   const float* logits = nullptr;  // (T, R)
   int64_t T = 0, R = 0, E = 0;
-  const float* bias = nullptr;           // (E) selection bias, or null
-  const int64_t* token_ids = nullptr;    // (T), or null
-  const float* uniform = nullptr;        // (T) U[0,1) draws for random policies
+  const float* bias = nullptr;         // (E) selection bias, or null
+  const int64_t* token_ids = nullptr;  // (T), or null
+  const float* uniform = nullptr;      // (T) U[0,1) draws for random policies
   std::vector<std::pair<int64_t, int64_t>> groups;
   bool training = false;
 };
@@ -43,14 +42,14 @@ struct RouterInput {
 // Assignments are listed group by group, each group in priority order (earlier = kept first when
 // capacity binds). The dispatch enforces `capacity[g]` (0 = unlimited) and fills `kept`.
 struct RoutingPlan {
-  std::vector<int32_t> token;   // (A)
-  std::vector<int32_t> expert;  // (A) in [0, E)
-  std::vector<int32_t> group;   // (A) routing group index
-  std::vector<float> weight;    // (A) combine weight g
-  std::vector<uint8_t> kept;    // (A) 0 when dropped by capacity or a random policy
-  std::vector<int64_t> capacity;      // (G) per-expert capacity in each group, 0 = unlimited
-  std::vector<float> passthrough;     // (T) coefficient of x added to y; empty if none
-  std::vector<double> selection_counts;  // (R) choices per router output before any drop
+  std::vector<int32_t> token;               // (A)
+  std::vector<int32_t> expert;              // (A) in [0, E)
+  std::vector<int32_t> group;               // (A) routing group index
+  std::vector<float> weight;                // (A) combine weight g
+  std::vector<uint8_t> kept;                // (A) 0 when dropped by capacity or a random policy
+  std::vector<int64_t> capacity;            // (G) per-expert capacity in each group, 0 = unlimited
+  std::vector<float> passthrough;           // (T) coefficient of x added to y; empty if none
+  std::vector<double> selection_counts;     // (R) choices per router output before any drop
   std::vector<double> first_choice_counts;  // (R) first choices only (top-k routers), else empty
   // Router-specific values saved for backward (e.g. normalisers), indexed as the router likes.
   std::vector<float> saved;

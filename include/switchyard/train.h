@@ -3,19 +3,18 @@
 
 #include <switchyard/model.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 namespace switchyard {
 
 struct DataConfig {
-  std::string corpus;                  // a corpus directory (scripts/build-corpus.sh), or
-  std::vector<std::string> text_files; // users' text files (validation = last val_fraction), or
-  std::string bin_train, bin_val;      // llm.c .bin shards, or
-  bool synthetic = false;              // the small synthetic generator (tests)
+  std::string corpus;                   // a corpus directory (scripts/build-corpus.sh), or
+  std::vector<std::string> text_files;  // users' text files (validation = last val_fraction), or
+  std::string bin_train, bin_val;       // llm.c .bin shards, or
+  bool synthetic = false;               // the small synthetic generator (tests)
   double val_fraction = 0.05;
 };
 

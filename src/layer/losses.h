@@ -22,8 +22,8 @@ struct LossInput {
 };
 
 // Returns the sum; `each` receives every enabled loss by name. d_logits may be null.
-double aux_losses(const LossConfig& config, const LossInput& in, std::map<std::string, double>& each,
-                  float* d_logits);
+double aux_losses(const LossConfig& config, const LossInput& in,
+                  std::map<std::string, double>& each, float* d_logits);
 
 // Mean over tokens of the entropy of the balance probabilities (softmax, or s / Σ s for sigmoid).
 double mean_router_entropy(const LossInput& in);

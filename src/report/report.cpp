@@ -123,19 +123,21 @@ LayerMetrics parse_layer(const json& j, size_t index, const std::string& row_whe
   return m;
 }
 
-// "step" and "train_loss" are required; other absent numbers read as NaN so that a trainer that
-// logs less still gets a report. Wrong types are always errors.
+// "step" is required, and "train_loss" unless the row is an evaluation only (say, at step 0);
+// other absent numbers read as NaN so that a trainer that logs less still gets a report. Wrong
+// types are always errors.
 MetricsRow parse_row(const json& j, const std::string& where) {
   if (!j.is_object()) fail("{}: expected a JSON object, got {}", where, describe_value(j));
   MetricsRow row;
   row.step = integer(j, "step", where, std::nullopt);
   row.tokens = integer(j, "tokens", where, int64_t(0));
-  row.train_loss = required_number(j, "train_loss", where);
+  row.val_loss = opt_number(j, "val_loss", where);
+  row.train_loss = row.val_loss ? number_or_nan(j, "train_loss", where)
+                                : required_number(j, "train_loss", where);
   row.lr = number_or_nan(j, "lr", where);
   row.aux_loss = number_or_nan(j, "aux_loss", where);
   row.grad_norm = number_or_nan(j, "grad_norm", where);
   row.tokens_per_s = number_or_nan(j, "tokens_per_s", where);
-  row.val_loss = opt_number(j, "val_loss", where);
   if (const auto it = j.find("layers"); it != j.end()) {
     if (!it->is_array())
       fail("{}: field 'layers' must be an array, got {}", where, describe_value(*it));
@@ -258,11 +260,8 @@ struct Summary {
 
 Summary summarize(const RunData& run, const Derived& d) {
   Summary s;
-  for (double v : d.val_loss) {
-    if (!finite(v)) continue;
-    s.final_val = v;
-    s.best_val = finite(s.best_val) ? std::min(s.best_val, v) : v;
-  }
+  for (double v : d.val_loss)
+    if (finite(v)) s.best_val = finite(s.best_val) ? std::min(s.best_val, v) : v;
   if (!d.val_loss.empty()) s.final_val = d.val_loss.back();  // a diverged run shows NaN
   if (!d.train_loss_ema.empty()) s.final_train = d.train_loss_ema.back();
   s.max_vio_mean = mean_finite(d.max_vio);

@@ -7,9 +7,9 @@
 namespace switchyard::cpu {
 
 // Capacity and grouping. Assignments a in [0, A) are in priority order within each group.
-// kept[a] comes in as 0 for choices already dropped; a kept choice whose slot (count of earlier kept
-// choices of the same expert in the same group) reaches capacity[group[a]] > 0 is dropped. Then a
-// stable counting sort of kept assignments by expert: expert_offsets (E + 1), row_assignment
+// kept[a] comes in as 0 for choices already dropped; a kept choice whose slot (count of earlier
+// kept choices of the same expert in the same group) reaches capacity[group[a]] > 0 is dropped.
+// Then a stable counting sort of kept assignments by expert: expert_offsets (E + 1), row_assignment
 // (kept count). Returns the number of kept assignments. `slots` is scratch of G * E.
 int64_t dispatch(int64_t A, const int32_t* expert, const int32_t* group, uint8_t* kept,
                  const int64_t* capacity, int64_t G, int64_t E, int64_t* slots,
