@@ -337,6 +337,15 @@ TEST_F(ReportTest, WithoutDomainsThereIsNoMutualInformationPlot) {
   EXPECT_EQ(count(summary_body(html), "<tr>"), 2u);
 }
 
+TEST_F(ReportTest, OneRunHasOneHeatmapPerLayer) {
+  const std::vector<RunData> runs = write_and_load({three_routers()[1]}, Shape{20, 5, 3, 8, true});
+  write_report(runs, (dir_ / "report").string());
+  const std::string html = slurp(dir_ / "report" / "index.html");
+  EXPECT_EQ(count(html, "<svg "), 6u + 3u);
+  EXPECT_EQ(count(summary_body(html), "<tr>"), 1u);
+  EXPECT_EQ(count(html, "class=\"best\""), 0u);  // nothing to compare with
+}
+
 TEST_F(ReportTest, BestValuesAreHighlighted) {
   // deepseek_v3 has the lowest loss and the lowest MaxVio by construction.
   const std::vector<RunData> runs = write_and_load(three_routers(), Shape{});

@@ -960,7 +960,9 @@ std::vector<std::pair<std::string, std::string>> common_settings(
   std::set<std::string> keys;
   for (const RunData& run : runs)
     for (const auto& [key, value] : get(run).items())
-      if (key != "router") keys.insert(key);  // the router is per run by design
+      // The router differs by design; a trainer may copy the model, the run's name and its
+      // output folder into the training settings, which say nothing shared.
+      if (key != "router" && key != "model" && key != "name" && key != "out") keys.insert(key);
   std::vector<std::pair<std::string, std::string>> out;
   for (const std::string& key : keys) {
     std::set<std::string> values;
@@ -1293,12 +1295,21 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
          "</p>");
   if (layers.empty()) append(out, "<p class=\"lede\">No layer statistics logged yet.</p>");
   size_t m = 0;
-  for (int layer : layers) {
-    append(out, "<h3 class=\"layer-title\">Layer {}</h3><div class=\"heat-grid\">", layer);
-    for (size_t r = 0; r < runs.size(); ++r, ++m)
-      append(out, "<figure><figcaption><h3>{}{}</h3></figcaption>{}</figure>", swatch(r),
-             html_escape(runs[r].name), heatmap_svg(maps[m], scale));
+  if (runs.size() == 1) {
+    // One run: its layers side by side rather than one per row.
+    append(out, "<div class=\"heat-grid\">");
+    for (int layer : layers)
+      append(out, "<figure><figcaption><h3>Layer {}</h3></figcaption>{}</figure>", layer,
+             heatmap_svg(maps[m++], scale));
     append(out, "</div>");
+  } else {
+    for (int layer : layers) {
+      append(out, "<h3 class=\"layer-title\">Layer {}</h3><div class=\"heat-grid\">", layer);
+      for (size_t r = 0; r < runs.size(); ++r, ++m)
+        append(out, "<figure><figcaption><h3>{}{}</h3></figcaption>{}</figure>", swatch(r),
+               html_escape(runs[r].name), heatmap_svg(maps[m], scale));
+      append(out, "</div>");
+    }
   }
   append(out, "</section>\n");
 
