@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh release
+# The default corpus (seconds to build) so that its loader test runs on the real data too.
+bash scripts/build-corpus.sh > /dev/null
+export SWITCHYARD_CORPUS_DIR="$PWD/data/corpus"
 ctest --preset release --timeout 900
 if [ "${SWITCHYARD_SKIP_ASAN:-0}" != 1 ]; then
   bash scripts/build.sh asan
