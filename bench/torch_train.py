@@ -20,6 +20,11 @@ Prints one JSON line:
   {"impl": "torch", "tokens_per_s": ..., "ms_per_step": ..., "final_loss": ..., ...}
 tokens_per_s and ms_per_step are from the median step time (as run_train_bench.sh does for
 switchyard); mean_ms_per_step is also given.
+
+--threads sets torch.set_num_threads (default 2, the issue's setting). On a small VM libgomp's
+default wait policy can make 2 threads slower than 1 for this model's many small ops;
+run_train_bench.sh therefore also runs OMP_WAIT_POLICY=PASSIVE and --threads 1 and compares
+against the fastest.
 """
 import argparse
 import json
