@@ -135,6 +135,9 @@ class MoELayer {
   MoEShape shape_;
   std::unique_ptr<Router> router_;
   int64_t R_ = 0;
+  // Backward scratch kept across calls: allocating and faulting in (rows, F) buffers on every
+  // call cost more than the routing itself.
+  std::vector<float> ws_dout_, ws_dxd_, ws_dact_, ws_dh3_, ws_dxr_;
   uint64_t calls_ = 0;
 };
 

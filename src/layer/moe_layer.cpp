@@ -434,8 +434,14 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
 
   // Routed experts: dout = w · dy per row, u = <dy, out> per row for the router.
   const int64_t rows = int64_t(c.row_assignment.size());
-  std::vector<float> dout(size_t(rows * d)), dxd(size_t(rows * d));
-  std::vector<float> dact(size_t(rows * F)), dh3(swiglu ? size_t(rows * F) : 0);
+  auto take = [](std::vector<float>& v, int64_t n) {
+    if (v.size() < size_t(n)) v.resize(size_t(n));
+    return v.data();
+  };
+  float* dout = take(ws_dout_, rows * d);                   // (rows, d)
+  float* dxd = take(ws_dxd_, rows * d);                     // (rows, d)
+  float* dact = take(ws_dact_, rows * F);                   // (rows, F)
+  float* dh3 = swiglu ? take(ws_dh3_, rows * F) : nullptr;  // (rows, F)
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t a = c.row_assignment[size_t(r)];
@@ -444,7 +450,7 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     const float w = plan.weight[size_t(a)];
     double u = 0.0;
     for (int64_t j = 0; j < d; ++j) {
-      dout[size_t(r * d + j)] = w * dyt[j];
+      dout[r * d + j] = w * dyt[j];
       u += double(dyt[j]) * o[j];
     }
     d_weight[size_t(a)] = float(u);
@@ -457,14 +463,14 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     float* dw1 = g.w1 ? g.w1 + e * F * d : scratch;
     float* dw3 = swiglu ? (g.w3 ? g.w3 + e * F * d : scratch + F * d) : nullptr;
     float* dw2 = g.w2 ? g.w2 + e * d * F : scratch + 2 * F * d;
-    cpu::ffn_backward(
-        act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d, p.w3 ? p.w3 + e * F * d : nullptr,
-        p.w2 + e * d * F, c.h1.data() + o * F, swiglu ? c.h3.data() + o * F : nullptr,
-        c.act.data() + o * F, dout.data() + o * d, dact.data() + o * F,
-        swiglu ? dh3.data() + o * F : nullptr, dw1, dw3, dw2, dxd.data() + o * d, false);
+    cpu::ffn_backward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
+                      p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
+                      swiglu ? c.h3.data() + o * F : nullptr, c.act.data() + o * F, dout + o * d,
+                      dact + o * F, swiglu ? dh3 + o * F : nullptr, dw1, dw3, dw2, dxd + o * d,
+                      false);
   });
   std::vector<float> ones(size_t(rows), 1.0f);
-  cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), ones.data(), dxd.data(), dx);
+  cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), ones.data(), dxd, dx);
 
   std::vector<float> d_pass;
   if (!plan.passthrough.empty()) {
@@ -505,11 +511,11 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   const float* router_input = c.router_in.empty() ? batch.x : c.router_in.data();
   if (g.gate)
     cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);
-  std::vector<float> dxr(size_t(T * d));
-  cpu::gemm(false, false, T, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dxr.data(), d);
+  float* dxr = take(ws_dxr_, T * d);  // (T, d)
+  cpu::gemm(false, false, T, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dxr, d);
   const bool jittered = !c.noise.jitter.empty();
   for (int64_t i = 0; i < T * d; ++i)
-    dx[i] += jittered ? dxr[size_t(i)] * c.noise.jitter[size_t(i)] : dxr[size_t(i)];
+    dx[i] += jittered ? dxr[i] * c.noise.jitter[size_t(i)] : dxr[i];
 }
 
 std::vector<float> MoELayer::combine_matrix(const MoECache& c) const {

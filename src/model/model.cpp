@@ -291,7 +291,8 @@ void Model::backward(float scale) {
   const bool swiglu = c.activation == Activation::SwiGLU;
   const float* P = params_.data();
   float* G = grads_.data();
-  im.scratch.assign(size_t(N * C * 4 + N * 3 * C + B * H * T * T + N * V), 0.0f);
+  // Every buffer below is fully written before it is read, except dh, which accumulates.
+  im.scratch.resize(size_t(N * C * 4 + N * 3 * C + B * H * T * T + N * V));
   float* dh = im.scratch.data();            // (N, C) gradient of the residual stream
   float* dtmp = dh + N * C;                 // (N, C)
   float* dm = dtmp + N * C;                 // (N, C)
@@ -300,6 +301,7 @@ void Model::backward(float scale) {
   float* dprobs = dqkv + N * 3 * C;         // (B, H, T, T)
   float* dlogits = dprobs + B * H * T * T;  // (N, V)
 
+  std::fill(dh, dh + N * C, 0.0f);
   ops::cross_entropy(N, V, logits_.data(), im.targets.data(), dlogits, scale);
   const size_t head = c.tied_head ? im.wte : im.lm_head;
   cpu::gemm(true, false, V, C, N, 1.0f, dlogits, V, im.hf, C, 1.0f, G + head, C);
