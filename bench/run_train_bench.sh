@@ -64,30 +64,11 @@ cat > "$tmp/train.json" <<EOF
 }
 EOF
 
-# Runs a command and appends to $tmp/contention.jsonl how much CPU other processes took meanwhile
-# (from /proc/stat minus our children's rusage), as bench/run_layer_bench.sh does.
+# Runs a command and records other processes' CPU use meanwhile (bench/checked.py).
 checked() {
   local label="$1"
   shift
-  "$py" -c '
-import json, os, resource, subprocess, sys, time
-def busy():
-    f = [int(v) for v in open("/proc/stat").readline().split()[1:]]
-    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-label, out, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
-b0, t0 = busy(), time.time()
-rc = subprocess.call(cmd)
-b1, t1 = busy(), time.time()
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-ours = ru.ru_utime + ru.ru_stime
-other = max(0.0, b1 - b0 - ours)
-share = other / ((t1 - t0) * os.cpu_count())
-print(f"{label}: {t1 - t0:.0f} s wall, our CPU {ours:.0f} s, other processes {other:.1f} CPU s "
-      f"({100 * share:.1f}% of the machine)", file=sys.stderr)
-with open(out, "a") as f:
-    f.write(json.dumps(dict(label=label, wall_s=t1 - t0, other_cpu_s=other, other_share=share)) + "\n")
-sys.exit(rc)
-' "$label" "$tmp/contention.jsonl" "$@"
+  "$py" "$root/bench/checked.py" "$label" "$tmp/contention.jsonl" "$@"
 }
 
 echo "== switchyard train ($sy_steps steps, OMP_NUM_THREADS=$threads) ==" >&2
