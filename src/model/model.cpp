@@ -260,6 +260,7 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
     ops::rope(B, T, H, D, c.rope_theta, L.qkv, false);
     ops::attention_forward(B, T, H, D, L.qkv, L.probs, L.o);
     cpu::gemm(false, true, N, C, C, 1.0f, L.o, C, P + L.wo, C, 0.0f, L.h_mid, C);
+#pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < N * C; ++i) L.h_mid[i] += L.h_in[i];
     ops::rmsnorm_forward(N, C, L.h_mid, P + L.mlp_norm, c.norm_eps, L.m, L.rstd2);
     if (L.moe) {
@@ -274,6 +275,7 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
                        P + L.w1, swiglu ? P + L.w3 : nullptr, P + L.w2, L.dh1, L.dh3, L.dact, L.f);
     }
     float* next = l + 1 < im.layers.size() ? im.layers[l + 1].h_in : im.h_out;
+#pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < N * C; ++i) next[i] = L.h_mid[i] + L.f[i];
   }
   ops::rmsnorm_forward(N, C, im.h_out, P + im.final_norm, c.norm_eps, im.hf, im.rstd_f);
@@ -353,7 +355,10 @@ void Model::backward(float scale) {
 }
 
 void Model::zero_grads() {
-  std::fill(grads_.begin(), grads_.end(), 0.0f);
+  float* g = grads_.data();
+  const int64_t n = int64_t(grads_.size());
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) g[i] = 0.0f;
 }
 
 double Model::aux_loss() const {
@@ -452,9 +457,15 @@ double AdamW::step(Model& model, int64_t step) {
   std::vector<float>& p = model.params();
   std::vector<float>& g = model.grads();
   double norm_sq = 0.0;
-  for (const auto& t : model.tensors())
-    if (t.trainable)
-      for (size_t i = t.offset; i < t.offset + t.size; ++i) norm_sq += double(g[i]) * g[i];
+  for (const auto& t : model.tensors()) {
+    if (!t.trainable) continue;
+    const float* gg = g.data() + t.offset;
+    const int64_t n = int64_t(t.size);
+    double sum = 0.0;
+#pragma omp parallel for simd schedule(static) reduction(+ : sum) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) sum += double(gg[i]) * gg[i];
+    norm_sq += sum;
+  }
   const double norm = std::sqrt(norm_sq);
   const double clip = c.grad_clip > 0 && norm > c.grad_clip ? c.grad_clip / norm : 1.0;
   const double lr = learning_rate(step);
