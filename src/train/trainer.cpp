@@ -329,42 +329,46 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   std::vector<std::vector<int32_t>> previous_probe;
   double wall_before = 0.0;
   if (options.resume) {
-    const json meta = parse_json_strict(read_file_text(ckpt_dir + "/checkpoint.json"),
-                                        ckpt_dir + "/checkpoint.json");
-    const SafetensorsFile file = read_safetensors(ckpt_dir + "/model.safetensors");
-    const auto it = file.metadata.find("state");
-    if (it == file.metadata.end())
-      fail("{}/model.safetensors: no 'state' metadata; not a switchyard checkpoint", ckpt_dir);
-    const json state = json::parse(it->second);
-    start = state.at("step").get<int64_t>();
-    if (meta.at("step").get<int64_t>() != start)
-      fail("{}: checkpoint.json is at step {} but model.safetensors at step {}", ckpt_dir,
-           meta.at("step").get<int64_t>(), start);
-    if (meta.at("config").at("model") != config.model.to_json())
-      fail("{}: the checkpoint's model config differs from this run's", ckpt_dir);
-    SafetensorsFile params;
-    for (const auto& [name, t] : file.tensors) {
-      if (name.starts_with("optim.")) continue;
-      params.tensors[name] = t;
-    }
-    model.load_safetensors(params, ckpt_dir + "/model.safetensors");
-    for (const auto& t : model.tensors()) {
-      if (!t.trainable) continue;
-      for (const char* which : {"optim.m.", "optim.v."}) {
-        auto f = file.tensors.find(which + t.name);
-        if (f == file.tensors.end())
-          fail("{}/model.safetensors: missing '{}{}'", ckpt_dir, which, t.name);
-        const std::vector<float> v = f->second.to_f32(which + t.name);
-        if (v.size() != t.size) fail("{}: '{}{}' has the wrong size", ckpt_dir, which, t.name);
-        std::vector<float>& dst = std::string(which) == "optim.m." ? optim.m() : optim.v();
-        std::copy(v.begin(), v.end(), dst.begin() + long(t.offset));
+    try {
+      const json meta = parse_json_strict(read_file_text(ckpt_dir + "/checkpoint.json"),
+                                          ckpt_dir + "/checkpoint.json");
+      const SafetensorsFile file = read_safetensors(ckpt_dir + "/model.safetensors");
+      const auto it = file.metadata.find("state");
+      if (it == file.metadata.end())
+        fail("{}/model.safetensors: no 'state' metadata; not a switchyard checkpoint", ckpt_dir);
+      const json state = json::parse(it->second);
+      start = state.at("step").get<int64_t>();
+      if (meta.at("step").get<int64_t>() != start)
+        fail("{}: checkpoint.json is at step {} but model.safetensors at step {}", ckpt_dir,
+             meta.at("step").get<int64_t>(), start);
+      if (meta.at("config").at("model") != config.model.to_json())
+        fail("{}: the checkpoint's model config differs from this run's", ckpt_dir);
+      SafetensorsFile params;
+      for (const auto& [name, t] : file.tensors) {
+        if (name.starts_with("optim.")) continue;
+        params.tensors[name] = t;
       }
+      model.load_safetensors(params, ckpt_dir + "/model.safetensors");
+      for (const auto& t : model.tensors()) {
+        if (!t.trainable) continue;
+        for (const char* which : {"optim.m.", "optim.v."}) {
+          auto f = file.tensors.find(which + t.name);
+          if (f == file.tensors.end())
+            fail("{}/model.safetensors: missing '{}{}'", ckpt_dir, which, t.name);
+          const std::vector<float> v = f->second.to_f32(which + t.name);
+          if (v.size() != t.size) fail("{}: '{}{}' has the wrong size", ckpt_dir, which, t.name);
+          std::vector<float>& dst = std::string(which) == "optim.m." ? optim.m() : optim.v();
+          std::copy(v.begin(), v.end(), dst.begin() + long(t.offset));
+        }
+      }
+      model.set_state(state.at("model_state"), ckpt_dir);
+      const json& extra = state.at("extra");
+      previous_probe = extra.at("probe").get<std::vector<std::vector<int32_t>>>();
+      wall_before = extra.at("wall_seconds").get<double>();
+      truncate_metrics(metrics_path, start);
+    } catch (const json::exception& e) {
+      fail("{}: malformed checkpoint: {}", ckpt_dir, e.what());
     }
-    model.set_state(state.at("model_state"), ckpt_dir);
-    const json& extra = state.at("extra");
-    previous_probe = extra.at("probe").get<std::vector<std::vector<int32_t>>>();
-    wall_before = extra.at("wall_seconds").get<double>();
-    truncate_metrics(metrics_path, start);
   } else {
     write_file_atomic(metrics_path, std::string());
   }
