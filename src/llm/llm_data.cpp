@@ -71,8 +71,8 @@ class TableBuilder {
 
   void bad(std::size_t line, std::size_t record, std::string column, std::string reason) {
     if (options_.strict) {
-      const std::string where =
-          line > 0 ? fmt::format("{}:{}", file_, line) : fmt::format("{}: record {}", file_, record);
+      const std::string where = line > 0 ? fmt::format("{}:{}", file_, line)
+                                         : fmt::format("{}: record {}", file_, record);
       if (column.empty()) fail("{}: {}", where, reason);
       fail("{}: column '{}': {}", where, column, reason);
     }
@@ -85,7 +85,8 @@ class TableBuilder {
     const auto [it, inserted] = first_seen_.emplace(prompt, here);
     if (!inserted) {
       bad(line, record, "prompt",
-          fmt::format("duplicate prompt (first at {} {})", line > 0 ? "line" : "record", it->second));
+          fmt::format("duplicate prompt (first at {} {})", line > 0 ? "line" : "record",
+                      it->second));
       return;
     }
     table_.prompts.push_back(std::move(prompt));
@@ -198,9 +199,9 @@ RoutingTable read_routerbench_csv(const std::string& path, const ReadOptions& op
     if (is_blank_record(record)) continue;
     const std::size_t row = index++;
     if (record.fields.size() != layout.columns.size()) {
-      builder.bad(record.line, row, "",
-                  fmt::format("expected {} fields, got {}", layout.columns.size(),
-                              record.fields.size()));
+      builder.bad(
+          record.line, row, "",
+          fmt::format("expected {} fields, got {}", layout.columns.size(), record.fields.size()));
       continue;
     }
     try {
@@ -398,7 +399,8 @@ RoutingTable read_routellm_pairwise(const std::string& path, const ReadOptions& 
     models.push_back(name);
     model_columns.push_back(c);
   }
-  if (models.size() < 2) fail("{}: expected at least two model columns, got {}", path, models.size());
+  if (models.size() < 2)
+    fail("{}: expected at least two model columns, got {}", path, models.size());
 
   std::string eval_name = std::filesystem::path(path).stem().string();
   if (eval_name.ends_with("_responses")) eval_name.resize(eval_name.size() - 10);

@@ -1123,9 +1123,9 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
          "<title>Router comparison: {}</title>\n<style>{}</style>\n</head>\n<body>\n<main>\n",
          html_escape(names_line), kCss);
   append(out,
-         "<header><h1>Router comparison</h1><p>{} run{} · up to step {} · {} MoE layer{} · "
+         "<header><h1>Router comparison</h1><p>{} run{} · {} steps · {} MoE layer{} · "
          "written by switchyard</p></header>\n",
-         runs.size(), runs.size() == 1 ? "" : "s", max_step, layers.size(),
+         runs.size(), runs.size() == 1 ? "" : "s", max_step + 1, layers.size(),
          layers.size() == 1 ? "" : "s");
 
   // Summary table.
@@ -1184,7 +1184,7 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
            swatch(r), html_escape(runs[r].name),
            router.empty() ? "—" : "<code>" + html_escape(router) + "</code>",
            human_count(double(runs[r].params)), human_count(double(runs[r].active_params)),
-           runs[r].rows.empty() ? "—" : thousands(double(runs[r].rows.back().step)),
+           runs[r].rows.empty() ? "—" : thousands(double(runs[r].rows.back().step + 1)),
            seconds_text(opt_or_nan(runs[r].wall_seconds)),
            diff.empty() ? "—" : "<code>" + html_escape(diff) + "</code>");
   }
@@ -1360,7 +1360,8 @@ std::string markdown(const std::vector<RunData>& runs, const Page& p) {
         fmt::format("- {}: router {}; params {} (active {}); ", md_escape(run.name),
                     md_escape(router_text(run.router)), human_count(double(run.params)),
                     human_count(double(run.active_params)));
-    line += run.rows.empty() ? "no steps logged" : fmt::format("{} steps", run.rows.back().step);
+    line +=
+        run.rows.empty() ? "no steps logged" : fmt::format("{} steps", run.rows.back().step + 1);
     line += run.wall_seconds ? " in " + seconds_text(*run.wall_seconds) : " (running)";
     if (const auto it = p.differences.find(r); it != p.differences.end())
       for (const std::string& d : it->second) line += "; " + md_escape(d);
