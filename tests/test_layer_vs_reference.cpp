@@ -60,6 +60,10 @@ std::vector<Case> cases() {
        true},
       // GShard: top-2, random second expert in training, capacity 2, balance on the first choice.
       {"gshard_training", {{"router", "gshard"}, {"training", true}}, {3, 64}},
+      // The random second expert compares the gate value before the route scale.
+      {"gshard_training_route_scale",
+       {{"router", "gshard"}, {"training", true}, {"route_scale", 2.5}},
+       {3, 64}},
       {"gshard_training_tight_capacity",
        {{"router", "gshard"}, {"training", true}, {"capacity_factor", 0.75}},
        {3, 64},

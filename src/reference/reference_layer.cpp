@@ -317,7 +317,9 @@ Routing route_topk(const json& params, const std::vector<double>& logits,
       if (rank == 0) routing.chosen_first[t * R + e] += 1.0;
       if (e >= E) continue;  // null expert: outputs nothing
       Choice c{t, e, rank, weight_of(e), true};
-      if (random_second && rank >= 1 && !(2.0 * c.weight > noise.uniform[t])) c.kept = false;
+      // GShard's test uses the gate value before any route scale.
+      if (random_second && rank >= 1 && !(2.0 * c.weight / o.route_scale > noise.uniform[t]))
+        c.kept = false;
       choices.push_back(c);
     }
   }
