@@ -6,7 +6,9 @@
 #   bench/run_layer_bench.sh [extra bench_layer flags, e.g. --benchmark_filter=fine/]
 #
 # Environment: SKIP_BUILD=1 skips the build; SKIP_TORCH=1 skips the torch baselines;
-# KEEP_JSON=DIR copies the raw results there. Run nothing else heavy meanwhile (2 cores).
+# KEEP_JSON=DIR copies the raw results there; REPORT_ONLY=DIR re-renders such a kept run (the files
+# may come from two clean runs: the torch numbers do not depend on switchyard's code). Run nothing
+# else heavy meanwhile (2 cores): the table warns when other processes took CPU.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,14 +16,18 @@ cd "$root"
 bench="$root/build/release/bench/bench_layer"
 py=/usr/bin/python3
 
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+if [[ -n "${REPORT_ONLY:-}" ]]; then
+  # Re-render the table of a kept run (KEEP_JSON=DIR) without running anything.
+  cp "$REPORT_ONLY/switchyard.json" "$REPORT_ONLY/contention.jsonl" "$tmp/"
+  cp "$REPORT_ONLY/torch.jsonl" "$tmp/" 2>/dev/null || :
+elif [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   [[ -f build/release/build.ninja ]] || cmake --preset release >&2
   cmake --build --preset release --target bench_layer >&2
 fi
-[[ -x "$bench" ]] || { echo "error: $bench not built" >&2; exit 1; }
-
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+[[ -n "${REPORT_ONLY:-}" || -x "$bench" ]] || { echo "error: $bench not built" >&2; exit 1; }
 
 # Runs a command and records other processes' CPU use meanwhile (bench/checked.py).
 checked() {
@@ -30,18 +36,22 @@ checked() {
   "$py" "$root/bench/checked.py" "$label" "$tmp/contention.jsonl" "$@"
 }
 
-echo "== bench_layer (Google Benchmark) ==" >&2
-checked bench_layer "$bench" --benchmark_out="$tmp/switchyard.json" --benchmark_out_format=json "$@" >&2
-
 torch_note=""
-if [[ "${SKIP_TORCH:-0}" == 1 ]]; then
-  torch_note="torch baselines skipped (SKIP_TORCH=1)"
-elif ! "$py" -c 'import torch' 2>/dev/null; then
-  torch_note="$py cannot import torch (install Debian's python3-torch)"
+if [[ -n "${REPORT_ONLY:-}" ]]; then
+  [[ -s "$tmp/torch.jsonl" ]] || torch_note="no torch results in $REPORT_ONLY"
 else
-  echo "== torch per-expert loop and dense floor ($py) ==" >&2
-  if ! checked torch "$py" bench/torch_moe_loop.py > "$tmp/torch.jsonl"; then
-    torch_note="bench/torch_moe_loop.py failed (see above)"
+  echo "== bench_layer (Google Benchmark) ==" >&2
+  checked bench_layer "$bench" --benchmark_out="$tmp/switchyard.json" \
+    --benchmark_out_format=json "$@" >&2
+  if [[ "${SKIP_TORCH:-0}" == 1 ]]; then
+    torch_note="torch baselines skipped (SKIP_TORCH=1)"
+  elif ! "$py" -c 'import torch' 2>/dev/null; then
+    torch_note="$py cannot import torch (install Debian's python3-torch)"
+  else
+    echo "== torch per-expert loop and dense floor ($py) ==" >&2
+    if ! checked torch "$py" bench/torch_moe_loop.py > "$tmp/torch.jsonl"; then
+      torch_note="bench/torch_moe_loop.py failed (see above)"
+    fi
   fi
 fi
 [[ -f "$tmp/torch.jsonl" ]] || : > "$tmp/torch.jsonl"
