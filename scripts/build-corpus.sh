@@ -24,17 +24,8 @@ out_dir="${1:-data/corpus}"
 budget_mib="${CORPUS_BUDGET_MIB:-6}"
 [[ "$budget_mib" =~ ^[1-9][0-9]*$ ]] || { echo "build-corpus: CORPUS_BUDGET_MIB must be a positive integer, got '$budget_mib'" >&2; exit 2; }
 
-packages=(base-files fortunes fortunes-min wordnet-base manpages manpages-dev libc6-dev libstdc++-12-dev gzip python3)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "build-corpus: installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+bash scripts/install-deps.sh base-files fortunes fortunes-min wordnet-base manpages manpages-dev \
+  libc6-dev libstdc++-12-dev gzip python3
 
 exec /usr/bin/python3 - "$out_dir" "$budget_mib" <<'PY'
 import gzip, hashlib, json, os, re, shutil, subprocess, sys

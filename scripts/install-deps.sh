@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages switchyard needs, only those that are missing.
+# With arguments, installs those packages instead (scripts/build-corpus.sh uses this).
 set -euo pipefail
 packages=(g++ cmake ninja-build libopenblas-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
   libcli11-dev libfmt-dev python3 python3-numpy python3-torch clang-format chromium)
+[ $# -gt 0 ] && packages=("$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
