@@ -3,7 +3,8 @@
 # With arguments, installs those packages instead (scripts/build-corpus.sh uses this).
 set -euo pipefail
 packages=(g++ cmake ninja-build libopenblas-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
-  libcli11-dev libfmt-dev python3 python3-numpy python3-torch clang-format chromium)
+  libcli11-dev libfmt-dev libcpp-httplib-dev pkg-config python3 python3-numpy python3-torch
+  python3-sklearn wrk clang-format chromium)
 [ $# -gt 0 ] && packages=("$@")
 missing=()
 for p in "${packages[@]}"; do

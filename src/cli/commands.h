@@ -32,4 +32,8 @@ int run_compare(const std::string& config_path, const TrainFlags& flags,
 // subfolder that has one) and writes out_dir/index.html and out_dir/summary.md.
 int run_report(const std::vector<std::string>& run_dirs, const std::string& out_dir);
 
+// `switchyard llm serve`: the OpenAI-compatible gateway (docs/gateway.md); runs until SIGINT or
+// SIGTERM, then drains the requests in flight. Implemented in llm_serve_command.cpp.
+int run_llm_serve(const std::string& config_path);
+
 }  // namespace switchyard::cli
