@@ -68,6 +68,7 @@ struct PromptRouter {
   std::unique_ptr<Featurizer> featurizer;
   std::unique_ptr<QualityModel> quality;
   CostModel cost;
+  double cost_scale = 1.0;     // largest per-model mean estimated cost over the training prompts
   int strong = -1, weak = -1;  // the two-model pair (default: best / worst mean training score)
 
   // Predicted score (M) and estimated cost (M) of every model for a prompt.
@@ -111,7 +112,7 @@ double calibrate_threshold(std::vector<double> gains, double strong_share);
 // q, c: (n, M) row-major. Returns the model of each prompt. Throws when Σ capacity < n.
 std::vector<int32_t> route_batch_with_capacity(const std::vector<double>& q,
                                                const std::vector<double>& c, size_t n, size_t M,
-                                               const std::vector<int64_t>& capacity,
-                                               double lambda, double c_scale);
+                                               const std::vector<int64_t>& capacity, double lambda,
+                                               double c_scale);
 
 }  // namespace switchyard

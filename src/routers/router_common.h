@@ -49,6 +49,11 @@ void route_per_token(const RouterInput& in, RoutingPlan& plan, Choose&& choose) 
   }
 }
 
+// Assigns n items to E bins, bin e taking exactly capacity[e] (Σ capacity = n), maximising the
+// total affinity approximately by an auction. A (n, E) row-major. Returns the bin of each item.
+std::vector<int32_t> balanced_assignment(const std::vector<double>& A, int64_t n, int64_t E,
+                                         const std::vector<int64_t>& capacity);
+
 // Every expert, weighted by the softmax of the token's logits (soft routing, SMEAR).
 void route_all_experts(const RouterInput& in, RoutingPlan& plan);
 
