@@ -29,6 +29,8 @@ class ParamReader {
   std::vector<std::string> get_string_list(const std::string& key);
   // A JSON object field (fallback when absent).
   nlohmann::json get_object(const std::string& key, const nlohmann::json& fallback);
+  // Any JSON value (the caller checks its type).
+  nlohmann::json get_json(const std::string& key, const nlohmann::json& fallback);
   const std::string& context() const { return context_; }
   // Throws if the object has a key that nothing read.
   void finish() const;

@@ -63,4 +63,16 @@ RoutingTable read_routellm_pairwise(const std::string& path, const ReadOptions& 
 RoutingTable read_llmrouter(const std::string& path, const std::string& price_list_path,
                             const ReadOptions& options = {});
 
+// Appends `more` (read from `source`) to `into`: the models must match in name and order. A row
+// whose prompt `into` already holds is a bad row (reported with its record index and skipped, or
+// an error when strict), so a prompt never lands on both sides of a split.
+void append_table(RoutingTable& into, RoutingTable&& more, const std::string& source, bool strict);
+
+// Reads and appends the given files. format: "routerbench", "routellm", "llmrouter" or "auto"
+// (.jsonl/.ndjson: routerbench; .json: llmrouter; a .csv whose header has `<model>_response`
+// columns or True/False scores: routellm; other .csv: routerbench). A folder stands for its .csv
+// files in name order. `prices` is LLMRouter's price list (required for llmrouter).
+RoutingTable read_routing_data(const std::vector<std::string>& paths, const std::string& format,
+                               const std::string& prices, const ReadOptions& options = {});
+
 }  // namespace switchyard

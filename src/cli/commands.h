@@ -32,6 +32,33 @@ int run_compare(const std::string& config_path, const TrainFlags& flags,
 // subfolder that has one) and writes out_dir/index.html and out_dir/summary.md.
 int run_report(const std::vector<std::string>& run_dirs, const std::string& out_dir);
 
+// `switchyard llm train | eval | route` (llm_commands.cpp).
+struct LlmDataFlags {
+  std::vector<std::string> paths;  // files or folders of .csv files
+  std::string format = "auto", prices;
+  bool strict = false;
+  std::vector<std::string> ignore_columns;
+};
+struct LlmEvalFlags {
+  std::vector<std::string> routers = {"random", "best_single", "knn", "logistic", "mf"};
+  std::string config, embeddings, strong, weak, out, name;
+  double train_fraction = 0.5, output_tokens = 256;
+  uint64_t seed = 0;
+};
+struct LlmTrainFlags {
+  std::string quality = "knn", name, params, features, embeddings, strong, weak, out;
+  double output_tokens = 256;
+  uint64_t seed = 0;
+};
+struct LlmRouteFlags {
+  std::string router, prompts_file, rule = "cost_aware";
+  std::vector<std::string> prompts, capacity;
+  double threshold = 0.0, lambda = 0.5, tau = 0.5;
+};
+int run_llm_eval(const LlmDataFlags& data, const LlmEvalFlags& flags);
+int run_llm_train(const LlmDataFlags& data, const LlmTrainFlags& flags);
+int run_llm_route(const LlmRouteFlags& flags);
+
 // `switchyard llm serve`: the OpenAI-compatible gateway (docs/gateway.md); runs until SIGINT or
 // SIGTERM, then drains the requests in flight. Implemented in llm_serve_command.cpp.
 int run_llm_serve(const std::string& config_path);

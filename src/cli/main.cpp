@@ -1,6 +1,7 @@
 // The switchyard command line: one binary, one subcommand per job.
 #include <fmt/format.h>
 #include <switchyard/error.h>
+#include <switchyard/llm_router.h>
 #include <switchyard/router.h>
 
 #include <CLI/CLI.hpp>
@@ -70,6 +71,77 @@ int main(int argc, char** argv) {
   report->add_option("--runs", report_runs, "run folders (or folders of runs)")->required();
   report->add_option("--out", report_out, "report folder");
 
+  namespace cli = switchyard::cli;
+  auto* llm = app.add_subcommand("llm", "Route prompts across language models");
+  llm->require_subcommand(1);
+  cli::LlmDataFlags llm_data;
+  auto add_data_flags = [&](CLI::App* cmd) {
+    cmd->add_option("--data", llm_data.paths,
+                    "data files or folders (RouterBench CSV/JSONL, RouteLLM CSVs, LLMRouter JSON)")
+        ->required();
+    cmd->add_option("--format", llm_data.format, "data format")
+        ->check(CLI::IsMember({"auto", "routerbench", "routellm", "llmrouter"}));
+    cmd->add_option("--prices", llm_data.prices, "LLMRouter price list (default_llm.json)");
+    cmd->add_flag("--strict", llm_data.strict, "reject the data at the first bad row");
+    cmd->add_option("--ignore-columns", llm_data.ignore_columns,
+                    "extra columns to ignore ('*suffix' matches by suffix)")
+        ->delimiter(',');
+  };
+  cli::LlmEvalFlags eval_flags;
+  auto* llm_eval = llm->add_subcommand("eval", "Train routers on a seeded split and evaluate them");
+  add_data_flags(llm_eval);
+  llm_eval->add_option("--routers", eval_flags.routers, "router kinds")->delimiter(',');
+  llm_eval->add_option("--config", eval_flags.config, "eval.json with router specs");
+  llm_eval->add_option("--embeddings", eval_flags.embeddings,
+                       "embeddings JSONL (prompt, embedding)");
+  llm_eval->add_option("--train-fraction", eval_flags.train_fraction, "training share of the rows")
+      ->check(CLI::Range(0.0, 1.0));
+  llm_eval->add_option("--seed", eval_flags.seed, "split and training seed");
+  llm_eval->add_option("--strong", eval_flags.strong, "strong model (default: best on train)");
+  llm_eval->add_option("--weak", eval_flags.weak, "weak model (default: worst on train)");
+  llm_eval
+      ->add_option("--output-tokens", eval_flags.output_tokens,
+                   "assumed answer tokens for price-list costs")
+      ->check(CLI::Range(0.0, 1e7));
+  llm_eval->add_option("--name", eval_flags.name, "data set name in the report");
+  llm_eval->add_option("--out", eval_flags.out, "folder for eval.json, summary.txt, report.html");
+
+  cli::LlmTrainFlags train_flags;
+  auto* llm_train = llm->add_subcommand("train", "Train one router on all rows and save it");
+  add_data_flags(llm_train);
+  llm_train->add_option("--router", train_flags.quality, "router kind")
+      ->check(CLI::IsMember(switchyard::quality_model_kinds()));
+  llm_train->add_option("--name", train_flags.name, "router name (default: its kind)");
+  llm_train->add_option("--params", train_flags.params, "router parameters, JSON object");
+  llm_train->add_option("--features", train_flags.features, "n-gram features, JSON object");
+  llm_train->add_option("--embeddings", train_flags.embeddings, "embeddings JSONL instead");
+  llm_train->add_option("--strong", train_flags.strong, "strong model of the pair");
+  llm_train->add_option("--weak", train_flags.weak, "weak model of the pair");
+  llm_train->add_option("--output-tokens", train_flags.output_tokens, "answer tokens for prices")
+      ->check(CLI::Range(0.0, 1e7));
+  llm_train->add_option("--seed", train_flags.seed, "training seed");
+  llm_train->add_option("--out", train_flags.out, "router folder")->required();
+
+  cli::LlmRouteFlags route_flags;
+  auto* llm_route = llm->add_subcommand("route", "Choose a model for prompts with a saved router");
+  llm_route->add_option("--router", route_flags.router, "router folder")->required();
+  llm_route->add_option("--prompt", route_flags.prompts, "a prompt (repeatable)");
+  llm_route->add_option("--prompts-file", route_flags.prompts_file, "one prompt per line");
+  llm_route->add_option("--rule", route_flags.rule, "decision rule")
+      ->check(CLI::IsMember({"cost_aware", "threshold", "cascade"}));
+  llm_route->add_option("--threshold", route_flags.threshold, "threshold on q_strong - q_weak");
+  llm_route->add_option("--lambda", route_flags.lambda, "cost weight λ")
+      ->check(CLI::Range(0.0, 1.0));
+  llm_route->add_option("--tau", route_flags.tau, "cascade quality bar τ");
+  llm_route
+      ->add_option("--capacity", route_flags.capacity,
+                   "batch routing: model=max prompts, comma separated")
+      ->delimiter(',');
+
+  std::string serve_config;
+  auto* llm_serve = llm->add_subcommand("serve", "OpenAI-compatible gateway (docs/gateway.md)");
+  llm_serve->add_option("--config", serve_config, "gateway.json")->required();
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*layer) return switchyard::cli::run_layer(config, in, out);
@@ -87,6 +159,10 @@ int main(int argc, char** argv) {
       return switchyard::cli::run_sample(checkpoint, prompt, sample_count, temperature,
                                          sample_seed);
     if (*report) return switchyard::cli::run_report(report_runs, report_out);
+    if (*llm_eval) return cli::run_llm_eval(llm_data, eval_flags);
+    if (*llm_train) return cli::run_llm_train(llm_data, train_flags);
+    if (*llm_route) return cli::run_llm_route(route_flags);
+    if (*llm_serve) return cli::run_llm_serve(serve_config);
   } catch (const switchyard::Error& e) {
     fmt::print(stderr, "switchyard: error: {}\n", e.what());
     return 1;

@@ -98,6 +98,11 @@ json ParamReader::get_object(const std::string& key, const json& fallback) {
   return v;
 }
 
+json ParamReader::get_json(const std::string& key, const json& fallback) {
+  read_.insert(key);
+  return has(key) ? object_.at(key) : fallback;
+}
+
 void ParamReader::finish() const {
   for (const auto& [key, value] : object_.items())
     if (!read_.count(key)) fail("{}: unknown field '{}' (value {})", context_, key, value.dump());

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 namespace switchyard {
@@ -516,6 +517,95 @@ RoutingTable read_llmrouter(const std::string& path, const std::string& price_li
     result.output_price_per_mtok[k] = (*it)["output_price"].get<double>();
   }
   return result;
+}
+
+void append_table(RoutingTable& into, RoutingTable&& more, const std::string& source, bool strict) {
+  if (into.models.empty() && into.prompts.empty()) {
+    into = std::move(more);
+    return;
+  }
+  if (more.models != into.models)
+    fail("{}: models [{}] differ from the earlier files' [{}]", source,
+         fmt::join(more.models, ", "), fmt::join(into.models, ", "));
+  std::unordered_set<std::string> seen(into.prompts.begin(), into.prompts.end());
+  const size_t M = into.models.size();
+  std::vector<std::string> kept;
+  for (size_t r = 0; r < more.rows(); ++r) {
+    if (seen.count(more.prompts[r])) {
+      ReadIssue issue{source, 0, r, "prompt",
+                      "prompt repeats a prompt of an earlier file; the first is kept"};
+      if (strict) fail("{}: record {}: column prompt: {}", source, r, issue.reason);
+      into.issues.push_back(issue);
+      continue;
+    }
+    into.prompts.push_back(std::move(more.prompts[r]));
+    into.eval_names.push_back(std::move(more.eval_names[r]));
+    into.scores.insert(into.scores.end(), more.scores.begin() + long(r * M),
+                       more.scores.begin() + long((r + 1) * M));
+    into.costs.insert(into.costs.end(), more.costs.begin() + long(r * M),
+                      more.costs.begin() + long((r + 1) * M));
+    seen.insert(into.prompts.back());
+  }
+  into.issues.insert(into.issues.end(), more.issues.begin(), more.issues.end());
+}
+
+RoutingTable read_routing_data(const std::vector<std::string>& paths, const std::string& format,
+                               const std::string& prices, const ReadOptions& options) {
+  namespace fs = std::filesystem;
+  if (paths.empty()) fail("llm data: no --data files given");
+  std::vector<std::string> files;
+  for (const auto& p : paths) {
+    if (fs::is_directory(p)) {
+      std::vector<std::string> csvs;
+      for (const auto& e : fs::directory_iterator(p))
+        if (e.is_regular_file() && e.path().extension() == ".csv")
+          csvs.push_back(e.path().string());
+      std::sort(csvs.begin(), csvs.end());
+      if (csvs.empty()) fail("{}: the folder has no .csv files", p);
+      files.insert(files.end(), csvs.begin(), csvs.end());
+    } else {
+      if (!fs::exists(p)) fail("{}: no such file", p);
+      files.push_back(p);
+    }
+  }
+  RoutingTable table;
+  for (const auto& file : files) {
+    std::string kind = format;
+    const std::string ext = fs::path(file).extension().string();
+    if (kind == "auto") {
+      if (ext == ".jsonl" || ext == ".ndjson") {
+        kind = "routerbench";
+      } else if (ext == ".json") {
+        kind = "llmrouter";
+      } else {
+        // RouteLLM's files answer True/False (and may carry `<model>_response` columns).
+        const auto records = parse_csv(read_file_text(file), file);
+        kind = "routerbench";
+        if (records.size() >= 2)
+          for (size_t f = 1; f < records[1].fields.size(); ++f)
+            if (records[1].fields[f] == "True" || records[1].fields[f] == "False")
+              kind = "routellm";
+      }
+    }
+    if (kind == "routerbench") {
+      append_table(table, read_routerbench(file, options), file, options.strict);
+    } else if (kind == "routellm") {
+      append_table(table, read_routellm_pairwise(file, options), file, options.strict);
+    } else if (kind == "llmrouter") {
+      if (prices.empty()) fail("{}: the LLMRouter format needs --prices (default_llm.json)", file);
+      append_table(table, read_llmrouter(file, prices, options), file, options.strict);
+    } else {
+      fail("llm data: format \"{}\" is not one of auto, routerbench, routellm, llmrouter", kind);
+    }
+  }
+  if (table.rows() == 0) {
+    if (table.issues.empty()) fail("llm data: no rows in {}", fmt::join(paths, ", "));
+    const ReadIssue& first = table.issues.front();
+    fail("llm data: no usable rows in {}: all {} rows are bad; the first: {}:{} column {}: {}",
+         fmt::join(paths, ", "), table.issues.size(), first.file, first.line, first.column,
+         first.reason);
+  }
+  return table;
 }
 
 }  // namespace switchyard

@@ -116,7 +116,7 @@ CostModel CostModel::from_json(const json& j, const std::string& source) {
   CostModel c;
   // The list lengths are checked against the model count by PromptRouter::load.
   auto list = [&](const char* key) {
-    r.get_object(key, json());
+    r.get_json(key, json());
     return number_list(j, key, j.contains(key) ? j.at(key).size() : 0, source);
   };
   if (kind == "prices") {

@@ -82,7 +82,7 @@ FeaturizerConfig FeaturizerConfig::from_json(const nlohmann::json& j, const std:
   ParamReader r(j, context);
   auto range = [&](const char* key, int& lo, int& hi) {
     if (!r.has(key)) return;
-    const nlohmann::json v = r.get_object(key, nlohmann::json());
+    const nlohmann::json v = r.get_json(key, nlohmann::json());
     if (!v.is_array() || v.size() != 2 || !v[0].is_number_integer() || !v[1].is_number_integer())
       fail("{}: {} must be [min, max] integers, got {}", context, key, v.dump());
     lo = v[0].get<int>();
