@@ -34,8 +34,9 @@ struct ThresholdResult {
 };
 
 struct RouterEval {
-  std::string name;  // "knn", "oracle", "random", "zero", ...
-  std::string kind;  // quality model kind, or "oracle"
+  std::string name;                                  // "knn", "oracle", "random", "zero", ...
+  std::string kind;                                  // quality model kind, or "oracle"
+  nlohmann::json params = nlohmann::json::object();  // after training (e.g. the k chosen)
   // Two-model: the full routing curve, every distinct threshold on the test gains.
   std::vector<CurvePoint> pair_curve;
   double apgr = 0;              // area under PGR over the strong share, exact curve

@@ -121,8 +121,7 @@ std::vector<double> linspace(double lo, double hi, int n) {
 
 // Fills every metric of one router from its predictions on the test rows.
 void score_router(RouterEval& r, const std::vector<double>& q, const std::vector<double>& c,
-                  const std::vector<double>& train_gains, double c_scale, const Truth& t,
-                  const EvalResult& res, const EvalConfig& config) {
+                  double c_scale, const Truth& t, const EvalResult& res, const EvalConfig& config) {
   const size_t N = t.N, M = t.M;
   const int s = res.strong, w = res.weak;
   const double weak_q = res.model_quality[size_t(w)], strong_q = res.model_quality[size_t(s)];
@@ -136,7 +135,9 @@ void score_router(RouterEval& r, const std::vector<double>& q, const std::vector
   for (double share : config.strong_shares) {
     ThresholdResult th;
     th.target_share = share;
-    th.threshold = calibrate_threshold(train_gains.empty() ? gain : train_gains, share);
+    // Calibrated on the test prompts' predicted gains, never their labels: a user calibrates on
+    // their own traffic. (Predictions on the training prompts are in-sample and too confident.)
+    th.threshold = calibrate_threshold(gain, share);
     std::vector<int> choice(N);
     for (size_t i = 0; i < N; ++i) choice[i] = choose_threshold(&q[i * M], s, w, th.threshold);
     const CurvePoint p = evaluate_choices(choice, t, th.threshold, s);
@@ -326,7 +327,7 @@ EvalResult evaluate_routers(const RoutingTable& table, const EvalConfig& config,
     RouterEval r;
     r.name = "oracle";
     r.kind = "oracle";
-    score_router(r, t.score, t.cost, {}, std::max(res.cost_hi, 1e-300), t, res, config);
+    score_router(r, t.score, t.cost, std::max(res.cost_hi, 1e-300), t, res, config);
     res.routers.push_back(std::move(r));
   }
   for (const RouterSpec& spec : config.routers) {
@@ -337,18 +338,13 @@ EvalResult evaluate_routers(const RoutingTable& table, const EvalConfig& config,
     const PromptRouter router = train_router(spec, table, train);
     const auto t1 = std::chrono::steady_clock::now();
     r.fit_seconds = std::chrono::duration<double>(t1 - t0).count();
+    r.params = router.quality->params();
     std::vector<double> q(t.N * M), c(t.N * M);
     for (size_t i = 0; i < t.N; ++i) router.predict(table.prompts[test[i]], &q[i * M], &c[i * M]);
     r.route_us =
         std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t1).count() /
         double(t.N);
-    // Thresholds are calibrated on the training prompts' predicted gains (no test labels).
-    std::vector<double> train_gains(train.size()), qi(M), ci(M);
-    for (size_t i = 0; i < train.size(); ++i) {
-      router.predict(table.prompts[train[i]], qi.data(), ci.data());
-      train_gains[i] = qi[size_t(res.strong)] - qi[size_t(res.weak)];
-    }
-    score_router(r, q, c, train_gains, router.cost_scale, t, res, config);
+    score_router(r, q, c, router.cost_scale, t, res, config);
     res.routers.push_back(std::move(r));
   }
   return res;
@@ -365,6 +361,7 @@ json eval_to_json(const EvalResult& res) {
                     {"pgr", number(x.pgr)}});
     routers.push_back({{"name", r.name},
                        {"kind", r.kind},
+                       {"params", r.params},
                        {"apgr", number(r.apgr)},
                        {"apgr_deciles", number(r.apgr_deciles)},
                        {"cpt50", number(r.cpt50)},

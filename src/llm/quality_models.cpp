@@ -104,13 +104,21 @@ class KnnModel final : public QualityModel {
  public:
   KnnModel(const json& p, const std::string& context) {
     ParamReader r(p, context);
-    k_ = r.get_int("k", 40, 1, 100000);
+    // k: a count, or "auto" to pick it from kCandidates by leave-one-out on the training set.
+    const json k = r.get_json("k", "auto");
+    if (k.is_string() && k.get<std::string>() == "auto") {
+      auto_k_ = true;
+    } else if (k.is_number_integer() && k.get<int64_t>() >= 1 && k.get<int64_t>() <= 100000) {
+      k_ = k.get<int64_t>();
+    } else {
+      fail("{}: field 'k' = {} must be an integer in [1, 100000] or \"auto\"", context, k.dump());
+    }
     weighted_ = r.get_choice("weights", "uniform", {"uniform", "similarity"}) == "similarity";
     r.finish();
   }
   std::string kind() const override { return "knn"; }
   void fit(const std::vector<SparseVector>& X, const std::vector<double>& Y, size_t M,
-           uint64_t) override {
+           uint64_t seed) override {
     n_ = X.size();
     M_ = M;
     Y_ = Y;
@@ -144,45 +152,21 @@ class KnnModel final : public QualityModel {
     offsets_.push_back(int64_t(docs_.size()));
     if (features_.empty()) offsets_.assign(1, 0);
     compute_mean();
+    if (auto_k_) k_ = select_k(X, seed);
   }
   void predict(const SparseVector& x, double* out) const override {
     thread_local std::vector<float> sim;
-    thread_local std::vector<uint32_t> candidates;
-    sim.assign(n_, 0.0f);
-    for (size_t k = 0; k < x.nnz(); ++k) {
-      const auto it = std::lower_bound(features_.begin(), features_.end(), x.index[k]);
-      if (it == features_.end() || *it != x.index[k]) continue;
-      const size_t f = size_t(it - features_.begin());
-      const float xv = x.value[k];
-      for (int64_t p = offsets_[f]; p < offsets_[f + 1]; ++p)
-        sim[size_t(docs_[size_t(p)])] += xv * values_[size_t(p)];
-    }
-    candidates.resize(n_);
-    std::iota(candidates.begin(), candidates.end(), 0u);
+    thread_local std::vector<uint32_t> nearest;
     const size_t k = std::min<size_t>(size_t(k_), n_);
-    // Most similar first; ties go to the earlier training prompt.
-    auto closer = [&](uint32_t a, uint32_t b) {
-      return sim[a] != sim[b] ? sim[a] > sim[b] : a < b;
-    };
-    std::nth_element(candidates.begin(), candidates.begin() + long(k) - 1, candidates.end(),
-                     closer);
-    std::fill(out, out + M_, 0.0);
-    double weight_sum = 0.0;
-    for (size_t i = 0; i < k; ++i) {
-      const uint32_t d = candidates[i];
-      const double w = weighted_ ? std::max(0.0f, sim[d]) : 1.0;
-      weight_sum += w;
-      for (size_t m = 0; m < M_; ++m) out[m] += w * Y_[d * M_ + m];
-    }
-    if (weight_sum <= 0.0) {
-      std::copy(mean_.begin(), mean_.end(), out);
-      return;
-    }
-    for (size_t m = 0; m < M_; ++m) out[m] /= weight_sum;
+    similarities(x, sim);
+    nearest_by_similarity(sim, k, -1, false, nearest);
+    average(nearest, k, sim, out);
   }
+  // After fit, "k" is the count in use (chosen when it was "auto").
   json params() const override {
     return {{"k", k_}, {"weights", weighted_ ? "similarity" : "uniform"}};
   }
+  static constexpr int64_t kCandidates[] = {5, 10, 20, 40, 80, 160};
   void save(SafetensorsFile& file) const override {
     std::vector<int64_t> features(features_.begin(), features_.end());
     file.tensors["knn.features"] = TensorData::from_i64({int64_t(features.size())}, features);
@@ -218,12 +202,98 @@ class KnnModel final : public QualityModel {
   }
 
  private:
+  // sim[d] = cosine similarity of x with training prompt d (vectors are unit length).
+  void similarities(const SparseVector& x, std::vector<float>& sim) const {
+    sim.assign(n_, 0.0f);
+    for (size_t k = 0; k < x.nnz(); ++k) {
+      const auto it = std::lower_bound(features_.begin(), features_.end(), x.index[k]);
+      if (it == features_.end() || *it != x.index[k]) continue;
+      const size_t f = size_t(it - features_.begin());
+      const float xv = x.value[k];
+      for (int64_t p = offsets_[f]; p < offsets_[f + 1]; ++p)
+        sim[size_t(docs_[size_t(p)])] += xv * values_[size_t(p)];
+    }
+  }
+  // The k most similar training prompts (ties: the earlier prompt), skipping `exclude`; sorted
+  // most similar first when `sorted`.
+  void nearest_by_similarity(const std::vector<float>& sim, size_t k, int64_t exclude, bool sorted,
+                             std::vector<uint32_t>& out) const {
+    out.clear();
+    for (size_t d = 0; d < n_; ++d)
+      if (int64_t(d) != exclude) out.push_back(uint32_t(d));
+    k = std::min(k, out.size());
+    auto closer = [&](uint32_t a, uint32_t b) {
+      return sim[a] != sim[b] ? sim[a] > sim[b] : a < b;
+    };
+    if (k == 0) return;
+    if (sorted) {
+      std::partial_sort(out.begin(), out.begin() + long(k), out.end(), closer);
+    } else {
+      std::nth_element(out.begin(), out.begin() + long(k) - 1, out.end(), closer);
+    }
+    out.resize(k);
+  }
+  // Mean (or similarity-weighted mean) score of the first k neighbours; the training mean when
+  // the prompt shares no feature with any of them.
+  void average(const std::vector<uint32_t>& nearest, size_t k, const std::vector<float>& sim,
+               double* out) const {
+    k = std::min(k, nearest.size());
+    bool any = false;
+    for (size_t i = 0; i < k; ++i) any = any || sim[nearest[i]] > 0.0f;
+    if (!any) {
+      std::copy(mean_.begin(), mean_.end(), out);
+      return;
+    }
+    std::fill(out, out + M_, 0.0);
+    double weight_sum = 0.0;
+    for (size_t i = 0; i < k; ++i) {
+      const uint32_t d = nearest[i];
+      const double w = weighted_ ? std::max(0.0f, sim[d]) : 1.0;
+      weight_sum += w;
+      for (size_t m = 0; m < M_; ++m) out[m] += w * Y_[d * M_ + m];
+    }
+    for (size_t m = 0; m < M_; ++m) out[m] /= weight_sum;
+  }
+  // Leave-one-out squared error of every candidate k on (a seeded sample of up to 3,000) training
+  // prompts; the smallest wins (ties: the smaller k).
+  int64_t select_k(const std::vector<SparseVector>& X, uint64_t seed) const {
+    std::vector<size_t> sample(n_);
+    std::iota(sample.begin(), sample.end(), 0);
+    std::mt19937_64 rng(seed ^ 0x5eedULL);
+    std::shuffle(sample.begin(), sample.end(), rng);
+    sample.resize(std::min<size_t>(n_, 3000));
+    constexpr size_t C = std::size(kCandidates);
+    std::vector<double> error(C, 0.0);
+#pragma omp parallel
+    {
+      std::vector<float> sim;
+      std::vector<uint32_t> nearest;
+      std::vector<double> pred(M_), local(C, 0.0);
+#pragma omp for schedule(dynamic, 32)
+      for (size_t s = 0; s < sample.size(); ++s) {
+        const size_t d = sample[s];
+        similarities(X[d], sim);
+        nearest_by_similarity(sim, size_t(kCandidates[C - 1]), int64_t(d), true, nearest);
+        for (size_t c = 0; c < C; ++c) {
+          average(nearest, size_t(kCandidates[c]), sim, pred.data());
+          for (size_t m = 0; m < M_; ++m) {
+            const double e = pred[m] - Y_[d * M_ + m];
+            local[c] += e * e;
+          }
+        }
+      }
+#pragma omp critical
+      for (size_t c = 0; c < C; ++c) error[c] += local[c];
+    }
+    return kCandidates[std::min_element(error.begin(), error.end()) - error.begin()];
+  }
   void compute_mean() {
     mean_.assign(M_, 0.0);
     for (size_t d = 0; d < n_; ++d)
       for (size_t m = 0; m < M_; ++m) mean_[m] += Y_[d * M_ + m] / double(n_);
   }
   int64_t k_ = 40;
+  bool auto_k_ = false;
   bool weighted_ = false;
   size_t n_ = 0, M_ = 0;
   std::vector<double> Y_;  // (n, M) training scores
@@ -438,10 +508,83 @@ class MatrixFactorisationModel final : public QualityModel {
   std::vector<float> b_;  // (M)
 };
 
+// ---- ensemble: the mean of several quality models' predictions (e.g. knn + logistic). ----
+class EnsembleModel final : public QualityModel {
+ public:
+  EnsembleModel(const json& p, const std::string& context) {
+    ParamReader r(p, context);
+    const json members =
+        r.get_json("members", json::array({{{"kind", "knn"}}, {{"kind", "logistic"}}}));
+    r.finish();
+    if (!members.is_array() || members.empty())
+      fail("{}: members must be a non-empty list of {{\"kind\", \"params\"}}", context);
+    for (size_t i = 0; i < members.size(); ++i) {
+      const std::string where = fmt::format("{}: members[{}]", context, i);
+      if (!members[i].is_object()) fail("{}: must be an object", where);
+      ParamReader m(members[i], where);
+      const std::string kind =
+          m.get_choice("kind", "", {"random", "best_single", "knn", "logistic", "mf"});
+      members_.push_back(make_quality_model(kind, m.get_object("params", json::object()), where));
+      m.finish();
+    }
+  }
+  std::string kind() const override { return "ensemble"; }
+  void fit(const std::vector<SparseVector>& X, const std::vector<double>& Y, size_t M,
+           uint64_t seed) override {
+    M_ = M;
+    for (size_t i = 0; i < members_.size(); ++i) members_[i]->fit(X, Y, M, seed + i);
+  }
+  void predict(const SparseVector& x, double* out) const override {
+    thread_local std::vector<double> one;
+    one.resize(M_);
+    std::fill(out, out + M_, 0.0);
+    for (const auto& member : members_) {
+      member->predict(x, one.data());
+      for (size_t m = 0; m < M_; ++m) out[m] += one[m] / double(members_.size());
+    }
+  }
+  json params() const override {
+    json members = json::array();
+    for (const auto& m : members_)
+      members.push_back({{"kind", m->kind()}, {"params", m->params()}});
+    return {{"members", members}};
+  }
+  // Each member's tensors and metadata go under the prefix "m<i>/".
+  void save(SafetensorsFile& file) const override {
+    for (size_t i = 0; i < members_.size(); ++i) {
+      SafetensorsFile part;
+      members_[i]->save(part);
+      const std::string prefix = fmt::format("m{}/", i);
+      for (auto& [name, t] : part.tensors) file.tensors[prefix + name] = std::move(t);
+      for (auto& [name, v] : part.metadata) file.metadata[prefix + name] = std::move(v);
+    }
+    file.metadata["ensemble.models"] = std::to_string(M_);
+  }
+  void load(const SafetensorsFile& file, const std::string& source) override {
+    for (size_t i = 0; i < members_.size(); ++i) {
+      const std::string prefix = fmt::format("m{}/", i);
+      SafetensorsFile part;
+      for (const auto& [name, t] : file.tensors)
+        if (name.rfind(prefix, 0) == 0) part.tensors[name.substr(prefix.size())] = t;
+      for (const auto& [name, v] : file.metadata)
+        if (name.rfind(prefix, 0) == 0) part.metadata[name.substr(prefix.size())] = v;
+      members_[i]->load(part, source + " (ensemble member " + std::to_string(i) + ")");
+    }
+    const auto it = file.metadata.find("ensemble.models");
+    if (it == file.metadata.end()) fail("{}: metadata ensemble.models is missing", source);
+    M_ = std::stoull(it->second);
+  }
+
+ private:
+  std::vector<std::unique_ptr<QualityModel>> members_;
+  size_t M_ = 0;
+};
+
 }  // namespace
 
 const std::vector<std::string>& quality_model_kinds() {
-  static const std::vector<std::string> kinds = {"random", "best_single", "knn", "logistic", "mf"};
+  static const std::vector<std::string> kinds = {"random",   "best_single", "knn",
+                                                 "logistic", "mf",          "ensemble"};
   return kinds;
 }
 
@@ -456,8 +599,9 @@ std::unique_ptr<QualityModel> make_quality_model(const std::string& kind, const 
   if (kind == "knn") return std::make_unique<KnnModel>(params, context);
   if (kind == "logistic") return std::make_unique<LogisticModel>(params, context);
   if (kind == "mf") return std::make_unique<MatrixFactorisationModel>(params, context);
-  fail("{}: unknown quality model \"{}\" (known: random, best_single, knn, logistic, mf)", context,
-       kind);
+  if (kind == "ensemble") return std::make_unique<EnsembleModel>(params, context);
+  fail("{}: unknown quality model \"{}\" (known: random, best_single, knn, logistic, mf, ensemble)",
+       context, kind);
 }
 
 }  // namespace switchyard
