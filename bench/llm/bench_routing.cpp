@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
     double mean = 0;
     for (double v : us) mean += v / double(us.size());
     fmt::print("{}\n", nlohmann::json({{"router", kind},
+                                       {"params", router.quality->params()},
                                        {"train_rows", n_train},
                                        {"queries", us.size()},
                                        {"fit_seconds", fit_s},

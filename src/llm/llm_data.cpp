@@ -524,6 +524,28 @@ void append_table(RoutingTable& into, RoutingTable&& more, const std::string& so
     into = std::move(more);
     return;
   }
+  if (more.models != into.models) {
+    // The same models in another order: permute `more`'s columns into `into`'s order.
+    std::vector<std::string> a = more.models, b = into.models;
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    if (a == b) {
+      const size_t M = into.models.size();
+      std::vector<size_t> from(M);
+      for (size_t m = 0; m < M; ++m)
+        from[m] = size_t(std::find(more.models.begin(), more.models.end(), into.models[m]) -
+                         more.models.begin());
+      auto permute = [&](std::vector<double>& v, size_t rows) {
+        std::vector<double> out(v.size());
+        for (size_t r = 0; r < rows; ++r)
+          for (size_t m = 0; m < M; ++m) out[r * M + m] = v[r * M + from[m]];
+        v.swap(out);
+      };
+      permute(more.scores, more.rows());
+      permute(more.costs, more.rows());
+      more.models = into.models;
+    }
+  }
   if (more.models != into.models)
     fail("{}: models [{}] differ from the earlier files' [{}]", source,
          fmt::join(more.models, ", "), fmt::join(into.models, ", "));
