@@ -225,9 +225,8 @@ std::string eval_html(const EvalResult& res) {
          "<div class=\"plots\"><figure>{}<figcaption>Quality against the share of prompts sent to "
          "the strong model (every threshold). The straight line from weak to strong is the random "
          "mixture.</figcaption></figure>",
-         plot_svg("Two-model routing: " + res.models[size_t(res.strong)] + " vs " +
-                      res.models[size_t(res.weak)],
-                  "strong model calls (%)", "mean score", pair));
+         plot_svg("Two-model routing (strong vs weak)", "strong model calls (%)", "mean score",
+                  pair));
   append(out,
          "<figure>{}<figcaption>Non-decreasing convex hull of each router's cost–quality points "
          "(cost-aware rule over λ, cascade over τ); dots are the single models.</figcaption>"
