@@ -15,8 +15,9 @@ OUT=${OUT:-runs/llm-bench}
 PY=/usr/bin/python3
 [ -d "$DATA/routellm" ] || { echo "run_llm_bench: $DATA/routellm is missing" >&2; exit 1; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then bash scripts/build.sh release; fi
-BIN=build/release/switchyard
-BENCH=build/release/bench/bench_routing
+BUILD=${BUILD:-build/release}
+BIN=$BUILD/switchyard
+BENCH=$BUILD/bench/bench_routing
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
