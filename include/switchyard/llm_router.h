@@ -28,6 +28,7 @@ class QualityModel {
                    uint64_t seed) = 0;
   // out: M predicted scores.
   virtual void predict(const SparseVector& x, double* out) const = 0;
+  virtual size_t num_models() const = 0;  // M, after fit or load
   // Hyper-parameters (JSON) and learned tensors; load() receives what save() wrote.
   virtual nlohmann::json params() const = 0;
   virtual void save(SafetensorsFile& file) const = 0;

@@ -221,12 +221,12 @@ std::string eval_html(const EvalResult& res) {
   for (size_t m = 0; m < res.models.size(); ++m)
     singles.xy.emplace_back(res.model_cost[m], res.model_quality[m]);
   cost.push_back(singles);
-  append(out,
-         "<div class=\"plots\"><figure>{}<figcaption>Quality against the share of prompts sent to "
-         "the strong model (every threshold). The straight line from weak to strong is the random "
-         "mixture.</figcaption></figure>",
-         plot_svg("Two-model routing (strong vs weak)", "strong model calls (%)", "mean score",
-                  pair));
+  append(
+      out,
+      "<div class=\"plots\"><figure>{}<figcaption>Quality against the share of prompts sent to "
+      "the strong model (every threshold). The straight line from weak to strong is the random "
+      "mixture.</figcaption></figure>",
+      plot_svg("Two-model routing (strong vs weak)", "strong model calls (%)", "mean score", pair));
   append(out,
          "<figure>{}<figcaption>Non-decreasing convex hull of each router's cost–quality points "
          "(cost-aware rule over λ, cascade over τ); dots are the single models.</figcaption>"

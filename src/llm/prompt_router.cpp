@@ -214,6 +214,9 @@ PromptRouter PromptRouter::load(const std::string& dir) {
       make_quality_model(qkind, q.get_object("params", json::object()), path + ": quality.params");
   q.finish();
   router.quality->load(file, tensors_path);
+  if (router.quality->num_models() != router.models.size())
+    fail("{}: the {} model predicts {} models, router.json lists {}", tensors_path, qkind,
+         router.quality->num_models(), router.models.size());
 
   router.cost = CostModel::from_json(r.get_object("cost", json()), path);
   for (const auto* list : {&router.cost.input_price_per_mtok, &router.cost.output_price_per_mtok,

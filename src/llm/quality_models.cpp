@@ -5,6 +5,7 @@
 #include <switchyard/llm_router.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -32,11 +33,21 @@ double sigmoid(double z) {
   return 1.0 / (1.0 + std::exp(-z));
 }
 
+// A non-negative integer stored as metadata text.
+uint64_t parse_count(const std::string& text, const char* name, const std::string& source) {
+  uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty())
+    fail("{}: metadata {} = \"{}\" is not a non-negative integer", source, name, text);
+  return v;
+}
+
 // ---- random: a uniform number per (prompt, model), reproducible from the prompt's features. ----
 class RandomModel final : public QualityModel {
  public:
   explicit RandomModel(uint64_t seed) : seed_(seed) {}
   std::string kind() const override { return "random"; }
+  size_t num_models() const override { return M_; }
   void fit(const std::vector<SparseVector>&, const std::vector<double>& Y, size_t M,
            uint64_t seed) override {
     (void)Y;
@@ -65,8 +76,8 @@ class RandomModel final : public QualityModel {
     const auto m = file.metadata.find("random.models");
     if (s == file.metadata.end() || m == file.metadata.end())
       fail("{}: metadata random.seed / random.models is missing", source);
-    seed_ = std::stoull(s->second);
-    M_ = std::stoull(m->second);
+    seed_ = parse_count(s->second, "random.seed", source);
+    M_ = parse_count(m->second, "random.models", source);
   }
 
  private:
@@ -78,6 +89,7 @@ class RandomModel final : public QualityModel {
 class BestSingleModel final : public QualityModel {
  public:
   std::string kind() const override { return "best_single"; }
+  size_t num_models() const override { return mean_.size(); }
   void fit(const std::vector<SparseVector>& X, const std::vector<double>& Y, size_t M,
            uint64_t) override {
     mean_.assign(M, 0.0);
@@ -117,6 +129,7 @@ class KnnModel final : public QualityModel {
     r.finish();
   }
   std::string kind() const override { return "knn"; }
+  size_t num_models() const override { return M_; }
   void fit(const std::vector<SparseVector>& X, const std::vector<double>& Y, size_t M,
            uint64_t seed) override {
     n_ = X.size();
@@ -324,6 +337,7 @@ class LogisticModel final : public QualityModel {
     r.finish();
   }
   std::string kind() const override { return "logistic"; }
+  size_t num_models() const override { return M_; }
   void fit(const std::vector<SparseVector>& X, const std::vector<double>& Y, size_t M,
            uint64_t seed) override {
     M_ = M;
@@ -405,6 +419,7 @@ class MatrixFactorisationModel final : public QualityModel {
     r.finish();
   }
   std::string kind() const override { return "mf"; }
+  size_t num_models() const override { return M_; }
   void fit(const std::vector<SparseVector>& X, const std::vector<double>& Y, size_t M,
            uint64_t seed) override {
     M_ = M;
@@ -529,6 +544,7 @@ class EnsembleModel final : public QualityModel {
     }
   }
   std::string kind() const override { return "ensemble"; }
+  size_t num_models() const override { return M_; }
   void fit(const std::vector<SparseVector>& X, const std::vector<double>& Y, size_t M,
            uint64_t seed) override {
     M_ = M;
@@ -572,7 +588,11 @@ class EnsembleModel final : public QualityModel {
     }
     const auto it = file.metadata.find("ensemble.models");
     if (it == file.metadata.end()) fail("{}: metadata ensemble.models is missing", source);
-    M_ = std::stoull(it->second);
+    M_ = parse_count(it->second, "ensemble.models", source);
+    for (const auto& member : members_)
+      if (member->num_models() != M_)
+        fail("{}: an ensemble member predicts {} models, the ensemble {}", source,
+             member->num_models(), M_);
   }
 
  private:
