@@ -242,6 +242,7 @@ struct Gateway::Impl {
                          int attempts) const;
   void stream(httplib::Response& res, const RouteChoice& choice, std::vector<int> ranked,
               json request, std::shared_ptr<InFlight> in_flight);
+  void produce(StreamState& st, const std::vector<int>& ranked, json& request);
   bool sleep_unless_aborting(int64_t ms);
   std::string health_json() const;
   std::string models_json() const;
@@ -641,6 +642,38 @@ void Gateway::Impl::respond(httplib::Response& res, const RouteChoice& choice, c
   res.set_content(with_field(o.body, parsed, field), type);
 }
 
+// The producer thread of a stream: every attempt, then the end of the stream for pump().
+void Gateway::Impl::produce(StreamState& st, const std::vector<int>& ranked, json& request) {
+  Final final;
+  try {
+    final = run_attempts(ranked, request, [&](int m, int attempt, const std::string& body) {
+      st.current_model = m;
+      st.current_attempt = attempt;
+      Outcome o = upstreams[size_t(m)]->call(body, &st);
+      std::lock_guard<std::mutex> lock(st.mutex);
+      o.committed = st.phase == StreamState::Committed;
+      return o;
+    });
+  } catch (const std::exception& e) {  // this thread must end and wake the others
+    final.model = st.current_model >= 0 ? st.current_model : ranked.front();
+    final.outcome = Outcome{};
+    final.outcome.kind = Outcome::Closed;
+    final.outcome.detail = std::string("internal error: ") + e.what();
+    std::lock_guard<std::mutex> lock(st.mutex);
+    final.outcome.committed = st.phase == StreamState::Committed;
+  }
+  if (final.outcome.committed && final.outcome.ok()) {
+    const double cost = usage_cost(st.usage.usage(), config.models[size_t(final.model)]);
+    if (std::isfinite(cost))
+      metrics.model(size_t(final.model)).cost.fetch_add(cost, std::memory_order_relaxed);
+  }
+  std::lock_guard<std::mutex> lock(st.mutex);
+  st.final = std::move(final);
+  st.done = true;
+  if (st.phase == StreamState::Pending) st.phase = StreamState::Finished;
+  st.cv.notify_all();
+}
+
 void Gateway::Impl::stream(httplib::Response& res, const RouteChoice& choice,
                            std::vector<int> ranked, json request,
                            std::shared_ptr<InFlight> in_flight) {
@@ -648,25 +681,7 @@ void Gateway::Impl::stream(httplib::Response& res, const RouteChoice& choice,
   StreamState* st = state.get();
   st->producer =
       std::thread([this, st, ranked = std::move(ranked), request = std::move(request)]() mutable {
-        Final final =
-            run_attempts(ranked, request, [&](int m, int attempt, const std::string& body) {
-              st->current_model = m;
-              st->current_attempt = attempt;
-              Outcome o = upstreams[size_t(m)]->call(body, st);
-              std::lock_guard<std::mutex> lock(st->mutex);
-              o.committed = st->phase == StreamState::Committed;
-              return o;
-            });
-        if (final.outcome.committed && final.outcome.ok()) {
-          const double cost = usage_cost(st->usage.usage(), config.models[size_t(final.model)]);
-          if (std::isfinite(cost))
-            metrics.model(size_t(final.model)).cost.fetch_add(cost, std::memory_order_relaxed);
-        }
-        std::lock_guard<std::mutex> lock(st->mutex);
-        st->final = std::move(final);
-        st->done = true;
-        if (st->phase == StreamState::Pending) st->phase = StreamState::Finished;
-        st->cv.notify_all();
+        produce(*st, ranked, request);
       });
 
   std::unique_lock<std::mutex> lock(st->mutex);
