@@ -6,6 +6,12 @@ error with status 2), print an "error" line on stderr that names the offending t
 tensor, value or file path), and leave an existing output file byte-identical (no partial write,
 no stray temporary file). A valid small case (mixtral, T=5, d=6, E=4, F=3, SwiGLU) must succeed.
 
+The same holds for `switchyard llm eval | train | route` (docs/llm-routing.md): bad data files,
+formats, router kinds, parameters, capacities and router folders exit non-zero with a message that
+names them (status 1 for switchyard's own checks; CLI11's usage errors keep their own status),
+never a crash or an internal error. A happy path trains a kNN router on a tiny RouterBench CSV and
+routes prompts with it (one JSON line per prompt, naming a model of the data).
+
 Usage: /usr/bin/python3 test_cli_errors.py --switchyard build/release/switchyard
 Prints one line per case and "N passed, M failed"; exit 1 on any failure, 77 when numpy is missing.
 """
@@ -212,6 +218,29 @@ def describe_rc(rc):
     return f"exit status {rc}"
 
 
+def rejection_problems(p, names, usage=False):
+    """What is wrong with how the finished process `p` rejected a bad input: its status (1, or
+    CLI11's 100-127 for a `usage` error), no 'error' on stderr (switchyard's own errors), or
+    stderr not matching every regular expression in `names` (case-insensitive)."""
+    problems = []
+    if not (100 <= p.returncode <= 127 if usage else p.returncode == 1):
+        what = describe_rc(p.returncode)
+        if p.returncode == 0:
+            what += " (the bad input was accepted)"
+        elif p.returncode == 2:
+            what += " (internal error, not a validation error)"
+        elif p.returncode < 0 or p.returncode >= 128:
+            what += " (crash)"
+        expected = "a CLI11 usage status (100-127)" if usage else "exit status 1"
+        problems.append(f"{what}, expected {expected}")
+    if not usage and "error" not in p.stderr.lower():
+        problems.append("stderr has no 'error'")
+    missing_names = [n for n in names if not re.search(n, p.stderr, re.IGNORECASE)]
+    if missing_names:
+        problems.append(f"stderr does not name {missing_names}")
+    return problems
+
+
 def write_case_files(directory, config, tensors):
     config_path = os.path.join(directory, "layer.json")
     with open(config_path, "w") as f:
@@ -263,21 +292,7 @@ def check_case(binary, root, index, case):
         p = run(binary, config_path, in_path, out_path)
     except subprocess.TimeoutExpired:
         return f"no exit within {TIMEOUT_S} s"
-    problems = []
-    if p.returncode != 1:
-        what = describe_rc(p.returncode)
-        if p.returncode == 0:
-            what += " (the bad input was accepted)"
-        elif p.returncode == 2:
-            what += " (internal error, not a validation error)"
-        elif p.returncode < 0 or p.returncode >= 128:
-            what += " (crash)"
-        problems.append(f"{what}, expected exit status 1")
-    if "error" not in p.stderr.lower():
-        problems.append("stderr has no 'error'")
-    missing_names = [n for n in case.names if not re.search(n, p.stderr, re.IGNORECASE)]
-    if missing_names:
-        problems.append(f"stderr does not name {missing_names}")
+    problems = rejection_problems(p, case.names)
     if case.check_output:
         with open(out_path, "rb") as f:
             if f.read() != SENTINEL:
@@ -290,6 +305,224 @@ def check_case(binary, root, index, case):
     if problems:
         return "; ".join(problems) + f"; stderr: {p.stderr.strip()!r}"
     return None
+
+
+# ---- `switchyard llm eval | train | route` ----
+
+LLM_MODELS = ("cheap-model", "dear-model")
+
+
+def write_routerbench(path, rows=24):
+    """A tiny RouterBench CSV: the dear model is right exactly on the prompts that say "hard",
+    the cheap one on the others; costs per call 0.001 and 0.01."""
+    words = ["alpha", "river", "stone", "cloud", "seven", "blue", "quick", "lamp"]
+    lines = ["prompt,cheap-model,cheap-model|total_cost,dear-model,dear-model|total_cost"]
+    for i in range(rows):
+        hard = i % 2 == 0
+        prompt = f"{'hard ' if hard else ''}question {i}: {words[i % 8]}, {words[(3 * i) % 8]}"
+        lines.append(f'"{prompt}",{0 if hard else 1},0.001,{1 if hard else 0},0.01')
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+class LlmCase:
+    """One bad `switchyard llm ...` command line. `args` may use {data}, {router} (a trained
+    router folder) and {root}; `names` are regular expressions that must all match stderr
+    (case-insensitive). `usage`: rejected by CLI11's option checks (any status from 100 to 127)
+    instead of switchyard's own (status 1)."""
+
+    def __init__(self, name, args, names, usage=False):
+        self.name = name
+        self.args = args
+        self.names = names
+        self.usage = usage
+
+
+def llm_cases(root):
+    missing = os.path.join(root, "no_such_data.csv")
+    no_router = os.path.join(root, "no_such_router")
+    empty_dir = os.path.join(root, "empty_folder")
+    os.makedirs(empty_dir)
+    bad_config = os.path.join(root, "bad_eval.json")
+    with open(bad_config, "w") as f:
+        json.dump({"routers": [{"quality": "knn", "parmas": {"k": 3}}]}, f)
+    garbled = os.path.join(root, "garbled_router")
+    os.makedirs(garbled)
+    with open(os.path.join(garbled, "router.json"), "w") as f:
+        f.write('{"format": "switchyard-llm-router", "version": ')
+    train = ["llm", "train", "--data", "{data}", "--out", os.path.join(root, "unused_router")]
+    route = ["llm", "route", "--router", "{router}", "--prompt", "a", "--prompt", "b"]
+    return [
+        LlmCase("llm eval: missing data file", ["llm", "eval", "--data", missing],
+                [re.escape(missing)]),
+        LlmCase("llm train: missing data file",
+                ["llm", "train", "--data", missing, "--out", os.path.join(root, "r")],
+                [re.escape(missing)]),
+        LlmCase("llm eval: data folder without .csv files", ["llm", "eval", "--data", empty_dir],
+                [re.escape(empty_dir), r"\.csv"]),
+        LlmCase("llm eval: bad --format", ["llm", "eval", "--data", "{data}", "--format", "xml"],
+                [r"--format", r"xml"], usage=True),
+        LlmCase("llm eval: unknown router kind", ["llm", "eval", "--data", "{data}", "--routers",
+                                                 "knn,svm"], [r"--routers", r"svm"]),
+        LlmCase("llm eval: --config with a misspelt key",
+                ["llm", "eval", "--data", "{data}", "--config", bad_config],
+                [re.escape(bad_config), r"parmas"]),
+        LlmCase("llm eval: --strong not in the data",
+                ["llm", "eval", "--data", "{data}", "--strong", "gpt-9"], [r"gpt-9"]),
+        LlmCase("llm train: unknown router kind", train + ["--router", "svm"],
+                [r"--router", r"svm"], usage=True),
+        LlmCase("llm train: --params not JSON", train + ["--router", "knn", "--params", '{"k": '],
+                [r"--params"]),
+        LlmCase("llm train: --params not an object", train + ["--router", "knn", "--params", "[3]"],
+                [r"param"]),
+        LlmCase("llm train: unknown params key", train + ["--router", "knn", "--params",
+                                                          '{"kk": 3}'], [r"'kk'"]),
+        LlmCase("llm train: params value out of range",
+                train + ["--router", "logistic", "--params", '{"epochs": 0}'], [r"epochs"]),
+        LlmCase("llm train: --features hash_bits out of range",
+                train + ["--router", "knn", "--features", '{"hash_bits": 40}'], [r"hash_bits"]),
+        LlmCase("llm train: --strong not in the data",
+                train + ["--router", "knn", "--strong", "gpt-9"], [r"gpt-9"]),
+        LlmCase("llm train: missing embeddings file",
+                train + ["--router", "knn", "--embeddings", os.path.join(root, "no.jsonl")],
+                [re.escape(os.path.join(root, "no.jsonl"))]),
+        # A number beyond double range is a JSON error like any other (nlohmann reports it as
+        # out_of_range, not parse_error): it must not surface as an internal error.
+        LlmCase("llm train: --params number beyond double range",
+                train + ["--router", "knn", "--params", '{"k": 1e999}'], [r"--params"]),
+        LlmCase("llm route: router folder missing",
+                ["llm", "route", "--router", no_router, "--prompt", "x"],
+                [re.escape(no_router), r"router\.json"]),
+        LlmCase("llm route: router.json not JSON",
+                ["llm", "route", "--router", garbled, "--prompt", "x"],
+                [re.escape(os.path.join(garbled, "router.json"))]),
+        LlmCase("llm route: no prompts", ["llm", "route", "--router", "{router}"], [r"--prompt"]),
+        LlmCase("llm route: missing prompts file",
+                ["llm", "route", "--router", "{router}", "--prompts-file",
+                 os.path.join(root, "no_prompts.txt")],
+                [re.escape(os.path.join(root, "no_prompts.txt"))]),
+        LlmCase("llm route: --capacity without '='", route + ["--capacity", "dear-model"],
+                [r"--capacity", r"dear-model"]),
+        LlmCase("llm route: --capacity count not an integer", route + ["--capacity", "dear-model=x"],
+                [r"--capacity", r"dear-model=x"]),
+        LlmCase("llm route: --capacity count negative", route + ["--capacity", "dear-model=-1"],
+                [r"--capacity", r"dear-model=-1"]),
+        LlmCase("llm route: --capacity unknown model", route + ["--capacity", "gpt-9=3"],
+                [r"--capacity", r"gpt-9"]),
+        LlmCase("llm route: capacities below the prompt count",
+                route + ["--capacity", "cheap-model=0,dear-model=1"], [r"capacit", r"\b1\b"]),
+        LlmCase("llm route: --lambda out of range", route + ["--lambda", "2"], [r"--lambda"],
+                usage=True),
+        LlmCase("llm route: unknown --rule", route + ["--rule", "coin_flip"], [r"--rule"],
+                usage=True),
+    ]
+
+
+def run_llm(binary, args, timeout=TIMEOUT_S):
+    return subprocess.run([binary] + args, capture_output=True, text=True, errors="replace",
+                          timeout=timeout)
+
+
+def check_llm_case(binary, root, data, router, case):
+    args = [a.replace("{data}", data).replace("{router}", router).replace("{root}", root)
+            for a in case.args]
+    try:
+        p = run_llm(binary, args)
+    except subprocess.TimeoutExpired:
+        return f"no exit within {TIMEOUT_S} s"
+    problems = rejection_problems(p, case.names, case.usage)
+    if problems:
+        return "; ".join(problems) + f"; stderr: {p.stderr.strip()!r}"
+    return None
+
+
+def train_router(binary, root, data):
+    """Trains the happy path's kNN router; returns (folder, problem or None)."""
+    router = os.path.join(root, "llm_router")
+    p = run_llm(binary, ["llm", "train", "--data", data, "--router", "knn", "--params",
+                         '{"k": 3}', "--out", router])
+    if p.returncode != 0:
+        return router, f"llm train: {describe_rc(p.returncode)}; stderr: {p.stderr.strip()!r}"
+    for name in ("router.json", "router.safetensors"):
+        if not os.path.isfile(os.path.join(router, name)):
+            return router, f"llm train exited 0 but wrote no {name}"
+    return router, None
+
+
+def check_llm_route(binary, root, router):
+    """`llm route` prints one JSON line per prompt naming a model of the data."""
+    prompts = ["hard question: how many stones?", "question: what colour is the river?"]
+    prompts_file = os.path.join(root, "prompts.txt")
+    with open(prompts_file, "w") as f:
+        f.write(prompts[0] + "\n\n" + prompts[1] + "\n")  # the empty line is skipped
+    runs = [
+        ["--prompt", prompts[0], "--prompt", prompts[1]],
+        ["--prompts-file", prompts_file],
+        ["--prompts-file", prompts_file, "--rule", "threshold", "--threshold", "0"],
+        ["--prompts-file", prompts_file, "--rule", "cascade", "--tau", "0.5"],
+        ["--prompts-file", prompts_file, "--capacity", "dear-model=1", "--lambda", "0"],
+    ]
+    for extra in runs:
+        p = run_llm(binary, ["llm", "route", "--router", router] + extra)
+        if p.returncode != 0:
+            return f"llm route {extra}: {describe_rc(p.returncode)}; stderr: {p.stderr.strip()!r}"
+        lines = [line for line in p.stdout.splitlines() if line.strip()]
+        if len(lines) != len(prompts):
+            return f"llm route {extra}: {len(lines)} output lines for {len(prompts)} prompts"
+        chosen = []
+        for prompt, line in zip(prompts, lines):
+            try:
+                out = json.loads(line)
+            except ValueError:
+                return f"llm route {extra}: not a JSON line: {line!r}"
+            if out.get("model") not in LLM_MODELS:
+                return f"llm route {extra}: model {out.get('model')!r} is not one of {LLM_MODELS}"
+            if out.get("prompt") != prompt:
+                return f"llm route {extra}: prompt {out.get('prompt')!r}, expected {prompt!r}"
+            if sorted(out.get("predicted_quality", {})) != sorted(LLM_MODELS):
+                return f"llm route {extra}: predicted_quality {out.get('predicted_quality')!r}"
+            chosen.append(out["model"])
+        if "--capacity" in extra and chosen.count("dear-model") > 1:
+            return f"llm route {extra}: dear-model took {chosen.count('dear-model')} > 1 prompts"
+    return None
+
+
+def check_llm_eval(binary, root, data):
+    """`llm eval --out` writes eval.json with the oracle and the requested routers."""
+    out = os.path.join(root, "llm_eval")
+    p = run_llm(binary, ["llm", "eval", "--data", data, "--routers", "knn,best_single",
+                         "--out", out])
+    if p.returncode != 0:
+        return f"llm eval: {describe_rc(p.returncode)}; stderr: {p.stderr.strip()!r}"
+    with open(os.path.join(out, "eval.json")) as f:
+        result = json.load(f)
+    names = [r["name"] for r in result["routers"]]
+    if names != ["oracle", "knn", "best_single"]:
+        return f"eval.json routers {names}"
+    if result["models"] != list(LLM_MODELS) or result["train_rows"] + result["test_rows"] != 24:
+        return f"eval.json models {result['models']}, rows {result['train_rows']}+" \
+               f"{result['test_rows']}"
+    for name in ("summary.txt", "report.html", "split.json"):
+        if not os.path.isfile(os.path.join(out, name)):
+            return f"llm eval --out wrote no {name}"
+    return None
+
+
+def llm_results(binary, root):
+    """(name, problem or None) for the happy paths and every bad command line."""
+    llm_root = os.path.join(root, "llm")
+    os.makedirs(llm_root)
+    data = write_routerbench(os.path.join(llm_root, "tiny_bench.csv"))
+    router, problem = train_router(binary, llm_root, data)
+    results = [("llm train on a tiny RouterBench CSV writes a router folder", problem)]
+    if problem is None:
+        results.append(("llm route prints one JSON line per prompt with a model of the data",
+                        check_llm_route(binary, llm_root, router)))
+    results.append(("llm eval --out writes eval.json", check_llm_eval(binary, llm_root, data)))
+    for case in llm_cases(llm_root):
+        results.append((case.name, check_llm_case(binary, llm_root, data, router, case)))
+    return results
 
 
 def main():
@@ -309,6 +542,7 @@ def main():
         results = [("valid case exits 0 and writes out.safetensors", check_valid(binary, root))]
         for i, case in enumerate(cases(root)):
             results.append((case.name, check_case(binary, root, i, case)))
+        results.extend(llm_results(binary, root))
         for name, problem in results:
             if problem is None:
                 passed += 1
