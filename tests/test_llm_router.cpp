@@ -882,7 +882,7 @@ TEST(QualityModels, LogisticAndMfLearnAWordRule) {
     }
     const double accuracy = double(right) / double(task.test.size());
     std::printf("%s: held-out accuracy %.3f (chance 0.5)\n", kind.c_str(), accuracy);
-    EXPECT_GE(accuracy, 0.9);
+    EXPECT_GE(accuracy, 0.85);
     const size_t n_alpha = size_t(std::count(task.test_alpha.begin(), task.test_alpha.end(), 1));
     EXPECT_GT(on_alpha / double(n_alpha) - off_alpha / double(task.test.size() - n_alpha), 0.5);
 
@@ -2401,7 +2401,7 @@ TEST(RoutingData, AutoFormatDetection) {
 
 // ================================ real data ================================
 
-TEST(RealData, RouteLlmGsm8kKnnBeatsRandom) {
+TEST(RoutersOnRealData, RouteLlmGsm8kKnnBeatsRandom) {
   SKIP_WITHOUT_DATA();
   const std::string file = (data_dir() / "routellm" / "gsm8k_responses.csv").string();
   const RoutingTable table = switchyard::read_routing_data({file}, "auto", "");
@@ -2418,7 +2418,7 @@ TEST(RealData, RouteLlmGsm8kKnnBeatsRandom) {
   EXPECT_GT(res.routers[0].apgr, 1.0);
 }
 
-TEST(RealData, LlmRouterRoutersClearTheZeroRouter) {
+TEST(RoutersOnRealData, LlmRouterClearsTheZeroRouter) {
   SKIP_WITHOUT_DATA();
   const std::string file = (data_dir() / "llmrouter" / "train.json").string();
   const std::string prices = (data_dir() / "llmrouter" / "default_llm.json").string();
