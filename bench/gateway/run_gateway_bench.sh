@@ -149,7 +149,7 @@ run() {
   (( threads > $4 )) && threads=$4
   SY_MODEL="$3" wrk -t"$threads" -c"$4" -d2s -s "$tmp/chat.lua" \
     "http://127.0.0.1:$2/v1/chat/completions" > /dev/null  # warm-up: connections, pools, caches
-  SY_MODEL="$3" "$py" bench/gateway/busy_check.py "$1 c=$4" "$tmp/contention.jsonl" "${pids[*]// /,}" \
+  SY_MODEL="$3" "$py" bench/gateway/busy_check.py "$1 c=$4" "$tmp/contention.jsonl" "$(IFS=,; echo "${pids[*]}")" \
     wrk -t"$threads" -c"$4" -d"$duration" -s "$tmp/chat.lua" \
     "http://127.0.0.1:$2/v1/chat/completions" > "$tmp/wrk.out"
   local line
