@@ -181,7 +181,7 @@ json parse_json_strict(const std::string& text, const std::string& source) {
   json j;
   try {
     j = json::parse(text, callback);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers beyond double's range
     fail("{}: invalid JSON: {}", source, e.what());
   }
   if (!duplicate.empty()) fail("{}: field '{}' appears more than once", source, duplicate);

@@ -117,7 +117,7 @@ ByteCorpus load_byte_corpus(const std::string& dir, const std::string& split) {
   json manifest;
   try {
     manifest = json::parse(read_file_text(source));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail("{}: bad JSON: {}", source, e.what());
   }
   if (!manifest.is_object()) fail("{}: the manifest must be a JSON object", source);

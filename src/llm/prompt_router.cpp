@@ -323,12 +323,28 @@ std::vector<int32_t> route_batch_with_capacity(const std::vector<double>& q,
   }
   if (total < int64_t(n))
     fail("route_batch_with_capacity: capacities sum to {} < {} prompts", total, n);
-  // The auction fills every model exactly, so padding rows of zero utility absorb the slack.
+  if (n == 0) return {};
   std::vector<double> A(size_t(total) * M, 0.0);
   for (size_t i = 0; i < n; ++i)
     for (size_t m = 0; m < M; ++m)
       A[i * M + m] = (1.0 - lambda) * q[i * M + m] - lambda * c[i * M + m] / c_scale;
-  std::vector<int32_t> owner = routers::balanced_assignment(A, total, int64_t(M), cap);
+  // When no capacity binds, each prompt's own best model is the optimum.
+  std::vector<int32_t> best(n);
+  std::vector<int64_t> load(M, 0);
+  bool fits = true;
+  for (size_t i = 0; i < n; ++i) {
+    best[i] = int32_t(std::max_element(&A[i * M], &A[i * M] + M) - &A[i * M]);
+    fits = fits && ++load[size_t(best[i])] <= cap[size_t(best[i])];
+  }
+  if (fits) return best;
+  // The auction fills every model exactly, so padding rows of zero utility absorb the slack.
+  // ε-scaling down to range·1e-3/rows keeps the total within 1e-3·range of the optimum.
+  routers::AuctionOptions options;
+  options.scaling = true;
+  options.eps_fraction = 1e-3 / double(total);
+  options.min_eps = 1e-12;
+  options.max_rounds = 1'000'000;
+  std::vector<int32_t> owner = routers::balanced_assignment(A, total, int64_t(M), cap, options);
   owner.resize(n);
   return owner;
 }

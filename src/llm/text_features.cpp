@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cmath>
 #include <fstream>
+#include <limits>
 
 namespace switchyard {
 namespace {
@@ -223,21 +224,26 @@ std::unique_ptr<EmbeddingFeaturizer> EmbeddingFeaturizer::read(const std::string
     }
     if (e.size() != f->dim_)
       fail("{}: embedding has {} values, earlier lines have {}", where, e.size(), f->dim_);
-    std::vector<float> v(f->dim_);
+    std::vector<double> v(f->dim_);
     double norm2 = 0.0;
     for (size_t k = 0; k < f->dim_; ++k) {
-      if (!e[k].is_number() || !std::isfinite(e[k].get<double>()))
-        fail("{}: embedding[{}] = {} is not a finite number", where, k, e[k].dump());
-      v[k] = e[k].get<float>();
-      norm2 += double(v[k]) * v[k];
+      // Stored as float: a value beyond float's range would become infinite.
+      if (!e[k].is_number() || !std::isfinite(e[k].get<double>()) ||
+          std::fabs(e[k].get<double>()) > double(std::numeric_limits<float>::max()))
+        fail("{}: embedding[{}] = {} is not a finite float", where, k, e[k].dump());
+      v[k] = e[k].get<double>();
     }
-    if (norm2 <= 0.0) fail("{}: embedding is all zeros", where);
-    for (float& x : v) x = float(x / std::sqrt(norm2));
+    // Scaled by the largest magnitude first so that the squares cannot overflow.
+    double scale = 0.0;
+    for (double x : v) scale = std::max(scale, std::fabs(x));
+    if (scale <= 0.0) fail("{}: embedding is all zeros", where);
+    for (double x : v) norm2 += (x / scale) * (x / scale);
+    const double norm = scale * std::sqrt(norm2);
     const std::string prompt = j["prompt"].get<std::string>();
     if (f->row_of_.count(prompt)) fail("{}: prompt repeats an earlier line's prompt", where);
     f->row_of_.emplace(prompt, f->prompts_.size());
     f->prompts_.push_back(prompt);
-    f->vectors_.insert(f->vectors_.end(), v.begin(), v.end());
+    for (double x : v) f->vectors_.push_back(float(x / norm));
   }
   if (f->prompts_.empty()) fail("{}: no embeddings in the file", path);
   return f;

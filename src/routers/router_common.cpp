@@ -93,48 +93,59 @@ void route_all_experts(const RouterInput& in, RoutingPlan& plan) {
 // Auction (Bertsekas) with ε scaled to the affinity range; shared by the BASE router and the
 // LLM batch router.
 std::vector<int32_t> balanced_assignment(const std::vector<double>& A, int64_t n, int64_t E,
-                                         const std::vector<int64_t>& capacity) {
-  const auto [lo, hi] = std::minmax_element(A.begin(), A.end());
-  const double eps = std::max(1e-4, (*hi - *lo) / 50.0);
-  std::vector<double> price(size_t(n), 0.0);
+                                         const std::vector<int64_t>& capacity,
+                                         const AuctionOptions& options) {
   std::vector<int32_t> owner(size_t(n), -1);
   std::vector<int64_t> held(size_t(E), 0);
+  if (n == 0) return owner;
+  const auto [lo, hi] = std::minmax_element(A.begin(), A.end());
+  const double range = *hi - *lo;
+  const double eps_final = std::max(options.min_eps, range * options.eps_fraction);
+  // ε-scaling: coarse phases find prices fast; each phase restarts the assignment from them.
+  double eps = options.scaling ? std::max(eps_final, range / 4.0) : eps_final;
+  std::vector<double> price(size_t(n), 0.0);
   std::vector<double> best_bid(static_cast<size_t>(n)), values(static_cast<size_t>(n));
   std::vector<int32_t> best_bidder(static_cast<size_t>(n));
-  for (int round = 0; round < 100; ++round) {
-    bool full = true;
-    for (int64_t e = 0; e < E; ++e) full = full && held[size_t(e)] == capacity[size_t(e)];
-    if (full) break;
-    std::fill(best_bid.begin(), best_bid.end(), -std::numeric_limits<double>::infinity());
-    std::fill(best_bidder.begin(), best_bidder.end(), -1);
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t need = capacity[size_t(e)] - held[size_t(e)];
-      if (need <= 0) continue;
-      for (int64_t t = 0; t < n; ++t)
-        values[size_t(t)] = owner[size_t(t)] == e ? -std::numeric_limits<double>::infinity()
-                                                  : A[size_t(t * E + e)] - price[size_t(t)];
-      const std::vector<int32_t> order = top_k_indices(values.data(), n, need + 1);
-      const int64_t taken = std::min<int64_t>(need, int64_t(order.size()));
-      if (taken == 0) continue;
-      const double next = int64_t(order.size()) > need ? values[size_t(order[size_t(need)])]
-                                                       : values[size_t(order[size_t(taken - 1)])];
-      for (int64_t i = 0; i < taken; ++i) {
-        const int32_t t = order[size_t(i)];
-        const double bid = values[size_t(t)] - next + eps;
-        if (bid > best_bid[size_t(t)]) {  // strict: ties keep the lower expert
-          best_bid[size_t(t)] = bid;
-          best_bidder[size_t(t)] = int32_t(e);
+  for (;;) {
+    std::fill(owner.begin(), owner.end(), -1);
+    std::fill(held.begin(), held.end(), 0);
+    for (int64_t round = 0; round < options.max_rounds; ++round) {
+      bool full = true;
+      for (int64_t e = 0; e < E; ++e) full = full && held[size_t(e)] == capacity[size_t(e)];
+      if (full) break;
+      std::fill(best_bid.begin(), best_bid.end(), -std::numeric_limits<double>::infinity());
+      std::fill(best_bidder.begin(), best_bidder.end(), -1);
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t need = capacity[size_t(e)] - held[size_t(e)];
+        if (need <= 0) continue;
+        for (int64_t t = 0; t < n; ++t)
+          values[size_t(t)] = owner[size_t(t)] == e ? -std::numeric_limits<double>::infinity()
+                                                    : A[size_t(t * E + e)] - price[size_t(t)];
+        const std::vector<int32_t> order = top_k_indices(values.data(), n, need + 1);
+        const int64_t taken = std::min<int64_t>(need, int64_t(order.size()));
+        if (taken == 0) continue;
+        const double next = int64_t(order.size()) > need ? values[size_t(order[size_t(need)])]
+                                                         : values[size_t(order[size_t(taken - 1)])];
+        for (int64_t i = 0; i < taken; ++i) {
+          const int32_t t = order[size_t(i)];
+          const double bid = values[size_t(t)] - next + eps;
+          if (bid > best_bid[size_t(t)]) {  // strict: ties keep the lower expert
+            best_bid[size_t(t)] = bid;
+            best_bidder[size_t(t)] = int32_t(e);
+          }
         }
       }
+      for (int64_t t = 0; t < n; ++t) {
+        const int32_t e = best_bidder[size_t(t)];
+        if (e < 0) continue;
+        if (owner[size_t(t)] >= 0) --held[size_t(owner[size_t(t)])];
+        owner[size_t(t)] = e;
+        ++held[size_t(e)];
+        price[size_t(t)] += best_bid[size_t(t)];
+      }
     }
-    for (int64_t t = 0; t < n; ++t) {
-      const int32_t e = best_bidder[size_t(t)];
-      if (e < 0) continue;
-      if (owner[size_t(t)] >= 0) --held[size_t(owner[size_t(t)])];
-      owner[size_t(t)] = e;
-      ++held[size_t(e)];
-      price[size_t(t)] += best_bid[size_t(t)];
-    }
+    if (eps <= eps_final) break;
+    eps = std::max(eps_final, eps / 5.0);
   }
   // Tokens the rounds left unowned go greedily to the best expert with room.
   for (int64_t t = 0; t < n; ++t) {

@@ -51,8 +51,18 @@ void route_per_token(const RouterInput& in, RoutingPlan& plan, Choose&& choose) 
 
 // Assigns n items to E bins, bin e taking exactly capacity[e] (Σ capacity = n), maximising the
 // total affinity approximately by an auction. A (n, E) row-major. Returns the bin of each item.
+// The defaults are the BASE router's (one phase, ε = range/50, 100 rounds, then greedy); the LLM
+// batch router asks for ε-scaling down to a tiny ε and rounds until every bin is full, which puts
+// the total within n·ε of the optimum.
+struct AuctionOptions {
+  double eps_fraction = 1.0 / 50;  // final ε as a fraction of the affinity range
+  double min_eps = 1e-4;
+  int64_t max_rounds = 100;  // per phase; rows still unowned then go greedily
+  bool scaling = false;      // phases with ε = range/4, /20, ... down to the final ε
+};
 std::vector<int32_t> balanced_assignment(const std::vector<double>& A, int64_t n, int64_t E,
-                                         const std::vector<int64_t>& capacity);
+                                         const std::vector<int64_t>& capacity,
+                                         const AuctionOptions& options = {});
 
 // Every expert, weighted by the softmax of the token's logits (soft routing, SMEAR).
 void route_all_experts(const RouterInput& in, RoutingPlan& plan);
