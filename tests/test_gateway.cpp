@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "scratch_dir.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -36,6 +37,7 @@ using switchyard::GatewayConfig;
 using switchyard::ModelAlias;
 using switchyard::ModelConfig;
 using switchyard::RouteChoice;
+using switchyard::testing_support::ScratchDir;
 using testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
 
@@ -58,28 +60,6 @@ bool eventually(const std::function<bool()>& done, int ms = 5000) {
   }
   return true;
 }
-
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    path_ =
-        fs::temp_directory_path() / fmt::format("switchyard_gateway_{}_{}_{}",
-                                                info->test_suite_name(), info->name(), ::getpid());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string write(const std::string& name, const std::string& text) const {
-    const std::string file = (path_ / name).string();
-    switchyard::write_file_atomic(file, text);
-    return file;
-  }
-  std::string path(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 // A port nothing listens on: bound once, then closed.
 int closed_port() {
@@ -465,7 +445,7 @@ TEST(GatewayConfigTest, ParsesTheExampleFile) {
 }
 
 TEST(GatewayConfigTest, ErrorsNameTheFileTheFieldAndTheValue) {
-  TempDir dir;
+  ScratchDir dir;
   const json valid = {
       {"listen", {{"host", "127.0.0.1"}, {"port", 0}}},
       {"routers", {{"knn", {{"path", "r/knn"}, {"default", 0.2}}}}},
@@ -1145,7 +1125,7 @@ switchyard::PromptRouter train_test_router(const std::string& kind,
 }
 
 TEST(PromptRequestRouterTest, RoutesWithTrainedRouters) {
-  TempDir dir;
+  ScratchDir dir;
   train_test_router("knn", {"big", "mid", "small"}).save(dir.path("knn3"));
   train_test_router("knn", {"big", "small"}).save(dir.path("knn2"));
   const nlohmann::ordered_json config = {
@@ -1197,7 +1177,7 @@ TEST(PromptRequestRouterTest, RoutesWithTrainedRouters) {
 }
 
 TEST(PromptRequestRouterTest, LoadErrorsNameTheConfigField) {
-  TempDir dir;
+  ScratchDir dir;
   train_test_router("knn", {"big", "small"}).save(dir.path("pair"));
   auto error_of = [&](const json& j) -> std::string {
     try {
@@ -1225,7 +1205,7 @@ TEST(PromptRequestRouterTest, LoadErrorsNameTheConfigField) {
 // ---- `switchyard llm serve` ----
 
 TEST(LlmServeTest, ServesUntilSigtermAndFailsCleanlyOnBadConfig) {
-  TempDir dir;
+  ScratchDir dir;
   FakeUpstream upstream("only");
   const int port = closed_port();
   const json config = {{"listen", {{"host", "127.0.0.1"}, {"port", port}}},

@@ -17,36 +17,20 @@
 #include <vector>
 
 namespace fs = std::filesystem;
+
+#include "scratch_dir.h"
+
 using switchyard::CsvRecord;
 using switchyard::Error;
 using switchyard::parse_csv;
 using switchyard::ReadOptions;
 using switchyard::RoutingTable;
+using switchyard::testing_support::llm_routing_data_dir;
+using switchyard::testing_support::ScratchDir;
 using testing::ElementsAre;
 using testing::HasSubstr;
 
 namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    path_ =
-        fs::temp_directory_path() /
-        fmt::format("switchyard_llm_{}_{}_{}", info->test_suite_name(), info->name(), ::getpid());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string write(const std::string& name, const std::string& text) const {
-    const std::string file = (path_ / name).string();
-    switchyard::write_file_atomic(file, text);
-    return file;
-  }
-
- private:
-  fs::path path_;
-};
 
 std::string error_of(const std::function<void()>& body) {
   try {
@@ -56,16 +40,6 @@ std::string error_of(const std::function<void()>& body) {
   }
   return "<no error>";
 }
-
-fs::path data_dir() {
-  return fs::path(SWITCHYARD_SOURCE_DIR) / ".." / "shared" / "data" / "llm-routing";
-}
-
-#define SKIP_WITHOUT_DATA()                                                         \
-  if (!fs::exists(data_dir())) {                                                    \
-    GTEST_SKIP() << "real routing data absent at " << data_dir().string()           \
-                 << " (expected ../shared/data/llm-routing beside the repository)"; \
-  }
 
 }  // namespace
 
@@ -105,7 +79,7 @@ TEST(Csv, MalformedQuotingNamesTheLine) {
 }
 
 TEST(RouterBench, CsvRoundTrip) {
-  TempDir dir;
+  ScratchDir dir;
   const std::string file =
       dir.write("bench.csv",
                 "prompt,eval_name,gpt-4,gpt-4|total_cost,llama,llama|total_cost,sample_id\n"
@@ -126,7 +100,7 @@ TEST(RouterBench, CsvRoundTrip) {
 }
 
 TEST(RouterBench, CsvWithoutCostsOrEvalName) {
-  TempDir dir;
+  ScratchDir dir;
   const std::string file = dir.write("b.csv", "a,prompt,b\n1,p,0\n");
   const RoutingTable t = switchyard::read_routerbench(file);
   EXPECT_THAT(t.models, ElementsAre("a", "b"));
@@ -136,7 +110,7 @@ TEST(RouterBench, CsvWithoutCostsOrEvalName) {
 }
 
 TEST(RouterBench, JsonlRoundTrip) {
-  TempDir dir;
+  ScratchDir dir;
   const std::string file =
       dir.write("bench.jsonl",
                 "{\"prompt\": \"p1\", \"eval_name\": \"e\", \"m1\": 1, \"m1|total_cost\": 0.25, "
@@ -155,7 +129,7 @@ TEST(RouterBench, JsonlRoundTrip) {
 }
 
 TEST(RouterBench, UnknownColumnsAreErrorsUnlessIgnored) {
-  TempDir dir;
+  ScratchDir dir;
   const std::string file = dir.write("u.csv", "prompt,m1,m1|model_response,m2\np,1,text,0\n");
   EXPECT_THAT(error_of([&] { switchyard::read_routerbench(file); }),
               HasSubstr("unknown column 'm1|model_response'"));
@@ -174,7 +148,7 @@ TEST(RouterBench, UnknownColumnsAreErrorsUnlessIgnored) {
 }
 
 TEST(RouterBench, BadRowsAreSkippedAndReported) {
-  TempDir dir;
+  ScratchDir dir;
   const std::string file = dir.write("bad.csv",
                                      "prompt,m1,m1|total_cost,m2\n"
                                      "good,1,0.5,0\n"           // line 2
@@ -205,7 +179,7 @@ TEST(RouterBench, BadRowsAreSkippedAndReported) {
 }
 
 TEST(RouterBench, StrictModeThrowsAtTheFirstBadRow) {
-  TempDir dir;
+  ScratchDir dir;
   ReadOptions strict;
   strict.strict = true;
   const std::string file = dir.write("s.csv", "prompt,m1,m2\nok,1,0\nx,1,nan\n");
@@ -225,7 +199,7 @@ TEST(RouterBench, StrictModeThrowsAtTheFirstBadRow) {
 }
 
 TEST(RouterBench, JsonlBadRows) {
-  TempDir dir;
+  ScratchDir dir;
   const std::string file = dir.write("b.jsonl",
                                      "{\"prompt\": \"a\", \"m\": 1, \"m|total_cost\": 1}\n"
                                      "{\"prompt\": \"b\"}\n"
@@ -253,7 +227,7 @@ TEST(RouterBench, JsonlBadRows) {
 }
 
 TEST(RouteLlm, PairwiseSmallFile) {
-  TempDir dir;
+  ScratchDir dir;
   const std::string file = dir.write("gsm8k_responses.csv",
                                      "prompt,weak,strong,weak_response,strong_response\n"
                                      "q1,True,True,\"a, b\",c\n"
@@ -270,7 +244,7 @@ TEST(RouteLlm, PairwiseSmallFile) {
 }
 
 TEST(LlmRouter, SmallFileWithPrices) {
-  TempDir dir;
+  ScratchDir dir;
   const std::string file =
       dir.write("d.json",
                 R"([{"question": "q1", "scores": {"b": 0.5, "a": 1.0}, "cluster_id": 2},
@@ -302,11 +276,11 @@ TEST(LlmRouter, SmallFileWithPrices) {
 }
 
 TEST(RealData, RouteLlmGsm8k) {
-  SKIP_WITHOUT_DATA();
+  SKIP_WITHOUT_LLM_DATA();
   ReadOptions strict;
   strict.strict = true;
   const RoutingTable t = switchyard::read_routellm_pairwise(
-      (data_dir() / "routellm" / "gsm8k_responses.csv").string(), strict);
+      (llm_routing_data_dir() / "routellm" / "gsm8k_responses.csv").string(), strict);
   EXPECT_THAT(t.models, ElementsAre("mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"));
   std::printf("RouteLLM GSM8K: %zu rows, %zu issues\n", t.rows(), t.issues.size());
   EXPECT_GT(t.rows(), 1000u);
@@ -317,11 +291,12 @@ TEST(RealData, RouteLlmGsm8k) {
 }
 
 TEST(RealData, RouteLlmMmlu) {
-  SKIP_WITHOUT_DATA();
+  SKIP_WITHOUT_LLM_DATA();
   std::size_t rows = 0;
   std::size_t issues = 0;
   std::size_t files = 0;
-  for (const auto& entry : fs::directory_iterator(data_dir() / "routellm" / "mmlu_responses")) {
+  for (const auto& entry :
+       fs::directory_iterator(llm_routing_data_dir() / "routellm" / "mmlu_responses")) {
     if (entry.path().extension() != ".csv") continue;
     const RoutingTable t = switchyard::read_routellm_pairwise(entry.path().string());
     EXPECT_THAT(t.models,
@@ -341,13 +316,13 @@ TEST(RealData, RouteLlmMmlu) {
 }
 
 TEST(RealData, LlmRouter) {
-  SKIP_WITHOUT_DATA();
-  const std::string prices = (data_dir() / "llmrouter" / "default_llm.json").string();
+  SKIP_WITHOUT_LLM_DATA();
+  const std::string prices = (llm_routing_data_dir() / "llmrouter" / "default_llm.json").string();
   ReadOptions strict;
   strict.strict = true;
   for (const char* name : {"train.json", "test.json"}) {
-    const RoutingTable t =
-        switchyard::read_llmrouter((data_dir() / "llmrouter" / name).string(), prices, strict);
+    const RoutingTable t = switchyard::read_llmrouter(
+        (llm_routing_data_dir() / "llmrouter" / name).string(), prices, strict);
     std::printf("LLMRouter %s: %zu rows x %zu models\n", name, t.rows(), t.models.size());
     EXPECT_EQ(t.models.size(), 9u);
     EXPECT_THAT(t.models, testing::Contains("qwen2.5-7b-instruct"));

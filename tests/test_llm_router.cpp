@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "reference_test_support.h"
+#include "scratch_dir.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -52,6 +53,8 @@ using switchyard::RouterEval;
 using switchyard::RouterSpec;
 using switchyard::RoutingTable;
 using switchyard::SparseVector;
+using switchyard::testing_support::llm_routing_data_dir;
+using switchyard::testing_support::ScratchDir;
 using switchyard::testing_support::seed_trace;
 using switchyard::testing_support::test_rng;
 using testing::HasSubstr;
@@ -59,31 +62,6 @@ using testing::HasSubstr;
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-// A scratch folder for one test, removed at the end.
-class Scratch {
- public:
-  Scratch() {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    root_ =
-        fs::temp_directory_path() / fmt::format("switchyard_llm_router_{}_{}_{}",
-                                                info->test_suite_name(), info->name(), getpid());
-    fs::remove_all(root_);
-    fs::create_directories(root_);
-  }
-  ~Scratch() { fs::remove_all(root_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  std::string path(const std::string& name) const { return (root_ / name).string(); }
-  std::string put(const std::string& name, const std::string& text) const {
-    fs::create_directories((root_ / name).parent_path());
-    switchyard::write_file_atomic(path(name), text);
-    return path(name);
-  }
-
- private:
-  fs::path root_;
-};
 
 // The message of the switchyard::Error that `body` throws. Any other exception type is a test
 // failure (the CLI would report it as an internal error); no exception gives "<no error>".
@@ -99,16 +77,6 @@ std::string error_of(Body&& body) {
   }
   return "<no error>";
 }
-
-fs::path data_dir() {
-  return fs::path(SWITCHYARD_SOURCE_DIR) / ".." / "shared" / "data" / "llm-routing";
-}
-
-#define SKIP_WITHOUT_DATA()                                                         \
-  if (!fs::exists(data_dir())) {                                                    \
-    GTEST_SKIP() << "real routing data absent at " << data_dir().string()           \
-                 << " (expected ../shared/data/llm-routing beside the repository)"; \
-  }
 
 // ---- random prompts ----
 
@@ -459,13 +427,13 @@ TEST(NgramFeaturizer, ConfigValidationNamesTheField) {
 // ================================ embedding featurizer ================================
 
 TEST(EmbeddingFeaturizer, ReadsNormalisesAndLooksUpByExactPrompt) {
-  Scratch dir;
+  ScratchDir dir;
   const std::string file =
-      dir.put("e.jsonl",
-              "{\"prompt\": \"first\", \"embedding\": [3, 0, -4]}\n"
-              "\n"
-              "{\"embedding\": [0.5, 0.5, 0.5], \"prompt\": \"Second one\"}\r\n"
-              "{\"prompt\": \"\", \"embedding\": [0, 2e-3, 0]}\n");
+      dir.write("e.jsonl",
+                "{\"prompt\": \"first\", \"embedding\": [3, 0, -4]}\n"
+                "\n"
+                "{\"embedding\": [0.5, 0.5, 0.5], \"prompt\": \"Second one\"}\r\n"
+                "{\"prompt\": \"\", \"embedding\": [0, 2e-3, 0]}\n");
   const auto f = EmbeddingFeaturizer::read(file);
   EXPECT_EQ(f->kind(), "embedding");
   EXPECT_EQ(f->dimension(), 3u);
@@ -483,7 +451,7 @@ TEST(EmbeddingFeaturizer, ReadsNormalisesAndLooksUpByExactPrompt) {
 }
 
 TEST(EmbeddingFeaturizer, CorruptedFilesNameFileAndLine) {
-  Scratch dir;
+  ScratchDir dir;
   const std::string good = "{\"prompt\": \"a\", \"embedding\": [1, 2]}\n";
   struct Case {
     const char* name;
@@ -515,7 +483,7 @@ TEST(EmbeddingFeaturizer, CorruptedFilesNameFileAndLine) {
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     SCOPED_TRACE(cases[i].name);
-    const std::string file = dir.put(fmt::format("case{}.jsonl", i), cases[i].text);
+    const std::string file = dir.write(fmt::format("case{}.jsonl", i), cases[i].text);
     const std::string message = error_of([&] { EmbeddingFeaturizer::read(file); });
     EXPECT_THAT(message, HasSubstr(file + cases[i].where));
     std::string lower = message;
@@ -529,10 +497,10 @@ TEST(EmbeddingFeaturizer, CorruptedFilesNameFileAndLine) {
 // A value finite as a double but beyond float range (3e38) must not turn into Inf/NaN features:
 // either the file is rejected naming the line, or the features are finite.
 TEST(EmbeddingFeaturizer, ValuesBeyondFloatRangeAreRejectedOrFinite) {
-  Scratch dir;
-  const std::string file = dir.put("big.jsonl",
-                                   "{\"prompt\": \"a\", \"embedding\": [1e39, 1]}\n"
-                                   "{\"prompt\": \"b\", \"embedding\": [1, 1]}\n");
+  ScratchDir dir;
+  const std::string file = dir.write("big.jsonl",
+                                     "{\"prompt\": \"a\", \"embedding\": [1e39, 1]}\n"
+                                     "{\"prompt\": \"b\", \"embedding\": [1, 1]}\n");
   std::unique_ptr<EmbeddingFeaturizer> f;
   try {
     f = EmbeddingFeaturizer::read(file);
@@ -1002,7 +970,7 @@ struct SmallData {
   std::string embeddings;
 };
 
-SmallData small_data(std::mt19937_64& rng, const Scratch& dir) {
+SmallData small_data(std::mt19937_64& rng, const ScratchDir& dir) {
   SmallData d;
   std::vector<std::string> prompts;
   std::set<std::string> seen;
@@ -1027,7 +995,7 @@ SmallData small_data(std::mt19937_64& rng, const Scratch& dir) {
       for (double& x : e) x = normal(rng);
       text += json({{"prompt", p}, {"embedding", e}}).dump() + "\n";
     }
-  d.embeddings = dir.put("embeddings.jsonl", text);
+  d.embeddings = dir.write("embeddings.jsonl", text);
   return d;
 }
 
@@ -1060,7 +1028,7 @@ std::string copy_folder(const std::string& from, const std::string& to) {
 TEST(PromptRouterFiles, EveryKindRoundTripsExactly) {
   SCOPED_TRACE(seed_trace());
   auto rng = test_rng();
-  Scratch dir;
+  ScratchDir dir;
   const SmallData data = small_data(rng, dir);
   std::vector<std::string> prompts = data.table.prompts;
   prompts.insert(prompts.end(), data.queries.begin(), data.queries.end());
@@ -1099,7 +1067,7 @@ TEST(PromptRouterFiles, EveryKindRoundTripsExactly) {
 TEST(PromptRouterFiles, CostModelsRoundTrip) {
   SCOPED_TRACE(seed_trace());
   auto rng = test_rng();
-  Scratch dir;
+  ScratchDir dir;
   SmallData data = small_data(rng, dir);
   // Prices (dollars per million tokens) win over per-row costs.
   RoutingTable priced = data.table;
@@ -1162,7 +1130,7 @@ TEST(CostModel, EstimatesHandDerived) {
 TEST(PromptRouterFiles, CorruptedRouterJsonIsAnErrorNamingTheField) {
   SCOPED_TRACE(seed_trace());
   auto rng = test_rng();
-  Scratch dir;
+  ScratchDir dir;
   const SmallData data = small_data(rng, dir);
   const std::string good = dir.path("good");
   switchyard::train_router(small_spec("knn"), data.table, all_rows(data.table)).save(good);
@@ -1322,7 +1290,7 @@ std::vector<int64_t> shape_of(const switchyard::SafetensorsFile& f, const std::s
 TEST(PromptRouterFiles, CorruptedTensorsAreErrorsNamingTheTensor) {
   SCOPED_TRACE(seed_trace());
   auto rng = test_rng();
-  Scratch dir;
+  ScratchDir dir;
   const SmallData data = small_data(rng, dir);
   using File = switchyard::SafetensorsFile;
   struct Case {
@@ -1510,7 +1478,7 @@ TEST(PromptRouterFiles, CorruptedTensorsAreErrorsNamingTheTensor) {
 TEST(PromptRouterFiles, GarbledFilesNeverCrash) {
   SCOPED_TRACE(seed_trace());
   auto rng = test_rng();
-  Scratch dir;
+  ScratchDir dir;
   const SmallData data = small_data(rng, dir);
   std::vector<std::pair<std::string, RouterSpec>> routers;
   for (const std::string& kind : switchyard::quality_model_kinds())
@@ -2308,10 +2276,10 @@ TEST(EvaluateRouters, RejectsBadPairsAndTables) {
 // ================================ multi-file data ================================
 
 TEST(RoutingData, FilesAppendAndCrossFileDuplicatesAreSkipped) {
-  Scratch dir;
-  const std::string a = dir.put("a.csv", "prompt,m1,m2\np1,1,0\np2,0,1\n");
-  const std::string b = dir.put("b.csv", "prompt,m1,m2\np2,1,1\np3,0.5,0.25\n");
-  const std::string c = dir.put("c.csv", "prompt,m2,m1\np4,1,0\n");  // same models, other order
+  ScratchDir dir;
+  const std::string a = dir.write("a.csv", "prompt,m1,m2\np1,1,0\np2,0,1\n");
+  const std::string b = dir.write("b.csv", "prompt,m1,m2\np2,1,1\np3,0.5,0.25\n");
+  const std::string c = dir.write("c.csv", "prompt,m2,m1\np4,1,0\n");  // same models, other order
   const RoutingTable t = switchyard::read_routing_data({a, b, c}, "auto", "");
   EXPECT_EQ(t.models, (std::vector<std::string>{"m1", "m2"}));
   EXPECT_EQ(t.prompts, (std::vector<std::string>{"p1", "p2", "p3", "p4"}));
@@ -2327,7 +2295,7 @@ TEST(RoutingData, FilesAppendAndCrossFileDuplicatesAreSkipped) {
                 switchyard::read_routing_data({a, b}, "auto", "", strict);
               }),
               testing::AllOf(HasSubstr(b), HasSubstr("record 0"), HasSubstr("prompt")));
-  const std::string d = dir.put("d.csv", "prompt,m1,m3\nq,1,0\n");
+  const std::string d = dir.write("d.csv", "prompt,m1,m3\nq,1,0\n");
   EXPECT_THAT(error_of([&] {
                 switchyard::read_routing_data({a, d}, "auto", "");
               }),
@@ -2342,11 +2310,11 @@ TEST(RoutingData, FilesAppendAndCrossFileDuplicatesAreSkipped) {
 }
 
 TEST(RoutingData, FoldersReadTheirCsvFilesInNameOrder) {
-  Scratch dir;
-  dir.put("f/z.csv", "prompt,m1,m2\nfrom z,1,0\nshared,1,1\n");
-  dir.put("f/a.csv", "prompt,m1,m2\nfrom a,0,1\nshared,0,0\n");
-  dir.put("f/notes.txt", "not data");
-  dir.put("f/sub/b.csv", "prompt,m1,m2\nnested,1,1\n");  // folders are not recursive
+  ScratchDir dir;
+  dir.write("f/z.csv", "prompt,m1,m2\nfrom z,1,0\nshared,1,1\n");
+  dir.write("f/a.csv", "prompt,m1,m2\nfrom a,0,1\nshared,0,0\n");
+  dir.write("f/notes.txt", "not data");
+  dir.write("f/sub/b.csv", "prompt,m1,m2\nnested,1,1\n");  // folders are not recursive
   const RoutingTable t = switchyard::read_routing_data({dir.path("f")}, "auto", "");
   EXPECT_EQ(t.prompts, (std::vector<std::string>{"from a", "shared", "from z"}));
   EXPECT_EQ(t.score(1, 0), 0.0);  // "shared" from a.csv, the first in name order
@@ -2358,11 +2326,11 @@ TEST(RoutingData, FoldersReadTheirCsvFilesInNameOrder) {
 }
 
 TEST(RoutingData, AutoFormatDetection) {
-  Scratch dir;
-  const std::string routellm = dir.put("gsm8k_responses.csv",
-                                       "prompt,weak,strong,weak_response,strong_response\n"
-                                       "q1,True,False,\"an answer, with a comma\",b\n"
-                                       "q2,False,True,c,d\n");
+  ScratchDir dir;
+  const std::string routellm = dir.write("gsm8k_responses.csv",
+                                         "prompt,weak,strong,weak_response,strong_response\n"
+                                         "q1,True,False,\"an answer, with a comma\",b\n"
+                                         "q2,False,True,c,d\n");
   const RoutingTable r = switchyard::read_routing_data({routellm}, "auto", "");
   EXPECT_EQ(r.models, (std::vector<std::string>{"weak", "strong"}));
   EXPECT_EQ(r.scores, (std::vector<double>{1, 0, 0, 1}));
@@ -2370,17 +2338,18 @@ TEST(RoutingData, AutoFormatDetection) {
   // The same file read as RouterBench fails: True/False are not numeric scores.
   EXPECT_THAT(error_of([&] { switchyard::read_routing_data({routellm}, "routerbench", ""); }),
               testing::AllOf(HasSubstr(routellm), HasSubstr("'True'")));
-  const std::string bench = dir.put("bench.csv", "prompt,m1,m1|total_cost,m2\np,0.5,0.1,1\n");
+  const std::string bench = dir.write("bench.csv", "prompt,m1,m1|total_cost,m2\np,0.5,0.1,1\n");
   const RoutingTable b = switchyard::read_routing_data({bench}, "auto", "");
   EXPECT_EQ(b.models, (std::vector<std::string>{"m1", "m2"}));
   EXPECT_EQ(b.cost(0, 0), 0.1);
-  const std::string jsonl = dir.put("bench.jsonl", "{\"prompt\": \"p\", \"m1\": 1, \"m2\": 0}\n");
+  const std::string jsonl = dir.write("bench.jsonl", "{\"prompt\": \"p\", \"m1\": 1, \"m2\": 0}\n");
   EXPECT_EQ(switchyard::read_routing_data({jsonl}, "auto", "").scores, (std::vector<double>{1, 0}));
   const std::string llmrouter =
-      dir.put("data.json", R"([{"question": "q", "scores": {"m1": 0.5, "m2": 1.0}}])");
+      dir.write("data.json", R"([{"question": "q", "scores": {"m1": 0.5, "m2": 1.0}}])");
   EXPECT_THAT(error_of([&] { switchyard::read_routing_data({llmrouter}, "auto", ""); }),
               HasSubstr("--prices"));
-  const std::string prices = dir.put("prices.json", R"({"m1": {"input_price": 1, "output_price": 2},
+  const std::string prices =
+      dir.write("prices.json", R"({"m1": {"input_price": 1, "output_price": 2},
                          "m2": {"input_price": 3, "output_price": 4}})");
   const RoutingTable l = switchyard::read_routing_data({llmrouter}, "auto", prices);
   EXPECT_EQ(l.rows(), 1u);
@@ -2392,10 +2361,10 @@ TEST(RoutingData, AutoFormatDetection) {
               HasSubstr(dir.path("nope.csv")));
   EXPECT_THAT(error_of([&] { switchyard::read_routing_data({bench}, "xml", ""); }),
               HasSubstr("xml"));
-  const std::string header_only = dir.put("h.csv", "prompt,m1,m2\n");
+  const std::string header_only = dir.write("h.csv", "prompt,m1,m2\n");
   EXPECT_THAT(error_of([&] { switchyard::read_routing_data({header_only}, "auto", ""); }),
               HasSubstr("no rows"));
-  const std::string all_bad = dir.put("bad.csv", "prompt,m1,m2\np,x,1\nq,1,\n");
+  const std::string all_bad = dir.write("bad.csv", "prompt,m1,m2\np,x,1\nq,1,\n");
   EXPECT_THAT(error_of([&] { switchyard::read_routing_data({all_bad}, "auto", ""); }),
               testing::AllOf(HasSubstr("no usable rows"), HasSubstr(all_bad)));
 }
@@ -2403,8 +2372,8 @@ TEST(RoutingData, AutoFormatDetection) {
 // ================================ real data ================================
 
 TEST(RoutersOnRealData, RouteLlmGsm8kKnnBeatsRandom) {
-  SKIP_WITHOUT_DATA();
-  const std::string file = (data_dir() / "routellm" / "gsm8k_responses.csv").string();
+  SKIP_WITHOUT_LLM_DATA();
+  const std::string file = (llm_routing_data_dir() / "routellm" / "gsm8k_responses.csv").string();
   const RoutingTable table = switchyard::read_routing_data({file}, "auto", "");
   EvalConfig config;  // the default 50/50 split, seed 0
   config.routers = {spec_of("knn", json::object()), spec_of("random")};
@@ -2420,9 +2389,9 @@ TEST(RoutersOnRealData, RouteLlmGsm8kKnnBeatsRandom) {
 }
 
 TEST(RoutersOnRealData, LlmRouterClearsTheZeroRouter) {
-  SKIP_WITHOUT_DATA();
-  const std::string file = (data_dir() / "llmrouter" / "train.json").string();
-  const std::string prices = (data_dir() / "llmrouter" / "default_llm.json").string();
+  SKIP_WITHOUT_LLM_DATA();
+  const std::string file = (llm_routing_data_dir() / "llmrouter" / "train.json").string();
+  const std::string prices = (llm_routing_data_dir() / "llmrouter" / "default_llm.json").string();
   const RoutingTable table = switchyard::read_routing_data({file}, "auto", prices);
   EvalConfig config;
   config.routers = {spec_of("knn", json::object()), spec_of("logistic"), spec_of("best_single")};

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace switchyard {
@@ -61,5 +62,8 @@ RunData load_run(const std::string& dir);
 
 // Writes out_dir/index.html and out_dir/summary.md (each atomically), creating out_dir.
 void write_report(const std::vector<RunData>& runs, const std::string& out_dir);
+
+// Escapes & < > " ' for HTML text and attribute values (shared by the HTML reports).
+std::string html_escape(std::string_view s);
 
 }  // namespace switchyard

@@ -1,6 +1,7 @@
 // The text table and the HTML report (inline SVG, no scripts) of `switchyard llm eval`.
 #include <fmt/format.h>
 #include <switchyard/llm_eval.h>
+#include <switchyard/report.h>
 
 #include <algorithm>
 #include <cmath>
@@ -20,29 +21,6 @@ std::string cell(double v, int decimals = 3) {
 
 std::string percent(double v) {
   return std::isfinite(v) ? fmt::format("{:.1f}%", 100.0 * v) : std::string("-");
-}
-
-std::string escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
 }
 
 const char* colour(size_t i) {
@@ -78,8 +56,8 @@ std::string plot_svg(const std::string& title, const std::string& x_label,
   append(out,
          "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {:.0f} {:.0f}\" role=\"img\">"
          "<title>{}</title>",
-         W, H, escape(title));
-  append(out, "<text x=\"{:.0f}\" y=\"18\" class=\"title\">{}</text>", left, escape(title));
+         W, H, html_escape(title));
+  append(out, "<text x=\"{:.0f}\" y=\"18\" class=\"title\">{}</text>", left, html_escape(title));
   for (int i = 0; i <= 4; ++i) {
     const double fx = xlo + (xhi - xlo) * i / 4.0, fy = ylo + (yhi - ylo) * i / 4.0;
     append(out,
@@ -100,11 +78,11 @@ std::string plot_svg(const std::string& title, const std::string& x_label,
          "<rect x=\"{:.0f}\" y=\"{:.0f}\" width=\"{:.0f}\" height=\"{:.0f}\" class=\"frame\"/>",
          left, top, pw, ph);
   append(out, "<text x=\"{:.1f}\" y=\"{:.0f}\" text-anchor=\"middle\" class=\"axis\">{}</text>",
-         left + pw / 2, H - 8, escape(x_label));
+         left + pw / 2, H - 8, html_escape(x_label));
   append(out,
          "<text transform=\"translate(14 {:.1f}) rotate(-90)\" text-anchor=\"middle\" "
          "class=\"axis\">{}</text>",
-         top + ph / 2, escape(y_label));
+         top + ph / 2, html_escape(y_label));
   for (size_t i = 0; i < lines.size(); ++i) {
     const PlotLine& l = lines[i];
     if (l.line && l.xy.size() > 1) {
@@ -125,7 +103,7 @@ std::string plot_svg(const std::string& title, const std::string& x_label,
            "stroke-width=\"2\"{4}/><text x=\"{5:.0f}\" y=\"{1:.1f}\" dominant-baseline=\"central\">"
            "{6}</text>",
            left + pw + 12, ly, left + pw + 32, colour(i),
-           l.dashed ? " stroke-dasharray=\"5 4\"" : "", left + pw + 38, escape(l.name));
+           l.dashed ? " stroke-dasharray=\"5 4\"" : "", left + pw + 38, html_escape(l.name));
   }
   append(out, "</svg>");
   return out;
@@ -173,14 +151,14 @@ std::string eval_html(const EvalResult& res) {
       "height:auto}}svg text{{font-size:11px;fill:#4a5263}}svg text.title{{font-size:13px;"
       "fill:#1d2330;font-weight:600}}svg .grid{{stroke:#edf0f3}}svg .frame{{fill:none;"
       "stroke:#8c95a6}}</style></head><body><h1>Prompt routing: {0}</h1>",
-      escape(res.dataset));
+      html_escape(res.dataset));
   append(out,
          "<p>{} training and {} test prompts (seeded split: fraction {}, seed {}); {} bad rows "
          "skipped. Strong model <b>{}</b> ({:.3f}), weak model <b>{}</b> ({:.3f}). Costs: {}.</p>",
          res.train_rows, res.test_rows, res.config.train_fraction, res.config.seed,
-         res.skipped_rows, escape(res.models[size_t(res.strong)]),
-         res.model_quality[size_t(res.strong)], escape(res.models[size_t(res.weak)]),
-         res.model_quality[size_t(res.weak)], escape(res.cost_source));
+         res.skipped_rows, html_escape(res.models[size_t(res.strong)]),
+         res.model_quality[size_t(res.strong)], html_escape(res.models[size_t(res.weak)]),
+         res.model_quality[size_t(res.weak)], html_escape(res.cost_source));
   append(out,
          "<table><tr><th>router</th><th>APGR</th><th>APGR (deciles)</th><th>CPT(50%)</th>"
          "<th>CPT(80%)</th>");
@@ -188,7 +166,7 @@ std::string eval_html(const EvalResult& res) {
     append(out, "<th>PGR, target {:.0f}% strong</th>", 100 * s);
   append(out, "<th>AIQ</th><th>fit (s)</th><th>route (µs/prompt)</th></tr>");
   for (const auto& r : res.routers) {
-    append(out, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>", escape(r.name),
+    append(out, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>", html_escape(r.name),
            cell(r.apgr), cell(r.apgr_deciles), percent(r.cpt50), percent(r.cpt80));
     for (const auto& x : r.thresholds)
       append(out, "<td>{} at {}</td>", cell(x.pgr, 3), percent(x.test_share));
@@ -237,7 +215,7 @@ std::string eval_html(const EvalResult& res) {
          "<h2>Models on the test split</h2><table><tr><th>model</th><th>mean score</th>"
          "<th>mean cost</th></tr>");
   for (size_t m = 0; m < res.models.size(); ++m)
-    append(out, "<tr><td>{}</td><td>{:.4f}</td><td>{:.6g}</td></tr>", escape(res.models[m]),
+    append(out, "<tr><td>{}</td><td>{:.4f}</td><td>{:.6g}</td></tr>", html_escape(res.models[m]),
            res.model_quality[m], res.model_cost[m]);
   append(out, "</table><p>Definitions: docs/llm-routing.md.</p></body></html>\n");
   return out;

@@ -280,6 +280,8 @@ Summary summarize(const RunData& run, const Derived& d) {
 // ---------------------------------------------------------------------------------------------
 // Text helpers
 
+}  // namespace
+
 std::string html_escape(std::string_view s) {
   std::string out;
   out.reserve(s.size());
@@ -306,6 +308,8 @@ std::string html_escape(std::string_view s) {
   }
   return out;
 }
+
+namespace {
 
 // Markdown table cells: pipes end cells, newlines end rows, and raw HTML would render.
 std::string md_escape(std::string_view s) {
