@@ -1176,6 +1176,24 @@ TEST(PromptRequestRouterTest, RoutesWithTrainedRouters) {
   EXPECT_THROW(router->choose(math, "gpt-5"), switchyard::UnknownModelError);
 }
 
+// Data sets name models as their providers do ("org/Model-7B"); a gateway model serves a router's
+// model by name or by its upstream_model.
+TEST(PromptRequestRouterTest, RouterModelsMatchByUpstreamModel) {
+  ScratchDir dir;
+  train_test_router("knn", {"org/Big-70B", "org/Small-7B"}).save(dir.path("pair"));
+  const nlohmann::ordered_json config = {
+      {"routers", {{"pair", {{"path", dir.path("pair")}, {"default", 0.0}}}}},
+      {"models",
+       {{"small", {{"upstream", "http://127.0.0.1:1"}, {"upstream_model", "org/Small-7B"}}},
+        {"org/Big-70B", {{"upstream", "http://127.0.0.1:1"}}}}}};
+  const auto router = switchyard::make_prompt_request_router(
+      switchyard::parse_gateway_config(dir.write("g.json", config.dump())));
+  EXPECT_EQ(router->choose("solve the math equation number 7", "router-pair-0.5").ranked_models,
+            (std::vector<std::string>{"org/Big-70B", "small"}));
+  EXPECT_EQ(router->choose("write a friendly greeting card 9", "router-pair-0.5").ranked_models,
+            (std::vector<std::string>{"small", "org/Big-70B"}));
+}
+
 TEST(PromptRequestRouterTest, LoadErrorsNameTheConfigField) {
   ScratchDir dir;
   train_test_router("knn", {"big", "small"}).save(dir.path("pair"));

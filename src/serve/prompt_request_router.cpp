@@ -45,10 +45,15 @@ PromptRequestRouter::PromptRequestRouter(const GatewayConfig& config) : config_(
       fail("{}: field 'path' = \"{}\": {}", context, rc.path, e.what());
     }
     const PromptRouter& router = loaded.router;
+    // A router's model is served by the gateway model of that name, else by the one whose
+    // upstream_model it is (data sets name models as their providers do).
     for (size_t m = 0; m < router.models.size(); ++m) {
       const ModelAlias alias = resolve_model_alias(config_, router.models[m]);
-      loaded.gateway_model.push_back(alias.kind == ModelAlias::Model ? alias.model : -1);
-      if (alias.kind == ModelAlias::Model) loaded.served.push_back(m);
+      int served_by = alias.kind == ModelAlias::Model ? alias.model : -1;
+      for (size_t g = 0; g < config_.models.size() && served_by < 0; ++g)
+        if (config_.models[g].upstream_model == router.models[m]) served_by = int(g);
+      loaded.gateway_model.push_back(served_by);
+      if (served_by >= 0) loaded.served.push_back(m);
     }
     if (loaded.served.empty())
       fail("{}: none of the router's models ({}) is in 'models'", context,
