@@ -2287,6 +2287,8 @@ TEST(RoutingData, FilesAppendAndCrossFileDuplicatesAreSkipped) {
   ASSERT_EQ(t.issues.size(), 1u);
   EXPECT_EQ(t.issues[0].file, b);
   EXPECT_EQ(t.issues[0].record, 0u);
+  EXPECT_EQ(t.issues[0].line, 2u);  // the row's own line in b.csv
+  EXPECT_EQ(t.lines, (std::vector<size_t>{2, 3, 3, 2}));
   EXPECT_EQ(t.issues[0].column, "prompt");
   EXPECT_THAT(t.issues[0].reason, HasSubstr("earlier file"));
   switchyard::ReadOptions strict;
@@ -2294,7 +2296,7 @@ TEST(RoutingData, FilesAppendAndCrossFileDuplicatesAreSkipped) {
   EXPECT_THAT(error_of([&] {
                 switchyard::read_routing_data({a, b}, "auto", "", strict);
               }),
-              testing::AllOf(HasSubstr(b), HasSubstr("record 0"), HasSubstr("prompt")));
+              testing::AllOf(HasSubstr(b), HasSubstr("line 2"), HasSubstr("prompt")));
   const std::string d = dir.write("d.csv", "prompt,m1,m3\nq,1,0\n");
   EXPECT_THAT(error_of([&] {
                 switchyard::read_routing_data({a, d}, "auto", "");

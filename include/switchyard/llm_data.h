@@ -22,6 +22,8 @@ struct RoutingTable {
   std::vector<std::string> models;      // M
   std::vector<std::string> prompts;     // N
   std::vector<std::string> eval_names;  // N; empty strings when the source has none
+  std::vector<std::size_t> lines;       // N; 1-based line where the row starts (0: JSON array)
+  std::vector<std::size_t> records;     // N; 0-based index of the row among its file's rows
   std::vector<double> scores;           // (N, M) row-major; quality in [0, 1] or any float
   std::vector<double> costs;            // (N, M) row-major; NaN when unknown
   // Per-model prices in dollars per million tokens (LLMRouter's price list); NaN when unknown.

@@ -92,6 +92,8 @@ class TableBuilder {
     }
     table_.prompts.push_back(std::move(prompt));
     table_.eval_names.push_back(std::move(eval_name));
+    table_.lines.push_back(line);
+    table_.records.push_back(record);
     table_.scores.insert(table_.scores.end(), scores.begin(), scores.end());
     table_.costs.insert(table_.costs.end(), costs.begin(), costs.end());
   }
@@ -554,14 +556,20 @@ void append_table(RoutingTable& into, RoutingTable&& more, const std::string& so
   std::vector<std::string> kept;
   for (size_t r = 0; r < more.rows(); ++r) {
     if (seen.count(more.prompts[r])) {
-      ReadIssue issue{source, 0, r, "prompt",
+      const size_t line = r < more.lines.size() ? more.lines[r] : 0;
+      const size_t record = r < more.records.size() ? more.records[r] : r;
+      ReadIssue issue{source, line, record, "prompt",
                       "prompt repeats a prompt of an earlier file; the first is kept"};
-      if (strict) fail("{}: record {}: column prompt: {}", source, r, issue.reason);
+      if (strict)
+        fail("{}: {} {}: column prompt: {}", source, line > 0 ? "line" : "record",
+             line > 0 ? line : record, issue.reason);
       into.issues.push_back(issue);
       continue;
     }
     into.prompts.push_back(std::move(more.prompts[r]));
     into.eval_names.push_back(std::move(more.eval_names[r]));
+    if (r < more.lines.size()) into.lines.push_back(more.lines[r]);
+    if (r < more.records.size()) into.records.push_back(more.records[r]);
     into.scores.insert(into.scores.end(), more.scores.begin() + long(r * M),
                        more.scores.begin() + long((r + 1) * M));
     into.costs.insert(into.costs.end(), more.costs.begin() + long(r * M),
