@@ -58,6 +58,10 @@ struct LlmRouteFlags {
 int run_llm_eval(const LlmDataFlags& data, const LlmEvalFlags& flags);
 int run_llm_train(const LlmDataFlags& data, const LlmTrainFlags& flags);
 int run_llm_route(const LlmRouteFlags& flags);
+// `switchyard llm calibrate`: the threshold that sends `strong_share` of the given prompts (the
+// user's own traffic, no labels) to the router's strong model.
+int run_llm_calibrate(const std::string& router_dir, const std::string& prompts_file,
+                      double strong_share);
 
 // `switchyard llm serve`: the OpenAI-compatible gateway (docs/gateway.md); runs until SIGINT or
 // SIGTERM, then drains the requests in flight. Implemented in llm_serve_command.cpp.

@@ -165,14 +165,48 @@ int run_llm_train(const LlmDataFlags& data, const LlmTrainFlags& flags) {
   return 0;
 }
 
+// One prompt per non-empty line.
+static std::vector<std::string> read_prompts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("{}: cannot open the prompts file", path);
+  std::vector<std::string> prompts;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) prompts.push_back(line);
+  return prompts;
+}
+
+int run_llm_calibrate(const std::string& router_dir, const std::string& prompts_file,
+                      double strong_share) {
+  const PromptRouter router = PromptRouter::load(router_dir);
+  const std::vector<std::string> prompts = read_prompts(prompts_file);
+  if (prompts.empty()) fail("{}: no prompts (one per line)", prompts_file);
+  const size_t M = router.models.size();
+  std::vector<double> q(M), c(M), gains;
+  for (const auto& p : prompts) {
+    router.predict(p, q.data(), c.data());
+    gains.push_back(q[size_t(router.strong)] - q[size_t(router.weak)]);
+  }
+  const double threshold = calibrate_threshold(gains, strong_share);
+  size_t strong = 0;
+  for (double g : gains) strong += g >= threshold;
+  fmt::print("{}\n", json({{"router", router.name},
+                           {"strong", router.models[size_t(router.strong)]},
+                           {"weak", router.models[size_t(router.weak)]},
+                           {"target_share", strong_share},
+                           {"threshold", threshold},
+                           {"share_on_these_prompts", double(strong) / double(gains.size())},
+                           {"prompts", gains.size()},
+                           {"gateway_model", fmt::format("router-{}-{}", router.name, threshold)}})
+                         .dump());
+  return 0;
+}
+
 int run_llm_route(const LlmRouteFlags& flags) {
   const PromptRouter router = PromptRouter::load(flags.router);
   std::vector<std::string> prompts = flags.prompts;
   if (!flags.prompts_file.empty()) {
-    std::ifstream in(flags.prompts_file);
-    if (!in) fail("{}: cannot open the prompts file", flags.prompts_file);
-    for (std::string line; std::getline(in, line);)
-      if (!line.empty()) prompts.push_back(line);
+    const std::vector<std::string> more = read_prompts(flags.prompts_file);
+    prompts.insert(prompts.end(), more.begin(), more.end());
   }
   if (prompts.empty()) fail("llm route: give --prompt or --prompts-file");
   const size_t M = router.models.size(), n = prompts.size();

@@ -138,6 +138,17 @@ int main(int argc, char** argv) {
                    "batch routing: model=max prompts, comma separated")
       ->delimiter(',');
 
+  std::string calibrate_router, calibrate_prompts;
+  double strong_share = 0.5;
+  auto* llm_calibrate = llm->add_subcommand(
+      "calibrate", "Threshold sending a share of your prompts to the strong model");
+  llm_calibrate->add_option("--router", calibrate_router, "router folder")->required();
+  llm_calibrate
+      ->add_option("--prompts-file", calibrate_prompts, "your traffic, one prompt per line")
+      ->required();
+  llm_calibrate->add_option("--strong-share", strong_share, "target share of strong calls")
+      ->check(CLI::Range(0.0, 1.0));
+
   std::string serve_config;
   auto* llm_serve = llm->add_subcommand("serve", "OpenAI-compatible gateway (docs/gateway.md)");
   llm_serve->add_option("--config", serve_config, "gateway.json")->required();
@@ -163,6 +174,8 @@ int main(int argc, char** argv) {
     if (*llm_train) return cli::run_llm_train(llm_data, train_flags);
     if (*llm_route) return cli::run_llm_route(route_flags);
     if (*llm_serve) return cli::run_llm_serve(serve_config);
+    if (*llm_calibrate)
+      return cli::run_llm_calibrate(calibrate_router, calibrate_prompts, strong_share);
   } catch (const switchyard::Error& e) {
     fmt::print(stderr, "switchyard: error: {}\n", e.what());
     return 1;

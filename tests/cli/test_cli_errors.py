@@ -416,6 +416,14 @@ def llm_cases(root):
                 usage=True),
         LlmCase("llm route: unknown --rule", route + ["--rule", "coin_flip"], [r"--rule"],
                 usage=True),
+        LlmCase("llm calibrate: missing prompts file",
+                ["llm", "calibrate", "--router", "{router}", "--prompts-file",
+                 os.path.join(root, "no_traffic.txt")],
+                [re.escape(os.path.join(root, "no_traffic.txt"))]),
+        LlmCase("llm calibrate: --strong-share out of range",
+                ["llm", "calibrate", "--router", "{router}", "--prompts-file",
+                 os.path.join(root, "no_traffic.txt"), "--strong-share", "1.5"],
+                [r"--strong-share"], usage=True),
     ]
 
 
@@ -488,6 +496,29 @@ def check_llm_route(binary, root, router):
     return None
 
 
+def check_llm_calibrate(binary, root, router):
+    """`llm calibrate` returns a threshold that sends the requested share of the prompts to the
+    strong model, and the gateway model name that uses it."""
+    prompts_file = os.path.join(root, "traffic.txt")
+    with open(prompts_file, "w") as f:
+        f.write("\n".join(f"{'hard ' if i % 3 == 0 else ''}question {i}: how many stones?"
+                           for i in range(30)) + "\n")
+    for share in (0.0, 0.3, 1.0):
+        p = run_llm(binary, ["llm", "calibrate", "--router", router, "--prompts-file",
+                             prompts_file, "--strong-share", str(share)])
+        if p.returncode != 0:
+            return f"llm calibrate {share}: {describe_rc(p.returncode)}; {p.stderr.strip()!r}"
+        out = json.loads(p.stdout)
+        if out["prompts"] != 30 or not out["gateway_model"].startswith("router-"):
+            return f"llm calibrate {share}: {out}"
+        # Ties among the gains may send more than the target; never fewer, never all at 0.
+        if share == 0.0 and out["share_on_these_prompts"] != 0.0:
+            return f"llm calibrate 0: share {out['share_on_these_prompts']}"
+        if out["share_on_these_prompts"] < share:
+            return f"llm calibrate {share}: share {out['share_on_these_prompts']} below target"
+    return None
+
+
 def check_llm_eval(binary, root, data):
     """`llm eval --out` writes eval.json with the oracle and the requested routers."""
     out = os.path.join(root, "llm_eval")
@@ -519,6 +550,8 @@ def llm_results(binary, root):
     if problem is None:
         results.append(("llm route prints one JSON line per prompt with a model of the data",
                         check_llm_route(binary, llm_root, router)))
+        results.append(("llm calibrate reaches the requested strong share",
+                        check_llm_calibrate(binary, llm_root, router)))
     results.append(("llm eval --out writes eval.json", check_llm_eval(binary, llm_root, data)))
     for case in llm_cases(llm_root):
         results.append((case.name, check_llm_case(binary, llm_root, data, router, case)))
