@@ -35,7 +35,7 @@ struct PlotLine {
   bool dashed = false, markers = false, line = true;
 };
 
-std::string plot_svg(const std::string& title, const std::string& x_label,
+std::string plot_svg(const std::string& id, const std::string& title, const std::string& x_label,
                      const std::string& y_label, const std::vector<PlotLine>& lines) {
   double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY;
   for (const auto& l : lines)
@@ -54,9 +54,9 @@ std::string plot_svg(const std::string& title, const std::string& x_label,
   auto Y = [&](double y) { return top + (1.0 - (y - ylo) / (yhi - ylo)) * ph; };
   std::string out;
   append(out,
-         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {:.0f} {:.0f}\" role=\"img\">"
-         "<title>{}</title>",
-         W, H, html_escape(title));
+         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {:.0f} {:.0f}\" role=\"img\" "
+         "aria-labelledby=\"{}-title\"><title id=\"{}-title\">{}</title>",
+         W, H, id, id, html_escape(title));
   append(out, "<text x=\"{:.0f}\" y=\"18\" class=\"title\">{}</text>", left, html_escape(title));
   for (int i = 0; i <= 4; ++i) {
     const double fx = xlo + (xhi - xlo) * i / 4.0, fy = ylo + (yhi - ylo) * i / 4.0;
@@ -98,6 +98,13 @@ std::string plot_svg(const std::string& title, const std::string& x_label,
         append(out, "<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>", X(x), Y(y),
                colour(i));
     const double ly = top + 8 + 18.0 * double(i);
+    if (!l.line) {  // points only: a dot in the legend
+      append(out,
+             "<circle cx=\"{:.0f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/><text x=\"{:.0f}\" "
+             "y=\"{:.1f}\" dominant-baseline=\"central\">{}</text>",
+             left + pw + 22, ly, colour(i), left + pw + 38, ly, html_escape(l.name));
+      continue;
+    }
     append(out,
            "<line x1=\"{0:.0f}\" y1=\"{1:.1f}\" x2=\"{2:.0f}\" y2=\"{1:.1f}\" stroke=\"{3}\" "
            "stroke-width=\"2\"{4}/><text x=\"{5:.0f}\" y=\"{1:.1f}\" dominant-baseline=\"central\">"
@@ -160,11 +167,12 @@ std::string eval_html(const EvalResult& res) {
          res.model_quality[size_t(res.strong)], html_escape(res.models[size_t(res.weak)]),
          res.model_quality[size_t(res.weak)], html_escape(res.cost_source));
   append(out,
-         "<table><tr><th>router</th><th>APGR</th><th>APGR (deciles)</th><th>CPT(50%)</th>"
+         "<table id=\"summary\"><thead><tr><th>router</th><th>APGR</th><th>APGR (deciles)</th>"
+         "<th>CPT(50%)</th>"
          "<th>CPT(80%)</th>");
   for (double s : res.config.strong_shares)
     append(out, "<th>PGR, target {:.0f}% strong</th>", 100 * s);
-  append(out, "<th>AIQ</th><th>fit (s)</th><th>route (µs/prompt)</th></tr>");
+  append(out, "<th>AIQ</th><th>fit (s)</th><th>route (µs/prompt)</th></tr></thead><tbody>");
   for (const auto& r : res.routers) {
     append(out, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>", html_escape(r.name),
            cell(r.apgr), cell(r.apgr_deciles), percent(r.cpt50), percent(r.cpt80));
@@ -177,7 +185,7 @@ std::string eval_html(const EvalResult& res) {
          "<tr><td>zero router (mixtures of single models)</td><td>-</td><td>-</td><td>-</td>"
          "<td>-</td>");
   for (size_t i = 0; i < res.config.strong_shares.size(); ++i) append(out, "<td>-</td>");
-  append(out, "<td>{}</td><td>-</td><td>-</td></tr></table>", cell(res.zero_aiq, 4));
+  append(out, "<td>{}</td><td>-</td><td>-</td></tr></tbody></table>", cell(res.zero_aiq, 4));
 
   std::vector<PlotLine> pair, cost;
   for (const auto& r : res.routers) {
@@ -199,17 +207,17 @@ std::string eval_html(const EvalResult& res) {
   for (size_t m = 0; m < res.models.size(); ++m)
     singles.xy.emplace_back(res.model_cost[m], res.model_quality[m]);
   cost.push_back(singles);
-  append(
-      out,
-      "<div class=\"plots\"><figure>{}<figcaption>Quality against the share of prompts sent to "
-      "the strong model (every threshold). The straight line from weak to strong is the random "
-      "mixture.</figcaption></figure>",
-      plot_svg("Two-model routing (strong vs weak)", "strong model calls (%)", "mean score", pair));
+  append(out,
+         "<div class=\"plots\"><figure>{}<figcaption>Quality against the share of prompts sent to "
+         "the strong model (every threshold). The straight line from weak to strong is the random "
+         "mixture.</figcaption></figure>",
+         plot_svg("pair", "Two-model routing (strong vs weak)", "strong model calls (%)",
+                  "mean score", pair));
   append(out,
          "<figure>{}<figcaption>Non-decreasing convex hull of each router's cost–quality points "
          "(cost-aware rule over λ, cascade over τ); dots are the single models.</figcaption>"
          "</figure></div>",
-         plot_svg("Cost–quality hulls", "mean cost per prompt (" + res.cost_source + ")",
+         plot_svg("cost", "Cost–quality hulls", "mean cost per prompt (" + res.cost_source + ")",
                   "mean score", cost));
   append(out,
          "<h2>Models on the test split</h2><table><tr><th>model</th><th>mean score</th>"

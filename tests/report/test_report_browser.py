@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Opens the comparison report (index.html) in headless Chromium and checks that it rendered.
+"""Opens an HTML report (index.html, or --page) in headless Chromium and checks that it rendered.
 
 Two Chromium runs, each in a fresh profile with networking features off:
 - --dump-dom: the DOM after loading must hold the summary table (one body row per run), the
@@ -163,11 +163,13 @@ def colour_counts(rows, channels, colours):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", required=True, help="folder with index.html")
+    parser.add_argument("--page", default="index.html",
+                        help="the page in that folder (report.html for `switchyard llm eval`)")
     parser.add_argument("--expect", help="expect.json written with the report")
     parser.add_argument("--screenshot", help="where to keep the screenshot (PNG)")
     args = parser.parse_args()
 
-    index = Path(args.report) / "index.html"
+    index = Path(args.report) / args.page
     if not index.is_file():
         print(f"FAILED: {index} does not exist (the report_fixture test writes it)")
         return 1
@@ -190,7 +192,7 @@ def main():
 
     source = index.read_text(encoding="utf-8")
     remote = [m.group(0) for m in re.finditer(r'(?<!xmlns=")https?://[^\s"\'<>)]*', source)]
-    check(not remote, f"no network references in index.html {remote[:3] if remote else ''}")
+    check(not remote, f"no network references in {args.page} {remote[:3] if remote else ''}")
 
     url = index.resolve().as_uri()
     dom = Dom()
