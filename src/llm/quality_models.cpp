@@ -416,6 +416,10 @@ class MatrixFactorisationModel final : public QualityModel {
     epochs_ = r.get_int("epochs", 10, 1, 1000);
     lr_ = r.get_double("learning_rate", 0.05, 1e-6, 100.0);
     l2_ = r.get_double("l2", 1e-6, 0.0, 10.0);
+    // pointwise: cross-entropy of σ(s_m) against each score. pairwise: RouteLLM's objective,
+    // cross-entropy of σ(s_a - s_b) against "a scored higher than b" for every pair of models
+    // whose scores differ (scores are then uncalibrated). both: the sum.
+    loss_ = r.get_choice("loss", "pointwise", {"pointwise", "pairwise", "both"});
     r.finish();
   }
   std::string kind() const override { return "mf"; }
@@ -438,6 +442,7 @@ class MatrixFactorisationModel final : public QualityModel {
       param -= float(lr_) * grad / (std::sqrt(acc) + 1e-8f);
     };
     std::vector<float> h(d), dh(d), ds(M);
+    std::vector<double> s(M);
     for (int64_t epoch = 0; epoch < epochs_; ++epoch) {
       for (size_t i : epoch_order(X.size(), rng)) {
         const SparseVector& x = X[i];
@@ -445,9 +450,21 @@ class MatrixFactorisationModel final : public QualityModel {
         std::fill(dh.begin(), dh.end(), 0.0f);
         std::vector<float> dw(d, 0.0f);
         for (size_t m = 0; m < M; ++m) {
-          double s = b_[m];
-          for (size_t k = 0; k < d; ++k) s += double(w_[k]) * V_[m * d + k] * h[k];
-          ds[m] = float(sigmoid(s) - Y[i * M + m]);
+          double sm = b_[m];
+          for (size_t k = 0; k < d; ++k) sm += double(w_[k]) * V_[m * d + k] * h[k];
+          s[m] = sm;
+          ds[m] = loss_ == "pairwise" ? 0.0f : float(sigmoid(sm) - Y[i * M + m]);
+        }
+        if (loss_ != "pointwise")
+          for (size_t a = 0; a < M; ++a)
+            for (size_t b = a + 1; b < M; ++b) {
+              const double ya = Y[i * M + a], yb = Y[i * M + b];
+              if (ya == yb) continue;
+              const float g = float(sigmoid(s[a] - s[b]) - (ya > yb ? 1.0 : 0.0));
+              ds[a] += g;
+              ds[b] -= g;
+            }
+        for (size_t m = 0; m < M; ++m) {
           for (size_t k = 0; k < d; ++k) {
             dh[k] += ds[m] * w_[k] * V_[m * d + k];
             dw[k] += ds[m] * V_[m * d + k] * h[k];
@@ -480,11 +497,8 @@ class MatrixFactorisationModel final : public QualityModel {
     }
   }
   json params() const override {
-    return {{"dim", dim_},
-            {"proj_bits", proj_bits_},
-            {"epochs", epochs_},
-            {"learning_rate", lr_},
-            {"l2", l2_}};
+    return {{"dim", dim_},       {"loss", loss_},        {"proj_bits", proj_bits_},
+            {"epochs", epochs_}, {"learning_rate", lr_}, {"l2", l2_}};
   }
   void save(SafetensorsFile& file) const override {
     const int64_t d = dim_;
@@ -515,6 +529,7 @@ class MatrixFactorisationModel final : public QualityModel {
   }
   int64_t dim_, epochs_;
   int proj_bits_;
+  std::string loss_;
   double lr_, l2_;
   size_t M_ = 0;
   std::vector<float> P_;  // (2^proj_bits, d) prompt projection
