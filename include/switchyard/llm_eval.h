@@ -54,6 +54,7 @@ struct EvalResult {
   std::string dataset;
   std::vector<std::string> models;
   size_t train_rows = 0, test_rows = 0, skipped_rows = 0;
+  std::vector<size_t> train, test;  // the split: row indices into the table
   int strong = 0, weak = 0;
   std::string cost_source;
   std::vector<double> model_quality, model_cost;  // (M) on the test split

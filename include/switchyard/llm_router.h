@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace switchyard {
@@ -94,6 +95,10 @@ struct RouterSpec {
 };
 PromptRouter train_router(const RouterSpec& spec, const RoutingTable& table,
                           const std::vector<size_t>& rows);
+
+// The default two-model pair on these rows: {strong, weak} = the best and the worst mean score
+// (ties: the lower index; when all models score the same, weak is the first other model).
+std::pair<int, int> default_strong_weak(const RoutingTable& table, const std::vector<size_t>& rows);
 
 // ---- Decision rules. Each takes predicted qualities q (M) and costs c (M) of one prompt. ----
 

@@ -104,8 +104,6 @@ int run_llm_eval(const LlmDataFlags& data, const LlmEvalFlags& flags) {
     write_file_atomic((dir / "summary.txt").string(), eval_text_table(result));
     write_file_atomic((dir / "report.html").string(), eval_html(result));
     // The exact split, so that baselines outside switchyard train and test on the same rows.
-    std::vector<size_t> train, test;
-    split_rows(table.rows(), config.train_fraction, config.seed, train, test);
     auto rows_json = [&](const std::vector<size_t>& rows) {
       json a = json::array();
       for (size_t r : rows) {
@@ -119,8 +117,8 @@ int run_llm_eval(const LlmDataFlags& data, const LlmEvalFlags& flags) {
                       json({{"models", table.models},
                             {"strong", result.models[size_t(result.strong)]},
                             {"weak", result.models[size_t(result.weak)]},
-                            {"train", rows_json(train)},
-                            {"test", rows_json(test)}})
+                            {"train", rows_json(result.train)},
+                            {"test", rows_json(result.test)}})
                           .dump());
     fmt::print("wrote {}/eval.json, summary.txt, report.html and split.json\n", flags.out);
   }

@@ -265,27 +265,23 @@ EvalResult evaluate_routers(const RoutingTable& table, const EvalConfig& config,
   res.models = table.models;
   res.skipped_rows = table.issues.size();
   res.config = config;
-  std::vector<size_t> train, test;
-  split_rows(table.rows(), config.train_fraction, config.seed, train, test);
+  split_rows(table.rows(), config.train_fraction, config.seed, res.train, res.test);
+  const std::vector<size_t>& train = res.train;
+  const std::vector<size_t>& test = res.test;
   res.train_rows = train.size();
   res.test_rows = test.size();
 
-  std::vector<double> train_mean(M, 0.0);
-  for (size_t r : train)
-    for (size_t m = 0; m < M; ++m) train_mean[m] += table.score(r, m);
-  auto resolve = [&](const std::string& name, bool best) {
-    if (name.empty())
-      return int((best ? std::max_element(train_mean.begin(), train_mean.end())
-                       : std::min_element(train_mean.begin(), train_mean.end())) -
-                 train_mean.begin());
+  const auto [default_strong, default_weak] = default_strong_weak(table, train);
+  auto resolve = [&](const std::string& name, int fallback) {
+    if (name.empty()) return fallback;
     const auto it = std::find(table.models.begin(), table.models.end(), name);
     if (it == table.models.end())
       fail("llm eval {}: model \"{}\" is not in the data (models: {})", dataset, name,
            fmt::join(table.models, ", "));
     return int(it - table.models.begin());
   };
-  res.strong = resolve(config.strong, true);
-  res.weak = resolve(config.weak, false);
+  res.strong = resolve(config.strong, default_strong);
+  res.weak = resolve(config.weak, default_weak);
   if (res.strong == res.weak)
     fail("llm eval {}: strong and weak are the same model \"{}\"", dataset,
          table.models[size_t(res.strong)]);

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <limits>
 #include <numeric>
+#include <tuple>
 
 #include "routers/router_common.h"
 
@@ -31,10 +32,10 @@ std::vector<double> mean_scores(const RoutingTable& table, const std::vector<siz
   return mean;
 }
 
-std::vector<double> number_list(const json& j, const char* key, size_t M, const std::string& src) {
-  if (!j.contains(key)) return {};
-  const json& v = j.at(key);
-  if (!v.is_array() || v.size() != M) fail("{}: cost.{} must be a list of {} numbers", src, key, M);
+// A list of non-negative numbers (its length is checked against the models by PromptRouter::load).
+std::vector<double> number_list(const json& v, const char* key, const std::string& src) {
+  if (v.is_null()) return {};
+  if (!v.is_array()) fail("{}: cost.{} must be a list of numbers, got {}", src, key, v.dump());
   std::vector<double> out;
   for (const auto& x : v) {
     if (!x.is_number() || !std::isfinite(x.get<double>()) || x.get<double>() < 0)
@@ -114,11 +115,7 @@ CostModel CostModel::from_json(const json& j, const std::string& source) {
   ParamReader r(j, source + ": cost");
   const std::string kind = r.get_choice("source", "", {"prices", "mean_cost", "rank"});
   CostModel c;
-  // The list lengths are checked against the model count by PromptRouter::load.
-  auto list = [&](const char* key) {
-    r.get_json(key, json());
-    return number_list(j, key, j.contains(key) ? j.at(key).size() : 0, source);
-  };
+  auto list = [&](const char* key) { return number_list(r.get_json(key, json()), key, source); };
   if (kind == "prices") {
     c.input_price_per_mtok = list("input_price_per_mtok");
     c.output_price_per_mtok = list("output_price_per_mtok");
@@ -255,10 +252,7 @@ PromptRouter train_router(const RouterSpec& spec, const RoutingTable& table,
   router.quality->fit(X, Y, M, spec.seed);
   router.cost = CostModel::fit(table, rows, spec.output_tokens);
 
-  const std::vector<double> mean = mean_scores(table, rows);
-  router.strong = int(std::max_element(mean.begin(), mean.end()) - mean.begin());
-  router.weak = int(std::min_element(mean.begin(), mean.end()) - mean.begin());
-  if (router.strong == router.weak) router.weak = router.strong == 0 ? 1 : 0;
+  std::tie(router.strong, router.weak) = default_strong_weak(table, rows);
   std::vector<double> c(M), scale(M, 0.0);
   for (const auto& p : prompts) {
     router.cost.estimate(p, c.data());
@@ -266,6 +260,15 @@ PromptRouter train_router(const RouterSpec& spec, const RoutingTable& table,
   }
   router.cost_scale = std::max(*std::max_element(scale.begin(), scale.end()), 1e-300);
   return router;
+}
+
+std::pair<int, int> default_strong_weak(const RoutingTable& table,
+                                        const std::vector<size_t>& rows) {
+  const std::vector<double> mean = mean_scores(table, rows);
+  const int strong = int(std::max_element(mean.begin(), mean.end()) - mean.begin());
+  int weak = int(std::min_element(mean.begin(), mean.end()) - mean.begin());
+  if (strong == weak) weak = strong == 0 ? 1 : 0;
+  return {strong, weak};
 }
 
 int choose_cost_aware(const double* q, const double* c, size_t M, double lambda, double c_scale) {

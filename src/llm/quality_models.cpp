@@ -137,7 +137,6 @@ class KnnModel final : public QualityModel {
     Y_ = Y;
     // Postings grouped by feature: CSR over the features that occur.
     std::vector<std::pair<uint32_t, uint32_t>> entries;  // (feature, doc)
-    std::vector<float> vals;
     size_t total = 0;
     for (const auto& x : X) total += x.nnz();
     entries.reserve(total);
@@ -552,8 +551,7 @@ class EnsembleModel final : public QualityModel {
       const std::string where = fmt::format("{}: members[{}]", context, i);
       if (!members[i].is_object()) fail("{}: must be an object", where);
       ParamReader m(members[i], where);
-      const std::string kind =
-          m.get_choice("kind", "", {"random", "best_single", "knn", "logistic", "mf"});
+      const std::string kind = m.get_choice("kind", "", quality_model_kinds());
       members_.push_back(make_quality_model(kind, m.get_object("params", json::object()), where));
       m.finish();
     }
