@@ -354,6 +354,7 @@ TEST(LayerVsReferenceTies, OtherRouters) {
   for (const json& c : configs) {
     SCOPED_TRACE(c.dump());
     for (bool identical_tokens : {false, true}) {
+      SCOPED_TRACE(identical_tokens ? "identical tokens" : "distinct tokens");
       Problem pb = tied_problem(c, 10, 4, rng, identical_tokens);
       compare_with_reference(pb);
     }

@@ -344,7 +344,7 @@ std::vector<int32_t> route_batch_with_capacity(const std::vector<double>& q,
   // ε-scaling down to range·1e-3/rows keeps the total within 1e-3·range of the optimum.
   routers::AuctionOptions options;
   options.scaling = true;
-  options.eps_fraction = 1e-3 / double(total);
+  options.eps_divisor = 1e3 * double(total);
   options.min_eps = 1e-12;
   options.max_rounds = 1'000'000;
   std::vector<int32_t> owner = routers::balanced_assignment(A, total, int64_t(M), cap, options);

@@ -100,7 +100,7 @@ std::vector<int32_t> balanced_assignment(const std::vector<double>& A, int64_t n
   if (n == 0) return owner;
   const auto [lo, hi] = std::minmax_element(A.begin(), A.end());
   const double range = *hi - *lo;
-  const double eps_final = std::max(options.min_eps, range * options.eps_fraction);
+  const double eps_final = std::max(options.min_eps, range / options.eps_divisor);
   // ε-scaling: coarse phases find prices fast; each phase restarts the assignment from them.
   double eps = options.scaling ? std::max(eps_final, range / 4.0) : eps_final;
   std::vector<double> price(size_t(n), 0.0);

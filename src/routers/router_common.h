@@ -55,7 +55,7 @@ void route_per_token(const RouterInput& in, RoutingPlan& plan, Choose&& choose) 
 // batch router asks for ε-scaling down to a tiny ε and rounds until every bin is full, which puts
 // the total within n·ε of the optimum.
 struct AuctionOptions {
-  double eps_fraction = 1.0 / 50;  // final ε as a fraction of the affinity range
+  double eps_divisor = 50;  // final ε = affinity range / eps_divisor (a division, as the reference)
   double min_eps = 1e-4;
   int64_t max_rounds = 100;  // per phase; rows still unowned then go greedily
   bool scaling = false;      // phases with ε = range/4, /20, ... down to the final ε
