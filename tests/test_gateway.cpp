@@ -82,25 +82,36 @@ class FakeUpstream {
  public:
   enum class Failure { None, Status500, Status400, Status429, CloseMidBody, Slow };
 
-  explicit FakeUpstream(std::string name) : name_(std::move(name)) {
-    server_.new_task_queue = [] { return new httplib::ThreadPool(64); };
-    server_.set_keep_alive_timeout(1);
-    server_.set_keep_alive_max_count(100000);
-    server_.set_tcp_nodelay(true);
-    server_.Post("/v1/chat/completions",
-                 [this](const httplib::Request& req, httplib::Response& res) { handle(req, res); });
+  // With `tls` (certificate and key PEM files) it serves https.
+  struct Tls {
+    std::string cert_file, key_file;
+  };
+  explicit FakeUpstream(std::string name, const Tls* tls = nullptr) : name_(std::move(name)) {
+    if (tls) {
+      server_ = std::make_unique<httplib::SSLServer>(tls->cert_file.c_str(), tls->key_file.c_str());
+      scheme_ = "https";
+    } else {
+      server_ = std::make_unique<httplib::Server>();
+    }
+    if (!server_->is_valid()) throw std::runtime_error("FakeUpstream: bad TLS certificate or key");
+    server_->new_task_queue = [] { return new httplib::ThreadPool(64); };
+    server_->set_keep_alive_timeout(1);
+    server_->set_keep_alive_max_count(100000);
+    server_->set_tcp_nodelay(true);
+    server_->Post("/v1/chat/completions", [this](const httplib::Request& req,
+                                                 httplib::Response& res) { handle(req, res); });
     int fd = -1;
-    server_.set_socket_options([&fd](int sock) { fd = sock; });
-    port_ = server_.bind_to_any_port("127.0.0.1");
+    server_->set_socket_options([&fd](int sock) { fd = sock; });
+    port_ = server_->bind_to_any_port("127.0.0.1");
     ::listen(fd, SOMAXCONN);  // the packaged cpp-httplib's backlog of 5 drops bursts
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    while (!server_.is_running()) sleep_ms(1);
+    thread_ = std::thread([this] { server_->listen_after_bind(); });
+    while (!server_->is_running()) sleep_ms(1);
   }
   ~FakeUpstream() {
-    server_.stop();
+    server_->stop();
     thread_.join();
   }
-  std::string url() const { return fmt::format("http://127.0.0.1:{}", port_); }
+  std::string url() const { return fmt::format("{}://127.0.0.1:{}", scheme_, port_); }
 
   // The next `count` requests fail this way (count < 0: all of them).
   void fail(Failure failure, int count = -1) {
@@ -221,7 +232,8 @@ class FakeUpstream {
   }
 
   std::string name_;
-  httplib::Server server_;
+  std::unique_ptr<httplib::Server> server_;  // an SSLServer when given a certificate
+  std::string scheme_ = "http";
   std::thread thread_;
   int port_ = 0;
   std::atomic<Failure> failure_{Failure::None};
@@ -1122,6 +1134,110 @@ switchyard::PromptRouter train_test_router(const std::string& kind,
   spec.quality = kind;
   if (kind == "knn") spec.quality_params = {{"k", 5}};
   return switchyard::train_router(spec, table, rows);
+}
+
+// ---- https upstreams ----
+
+// A throwaway certificate authority and a server certificate for 127.0.0.1 signed by it, made
+// with the openssl command (Debian package openssl).
+struct TestPki {
+  std::string ca_file, cert_file, key_file;
+};
+
+TestPki make_test_pki(const ScratchDir& dir, const std::string& tag) {
+  const std::string p = dir.path(tag);
+  std::filesystem::create_directories(p);
+  dir.write(tag + "/san.cnf", "subjectAltName=IP:127.0.0.1\n");
+  const std::string ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  const std::string script = fmt::format(
+      "cd '{0}' && "
+      "openssl req -x509 {1} -keyout ca.key -out ca.pem -days 2 -subj /CN=switchyard-test-ca-{2} "
+      "&& "
+      "openssl req {1} -keyout server.key -out server.csr -subj /CN=127.0.0.1 && "
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+      "-extfile san.cnf -out server.pem",
+      p, ec, tag);
+  const int rc = std::system(("(" + script + ") > '" + p + "/openssl.log' 2>&1").c_str());
+  if (rc != 0)
+    throw std::runtime_error(fmt::format("openssl failed (rc {}), see {}/openssl.log: {}", rc, p,
+                                         switchyard::read_file_text(p + "/openssl.log")));
+  return {p + "/ca.pem", p + "/server.pem", p + "/server.key"};
+}
+
+TEST(GatewayTlsTest, HttpsUpstreamsAreVerifiedAgainstTheirCaFile) {
+  ScratchDir dir;
+  const TestPki pki = make_test_pki(dir, "good");
+  const TestPki other = make_test_pki(dir, "other");
+  const FakeUpstream::Tls tls{pki.cert_file, pki.key_file};
+  FakeUpstream upstream("tls", &tls);
+  ASSERT_EQ(upstream.url().rfind("https://127.0.0.1:", 0), 0u);
+
+  // One model per gateway, so that a failure cannot fall back to a working model.
+  auto serve_one = [&](const std::string& ca_file) {
+    GatewayConfig c;
+    c.port = 0;
+    c.threads = 4;
+    c.source = "test-gateway.json";
+    ModelConfig m;
+    m.name = "secure";
+    m.upstream = upstream.url();
+    m.ca_file = ca_file;
+    m.retries = 0;
+    m.timeout_ms = 5000;
+    c.models = {m};
+    return std::make_unique<Gateway>(
+        c, std::make_shared<FakeRouter>(std::vector<std::string>{"secure"}));
+  };
+
+  {  // Trusted through ca_file: the request goes over TLS and is answered.
+    auto gateway = serve_one(pki.ca_file);
+    const Reply reply = post(gateway->start(), chat("over tls", "secure"));
+    ASSERT_EQ(reply.status, 200) << reply.body;
+    EXPECT_EQ(reply.j["choices"][0]["message"]["content"], "tls:over tls");
+    EXPECT_EQ(upstream.requests, 1);
+  }
+  // The system's CAs and another CA do not vouch for the certificate: the handshake fails, no
+  // request reaches the upstream, and the client gets a 502 naming the verification failure.
+  for (const std::string& ca_file : {std::string(), other.ca_file}) {
+    SCOPED_TRACE("ca_file '" + ca_file + "'");
+    auto gateway = serve_one(ca_file);
+    const Reply reply = post(gateway->start(), chat("over tls", "secure"));
+    EXPECT_EQ(reply.status, 502) << reply.body;
+    EXPECT_THAT(reply.body, HasSubstr("secure"));
+    EXPECT_THAT(reply.body, HasSubstr("TLS certificate verification failed"));
+    EXPECT_EQ(upstream.requests, 1);
+  }
+}
+
+TEST(GatewayTlsTest, CaFileErrorsNameTheModelTheFieldAndTheFile) {
+  ScratchDir dir;
+  const std::string not_pem = dir.write("not.pem", "hello\n");
+  const TestPki pki = make_test_pki(dir, "good");
+  auto config_with = [&](const std::string& upstream, const std::string& ca_file) {
+    const json j = {{"models", {{"m", {{"upstream", upstream}, {"ca_file", ca_file}}}}}};
+    return dir.write("gateway.json", j.dump());
+  };
+  EXPECT_NO_THROW(
+      switchyard::parse_gateway_config(config_with("https://127.0.0.1:1", pki.ca_file)));
+  const struct {
+    std::string upstream, ca_file, expected;
+  } cases[] = {
+      {"http://127.0.0.1:1", pki.ca_file, "needs an https:// upstream"},
+      {"https://127.0.0.1:1", dir.path("missing.pem"), "missing.pem"},
+      {"https://127.0.0.1:1", not_pem, "holds no PEM certificate"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.expected);
+    try {
+      switchyard::parse_gateway_config(config_with(c.upstream, c.ca_file));
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("gateway.json: models.m"));
+      EXPECT_THAT(e.what(), HasSubstr("'ca_file'"));
+      EXPECT_THAT(e.what(), HasSubstr(c.ca_file));
+      EXPECT_THAT(e.what(), HasSubstr(c.expected));
+    }
+  }
 }
 
 TEST(PromptRequestRouterTest, RoutesWithTrainedRouters) {

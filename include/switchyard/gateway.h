@@ -50,6 +50,7 @@ struct ModelConfig {
   std::string upstream;        // "http://host:port" or "https://host[:port]", optional path prefix
   std::string upstream_model;  // the "model" sent upstream (default: name)
   std::string api_key_env;     // environment variable holding the upstream's key ("" = none)
+  std::string ca_file;  // https: PEM certificates trusted instead of the system's ("" = system)
   int64_t timeout_ms = 60000;  // read timeout (no byte from the upstream for this long)
   int64_t connect_timeout_ms = 2000;
   int64_t retries = 2;       // extra attempts on the same model

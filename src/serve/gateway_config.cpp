@@ -78,6 +78,21 @@ ModelConfig parse_model(const std::string& name, const json& j, const std::strin
   m.upstream_model = r.get_string("upstream_model", name);
   if (m.upstream_model.empty()) fail("{}: field 'upstream_model' must not be empty", context);
   m.api_key_env = r.get_string("api_key_env", "");
+  m.ca_file = r.get_string("ca_file", "");
+  if (r.has("ca_file")) {
+    if (serve::parse_upstream_url(m.upstream, context).scheme != "https")
+      fail("{}: field 'ca_file' = \"{}\" needs an https:// upstream, not \"{}\"", context,
+           m.ca_file, m.upstream);
+    // Read now, so that a missing or unreadable file fails at start, not on the first request.
+    std::string pem;
+    try {
+      pem = read_file_text(m.ca_file);
+    } catch (const Error& e) {
+      fail("{}: field 'ca_file' = \"{}\": {}", context, m.ca_file, e.what());
+    }
+    if (pem.find("-----BEGIN CERTIFICATE-----") == std::string::npos)
+      fail("{}: field 'ca_file' = \"{}\" holds no PEM certificate", context, m.ca_file);
+  }
   m.timeout_ms = r.get_int("timeout_ms", m.timeout_ms, 1, 3'600'000);
   m.connect_timeout_ms = r.get_int("connect_timeout_ms", m.connect_timeout_ms, 1, 600'000);
   m.retries = r.get_int("retries", m.retries, 0, 10);

@@ -14,6 +14,20 @@ void set_ms(Setter setter, int64_t ms) {
   setter(time_t(ms / 1000), time_t((ms % 1000) * 1000));
 }
 
+// httplib's names for its errors, with the TLS ones explained.
+std::string describe(httplib::Error error) {
+  switch (error) {
+    case httplib::Error::SSLServerVerification:
+      return "TLS certificate verification failed (a private CA goes in the model's ca_file)";
+    case httplib::Error::SSLLoadingCerts:
+      return "TLS: could not load the CA certificates";
+    case httplib::Error::SSLConnection:
+      return "TLS handshake failed";
+    default:
+      return httplib::to_string(error);
+  }
+}
+
 }  // namespace
 
 ErrorKind Outcome::error_kind() const {
@@ -76,6 +90,7 @@ std::unique_ptr<httplib::Client> Upstream::take() {
   // The gateway passes bodies through as they are: no compression negotiated upstream.
   client->set_decompress(false);
   client->set_follow_location(false);
+  if (!config_.ca_file.empty()) client->set_ca_cert_path(config_.ca_file);
   set_ms([&](time_t s, time_t us) { client->set_connection_timeout(s, us); },
          config_.connect_timeout_ms);
   set_ms([&](time_t s, time_t us) { client->set_read_timeout(s, us); }, config_.timeout_ms);
@@ -145,7 +160,7 @@ Outcome Upstream::call(const std::string& body, StreamSink* sink) {
       out.content_type = res.get_header_value("Content-Type");
     }
   } else {
-    out.detail = httplib::to_string(error);
+    out.detail = describe(error);
     const auto idle_ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_byte).count();
     switch (error) {
