@@ -9,9 +9,12 @@
 //   - 10 AdamW steps (switchyard::AdamW + update_router_state): the loss before each step
 //     (abs <= 1e-4), the learning rate and the pre-clip gradient norm of each step.
 // Per-tensor errors are printed on failure (final parameters too, to localise a bad update).
-// float32 and float64 take the same routes only when no top-k decision is near a tie: the script
-// reports the smallest routing margin per step, and the test redraws the model (up to 5 seeds)
-// until the step-0 margin is >= 1e-5. Skips loudly when /usr/bin/python3 cannot import torch.
+// float32 and float64 take the same routes only when no routing decision is near a tie: the
+// script reports the smallest routing margin per step, and the test redraws the model (up to 5
+// seeds) until the step-0 margin is >= 1e-5. During training the test compares every step's
+// routing with the reference's; when a token is routed differently its own reference margin must
+// be under 1e-3 (a near-tie, else the test fails), and the curve is compared up to that step.
+// Skips loudly when /usr/bin/python3 cannot import torch.
 #include <gtest/gtest.h>
 #include <switchyard/model.h>
 #include <switchyard/safetensors.h>
@@ -26,6 +29,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -50,6 +54,26 @@ constexpr double kLossTol = 1e-4;   // absolute, per step
 constexpr double kNormTol = 1e-3;   // relative, pre-clip gradient norm per step
 constexpr double kMargin = 1e-5;    // smallest step-0 routing margin accepted without redrawing
 constexpr int kSeedTries = 5;
+// A token whose routing differs from the reference's during training is a near-tie, not a bug,
+// when its own reference margin is below this: float32 rounding, which AdamW's first steps
+// amplify for gradients near zero, moves scores by up to ~1e-4.
+constexpr double kTieMargin = 1e-3;
+
+// The first training step at which our routing differs from the reference's, if any.
+struct RouteFlip {
+  int64_t step = -1, layer = -1, token = -1;
+  double margin = 0;   // the smallest reference margin among the tokens routed differently
+  int64_t tokens = 0;  // how many tokens were routed differently in that layer
+};
+
+// 1 where token t ran expert e (T, E), from the layer's plan (kept assignments only).
+std::vector<double> routed_mask(const MoECache& cache, int64_t E) {
+  std::vector<double> mask(size_t(cache.T * E), 0.0);
+  const RoutingPlan& plan = cache.plan;
+  for (size_t a = 0; a < plan.size(); ++a)
+    if (plan.kept[a]) mask[size_t(plan.token[a]) * size_t(E) + size_t(plan.expert[a])] = 1.0;
+  return mask;
+}
 
 uint64_t base_seed() {
   static const uint64_t seed = [] {
@@ -123,6 +147,10 @@ AdamWConfig tiny_opt() {
   o.min_lr_ratio = 0.1;
   o.warmup_steps = 3;
   o.steps = 10;
+  // With eps 1e-8, AdamW moves a weight whose gradient is within float32 noise of zero by up to
+  // lr/3 in a direction the noise picks, so float32 and float64 runs part ways after one step
+  // (seen: one element of attn.wo, |g| < 1e-7). 1e-6 keeps those updates at the noise level.
+  o.eps = 1e-6;
   return o;
 }
 
@@ -188,8 +216,8 @@ Reference run_reference(const fs::path& dir, const GoldenCase& gc) {
       << (dir / "tokens.safetensors").string() << "' --out '" << out.string() << "' --steps "
       << gc.steps << " --lr " << gc.opt.lr << " --warmup " << gc.opt.warmup_steps
       << " --total-steps " << gc.opt.steps << " --weight-decay " << gc.opt.weight_decay
-      << " --grad-clip " << gc.opt.grad_clip << " --min-lr-ratio " << gc.opt.min_lr_ratio << " > '"
-      << log.string() << "' 2>&1";
+      << " --grad-clip " << gc.opt.grad_clip << " --min-lr-ratio " << gc.opt.min_lr_ratio
+      << " --eps " << gc.opt.eps << " > '" << log.string() << "' 2>&1";
   Reference ref;
   ref.rc = exit_code(std::system(cmd.str().c_str()));
   ref.log = "command: " + cmd.str() + "\n" + read_text(log);
@@ -361,10 +389,32 @@ TEST_P(ModelGolden, MatchesPyTorch) {
   // ---- Training: steps of AdamW, loss before each update -----------------------------------
   std::vector<double> losses, lrs, norms;
   AdamW opt(gc.opt, model->params().size());
+  RouteFlip flip;
   for (int64_t step = 0; step < gc.steps; ++step) {
     model->zero_grads();
     const double c = model->forward(tokens.data(), targets.data(), B, T, /*training=*/true);
     losses.push_back(c + model->aux_loss());
+    const std::vector<const MoECache*> caches = model->layer_caches();
+    for (size_t i = 0; i < caches.size() && flip.step < 0; ++i) {
+      const std::string tag = std::to_string(step) + "." + std::to_string(i);
+      const auto ref_mask = ref.get("route." + tag), ref_margin = ref.get("route_margin." + tag);
+      const std::vector<double> mask = routed_mask(*caches[i], cfg.experts);
+      ASSERT_EQ(ref_mask.size(), mask.size()) << "route." << tag;
+      ASSERT_EQ(ref_margin.size(), size_t(caches[i]->T)) << "route_margin." << tag;
+      RouteFlip f{step, int64_t(i), -1, std::numeric_limits<double>::infinity(), 0};
+      for (int64_t t = 0; t < caches[i]->T; ++t) {
+        const auto row = size_t(t * cfg.experts);
+        if (std::equal(mask.begin() + row, mask.begin() + row + size_t(cfg.experts),
+                       ref_mask.begin() + row))
+          continue;
+        ++f.tokens;
+        if (ref_margin[size_t(t)] < f.margin) {
+          f.margin = ref_margin[size_t(t)];
+          f.token = t;
+        }
+      }
+      if (f.tokens > 0) flip = f;
+    }
     model->backward(1.0f);
     lrs.push_back(opt.learning_rate(step));
     norms.push_back(opt.step(*model, step));
@@ -377,7 +427,18 @@ TEST_P(ModelGolden, MatchesPyTorch) {
     bool curve_ok = true;
     report << "  step       loss ours         loss ref      |diff|     lr ours     lr ref"
               "   norm ours   norm ref  route margin\n";
-    for (int64_t s = 0; s < gc.steps; ++s) {
+    // A routing flip at a near-tie changes that step's loss and everything after: the curve is
+    // compared up to it. A flip far from any tie is a bug.
+    const int64_t compared = flip.step < 0 ? gc.steps : flip.step;
+    if (flip.step >= 0) {
+      report << "  routing differs at step " << flip.step << ", MoE layer " << flip.layer << ": "
+             << flip.tokens << " token(s); smallest reference margin " << flip.margin << " (token "
+             << flip.token << "); the curve is compared up to step " << flip.step - 1 << "\n";
+      EXPECT_LT(flip.margin, kTieMargin)
+          << "routing differs from the reference at step " << flip.step << ", MoE layer "
+          << flip.layer << ", for " << flip.tokens << " token(s), none near a tie";
+    }
+    for (int64_t s = 0; s < compared; ++s) {
       const size_t i = size_t(s);
       const bool good = std::abs(losses[i] - rl[i]) <= kLossTol &&
                         std::abs(lrs[i] - rlr[i]) <= 1e-9 * std::max(1.0, rlr[i]) &&

@@ -3,7 +3,7 @@
 
     torch_model.py --config model.json --weights w.safetensors --tokens tokens.safetensors
                    --out out.safetensors [--steps 10 --lr 3e-3 --warmup 20 --total-steps 200
-                   --weight-decay 0.1 --grad-clip 1.0 --min-lr-ratio 0.1]
+                   --weight-decay 0.1 --grad-clip 1.0 --min-lr-ratio 0.1 --eps 1e-8]
     torch_model.py --self-test      (finite-difference and init checks, no files)
 
 The contract is docs/model.md (architecture, RoPE, parameter names and shapes, optimiser); the MoE
@@ -24,6 +24,9 @@ Outputs (float64 unless noted):
   gradient norm before clipping; route_margin (N): the smallest gap, over tokens and MoE layers of
   that step's forward, between a discrete routing decision and its tie (k-th vs (k+1)-th selection
   score for top-k routers; see route_margin()) -- float32 can route differently below ~1e-5;
+  route.<step>.<i> (T, E): 1 where token t ran expert e in the i-th MoE layer at that step, and
+  route_margin.<step>.<i> (T): each token's own margin, so that a routing flip in the C++ run can
+  be told apart from a near-tie;
   final.<name>: every parameter after the N steps (diagnostics).
 
 Optimiser (docs/model.md; the details the contract leaves open are fixed here as in llm.c):
@@ -192,38 +195,44 @@ def init_params(cfg, seed):
 # ----------------------------------------------------------------------------------------------
 
 def route_margin(family, p, z, s_sel, E, groups):
-    """Smallest distance of a discrete routing decision from its tie (float64 scores)."""
+    """(T,) per token: the smallest distance of one of its discrete routing decisions from a tie
+    (float64 scores); inf where the router makes no discrete decision."""
     z = z.detach()
+    T = z.shape[0]
+    none = torch.full((T,), math.inf, dtype=torch.float64)
     if family == "topk":
         k = int(p["k"])
         if s_sel.shape[1] <= k:
-            return math.inf
+            return none
         top = torch.topk(s_sel, k + 1, dim=-1).values
-        gap = top[:, k - 1] - top[:, k]
-        gap = gap[torch.isfinite(gap)]
-        return float(gap.min()) if gap.numel() else math.inf
+        gap = (top[:, k - 1] - top[:, k]).to(torch.float64)
+        return torch.where(torch.isfinite(gap), gap, none)
     if family == "expert_choice":
         s = torch.softmax(z, dim=-1)
-        best = math.inf
+        out = none.clone()
         for (a, b) in groups:
             Tg = b - a
             C = min(Tg, math.ceil(Tg * float(p["capacity_factor"]) / E))
             if C >= Tg:
                 continue
-            top = torch.topk(s[a:b].t(), C + 1, dim=-1).values
-            best = min(best, float((top[:, C - 1] - top[:, C]).min()))
-        return best
+            cols = s[a:b].t()  # (E, Tg)
+            top = torch.topk(cols, C + 1, dim=-1).values
+            last_in, first_out = top[:, C - 1:C], top[:, C:C + 1]
+            # chosen tokens: distance down to the first one left out; the others: up to the last in
+            dist = torch.where(cols >= last_in, cols - first_out, last_in - cols)
+            out[a:b] = torch.minimum(out[a:b], dist.min(0).values.to(torch.float64))
+        return out
     if family == "remoe":
-        return float(z.abs().min())
+        return z.abs().min(-1).values.to(torch.float64)
     if family == "top_p":
         s = torch.softmax(z, dim=-1)
         vals = torch.sort(s, dim=-1, descending=True).values
         before = torch.cumsum(vals, dim=-1) - vals
-        return float((before - float(p["threshold"])).abs().min())
+        return (before - float(p["threshold"])).abs().min(-1).values.to(torch.float64)
     if family == "base":
         top = torch.topk(z, 2, dim=-1).values
-        return float((top[:, 0] - top[:, 1]).min())
-    return math.inf
+        return (top[:, 0] - top[:, 1]).to(torch.float64)
+    return none
 
 
 def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
@@ -246,7 +255,8 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
     groups = TL.group_ranges(layer["routing_groups"], seq_lens, T)
 
     y = torch.zeros(T, d, dtype=x.dtype)
-    z, passthrough, margin = None, None, math.inf
+    z, passthrough = None, None
+    margin = torch.full((T,), math.inf, dtype=torch.float64)
     counts = None
     if family == "smear":
         ys, combs = [], []
@@ -290,7 +300,7 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
                 if int(p["groups"]) > 1 and int(p["topk_groups"]) < int(p["groups"]):
                     kg = int(p["topk_groups"])
                     gtop = torch.topk(gscore, kg + 1, dim=-1).values
-                    margin = min(margin, float((gtop[:, kg - 1] - gtop[:, kg]).min()))
+                    margin = torch.minimum(margin, (gtop[:, kg - 1] - gtop[:, kg]).to(torch.float64))
                 counts = torch.zeros(sel.shape[1], dtype=x.dtype).index_add_(
                     0, idx.reshape(-1), torch.ones(idx.numel(), dtype=x.dtype))[:E]
             elif family == "expert_choice":
@@ -348,7 +358,9 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
             aux = aux + float(losses["entropy"]) * (-(pr * torch.log(pr)).sum(-1)).mean()
     if routing.own_loss is not None:
         aux = aux + routing.own_loss
-    info = {"counts": counts, "kept_rows": int(routing.kept.sum()), "margin": margin}
+    info = {"counts": counts, "kept_rows": int(routing.kept.sum()),
+            "margin": float(margin.min()) if T else math.inf, "margin_tokens": margin,
+            "kept": routing.kept.detach()}
     return y, aux, info
 
 
@@ -467,9 +479,9 @@ def train(cfg, P, inputs, targets, steps, opt):
     m = [torch.zeros_like(t) for t in tensors]
     v = [torch.zeros_like(t) for t in tensors]
     states = initial_states(cfg)
-    b1, b2, eps = 0.9, 0.95, 1e-8
+    b1, b2, eps = 0.9, 0.95, opt["eps"]
     out0 = {}
-    losses, lrs, norms, margins = [], [], [], []
+    losses, lrs, norms, margins, route = [], [], [], [], {}
     for step in range(max(steps, 1)):
         logits, ce, aux, aux_layers, infos = forward(cfg, P, inputs, targets, states)
         for info in infos:
@@ -491,6 +503,9 @@ def train(cfg, P, inputs, targets, steps, opt):
             break
         losses.append(float(loss.detach()))
         margins.append(min([info["margin"] for info in infos], default=math.inf))
+        for i, info in enumerate(infos):
+            route[f"route.{step}.{i}"] = info["kept"].numpy().astype(np.float64)
+            route[f"route_margin.{step}.{i}"] = info["margin_tokens"].numpy().copy()
         norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
         norms.append(norm)
         scale = opt["grad_clip"] / norm if opt["grad_clip"] > 0 and norm > opt["grad_clip"] else 1.0
@@ -511,7 +526,7 @@ def train(cfg, P, inputs, targets, steps, opt):
         update_router_state(cfg, P, states, infos)
     arrays = {"losses": np.array(losses, dtype=np.float64), "lrs": np.array(lrs, dtype=np.float64),
               "grad_norms": np.array(norms, dtype=np.float64),
-              "route_margin": np.array(margins, dtype=np.float64)}
+              "route_margin": np.array(margins, dtype=np.float64), **route}
     return out0, arrays
 
 
@@ -677,6 +692,7 @@ def main(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
+    ap.add_argument("--eps", type=float, default=1e-8)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     if args.self_test:
@@ -697,7 +713,7 @@ def main(argv=None):
             raise ModelError(f"T = {inputs.shape[1]} exceeds seq_len = {cfg['seq_len']}")
         opt = {"lr": args.lr, "warmup": args.warmup, "total_steps": args.total_steps,
                "weight_decay": args.weight_decay, "grad_clip": args.grad_clip,
-               "min_lr_ratio": args.min_lr_ratio}
+               "min_lr_ratio": args.min_lr_ratio, "eps": args.eps}
         out0, arrays = train(cfg, P, inputs, targets, args.steps, opt)
     except (ModelError, TL.ConfigError) as exc:
         print(f"torch_model: error: {exc}", file=sys.stderr)
