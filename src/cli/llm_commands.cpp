@@ -26,7 +26,10 @@ RoutingTable load_data(const LlmDataFlags& data) {
                table.issues.size());
     for (size_t i = 0; i < std::min<size_t>(table.issues.size(), 10); ++i) {
       const ReadIssue& issue = table.issues[i];
-      fmt::print(stderr, "  {}:{} (record {}) {}: {}\n", issue.file, issue.line, issue.record,
+      // JSON formats have no line per record: the record index alone locates it.
+      const std::string where =
+          issue.line > 0 ? fmt::format("{}:{}", issue.file, issue.line) : issue.file;
+      fmt::print(stderr, "  {} (record {}) {}: {}\n", where, issue.record,
                  issue.column.empty() ? "row" : issue.column, issue.reason);
     }
     if (table.issues.size() > 10) fmt::print(stderr, "  ... {} more\n", table.issues.size() - 10);

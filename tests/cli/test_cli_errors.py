@@ -540,6 +540,37 @@ def check_llm_eval(binary, root, data):
     return None
 
 
+def check_skipped_rows_report(binary, root, data):
+    """Skipped rows are reported with file:line for CSV and file (record N) for the LLMRouter
+    JSON, which has no line per record (no ":0")."""
+    with open(data) as f:
+        lines = f.read().splitlines()
+    bad_csv = os.path.join(root, "bad_rows.csv")
+    # data line 3 (record 1) loses its cheap-model score
+    lines[2] = lines[2].replace('",1,0.001,', '",,0.001,').replace('",0,0.001,', '",,0.001,')
+    with open(bad_csv, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    records = [{"question": f"question {i} {'hard' if i % 2 == 0 else 'easy'}",
+                "scores": {"cheap-model": float(i % 2), "dear-model": float(1 - i % 2)}}
+               for i in range(24)]
+    records[5]["scores"]["dear-model"] = "oops"
+    bad_json = os.path.join(root, "bad_rows.json")
+    prices = os.path.join(root, "prices.json")
+    with open(bad_json, "w") as f:
+        json.dump(records, f)
+    with open(prices, "w") as f:
+        json.dump({m: {"input_price": 1.0, "output_price": 2.0} for m in LLM_MODELS}, f)
+    expected = [(["--data", bad_csv], f"{bad_csv}:3 (record 1) cheap-model:"),
+                (["--data", bad_json, "--prices", prices], f"{bad_json} (record 5) dear-model:")]
+    for args, want in expected:
+        p = run_llm(binary, ["llm", "eval", *args, "--routers", "best_single"])
+        if p.returncode != 0:
+            return f"llm eval {args}: {describe_rc(p.returncode)}; stderr: {p.stderr.strip()!r}"
+        if want not in p.stderr or ":0 (record" in p.stderr:
+            return f"llm eval {args}: expected {want!r} in stderr, got {p.stderr.strip()!r}"
+    return None
+
+
 def llm_results(binary, root):
     """(name, problem or None) for the happy paths and every bad command line."""
     llm_root = os.path.join(root, "llm")
@@ -553,6 +584,8 @@ def llm_results(binary, root):
         results.append(("llm calibrate reaches the requested strong share",
                         check_llm_calibrate(binary, llm_root, router)))
     results.append(("llm eval --out writes eval.json", check_llm_eval(binary, llm_root, data)))
+    results.append(("skipped rows are reported as file:line or file (record N)",
+                    check_skipped_rows_report(binary, llm_root, data)))
     for case in llm_cases(llm_root):
         results.append((case.name, check_llm_case(binary, llm_root, data, router, case)))
     return results
