@@ -1196,6 +1196,14 @@ TEST(GatewayTlsTest, HttpsUpstreamsAreVerifiedAgainstTheirCaFile) {
     EXPECT_EQ(reply.j["choices"][0]["message"]["content"], "tls:over tls");
     EXPECT_EQ(upstream.requests, 1);
   }
+  {  // Without ca_file the system's store is used; OpenSSL lets SSL_CERT_FILE stand in for it.
+    ::setenv("SSL_CERT_FILE", pki.ca_file.c_str(), 1);
+    auto gateway = serve_one("");
+    const Reply reply = post(gateway->start(), chat("system store", "secure"));
+    ::unsetenv("SSL_CERT_FILE");
+    ASSERT_EQ(reply.status, 200) << reply.body;
+    EXPECT_EQ(upstream.requests, 2);
+  }
   // The system's CAs and another CA do not vouch for the certificate: the handshake fails, no
   // request reaches the upstream, and the client gets a 502 naming the verification failure.
   for (const std::string& ca_file : {std::string(), other.ca_file}) {
@@ -1205,7 +1213,7 @@ TEST(GatewayTlsTest, HttpsUpstreamsAreVerifiedAgainstTheirCaFile) {
     EXPECT_EQ(reply.status, 502) << reply.body;
     EXPECT_THAT(reply.body, HasSubstr("secure"));
     EXPECT_THAT(reply.body, HasSubstr("TLS certificate verification failed"));
-    EXPECT_EQ(upstream.requests, 1);
+    EXPECT_EQ(upstream.requests, 2);
   }
 }
 
