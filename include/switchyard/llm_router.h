@@ -43,6 +43,11 @@ std::unique_ptr<QualityModel> make_quality_model(const std::string& kind,
                                                  const std::string& context);
 const std::vector<std::string>& quality_model_kinds();
 
+// Dollars for one call from per-million-token prices: about four bytes of English per input token
+// (at least one), plus `output_tokens` of answer. Shared by CostModel and the gateway.
+double priced_call_cost(size_t prompt_bytes, double output_tokens, double input_price_per_mtok,
+                        double output_price_per_mtok);
+
 // Estimated dollars (or the data's cost unit) per call of each model for a prompt.
 struct CostModel {
   // Per-model price in dollars per million tokens, when the data has a price list.
@@ -104,6 +109,10 @@ std::pair<int, int> default_strong_weak(const RoutingTable& table, const std::ve
 
 // CARROT: argmax_m (1-λ) q_m - λ c_m / c_scale (ties -> lower index). λ in [0, 1].
 int choose_cost_aware(const double* q, const double* c, size_t M, double lambda, double c_scale);
+// The utility that rule maximises for one model.
+inline double cost_aware_utility(double q, double c, double lambda, double c_scale) {
+  return (1.0 - lambda) * q - lambda * c / c_scale;
+}
 // Two-model: strong when q_strong - q_weak >= threshold.
 int choose_threshold(const double* q, int strong, int weak, double threshold);
 // Cascade: models by increasing cost; the first whose predicted score is >= tau, else the

@@ -78,13 +78,17 @@ CostModel CostModel::fit(const RoutingTable& table, const std::vector<size_t>& r
   return c;
 }
 
+double priced_call_cost(size_t prompt_bytes, double output_tokens, double input_price_per_mtok,
+                        double output_price_per_mtok) {
+  const double in_tokens = std::max(1.0, std::ceil(double(prompt_bytes) / 4.0));
+  return (in_tokens * input_price_per_mtok + output_tokens * output_price_per_mtok) / 1e6;
+}
+
 void CostModel::estimate(std::string_view prompt, double* out) const {
   if (!input_price_per_mtok.empty()) {
-    // About four bytes of English per token; at least one token.
-    const double in_tokens = std::max(1.0, std::ceil(double(prompt.size()) / 4.0));
     for (size_t m = 0; m < input_price_per_mtok.size(); ++m)
-      out[m] =
-          (in_tokens * input_price_per_mtok[m] + output_tokens * output_price_per_mtok[m]) / 1e6;
+      out[m] = priced_call_cost(prompt.size(), output_tokens, input_price_per_mtok[m],
+                                output_price_per_mtok[m]);
     return;
   }
   const std::vector<double>& per_call = mean_cost.empty() ? rank_cost : mean_cost;
@@ -275,7 +279,7 @@ int choose_cost_aware(const double* q, const double* c, size_t M, double lambda,
   int best = 0;
   double best_u = -std::numeric_limits<double>::infinity();
   for (size_t m = 0; m < M; ++m) {
-    const double u = (1.0 - lambda) * q[m] - lambda * c[m] / c_scale;
+    const double u = cost_aware_utility(q[m], c[m], lambda, c_scale);
     if (u > best_u) {
       best_u = u;
       best = int(m);
@@ -327,19 +331,19 @@ std::vector<int32_t> route_batch_with_capacity(const std::vector<double>& q,
   if (total < int64_t(n))
     fail("route_batch_with_capacity: capacities sum to {} < {} prompts", total, n);
   if (n == 0) return {};
-  std::vector<double> A(size_t(total) * M, 0.0);
-  for (size_t i = 0; i < n; ++i)
-    for (size_t m = 0; m < M; ++m)
-      A[i * M + m] = (1.0 - lambda) * q[i * M + m] - lambda * c[i * M + m] / c_scale;
   // When no capacity binds, each prompt's own best model is the optimum.
   std::vector<int32_t> best(n);
   std::vector<int64_t> load(M, 0);
   bool fits = true;
   for (size_t i = 0; i < n; ++i) {
-    best[i] = int32_t(std::max_element(&A[i * M], &A[i * M] + M) - &A[i * M]);
+    best[i] = int32_t(choose_cost_aware(&q[i * M], &c[i * M], M, lambda, c_scale));
     fits = fits && ++load[size_t(best[i])] <= cap[size_t(best[i])];
   }
   if (fits) return best;
+  std::vector<double> A(size_t(total) * M, 0.0);  // (total, M) utilities; padding rows stay 0
+  for (size_t i = 0; i < n; ++i)
+    for (size_t m = 0; m < M; ++m)
+      A[i * M + m] = cost_aware_utility(q[i * M + m], c[i * M + m], lambda, c_scale);
   // The auction fills every model exactly, so padding rows of zero utility absorb the slack.
   // ε-scaling down to range·1e-3/rows keeps the total within 1e-3·range of the optimum.
   routers::AuctionOptions options;

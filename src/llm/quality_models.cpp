@@ -29,6 +29,14 @@ void expect_size(const std::vector<T>& v, size_t n, const std::string& name,
   if (v.size() != n) fail("{}: tensor {} has {} values, expected {}", source, name, v.size(), n);
 }
 
+// Mean of each column of Y (n, M).
+std::vector<double> column_means(const std::vector<double>& Y, size_t n, size_t M) {
+  std::vector<double> mean(M, 0.0);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t m = 0; m < M; ++m) mean[m] += Y[i * M + m] / double(n);
+  return mean;
+}
+
 double sigmoid(double z) {
   return 1.0 / (1.0 + std::exp(-z));
 }
@@ -92,9 +100,7 @@ class BestSingleModel final : public QualityModel {
   size_t num_models() const override { return mean_.size(); }
   void fit(const std::vector<SparseVector>& X, const std::vector<double>& Y, size_t M,
            uint64_t) override {
-    mean_.assign(M, 0.0);
-    for (size_t i = 0; i < X.size(); ++i)
-      for (size_t m = 0; m < M; ++m) mean_[m] += Y[i * M + m] / double(X.size());
+    mean_ = column_means(Y, X.size(), M);
   }
   void predict(const SparseVector&, double* out) const override {
     std::copy(mean_.begin(), mean_.end(), out);
@@ -300,9 +306,7 @@ class KnnModel final : public QualityModel {
     return kCandidates[std::min_element(error.begin(), error.end()) - error.begin()];
   }
   void compute_mean() {
-    mean_.assign(M_, 0.0);
-    for (size_t d = 0; d < n_; ++d)
-      for (size_t m = 0; m < M_; ++m) mean_[m] += Y_[d * M_ + m] / double(n_);
+    mean_ = column_means(Y_, n_, M_);
   }
   int64_t k_ = 40;
   bool auto_k_ = false;

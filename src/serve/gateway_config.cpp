@@ -3,6 +3,7 @@
 #include <switchyard/error.h>
 #include <switchyard/file_util.h>
 #include <switchyard/gateway.h>
+#include <switchyard/llm_router.h>
 
 #include <cerrno>
 #include <cmath>
@@ -212,9 +213,8 @@ ModelAlias resolve_model_alias(const GatewayConfig& config, const std::string& n
 
 double estimate_call_cost(const ModelConfig& model, size_t prompt_bytes, double output_tokens) {
   if (std::isnan(model.input_price_per_mtok)) return NAN;
-  const double in_tokens = std::max(1.0, std::ceil(double(prompt_bytes) / 4.0));
-  return (in_tokens * model.input_price_per_mtok + output_tokens * model.output_price_per_mtok) /
-         1e6;
+  return priced_call_cost(prompt_bytes, output_tokens, model.input_price_per_mtok,
+                          model.output_price_per_mtok);
 }
 
 }  // namespace switchyard
