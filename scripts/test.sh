@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds (release and ASan+UBSan) and runs every test.
+# Installs what is missing, builds (release, debug, ASan+UBSan) and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh release
@@ -7,6 +7,11 @@ bash scripts/build.sh release
 bash scripts/build-corpus.sh > /dev/null
 export SWITCHYARD_CORPUS_DIR="$PWD/data/corpus"
 ctest --preset release --timeout 900
+# Debug (no inlining): catches what optimisation hides, such as two classes sharing a mangled name.
+if [ "${SWITCHYARD_SKIP_DEBUG:-0}" != 1 ]; then
+  bash scripts/build.sh debug
+  ctest --preset debug --timeout 900 -LE slow
+fi
 if [ "${SWITCHYARD_SKIP_ASAN:-0}" != 1 ]; then
   bash scripts/build.sh asan
   ctest --preset asan --timeout 900 -LE slow

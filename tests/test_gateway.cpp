@@ -32,11 +32,11 @@
 namespace fs = std::filesystem;
 using nlohmann::json;
 using switchyard::Error;
-using switchyard::Gateway;
-using switchyard::GatewayConfig;
-using switchyard::ModelAlias;
-using switchyard::ModelConfig;
-using switchyard::RouteChoice;
+using switchyard::serve::Gateway;
+using switchyard::serve::GatewayConfig;
+using switchyard::serve::ModelAlias;
+using switchyard::serve::RouteChoice;
+using switchyard::serve::UpstreamConfig;
 using switchyard::testing_support::ScratchDir;
 using testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
@@ -245,7 +245,7 @@ class FakeUpstream {
 
 // Prompts with "hard" go to the first model, others to the second; "router-fake" routes, a model
 // name is direct (fallback: the others in config order), "router-broken" is a router error.
-class FakeRouter : public switchyard::RequestRouter {
+class FakeRouter : public switchyard::serve::RequestRouter {
  public:
   explicit FakeRouter(std::vector<std::string> models) : models_(std::move(models)) {}
   RouteChoice choose(const std::string& prompt, const std::string& requested) const override {
@@ -262,7 +262,7 @@ class FakeRouter : public switchyard::RequestRouter {
     }
     const auto it = std::find(models_.begin(), models_.end(), requested);
     if (it == models_.end())
-      throw switchyard::UnknownModelError("The model '" + requested + "' does not exist");
+      throw switchyard::serve::UnknownModelError("The model '" + requested + "' does not exist");
     choice.ranked_models.push_back(requested);
     for (const auto& m : models_)
       if (m != requested) choice.ranked_models.push_back(m);
@@ -404,7 +404,7 @@ class GatewayTest : public testing::Test {
     c.drain_timeout_ms = 5000;
     c.source = "test-gateway.json";
     c.routers["fake"] = {"fake", "unused", 0.5, "auto"};
-    ModelConfig s;
+    UpstreamConfig s;
     s.name = "strong";
     s.upstream = strong->url();
     s.upstream_model = "up-strong";
@@ -413,7 +413,7 @@ class GatewayTest : public testing::Test {
     s.backoff_ms = 5;
     s.input_price_per_mtok = 10;
     s.output_price_per_mtok = 30;
-    ModelConfig w = s;
+    UpstreamConfig w = s;
     w.name = "weak";
     w.upstream = weak->url();
     w.upstream_model = "up-weak";
@@ -439,8 +439,8 @@ class GatewayTest : public testing::Test {
 // ---- gateway.json ----
 
 TEST(GatewayConfigTest, ParsesTheExampleFile) {
-  const GatewayConfig c =
-      switchyard::parse_gateway_config(SWITCHYARD_SOURCE_DIR "/configs/gateway.example.json");
+  const GatewayConfig c = switchyard::serve::parse_gateway_config(SWITCHYARD_SOURCE_DIR
+                                                                  "/configs/gateway.example.json");
   EXPECT_EQ(c.host, "127.0.0.1");
   EXPECT_EQ(c.port, 8080);
   EXPECT_EQ(c.client_api_keys_env, "SWITCHYARD_API_KEYS");
@@ -464,7 +464,7 @@ TEST(GatewayConfigTest, ErrorsNameTheFileTheFieldAndTheValue) {
       {"default_model", "router-knn"},
       {"models",
        {{"a", {{"upstream", "http://127.0.0.1:9001"}}}, {"b", {{"upstream", "http://h"}}}}}};
-  EXPECT_NO_THROW(switchyard::parse_gateway_config(dir.write("valid.json", valid.dump())));
+  EXPECT_NO_THROW(switchyard::serve::parse_gateway_config(dir.write("valid.json", valid.dump())));
 
   struct Case {
     std::string name;
@@ -535,7 +535,7 @@ TEST(GatewayConfigTest, ErrorsNameTheFileTheFieldAndTheValue) {
     c.corrupt(j);
     const std::string path = dir.write("bad.json", j.dump());
     try {
-      switchyard::parse_gateway_config(path);
+      switchyard::serve::parse_gateway_config(path);
       ADD_FAILURE() << c.name << ": no error";
     } catch (const Error& e) {
       EXPECT_THAT(e.what(), HasSubstr(path)) << c.name;
@@ -546,13 +546,13 @@ TEST(GatewayConfigTest, ErrorsNameTheFileTheFieldAndTheValue) {
   for (const std::string text : {"{\"models\": ", "{\"threads\": 2, \"threads\": 3}", "[1, 2]"}) {
     const std::string path = dir.write("bad.json", text);
     try {
-      switchyard::parse_gateway_config(path);
+      switchyard::serve::parse_gateway_config(path);
       ADD_FAILURE() << text << ": no error";
     } catch (const Error& e) {
       EXPECT_THAT(e.what(), HasSubstr(path)) << text;
     }
   }
-  EXPECT_THROW(switchyard::parse_gateway_config(dir.path("missing.json")), Error);
+  EXPECT_THROW(switchyard::serve::parse_gateway_config(dir.path("missing.json")), Error);
 }
 
 TEST(GatewayConfigTest, ModelAliases) {
@@ -564,7 +564,7 @@ TEST(GatewayConfigTest, ModelAliases) {
   c.routers["knn-emb"] = {"knn-emb", "p", 0.1, "auto"};
   auto check = [&](const std::string& name, ModelAlias::Kind kind, const std::string& router,
                    double value) {
-    const ModelAlias a = switchyard::resolve_model_alias(c, name);
+    const ModelAlias a = switchyard::serve::resolve_model_alias(c, name);
     EXPECT_EQ(a.kind, kind) << name;
     EXPECT_EQ(a.router, router) << name;
     if (std::isnan(value))
@@ -572,7 +572,7 @@ TEST(GatewayConfigTest, ModelAliases) {
     else
       EXPECT_DOUBLE_EQ(a.value, value) << name;
   };
-  EXPECT_EQ(switchyard::resolve_model_alias(c, "mixtral").model, 1);
+  EXPECT_EQ(switchyard::serve::resolve_model_alias(c, "mixtral").model, 1);
   check("router-knn", ModelAlias::Router, "knn", NAN);
   check("router-knn-0.35", ModelAlias::Router, "knn", 0.35);
   check("router-knn--0.1", ModelAlias::Router, "knn", -0.1);
@@ -591,12 +591,12 @@ TEST(GatewayPromptTest, ConcatenatesMessageTextAndRejectsBadMessages) {
                                  {"type": "image_url", "image_url": {"url": "http://x"}},
                                  {"type": "text", "text": "this?"}]},
     {"role": "assistant", "content": null, "tool_calls": []}])");
-  EXPECT_EQ(switchyard::extract_prompt(messages), "be brief\nwhat is\nthis?");
+  EXPECT_EQ(switchyard::serve::extract_prompt(messages), "be brief\nwhat is\nthis?");
   for (const char* bad :
        {R"("hi")", "[]", "[1]", R"([{"content": "x"}])", R"([{"role": "user", "content": 3}])",
         R"([{"role": "user", "content": [{"type": "text"}]}])",
         R"([{"role": "user", "content": [{"text": "x"}]}])"})
-    EXPECT_THROW(switchyard::extract_prompt(json::parse(bad)), Error) << bad;
+    EXPECT_THROW(switchyard::serve::extract_prompt(json::parse(bad)), Error) << bad;
 }
 
 // ---- routing, forwarding, reliability ----
@@ -1178,7 +1178,7 @@ TEST(GatewayTlsTest, HttpsUpstreamsAreVerifiedAgainstTheirCaFile) {
     c.port = 0;
     c.threads = 4;
     c.source = "test-gateway.json";
-    ModelConfig m;
+    UpstreamConfig m;
     m.name = "secure";
     m.upstream = upstream.url();
     m.ca_file = ca_file;
@@ -1226,7 +1226,7 @@ TEST(GatewayTlsTest, CaFileErrorsNameTheModelTheFieldAndTheFile) {
     return dir.write("gateway.json", j.dump());
   };
   EXPECT_NO_THROW(
-      switchyard::parse_gateway_config(config_with("https://127.0.0.1:1", pki.ca_file)));
+      switchyard::serve::parse_gateway_config(config_with("https://127.0.0.1:1", pki.ca_file)));
   const struct {
     std::string upstream, ca_file, expected;
   } cases[] = {
@@ -1237,7 +1237,7 @@ TEST(GatewayTlsTest, CaFileErrorsNameTheModelTheFieldAndTheFile) {
   for (const auto& c : cases) {
     SCOPED_TRACE(c.expected);
     try {
-      switchyard::parse_gateway_config(config_with(c.upstream, c.ca_file));
+      switchyard::serve::parse_gateway_config(config_with(c.upstream, c.ca_file));
       ADD_FAILURE() << "no error";
     } catch (const Error& e) {
       EXPECT_THAT(e.what(), HasSubstr("gateway.json: models.m"));
@@ -1263,8 +1263,9 @@ TEST(PromptRequestRouterTest, RoutesWithTrainedRouters) {
          {{"upstream", "http://127.0.0.1:1"},
           {"input_price_per_mtok", 4.0},
           {"output_price_per_mtok", 8.0}}}}}};
-  const GatewayConfig c = switchyard::parse_gateway_config(dir.write("g.json", config.dump()));
-  const auto router = switchyard::make_prompt_request_router(c);
+  const GatewayConfig c =
+      switchyard::serve::parse_gateway_config(dir.write("g.json", config.dump()));
+  const auto router = switchyard::serve::make_prompt_request_router(c);
   const std::string math = "solve the math equation number 7";
   const std::string chat_prompt = "write a friendly greeting card 9";
 
@@ -1296,8 +1297,8 @@ TEST(PromptRequestRouterTest, RoutesWithTrainedRouters) {
   EXPECT_EQ(r.ranked_models, (std::vector<std::string>{"mid", "small", "big"}));
   EXPECT_EQ(r.router, "");
   EXPECT_TRUE(std::isnan(r.estimated_cost));
-  EXPECT_THROW(router->choose(math, "router-nope"), switchyard::UnknownModelError);
-  EXPECT_THROW(router->choose(math, "gpt-5"), switchyard::UnknownModelError);
+  EXPECT_THROW(router->choose(math, "router-nope"), switchyard::serve::UnknownModelError);
+  EXPECT_THROW(router->choose(math, "gpt-5"), switchyard::serve::UnknownModelError);
 }
 
 // Data sets name models as their providers do ("org/Model-7B"); a gateway model serves a router's
@@ -1310,8 +1311,8 @@ TEST(PromptRequestRouterTest, RouterModelsMatchByUpstreamModel) {
       {"models",
        {{"small", {{"upstream", "http://127.0.0.1:1"}, {"upstream_model", "org/Small-7B"}}},
         {"org/Big-70B", {{"upstream", "http://127.0.0.1:1"}}}}}};
-  const auto router = switchyard::make_prompt_request_router(
-      switchyard::parse_gateway_config(dir.write("g.json", config.dump())));
+  const auto router = switchyard::serve::make_prompt_request_router(
+      switchyard::serve::parse_gateway_config(dir.write("g.json", config.dump())));
   EXPECT_EQ(router->choose("solve the math equation number 7", "router-pair-0.5").ranked_models,
             (std::vector<std::string>{"org/Big-70B", "small"}));
   EXPECT_EQ(router->choose("write a friendly greeting card 9", "router-pair-0.5").ranked_models,
@@ -1323,8 +1324,8 @@ TEST(PromptRequestRouterTest, LoadErrorsNameTheConfigField) {
   train_test_router("knn", {"big", "small"}).save(dir.path("pair"));
   auto error_of = [&](const json& j) -> std::string {
     try {
-      switchyard::make_prompt_request_router(
-          switchyard::parse_gateway_config(dir.write("g.json", j.dump())));
+      switchyard::serve::make_prompt_request_router(
+          switchyard::serve::parse_gateway_config(dir.write("g.json", j.dump())));
     } catch (const Error& e) {
       return e.what();
     }

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-namespace switchyard {
+namespace switchyard::serve {
 
 // ---- The routing decision ----
 
@@ -45,7 +45,7 @@ class RequestRouter {  // thread-safe; called once per request
 
 // ---- Configuration (gateway.json, schema in docs/gateway.md) ----
 
-struct ModelConfig {
+struct UpstreamConfig {
   std::string name;            // what clients send as "model"
   std::string upstream;        // "http://host:port" or "https://host[:port]", optional path prefix
   std::string upstream_model;  // the "model" sent upstream (default: name)
@@ -60,7 +60,7 @@ struct ModelConfig {
   double output_price_per_mtok = NAN;
 };
 
-struct RouterConfig {
+struct PromptRouterConfig {
   std::string name;
   std::string path;            // folder written by `switchyard llm train`
   double default_value = NAN;  // threshold (two-model rule) or λ (cost-aware rule)
@@ -76,9 +76,9 @@ struct GatewayConfig {
   int64_t drain_timeout_ms = 10000;
   int keep_alive_timeout_s = 5;
   int64_t keep_alive_max_requests = 1000;
-  std::map<std::string, RouterConfig> routers;
+  std::map<std::string, PromptRouterConfig> routers;
   std::string default_model;            // used when a request names no model ("" = required)
-  std::vector<ModelConfig> models;      // in the file's order
+  std::vector<UpstreamConfig> models;   // in the file's order
   std::string source = "gateway.json";  // for error messages
 };
 
@@ -135,6 +135,6 @@ std::shared_ptr<const RequestRouter> make_prompt_request_router(const GatewayCon
 
 // Estimated dollars of one call: prompt bytes / 4 input tokens plus `output_tokens`, at the
 // model's configured prices; NaN when the model has no prices.
-double estimate_call_cost(const ModelConfig& model, size_t prompt_bytes, double output_tokens);
+double estimate_call_cost(const UpstreamConfig& model, size_t prompt_bytes, double output_tokens);
 
-}  // namespace switchyard
+}  // namespace switchyard::serve

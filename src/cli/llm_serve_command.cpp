@@ -18,13 +18,13 @@ int run_llm_serve(const std::string& config_path) {
   sigaddset(&signals, SIGTERM);
   bool blocked = false;
   try {
-    const GatewayConfig config = parse_gateway_config(config_path);
-    const auto router = make_prompt_request_router(config);
+    const serve::GatewayConfig config = serve::parse_gateway_config(config_path);
+    const auto router = serve::make_prompt_request_router(config);
     // SIGINT and SIGTERM are blocked in this thread before the gateway starts its threads, which
     // inherit the mask: the signal then waits for sigwait below instead of ending the process.
     pthread_sigmask(SIG_BLOCK, &signals, &previous);
     blocked = true;
-    Gateway gateway(config, router);
+    serve::Gateway gateway(config, router);
     const int port = gateway.start();
     fmt::print("switchyard: gateway listening on http://{}:{} ({} models, {} routers{})\n",
                config.host, port, config.models.size(), config.routers.size(),

@@ -18,7 +18,7 @@
 #include "serve/metrics.h"
 #include "serve/upstream.h"
 
-namespace switchyard {
+namespace switchyard::serve {
 namespace {
 
 using nlohmann::json;
@@ -105,7 +105,7 @@ json number_or_null(double value) {
 }
 
 // Dollars of an answer from its usage and the model's prices; NaN when either is missing.
-double usage_cost(const json& usage, const ModelConfig& model) {
+double usage_cost(const json& usage, const UpstreamConfig& model) {
   if (!usage.is_object() || std::isnan(model.input_price_per_mtok)) return NAN;
   const auto prompt = usage.find("prompt_tokens");
   const auto completion = usage.find("completion_tokens");
@@ -384,7 +384,7 @@ Gateway::Impl::Impl(GatewayConfig c, std::shared_ptr<const RequestRouter> r)
     if (const char* keys = std::getenv(config.client_api_keys_env.c_str()))
       client_keys = split_keys(keys);
   for (size_t i = 0; i < config.models.size(); ++i) {
-    const ModelConfig& m = config.models[i];
+    const UpstreamConfig& m = config.models[i];
     std::string key;
     if (!m.api_key_env.empty()) {
       const char* value = std::getenv(m.api_key_env.c_str());
@@ -608,7 +608,7 @@ void Gateway::Impl::respond(httplib::Response& res, const RouteChoice& choice, c
                      "every upstream for this request is at its concurrency limit; retry later",
                      "server_error", nullptr, "upstreams_busy");
   }
-  const ModelConfig& model = config.models[size_t(final.model)];
+  const UpstreamConfig& model = config.models[size_t(final.model)];
   const Outcome& o = final.outcome;
   add_route_headers(res, choice, final.model, final.attempts);
   if (o.kind != Outcome::Response) {
@@ -823,4 +823,4 @@ std::string Gateway::metrics_text() const {
   return impl_->metrics_text();
 }
 
-}  // namespace switchyard
+}  // namespace switchyard::serve

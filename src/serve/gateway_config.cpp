@@ -12,9 +12,7 @@
 
 #include "serve/serve_internal.h"
 
-namespace switchyard {
-
-namespace serve {
+namespace switchyard::serve {
 
 std::string UpstreamUrl::origin() const {
   return fmt::format("{}://{}:{}", scheme, host, port);
@@ -58,20 +56,18 @@ UpstreamUrl parse_upstream_url(const std::string& url, const std::string& contex
   return u;
 }
 
-}  // namespace serve
-
 namespace {
 
 using nlohmann::json;
 
-ModelConfig parse_model(const std::string& name, const json& j, const std::string& source) {
+UpstreamConfig parse_model(const std::string& name, const json& j, const std::string& source) {
   const std::string context = fmt::format("{}: models.{}", source, name);
   if (name.empty()) fail("{}: models: a model name must not be empty", source);
   if (name.rfind("router-", 0) == 0)
     fail("{}: model name \"{}\" must not start with \"router-\" (reserved for router aliases)",
          context, name);
   ParamReader r(j, context);
-  ModelConfig m;
+  UpstreamConfig m;
   m.name = name;
   if (!r.has("upstream")) fail("{}: missing field 'upstream'", context);
   m.upstream = r.get_string("upstream", "");
@@ -108,12 +104,12 @@ ModelConfig parse_model(const std::string& name, const json& j, const std::strin
   return m;
 }
 
-RouterConfig parse_router(const std::string& name, const json& j, const std::string& source) {
+PromptRouterConfig parse_router(const std::string& name, const json& j, const std::string& source) {
   const std::string context = fmt::format("{}: routers.{}", source, name);
   if (name.empty() || name.find_first_of(" /\"") != std::string::npos)
     fail("{}: routers: bad router name \"{}\"", source, name);
   ParamReader r(j, context);
-  RouterConfig c;
+  PromptRouterConfig c;
   c.name = name;
   if (!r.has("path")) fail("{}: missing field 'path'", context);
   c.path = r.get_string("path", "");
@@ -211,10 +207,10 @@ ModelAlias resolve_model_alias(const GatewayConfig& config, const std::string& n
   return alias;
 }
 
-double estimate_call_cost(const ModelConfig& model, size_t prompt_bytes, double output_tokens) {
+double estimate_call_cost(const UpstreamConfig& model, size_t prompt_bytes, double output_tokens) {
   if (std::isnan(model.input_price_per_mtok)) return NAN;
   return priced_call_cost(prompt_bytes, output_tokens, model.input_price_per_mtok,
                           model.output_price_per_mtok);
 }
 
-}  // namespace switchyard
+}  // namespace switchyard::serve

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <numeric>
 
-namespace switchyard {
+namespace switchyard::serve {
 namespace {
 
 // Assumed answer length for the estimated cost of a directly named model.
@@ -21,7 +21,7 @@ class PromptRequestRouter final : public RequestRouter {
 
  private:
   struct Loaded {
-    RouterConfig config;
+    PromptRouterConfig config;
     PromptRouter router;
     bool threshold_rule = false;
     std::vector<int> gateway_model;  // per router model: index in config.models, -1 = not served
@@ -145,7 +145,7 @@ RouteChoice PromptRequestRouter::choose_routed(const std::string& prompt, const 
         choice.ranked_models.end())
       choice.ranked_models.push_back(m.name);
 
-  const ModelConfig& model = config_.models[size_t(loaded.gateway_model[chosen])];
+  const UpstreamConfig& model = config_.models[size_t(loaded.gateway_model[chosen])];
   choice.estimated_cost = estimate_call_cost(model, prompt.size(), router.cost.output_tokens);
   if (std::isnan(choice.estimated_cost) && router.cost.source() != "rank")
     choice.estimated_cost = c[chosen];
@@ -158,4 +158,4 @@ std::shared_ptr<const RequestRouter> make_prompt_request_router(const GatewayCon
   return std::make_shared<PromptRequestRouter>(config);
 }
 
-}  // namespace switchyard
+}  // namespace switchyard::serve

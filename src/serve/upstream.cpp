@@ -48,7 +48,7 @@ ErrorKind Outcome::error_kind() const {
   return ErrorKind::Count;
 }
 
-Upstream::Upstream(const ModelConfig& config, std::string api_key)
+Upstream::Upstream(const UpstreamConfig& config, std::string api_key)
     : config_(config),
       url_(parse_upstream_url(config.upstream, "models." + config.name)),
       path_(url_.prefix + "/v1/chat/completions"),

@@ -51,9 +51,9 @@ class StreamSink {
 
 class Upstream {
  public:
-  Upstream(const ModelConfig& config, std::string api_key);
+  Upstream(const UpstreamConfig& config, std::string api_key);
   ~Upstream();
-  const ModelConfig& config() const { return config_; }
+  const UpstreamConfig& config() const { return config_; }
 
   // The concurrency limit: try_acquire fails when max_concurrency calls are running.
   bool try_acquire();
@@ -75,7 +75,7 @@ class Upstream {
   std::unique_ptr<httplib::Client> take();
   void give_back(std::unique_ptr<httplib::Client> client, bool reusable);
 
-  ModelConfig config_;
+  UpstreamConfig config_;
   UpstreamUrl url_;
   std::string path_;  // prefix + "/v1/chat/completions"
   std::string authorization_;
