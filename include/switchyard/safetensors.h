@@ -37,6 +37,28 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;
 };
 
+// Where a tensor's bytes are: [begin, end) counted from the start of the data section.
+struct TensorEntry {
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;
+};
+
+struct SafetensorsHeader {
+  std::map<std::string, TensorEntry> tensors;
+  std::map<std::string, std::string> metadata;
+  uint64_t data_offset = 0;  // bytes before the data section: 8 + header size
+};
+
+// Parses and validates the header of a file of `file_size` bytes of which `bytes` holds at least
+// the beginning up to the end of the header (a memory map holds it all): every entry's dtype,
+// shape and offsets, the offsets against the file size, overlaps, duplicate keys.
+SafetensorsHeader parse_safetensors_header(std::span<const uint8_t> bytes, uint64_t file_size,
+                                           const std::string& source);
+
+// `count` floating values (F64, F32, F16, BF16) -> float; other dtypes are an Error.
+void convert_to_f32(DType dtype, const uint8_t* src, size_t count, float* dst);
+
 // Parse bytes already in memory; `source` names the file in error messages.
 SafetensorsFile parse_safetensors(std::span<const uint8_t> bytes, const std::string& source);
 SafetensorsFile read_safetensors(const std::string& path);

@@ -67,4 +67,20 @@ int run_llm_calibrate(const std::string& router_dir, const std::string& prompts_
 // SIGTERM, then drains the requests in flight. Implemented in llm_serve_command.cpp.
 int run_llm_serve(const std::string& config_path);
 
+// `switchyard forward`, `generate` (infer_commands.cpp): a Hugging Face model folder.
+struct InferFlags {
+  std::string model;   // the folder (config.json, *.safetensors)
+  std::string router;  // a layer.json object replacing the MoE layers' routing rule
+};
+struct GenerateFlags {
+  std::string ids, format = "text";
+  int64_t max_new_tokens = 64, top_k = 0;
+  double temperature = 0.0, top_p = 1.0;
+  uint64_t seed = 0;
+  bool ignore_eos = false;
+};
+// in: `input_ids` int64 (B, T); out: `logits` (B, T, V), `router_logits.i` (B·T, R) per MoE layer.
+int run_forward(const InferFlags& flags, const std::string& in_path, const std::string& out_path);
+int run_generate(const InferFlags& flags, const GenerateFlags& gen);
+
 }  // namespace switchyard::cli

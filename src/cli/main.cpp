@@ -153,6 +153,34 @@ int main(int argc, char** argv) {
   auto* llm_serve = llm->add_subcommand("serve", "OpenAI-compatible gateway (docs/gateway.md)");
   llm_serve->add_option("--config", serve_config, "gateway.json")->required();
 
+  cli::InferFlags infer_flags;
+  auto add_model_flags = [&](CLI::App* cmd) {
+    cmd->add_option("--model", infer_flags.model, "Hugging Face model folder")->required();
+    cmd->add_option("--router", infer_flags.router,
+                    "routing rule for every MoE layer, a layer.json object (docs/inference.md)");
+  };
+  std::string forward_in, forward_out;
+  auto* forward = app.add_subcommand("forward", "Logits and router logits of a HF checkpoint");
+  add_model_flags(forward);
+  forward->add_option("--in", forward_in, "safetensors with input_ids int64 (B, T)")->required();
+  forward->add_option("--out", forward_out, "safetensors: logits, router_logits.i")->required();
+
+  cli::GenerateFlags gen;
+  auto* generate = app.add_subcommand("generate", "Generate from a HF checkpoint (KV cache)");
+  add_model_flags(generate);
+  generate->add_option("--ids", gen.ids, "prompt token ids, comma separated");
+  generate->add_option("--max-new-tokens", gen.max_new_tokens, "tokens to generate")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  generate->add_option("--temperature", gen.temperature, "0 = greedy")
+      ->check(CLI::Range(0.0, 100.0));
+  generate->add_option("--top-k", gen.top_k, "sample from the k most likely tokens (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  generate->add_option("--top-p", gen.top_p, "nucleus mass")->check(CLI::Range(0.0, 1.0));
+  generate->add_option("--seed", gen.seed, "sampling seed");
+  generate->add_flag("--ignore-eos", gen.ignore_eos, "do not stop at the end-of-sequence token");
+  generate->add_option("--format", gen.format, "text (streamed) or json ({\"ids\": [...]})")
+      ->check(CLI::IsMember({"text", "json"}));
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*layer) return switchyard::cli::run_layer(config, in, out);
@@ -170,6 +198,8 @@ int main(int argc, char** argv) {
       return switchyard::cli::run_sample(checkpoint, prompt, sample_count, temperature,
                                          sample_seed);
     if (*report) return switchyard::cli::run_report(report_runs, report_out);
+    if (*forward) return cli::run_forward(infer_flags, forward_in, forward_out);
+    if (*generate) return cli::run_generate(infer_flags, gen);
     if (*llm_eval) return cli::run_llm_eval(llm_data, eval_flags);
     if (*llm_train) return cli::run_llm_train(llm_data, train_flags);
     if (*llm_route) return cli::run_llm_route(route_flags);

@@ -236,9 +236,9 @@ struct ByteRange {
   std::string name;
 };
 
-// Validates one header entry against the data buffer and copies its bytes out.
-TensorData parse_tensor(const std::string& name, const json& entry, std::span<const uint8_t> data,
-                        const std::string& source, ByteRange& range) {
+// Validates one header entry against the size of the data section.
+TensorEntry parse_tensor(const std::string& name, const json& entry, uint64_t data_size,
+                         const std::string& source) {
   if (!entry.is_object()) {
     fail("{}: tensor '{}': entry must be an object, got {}", source, name, describe(entry));
   }
@@ -253,7 +253,7 @@ TensorData parse_tensor(const std::string& name, const json& entry, std::span<co
     return *it;
   };
 
-  TensorData tensor;
+  TensorEntry tensor;
   const json& dtype = field("dtype");
   if (!dtype.is_string()) {
     fail("{}: tensor '{}': field 'dtype' must be a string, got {}", source, name, describe(dtype));
@@ -304,19 +304,17 @@ TensorData parse_tensor(const std::string& name, const json& entry, std::span<co
     fail("{}: tensor '{}': field 'data_offsets' begin {} is after end {}", source, name, *begin,
          *end);
   }
-  if (static_cast<uint64_t>(*end) > data.size()) {
+  if (static_cast<uint64_t>(*end) > data_size) {
     fail("{}: tensor '{}': field 'data_offsets' end {} is beyond the {}-byte data buffer", source,
-         name, *end, data.size());
+         name, *end, data_size);
   }
   if (*end - *begin != *byte_count) {
     fail("{}: tensor '{}': field 'data_offsets' spans {} bytes but shape {} of {} needs {}", source,
          name, *end - *begin, shape_text(tensor.shape), dtype_name(tensor.dtype), *byte_count);
   }
 
-  // Sizes are checked against the buffer above, so this allocation is bounded by the file size.
-  const auto first = data.begin() + *begin;
-  tensor.bytes.assign(first, first + *byte_count);
-  range = ByteRange{*begin, *end, name};
+  tensor.begin = static_cast<uint64_t>(*begin);
+  tensor.end = static_cast<uint64_t>(*end);
   return tensor;
 }
 
@@ -447,40 +445,77 @@ TensorData TensorData::from_i64(std::vector<int64_t> shape, const std::vector<in
   return make_tensor(DType::I64, std::move(shape), values);
 }
 
-SafetensorsFile parse_safetensors(std::span<const uint8_t> bytes, const std::string& source) {
-  if (bytes.size() < 8) {
-    fail("{}: file is {} bytes, shorter than the 8-byte header size", source, bytes.size());
+SafetensorsHeader parse_safetensors_header(std::span<const uint8_t> bytes, uint64_t file_size,
+                                           const std::string& source) {
+  if (file_size < 8 || bytes.size() < 8) {
+    fail("{}: file is {} bytes, shorter than the 8-byte header size", source, file_size);
   }
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[static_cast<size_t>(i)];
   if (header_size > kMaxHeaderBytes) {
     fail("{}: header size {} exceeds the {}-byte limit", source, header_size, kMaxHeaderBytes);
   }
-  if (header_size > bytes.size() - 8) {
+  if (header_size > file_size - 8) {
     fail("{}: header size {} is larger than the {} bytes after the size field", source, header_size,
-         bytes.size() - 8);
+         file_size - 8);
   }
+  if (header_size > bytes.size() - 8) fail("{}: header is not in the given bytes", source);
   const uint8_t* header_begin = bytes.data() + 8;
   const json header = parse_header_json(header_begin, header_begin + header_size, source);
   if (!header.is_object()) {
     fail("{}: header must be a JSON object, got {}", source, describe(header));
   }
 
-  const std::span<const uint8_t> data = bytes.subspan(8 + header_size);
-  SafetensorsFile file;
+  SafetensorsHeader out;
+  out.data_offset = 8 + header_size;
+  const uint64_t data_size = file_size - out.data_offset;
   std::vector<ByteRange> ranges;
   for (const auto& [name, entry] : header.items()) {
     if (name == kMetadataKey) {
-      file.metadata = parse_metadata(entry, source);
+      out.metadata = parse_metadata(entry, source);
       continue;
     }
-    ByteRange range;
-    TensorData tensor = parse_tensor(name, entry, data, source, range);
-    ranges.push_back(std::move(range));
-    file.tensors.emplace(name, std::move(tensor));
+    TensorEntry tensor = parse_tensor(name, entry, data_size, source);
+    ranges.push_back(ByteRange{int64_t(tensor.begin), int64_t(tensor.end), name});
+    out.tensors.emplace(name, std::move(tensor));
   }
   check_no_overlap(std::move(ranges), source);
+  return out;
+}
+
+SafetensorsFile parse_safetensors(std::span<const uint8_t> bytes, const std::string& source) {
+  SafetensorsHeader header = parse_safetensors_header(bytes, bytes.size(), source);
+  SafetensorsFile file;
+  file.metadata = std::move(header.metadata);
+  const uint8_t* data = bytes.data() + header.data_offset;
+  for (auto& [name, entry] : header.tensors) {
+    TensorData tensor;
+    tensor.dtype = entry.dtype;
+    tensor.shape = std::move(entry.shape);
+    // Offsets were checked against the file size, so this copy is bounded by it.
+    tensor.bytes.assign(data + entry.begin, data + entry.end);
+    file.tensors.emplace(name, std::move(tensor));
+  }
   return file;
+}
+
+void convert_to_f32(DType dtype, const uint8_t* src, size_t count, float* dst) {
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(dst, src, count * sizeof(float));
+      return;
+    case DType::BF16:
+      for (size_t i = 0; i < count; ++i) dst[i] = bf16_to_float(load<uint16_t>(src + 2 * i));
+      return;
+    case DType::F16:
+      for (size_t i = 0; i < count; ++i) dst[i] = half_to_float(load<uint16_t>(src + 2 * i));
+      return;
+    case DType::F64:
+      for (size_t i = 0; i < count; ++i) dst[i] = static_cast<float>(load<double>(src + 8 * i));
+      return;
+    default:
+      fail("cannot convert dtype {} to F32", dtype_name(dtype));
+  }
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {

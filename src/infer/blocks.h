@@ -1,0 +1,28 @@
+// The building blocks the architectures share, on plain pointers (rows × features, row-major).
+// Threads are OpenMP's; OpenBLAS stays single-threaded and each thread calls it on its own block.
+#pragma once
+
+#include <cstdint>
+
+namespace switchyard::infer::blocks {
+
+// y (N, out) = x (N, in) · Wᵀ (+ b). W (out, in) as Hugging Face stores it; b (out) or null.
+void linear(int64_t N, int64_t in, int64_t out, const float* x, const float* W, const float* b,
+            float* y);
+
+// y (N, C) = x / sqrt(mean(x²) + eps) · g, in float32 as transformers computes it; y may be x.
+void rmsnorm(int64_t N, int64_t C, const float* x, const float* g, double eps, float* y);
+
+// y (N, d) = W2 (silu(W1 x) ⊙ W3 x). w1, w3 (F, d); w2 (d, F); h (N, 2F) scratch.
+void swiglu(int64_t N, int64_t d, int64_t F, const float* x, const float* w1, const float* w3,
+            const float* w2, float* h, float* y);
+
+// Causal attention of n new queries against a cache. q (n, H, Dq) at positions pos0 .. pos0+n-1;
+// K (L, Hkv, Dq) and V (L, Hkv, Dv) hold positions 0 .. pos0+n-1 (L ≥ pos0 + n); query head h
+// reads KV head h / (H / Hkv). window > 0: a query at p sees keys p - window + 1 .. p.
+// out (n, H, Dv).
+void attention(int64_t n, int64_t pos0, int64_t H, int64_t Hkv, int64_t Dq, int64_t Dv,
+               const float* q, const float* K, const float* V, float scale, int64_t window,
+               float* out);
+
+}  // namespace switchyard::infer::blocks

@@ -1,0 +1,319 @@
+#include <switchyard/config.h>
+#include <switchyard/error.h>
+#include <switchyard/infer/checkpoint.h>
+#include <switchyard/infer/engine.h>
+#include <switchyard/moe_layer.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "infer/blocks.h"
+#include "infer/rope.h"
+#include "kernels/cpu/kernels.h"
+
+namespace switchyard::infer {
+
+using nlohmann::json;
+
+namespace {
+
+using Buffer = std::vector<float>;
+
+struct LayerWeights {
+  Buffer attn_norm, ffn_norm;           // (d)
+  Buffer wq, wk, wv, wo;                // (H Dq, d), (Hkv Dq, d), (Hkv Dv, d), (d, H Dv)
+  Buffer bq, bk, bv;                    // biases or empty
+  Buffer q_norm, k_norm;                // (Dq) per head or (H Dq) whole, or empty
+  Buffer dense_w1, dense_w3, dense_w2;  // (Fd, d), (Fd, d), (d, Fd)
+  // MoE.
+  Buffer gate, gate_bias;                               // (E, d), (E) or empty
+  Buffer w1, w3, w2;                                    // (E, F, d), (E, F, d), (E, d, F)
+  Buffer shared_w1, shared_w3, shared_w2, shared_gate;  // (Fs, d), (Fs, d), (d, Fs), (1, d)
+  std::unique_ptr<MoELayer> moe;
+  MoECache moe_cache;
+};
+
+// Scratch of one forward call, kept across calls.
+struct Scratch {
+  Buffer h, a, q, k, v, att, o, ffn, ffn_h, shared, shared_gate;
+};
+
+}  // namespace
+
+struct Model::Impl {
+  ModelSpec spec;
+  RopeTable rope;
+  Buffer embed, final_norm, lm_head;  // (V, d), (d), (V, d) or empty when tied
+  std::vector<LayerWeights> layers;
+  nlohmann::json router;  // the routing rule the MoE layers run
+  Scratch s;
+  int64_t params = 0;
+
+  void load_weights(const Checkpoint& ckpt);
+  void attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
+                 const std::vector<int64_t>& pos);
+};
+
+Model::Model() : impl_(std::make_unique<Impl>()) {}
+Model::~Model() = default;
+
+const ModelSpec& Model::spec() const {
+  return impl_->spec;
+}
+
+void Model::Impl::load_weights(const Checkpoint& ckpt) {
+  const ModelSpec& m = spec;
+  const TensorNames& n = m.names;
+  auto read = [&](const std::string& pattern, int64_t l, std::vector<int64_t> shape, Buffer& dst) {
+    const std::string name = tensor_name(pattern, l);
+    dst = ckpt.read_f32(name, shape);
+    params += int64_t(dst.size());
+  };
+  auto read_if = [&](const std::string& pattern, int64_t l, std::vector<int64_t> shape,
+                     Buffer& dst) {
+    if (!pattern.empty()) read(pattern, l, std::move(shape), dst);
+  };
+  const int64_t d = m.d, H = m.n_heads, Hkv = m.n_kv_heads, Dq = m.q_head_dim(), Dv = m.v_dim();
+  read(n.embed, 0, {m.vocab, d}, embed);
+  read(n.final_norm, 0, {d}, final_norm);
+  if (!m.tie_embeddings) {
+    read(n.lm_head, 0, {m.vocab, d}, lm_head);
+  } else if (ckpt.has(n.lm_head)) {
+    ckpt.read_f32(n.lm_head,
+                  {m.vocab, d});  // a tied copy some exporters write; the embedding serves
+  }
+  layers.resize(size_t(m.n_layers));
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    LayerWeights& w = layers[size_t(l)];
+    read(n.attn_norm, l, {d}, w.attn_norm);
+    read(n.ffn_norm, l, {d}, w.ffn_norm);
+    read(n.q, l, {H * Dq, d}, w.wq);
+    read(n.k, l, {Hkv * Dq, d}, w.wk);
+    read(n.v, l, {Hkv * Dv, d}, w.wv);
+    read(n.o, l, {d, H * Dv}, w.wo);
+    read_if(n.q_bias, l, {H * Dq}, w.bq);
+    read_if(n.k_bias, l, {Hkv * Dq}, w.bk);
+    read_if(n.v_bias, l, {Hkv * Dv}, w.bv);
+    const bool full = m.qk_norm == QKNorm::Full;
+    if (m.qk_norm != QKNorm::None) {
+      read(n.q_norm, l, {full ? H * Dq : Dq}, w.q_norm);
+      read(n.k_norm, l, {full ? Hkv * Dq : Dq}, w.k_norm);
+    }
+    if (!m.moe_layer[size_t(l)]) {
+      read(n.dense_w1, l, {m.dense_ff, d}, w.dense_w1);
+      read(n.dense_w3, l, {m.dense_ff, d}, w.dense_w3);
+      read(n.dense_w2, l, {d, m.dense_ff}, w.dense_w2);
+      continue;
+    }
+    const int64_t E = m.experts, F = m.expert_ff;
+    read(n.router, l, {E, d}, w.gate);
+    read_if(n.router_bias, l, {E}, w.gate_bias);
+    w.w1.resize(size_t(E * F * d));
+    w.w3.resize(size_t(E * F * d));
+    w.w2.resize(size_t(E * d * F));
+    for (int64_t e = 0; e < E; ++e) {
+      ckpt.read_f32(tensor_name(n.expert_w1, l, e), {F, d}, w.w1.data() + e * F * d);
+      ckpt.read_f32(tensor_name(n.expert_w3, l, e), {F, d}, w.w3.data() + e * F * d);
+      ckpt.read_f32(tensor_name(n.expert_w2, l, e), {d, F}, w.w2.data() + e * d * F);
+    }
+    params += 3 * E * F * d;
+    if (m.shared_ff > 0) {
+      read(n.shared_w1, l, {m.shared_ff, d}, w.shared_w1);
+      read(n.shared_w3, l, {m.shared_ff, d}, w.shared_w3);
+      read(n.shared_w2, l, {d, m.shared_ff}, w.shared_w2);
+      read_if(n.shared_gate, l, {1, d}, w.shared_gate);
+    }
+    json layer = router;
+    layer["activation"] = "swiglu";
+    const LayerConfig config = parse_layer_config(layer, m.source + " [MoE layer router]");
+    w.moe = std::make_unique<MoELayer>(config, MoEShape{d, E, F, 0});
+    if (w.moe->num_router_outputs() != E)
+      fail("{}: router '{}' needs {} gate outputs but the checkpoint's gate has {} experts",
+           m.source, config.router, w.moe->num_router_outputs(), E);
+    if (!w.moe->router().traits().needs_gate) w.gate.clear();
+  }
+}
+
+std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& options) {
+  cpu::init_blas_threads();
+  std::unique_ptr<Model> model(new Model());
+  Impl& m = *model->impl_;
+  m.spec = load_model_spec(dir);
+  m.router = options.router.is_null() ? m.spec.router : options.router;
+  m.rope = make_rope_table(m.spec.rope, m.spec.rope_dim, m.spec.rope_layout, m.spec.source);
+  const Checkpoint ckpt = Checkpoint::open(dir);
+  m.load_weights(ckpt);
+  std::vector<std::string> extra;
+  for (const std::string& name : ckpt.unread())
+    if (name.find("rotary_emb.inv_freq") == std::string::npos) extra.push_back(name);
+  if (!extra.empty())
+    fail("{}: tensor '{}' (in {}) is not a weight of {}{}", dir, extra[0], ckpt.file_of(extra[0]),
+         m.spec.architecture,
+         extra.size() > 1 ? fmt::format(" ({} more unexpected tensors)", extra.size() - 1) : "");
+  return model;
+}
+
+KVCache Model::new_cache() const {
+  KVCache c;
+  c.k.resize(size_t(impl_->spec.n_layers));
+  c.v.resize(size_t(impl_->spec.n_layers));
+  return c;
+}
+
+int64_t Model::parameter_count() const {
+  return impl_->params;
+}
+
+int64_t Model::active_parameter_count() const {
+  const ModelSpec& m = impl_->spec;
+  int64_t active = impl_->params - int64_t(impl_->embed.size());
+  if (m.tie_embeddings) active += int64_t(impl_->embed.size());  // the head reads it
+  const int64_t k = impl_->router.value("k", int64_t(1));
+  for (const LayerWeights& w : impl_->layers)
+    if (w.moe) active -= (m.experts - std::min(k, m.experts)) * 3 * m.expert_ff * m.d;
+  return active;
+}
+
+void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
+                            const std::vector<int64_t>& pos) {
+  const ModelSpec& m = spec;
+  LayerWeights& w = layers[size_t(l)];
+  const int64_t d = m.d, H = m.n_heads, Hkv = m.n_kv_heads, Dq = m.q_head_dim(), Dv = m.v_dim();
+  s.q.resize(size_t(N * H * Dq));
+  s.k.resize(size_t(N * Hkv * Dq));
+  s.v.resize(size_t(N * Hkv * Dv));
+  blocks::linear(N, d, H * Dq, s.a.data(), w.wq.data(), w.bq.empty() ? nullptr : w.bq.data(),
+                 s.q.data());
+  blocks::linear(N, d, Hkv * Dq, s.a.data(), w.wk.data(), w.bk.empty() ? nullptr : w.bk.data(),
+                 s.k.data());
+  blocks::linear(N, d, Hkv * Dv, s.a.data(), w.wv.data(), w.bv.empty() ? nullptr : w.bv.data(),
+                 s.v.data());
+  if (m.clip_qkv > 0)
+    for (Buffer* b : {&s.q, &s.k, &s.v})
+      for (float& x : *b) x = std::clamp(x, float(-m.clip_qkv), float(m.clip_qkv));
+  if (m.qk_norm == QKNorm::Full) {
+    blocks::rmsnorm(N, H * Dq, s.q.data(), w.q_norm.data(), m.norm_eps, s.q.data());
+    blocks::rmsnorm(N, Hkv * Dq, s.k.data(), w.k_norm.data(), m.norm_eps, s.k.data());
+  } else if (m.qk_norm == QKNorm::PerHead) {
+    blocks::rmsnorm(N * H, Dq, s.q.data(), w.q_norm.data(), m.norm_eps, s.q.data());
+    blocks::rmsnorm(N * Hkv, Dq, s.k.data(), w.k_norm.data(), m.norm_eps, s.k.data());
+  }
+  const int64_t rope_off = Dq - m.rope_dim;  // latent attention rotates the tail of each head
+  apply_rope(rope, N, H, H * Dq, Dq, pos.data(), s.q.data() + rope_off);
+  apply_rope(rope, N, Hkv, Hkv * Dq, Dq, pos.data(), s.k.data() + rope_off);
+  s.att.resize(size_t(N * H * Dv));
+  const float scale =
+      m.attention_scale > 0 ? float(m.attention_scale) : float(1.0 / std::sqrt(double(Dq)));
+  int64_t row = 0;
+  for (const Chunk& c : chunks) {
+    const int64_t n = int64_t(c.tokens.size()), L0 = c.cache->length;
+    Buffer& K = c.cache->k[size_t(l)];
+    Buffer& V = c.cache->v[size_t(l)];
+    std::copy_n(s.k.data() + row * Hkv * Dq, n * Hkv * Dq, K.data() + L0 * Hkv * Dq);
+    std::copy_n(s.v.data() + row * Hkv * Dv, n * Hkv * Dv, V.data() + L0 * Hkv * Dv);
+    blocks::attention(n, L0, H, Hkv, Dq, Dv, s.q.data() + row * H * Dq, K.data(), V.data(), scale,
+                      m.sliding_window, s.att.data() + row * H * Dv);
+    row += n;
+  }
+  s.o.resize(size_t(N * d));
+  blocks::linear(N, H * Dv, d, s.att.data(), w.wo.data(), nullptr, s.o.data());
+  for (int64_t i = 0; i < N * d; ++i) s.h[size_t(i)] += s.o[size_t(i)];
+}
+
+void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<float>& logits,
+                    ForwardCapture* capture) {
+  Impl& m = *impl_;
+  const ModelSpec& spec = m.spec;
+  const int64_t d = spec.d, V = spec.vocab;
+  int64_t N = 0;
+  std::vector<int64_t> pos, seq_lens;
+  std::vector<int64_t> ids;
+  for (const Chunk& c : chunks) {
+    if (!c.cache) fail("forward: a chunk has no KV cache");
+    if (c.tokens.empty()) fail("forward: a chunk has no tokens");
+    for (size_t i = 0; i < c.tokens.size(); ++i) {
+      const int32_t t = c.tokens[i];
+      if (t < 0 || t >= V) fail("forward: token id {} is outside the vocabulary [0, {})", t, V);
+      pos.push_back(c.cache->length + int64_t(i));
+      ids.push_back(t);
+    }
+    N += int64_t(c.tokens.size());
+    seq_lens.push_back(int64_t(c.tokens.size()));
+    // Grow each cache to hold the new positions (doubling, so decode appends are amortised).
+    const int64_t need = c.cache->length + int64_t(c.tokens.size());
+    if (need > c.cache->capacity) {
+      const int64_t cap = std::max(need, 2 * c.cache->capacity);
+      for (int64_t l = 0; l < spec.n_layers; ++l) {
+        c.cache->k[size_t(l)].resize(size_t(cap * spec.n_kv_heads * spec.k_cached_dim()));
+        c.cache->v[size_t(l)].resize(size_t(cap * spec.n_kv_heads * spec.v_dim()));
+      }
+      c.cache->capacity = cap;
+    }
+  }
+  Scratch& s = m.s;
+  s.h.resize(size_t(N * d));
+  s.a.resize(size_t(N * d));
+  for (int64_t r = 0; r < N; ++r)
+    std::copy_n(m.embed.data() + ids[size_t(r)] * d, d, s.h.data() + r * d);
+  if (capture) capture->logits.clear();
+  for (int64_t l = 0; l < spec.n_layers; ++l) {
+    LayerWeights& w = m.layers[size_t(l)];
+    blocks::rmsnorm(N, d, s.h.data(), w.attn_norm.data(), spec.norm_eps, s.a.data());
+    m.attention(l, chunks, N, pos);
+    blocks::rmsnorm(N, d, s.h.data(), w.ffn_norm.data(), spec.norm_eps, s.a.data());
+    s.ffn.resize(size_t(N * d));
+    if (!w.moe) {
+      s.ffn_h.resize(size_t(2 * N * spec.dense_ff));
+      blocks::swiglu(N, d, spec.dense_ff, s.a.data(), w.dense_w1.data(), w.dense_w3.data(),
+                     w.dense_w2.data(), s.ffn_h.data(), s.ffn.data());
+    } else {
+      MoEParams p;
+      p.gate = w.gate.empty() ? nullptr : w.gate.data();
+      p.gate_bias = w.gate_bias.empty() ? nullptr : w.gate_bias.data();
+      p.w1 = w.w1.data();
+      p.w3 = w.w3.data();
+      p.w2 = w.w2.data();
+      MoEBatch batch;
+      batch.T = N;
+      batch.x = s.a.data();
+      batch.token_ids = ids.data();
+      batch.seq_lens = seq_lens;
+      w.moe->forward(p, batch, w.moe_cache, s.ffn.data());
+      if (capture && capture->router_logits) capture->logits.push_back(w.moe_cache.logits);
+      if (spec.shared_ff > 0) {
+        // The always-on shared expert, scaled by sigmoid(gate · x) where the model has a gate.
+        s.shared.resize(size_t(N * d));
+        s.ffn_h.resize(size_t(2 * N * spec.shared_ff));
+        blocks::swiglu(N, d, spec.shared_ff, s.a.data(), w.shared_w1.data(), w.shared_w3.data(),
+                       w.shared_w2.data(), s.ffn_h.data(), s.shared.data());
+        s.shared_gate.assign(size_t(N), 1.0f);
+        if (!w.shared_gate.empty()) {
+          blocks::linear(N, d, 1, s.a.data(), w.shared_gate.data(), nullptr, s.shared_gate.data());
+          for (float& g : s.shared_gate) g = 1.0f / (1.0f + std::exp(-g));
+        }
+        for (int64_t r = 0; r < N; ++r)
+          for (int64_t j = 0; j < d; ++j)
+            s.ffn[size_t(r * d + j)] += s.shared_gate[size_t(r)] * s.shared[size_t(r * d + j)];
+      }
+    }
+    for (int64_t i = 0; i < N * d; ++i) s.h[size_t(i)] += s.ffn[size_t(i)];
+  }
+  // The rows whose logits are wanted: all, or each chunk's last token.
+  std::vector<int64_t> rows;
+  if (all_logits) {
+    for (int64_t r = 0; r < N; ++r) rows.push_back(r);
+  } else {
+    int64_t end = 0;
+    for (const Chunk& c : chunks) rows.push_back((end += int64_t(c.tokens.size())) - 1);
+  }
+  const int64_t R = int64_t(rows.size());
+  for (int64_t i = 0; i < R; ++i)
+    blocks::rmsnorm(1, d, s.h.data() + rows[size_t(i)] * d, m.final_norm.data(), spec.norm_eps,
+                    s.a.data() + i * d);
+  logits.resize(size_t(R * V));
+  blocks::linear(R, d, V, s.a.data(), spec.tie_embeddings ? m.embed.data() : m.lm_head.data(),
+                 nullptr, logits.data());
+  for (const Chunk& c : chunks) c.cache->length += int64_t(c.tokens.size());
+}
+
+}  // namespace switchyard::infer

@@ -1,0 +1,411 @@
+// The inference engine on Hugging Face checkpoints (src/infer/): transformers goldens
+// (../shared/data/hf-tiny), KV-cache decode against full recomputation, batching, sharded and
+// BF16/F16 folders, both config.json forms, sampling, and bad or corrupted folders.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <switchyard/config.h>
+#include <switchyard/error.h>
+#include <switchyard/file_util.h>
+#include <switchyard/infer/engine.h>
+#include <switchyard/infer/generate.h>
+#include <switchyard/safetensors.h>
+
+#include <bit>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "../scratch_dir.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using switchyard::Error;
+using switchyard::infer::KVCache;
+using switchyard::infer::Model;
+using switchyard::testing_support::ScratchDir;
+using testing::AllOf;
+using testing::HasSubstr;
+
+const uint64_t kSeed = 20261201;
+
+fs::path tiny_dir(const std::string& name) {
+  return fs::path(SWITCHYARD_SOURCE_DIR) / ".." / "shared" / "data" / "hf-tiny" / name;
+}
+
+#define SKIP_WITHOUT_TINY(name)                                                  \
+  if (!fs::exists(tiny_dir(name) / "golden.json")) {                             \
+    GTEST_SKIP() << "transformers goldens absent at " << tiny_dir(name).string() \
+                 << " (expected ../shared/data/hf-tiny beside the repository)";  \
+  }
+
+json read_json(const fs::path& p) {
+  return switchyard::parse_json_strict(switchyard::read_file_text(p.string()), p.string());
+}
+
+// All-position logits of each sequence run alone from an empty cache.
+std::vector<float> full_logits(Model& m, const std::vector<int32_t>& ids) {
+  KVCache c = m.new_cache();
+  std::vector<Model::Chunk> chunks = {{&c, ids}};
+  std::vector<float> logits;
+  m.forward(chunks, true, logits);
+  return logits;
+}
+
+// max |a - b| / max |b|: the relative error the goldens are held to.
+double rel_error(const std::vector<float>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double err = 0, scale = 1e-30;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    err = std::max(err, std::abs(double(a[i]) - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return err / scale;
+}
+
+std::vector<double> flatten(const json& j) {
+  std::vector<double> out;
+  std::function<void(const json&)> walk = [&](const json& v) {
+    if (v.is_array())
+      for (const json& x : v) walk(x);
+    else
+      out.push_back(v.get<double>());
+  };
+  walk(j);
+  return out;
+}
+
+std::vector<int32_t> random_ids(std::mt19937_64& rng, int64_t n, int64_t V) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& id : ids) id = int32_t(rng() % uint64_t(V));
+  return ids;
+}
+
+class Golden : public testing::TestWithParam<std::string> {};
+
+TEST_P(Golden, LogitsRouterLogitsAndGreedyGenerationMatchTransformers) {
+  SKIP_WITHOUT_TINY(GetParam());
+  const json g = read_json(tiny_dir(GetParam()) / "golden.json");
+  auto model = Model::load(tiny_dir(GetParam()).string());
+  const auto ids = g["input_ids"];
+  const int64_t B = int64_t(ids.size()), T = int64_t(ids[0].size());
+  std::vector<std::vector<int32_t>> seqs;
+  for (const json& row : ids) seqs.push_back(row.get<std::vector<int32_t>>());
+  std::vector<KVCache> caches(static_cast<size_t>(B));
+  std::vector<Model::Chunk> chunks;
+  for (int64_t b = 0; b < B; ++b) {
+    caches[size_t(b)] = model->new_cache();
+    chunks.push_back({&caches[size_t(b)], seqs[size_t(b)]});
+  }
+  switchyard::infer::ForwardCapture capture;
+  capture.router_logits = true;
+  std::vector<float> logits;
+  model->forward(chunks, true, logits, &capture);
+  EXPECT_EQ(int64_t(logits.size()), B * T * model->spec().vocab);
+  EXPECT_LT(rel_error(logits, flatten(g["logits"])), 1e-4);
+  ASSERT_EQ(capture.logits.size(), g["router_logits"].size());
+  for (size_t i = 0; i < capture.logits.size(); ++i)
+    EXPECT_LT(rel_error(capture.logits[i], flatten(g["router_logits"][i])), 1e-4) << "layer " << i;
+
+  const auto prefix = g["generate_prefix"][0].get<std::vector<int32_t>>();
+  const auto expect = g["generate"][0].get<std::vector<int32_t>>();
+  switchyard::infer::GenerateOptions o;
+  o.max_new_tokens = int64_t(expect.size() - prefix.size());
+  const auto out = switchyard::infer::generate(*model, {prefix}, o, {});
+  std::vector<int32_t> all = prefix;
+  all.insert(all.end(), out[0].begin(), out[0].end());
+  EXPECT_EQ(all, expect);
+}
+
+INSTANTIATE_TEST_SUITE_P(HfTiny, Golden, testing::Values("mixtral", "qwen3_moe"));
+
+class Engine : public testing::TestWithParam<std::string> {};
+
+TEST_P(Engine, KVCacheDecodeEqualsFullRecomputation) {
+  SKIP_WITHOUT_TINY(GetParam());
+  auto model = Model::load(tiny_dir(GetParam()).string());
+  const int64_t V = model->spec().vocab;
+  std::mt19937_64 rng(kSeed);
+  const auto ids = random_ids(rng, 24, V);
+  const auto full = full_logits(*model, ids);
+  // Prefill 9, then one token at a time; also a chunk of 5 in the middle.
+  KVCache c = model->new_cache();
+  std::vector<float> logits;
+  int64_t at = 0;
+  for (int64_t n : {9, 1, 1, 5, 1, 1, 1, 1, 1, 1, 1, 1}) {
+    std::vector<Model::Chunk> chunks = {{&c, std::span<const int32_t>(ids.data() + at, size_t(n))}};
+    model->forward(chunks, false, logits);
+    at += n;
+    double err = 0, scale = 0;
+    for (int64_t j = 0; j < V; ++j) {
+      err = std::max(err, double(std::abs(logits[size_t(j)] - full[size_t((at - 1) * V + j)])));
+      scale = std::max(scale, double(std::abs(full[size_t((at - 1) * V + j)])));
+    }
+    EXPECT_LT(err, 1e-5 * scale + 1e-7) << "position " << at - 1;
+  }
+  EXPECT_EQ(at, 24);
+  EXPECT_EQ(c.length, 24);
+}
+
+TEST_P(Engine, BatchedSequencesEqualTheSequencesRunAlone) {
+  SKIP_WITHOUT_TINY(GetParam());
+  auto model = Model::load(tiny_dir(GetParam()).string());
+  const int64_t V = model->spec().vocab;
+  std::mt19937_64 rng(kSeed + 1);
+  std::vector<std::vector<int32_t>> seqs;
+  for (int64_t n : {7, 1, 13, 4}) seqs.push_back(random_ids(rng, n, V));
+  std::vector<KVCache> caches;
+  for (size_t i = 0; i < seqs.size(); ++i) caches.push_back(model->new_cache());
+  // Sequence 3 already has a prefix in its cache: a decode step batched with prefills.
+  const auto prefix = random_ids(rng, 6, V);
+  std::vector<Model::Chunk> first = {{&caches[3], prefix}};
+  std::vector<float> logits;
+  model->forward(first, false, logits);
+  std::vector<Model::Chunk> chunks;
+  for (size_t i = 0; i < seqs.size(); ++i) chunks.push_back({&caches[i], seqs[i]});
+  model->forward(chunks, true, logits);
+  int64_t row = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    std::vector<int32_t> alone_ids = seqs[i];
+    if (i == 3) alone_ids.insert(alone_ids.begin(), prefix.begin(), prefix.end());
+    const auto alone = full_logits(*model, alone_ids);
+    const int64_t skip = i == 3 ? int64_t(prefix.size()) : 0;
+    for (size_t t = 0; t < seqs[i].size(); ++t, ++row)
+      for (int64_t j = 0; j < V; ++j)
+        ASSERT_NEAR(logits[size_t(row * V + j)], alone[size_t((skip + int64_t(t)) * V + j)], 1e-5)
+            << "sequence " << i << " token " << t;
+  }
+}
+
+TEST_P(Engine, ShardedBf16F16AndConfigFormsLoadTheSameModel) {
+  SKIP_WITHOUT_TINY(GetParam());
+  const fs::path src = tiny_dir(GetParam());
+  ScratchDir dir;
+  const auto weights = switchyard::read_safetensors((src / "model.safetensors").string());
+  std::mt19937_64 rng(kSeed + 2);
+  const auto ids = random_ids(rng, 12, 512);
+  // Each dtype: the same weights rounded to it, stored as F32 (one file) and as the dtype in three
+  // shards with an index; both must give identical logits.
+  for (const switchyard::DType dtype :
+       {switchyard::DType::F32, switchyard::DType::BF16, switchyard::DType::F16}) {
+    const std::string name = switchyard::dtype_name(dtype);
+    switchyard::SafetensorsFile rounded, narrow;
+    for (const auto& [tensor, data] : weights.tensors) {
+      std::vector<float> v = data.to_f32(tensor);
+      switchyard::TensorData t = switchyard::TensorData::from_f32(data.shape, v);
+      if (dtype != switchyard::DType::F32) {
+        t.dtype = dtype;
+        t.bytes.resize(v.size() * 2);
+        for (size_t i = 0; i < v.size(); ++i) {
+          uint16_t bits = 0;
+          if (dtype == switchyard::DType::BF16) {
+            const uint32_t u = std::bit_cast<uint32_t>(v[i]);
+            bits = uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);  // round to nearest even
+          } else {
+            bits = std::bit_cast<uint16_t>(static_cast<_Float16>(v[i]));
+          }
+          std::memcpy(t.bytes.data() + 2 * i, &bits, 2);
+        }
+        std::vector<float> back(v.size());
+        switchyard::convert_to_f32(dtype, t.bytes.data(), v.size(), back.data());
+        v = back;
+      }
+      narrow.tensors[tensor] = t;
+      rounded.tensors[tensor] = switchyard::TensorData::from_f32(data.shape, v);
+    }
+    const fs::path one = dir.root() / (name + "-one"), sharded = dir.root() / (name + "-sharded");
+    fs::create_directories(one);
+    fs::create_directories(sharded);
+    fs::copy_file(src / "config.json", one / "config.json");
+    switchyard::write_safetensors((one / "model.safetensors").string(), rounded);
+    // transformers 4.x config form in the sharded copy: rope_theta at the top level.
+    json config = read_json(src / "config.json");
+    config["rope_theta"] = config["rope_parameters"]["rope_theta"];
+    config.erase("rope_parameters");
+    dir.write((sharded / "config.json").string(), config.dump(2));
+    std::vector<switchyard::SafetensorsFile> shards(3);
+    json map = json::object();
+    size_t i = 0;
+    for (const auto& [tensor, data] : narrow.tensors) {
+      const size_t s = i++ % 3;
+      shards[s].tensors[tensor] = data;
+      map[tensor] = fmt::format("model-{:05d}-of-00003.safetensors", s + 1);
+    }
+    for (size_t s = 0; s < 3; ++s)
+      switchyard::write_safetensors(
+          (sharded / fmt::format("model-{:05d}-of-00003.safetensors", s + 1)).string(), shards[s]);
+    dir.write((sharded / "model.safetensors.index.json").string(),
+              json{{"metadata", {{"total_size", 0}}}, {"weight_map", map}}.dump());
+    auto a = Model::load(one.string());
+    auto b = Model::load(sharded.string());
+    EXPECT_EQ(full_logits(*a, ids), full_logits(*b, ids)) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(HfTiny, Engine, testing::Values("mixtral", "qwen3_moe"));
+
+TEST(Sampling, GreedyTopKTopPAndTheSeed) {
+  using switchyard::infer::Sampler;
+  std::vector<float> logits = {0.1f, 2.0f, -1.0f, 2.0f, 0.5f};
+  EXPECT_EQ(Sampler({}).sample(logits.data(), 5), 1);  // first of equal maxima
+  Sampler top1({1.0, 1, 1.0, 7});
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(top1.sample(logits.data(), 5), 1);
+  Sampler nucleus({1.0, 0, 0.4, 7});  // the top token alone holds 0.4 of the mass
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(nucleus.sample(logits.data(), 5), 1);
+  Sampler a({0.7, 0, 0.95, 3}), b({0.7, 0, 0.95, 3});
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(a.sample(logits.data(), 5), b.sample(logits.data(), 5));
+  // Frequencies follow softmax(logits / T): 20000 draws, each within 5 standard deviations.
+  Sampler s({2.0, 0, 1.0, kSeed});
+  std::vector<int> count(5, 0);
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) ++count[size_t(s.sample(logits.data(), 5))];
+  double z = 0;
+  for (float l : logits) z += std::exp(l / 2.0);
+  for (int j = 0; j < 5; ++j) {
+    const double p = std::exp(logits[size_t(j)] / 2.0) / z;
+    EXPECT_NEAR(count[size_t(j)] / double(n), p, 5 * std::sqrt(p * (1 - p) / n)) << j;
+  }
+  // top_k = 2: only the two tied maxima are ever drawn.
+  Sampler k2({5.0, 2, 1.0, kSeed});
+  for (int i = 0; i < 200; ++i) EXPECT_THAT(k2.sample(logits.data(), 5), testing::AnyOf(1, 3));
+}
+
+TEST(Generate, StopsAtAStopTokenAndKeepsIt) {
+  SKIP_WITHOUT_TINY("mixtral");
+  auto model = Model::load(tiny_dir("mixtral").string());
+  const json g = read_json(tiny_dir("mixtral") / "golden.json");
+  const auto prefix = g["generate_prefix"][0].get<std::vector<int32_t>>();
+  const auto expect = g["generate"][0].get<std::vector<int32_t>>();
+  switchyard::infer::GenerateOptions o;
+  o.max_new_tokens = 8;
+  o.stop_ids = {expect[prefix.size() + 2]};  // the third generated token
+  std::vector<int32_t> streamed;
+  const auto out =
+      switchyard::infer::generate(*model, {prefix, prefix}, o, [&](size_t s, int32_t id) {
+        if (s == 0) streamed.push_back(id);
+      });
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0], std::vector<int32_t>(expect.begin() + long(prefix.size()),
+                                         expect.begin() + long(prefix.size()) + 3));
+  EXPECT_EQ(out[1], out[0]);
+  EXPECT_EQ(streamed, out[0]);
+}
+
+// ---- Bad and corrupted folders: an Error naming the file, the tensor or the field. ----
+
+class BadFolder : public testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(tiny_dir("mixtral") / "golden.json"))
+      GTEST_SKIP() << "transformers goldens absent at " << tiny_dir("mixtral").string();
+    folder = dir.root() / "m";
+    fs::create_directories(folder);
+    fs::copy_file(tiny_dir("mixtral") / "config.json", folder / "config.json");
+    fs::copy_file(tiny_dir("mixtral") / "model.safetensors", folder / "model.safetensors");
+    config = read_json(folder / "config.json");
+    weights = switchyard::read_safetensors((folder / "model.safetensors").string());
+  }
+  void write_config() { dir.write((folder / "config.json").string(), config.dump()); }
+  void write_weights() {
+    switchyard::write_safetensors((folder / "model.safetensors").string(), weights);
+  }
+  void expect_error(const std::vector<std::string>& parts) {
+    try {
+      Model::load(folder.string());
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      for (const auto& p : parts) EXPECT_THAT(e.what(), HasSubstr(p));
+    }
+  }
+  ScratchDir dir;
+  fs::path folder;
+  json config;
+  switchyard::SafetensorsFile weights;
+};
+
+TEST_F(BadFolder, MissingExtraMisShapedAndWrongDtypeTensors) {
+  const std::string gate = "model.layers.1.block_sparse_moe.gate.weight";
+  const auto keep = weights.tensors[gate];
+  weights.tensors.erase(gate);
+  write_weights();
+  expect_error({"model.safetensors", gate, "missing"});
+  weights.tensors[gate] = switchyard::TensorData::from_f32({7, 64}, std::vector<float>(7 * 64));
+  write_weights();
+  expect_error({"model.safetensors", gate, "[7, 64]", "[8, 64]"});
+  weights.tensors[gate] = switchyard::TensorData::from_i64({8, 64}, std::vector<int64_t>(8 * 64));
+  write_weights();
+  expect_error({gate, "I64"});
+  weights.tensors[gate] = keep;
+  weights.tensors["model.layers.0.mlp.mystery.weight"] =
+      switchyard::TensorData::from_f32({2}, {1, 2});
+  write_weights();
+  expect_error({"model.layers.0.mlp.mystery.weight", "not a weight of MixtralForCausalLM"});
+}
+
+TEST_F(BadFolder, ConfigValues) {
+  config["architectures"] = {"GPTNeoXForCausalLM"};
+  write_config();
+  expect_error({"config.json", "architectures", "GPTNeoXForCausalLM", "MixtralForCausalLM"});
+  config["architectures"] = {"MixtralForCausalLM"};
+  config["hidden_act"] = "gelu";
+  write_config();
+  expect_error({"config.json", "hidden_act", "gelu"});
+  config["hidden_act"] = "silu";
+  config["rope_parameters"]["rope_type"] = "longrope";
+  write_config();
+  expect_error({"config.json", "rope_type", "longrope"});
+  config["rope_parameters"]["rope_type"] = "default";
+  config["num_key_value_heads"] = 3;
+  write_config();
+  expect_error({"config.json", "num_key_value_heads", "3"});
+  config["num_key_value_heads"] = 2;
+  config["num_experts_per_tok"] = 9;
+  write_config();
+  expect_error({"config.json", "num_experts_per_tok", "9"});
+  config["num_experts_per_tok"] = "two";
+  write_config();
+  expect_error({"config.json", "num_experts_per_tok", "integer"});
+  dir.write((folder / "config.json").string(), "{\"architectures\": [\"MixtralForCausalLM\"");
+  expect_error({"config.json"});
+  fs::remove(folder / "config.json");
+  expect_error({"config.json", "not found"});
+}
+
+TEST_F(BadFolder, TruncatedAndCorruptedShards) {
+  const std::string path = (folder / "model.safetensors").string();
+  const auto bytes = switchyard::read_file_bytes(path);
+  // Cut at several places: inside the size field, the header, the data.
+  for (size_t cut : {size_t(3), size_t(200), bytes.size() / 2, bytes.size() - 1}) {
+    switchyard::write_file_atomic(path, std::span<const uint8_t>(bytes.data(), cut));
+    expect_error({"model.safetensors"});
+  }
+  // Random byte flips in the header: an error or a model, never a crash.
+  std::mt19937_64 rng(kSeed + 3);
+  for (int trial = 0; trial < 40; ++trial) {
+    auto copy = bytes;
+    for (int f = 0; f < 3; ++f) copy[8 + rng() % 600] ^= uint8_t(1u << (rng() % 8));
+    switchyard::write_file_atomic(path, copy);
+    try {
+      Model::load(folder.string());
+    } catch (const Error&) {
+    }
+  }
+}
+
+TEST_F(BadFolder, IndexNamingAMissingFileOrTheWrongShard) {
+  fs::rename(folder / "model.safetensors", folder / "model-00001-of-00001.safetensors");
+  json map = json::object();
+  for (const auto& [tensor, data] : weights.tensors)
+    map[tensor] = "model-00001-of-00001.safetensors";
+  map["model.norm.weight"] = "model-00002-of-00002.safetensors";
+  dir.write((folder / "model.safetensors.index.json").string(), json{{"weight_map", map}}.dump());
+  expect_error({"model.safetensors.index.json", "model-00002-of-00002.safetensors"});
+  map.erase("model.norm.weight");
+  dir.write((folder / "model.safetensors.index.json").string(), json{{"weight_map", map}}.dump());
+  expect_error({"model.safetensors.index.json", "model.norm.weight", "not in 'weight_map'"});
+  dir.write((folder / "model.safetensors.index.json").string(), "{\"weight_map\": 3}");
+  expect_error({"model.safetensors.index.json", "weight_map"});
+}
+
+}  // namespace
