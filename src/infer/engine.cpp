@@ -20,10 +20,13 @@ namespace {
 using Buffer = std::vector<float>;
 
 struct LayerWeights {
-  Buffer attn_norm, ffn_norm;           // (d)
-  Buffer wq, wk, wv, wo;                // (H Dq, d), (Hkv Dq, d), (Hkv Dv, d), (d, H Dv)
-  Buffer bq, bk, bv;                    // biases or empty
-  Buffer q_norm, k_norm;                // (Dq) per head or (H Dq) whole, or empty
+  Buffer attn_norm, ffn_norm;  // (d)
+  Buffer wq, wk, wv, wo;       // (H Dq, d), (Hkv Dq, d), (Hkv Dv, d), (d, H Dv)
+  Buffer bq, bk, bv;           // biases or empty
+  Buffer q_norm, k_norm;       // (Dq) per head or (H Dq) whole, or empty
+  // Latent attention: q_a (Rq, d), q_a_norm (Rq), q_b (H Dq, Rq); kv_a (Rkv + rope, d),
+  // kv_a_norm (Rkv), kv_b (H (nope + Dv), Rkv).
+  Buffer q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b;
   Buffer dense_w1, dense_w3, dense_w2;  // (Fd, d), (Fd, d), (d, Fd)
   // MoE.
   Buffer gate, gate_bias;                               // (E, d), (E) or empty
@@ -35,7 +38,7 @@ struct LayerWeights {
 
 // Scratch of one forward call, kept across calls.
 struct Scratch {
-  Buffer h, a, q, k, v, att, o, ffn, ffn_h, shared, shared_gate;
+  Buffer h, a, q, k, v, att, o, ffn, ffn_h, shared, shared_gate, lat, ckv, kvb;
 };
 
 }  // namespace
@@ -52,6 +55,7 @@ struct Model::Impl {
   void load_weights(const Checkpoint& ckpt);
   void attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
                  const std::vector<int64_t>& pos);
+  void latent_projections(const LayerWeights& w, int64_t N);
 };
 
 Model::Model() : impl_(std::make_unique<Impl>()) {}
@@ -87,10 +91,20 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
     LayerWeights& w = layers[size_t(l)];
     read(n.attn_norm, l, {d}, w.attn_norm);
     read(n.ffn_norm, l, {d}, w.ffn_norm);
-    read(n.q, l, {H * Dq, d}, w.wq);
-    read(n.k, l, {Hkv * Dq, d}, w.wk);
-    read(n.v, l, {Hkv * Dv, d}, w.wv);
+    read_if(n.q, l, {H * Dq, d}, w.wq);
+    read_if(n.k, l, {Hkv * Dq, d}, w.wk);
+    read_if(n.v, l, {Hkv * Dv, d}, w.wv);
     read(n.o, l, {d, H * Dv}, w.wo);
+    if (m.attention == AttentionKind::Latent) {
+      if (m.q_lora_rank > 0) {
+        read(n.q_a, l, {m.q_lora_rank, d}, w.q_a);
+        read(n.q_a_norm, l, {m.q_lora_rank}, w.q_a_norm);
+        read(n.q_b, l, {H * Dq, m.q_lora_rank}, w.q_b);
+      }
+      read(n.kv_a, l, {m.kv_lora_rank + m.rope_dim, d}, w.kv_a);
+      read(n.kv_a_norm, l, {m.kv_lora_rank}, w.kv_a_norm);
+      read(n.kv_b, l, {H * (m.qk_nope_dim + Dv), m.kv_lora_rank}, w.kv_b);
+    }
     read_if(n.q_bias, l, {H * Dq}, w.bq);
     read_if(n.k_bias, l, {Hkv * Dq}, w.bk);
     read_if(n.v_bias, l, {Hkv * Dv}, w.bv);
@@ -168,10 +182,44 @@ int64_t Model::active_parameter_count() const {
   const ModelSpec& m = impl_->spec;
   int64_t active = impl_->params - int64_t(impl_->embed.size());
   if (m.tie_embeddings) active += int64_t(impl_->embed.size());  // the head reads it
-  const int64_t k = impl_->router.value("k", int64_t(1));
+  const int64_t k = impl_->router.is_object() ? impl_->router.value("k", int64_t(1)) : 0;
   for (const LayerWeights& w : impl_->layers)
     if (w.moe) active -= (m.experts - std::min(k, m.experts)) * 3 * m.expert_ff * m.d;
   return active;
+}
+
+// DeepSeek's latent attention, decompressed per head: q (N, H, nope + rope) from the q LoRA
+// (or q_proj), keys [kv_b(norm(c))_nope | the shared rotary key] and values kv_b(norm(c))_v.
+// The RoPE of the rotary parts comes after, with every other architecture's.
+void Model::Impl::latent_projections(const LayerWeights& w, int64_t N) {
+  const ModelSpec& m = spec;
+  const int64_t d = m.d, H = m.n_heads, Dq = m.q_head_dim(), Dv = m.v_dim();
+  const int64_t Rq = m.q_lora_rank, Rkv = m.kv_lora_rank, nope = m.qk_nope_dim;
+  constexpr double kLoraNormEps = 1e-6;  // DeepSeek's q_a/kv_a norms keep their own default
+  if (Rq > 0) {
+    s.lat.resize(size_t(N * Rq));
+    blocks::linear(N, d, Rq, s.a.data(), w.q_a.data(), nullptr, s.lat.data());
+    blocks::rmsnorm(N, Rq, s.lat.data(), w.q_a_norm.data(), kLoraNormEps, s.lat.data());
+    blocks::linear(N, Rq, H * Dq, s.lat.data(), w.q_b.data(), nullptr, s.q.data());
+  } else {
+    blocks::linear(N, d, H * Dq, s.a.data(), w.wq.data(), nullptr, s.q.data());
+  }
+  s.ckv.resize(size_t(N * (Rkv + m.rope_dim)));  // (N, Rkv + rope)
+  blocks::linear(N, d, Rkv + m.rope_dim, s.a.data(), w.kv_a.data(), nullptr, s.ckv.data());
+  s.lat.resize(size_t(N * Rkv));
+  for (int64_t r = 0; r < N; ++r)
+    blocks::rmsnorm(1, Rkv, s.ckv.data() + r * (Rkv + m.rope_dim), w.kv_a_norm.data(), kLoraNormEps,
+                    s.lat.data() + r * Rkv);
+  s.kvb.resize(size_t(N * H * (nope + Dv)));  // (N, H, nope + Dv)
+  blocks::linear(N, Rkv, H * (nope + Dv), s.lat.data(), w.kv_b.data(), nullptr, s.kvb.data());
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* src = s.kvb.data() + (r * H + h) * (nope + Dv);
+      float* k = s.k.data() + (r * H + h) * Dq;
+      std::copy_n(src, nope, k);
+      std::copy_n(s.ckv.data() + r * (Rkv + m.rope_dim) + Rkv, m.rope_dim, k + nope);
+      std::copy_n(src + nope, Dv, s.v.data() + (r * H + h) * Dv);
+    }
 }
 
 void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
@@ -182,15 +230,16 @@ void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
   s.q.resize(size_t(N * H * Dq));
   s.k.resize(size_t(N * Hkv * Dq));
   s.v.resize(size_t(N * Hkv * Dv));
-  blocks::linear(N, d, H * Dq, s.a.data(), w.wq.data(), w.bq.empty() ? nullptr : w.bq.data(),
-                 s.q.data());
-  blocks::linear(N, d, Hkv * Dq, s.a.data(), w.wk.data(), w.bk.empty() ? nullptr : w.bk.data(),
-                 s.k.data());
-  blocks::linear(N, d, Hkv * Dv, s.a.data(), w.wv.data(), w.bv.empty() ? nullptr : w.bv.data(),
-                 s.v.data());
-  if (m.clip_qkv > 0)
-    for (Buffer* b : {&s.q, &s.k, &s.v})
-      for (float& x : *b) x = std::clamp(x, float(-m.clip_qkv), float(m.clip_qkv));
+  if (m.attention == AttentionKind::Latent) {
+    latent_projections(w, N);
+  } else {
+    blocks::linear(N, d, H * Dq, s.a.data(), w.wq.data(), w.bq.empty() ? nullptr : w.bq.data(),
+                   s.q.data());
+    blocks::linear(N, d, Hkv * Dq, s.a.data(), w.wk.data(), w.bk.empty() ? nullptr : w.bk.data(),
+                   s.k.data());
+    blocks::linear(N, d, Hkv * Dv, s.a.data(), w.wv.data(), w.bv.empty() ? nullptr : w.bv.data(),
+                   s.v.data());
+  }
   if (m.qk_norm == QKNorm::Full) {
     blocks::rmsnorm(N, H * Dq, s.q.data(), w.q_norm.data(), m.norm_eps, s.q.data());
     blocks::rmsnorm(N, Hkv * Dq, s.k.data(), w.k_norm.data(), m.norm_eps, s.k.data());
@@ -198,6 +247,10 @@ void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
     blocks::rmsnorm(N * H, Dq, s.q.data(), w.q_norm.data(), m.norm_eps, s.q.data());
     blocks::rmsnorm(N * Hkv, Dq, s.k.data(), w.k_norm.data(), m.norm_eps, s.k.data());
   }
+  // OLMoE clips after the norms.
+  if (m.clip_qkv > 0)
+    for (Buffer* b : {&s.q, &s.k, &s.v})
+      for (float& x : *b) x = std::clamp(x, float(-m.clip_qkv), float(m.clip_qkv));
   const int64_t rope_off = Dq - m.rope_dim;  // latent attention rotates the tail of each head
   apply_rope(rope, N, H, H * Dq, Dq, pos.data(), s.q.data() + rope_off);
   apply_rope(rope, N, Hkv, Hkv * Dq, Dq, pos.data(), s.k.data() + rope_off);

@@ -9,6 +9,7 @@ const std::vector<ArchitectureEntry>& architecture_registry() {
       {"Qwen2MoeForCausalLM", parse_qwen2_moe},
       {"Qwen3MoeForCausalLM", parse_qwen3_moe},
       {"OlmoeForCausalLM", parse_olmoe},
+      {"DeepseekV3ForCausalLM", parse_deepseek_v3},
       {"LlamaForCausalLM", [](const HFConfig& c) { return parse_dense(c, "LlamaForCausalLM"); }},
       {"MistralForCausalLM",
        [](const HFConfig& c) { return parse_dense(c, "MistralForCausalLM"); }},
