@@ -69,8 +69,11 @@ int run_llm_serve(const std::string& config_path);
 
 // `switchyard forward`, `generate` (infer_commands.cpp): a Hugging Face model folder.
 struct InferFlags {
-  std::string model;   // the folder (config.json, *.safetensors)
-  std::string router;  // a layer.json object replacing the MoE layers' routing rule
+  std::string model;    // the folder (config.json, *.safetensors)
+  std::string router;   // a layer.json object replacing the MoE layers' routing rule
+  std::string routing;  // routing.json (include/switchyard/infer/routing_control.h)
+  int64_t k = 0;        // experts per token in every MoE layer (0 = the checkpoint's)
+  std::vector<int64_t> disabled_experts;
 };
 struct GenerateFlags {
   std::string ids, format = "text";

@@ -1,7 +1,9 @@
 // `switchyard forward`, `generate`: a Hugging Face checkpoint through the inference engine.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <switchyard/config.h>
 #include <switchyard/error.h>
+#include <switchyard/file_util.h>
 #include <switchyard/infer/engine.h>
 #include <switchyard/infer/generate.h>
 #include <switchyard/safetensors.h>
@@ -17,9 +19,32 @@ using nlohmann::json;
 
 namespace {
 
+// --routing FILE first, then the flags on top of it.
 infer::LoadOptions load_options(const InferFlags& flags) {
   infer::LoadOptions o;
-  if (!flags.router.empty()) o.router = parse_json_strict(flags.router, "--router");
+  json routing = json::object();
+  std::vector<std::string> sources;
+  if (!flags.routing.empty()) {
+    routing = parse_json_strict(read_file_text(flags.routing), flags.routing);
+    if (!routing.is_object()) fail("{}: routing overrides must be a JSON object", flags.routing);
+    sources.push_back(flags.routing);
+  }
+  if (!flags.router.empty()) {
+    routing["router"] = parse_json_strict(flags.router, "--router");
+    sources.push_back("--router");
+  }
+  if (flags.k > 0) {
+    routing["k"] = flags.k;
+    sources.push_back("--k");
+  }
+  if (!flags.disabled_experts.empty()) {
+    routing["disabled_experts"] = flags.disabled_experts;
+    sources.push_back("--disable-experts");
+  }
+  if (!sources.empty()) {
+    o.routing = routing;
+    o.routing_source = fmt::format("{}", fmt::join(sources, " + "));
+  }
   return o;
 }
 

@@ -158,6 +158,13 @@ int main(int argc, char** argv) {
     cmd->add_option("--model", infer_flags.model, "Hugging Face model folder")->required();
     cmd->add_option("--router", infer_flags.router,
                     "routing rule for every MoE layer, a layer.json object (docs/inference.md)");
+    cmd->add_option("--routing", infer_flags.routing,
+                    "routing overrides, global or per layer (routing.json, docs/inference.md)");
+    cmd->add_option("--k", infer_flags.k, "experts per token in every MoE layer")
+        ->check(CLI::PositiveNumber);
+    cmd->add_option("--disable-experts", infer_flags.disabled_experts,
+                    "expert ids to take out of every MoE layer (pruning), comma separated")
+        ->delimiter(',');
   };
   std::string forward_in, forward_out;
   auto* forward = app.add_subcommand("forward", "Logits and router logits of a HF checkpoint");

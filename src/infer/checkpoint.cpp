@@ -145,12 +145,18 @@ DType Checkpoint::main_dtype() const {
   return best;
 }
 
-void Checkpoint::read_f32(const std::string& name, const std::vector<int64_t>& shape,
-                          float* dst) const {
+void Checkpoint::skip(const std::string& name, const std::vector<int64_t>& shape) const {
   const CheckpointTensor& t = tensor(name);
   if (t.shape != shape)
     fail("{}: tensor '{}' has shape [{}], the config needs [{}]", file_of(name), name,
          fmt::join(t.shape, ", "), fmt::join(shape, ", "));
+  read_.insert(name);
+}
+
+void Checkpoint::read_f32(const std::string& name, const std::vector<int64_t>& shape,
+                          float* dst) const {
+  skip(name, shape);
+  const CheckpointTensor& t = tensor(name);
   if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16)
     fail("{}: tensor '{}' has dtype {}; weights must be F32, BF16 or F16", file_of(name), name,
          dtype_name(t.dtype));
@@ -158,7 +164,6 @@ void Checkpoint::read_f32(const std::string& name, const std::vector<int64_t>& s
   convert_to_f32(t.dtype, t.data, count, dst);
   const MappedFile& file = *files_[size_t(t.file)];
   file.release(uint64_t(t.data - file.data()), t.bytes);
-  read_.insert(name);
 }
 
 std::vector<float> Checkpoint::read_f32(const std::string& name,

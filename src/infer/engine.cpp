@@ -34,6 +34,8 @@ struct LayerWeights {
   Buffer shared_w1, shared_w3, shared_w2, shared_gate;  // (Fs, d), (Fs, d), (d, Fs), (1, d)
   std::unique_ptr<MoELayer> moe;
   MoECache moe_cache;
+  int64_t moe_index = -1;
+  std::vector<int32_t> expert_ids;  // (E kept) checkpoint id of each expert the layer holds
 };
 
 // Scratch of one forward call, kept across calls.
@@ -48,14 +50,17 @@ struct Model::Impl {
   RopeTable rope;
   Buffer embed, final_norm, lm_head;  // (V, d), (d), (V, d) or empty when tied
   std::vector<LayerWeights> layers;
-  nlohmann::json router;  // the routing rule the MoE layers run
+  std::vector<LayerRouting> routing;  // per MoE layer
   Scratch s;
   int64_t params = 0;
 
+  std::string routing_source;
+  int64_t moe_count = 0;
   void load_weights(const Checkpoint& ckpt);
   void attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
                  const std::vector<int64_t>& pos);
   void latent_projections(const LayerWeights& w, int64_t N);
+  void record(const LayerWeights& w, int64_t N, ForwardCapture& capture);
 };
 
 Model::Model() : impl_(std::make_unique<Impl>()) {}
@@ -119,16 +124,42 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
       read(n.dense_w2, l, {d, m.dense_ff}, w.dense_w2);
       continue;
     }
-    const int64_t E = m.experts, F = m.expert_ff;
-    read(n.router, l, {E, d}, w.gate);
-    read_if(n.router_bias, l, {E}, w.gate_bias);
+    w.moe_index = moe_count++;
+    const LayerRouting& routing_l = routing[size_t(w.moe_index)];
+    const int64_t F = m.expert_ff;
+    for (int32_t e = 0; e < int32_t(m.experts); ++e)
+      if (!std::binary_search(routing_l.disabled.begin(), routing_l.disabled.end(), e))
+        w.expert_ids.push_back(e);
+    const int64_t E = int64_t(w.expert_ids.size());
+    // The gate and bias rows of the experts kept; a disabled expert is not in the layer at all.
+    const Buffer gate = ckpt.read_f32(tensor_name(n.router, l), {m.experts, d});
+    Buffer bias = n.router_bias.empty() ? Buffer(size_t(m.experts), 0.0f)
+                                        : ckpt.read_f32(tensor_name(n.router_bias, l), {m.experts});
+    params += int64_t(gate.size()) + (n.router_bias.empty() ? 0 : m.experts);
+    if (!routing_l.selection_bias.empty())
+      for (int64_t e = 0; e < m.experts; ++e)
+        bias[size_t(e)] += routing_l.selection_bias[size_t(e)];
+    for (int32_t e : w.expert_ids) {
+      w.gate.insert(w.gate.end(), gate.begin() + e * d, gate.begin() + (e + 1) * d);
+      if (!n.router_bias.empty() || !routing_l.selection_bias.empty())
+        w.gate_bias.push_back(bias[size_t(e)]);
+    }
     w.w1.resize(size_t(E * F * d));
     w.w3.resize(size_t(E * F * d));
     w.w2.resize(size_t(E * d * F));
-    for (int64_t e = 0; e < E; ++e) {
-      ckpt.read_f32(tensor_name(n.expert_w1, l, e), {F, d}, w.w1.data() + e * F * d);
-      ckpt.read_f32(tensor_name(n.expert_w3, l, e), {F, d}, w.w3.data() + e * F * d);
-      ckpt.read_f32(tensor_name(n.expert_w2, l, e), {d, F}, w.w2.data() + e * d * F);
+    for (int32_t e = 0, i = 0; e < int32_t(m.experts); ++e) {
+      const std::string n1 = tensor_name(n.expert_w1, l, e), n3 = tensor_name(n.expert_w3, l, e),
+                        n2 = tensor_name(n.expert_w2, l, e);
+      if (i >= E || w.expert_ids[size_t(i)] != e) {
+        ckpt.skip(n1, {F, d});
+        ckpt.skip(n3, {F, d});
+        ckpt.skip(n2, {d, F});
+        continue;
+      }
+      ckpt.read_f32(n1, {F, d}, w.w1.data() + i * F * d);
+      ckpt.read_f32(n3, {F, d}, w.w3.data() + i * F * d);
+      ckpt.read_f32(n2, {d, F}, w.w2.data() + i * d * F);
+      ++i;
     }
     params += 3 * E * F * d;
     if (m.shared_ff > 0) {
@@ -137,13 +168,20 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
       read(n.shared_w2, l, {d, m.shared_ff}, w.shared_w2);
       read_if(n.shared_gate, l, {1, d}, w.shared_gate);
     }
-    json layer = router;
+    json layer = routing_l.router;
     layer["activation"] = "swiglu";
-    const LayerConfig config = parse_layer_config(layer, m.source + " [MoE layer router]");
+    const std::string context = fmt::format("{} [MoE layer {}]", routing_source, w.moe_index);
+    const LayerConfig config = parse_layer_config(layer, context);
     w.moe = std::make_unique<MoELayer>(config, MoEShape{d, E, F, 0});
+    w.moe->router().check_shape(E, context);
     if (w.moe->num_router_outputs() != E)
-      fail("{}: router '{}' needs {} gate outputs but the checkpoint's gate has {} experts",
-           m.source, config.router, w.moe->num_router_outputs(), E);
+      fail("{}: router '{}' needs {} gate outputs but the layer has {} experts", context,
+           config.router, w.moe->num_router_outputs(), E);
+    if (!w.gate_bias.empty() && w.moe->router().params().value("router", "") != "topk")
+      fail(
+          "{}: router '{}' does not read a selection bias ('bias', or the checkpoint's "
+          "e_score_correction_bias); use a top-k router",
+          context, config.router);
     if (!w.moe->router().traits().needs_gate) w.gate.clear();
   }
 }
@@ -153,7 +191,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   std::unique_ptr<Model> model(new Model());
   Impl& m = *model->impl_;
   m.spec = load_model_spec(dir);
-  m.router = options.router.is_null() ? m.spec.router : options.router;
+  m.routing_source = options.routing_source;
+  m.routing = resolve_routing(m.spec, options.routing, options.routing_source);
   m.rope = make_rope_table(m.spec.rope, m.spec.rope_dim, m.spec.rope_layout, m.spec.source);
   const Checkpoint ckpt = Checkpoint::open(dir);
   m.load_weights(ckpt);
@@ -182,9 +221,12 @@ int64_t Model::active_parameter_count() const {
   const ModelSpec& m = impl_->spec;
   int64_t active = impl_->params - int64_t(impl_->embed.size());
   if (m.tie_embeddings) active += int64_t(impl_->embed.size());  // the head reads it
-  const int64_t k = impl_->router.is_object() ? impl_->router.value("k", int64_t(1)) : 0;
-  for (const LayerWeights& w : impl_->layers)
-    if (w.moe) active -= (m.experts - std::min(k, m.experts)) * 3 * m.expert_ff * m.d;
+  for (const LayerWeights& w : impl_->layers) {
+    if (!w.moe) continue;
+    const int64_t E = int64_t(w.expert_ids.size());
+    const int64_t k = impl_->routing[size_t(w.moe_index)].router.value("k", int64_t(1));
+    active -= (E - std::min(k, E)) * 3 * m.expert_ff * m.d;
+  }
   return active;
 }
 
@@ -273,6 +315,31 @@ void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
   for (int64_t i = 0; i < N * d; ++i) s.h[size_t(i)] += s.o[size_t(i)];
 }
 
+// Router logits and decisions in checkpoint expert ids.
+void Model::Impl::record(const LayerWeights& w, int64_t N, ForwardCapture& capture) {
+  const int64_t E = int64_t(w.expert_ids.size());
+  if (capture.router_logits) {
+    std::vector<float> full(size_t(N * spec.experts), -INFINITY);
+    const std::vector<float>& z = w.moe_cache.logits;  // (N, R), R ≥ E
+    const int64_t R = int64_t(z.size()) / N;
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t e = 0; e < E; ++e)
+        full[size_t(r * spec.experts + w.expert_ids[size_t(e)])] = z[size_t(r * R + e)];
+    capture.logits.push_back(std::move(full));
+  }
+  if (capture.decisions) {
+    const RoutingPlan& plan = w.moe_cache.plan;
+    LayerDecisions d;
+    for (size_t a = 0; a < plan.size(); ++a)
+      if (plan.kept[a] && plan.expert[a] < E) {
+        d.row.push_back(plan.token[a]);
+        d.expert.push_back(w.expert_ids[size_t(plan.expert[a])]);
+        d.weight.push_back(plan.weight[a]);
+      }
+    capture.routing.push_back(std::move(d));
+  }
+}
+
 void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<float>& logits,
                     ForwardCapture* capture) {
   Impl& m = *impl_;
@@ -308,7 +375,10 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
   s.a.resize(size_t(N * d));
   for (int64_t r = 0; r < N; ++r)
     std::copy_n(m.embed.data() + ids[size_t(r)] * d, d, s.h.data() + r * d);
-  if (capture) capture->logits.clear();
+  if (capture) {
+    capture->logits.clear();
+    capture->routing.clear();
+  }
   for (int64_t l = 0; l < spec.n_layers; ++l) {
     LayerWeights& w = m.layers[size_t(l)];
     blocks::rmsnorm(N, d, s.h.data(), w.attn_norm.data(), spec.norm_eps, s.a.data());
@@ -332,7 +402,7 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
       batch.token_ids = ids.data();
       batch.seq_lens = seq_lens;
       w.moe->forward(p, batch, w.moe_cache, s.ffn.data());
-      if (capture && capture->router_logits) capture->logits.push_back(w.moe_cache.logits);
+      if (capture) m.record(w, N, *capture);
       if (spec.shared_ff > 0) {
         // The always-on shared expert, scaled by sigmoid(gate · x) where the model has a gate.
         s.shared.resize(size_t(N * d));

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <set>
 
 #include "../scratch_dir.h"
 
@@ -409,3 +410,166 @@ TEST_F(BadFolder, IndexNamingAMissingFileOrTheWrongShard) {
 }
 
 }  // namespace
+
+// ---- Routing control at inference ----
+
+namespace routing_tests {
+
+using switchyard::infer::ForwardCapture;
+using switchyard::infer::LoadOptions;
+
+ForwardCapture capture_forward(Model& m, const std::vector<int32_t>& ids,
+                               std::vector<float>& logits) {
+  KVCache c = m.new_cache();
+  std::vector<Model::Chunk> chunks = {{&c, ids}};
+  ForwardCapture cap;
+  cap.router_logits = cap.decisions = true;
+  m.forward(chunks, true, logits, &cap);
+  return cap;
+}
+
+LoadOptions with(const json& routing) {
+  LoadOptions o;
+  o.routing = routing;
+  o.routing_source = "test routing";
+  return o;
+}
+
+TEST(RoutingControl, TheCheckpointsOwnRuleGivesTheSameLogits) {
+  SKIP_WITHOUT_TINY("qwen3_moe");
+  const std::string dir = tiny_dir("qwen3_moe").string();
+  auto base = Model::load(dir);
+  auto same = Model::load(dir, with({{"router", base->spec().router}}));
+  std::mt19937_64 rng(kSeed + 4);
+  const auto ids = random_ids(rng, 11, 512);
+  EXPECT_EQ(full_logits(*base, ids), full_logits(*same, ids));
+}
+
+// Per token and layer: exactly k distinct experts, none disabled, and the weights the
+// renormalised softmax of the chosen logits (Qwen3-MoE's rule with norm_topk_prob).
+TEST(RoutingControl, KAndDisabledExpertsKeepTheRoutingInvariants) {
+  SKIP_WITHOUT_TINY("qwen3_moe");
+  const json routing = {
+      {"k", 3}, {"disabled_experts", {0, 5, 11}}, {"layers", {{"1", {{"k", 2}}}}}};
+  auto m = Model::load(tiny_dir("qwen3_moe").string(), with(routing));
+  std::mt19937_64 rng(kSeed + 5);
+  const auto ids = random_ids(rng, 20, 512);
+  std::vector<float> logits;
+  const ForwardCapture cap = capture_forward(*m, ids, logits);
+  ASSERT_EQ(cap.routing.size(), 2u);
+  for (size_t l = 0; l < 2; ++l) {
+    const size_t k = l == 0 ? 3 : 2;
+    const auto& d = cap.routing[l];
+    const auto& z = cap.logits[l];  // (T, 16), -inf where disabled
+    for (int32_t t = 0; t < 20; ++t) {
+      std::vector<int32_t> chosen;
+      double denom = 0, wsum = 0;
+      for (size_t a = 0; a < d.row.size(); ++a)
+        if (d.row[a] == t) {
+          chosen.push_back(d.expert[a]);
+          denom += std::exp(double(z[size_t(t * 16 + d.expert[a])]));
+        }
+      std::set<int32_t> distinct(chosen.begin(), chosen.end());
+      ASSERT_EQ(chosen.size(), k) << "layer " << l << " token " << t;
+      EXPECT_EQ(distinct.size(), k);
+      for (int32_t e : {0, 5, 11}) EXPECT_FALSE(distinct.count(e)) << e;
+      for (int e : {0, 5, 11}) EXPECT_TRUE(std::isinf(z[size_t(t * 16 + e)]));
+      // The chosen are the k largest of the live logits.
+      double kth = INFINITY;
+      for (int32_t e : chosen) kth = std::min(kth, double(z[size_t(t * 16 + e)]));
+      for (int e = 0; e < 16; ++e)
+        if (!distinct.count(e)) {
+          EXPECT_LE(z[size_t(t * 16 + e)], kth);
+        }
+      for (size_t a = 0; a < d.row.size(); ++a)
+        if (d.row[a] == t) {
+          EXPECT_NEAR(d.weight[a], std::exp(double(z[size_t(t * 16 + d.expert[a])])) / denom, 1e-6);
+          wsum += d.weight[a];
+        }
+      EXPECT_NEAR(wsum, 1.0, 1e-6);
+    }
+  }
+}
+
+// Disabling experts in the engine equals deleting them from the checkpoint.
+TEST(RoutingControl, DisabledExpertsEqualAPrunedCheckpoint) {
+  SKIP_WITHOUT_TINY("mixtral");
+  const fs::path src = tiny_dir("mixtral");
+  ScratchDir dir;
+  const fs::path pruned = dir.root() / "pruned";
+  fs::create_directories(pruned);
+  const std::set<int> gone = {2, 6};
+  auto w = switchyard::read_safetensors((src / "model.safetensors").string());
+  switchyard::SafetensorsFile out;
+  for (auto& [name, t] : w.tensors) {
+    const auto at = name.find(".experts.");
+    if (at != std::string::npos) {
+      const int e = std::stoi(name.substr(at + 9));
+      if (gone.count(e)) continue;
+      const int renumbered =
+          e - int(std::count_if(gone.begin(), gone.end(), [&](int g) { return g < e; }));
+      const auto dot = name.find('.', at + 9);
+      out.tensors[name.substr(0, at + 9) + std::to_string(renumbered) + name.substr(dot)] = t;
+    } else if (name.find("gate.weight") != std::string::npos) {
+      const auto v = t.to_f32(name);
+      std::vector<float> kept;
+      for (int e = 0; e < 8; ++e)
+        if (!gone.count(e)) kept.insert(kept.end(), v.begin() + e * 64, v.begin() + (e + 1) * 64);
+      out.tensors[name] = switchyard::TensorData::from_f32({6, 64}, kept);
+    } else {
+      out.tensors[name] = t;
+    }
+  }
+  switchyard::write_safetensors((pruned / "model.safetensors").string(), out);
+  json config = read_json(src / "config.json");
+  config["num_local_experts"] = 6;
+  dir.write((pruned / "config.json").string(), config.dump());
+  auto a = Model::load(src.string(), with({{"disabled_experts", {2, 6}}}));
+  auto b = Model::load(pruned.string());
+  std::mt19937_64 rng(kSeed + 6);
+  const auto ids = random_ids(rng, 15, 512);
+  const auto la = full_logits(*a, ids), lb = full_logits(*b, ids);
+  ASSERT_EQ(la.size(), lb.size());
+  for (size_t i = 0; i < la.size(); ++i) ASSERT_NEAR(la[i], lb[i], 1e-6) << i;
+  EXPECT_LT(a->parameter_count(), Model::load(src.string())->parameter_count());
+}
+
+TEST(RoutingControl, BadOverridesNameTheField) {
+  SKIP_WITHOUT_TINY("qwen3_moe");
+  const std::string dir = tiny_dir("qwen3_moe").string();
+  auto expect_error = [&](const json& routing, const std::vector<std::string>& parts) {
+    try {
+      Model::load(dir, with(routing));
+      ADD_FAILURE() << "no error for " << routing.dump();
+    } catch (const Error& e) {
+      for (const auto& p : parts) EXPECT_THAT(e.what(), HasSubstr(p)) << routing.dump();
+    }
+  };
+  expect_error({{"kk", 2}}, {"test routing", "kk"});
+  expect_error({{"k", 0}}, {"test routing", "'k'", "0"});
+  expect_error({{"disabled_experts", {16}}}, {"disabled_experts", "16"});
+  expect_error({{"disabled_experts", {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}}},
+               {"k = 4", "3 are left"});
+  expect_error({{"layers", {{"2", {{"k", 1}}}}}}, {"layers.2", "[0, 2)"});
+  expect_error({{"bias", {1, 2}}}, {"bias", "16 numbers"});
+  expect_error({{"router", {{"router", "expert_choice"}}}, {"bias", std::vector<float>(16, 0.f)}},
+               {"expert_choice", "selection bias"});
+  expect_error({{"router", {{"router", "nope"}}}}, {"test routing", "nope"});
+}
+
+TEST(RoutingControl, ASelectionBiasSteersTheChoice) {
+  SKIP_WITHOUT_TINY("qwen3_moe");
+  std::vector<float> bias(16, 0.0f);
+  bias[7] = 100.0f;  // expert 7 always chosen, its weight still from the unbiased scores
+  auto m = Model::load(tiny_dir("qwen3_moe").string(), with({{"bias", bias}}));
+  std::mt19937_64 rng(kSeed + 7);
+  std::vector<float> logits;
+  const ForwardCapture cap = capture_forward(*m, random_ids(rng, 9, 512), logits);
+  for (const auto& d : cap.routing) {
+    int sevens = 0;
+    for (int32_t e : d.expert) sevens += e == 7;
+    EXPECT_EQ(sevens, 9);
+  }
+}
+
+}  // namespace routing_tests

@@ -60,6 +60,8 @@ class Checkpoint {
   // Converts tensor `name` into dst (float32), checking that its shape is `shape`; marks it read.
   void read_f32(const std::string& name, const std::vector<int64_t>& shape, float* dst) const;
   std::vector<float> read_f32(const std::string& name, const std::vector<int64_t>& shape) const;
+  // Checks the shape of a tensor the model does not use (a disabled expert) and marks it read.
+  void skip(const std::string& name, const std::vector<int64_t>& shape) const;
   // Tensors never read: a checkpoint with extra tensors is an error after loading.
   std::vector<std::string> unread() const;
 

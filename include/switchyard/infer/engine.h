@@ -4,6 +4,7 @@
 #pragma once
 
 #include <switchyard/infer/model_spec.h>
+#include <switchyard/infer/routing_control.h>
 
 #include <cstdint>
 #include <memory>
@@ -20,15 +21,26 @@ struct KVCache {
   std::vector<std::vector<float>> k, v;
 };
 
+// The kept routing decisions of one MoE layer in one forward call, expert ids as in the
+// checkpoint (disabled experts never appear).
+struct LayerDecisions {
+  std::vector<int32_t> row, expert;  // (A) token row in the call, expert
+  std::vector<float> weight;         // (A) combine weight
+};
+
 // What a forward call records besides the logits, per MoE layer (counting MoE layers from 0).
 struct ForwardCapture {
   bool router_logits = false;
-  std::vector<std::vector<float>> logits;  // per MoE layer: (rows, R) the gate's pre-activations
+  bool decisions = false;
+  // Per MoE layer: (rows, E) the gate's pre-activations; -inf for disabled experts.
+  std::vector<std::vector<float>> logits;
+  std::vector<LayerDecisions> routing;
 };
 
 struct LoadOptions {
-  // Replaces every MoE layer's routing rule (a layer.json object); null = the checkpoint's.
-  nlohmann::json router;
+  // Routing overrides (routing_control.h); null = the checkpoint's routing everywhere.
+  nlohmann::json routing;
+  std::string routing_source = "routing overrides";  // for messages
 };
 
 class Model {
@@ -39,6 +51,7 @@ class Model {
   ~Model();
 
   const ModelSpec& spec() const;
+  const std::vector<LayerRouting>& routing() const;  // per MoE layer, as resolved
   KVCache new_cache() const;
 
   struct Chunk {
