@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh release
+# Test-only npm references (tokenizers, chat templates) into build/npm.
+bash scripts/install-npm-deps.sh
 # The default corpus (seconds to build) so that its loader test runs on the real data too.
 bash scripts/build-corpus.sh > /dev/null
 export SWITCHYARD_CORPUS_DIR="$PWD/data/corpus"
