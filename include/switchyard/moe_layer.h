@@ -50,6 +50,9 @@ struct MoEBatch {
   const int64_t* token_ids = nullptr;     // (T), hash routers
   std::vector<int64_t> seq_lens;          // sums to T; empty = one sequence
   const double* global_counts = nullptr;  // (R) earlier micro-batches' counts (global-batch loss)
+  // Replay of recorded routing: (T, forced_k) expert ids per token, -1 = none (RouterInput).
+  const int32_t* forced_experts = nullptr;
+  int64_t forced_k = 0;
 };
 
 struct RoutingStats {

@@ -23,6 +23,7 @@ struct RouterTraits {
   bool pooled_per_sequence = false;  // SMEAR: one route per sequence from the mean input
   bool has_passthrough = false;      // BASE: y += (1 - α) x
   bool supports_losses = true;       // balance / z / entropy losses are meaningful
+  bool supports_forced = false;      // can route to given experts (RouterInput::forced)
   ScoreKind score = ScoreKind::Softmax;
   double jitter = 0.0;  // multiplicative input noise U[1-ε, 1+ε] in training
 };
@@ -37,6 +38,10 @@ struct RouterInput {
   const float* uniform = nullptr;      // (T) U[0,1) draws for random policies
   std::vector<std::pair<int64_t, int64_t>> groups;
   bool training = false;
+  // Replay: (T, forced_k) expert ids each token must be routed to (-1 = none); the router keeps
+  // its own weight rule over them. Only routers whose traits say supports_forced read it.
+  const int32_t* forced = nullptr;
+  int64_t forced_k = 0;
 };
 
 // Assignments are listed group by group, each group in priority order (earlier = kept first when

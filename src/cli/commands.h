@@ -74,9 +74,13 @@ struct InferFlags {
   std::string routing;  // routing.json (include/switchyard/infer/routing_control.h)
   int64_t k = 0;        // experts per token in every MoE layer (0 = the checkpoint's)
   std::vector<int64_t> disabled_experts;
+  std::string trace, label;  // --trace TRACE.safetensors; --label names the input (a domain)
+  bool trace_logits = false;
+  std::string replay;  // forward: route with the experts of a trace
 };
 struct GenerateFlags {
-  std::string ids, format = "text";
+  std::string ids, prompt, system, format = "text";
+  bool chat = false;
   int64_t max_new_tokens = 64, top_k = 0;
   double temperature = 0.0, top_p = 1.0;
   uint64_t seed = 0;
@@ -85,5 +89,11 @@ struct GenerateFlags {
 // in: `input_ids` int64 (B, T); out: `logits` (B, T, V), `router_logits.i` (B·T, R) per MoE layer.
 int run_forward(const InferFlags& flags, const std::string& in_path, const std::string& out_path);
 int run_generate(const InferFlags& flags, const GenerateFlags& gen);
+// `switchyard ppl`: perplexity of a text file in windows of `context` tokens (0 = the default).
+int run_ppl(const InferFlags& flags, const std::string& text_path, int64_t context);
+// The routing overrides of --routing and the flags (null when none); `source` names them.
+nlohmann::json routing_overrides(const InferFlags& flags, std::string& source);
+// `switchyard export-gguf` (export_gguf_command.cpp): the folder as GGUF for llama.cpp.
+int run_export_gguf(const InferFlags& flags, const std::string& out_path, const std::string& dtype);
 
 }  // namespace switchyard::cli

@@ -166,16 +166,29 @@ int main(int argc, char** argv) {
                     "expert ids to take out of every MoE layer (pruning), comma separated")
         ->delimiter(',');
   };
+  auto add_trace_flags = [&](CLI::App* cmd) {
+    cmd->add_option("--trace", infer_flags.trace,
+                    "write the routing of every token to TRACE.safetensors (+ TRACE.json)");
+    cmd->add_flag("--trace-logits", infer_flags.trace_logits, "also the router logits");
+    cmd->add_option("--label", infer_flags.label, "a label for the input (e.g. its domain)");
+  };
   std::string forward_in, forward_out;
   auto* forward = app.add_subcommand("forward", "Logits and router logits of a HF checkpoint");
   add_model_flags(forward);
   forward->add_option("--in", forward_in, "safetensors with input_ids int64 (B, T)")->required();
   forward->add_option("--out", forward_out, "safetensors: logits, router_logits.i")->required();
+  add_trace_flags(forward);
+  forward->add_option("--replay", infer_flags.replay,
+                      "route with the experts of a trace (weights from the live logits)");
 
   cli::GenerateFlags gen;
   auto* generate = app.add_subcommand("generate", "Generate from a HF checkpoint (KV cache)");
   add_model_flags(generate);
+  add_trace_flags(generate);
   generate->add_option("--ids", gen.ids, "prompt token ids, comma separated");
+  generate->add_option("--prompt", gen.prompt, "prompt text (tokenizer.json of the model)");
+  generate->add_flag("--chat", gen.chat, "render the prompt with the model's chat template");
+  generate->add_option("--system", gen.system, "system message for --chat");
   generate->add_option("--max-new-tokens", gen.max_new_tokens, "tokens to generate")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   generate->add_option("--temperature", gen.temperature, "0 = greedy")
@@ -187,6 +200,14 @@ int main(int argc, char** argv) {
   generate->add_flag("--ignore-eos", gen.ignore_eos, "do not stop at the end-of-sequence token");
   generate->add_option("--format", gen.format, "text (streamed) or json ({\"ids\": [...]})")
       ->check(CLI::IsMember({"text", "json"}));
+
+  std::string ppl_text;
+  int64_t ppl_context = 0;
+  auto* ppl = app.add_subcommand("ppl", "Perplexity of a HF checkpoint on a text file");
+  add_model_flags(ppl);
+  ppl->add_option("--text", ppl_text, "UTF-8 text file")->required();
+  ppl->add_option("--context", ppl_context, "window in tokens (default min(positions, 1024))")
+      ->check(CLI::NonNegativeNumber);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -207,6 +228,7 @@ int main(int argc, char** argv) {
     if (*report) return switchyard::cli::run_report(report_runs, report_out);
     if (*forward) return cli::run_forward(infer_flags, forward_in, forward_out);
     if (*generate) return cli::run_generate(infer_flags, gen);
+    if (*ppl) return cli::run_ppl(infer_flags, ppl_text, ppl_context);
     if (*llm_eval) return cli::run_llm_eval(llm_data, eval_flags);
     if (*llm_train) return cli::run_llm_train(llm_data, train_flags);
     if (*llm_route) return cli::run_llm_route(route_flags);

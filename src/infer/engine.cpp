@@ -56,11 +56,15 @@ struct Model::Impl {
 
   std::string routing_source;
   int64_t moe_count = 0;
+  double kept_assignments = 0;  // over all MoE layers and tokens run so far
+  int64_t moe_rows = 0;         // tokens × MoE layers run so far
   void load_weights(const Checkpoint& ckpt);
   void attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
                  const std::vector<int64_t>& pos);
   void latent_projections(const LayerWeights& w, int64_t N);
   void record(const LayerWeights& w, int64_t N, ForwardCapture& capture);
+  std::vector<int32_t> forced_ids(const LayerWeights& w, const ForwardReplay& replay,
+                                  int64_t N) const;
 };
 
 Model::Model() : impl_(std::make_unique<Impl>()) {}
@@ -68,6 +72,9 @@ Model::~Model() = default;
 
 const ModelSpec& Model::spec() const {
   return impl_->spec;
+}
+const std::vector<LayerRouting>& Model::routing() const {
+  return impl_->routing;
 }
 
 void Model::Impl::load_weights(const Checkpoint& ckpt) {
@@ -221,11 +228,14 @@ int64_t Model::active_parameter_count() const {
   const ModelSpec& m = impl_->spec;
   int64_t active = impl_->params - int64_t(impl_->embed.size());
   if (m.tie_embeddings) active += int64_t(impl_->embed.size());  // the head reads it
+  const double measured = experts_per_token();
   for (const LayerWeights& w : impl_->layers) {
     if (!w.moe) continue;
-    const int64_t E = int64_t(w.expert_ids.size());
-    const int64_t k = impl_->routing[size_t(w.moe_index)].router.value("k", int64_t(1));
-    active -= (E - std::min(k, E)) * 3 * m.expert_ff * m.d;
+    const double E = double(w.expert_ids.size());
+    const double k = std::isnan(measured)
+                         ? double(impl_->routing[size_t(w.moe_index)].router.value("k", int64_t(1)))
+                         : measured;
+    active -= int64_t(std::llround((E - std::min(k, E)) * 3.0 * double(m.expert_ff * m.d)));
   }
   return active;
 }
@@ -262,6 +272,19 @@ void Model::Impl::latent_projections(const LayerWeights& w, int64_t N) {
       std::copy_n(s.ckv.data() + r * (Rkv + m.rope_dim) + Rkv, m.rope_dim, k + nope);
       std::copy_n(src + nope, Dv, s.v.data() + (r * H + h) * Dv);
     }
+}
+
+double Model::experts_per_token() const {
+  return impl_->moe_rows > 0 ? impl_->kept_assignments / double(impl_->moe_rows) : NAN;
+}
+
+double Model::flops_per_token(int64_t context) const {
+  const ModelSpec& m = impl_->spec;
+  // Norm weights are elementwise, not matrix products; the few hundred thousand are noise.
+  double flops = 2.0 * double(active_parameter_count());
+  flops += double(m.n_layers) * 2.0 * double(m.n_heads) * double(m.q_head_dim() + m.v_dim()) *
+           double(context);
+  return flops;
 }
 
 void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
@@ -315,6 +338,29 @@ void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
   for (int64_t i = 0; i < N * d; ++i) s.h[size_t(i)] += s.o[size_t(i)];
 }
 
+// A replay's checkpoint expert ids as the layer's own (a disabled expert cannot be replayed).
+std::vector<int32_t> Model::Impl::forced_ids(const LayerWeights& w, const ForwardReplay& replay,
+                                             int64_t N) const {
+  const std::vector<int32_t>& ids = replay.ids.at(size_t(w.moe_index));
+  if (int64_t(ids.size()) != N * replay.k)
+    fail("replay: MoE layer {} has {} expert ids for {} rows of {}", w.moe_index, ids.size(), N,
+         replay.k);
+  std::vector<int32_t> local(size_t(spec.experts), -1);
+  for (size_t i = 0; i < w.expert_ids.size(); ++i) local[size_t(w.expert_ids[i])] = int32_t(i);
+  std::vector<int32_t> out(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0) {
+      out[i] = -1;
+      continue;
+    }
+    if (ids[i] >= spec.experts || local[size_t(ids[i])] < 0)
+      fail("replay: MoE layer {} routes to expert {}, which this model does not hold", w.moe_index,
+           ids[i]);
+    out[i] = local[size_t(ids[i])];
+  }
+  return out;
+}
+
 // Router logits and decisions in checkpoint expert ids.
 void Model::Impl::record(const LayerWeights& w, int64_t N, ForwardCapture& capture) {
   const int64_t E = int64_t(w.expert_ids.size());
@@ -341,7 +387,7 @@ void Model::Impl::record(const LayerWeights& w, int64_t N, ForwardCapture& captu
 }
 
 void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<float>& logits,
-                    ForwardCapture* capture) {
+                    ForwardCapture* capture, const ForwardReplay* replay) {
   Impl& m = *impl_;
   const ModelSpec& spec = m.spec;
   const int64_t d = spec.d, V = spec.vocab;
@@ -401,7 +447,15 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
       batch.x = s.a.data();
       batch.token_ids = ids.data();
       batch.seq_lens = seq_lens;
-      w.moe->forward(p, batch, w.moe_cache, s.ffn.data());
+      std::vector<int32_t> forced;
+      if (replay) {
+        forced = m.forced_ids(w, *replay, N);
+        batch.forced_experts = forced.data();
+        batch.forced_k = replay->k;
+      }
+      const RoutingStats& stats = w.moe->forward(p, batch, w.moe_cache, s.ffn.data());
+      m.kept_assignments += stats.experts_per_token * double(N);
+      m.moe_rows += N;
       if (capture) m.record(w, N, *capture);
       if (spec.shared_ff > 0) {
         // The always-on shared expert, scaled by sigmoid(gate · x) where the model has a gate.

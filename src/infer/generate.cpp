@@ -67,6 +67,14 @@ std::vector<std::vector<int32_t>> generate(Model& model,
   std::vector<bool> live(S, options.max_new_tokens > 0);
   std::vector<float> logits;
   std::vector<Model::Chunk> chunks;
+  ForwardCapture capture;
+  capture.decisions = options.capture_decisions;
+  capture.router_logits = options.capture_router_logits;
+  auto run = [&](const std::vector<size_t>& seqs) {
+    model.forward(chunks, false, logits, options.on_forward ? &capture : nullptr);
+    if (options.on_forward)
+      options.on_forward(chunks, std::vector<int64_t>(seqs.begin(), seqs.end()), capture);
+  };
   auto emit = [&](const std::vector<size_t>& seqs) {
     for (size_t j = 0; j < seqs.size(); ++j) {
       const size_t i = seqs[j];
@@ -86,7 +94,7 @@ std::vector<std::vector<int32_t>> generate(Model& model,
     seqs.push_back(i);
     if (stats) stats->prompt_tokens += int64_t(prompts[i].size());
   }
-  model.forward(chunks, false, logits);
+  run(seqs);
   emit(seqs);
   auto t1 = Clock::now();
   if (stats) stats->prefill_seconds += std::chrono::duration<double>(t1 - t0).count();
@@ -99,7 +107,7 @@ std::vector<std::vector<int32_t>> generate(Model& model,
         seqs.push_back(i);
       }
     if (chunks.empty()) break;
-    model.forward(chunks, false, logits);
+    run(seqs);
     emit(seqs);
   }
   if (stats) {

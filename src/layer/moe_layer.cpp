@@ -137,6 +137,17 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
     if (check_weights) check_finite("shared.w2", p.shared_w2, s.d * s.Fs, s.Fs);
     if (p.shared_w3 && check_weights) check_finite("shared.w3", p.shared_w3, s.Fs * s.d, s.d);
   }
+  if (batch.forced_experts) {
+    if (!traits.supports_forced)
+      fail(
+          "moe_layer: router '{}' cannot replay recorded routing (forced experts); use a top-k "
+          "router",
+          config_.router);
+    for (int64_t i = 0; i < batch.T * batch.forced_k; ++i)
+      if (batch.forced_experts[i] < -1 || batch.forced_experts[i] >= s.E)
+        fail("moe_layer: forced expert {} at token {} is not an expert id in [0, {})",
+             batch.forced_experts[i], i / batch.forced_k, s.E);
+  }
   if (traits.needs_token_ids) {
     if (!batch.token_ids)
       fail("moe_layer: router '{}' needs token_ids (T = {})", config_.router, batch.T);
@@ -274,7 +285,9 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
                  batch.token_ids,
                  c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
                  c.groups,
-                 config_.training};
+                 config_.training,
+                 batch.forced_experts,
+                 batch.forced_k};
   router_->route(in, c.plan);
   RoutingPlan& plan = c.plan;
 
@@ -497,7 +510,9 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
                  batch.token_ids,
                  c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
                  c.groups,
-                 config_.training};
+                 config_.training,
+                 batch.forced_experts,
+                 batch.forced_k};
   router_->backward(in, plan, d_weight.data(), d_pass.empty() ? nullptr : d_pass.data(),
                     d_logits.data());
   LossInput li{c.logits.data(),    T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),

@@ -44,6 +44,7 @@ class TopKRouter final : public Router {
       fail("{}: groups = {} cannot be combined with null_experts = {}", context, groups_,
            null_experts_);
     traits_.batch_dependent = capacity_factor_ > 0.0;
+    traits_.supports_forced = null_experts_ == 0;
   }
 
   const RouterTraits& traits() const override { return traits_; }
@@ -94,6 +95,9 @@ class TopKRouter final : public Router {
 
   void route(const RouterInput& in, RoutingPlan& plan) const override {
     const int64_t R = in.R, E = in.E;
+    if (in.forced && in.forced_k > k_)
+      fail("topk router: replaying {} experts per token needs k >= {}, got k = {}", in.forced_k,
+           in.forced_k, k_);
     plan.clear();
     plan.saved.assign(size_t(in.T), 0.0f);  // per-token normaliser of the weights
     plan.selection_counts.assign(size_t(R), 0.0);
@@ -110,8 +114,14 @@ class TopKRouter final : public Router {
         compute_scores(traits_.score, in.logits + t * R, R, s.data());
         for (int64_t j = 0; j < R; ++j)
           sel[size_t(j)] = s[size_t(j)] + (in.bias && j < E ? in.bias[j] : 0.0);
-        if (groups_ > 1) restrict_to_best_groups(sel.data(), E);
-        top_k_indices(sel.data(), R, k_, top);
+        if (in.forced) {  // replay: the recorded experts, weighed by this router's rule
+          top.clear();
+          for (int64_t r = 0; r < in.forced_k; ++r)
+            if (const int32_t e = in.forced[t * in.forced_k + r]; e >= 0) top.push_back(e);
+        } else {
+          if (groups_ > 1) restrict_to_best_groups(sel.data(), E);
+          top_k_indices(sel.data(), R, k_, top);
+        }
         double norm = 0.0;
         for (int32_t e : top)
           if (e < E) norm += s[size_t(e)];

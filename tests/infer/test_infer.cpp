@@ -8,6 +8,7 @@
 #include <switchyard/file_util.h>
 #include <switchyard/infer/engine.h>
 #include <switchyard/infer/generate.h>
+#include <switchyard/infer/trace.h>
 #include <switchyard/safetensors.h>
 
 #include <bit>
@@ -573,3 +574,158 @@ TEST(RoutingControl, ASelectionBiasSteersTheChoice) {
 }
 
 }  // namespace routing_tests
+
+// ---- Traces and replay ----
+
+namespace trace_tests {
+
+using switchyard::infer::ForwardCapture;
+using switchyard::infer::LoadOptions;
+using switchyard::infer::RoutingTrace;
+using switchyard::infer::TraceRecorder;
+
+LoadOptions with(const json& routing) {
+  LoadOptions o;
+  o.routing = routing;
+  o.routing_source = "test routing";
+  return o;
+}
+
+// Forward of B sequences as one batch, recording a trace when `recorder` is given.
+std::vector<float> run(Model& m, const std::vector<std::vector<int32_t>>& seqs,
+                       TraceRecorder* recorder, const RoutingTrace* replay) {
+  std::vector<KVCache> caches;
+  for (size_t i = 0; i < seqs.size(); ++i) caches.push_back(m.new_cache());
+  std::vector<Model::Chunk> chunks;
+  std::vector<int64_t> sequence;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    chunks.push_back({&caches[i], seqs[i]});
+    sequence.push_back(int64_t(i));
+  }
+  ForwardCapture cap;
+  cap.decisions = cap.router_logits = recorder != nullptr;
+  switchyard::infer::ForwardReplay rows;
+  if (replay) rows = switchyard::infer::replay_rows(*replay, chunks, sequence, "test trace");
+  std::vector<float> logits;
+  m.forward(chunks, true, logits, &cap, replay ? &rows : nullptr);
+  if (recorder) recorder->add(chunks, sequence, cap);
+  return logits;
+}
+
+TEST(Trace, GenerateRecordsEveryTokenAndRoundTrips) {
+  SKIP_WITHOUT_TINY("mixtral");
+  auto m = Model::load(tiny_dir("mixtral").string());
+  TraceRecorder recorder(*m, true);
+  switchyard::infer::GenerateOptions o;
+  o.max_new_tokens = 6;
+  o.capture_decisions = o.capture_router_logits = true;
+  o.on_forward = [&](std::span<const Model::Chunk> chunks, const std::vector<int64_t>& seq,
+                     const ForwardCapture& cap) { recorder.add(chunks, seq, cap); };
+  const std::vector<int32_t> a = {5, 9, 11, 300}, b = {7, 8};
+  const auto out = switchyard::infer::generate(*m, {a, b}, o, {});
+  const RoutingTrace t = recorder.finish("tiny", {"prose", "code"});
+  // Every token fed to the model: the prompt and all generated tokens but the last.
+  EXPECT_EQ(t.size(), int64_t(a.size() + b.size() + 2 * 5));
+  EXPECT_EQ(t.layers, 2);
+  EXPECT_EQ(t.k, 2);
+  for (int64_t s : {0, 1}) {
+    std::vector<int64_t> tokens;
+    std::vector<int64_t> positions;
+    for (int64_t n = 0; n < t.size(); ++n)
+      if (t.sequences[size_t(n)] == s) {
+        tokens.push_back(t.tokens[size_t(n)]);
+        positions.push_back(t.positions[size_t(n)]);
+      }
+    std::vector<int64_t> want(s == 0 ? a.begin() : b.begin(), s == 0 ? a.end() : b.end());
+    want.insert(want.end(), out[size_t(s)].begin(), out[size_t(s)].end() - 1);
+    EXPECT_EQ(tokens, want);
+    for (size_t i = 0; i < positions.size(); ++i) EXPECT_EQ(positions[i], int64_t(i));
+  }
+  for (int64_t n = 0; n < t.size(); ++n)
+    for (int64_t l = 0; l < 2; ++l) {
+      const float w0 = t.weights[size_t((n * 2 + l) * 2)],
+                  w1 = t.weights[size_t((n * 2 + l) * 2 + 1)];
+      EXPECT_NEAR(w0 + w1, 1.0f, 1e-6);
+      EXPECT_NE(t.ids[size_t((n * 2 + l) * 2)], t.ids[size_t((n * 2 + l) * 2 + 1)]);
+    }
+  ScratchDir dir;
+  const std::string path = dir.path("t.safetensors");
+  switchyard::infer::write_trace(path, t);
+  const RoutingTrace back = switchyard::infer::read_trace(path);
+  EXPECT_EQ(back.ids, t.ids);
+  EXPECT_EQ(back.weights, t.weights);
+  EXPECT_EQ(back.logits, t.logits);
+  EXPECT_EQ(back.tokens, t.tokens);
+  EXPECT_EQ(back.meta, t.meta);
+  EXPECT_EQ(back.meta["labels"], json({"prose", "code"}));
+}
+
+// Replaying a trace gives the logits of the run that recorded it: on the same model, and, for a
+// run with experts disabled, on the full model (top-k's renormalised weights over the same
+// experts are the same numbers).
+TEST(Trace, ReplayReproducesTheRecordedRun) {
+  SKIP_WITHOUT_TINY("qwen3_moe");
+  const std::string dir = tiny_dir("qwen3_moe").string();
+  std::mt19937_64 rng(kSeed + 8);
+  const std::vector<std::vector<int32_t>> seqs = {random_ids(rng, 9, 512), random_ids(rng, 5, 512)};
+  auto pruned = Model::load(dir, with({{"disabled_experts", {1, 4, 9}}}));
+  TraceRecorder recorder(*pruned, false);
+  const auto want = run(*pruned, seqs, &recorder, nullptr);
+  const RoutingTrace t = recorder.finish(dir);
+  auto full = Model::load(dir);
+  const auto replayed = run(*full, seqs, nullptr, &t);
+  ASSERT_EQ(replayed.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(replayed[i], want[i], 1e-6) << i;
+  EXPECT_GT(std::abs(run(*full, seqs, nullptr, nullptr)[0] - want[0]) +
+                std::abs(run(*full, seqs, nullptr, nullptr)[100] - want[100]),
+            0.0f);  // the replay is not simply the full model's own routing
+  // A token that differs from the recorded one is refused.
+  auto other = seqs;
+  other[1][2] = (other[1][2] + 1) % 512;
+  EXPECT_THAT([&] { run(*full, other, nullptr, &t); },
+              testing::ThrowsMessage<Error>(HasSubstr("sequence 1 position 2 was token")));
+  // A router that cannot weigh given experts is refused.
+  auto ec = Model::load(dir, with({{"router", {{"router", "expert_choice"}}}}));
+  EXPECT_THAT([&] { run(*ec, seqs, nullptr, &t); },
+              testing::ThrowsMessage<Error>(HasSubstr("cannot replay")));
+  // A model without the recorded experts is refused.
+  auto fewer = Model::load(dir, with({{"disabled_experts", {0, 2, 3, 5, 6, 7, 8, 10, 11, 12}}}));
+  try {
+    run(*fewer, seqs, nullptr, &t);
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("does not hold"));
+  }
+}
+
+TEST(Trace, CorruptedTracesAreNamedErrors) {
+  SKIP_WITHOUT_TINY("mixtral");
+  auto m = Model::load(tiny_dir("mixtral").string());
+  TraceRecorder recorder(*m, false);
+  std::mt19937_64 rng(kSeed + 9);
+  run(*m, {random_ids(rng, 4, 512)}, &recorder, nullptr);
+  ScratchDir dir;
+  const std::string path = dir.path("t.safetensors");
+  switchyard::infer::write_trace(path, recorder.finish("tiny"));
+  EXPECT_THROW(switchyard::infer::write_trace(dir.path("t.bin"), recorder.finish("tiny")), Error);
+  auto file = switchyard::read_safetensors(path);
+  const auto original = file.tensors["experts"];
+  auto ids = original;
+  reinterpret_cast<int32_t*>(ids.bytes.data())[3] = 99;
+  file.tensors["experts"] = ids;
+  switchyard::write_safetensors(path, file);
+  EXPECT_THAT([&] { switchyard::infer::read_trace(path); },
+              testing::ThrowsMessage<Error>(AllOf(HasSubstr("experts"), HasSubstr("99"))));
+  file.tensors["experts"] = original;
+  file.tensors.erase("weights");
+  switchyard::write_safetensors(path, file);
+  EXPECT_THAT([&] { switchyard::infer::read_trace(path); },
+              testing::ThrowsMessage<Error>(HasSubstr("'weights' is missing")));
+  dir.write("t.json", "{\"format\": \"other\"}");
+  EXPECT_THAT([&] { switchyard::infer::read_trace(path); },
+              testing::ThrowsMessage<Error>(HasSubstr("format")));
+  std::filesystem::remove(dir.path("t.json"));
+  EXPECT_THAT([&] { switchyard::infer::read_trace(path); },
+              testing::ThrowsMessage<Error>(HasSubstr("metadata file is missing")));
+}
+
+}  // namespace trace_tests

@@ -37,6 +37,13 @@ struct ForwardCapture {
   std::vector<LayerDecisions> routing;
 };
 
+// Replay: the experts each row of one forward call is routed to, per MoE layer (rows, k) in
+// checkpoint ids, -1 = none; the layer's router weighs them with its own rule (top-k routers).
+struct ForwardReplay {
+  int64_t k = 0;
+  std::vector<std::vector<int32_t>> ids;
+};
+
 struct LoadOptions {
   // Routing overrides (routing_control.h); null = the checkpoint's routing everywhere.
   nlohmann::json routing;
@@ -61,11 +68,17 @@ class Model {
   // Runs the chunks as one batch and appends their keys and values to their caches. logits:
   // (rows, V) with a row per token when all_logits, else one per chunk (its last token).
   void forward(std::span<const Chunk> chunks, bool all_logits, std::vector<float>& logits,
-               ForwardCapture* capture = nullptr);
+               ForwardCapture* capture = nullptr, const ForwardReplay* replay = nullptr);
 
   int64_t parameter_count() const;
-  // Per token: embeddings excluded, the experts a token is routed to (k) counted.
+  // Per token: embeddings excluded, the experts a token is routed to counted: the mean measured
+  // over the tokens run so far (routers with a variable count), else each rule's k.
   int64_t active_parameter_count() const;
+  // Mean routed experts per token per MoE layer over the tokens run so far (NaN before any).
+  double experts_per_token() const;
+  // Forward FLOPs of one token at `context` positions: 2 per active weight of the matrix
+  // products, plus attention's 2 · heads · (q head dim + v head dim) · context per layer.
+  double flops_per_token(int64_t context) const;
 
  private:
   Model();

@@ -34,6 +34,12 @@ struct GenerateOptions {
   int64_t max_new_tokens = 128;
   std::vector<int64_t> stop_ids;  // a sequence ends after producing one (it is kept)
   SamplingConfig sampling;
+  // Called after every forward call with the chunks it ran, the prompt index of each chunk and
+  // what was captured (decisions and router logits when `capture_*` ask for them): traces.
+  std::function<void(std::span<const Model::Chunk>, const std::vector<int64_t>&,
+                     const ForwardCapture&)>
+      on_forward;
+  bool capture_decisions = false, capture_router_logits = false;
 };
 
 struct GenerateStats {
