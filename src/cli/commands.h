@@ -89,6 +89,8 @@ struct GenerateFlags {
 // in: `input_ids` int64 (B, T); out: `logits` (B, T, V), `router_logits.i` (B·T, R) per MoE layer.
 int run_forward(const InferFlags& flags, const std::string& in_path, const std::string& out_path);
 int run_generate(const InferFlags& flags, const GenerateFlags& gen);
+// `switchyard routing-report`: traces -> out_dir/index.html and summary.json.
+int run_routing_report(const std::vector<std::string>& traces, const std::string& out_dir);
 // `switchyard ppl`: perplexity of a text file in windows of `context` tokens (0 = the default).
 int run_ppl(const InferFlags& flags, const std::string& text_path, int64_t context);
 // The routing overrides of --routing and the flags (null when none); `source` names them.

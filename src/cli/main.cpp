@@ -201,6 +201,14 @@ int main(int argc, char** argv) {
   generate->add_option("--format", gen.format, "text (streamed) or json ({\"ids\": [...]})")
       ->check(CLI::IsMember({"text", "json"}));
 
+  std::vector<std::string> report_traces;
+  std::string routing_report_out = "routing-report";
+  auto* routing_report =
+      app.add_subcommand("routing-report", "HTML report of routing traces (load, affinity)");
+  routing_report->add_option("--trace", report_traces, "TRACE.safetensors files (repeatable)")
+      ->required();
+  routing_report->add_option("--out", routing_report_out, "report folder");
+
   std::string ppl_text;
   int64_t ppl_context = 0;
   auto* ppl = app.add_subcommand("ppl", "Perplexity of a HF checkpoint on a text file");
@@ -229,6 +237,7 @@ int main(int argc, char** argv) {
     if (*forward) return cli::run_forward(infer_flags, forward_in, forward_out);
     if (*generate) return cli::run_generate(infer_flags, gen);
     if (*ppl) return cli::run_ppl(infer_flags, ppl_text, ppl_context);
+    if (*routing_report) return cli::run_routing_report(report_traces, routing_report_out);
     if (*llm_eval) return cli::run_llm_eval(llm_data, eval_flags);
     if (*llm_train) return cli::run_llm_train(llm_data, train_flags);
     if (*llm_route) return cli::run_llm_route(route_flags);

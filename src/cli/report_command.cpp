@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <switchyard/error.h>
 #include <switchyard/report.h>
+#include <switchyard/routing_report.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -37,6 +38,20 @@ int run_report(const std::vector<std::string>& run_dirs, const std::string& out_
   write_report(runs, out_dir);
   fmt::print("report: {} run{} → {}/index.html, {}/summary.md\n", runs.size(),
              runs.size() == 1 ? "" : "s", out_dir, out_dir);
+  return 0;
+}
+
+}  // namespace switchyard::cli
+
+namespace switchyard::cli {
+
+int run_routing_report(const std::vector<std::string>& traces, const std::string& out_dir) {
+  std::vector<infer::RoutingTrace> loaded;
+  for (const std::string& path : traces) loaded.push_back(infer::read_trace(path));
+  const report::RoutingAnalysis analysis = report::analyse_traces(loaded, traces);
+  report::write_routing_report(analysis, traces, out_dir);
+  fmt::print("routing-report: {} tokens from {} trace{} → {}/index.html, {}/summary.json\n",
+             analysis.tokens, traces.size(), traces.size() == 1 ? "" : "s", out_dir, out_dir);
   return 0;
 }
 

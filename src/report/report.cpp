@@ -21,6 +21,8 @@
 #include <system_error>
 #include <utility>
 
+#include "report/svg_heatmap.h"
+
 namespace switchyard {
 namespace {
 
@@ -634,27 +636,7 @@ std::string line_plot_svg(const PlotSpec& spec, const std::vector<std::string>& 
 // ---------------------------------------------------------------------------------------------
 // SVG heatmaps
 
-// Viridis (perceptually uniform, colour-blind safe), sampled at nine points.
-constexpr std::array<std::array<int, 3>, 9> kViridis = {{{68, 1, 84},
-                                                         {71, 45, 123},
-                                                         {59, 82, 139},
-                                                         {44, 114, 142},
-                                                         {33, 145, 140},
-                                                         {40, 174, 128},
-                                                         {94, 201, 98},
-                                                         {173, 220, 48},
-                                                         {253, 231, 37}}};
-
-std::string viridis(double t) {
-  if (!finite(t)) return "#e5e7eb";
-  t = std::clamp(t, 0.0, 1.0) * double(kViridis.size() - 1);
-  const size_t i = std::min(size_t(t), kViridis.size() - 2);
-  const double f = t - double(i);
-  std::array<int, 3> c{};
-  for (int k = 0; k < 3; ++k)
-    c[k] = int(std::lround(kViridis[i][k] + f * (kViridis[i + 1][k] - kViridis[i][k])));
-  return fmt::format("#{:02x}{:02x}{:02x}", c[0], c[1], c[2]);
-}
+using report::viridis;
 
 struct Heatmap {
   std::string id, run_name;
@@ -815,10 +797,10 @@ std::string heatmap_svg(const Heatmap& h, const ColourScale& scale) {
   // Colour bar with the uniform share 1/E marked.
   const double bar_x = left, bar_w = 150, bar_h = 8;
   append(out, "<defs><linearGradient id=\"{}-grad\">", h.id);
-  for (size_t i = 0; i < kViridis.size(); ++i)
+  for (size_t i = 0; i < size_t(report::kViridisStops); ++i)
     append(out, "<stop offset=\"{:.3f}\" stop-color=\"{}\"/>",
-           double(i) / double(kViridis.size() - 1),
-           viridis(double(i) / double(kViridis.size() - 1)));
+           double(i) / double(size_t(report::kViridisStops) - 1),
+           viridis(double(i) / double(size_t(report::kViridisStops) - 1)));
   append(out, "</linearGradient></defs>");
   append(out,
          "<rect x=\"{}\" y=\"{:.1f}\" width=\"{}\" height=\"{}\" fill=\"url(#{}-grad)\" "
