@@ -31,6 +31,11 @@ struct MoEParams {
   const float* shared_w1 = nullptr;  // (Fs, d)
   const float* shared_w3 = nullptr;  // (Fs, d), SwiGLU only
   const float* shared_w2 = nullptr;  // (d, Fs)
+  // Inference: BF16 expert weights (bfloat16 bits, same shapes) instead of w1, w3, w2; forward
+  // only (fp32 accumulation).
+  const uint16_t* w1_bf16 = nullptr;
+  const uint16_t* w3_bf16 = nullptr;
+  const uint16_t* w2_bf16 = nullptr;
 };
 
 // Gradient views (not owned), same shapes; null entries are skipped. Backward overwrites them.

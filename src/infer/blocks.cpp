@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/kernels.h"
@@ -28,6 +29,26 @@ void linear(int64_t N, int64_t in, int64_t out, const float* x, const float* W, 
   }
 }
 
+void linear(int64_t N, int64_t in, int64_t out, const float* x, const Matrix& W, const float* b,
+            float* y) {
+  if (W.bf16.empty()) return linear(N, in, out, x, W.f32.data(), b, y);
+  cpu::gemm_bf16w(N, out, in, x, W.bf16.data(), y);
+  if (b)
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t j = 0; j < out; ++j) y[r * out + j] += b[j];
+}
+
+void copy_row(const Matrix& W, int64_t C, int64_t row, float* out) {
+  if (W.bf16.empty()) {
+    std::copy_n(W.f32.data() + row * C, C, out);
+    return;
+  }
+  for (int64_t j = 0; j < C; ++j) {
+    const uint32_t u = uint32_t(W.bf16[size_t(row * C + j)]) << 16;
+    std::memcpy(out + j, &u, 4);
+  }
+}
+
 void rmsnorm(int64_t N, int64_t C, const float* x, const float* g, double eps, float* y) {
 #pragma omp parallel for schedule(static) if (N * C > 65536)
   for (int64_t r = 0; r < N; ++r) {
@@ -40,8 +61,8 @@ void rmsnorm(int64_t N, int64_t C, const float* x, const float* g, double eps, f
   }
 }
 
-void swiglu(int64_t N, int64_t d, int64_t F, const float* x, const float* w1, const float* w3,
-            const float* w2, float* h, float* y) {
+void swiglu(int64_t N, int64_t d, int64_t F, const float* x, const Matrix& w1, const Matrix& w3,
+            const Matrix& w2, float* h, float* y) {
   float* a = h;          // (N, F)
   float* u = h + N * F;  // (N, F)
   linear(N, d, F, x, w1, nullptr, a);

@@ -175,6 +175,26 @@ std::vector<float> Checkpoint::read_f32(const std::string& name,
   return out;
 }
 
+void Checkpoint::read_bf16(const std::string& name, const std::vector<int64_t>& shape,
+                           uint16_t* dst) const {
+  skip(name, shape);
+  const CheckpointTensor& t = tensor(name);
+  if (t.dtype != DType::BF16)
+    fail("{}: tensor '{}' has dtype {}, not BF16", file_of(name), name, dtype_name(t.dtype));
+  std::memcpy(dst, t.data, t.bytes);
+  const MappedFile& file = *files_[size_t(t.file)];
+  file.release(uint64_t(t.data - file.data()), t.bytes);
+}
+
+std::vector<uint16_t> Checkpoint::read_bf16(const std::string& name,
+                                            const std::vector<int64_t>& shape) const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<uint16_t> out(static_cast<size_t>(n));
+  read_bf16(name, shape, out.data());
+  return out;
+}
+
 std::vector<std::string> Checkpoint::unread() const {
   std::vector<std::string> out;
   for (const auto& [name, t] : tensors_)

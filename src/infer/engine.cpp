@@ -18,20 +18,24 @@ using nlohmann::json;
 namespace {
 
 using Buffer = std::vector<float>;
+using blocks::Matrix;
 
 struct LayerWeights {
   Buffer attn_norm, ffn_norm;  // (d)
-  Buffer wq, wk, wv, wo;       // (H Dq, d), (Hkv Dq, d), (Hkv Dv, d), (d, H Dv)
+  Matrix wq, wk, wv, wo;       // (H Dq, d), (Hkv Dq, d), (Hkv Dv, d), (d, H Dv)
   Buffer bq, bk, bv;           // biases or empty
   Buffer q_norm, k_norm;       // (Dq) per head or (H Dq) whole, or empty
   // Latent attention: q_a (Rq, d), q_a_norm (Rq), q_b (H Dq, Rq); kv_a (Rkv + rope, d),
   // kv_a_norm (Rkv), kv_b (H (nope + Dv), Rkv).
-  Buffer q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b;
-  Buffer dense_w1, dense_w3, dense_w2;  // (Fd, d), (Fd, d), (d, Fd)
+  Matrix q_a, q_b, kv_a, kv_b;
+  Buffer q_a_norm, kv_a_norm;
+  Matrix dense_w1, dense_w3, dense_w2;  // (Fd, d), (Fd, d), (d, Fd)
   // MoE.
-  Buffer gate, gate_bias;                               // (E, d), (E) or empty
-  Buffer w1, w3, w2;                                    // (E, F, d), (E, F, d), (E, d, F)
-  Buffer shared_w1, shared_w3, shared_w2, shared_gate;  // (Fs, d), (Fs, d), (d, Fs), (1, d)
+  Buffer gate, gate_bias;                           // (E, d), (E) or empty
+  Buffer w1, w3, w2;                                // (E, F, d), (E, F, d), (E, d, F)
+  std::vector<uint16_t> w1_bf16, w3_bf16, w2_bf16;  // the same in BF16 (the file\'s dtype)
+  Matrix shared_w1, shared_w3, shared_w2;           // (Fs, d), (Fs, d), (d, Fs), (1, d)
+  Buffer shared_gate;
   std::unique_ptr<MoELayer> moe;
   MoECache moe_cache;
   int64_t moe_index = -1;
@@ -48,13 +52,15 @@ struct Scratch {
 struct Model::Impl {
   ModelSpec spec;
   RopeTable rope;
-  Buffer embed, final_norm, lm_head;  // (V, d), (d), (V, d) or empty when tied
+  Matrix embed, lm_head;  // (V, d), (d), (V, d) or empty when tied
+  Buffer final_norm;
   std::vector<LayerWeights> layers;
   std::vector<LayerRouting> routing;  // per MoE layer
   Scratch s;
   int64_t params = 0;
 
   std::string routing_source;
+  bool keep_bf16 = true;
   int64_t moe_count = 0;
   double kept_assignments = 0;  // over all MoE layers and tokens run so far
   int64_t moe_rows = 0;         // tokens × MoE layers run so far
@@ -89,11 +95,23 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
                      Buffer& dst) {
     if (!pattern.empty()) read(pattern, l, std::move(shape), dst);
   };
+  // Matrices stay BF16 where the file has BF16 (and keep_bf16), else float32.
+  auto read_matrix = [&](const std::string& pattern, int64_t l, std::vector<int64_t> shape,
+                         Matrix& dst) {
+    if (pattern.empty()) return;
+    const std::string name = tensor_name(pattern, l);
+    if (keep_bf16 && ckpt.tensor(name).dtype == DType::BF16) {
+      dst.bf16 = ckpt.read_bf16(name, shape);
+    } else {
+      dst.f32 = ckpt.read_f32(name, shape);
+    }
+    params += int64_t(dst.size());
+  };
   const int64_t d = m.d, H = m.n_heads, Hkv = m.n_kv_heads, Dq = m.q_head_dim(), Dv = m.v_dim();
-  read(n.embed, 0, {m.vocab, d}, embed);
+  read_matrix(n.embed, 0, {m.vocab, d}, embed);
   read(n.final_norm, 0, {d}, final_norm);
   if (!m.tie_embeddings) {
-    read(n.lm_head, 0, {m.vocab, d}, lm_head);
+    read_matrix(n.lm_head, 0, {m.vocab, d}, lm_head);
   } else if (ckpt.has(n.lm_head)) {
     ckpt.read_f32(n.lm_head,
                   {m.vocab, d});  // a tied copy some exporters write; the embedding serves
@@ -103,19 +121,19 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
     LayerWeights& w = layers[size_t(l)];
     read(n.attn_norm, l, {d}, w.attn_norm);
     read(n.ffn_norm, l, {d}, w.ffn_norm);
-    read_if(n.q, l, {H * Dq, d}, w.wq);
-    read_if(n.k, l, {Hkv * Dq, d}, w.wk);
-    read_if(n.v, l, {Hkv * Dv, d}, w.wv);
-    read(n.o, l, {d, H * Dv}, w.wo);
+    read_matrix(n.q, l, {H * Dq, d}, w.wq);
+    read_matrix(n.k, l, {Hkv * Dq, d}, w.wk);
+    read_matrix(n.v, l, {Hkv * Dv, d}, w.wv);
+    read_matrix(n.o, l, {d, H * Dv}, w.wo);
     if (m.attention == AttentionKind::Latent) {
       if (m.q_lora_rank > 0) {
-        read(n.q_a, l, {m.q_lora_rank, d}, w.q_a);
+        read_matrix(n.q_a, l, {m.q_lora_rank, d}, w.q_a);
         read(n.q_a_norm, l, {m.q_lora_rank}, w.q_a_norm);
-        read(n.q_b, l, {H * Dq, m.q_lora_rank}, w.q_b);
+        read_matrix(n.q_b, l, {H * Dq, m.q_lora_rank}, w.q_b);
       }
-      read(n.kv_a, l, {m.kv_lora_rank + m.rope_dim, d}, w.kv_a);
+      read_matrix(n.kv_a, l, {m.kv_lora_rank + m.rope_dim, d}, w.kv_a);
       read(n.kv_a_norm, l, {m.kv_lora_rank}, w.kv_a_norm);
-      read(n.kv_b, l, {H * (m.qk_nope_dim + Dv), m.kv_lora_rank}, w.kv_b);
+      read_matrix(n.kv_b, l, {H * (m.qk_nope_dim + Dv), m.kv_lora_rank}, w.kv_b);
     }
     read_if(n.q_bias, l, {H * Dq}, w.bq);
     read_if(n.k_bias, l, {Hkv * Dq}, w.bk);
@@ -126,9 +144,9 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
       read(n.k_norm, l, {full ? Hkv * Dq : Dq}, w.k_norm);
     }
     if (!m.moe_layer[size_t(l)]) {
-      read(n.dense_w1, l, {m.dense_ff, d}, w.dense_w1);
-      read(n.dense_w3, l, {m.dense_ff, d}, w.dense_w3);
-      read(n.dense_w2, l, {d, m.dense_ff}, w.dense_w2);
+      read_matrix(n.dense_w1, l, {m.dense_ff, d}, w.dense_w1);
+      read_matrix(n.dense_w3, l, {m.dense_ff, d}, w.dense_w3);
+      read_matrix(n.dense_w2, l, {d, m.dense_ff}, w.dense_w2);
       continue;
     }
     w.moe_index = moe_count++;
@@ -151,28 +169,40 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
       if (!n.router_bias.empty() || !routing_l.selection_bias.empty())
         w.gate_bias.push_back(bias[size_t(e)]);
     }
-    w.w1.resize(size_t(E * F * d));
-    w.w3.resize(size_t(E * F * d));
-    w.w2.resize(size_t(E * d * F));
+    // BF16 experts when every kept expert's tensors are BF16 in the file.
+    bool bf16 = keep_bf16;
+    for (int32_t e : w.expert_ids)
+      for (const std::string& pattern : {n.expert_w1, n.expert_w3, n.expert_w2})
+        bf16 = bf16 && ckpt.tensor(tensor_name(pattern, l, e)).dtype == DType::BF16;
+    auto expert = [&](const std::string& pattern, int32_t e, int64_t i, std::vector<int64_t> shape,
+                      Buffer& f32, std::vector<uint16_t>& b16) {
+      const int64_t size = shape[0] * shape[1];
+      const std::string name = tensor_name(pattern, l, e);
+      if (bf16) {
+        b16.resize(size_t(E * size));
+        ckpt.read_bf16(name, shape, b16.data() + i * size);
+      } else {
+        f32.resize(size_t(E * size));
+        ckpt.read_f32(name, shape, f32.data() + i * size);
+      }
+    };
     for (int32_t e = 0, i = 0; e < int32_t(m.experts); ++e) {
-      const std::string n1 = tensor_name(n.expert_w1, l, e), n3 = tensor_name(n.expert_w3, l, e),
-                        n2 = tensor_name(n.expert_w2, l, e);
       if (i >= E || w.expert_ids[size_t(i)] != e) {
-        ckpt.skip(n1, {F, d});
-        ckpt.skip(n3, {F, d});
-        ckpt.skip(n2, {d, F});
+        ckpt.skip(tensor_name(n.expert_w1, l, e), {F, d});
+        ckpt.skip(tensor_name(n.expert_w3, l, e), {F, d});
+        ckpt.skip(tensor_name(n.expert_w2, l, e), {d, F});
         continue;
       }
-      ckpt.read_f32(n1, {F, d}, w.w1.data() + i * F * d);
-      ckpt.read_f32(n3, {F, d}, w.w3.data() + i * F * d);
-      ckpt.read_f32(n2, {d, F}, w.w2.data() + i * d * F);
+      expert(n.expert_w1, e, i, {F, d}, w.w1, w.w1_bf16);
+      expert(n.expert_w3, e, i, {F, d}, w.w3, w.w3_bf16);
+      expert(n.expert_w2, e, i, {d, F}, w.w2, w.w2_bf16);
       ++i;
     }
     params += 3 * E * F * d;
     if (m.shared_ff > 0) {
-      read(n.shared_w1, l, {m.shared_ff, d}, w.shared_w1);
-      read(n.shared_w3, l, {m.shared_ff, d}, w.shared_w3);
-      read(n.shared_w2, l, {d, m.shared_ff}, w.shared_w2);
+      read_matrix(n.shared_w1, l, {m.shared_ff, d}, w.shared_w1);
+      read_matrix(n.shared_w3, l, {m.shared_ff, d}, w.shared_w3);
+      read_matrix(n.shared_w2, l, {d, m.shared_ff}, w.shared_w2);
       read_if(n.shared_gate, l, {1, d}, w.shared_gate);
     }
     json layer = routing_l.router;
@@ -199,6 +229,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   Impl& m = *model->impl_;
   m.spec = load_model_spec(dir);
   m.routing_source = options.routing_source;
+  m.keep_bf16 = options.keep_bf16;
   m.routing = resolve_routing(m.spec, options.routing, options.routing_source);
   m.rope = make_rope_table(m.spec.rope, m.spec.rope_dim, m.spec.rope_layout, m.spec.source);
   const Checkpoint ckpt = Checkpoint::open(dir);
@@ -250,20 +281,20 @@ void Model::Impl::latent_projections(const LayerWeights& w, int64_t N) {
   constexpr double kLoraNormEps = 1e-6;  // DeepSeek's q_a/kv_a norms keep their own default
   if (Rq > 0) {
     s.lat.resize(size_t(N * Rq));
-    blocks::linear(N, d, Rq, s.a.data(), w.q_a.data(), nullptr, s.lat.data());
+    blocks::linear(N, d, Rq, s.a.data(), w.q_a, nullptr, s.lat.data());
     blocks::rmsnorm(N, Rq, s.lat.data(), w.q_a_norm.data(), kLoraNormEps, s.lat.data());
-    blocks::linear(N, Rq, H * Dq, s.lat.data(), w.q_b.data(), nullptr, s.q.data());
+    blocks::linear(N, Rq, H * Dq, s.lat.data(), w.q_b, nullptr, s.q.data());
   } else {
-    blocks::linear(N, d, H * Dq, s.a.data(), w.wq.data(), nullptr, s.q.data());
+    blocks::linear(N, d, H * Dq, s.a.data(), w.wq, nullptr, s.q.data());
   }
   s.ckv.resize(size_t(N * (Rkv + m.rope_dim)));  // (N, Rkv + rope)
-  blocks::linear(N, d, Rkv + m.rope_dim, s.a.data(), w.kv_a.data(), nullptr, s.ckv.data());
+  blocks::linear(N, d, Rkv + m.rope_dim, s.a.data(), w.kv_a, nullptr, s.ckv.data());
   s.lat.resize(size_t(N * Rkv));
   for (int64_t r = 0; r < N; ++r)
     blocks::rmsnorm(1, Rkv, s.ckv.data() + r * (Rkv + m.rope_dim), w.kv_a_norm.data(), kLoraNormEps,
                     s.lat.data() + r * Rkv);
   s.kvb.resize(size_t(N * H * (nope + Dv)));  // (N, H, nope + Dv)
-  blocks::linear(N, Rkv, H * (nope + Dv), s.lat.data(), w.kv_b.data(), nullptr, s.kvb.data());
+  blocks::linear(N, Rkv, H * (nope + Dv), s.lat.data(), w.kv_b, nullptr, s.kvb.data());
   for (int64_t r = 0; r < N; ++r)
     for (int64_t h = 0; h < H; ++h) {
       const float* src = s.kvb.data() + (r * H + h) * (nope + Dv);
@@ -298,11 +329,11 @@ void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
   if (m.attention == AttentionKind::Latent) {
     latent_projections(w, N);
   } else {
-    blocks::linear(N, d, H * Dq, s.a.data(), w.wq.data(), w.bq.empty() ? nullptr : w.bq.data(),
+    blocks::linear(N, d, H * Dq, s.a.data(), w.wq, w.bq.empty() ? nullptr : w.bq.data(),
                    s.q.data());
-    blocks::linear(N, d, Hkv * Dq, s.a.data(), w.wk.data(), w.bk.empty() ? nullptr : w.bk.data(),
+    blocks::linear(N, d, Hkv * Dq, s.a.data(), w.wk, w.bk.empty() ? nullptr : w.bk.data(),
                    s.k.data());
-    blocks::linear(N, d, Hkv * Dv, s.a.data(), w.wv.data(), w.bv.empty() ? nullptr : w.bv.data(),
+    blocks::linear(N, d, Hkv * Dv, s.a.data(), w.wv, w.bv.empty() ? nullptr : w.bv.data(),
                    s.v.data());
   }
   if (m.qk_norm == QKNorm::Full) {
@@ -334,7 +365,7 @@ void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
     row += n;
   }
   s.o.resize(size_t(N * d));
-  blocks::linear(N, H * Dv, d, s.att.data(), w.wo.data(), nullptr, s.o.data());
+  blocks::linear(N, H * Dv, d, s.att.data(), w.wo, nullptr, s.o.data());
   for (int64_t i = 0; i < N * d; ++i) s.h[size_t(i)] += s.o[size_t(i)];
 }
 
@@ -419,8 +450,7 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
   Scratch& s = m.s;
   s.h.resize(size_t(N * d));
   s.a.resize(size_t(N * d));
-  for (int64_t r = 0; r < N; ++r)
-    std::copy_n(m.embed.data() + ids[size_t(r)] * d, d, s.h.data() + r * d);
+  for (int64_t r = 0; r < N; ++r) blocks::copy_row(m.embed, d, ids[size_t(r)], s.h.data() + r * d);
   if (capture) {
     capture->logits.clear();
     capture->routing.clear();
@@ -433,15 +463,21 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
     s.ffn.resize(size_t(N * d));
     if (!w.moe) {
       s.ffn_h.resize(size_t(2 * N * spec.dense_ff));
-      blocks::swiglu(N, d, spec.dense_ff, s.a.data(), w.dense_w1.data(), w.dense_w3.data(),
-                     w.dense_w2.data(), s.ffn_h.data(), s.ffn.data());
+      blocks::swiglu(N, d, spec.dense_ff, s.a.data(), w.dense_w1, w.dense_w3, w.dense_w2,
+                     s.ffn_h.data(), s.ffn.data());
     } else {
       MoEParams p;
       p.gate = w.gate.empty() ? nullptr : w.gate.data();
       p.gate_bias = w.gate_bias.empty() ? nullptr : w.gate_bias.data();
-      p.w1 = w.w1.data();
-      p.w3 = w.w3.data();
-      p.w2 = w.w2.data();
+      if (w.w1_bf16.empty()) {
+        p.w1 = w.w1.data();
+        p.w3 = w.w3.data();
+        p.w2 = w.w2.data();
+      } else {
+        p.w1_bf16 = w.w1_bf16.data();
+        p.w3_bf16 = w.w3_bf16.data();
+        p.w2_bf16 = w.w2_bf16.data();
+      }
       MoEBatch batch;
       batch.T = N;
       batch.x = s.a.data();
@@ -461,8 +497,8 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
         // The always-on shared expert, scaled by sigmoid(gate · x) where the model has a gate.
         s.shared.resize(size_t(N * d));
         s.ffn_h.resize(size_t(2 * N * spec.shared_ff));
-        blocks::swiglu(N, d, spec.shared_ff, s.a.data(), w.shared_w1.data(), w.shared_w3.data(),
-                       w.shared_w2.data(), s.ffn_h.data(), s.shared.data());
+        blocks::swiglu(N, d, spec.shared_ff, s.a.data(), w.shared_w1, w.shared_w3, w.shared_w2,
+                       s.ffn_h.data(), s.shared.data());
         s.shared_gate.assign(size_t(N), 1.0f);
         if (!w.shared_gate.empty()) {
           blocks::linear(N, d, 1, s.a.data(), w.shared_gate.data(), nullptr, s.shared_gate.data());
@@ -488,8 +524,8 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
     blocks::rmsnorm(1, d, s.h.data() + rows[size_t(i)] * d, m.final_norm.data(), spec.norm_eps,
                     s.a.data() + i * d);
   logits.resize(size_t(R * V));
-  blocks::linear(R, d, V, s.a.data(), spec.tie_embeddings ? m.embed.data() : m.lm_head.data(),
-                 nullptr, logits.data());
+  blocks::linear(R, d, V, s.a.data(), spec.tie_embeddings ? m.embed : m.lm_head, nullptr,
+                 logits.data());
   for (const Chunk& c : chunks) c.cache->length += int64_t(c.tokens.size());
 }
 

@@ -121,12 +121,19 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
     if (check_weights) check_finite("gate.weight", p.gate, R_ * s.d, s.d);
   }
   if (p.gate_bias && check_weights) check_finite("gate.bias", p.gate_bias, s.E, s.E);
-  if (!p.w1 || !p.w2) fail("moe_layer: experts.w1 and experts.w2 are required");
-  if (check_weights) check_finite("experts.w1", p.w1, s.E * s.F * s.d, s.d);
-  if (check_weights) check_finite("experts.w2", p.w2, s.E * s.d * s.F, s.F);
+  const bool bf16 = p.w1_bf16 != nullptr;
+  if (bf16 && (p.w1 || p.w2 || p.w3 || !p.w2_bf16 || traits.pooled_per_sequence))
+    fail(
+        "moe_layer: BF16 experts need w1_bf16 and w2_bf16 and no float32 experts, and a router "
+        "that routes tokens ('{}' with BF16 experts)",
+        config_.router);
+  if (!bf16 && (!p.w1 || !p.w2)) fail("moe_layer: experts.w1 and experts.w2 are required");
+  if (check_weights && !bf16) check_finite("experts.w1", p.w1, s.E * s.F * s.d, s.d);
+  if (check_weights && !bf16) check_finite("experts.w2", p.w2, s.E * s.d * s.F, s.F);
   const bool swiglu = config_.activation == Activation::SwiGLU;
-  if (swiglu != (p.w3 != nullptr))
-    fail("moe_layer: experts.w3 is {} but the activation is {}", p.w3 ? "given" : "missing",
+  const bool has_w3 = bf16 ? p.w3_bf16 != nullptr : p.w3 != nullptr;
+  if (swiglu != has_w3)
+    fail("moe_layer: experts.w3 is {} but the activation is {}", has_w3 ? "given" : "missing",
          swiglu ? "swiglu" : "gelu");
   if (p.w3 && check_weights) check_finite("experts.w3", p.w3, s.E * s.F * s.d, s.d);
   if (s.Fs > 0) {
@@ -322,10 +329,17 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   lap("dispatch");
   for_each_expert(E, c.expert_offsets, [&](int64_t e) {
     const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
-    cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
-                     p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
-                     act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
-                     c.out.data() + o * d);
+    if (p.w1_bf16)
+      cpu::ffn_forward_bf16(act, n, d, F, c.xd.data() + o * d, p.w1_bf16 + e * F * d,
+                            p.w3_bf16 ? p.w3_bf16 + e * F * d : nullptr, p.w2_bf16 + e * d * F,
+                            c.h1.data() + o * F,
+                            act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr,
+                            c.act.data() + o * F, c.out.data() + o * d);
+    else
+      cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
+                       p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
+                       act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr,
+                       c.act.data() + o * F, c.out.data() + o * d);
   });
   lap("experts");
   cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), row_weight.data(),
@@ -374,6 +388,7 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
                         const float* dy, float* dx, const MoEGrads& g, float aux_weight) {
   const int64_t T = batch.T, d = shape_.d, E = shape_.E, F = shape_.F, R = R_;
   if (T != c.T) fail("moe_layer backward: the batch has T = {} but forward saw T = {}", T, c.T);
+  if (p.w1_bf16) fail("moe_layer backward: BF16 experts are for inference (forward only)");
   const RouterTraits& traits = router_->traits();
   const cpu::Act act = act_of(config_.activation);
   const bool swiglu = act == cpu::Act::SwiGLU;

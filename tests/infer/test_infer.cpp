@@ -14,10 +14,12 @@
 #include <bit>
 #include <cmath>
 #include <filesystem>
+#include <iostream>
 #include <random>
 #include <set>
 
 #include "../scratch_dir.h"
+#include "kernels/cpu/kernels.h"
 
 namespace {
 
@@ -240,12 +242,59 @@ TEST_P(Engine, ShardedBf16F16AndConfigFormsLoadTheSameModel) {
     dir.write((sharded / "model.safetensors.index.json").string(),
               json{{"metadata", {{"total_size", 0}}}, {"weight_map", map}}.dump());
     auto a = Model::load(one.string());
-    auto b = Model::load(sharded.string());
-    EXPECT_EQ(full_logits(*a, ids), full_logits(*b, ids)) << name;
+    switchyard::infer::LoadOptions widen;
+    widen.keep_bf16 = false;
+    auto b = Model::load(sharded.string(), widen);
+    const auto want = full_logits(*a, ids);
+    EXPECT_EQ(want, full_logits(*b, ids)) << name;
+    // Kept in BF16 (the default): the same values through the BF16 kernels, summed in another
+    // order.
+    auto c = Model::load(sharded.string());
+    const auto kept = full_logits(*c, ids);
+    ASSERT_EQ(kept.size(), want.size());
+    double err = 0, scale = 0;
+    for (size_t j = 0; j < want.size(); ++j) {
+      err = std::max(err, double(std::abs(kept[j] - want[j])));
+      scale = std::max(scale, double(std::abs(want[j])));
+    }
+    EXPECT_LT(err, 1e-5 * scale) << name;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(HfTiny, Engine, testing::Values("mixtral", "qwen3_moe"));
+
+// The BF16-weight GEMM against a float64 reference: odd sizes, 1 to 9 rows (the per-row and the
+// widen-then-sgemm paths), with and without AVX-512.
+TEST(Bf16Kernels, GemmMatchesAFloat64Reference) {
+  std::mt19937_64 rng(kSeed + 10);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const bool simd : {true, false}) {
+    switchyard::cpu::set_bf16_simd(simd);
+    for (int64_t M : {1, 2, 3, 4, 5, 9})
+      for (int64_t N : {1, 17, 130})
+        for (int64_t K : {1, 15, 16, 33, 300}) {
+          std::vector<float> A(size_t(M * K)), C(size_t(M * N));
+          std::vector<uint16_t> W(size_t(N * K));
+          for (float& a : A) a = normal(rng);
+          for (uint16_t& w : W) w = uint16_t(std::bit_cast<uint32_t>(normal(rng)) >> 16);
+          switchyard::cpu::gemm_bf16w(M, N, K, A.data(), W.data(), C.data());
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double ref = 0, mag = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                const double w = std::bit_cast<float>(uint32_t(W[size_t(n * K + k)]) << 16);
+                ref += double(A[size_t(m * K + k)]) * w;
+                mag += std::abs(double(A[size_t(m * K + k)]) * w);
+              }
+              ASSERT_NEAR(C[size_t(m * N + n)], ref, 1e-5 * mag + 1e-6)
+                  << "simd " << simd << " M " << M << " N " << N << " K " << K;
+            }
+        }
+  }
+  switchyard::cpu::set_bf16_simd(true);
+  if (!switchyard::cpu::bf16_simd_available())
+    std::cout << "note: no AVX-512 here, only the portable BF16 path was tested\n";
+}
 
 TEST(Sampling, GreedyTopKTopPAndTheSeed) {
   using switchyard::infer::Sampler;

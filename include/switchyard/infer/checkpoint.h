@@ -60,6 +60,9 @@ class Checkpoint {
   // Converts tensor `name` into dst (float32), checking that its shape is `shape`; marks it read.
   void read_f32(const std::string& name, const std::vector<int64_t>& shape, float* dst) const;
   std::vector<float> read_f32(const std::string& name, const std::vector<int64_t>& shape) const;
+  // The raw bits of a BF16 tensor (an Error for another dtype), shape checked, marked read.
+  void read_bf16(const std::string& name, const std::vector<int64_t>& shape, uint16_t* dst) const;
+  std::vector<uint16_t> read_bf16(const std::string& name, const std::vector<int64_t>& shape) const;
   // Checks the shape of a tensor the model does not use (a disabled expert) and marks it read.
   void skip(const std::string& name, const std::vector<int64_t>& shape) const;
   // Tensors never read: a checkpoint with extra tensors is an error after loading.

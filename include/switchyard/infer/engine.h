@@ -48,6 +48,9 @@ struct LoadOptions {
   // Routing overrides (routing_control.h); null = the checkpoint's routing everywhere.
   nlohmann::json routing;
   std::string routing_source = "routing overrides";  // for messages
+  // Matrices the file stores in BF16 stay BF16 (one copy in memory, float32 accumulation);
+  // false widens every weight to float32 at load.
+  bool keep_bf16 = true;
 };
 
 class Model {
