@@ -14,4 +14,8 @@ if [ -f "$dest/package.json" ] && cmp -s tests/npm/package.json "$dest/package.j
   exit 0
 fi
 cp tests/npm/package.json "$dest/package.json"
-(cd "$dest" && npm install --omit=optional --no-audit --no-fund --loglevel=error)
+# node-llama-cpp: only its prebuilt CPU binary (@node-llama-cpp/linux-x64, a direct dependency
+# so --omit=optional keeps it while dropping the GPU builds); its postinstall never downloads or
+# compiles llama.cpp.
+(cd "$dest" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true NODE_LLAMA_CPP_POSTINSTALL=skip \
+  npm install --omit=optional --no-audit --no-fund --loglevel=error)

@@ -217,6 +217,14 @@ int main(int argc, char** argv) {
   ppl->add_option("--context", ppl_context, "window in tokens (default min(positions, 1024))")
       ->check(CLI::NonNegativeNumber);
 
+  std::string gguf_out, gguf_dtype;
+  auto* export_gguf =
+      app.add_subcommand("export-gguf", "Write a HF checkpoint as GGUF for llama.cpp");
+  add_model_flags(export_gguf);
+  export_gguf->add_option("--out", gguf_out, "output .gguf (written atomically)")->required();
+  export_gguf->add_option("--dtype", gguf_dtype,
+                          "f32, bf16 or f16 for the 2-D weights (default: the checkpoint's)");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*layer) return switchyard::cli::run_layer(config, in, out);
@@ -238,6 +246,7 @@ int main(int argc, char** argv) {
     if (*generate) return cli::run_generate(infer_flags, gen);
     if (*ppl) return cli::run_ppl(infer_flags, ppl_text, ppl_context);
     if (*routing_report) return cli::run_routing_report(report_traces, routing_report_out);
+    if (*export_gguf) return cli::run_export_gguf(infer_flags, gguf_out, gguf_dtype);
     if (*llm_eval) return cli::run_llm_eval(llm_data, eval_flags);
     if (*llm_train) return cli::run_llm_train(llm_data, train_flags);
     if (*llm_route) return cli::run_llm_route(route_flags);
