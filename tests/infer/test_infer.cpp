@@ -272,7 +272,7 @@ TEST(Bf16Kernels, GemmMatchesAFloat64Reference) {
     switchyard::cpu::set_bf16_simd(simd);
     for (int64_t M : {1, 2, 3, 4, 5, 9})
       for (int64_t N : {1, 17, 130})
-        for (int64_t K : {1, 15, 16, 33, 300}) {
+        for (int64_t K : {1, 15, 16, 33, 64, 100, 300}) {
           std::vector<float> A(size_t(M * K)), C(size_t(M * N));
           std::vector<uint16_t> W(size_t(N * K));
           for (float& a : A) a = normal(rng);

@@ -42,17 +42,37 @@ void rows_portable(int64_t M, int64_t K, const float* A, const uint16_t* W, floa
 // GCC 12 reports its own intrinsics' _mm512_undefined_* placeholders as maybe-uninitialized.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) inline __m512 widen16(const uint16_t* w) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
 __attribute__((target("avx512f"))) void rows_avx512(int64_t M, int64_t K, const float* A,
                                                     const uint16_t* W, float* C, int64_t ldc,
                                                     int64_t n0, int64_t n1) {
-  const int64_t K16 = K / 16 * 16;
+  const int64_t K16 = K / 16 * 16, K64 = K / 64 * 64;
   for (int64_t n = n0; n < n1; ++n) {
     const uint16_t* w = W + n * K;
+    if (M == 1) {
+      // Decode: four independent sums so the FMA latency does not bound the weight stream.
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t k = 0; k < K64; k += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(A + k), widen16(w + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(A + k + 16), widen16(w + k + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(A + k + 32), widen16(w + k + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(A + k + 48), widen16(w + k + 48), a3);
+      }
+      for (int64_t k = K64; k < K16; k += 16)
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(A + k), widen16(w + k), a0);
+      float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+      for (int64_t k = K16; k < K; ++k) sum += A[k] * widen(w[k]);
+      C[n] = sum;
+      continue;
+    }
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                      _mm512_setzero_ps()};
     for (int64_t k = 0; k < K16; k += 16) {
-      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
-      const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+      const __m512 v = widen16(w + k);
       for (int64_t m = 0; m < M; ++m)
         acc[m] = _mm512_fmadd_ps(_mm512_loadu_ps(A + m * K + k), v, acc[m]);
     }
