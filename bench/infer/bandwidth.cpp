@@ -220,7 +220,8 @@ int main(int argc, char** argv) {
     add("read_gbs_median", num(all.median_gbs));
     add("read_gbs_passes", passes);
     add("read_gbs_1thread", num(one.best_gbs));
-    std::fprintf(stderr, "bandwidth: read %.1f GB/s with %d threads (median %.1f), %.1f GB/s one thread\n",
+    std::fprintf(stderr,
+                 "bandwidth: read %.1f GB/s with %d threads (median %.1f), %.1f GB/s one thread\n",
                  all.best_gbs, threads, all.median_gbs, one.best_gbs);
   }
 
@@ -250,13 +251,12 @@ int main(int argc, char** argv) {
     std::string list = "[";
     for (const Shape& s : shapes) {
       const double flops = 2.0 * double(s.M) * double(s.N) * double(s.K);
-      const double t_engine = best_seconds(
-          [&] { engine_gemm(s.M, s.N, s.K, A.data(), B.data(), C.data(), threads); }, gemm_budget,
-          3);
-      openblas_set_num_threads(threads);
-      const double t_blas =
-          best_seconds([&] { blas_gemm(s.M, s.N, s.K, A.data(), B.data(), C.data()); },
+      const double t_engine =
+          best_seconds([&] { engine_gemm(s.M, s.N, s.K, A.data(), B.data(), C.data(), threads); },
                        gemm_budget, 3);
+      openblas_set_num_threads(threads);
+      const double t_blas = best_seconds(
+          [&] { blas_gemm(s.M, s.N, s.K, A.data(), B.data(), C.data()); }, gemm_budget, 3);
       openblas_set_num_threads(1);
       if (list.size() > 1) list += ", ";
       list += "{\"name\": \"" + std::string(s.name) + "\", \"what\": \"" + s.what +
@@ -264,9 +264,11 @@ int main(int argc, char** argv) {
               ", \"K\": " + std::to_string(s.K) + ", \"gflops\": " + num(flops / t_engine * 1e-9) +
               ", \"ms\": " + num(t_engine * 1e3) +
               ", \"gflops_openblas_threads\": " + num(flops / t_blas * 1e-9) + "}";
-      std::fprintf(stderr, "bandwidth: sgemm %-15s M=%lld N=%lld K=%lld: %.1f GFLOP/s (OpenBLAS-threaded %.1f)\n",
-                   s.name, static_cast<long long>(s.M), static_cast<long long>(s.N),
-                   static_cast<long long>(s.K), flops / t_engine * 1e-9, flops / t_blas * 1e-9);
+      std::fprintf(
+          stderr,
+          "bandwidth: sgemm %-15s M=%lld N=%lld K=%lld: %.1f GFLOP/s (OpenBLAS-threaded %.1f)\n",
+          s.name, static_cast<long long>(s.M), static_cast<long long>(s.N),
+          static_cast<long long>(s.K), flops / t_engine * 1e-9, flops / t_blas * 1e-9);
     }
     list += "]";
     add("gemm_tokens", std::to_string(tokens));
