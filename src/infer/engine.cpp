@@ -1,8 +1,10 @@
+#include <fmt/ranges.h>
 #include <switchyard/config.h>
 #include <switchyard/error.h>
 #include <switchyard/infer/checkpoint.h>
 #include <switchyard/infer/engine.h>
 #include <switchyard/moe_layer.h>
+#include <switchyard/safetensors.h>
 
 #include <algorithm>
 #include <cmath>
@@ -83,6 +85,27 @@ const std::vector<LayerRouting>& Model::routing() const {
   return impl_->routing;
 }
 
+namespace {
+
+// A gate weight (E, d) from another file (routing.json's "gate"), checked against the model.
+Buffer replacement_gate(const LayerRouting& r, int64_t E, int64_t d) {
+  const SafetensorsFile f = read_safetensors(r.gate_file);
+  const auto it = f.tensors.find(r.gate_tensor);
+  if (it == f.tensors.end())
+    fail("{}: tensor '{}' (routing overrides' gate) is not in the file", r.gate_file,
+         r.gate_tensor);
+  if (it->second.shape != std::vector<int64_t>{E, d})
+    fail("{}: tensor '{}' has {} dimensions [{}], the layer's gate is [{}, {}]", r.gate_file,
+         r.gate_tensor, it->second.shape.size(), fmt::join(it->second.shape, ", "), E, d);
+  Buffer g = it->second.to_f32(r.gate_tensor);
+  for (float v : g)
+    if (!std::isfinite(v))
+      fail("{}: tensor '{}' holds a non-finite value", r.gate_file, r.gate_tensor);
+  return g;
+}
+
+}  // namespace
+
 void Model::Impl::load_weights(const Checkpoint& ckpt) {
   const ModelSpec& m = spec;
   const TensorNames& n = m.names;
@@ -157,7 +180,8 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
         w.expert_ids.push_back(e);
     const int64_t E = int64_t(w.expert_ids.size());
     // The gate and bias rows of the experts kept; a disabled expert is not in the layer at all.
-    const Buffer gate = ckpt.read_f32(tensor_name(n.router, l), {m.experts, d});
+    Buffer gate = ckpt.read_f32(tensor_name(n.router, l), {m.experts, d});
+    if (!routing_l.gate_file.empty()) gate = replacement_gate(routing_l, m.experts, d);
     Buffer bias = n.router_bias.empty() ? Buffer(size_t(m.experts), 0.0f)
                                         : ckpt.read_f32(tensor_name(n.router_bias, l), {m.experts});
     params += int64_t(gate.size()) + (n.router_bias.empty() ? 0 : m.experts);

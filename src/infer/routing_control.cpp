@@ -44,6 +44,15 @@ void apply(const json& o, const ModelSpec& spec, const std::string& context, Lay
       r.selection_bias.push_back(b.get<float>());
     }
   }
+  if (p.has("gate")) {
+    const json gate = p.get_object("gate", json::object());  // ParamReader keeps a reference
+    ParamReader g(gate, context + " [gate]");
+    r.gate_file = g.get_string("file", "");
+    r.gate_tensor = g.get_string("tensor", "");
+    g.finish();
+    if (r.gate_file.empty() || r.gate_tensor.empty())
+      fail("{}: field 'gate' needs 'file' (a safetensors file) and 'tensor' (its name)", context);
+  }
   if (top_level) p.get_object("layers", json::object());
   p.finish();
 }

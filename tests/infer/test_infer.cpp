@@ -622,6 +622,48 @@ TEST(RoutingControl, ASelectionBiasSteersTheChoice) {
   }
 }
 
+// "gate" swaps in another router's weight: the model's own gives the same logits; a zero gate
+// makes every score equal, so top-4 takes experts 0..3 (ties to the lower id) at 1/4 each.
+TEST(RoutingControl, AGateFromAnotherFileReplacesTheRouter) {
+  SKIP_WITHOUT_TINY("qwen3_moe");
+  const std::string dir = tiny_dir("qwen3_moe").string();
+  ScratchDir scratch;
+  const auto w = switchyard::read_safetensors(dir + "/model.safetensors");
+  switchyard::SafetensorsFile gates;
+  gates.tensors["own"] = w.tensors.at("model.layers.1.mlp.gate.weight");
+  gates.tensors["zero"] = switchyard::TensorData::from_f32({16, 64}, std::vector<float>(16 * 64));
+  gates.tensors["small"] = switchyard::TensorData::from_f32({8, 64}, std::vector<float>(8 * 64));
+  const std::string file = scratch.path("gates.safetensors");
+  switchyard::write_safetensors(file, gates);
+  auto gate = [&](const char* tensor) {
+    return json{{"layers", {{"1", {{"gate", {{"file", file}, {"tensor", tensor}}}}}}}};
+  };
+  std::mt19937_64 rng(kSeed + 11);
+  const auto ids = random_ids(rng, 7, 512);
+  auto base = Model::load(dir);
+  auto own = Model::load(dir, with(gate("own")));
+  EXPECT_EQ(full_logits(*base, ids), full_logits(*own, ids));
+  auto zero = Model::load(dir, with(gate("zero")));
+  std::vector<float> logits;
+  const ForwardCapture cap = capture_forward(*zero, ids, logits);
+  ASSERT_EQ(cap.routing.size(), 2u);
+  std::vector<int> per_expert(16, 0);
+  for (size_t a = 0; a < cap.routing[1].expert.size(); ++a) {
+    ++per_expert[size_t(cap.routing[1].expert[a])];
+    EXPECT_FLOAT_EQ(cap.routing[1].weight[a], 0.25f);
+  }
+  for (int e = 0; e < 16; ++e) EXPECT_EQ(per_expert[size_t(e)], e < 4 ? 7 : 0) << e;
+  EXPECT_THAT([&] { Model::load(dir, with(gate("small"))); },
+              testing::ThrowsMessage<Error>(AllOf(HasSubstr("small"), HasSubstr("[16, 64]"))));
+  EXPECT_THAT([&] { Model::load(dir, with(gate("nope"))); },
+              testing::ThrowsMessage<Error>(HasSubstr("'nope'")));
+  EXPECT_THAT(
+      [&] {
+        Model::load(dir, with({{"gate", {{"file", file}}}}));
+      },
+      testing::ThrowsMessage<Error>(HasSubstr("'tensor'")));
+}
+
 }  // namespace routing_tests
 
 // ---- Traces and replay ----
