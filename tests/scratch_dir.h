@@ -1,13 +1,16 @@
 // Shared by the tests that write files or read the real LLM-routing data: a scratch folder per
-// test (removed at the end) and the location of ../shared/data/llm-routing.
+// test (removed at the end), the message of an expected error, and the location of
+// ../shared/data/llm-routing.
 #pragma once
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <switchyard/error.h>
 #include <switchyard/file_util.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace switchyard::testing_support {
@@ -36,6 +39,16 @@ class ScratchDir {
  private:
   std::filesystem::path root_;
 };
+
+// The message of the switchyard::Error `body` throws, or "<no error>".
+inline std::string error_of(const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
 
 inline std::filesystem::path llm_routing_data_dir() {
   return std::filesystem::path(SWITCHYARD_SOURCE_DIR) / ".." / "shared" / "data" / "llm-routing";

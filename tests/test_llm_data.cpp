@@ -25,23 +25,13 @@ using switchyard::Error;
 using switchyard::parse_csv;
 using switchyard::ReadOptions;
 using switchyard::RoutingTable;
+using switchyard::testing_support::error_of;
 using switchyard::testing_support::llm_routing_data_dir;
 using switchyard::testing_support::ScratchDir;
 using testing::ElementsAre;
 using testing::HasSubstr;
 
-namespace {
-
-std::string error_of(const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST(Csv, QuotesCommasNewlinesAndDoubledQuotes) {
   const auto records = parse_csv("a,\"b,c\",\"say \"\"hi\"\"\"\n\"multi\nline\",x,\n", "t.csv");

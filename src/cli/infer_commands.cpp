@@ -95,15 +95,9 @@ std::vector<int64_t> stop_ids(const infer::ModelSpec& spec, const std::string& d
   const std::string path = (std::filesystem::path(dir) / "generation_config.json").string();
   if (!std::filesystem::exists(path)) return ids;
   const json g = parse_json_strict(read_file_text(path), path);
-  if (!g.is_object() || !g.contains("eos_token_id") || g["eos_token_id"].is_null()) return ids;
-  const json& eos = g["eos_token_id"];
-  for (const json& id : eos.is_array() ? eos : json::array({eos})) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= spec.vocab)
-      fail("{}: field 'eos_token_id' = {} is not a token id below {}", path, eos.dump(),
-           spec.vocab);
-    if (std::find(ids.begin(), ids.end(), id.get<int64_t>()) == ids.end())
-      ids.push_back(id.get<int64_t>());
-  }
+  if (!g.is_object()) return ids;
+  for (int64_t id : infer::parse_eos_ids(g.value("eos_token_id", json()), spec.vocab, path))
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   return ids;
 }
 

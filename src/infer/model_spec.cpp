@@ -74,6 +74,18 @@ ModelSpec load_model_spec(const std::string& model_dir) {
   return parse_model_spec(parse_json_strict(read_file_text(path), path), path);
 }
 
+std::vector<int64_t> parse_eos_ids(const json& value, int64_t vocab, const std::string& source) {
+  std::vector<int64_t> ids;
+  if (value.is_null()) return ids;
+  for (const json& id : value.is_array() ? value : json::array({value})) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= vocab)
+      fail("{}: field 'eos_token_id' = {} is not a token id below vocab_size = {}", source,
+           value.dump(), vocab);
+    ids.push_back(id.get<int64_t>());
+  }
+  return ids;
+}
+
 std::vector<std::string> supported_architectures() {
   std::vector<std::string> names;
   for (const auto& entry : models::architecture_registry()) names.push_back(entry.name);

@@ -32,6 +32,7 @@ namespace fs = std::filesystem;
 
 using nlohmann::json;
 using switchyard::Error;
+using switchyard::testing_support::error_of;
 using switchyard::testing_support::ScratchDir;
 using switchyard::text::Tokenizer;
 using testing::AllOf;
@@ -40,15 +41,6 @@ using testing::HasSubstr;
 using Ids = std::vector<int32_t>;
 
 namespace {
-
-std::string error_of(const std::function<void()>& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 Tokenizer from_json(const json& file) {
   return Tokenizer::parse(file.dump(), "tiny.json");

@@ -93,6 +93,10 @@ struct ModelSpec {
 // field value the engine cannot run is an Error naming the file, the field and the value.
 ModelSpec parse_model_spec(const nlohmann::json& config, const std::string& source);
 ModelSpec load_model_spec(const std::string& model_dir);
+// An eos_token_id value (an id or a list of ids; absent or null = none) as ids below `vocab`;
+// `source` names the file in errors.
+std::vector<int64_t> parse_eos_ids(const nlohmann::json& value, int64_t vocab,
+                                   const std::string& source);
 // Architectures the engine runs, for help texts.
 std::vector<std::string> supported_architectures();
 

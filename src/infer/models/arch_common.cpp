@@ -71,15 +71,7 @@ ModelSpec read_common(const HFConfig& config, const std::string& architecture) {
   s.tie_embeddings = r.get_bool("tie_word_embeddings", false);
   s.max_positions = r.get_int("max_position_embeddings", 4096, 1, 1LL << 32);
   s.bos_id = r.get_int("bos_token_id", -1, -1, s.vocab - 1);
-  if (config.json.contains("eos_token_id")) {
-    const json& eos = config.json["eos_token_id"];
-    for (const json& id : eos.is_array() ? eos : json::array({eos})) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= s.vocab)
-        fail("{}: field 'eos_token_id' = {} is not a token id below vocab_size = {}", config.source,
-             eos.dump(), s.vocab);
-      s.eos_ids.push_back(id.get<int64_t>());
-    }
-  }
+  s.eos_ids = parse_eos_ids(config.json.value("eos_token_id", json()), s.vocab, config.source);
   const std::string act = r.get_string("hidden_act", "silu");
   if (act != "silu" && act != "swish")
     fail("{}: field 'hidden_act' = \"{}\" is not supported (silu)", config.source, act);

@@ -109,10 +109,6 @@ void block(int64_t M, int64_t K, const float* A, const uint16_t* W, float* C, in
   }
 }
 
-inline float sigmoid(float v) {
-  return 1.0f / (1.0f + std::exp(-v));
-}
-
 }  // namespace
 
 bool bf16_simd_available() {
@@ -153,13 +149,8 @@ void ffn_forward_bf16(Act act_kind, int64_t n, int64_t d, int64_t F, const float
   if (n == 0) return;
   gemm_bf16w(n, F, d, x, w1, h1);  // (n, F)
   const int64_t size = n * F;
-  if (act_kind == Act::SwiGLU) {
-    gemm_bf16w(n, F, d, x, w3, h3);  // (n, F)
-    for (int64_t i = 0; i < size; ++i) act[i] = h1[i] * sigmoid(h1[i]) * h3[i];
-  } else {
-    for (int64_t i = 0; i < size; ++i)
-      act[i] = 0.5f * h1[i] * (1.0f + std::erf(h1[i] * 0.70710678118654752f));
-  }
+  if (act_kind == Act::SwiGLU) gemm_bf16w(n, F, d, x, w3, h3);  // (n, F)
+  ffn_activation(act_kind, size, h1, h3, act);
   gemm_bf16w(n, d, F, act, w2, out);  // (n, d)
 }
 

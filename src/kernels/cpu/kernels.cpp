@@ -118,19 +118,24 @@ inline float gelu_grad(float v) {
 
 }  // namespace
 
-void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
-                 const float* w3, const float* w2, float* h1, float* h3, float* act, float* out) {
-  if (n == 0) return;
-  gemm(false, true, n, F, d, 1.0f, x, d, w1, d, 0.0f, h1, F);  // (n, F)
-  const int64_t size = n * F;
+void ffn_activation(Act act_kind, int64_t size, const float* h1, const float* h3, float* act) {
   if (act_kind == Act::SwiGLU) {
-    gemm(false, true, n, F, d, 1.0f, x, d, w3, d, 0.0f, h3, F);  // (n, F)
 #pragma omp parallel for simd schedule(static) if (size > 65536)
     for (int64_t i = 0; i < size; ++i) act[i] = h1[i] * sigmoid(h1[i]) * h3[i];
   } else {
 #pragma omp parallel for simd schedule(static) if (size > 65536)
     for (int64_t i = 0; i < size; ++i) act[i] = gelu(h1[i]);
   }
+}
+
+void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
+                 const float* w3, const float* w2, float* h1, float* h3, float* act, float* out) {
+  if (n == 0) return;
+  gemm(false, true, n, F, d, 1.0f, x, d, w1, d, 0.0f, h1, F);  // (n, F)
+  const int64_t size = n * F;
+  if (act_kind == Act::SwiGLU)
+    gemm(false, true, n, F, d, 1.0f, x, d, w3, d, 0.0f, h3, F);  // (n, F)
+  ffn_activation(act_kind, size, h1, h3, act);
   gemm(false, true, n, d, F, 1.0f, act, F, w2, F, 0.0f, out, d);  // (n, d)
 }
 

@@ -29,6 +29,9 @@ enum class Act { SwiGLU, GELU };
 void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
                  const float* w3, const float* w2, float* h1, float* h3, float* act, float* out);
 
+// act (size) = silu(h1) ⊙ h3 (SwiGLU) or gelu(h1): the step between the two GEMMs of an expert.
+void ffn_activation(Act act_kind, int64_t size, const float* h1, const float* h3, float* act);
+
 // Backward of ffn_forward. dout (n, d). Writes dw1, dw3 (F, d), dw2 (d, F) (accumulating when
 // `accumulate`), dx (n, d). `dact` (n, F) and `dh3` (n, F) are scratch.
 void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
