@@ -31,8 +31,6 @@ using switchyard::testing_support::ScratchDir;
 using testing::ElementsAre;
 using testing::HasSubstr;
 
-namespace {}  // namespace
-
 TEST(Csv, QuotesCommasNewlinesAndDoubledQuotes) {
   const auto records = parse_csv("a,\"b,c\",\"say \"\"hi\"\"\"\n\"multi\nline\",x,\n", "t.csv");
   ASSERT_EQ(records.size(), 2u);
