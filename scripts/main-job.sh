@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds, builds the multi-domain corpus from Debian
-# packages, and compares the default set of routers at matched active compute (writes
+# The main job: installs what is missing, builds, checks the inference engine against the
+# transformers goldens of ../shared/data/hf-tiny (and runs one short generation), builds the
+# multi-domain corpus from Debian packages, and compares the default set of routers at matched active compute (writes
 # runs/compare/report/index.html and summary.md). Then, when ../shared/data/llm-routing is
 # present, evaluates the prompt routers on RouteLLM's GSM8K and MMLU and on LLMRouter's 9 models
 # (runs/llm/<data>/report.html).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh release
+python3 scripts/check-hf-tiny.py --switchyard ./build/release/switchyard
 bash scripts/build-corpus.sh
 ./build/release/switchyard compare --config configs/compare.json "$@"
 echo "report: $(pwd)/runs/compare/report/index.html"

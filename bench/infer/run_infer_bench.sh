@@ -126,6 +126,13 @@ EOF
   # ---- ceilings --------------------------------------------------------------------------
   note "read bandwidth and the dense-GEMM floor ($bw, $threads threads)"
   OMP_NUM_THREADS="$threads" checked bandwidth "$bw" --tokens "$prompt_len" > "$raw/bandwidth.json"
+  # The BF16 floor of the same shapes: torch.matmul in bfloat16 (oneDNN), where torch imports.
+  rm -f "$raw/torch_gemm.json"
+  if "$py" -c 'import torch' 2>/dev/null; then
+    note "BF16 GEMM floor (torch.matmul bf16, $threads threads)"
+    checked torch_gemm "$py" bench/infer/torch_gemm_rates.py --shapes "$raw/bandwidth.json" \
+      --threads "$threads" > "$raw/torch_gemm.json" || rm -f "$raw/torch_gemm.json"
+  fi
 
   # ---- switchyard ------------------------------------------------------------------------
   note "switchyard generate: $prompt_len-token prompt, $new_tokens new tokens ($(mem_avail_gb) GB available)"
@@ -299,6 +306,13 @@ flops_tok = sum(f for f, _ in classes.values())
 floor_s_tok = sum(f / rate[r] for f, r in classes.values() if f)
 floor_tps = 1.0 / floor_s_tok
 floor_gflops = flops_tok / floor_s_tok * 1e-9
+# The same FLOPs at torch.matmul's bfloat16 rates (the BF16 floor), where they were measured.
+bf16_gemm = json.load(open(f"{raw}/torch_gemm.json")) if os.path.exists(f"{raw}/torch_gemm.json") else None
+if bf16_gemm:
+    rate16 = {g["name"]: g["gflops"] * 1e9 for g in bf16_gemm["gemm"]}
+    floor16_s_tok = sum(f / rate16[r] for f, r in classes.values() if f)
+    floor16_tps = 1.0 / floor16_s_tok
+    floor16_gflops = flops_tok / floor16_s_tok * 1e-9
 
 torch_rows = {r["dtype"]: r for r in jsonl("torch.jsonl")}
 llama_rows = jsonl("llama.jsonl")
@@ -335,6 +349,10 @@ print(f"| {f'decode tokens/s, batch 1, context {P}..{P + N - 1}':<44} | {sy_deco
       f"{r_dec:5.2f} | >= 0.7 {verdict(r_dec >= 0.7)} |")
 print(f"| {f'prefill tokens/s, {P}-token prompt':<44} | {sy_prefill:10.1f} | {floor_tps:9.1f} | "
       f"{r_pre:5.2f} | >= 0.7 {verdict(r_pre >= 0.7)} |")
+if bf16_gemm:
+    r16 = sy_prefill / floor16_tps
+    print(f"| {f'prefill vs the BF16 floor (torch.matmul bf16)':<44} | {sy_prefill:10.1f} | "
+          f"{floor16_tps:9.1f} | {r16:5.2f} | (info) |")
 print(f"\n- roofline = read bandwidth / bytes per decode token = {read_gbs:.2f} GB/s / "
       f"{bytes_tok / 1e9:.4f} GB: weights {weights_read / 1e6:.1f} M x {wb} B ({engine_dtype}, "
       f"from the engine's peak RSS {sy_rss / 1e9:.2f} GB = {sy_rss / params:.2f} B/parameter) "
@@ -346,6 +364,10 @@ print("  sgemm GFLOP/s (engine threading): " + ", ".join(
     f"{g['name']} {g['gflops']:.1f}" for g in bw["gemm"]) +
     f"; read {read_gbs:.2f} GB/s ({ctx['threads']} threads, best of {len(bw['read_gbs_passes'])}), "
     f"{bw['read_gbs_1thread']:.2f} GB/s one thread")
+if bf16_gemm:
+    print(f"- BF16 floor = the same sum at torch {bf16_gemm['torch']} matmul's bfloat16 rates: "
+          f"{floor16_gflops:.1f} GFLOP/s; " + ", ".join(
+              f"{g['name']} {g['gflops']:.1f}" for g in bf16_gemm["gemm"]))
 
 print(f"\n| {'implementation':<46} | {'decode tok/s':>12} | {'prefill tok/s':>13} | "
       f"{'switchyard x':>20} | {'peak RSS':>8} | {'same greedy ids':>15} |")
@@ -392,6 +414,8 @@ results = dict(
                                                         for n_, (f, c) in classes.items()},
                     gflops=floor_gflops, tokens_per_s=floor_tps, ratio=r_pre, target=0.7,
                     met=r_pre >= 0.7),
+    gemm_floor_bf16=(dict(gflops=floor16_gflops, tokens_per_s=floor16_tps,
+                          ratio=sy_prefill / floor16_tps, rates=bf16_gemm) if bf16_gemm else None),
     torch=list(torch_rows.values()), llama_cpp=llama_rows, llama_gguf=gguf_desc or None,
     ratios=ratios, notes=notes,
     contention=contention,

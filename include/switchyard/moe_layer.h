@@ -36,6 +36,9 @@ struct MoEParams {
   const uint16_t* w1_bf16 = nullptr;
   const uint16_t* w3_bf16 = nullptr;
   const uint16_t* w2_bf16 = nullptr;
+  // BF16 experts on more than 4 rows: activations rounded to BF16 for the AVX-512 BF16 dot
+  // product (as llama.cpp and PyTorch's bf16 do), or kept float32 (slower, exact to float32).
+  bool bf16_round_activations = true;
 };
 
 // Gradient views (not owned), same shapes; null entries are skipped. Backward overwrites them.
@@ -128,6 +131,10 @@ class MoELayer {
   void validate(const MoEParams& p, const MoEBatch& batch, bool check_weights = true) const;
   // y (T, d). Saves activations in cache. Returns the routing statistics (also in cache.stats).
   const RoutingStats& forward(const MoEParams& p, const MoEBatch& batch, MoECache& cache, float* y);
+  // Makes the cache's expert buffers hold `rows` dispatched rows (tokens × experts per token)
+  // now, on huge pages where the system has them, so the first large forward does not pay for
+  // fresh memory (inference engines reserve their batch's buffers the same way).
+  void reserve(MoECache& cache, int64_t rows) const;
   // dy (T, d) -> dx (T, d) and parameter gradients (overwritten). Includes the aux losses'
   // gradients (the aux loss is added to the objective with weight 1).
   // `aux_weight` scales the aux losses' share (for gradient accumulation over micro-batches).

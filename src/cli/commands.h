@@ -76,7 +76,8 @@ struct InferFlags {
   std::vector<int64_t> disabled_experts;
   std::string trace, label;  // --trace TRACE.safetensors; --label names the input (a domain)
   bool trace_logits = false;
-  std::string replay;  // forward: route with the experts of a trace
+  std::string replay;                // forward: route with the experts of a trace
+  bool float32_activations = false;  // BF16 weights: keep every product's activations float32
 };
 struct GenerateFlags {
   std::string ids, prompt, system, format = "text";
@@ -85,6 +86,7 @@ struct GenerateFlags {
   double temperature = 0.0, top_p = 1.0;
   uint64_t seed = 0;
   bool ignore_eos = false;
+  bool profile = false;  // print where the prefill and the decode spent their time
 };
 // in: `input_ids` int64 (B, T); out: `logits` (B, T, V), `router_logits.i` (B·T, R) per MoE layer.
 int run_forward(const InferFlags& flags, const std::string& in_path, const std::string& out_path);

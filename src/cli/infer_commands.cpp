@@ -55,6 +55,7 @@ namespace {
 infer::LoadOptions load_options(const InferFlags& flags) {
   infer::LoadOptions o;
   o.routing = routing_overrides(flags, o.routing_source);
+  o.round_bf16_activations = !flags.float32_activations;
   return o;
 }
 
@@ -114,6 +115,22 @@ void print_stats(const infer::Model& model, const infer::GenerateStats& stats) {
              model.active_parameter_count(),
              model.flops_per_token(stats.prompt_tokens + stats.generated_tokens),
              stats.prompt_tokens + stats.generated_tokens);
+}
+
+// The phases of Model::profile, largest first, with their share of the wall time.
+void print_profile(const char* what, const std::map<std::string, double>& ms, double seconds) {
+  std::vector<std::pair<double, std::string>> rows;
+  double sum = 0;
+  for (const auto& [phase, t] : ms) {
+    rows.emplace_back(t, phase);
+    sum += t;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  fmt::print(stderr, "{} profile ({:.1f} ms in forward calls of {:.1f} ms):\n", what, sum,
+             seconds * 1e3);
+  for (const auto& [t, phase] : rows)
+    fmt::print(stderr, "  {:<36} {:>10.1f} ms {:>6.1f}%\n", phase, t,
+               sum > 0 ? 100.0 * t / sum : 0.0);
 }
 
 // Reads --replay and makes the layers' k fit the trace unless the user chose one.
@@ -264,6 +281,10 @@ int run_generate(const InferFlags& flags, const GenerateFlags& gen) {
   }
   if (recorder) infer::write_trace(flags.trace, recorder->finish(flags.model, {flags.label}));
   print_stats(*model, stats);
+  if (gen.profile) {
+    print_profile("prefill", stats.prefill_profile_ms, stats.prefill_seconds);
+    print_profile("decode", stats.decode_profile_ms, stats.decode_seconds);
+  }
   return 0;
 }
 

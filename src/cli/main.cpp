@@ -166,6 +166,12 @@ int main(int argc, char** argv) {
                     "expert ids to take out of every MoE layer (pruning), comma separated")
         ->delimiter(',');
   };
+  // Commands that run the model (export-gguf only reads it).
+  auto add_compute_flags = [&](CLI::App* cmd) {
+    cmd->add_flag("--float32-activations", infer_flags.float32_activations,
+                  "BF16 weights: keep the inputs of their products float32 (exact to float32, "
+                  "slower prefill) instead of rounding them to BF16 as llama.cpp does");
+  };
   auto add_trace_flags = [&](CLI::App* cmd) {
     cmd->add_option("--trace", infer_flags.trace,
                     "write the routing of every token to TRACE.safetensors (+ TRACE.json)");
@@ -175,6 +181,7 @@ int main(int argc, char** argv) {
   std::string forward_in, forward_out;
   auto* forward = app.add_subcommand("forward", "Logits and router logits of a HF checkpoint");
   add_model_flags(forward);
+  add_compute_flags(forward);
   forward->add_option("--in", forward_in, "safetensors with input_ids int64 (B, T)")->required();
   forward->add_option("--out", forward_out, "safetensors: logits, router_logits.i")->required();
   add_trace_flags(forward);
@@ -184,6 +191,7 @@ int main(int argc, char** argv) {
   cli::GenerateFlags gen;
   auto* generate = app.add_subcommand("generate", "Generate from a HF checkpoint (KV cache)");
   add_model_flags(generate);
+  add_compute_flags(generate);
   add_trace_flags(generate);
   generate->add_option("--ids", gen.ids, "prompt token ids, comma separated");
   generate->add_option("--prompt", gen.prompt, "prompt text (tokenizer.json of the model)");
@@ -198,6 +206,8 @@ int main(int argc, char** argv) {
   generate->add_option("--top-p", gen.top_p, "nucleus mass")->check(CLI::Range(0.0, 1.0));
   generate->add_option("--seed", gen.seed, "sampling seed");
   generate->add_flag("--ignore-eos", gen.ignore_eos, "do not stop at the end-of-sequence token");
+  generate->add_flag("--profile", gen.profile,
+                     "print the wall time of each phase of the prefill and of the decode");
   generate->add_option("--format", gen.format, "text (streamed) or json ({\"ids\": [...]})")
       ->check(CLI::IsMember({"text", "json"}));
 
@@ -213,6 +223,7 @@ int main(int argc, char** argv) {
   int64_t ppl_context = 0;
   auto* ppl = app.add_subcommand("ppl", "Perplexity of a HF checkpoint on a text file");
   add_model_flags(ppl);
+  add_compute_flags(ppl);
   ppl->add_option("--text", ppl_text, "UTF-8 text file")->required();
   ppl->add_option("--context", ppl_context, "window in tokens (default min(positions, 1024))")
       ->check(CLI::NonNegativeNumber);

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/kernels.h"
+
 namespace switchyard::infer::blocks {
 
 // A weight matrix (rows, cols) as Hugging Face stores it: float32, or bfloat16 bits kept as the
@@ -13,6 +15,7 @@ namespace switchyard::infer::blocks {
 struct Matrix {
   std::vector<float> f32;
   std::vector<uint16_t> bf16;
+  cpu::Bf16Activations acts = cpu::Bf16Activations::Round;  // how a BF16 product treats x
   bool empty() const { return f32.empty() && bf16.empty(); }
   size_t size() const { return f32.size() + bf16.size(); }
 };

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/huge_pages.h"
+
 namespace switchyard::infer {
 
 namespace fs = std::filesystem;
@@ -170,7 +172,8 @@ std::vector<float> Checkpoint::read_f32(const std::string& name,
                                         const std::vector<int64_t>& shape) const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  std::vector<float> out(static_cast<size_t>(n));
+  std::vector<float> out;
+  resize_on_huge_pages(out, static_cast<size_t>(n));
   read_f32(name, shape, out.data());
   return out;
 }
@@ -190,7 +193,8 @@ std::vector<uint16_t> Checkpoint::read_bf16(const std::string& name,
                                             const std::vector<int64_t>& shape) const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  std::vector<uint16_t> out(static_cast<size_t>(n));
+  std::vector<uint16_t> out;
+  resize_on_huge_pages(out, static_cast<size_t>(n));
   read_bf16(name, shape, out.data());
   return out;
 }

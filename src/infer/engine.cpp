@@ -7,8 +7,10 @@
 #include <switchyard/safetensors.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
+#include "core/huge_pages.h"
 #include "infer/blocks.h"
 #include "infer/rope.h"
 #include "kernels/cpu/kernels.h"
@@ -39,7 +41,6 @@ struct LayerWeights {
   Matrix shared_w1, shared_w3, shared_w2;           // (Fs, d), (Fs, d), (d, Fs), (1, d)
   Buffer shared_gate;
   std::unique_ptr<MoELayer> moe;
-  MoECache moe_cache;
   int64_t moe_index = -1;
   std::vector<int32_t> expert_ids;  // (E kept) checkpoint id of each expert the layer holds
 };
@@ -47,6 +48,22 @@ struct LayerWeights {
 // Scratch of one forward call, kept across calls.
 struct Scratch {
   Buffer h, a, q, k, v, att, o, ffn, ffn_h, shared, shared_gate, lat, ckv, kvb;
+  MoECache moe;  // every MoE layer's, in turn (its routing is read before the next layer runs)
+};
+
+// Adds the wall time since the previous lap to a phase of Model::profile.
+class PhaseClock {
+ public:
+  explicit PhaseClock(std::map<std::string, double>& ms) : ms_(ms) {}
+  void lap(const std::string& phase) {
+    const auto now = std::chrono::steady_clock::now();
+    ms_[phase] += std::chrono::duration<double, std::milli>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  std::map<std::string, double>& ms_;
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace
@@ -63,12 +80,15 @@ struct Model::Impl {
 
   std::string routing_source;
   bool keep_bf16 = true;
+  bool round_bf16_activations = true;
   int64_t moe_count = 0;
   double kept_assignments = 0;  // over all MoE layers and tokens run so far
   int64_t moe_rows = 0;         // tokens × MoE layers run so far
+  std::map<std::string, double> profile_ms;
   void load_weights(const Checkpoint& ckpt);
+  void reserve(int64_t tokens);
   void attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
-                 const std::vector<int64_t>& pos);
+                 const std::vector<int64_t>& pos, PhaseClock& clock);
   void latent_projections(const LayerWeights& w, int64_t N);
   void record(const LayerWeights& w, int64_t N, ForwardCapture& capture);
   std::vector<int32_t> forced_ids(const LayerWeights& w, const ForwardReplay& replay,
@@ -125,6 +145,8 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
     const std::string name = tensor_name(pattern, l);
     if (keep_bf16 && ckpt.tensor(name).dtype == DType::BF16) {
       dst.bf16 = ckpt.read_bf16(name, shape);
+      dst.acts =
+          round_bf16_activations ? cpu::Bf16Activations::Round : cpu::Bf16Activations::Float32;
     } else {
       dst.f32 = ckpt.read_f32(name, shape);
     }
@@ -203,10 +225,10 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
       const int64_t size = shape[0] * shape[1];
       const std::string name = tensor_name(pattern, l, e);
       if (bf16) {
-        b16.resize(size_t(E * size));
+        resize_on_huge_pages(b16, size_t(E * size));
         ckpt.read_bf16(name, shape, b16.data() + i * size);
       } else {
-        f32.resize(size_t(E * size));
+        resize_on_huge_pages(f32, size_t(E * size));
         ckpt.read_f32(name, shape, f32.data() + i * size);
       }
     };
@@ -254,10 +276,12 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   m.spec = load_model_spec(dir);
   m.routing_source = options.routing_source;
   m.keep_bf16 = options.keep_bf16;
+  m.round_bf16_activations = options.round_bf16_activations;
   m.routing = resolve_routing(m.spec, options.routing, options.routing_source);
   m.rope = make_rope_table(m.spec.rope, m.spec.rope_dim, m.spec.rope_layout, m.spec.source);
   const Checkpoint ckpt = Checkpoint::open(dir);
   m.load_weights(ckpt);
+  m.reserve(options.reserve_tokens);
   std::vector<std::string> extra;
   for (const std::string& name : ckpt.unread())
     if (name.find("rotary_emb.inv_freq") == std::string::npos) extra.push_back(name);
@@ -266,6 +290,30 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
          m.spec.architecture,
          extra.size() > 1 ? fmt::format(" ({} more unexpected tensors)", extra.size() - 1) : "");
   return model;
+}
+
+void Model::Impl::reserve(int64_t tokens) {
+  if (tokens <= 0) return;
+  const ModelSpec& m = spec;
+  const int64_t N = tokens, d = m.d, H = m.n_heads, Hkv = m.n_kv_heads;
+  const int64_t Dq = m.q_head_dim(), Dv = m.v_dim();
+  for (auto [buffer, size] : {std::pair{&s.h, N * d},
+                              {&s.a, N * d},
+                              {&s.q, N * H * Dq},
+                              {&s.k, N * std::max(H, Hkv) * Dq},
+                              {&s.v, N * std::max(H, Hkv) * Dv},
+                              {&s.att, N * H * Dv},
+                              {&s.o, N * d},
+                              {&s.ffn, N * d}}) {
+    resize_on_huge_pages(*buffer, size_t(size));
+    buffer->clear();
+  }
+  for (LayerWeights& w : layers)
+    if (w.moe) {
+      const int64_t k = routing[size_t(w.moe_index)].router.value("k", int64_t(1));
+      w.moe->reserve(s.moe, N * std::min<int64_t>(k, int64_t(w.expert_ids.size())));
+      break;  // the layers share one cache
+    }
 }
 
 KVCache Model::new_cache() const {
@@ -329,6 +377,14 @@ void Model::Impl::latent_projections(const LayerWeights& w, int64_t N) {
     }
 }
 
+const std::map<std::string, double>& Model::profile() const {
+  return impl_->profile_ms;
+}
+
+void Model::reset_profile() {
+  impl_->profile_ms.clear();
+}
+
 double Model::experts_per_token() const {
   return impl_->moe_rows > 0 ? impl_->kept_assignments / double(impl_->moe_rows) : NAN;
 }
@@ -343,7 +399,7 @@ double Model::flops_per_token(int64_t context) const {
 }
 
 void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
-                            const std::vector<int64_t>& pos) {
+                            const std::vector<int64_t>& pos, PhaseClock& clock) {
   const ModelSpec& m = spec;
   LayerWeights& w = layers[size_t(l)];
   const int64_t d = m.d, H = m.n_heads, Hkv = m.n_kv_heads, Dq = m.q_head_dim(), Dv = m.v_dim();
@@ -371,6 +427,7 @@ void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
   if (m.clip_qkv > 0)
     for (Buffer* b : {&s.q, &s.k, &s.v})
       for (float& x : *b) x = std::clamp(x, float(-m.clip_qkv), float(m.clip_qkv));
+  clock.lap("attention projections");
   const int64_t rope_off = Dq - m.rope_dim;  // latent attention rotates the tail of each head
   apply_rope(rope, N, H, H * Dq, Dq, pos.data(), s.q.data() + rope_off);
   apply_rope(rope, N, Hkv, Hkv * Dq, Dq, pos.data(), s.k.data() + rope_off);
@@ -388,9 +445,11 @@ void Model::Impl::attention(int64_t l, std::span<const Chunk> chunks, int64_t N,
                       m.sliding_window, s.att.data() + row * H * Dv);
     row += n;
   }
+  clock.lap("attention (rope, scores, values)");
   s.o.resize(size_t(N * d));
   blocks::linear(N, H * Dv, d, s.att.data(), w.wo, nullptr, s.o.data());
   for (int64_t i = 0; i < N * d; ++i) s.h[size_t(i)] += s.o[size_t(i)];
+  clock.lap("attention projections");
 }
 
 // A replay's checkpoint expert ids as the layer's own (a disabled expert cannot be replayed).
@@ -421,7 +480,7 @@ void Model::Impl::record(const LayerWeights& w, int64_t N, ForwardCapture& captu
   const int64_t E = int64_t(w.expert_ids.size());
   if (capture.router_logits) {
     std::vector<float> full(size_t(N * spec.experts), -INFINITY);
-    const std::vector<float>& z = w.moe_cache.logits;  // (N, R), R ≥ E
+    const std::vector<float>& z = s.moe.logits;  // (N, R), R ≥ E
     const int64_t R = int64_t(z.size()) / N;
     for (int64_t r = 0; r < N; ++r)
       for (int64_t e = 0; e < E; ++e)
@@ -429,7 +488,7 @@ void Model::Impl::record(const LayerWeights& w, int64_t N, ForwardCapture& captu
     capture.logits.push_back(std::move(full));
   }
   if (capture.decisions) {
-    const RoutingPlan& plan = w.moe_cache.plan;
+    const RoutingPlan& plan = s.moe.plan;
     LayerDecisions d;
     for (size_t a = 0; a < plan.size(); ++a)
       if (plan.kept[a] && plan.expert[a] < E) {
@@ -472,9 +531,11 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
     }
   }
   Scratch& s = m.s;
+  PhaseClock clock(m.profile_ms);
   s.h.resize(size_t(N * d));
   s.a.resize(size_t(N * d));
   for (int64_t r = 0; r < N; ++r) blocks::copy_row(m.embed, d, ids[size_t(r)], s.h.data() + r * d);
+  clock.lap("embedding");
   if (capture) {
     capture->logits.clear();
     capture->routing.clear();
@@ -482,13 +543,16 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
   for (int64_t l = 0; l < spec.n_layers; ++l) {
     LayerWeights& w = m.layers[size_t(l)];
     blocks::rmsnorm(N, d, s.h.data(), w.attn_norm.data(), spec.norm_eps, s.a.data());
-    m.attention(l, chunks, N, pos);
+    clock.lap("norms and residuals");
+    m.attention(l, chunks, N, pos, clock);
     blocks::rmsnorm(N, d, s.h.data(), w.ffn_norm.data(), spec.norm_eps, s.a.data());
+    clock.lap("norms and residuals");
     s.ffn.resize(size_t(N * d));
     if (!w.moe) {
       s.ffn_h.resize(size_t(2 * N * spec.dense_ff));
       blocks::swiglu(N, d, spec.dense_ff, s.a.data(), w.dense_w1, w.dense_w3, w.dense_w2,
                      s.ffn_h.data(), s.ffn.data());
+      clock.lap("dense FFN");
     } else {
       MoEParams p;
       p.gate = w.gate.empty() ? nullptr : w.gate.data();
@@ -501,6 +565,7 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
         p.w1_bf16 = w.w1_bf16.data();
         p.w3_bf16 = w.w3_bf16.data();
         p.w2_bf16 = w.w2_bf16.data();
+        p.bf16_round_activations = m.round_bf16_activations;
       }
       MoEBatch batch;
       batch.T = N;
@@ -513,10 +578,15 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
         batch.forced_experts = forced.data();
         batch.forced_k = replay->k;
       }
-      const RoutingStats& stats = w.moe->forward(p, batch, w.moe_cache, s.ffn.data());
+      const RoutingStats& stats = w.moe->forward(p, batch, s.moe, s.ffn.data());
       m.kept_assignments += stats.experts_per_token * double(N);
       m.moe_rows += N;
       if (capture) m.record(w, N, *capture);
+      clock.lap("moe (other)");  // less the layer's own phases, below
+      for (const auto& [phase, ms] : stats.phase_ms) {
+        m.profile_ms["moe " + phase] += ms;
+        m.profile_ms["moe (other)"] -= ms;
+      }
       if (spec.shared_ff > 0) {
         // The always-on shared expert, scaled by sigmoid(gate · x) where the model has a gate.
         s.shared.resize(size_t(N * d));
@@ -531,9 +601,11 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
         for (int64_t r = 0; r < N; ++r)
           for (int64_t j = 0; j < d; ++j)
             s.ffn[size_t(r * d + j)] += s.shared_gate[size_t(r)] * s.shared[size_t(r * d + j)];
+        clock.lap("shared expert");
       }
     }
     for (int64_t i = 0; i < N * d; ++i) s.h[size_t(i)] += s.ffn[size_t(i)];
+    clock.lap("norms and residuals");
   }
   // The rows whose logits are wanted: all, or each chunk's last token.
   std::vector<int64_t> rows;
@@ -550,6 +622,7 @@ void Model::forward(std::span<const Chunk> chunks, bool all_logits, std::vector<
   logits.resize(size_t(R * V));
   blocks::linear(R, d, V, s.a.data(), spec.tie_embeddings ? m.embed : m.lm_head, nullptr,
                  logits.data());
+  clock.lap("final norm and LM head");
   for (const Chunk& c : chunks) c.cache->length += int64_t(c.tokens.size());
 }
 

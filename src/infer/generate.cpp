@@ -87,6 +87,7 @@ std::vector<std::vector<int32_t>> generate(Model& model,
     }
   };
   if (options.max_new_tokens <= 0) return out;
+  model.reset_profile();
   auto t0 = Clock::now();
   std::vector<size_t> seqs;
   for (size_t i = 0; i < S; ++i) {
@@ -97,7 +98,11 @@ std::vector<std::vector<int32_t>> generate(Model& model,
   run(seqs);
   emit(seqs);
   auto t1 = Clock::now();
-  if (stats) stats->prefill_seconds += std::chrono::duration<double>(t1 - t0).count();
+  if (stats) {
+    stats->prefill_seconds += std::chrono::duration<double>(t1 - t0).count();
+    stats->prefill_profile_ms = model.profile();
+  }
+  model.reset_profile();
   for (;;) {
     chunks.clear();
     seqs.clear();
@@ -112,6 +117,7 @@ std::vector<std::vector<int32_t>> generate(Model& model,
   }
   if (stats) {
     stats->decode_seconds += std::chrono::duration<double>(Clock::now() - t1).count();
+    stats->decode_profile_ms = model.profile();
     for (const auto& o : out) stats->generated_tokens += int64_t(o.size());
   }
   return out;

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 
+#include "core/huge_pages.h"
 #include "kernels/cpu/kernels.h"
 #include "layer/losses.h"
 
@@ -180,6 +181,19 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
   }
 }
 
+void MoELayer::reserve(MoECache& c, int64_t rows) const {
+  const int64_t d = shape_.d, F = shape_.F;
+  const bool swiglu = act_of(config_.activation) == cpu::Act::SwiGLU;
+  for (auto [buffer, size] : {std::pair{&c.xd, rows * d},
+                              {&c.h1, rows * F},
+                              {&c.h3, swiglu ? rows * F : 0},
+                              {&c.act, rows * F},
+                              {&c.out, rows * d}}) {
+    resize_on_huge_pages(*buffer, size_t(size));  // touched here: faulted in once
+    buffer->clear();                              // the capacity stays
+  }
+}
+
 const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch, MoECache& c,
                                       float* y) {
   // Weights are not scanned on every call (100 MB for a fine-grained layer); a non-finite weight
@@ -320,21 +334,22 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   cpu::rows_by_token(rows, row_token.data(), T, c.token_offsets.data(), c.token_rows.data());
 
   // Experts on contiguous slices.
-  c.xd.resize(size_t(rows * d));
-  c.h1.resize(size_t(rows * F));
-  c.h3.resize(act == cpu::Act::SwiGLU ? size_t(rows * F) : 0);
-  c.act.resize(size_t(rows * F));
-  c.out.resize(size_t(rows * d));
+  resize_on_huge_pages(c.xd, size_t(rows * d));
+  resize_on_huge_pages(c.h1, size_t(rows * F));
+  resize_on_huge_pages(c.h3, act == cpu::Act::SwiGLU ? size_t(rows * F) : 0);
+  resize_on_huge_pages(c.act, size_t(rows * F));
+  resize_on_huge_pages(c.out, size_t(rows * d));
   cpu::gather_rows(rows, d, batch.x, row_token.data(), c.xd.data());
   lap("dispatch");
   for_each_expert(E, c.expert_offsets, [&](int64_t e) {
     const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
     if (p.w1_bf16)
-      cpu::ffn_forward_bf16(act, n, d, F, c.xd.data() + o * d, p.w1_bf16 + e * F * d,
-                            p.w3_bf16 ? p.w3_bf16 + e * F * d : nullptr, p.w2_bf16 + e * d * F,
-                            c.h1.data() + o * F,
-                            act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr,
-                            c.act.data() + o * F, c.out.data() + o * d);
+      cpu::ffn_forward_bf16(
+          act, n, d, F, c.xd.data() + o * d, p.w1_bf16 + e * F * d,
+          p.w3_bf16 ? p.w3_bf16 + e * F * d : nullptr, p.w2_bf16 + e * d * F, c.h1.data() + o * F,
+          act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
+          c.out.data() + o * d,
+          p.bf16_round_activations ? cpu::Bf16Activations::Round : cpu::Bf16Activations::Float32);
     else
       cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
                        p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,

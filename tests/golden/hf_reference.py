@@ -205,6 +205,27 @@ def read_safetensors(path):
     return out
 
 
+def bf16_tensor_names(model_dir):
+    """Names of the tensors stored as BF16 (in model.safetensors or the shards)."""
+    files = [os.path.join(model_dir, "model.safetensors")]
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = [os.path.join(model_dir, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
+    names = set()
+    for path in files:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n).decode("utf-8"))
+        names |= {k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "BF16"}
+    return names
+
+
+def round_to_bf16(x):
+    """x rounded to the nearest bfloat16 (ties to even), through float32 as the engine holds it."""
+    return x.to(torch.float32).to(torch.bfloat16).to(x.dtype)
+
+
 def load_weights(model_dir):
     """All tensors of model.safetensors, or of the shards listed in model.safetensors.index.json."""
     index = os.path.join(model_dir, "model.safetensors.index.json")
@@ -430,8 +451,12 @@ def topk_gap(scores, k):
 
 
 class HFModel:
-    def __init__(self, cfg, weights, generation_config=None):
+    def __init__(self, cfg, weights, generation_config=None, bf16_inputs=None):
+        """bf16_inputs: names of BF16 weight matrices whose products take their input rounded to
+        BF16 first (llama.cpp's and switchyard's default arithmetic for BF16 weights); None keeps
+        every input exact. The router gates are never rounded (switchyard reads them as float32)."""
         self.cfg = cfg
+        self.bf16_inputs = set(bf16_inputs or ())
         self.family = fam = family_of(cfg)
         self.w = weights
         self.V = int(cfg["vocab_size"])
@@ -506,7 +531,7 @@ class HFModel:
         self._check_weights()
 
     @classmethod
-    def from_dir(cls, model_dir):
+    def from_dir(cls, model_dir, round_bf16_inputs=False):
         with open(os.path.join(model_dir, "config.json")) as f:
             cfg = json.load(f)
         gen = None
@@ -514,7 +539,14 @@ class HFModel:
         if os.path.exists(gpath):
             with open(gpath) as f:
                 gen = json.load(f)
-        return cls(cfg, load_weights(model_dir), gen)
+        rounded = bf16_tensor_names(model_dir) if round_bf16_inputs else None
+        return cls(cfg, load_weights(model_dir), gen, rounded)
+
+    def lin(self, x, name, b=None):
+        """linear(x, w[name], b), the input rounded to BF16 where w[name] is a rounded matrix."""
+        if name in self.bf16_inputs:
+            x = round_to_bf16(x)
+        return linear(x, self.w[name], b)
 
     # ---- structure ---------------------------------------------------------------------------
 
@@ -605,9 +637,9 @@ class HFModel:
         B, T, _ = x.shape
         H, Hkv, D = self.H, self.Hkv, self.head_dim
         b = (lambda n: w[a + n + ".bias"]) if self.qkv_bias else (lambda n: None)
-        q = linear(x, w[a + "q_proj.weight"], b("q_proj"))  # (B, T, H*D)
-        k = linear(x, w[a + "k_proj.weight"], b("k_proj"))  # (B, T, Hkv*D)
-        v = linear(x, w[a + "v_proj.weight"], b("v_proj"))  # (B, T, Hkv*D)
+        q = self.lin(x, a + "q_proj.weight", b("q_proj"))  # (B, T, H*D)
+        k = self.lin(x, a + "k_proj.weight", b("k_proj"))  # (B, T, Hkv*D)
+        v = self.lin(x, a + "v_proj.weight", b("v_proj"))  # (B, T, Hkv*D)
         if self.qk_norm == "full":  # OLMoE: over the whole projection, before the head split
             q = rms_norm(q, w[a + "q_norm.weight"], self.eps)
             k = rms_norm(k, w[a + "k_norm.weight"], self.eps)
@@ -624,7 +656,7 @@ class HFModel:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = causal_attention(q, k, v, D ** -0.5, self.window)  # (B, H, T, D)
         o = o.transpose(1, 2).reshape(B, T, H * D)
-        return linear(o, w[a + "o_proj.weight"], w[a + "o_proj.bias"] if self.o_bias else None)
+        return self.lin(o, a + "o_proj.weight", w[a + "o_proj.bias"] if self.o_bias else None)
 
     def _mla(self, i, x, cos, sin):
         """DeepSeek-V3 multi-head latent attention; x (B, T, d) -> (B, T, d)."""
@@ -633,17 +665,17 @@ class HFModel:
         H, nope, rope, dv = self.H, self.qk_nope, self.qk_rope, self.v_head_dim
         bias = (lambda n: w[a + n + ".bias"]) if self.attention_bias else (lambda n: None)
         if self.q_lora_rank:
-            cq = linear(x, w[a + "q_a_proj.weight"], bias("q_a_proj"))  # (B, T, q_lora_rank)
+            cq = self.lin(x, a + "q_a_proj.weight", bias("q_a_proj"))  # (B, T, q_lora_rank)
             cq = rms_norm(cq, w[a + "q_a_layernorm.weight"], 1e-6)
-            q = linear(cq, w[a + "q_b_proj.weight"])  # (B, T, H*(nope+rope))
+            q = self.lin(cq, a + "q_b_proj.weight")  # (B, T, H*(nope+rope))
         else:
-            q = linear(x, w[a + "q_proj.weight"])
+            q = self.lin(x, a + "q_proj.weight")
         q = q.view(B, T, H, nope + rope).transpose(1, 2)  # (B, H, T, nope+rope)
         q_nope, q_rot = q[..., :nope], q[..., nope:]
-        ckv = linear(x, w[a + "kv_a_proj_with_mqa.weight"], bias("kv_a_proj_with_mqa"))
+        ckv = self.lin(x, a + "kv_a_proj_with_mqa.weight", bias("kv_a_proj_with_mqa"))
         c, k_rot = ckv[..., :self.kv_lora_rank], ckv[..., self.kv_lora_rank:]  # (B,T,r), (B,T,rope)
         c = rms_norm(c, w[a + "kv_a_layernorm.weight"], 1e-6)
-        kv = linear(c, w[a + "kv_b_proj.weight"]).view(B, T, H, nope + dv).transpose(1, 2)
+        kv = self.lin(c, a + "kv_b_proj.weight").view(B, T, H, nope + dv).transpose(1, 2)
         k_nope, v = kv[..., :nope], kv[..., nope:]  # (B, H, T, nope), (B, H, T, dv)
         k_rot = k_rot.view(B, 1, T, rope)  # one rope key shared by all heads
         if self.rope_interleave:
@@ -654,7 +686,7 @@ class HFModel:
         k = torch.cat([k_nope, k_rot], dim=-1)
         o = causal_attention(q, k, v, self.mla_scale)  # (B, H, T, dv)
         o = o.transpose(1, 2).reshape(B, T, H * dv)
-        return linear(o, w[a + "o_proj.weight"], bias("o_proj"))
+        return self.lin(o, a + "o_proj.weight", bias("o_proj"))
 
     # ---- feed-forward ------------------------------------------------------------------------
 
@@ -662,8 +694,8 @@ class HFModel:
         w = self.w
         g, u, dn = (prefix + n for n in names)
         bb = (lambda n: w[n + ".bias"]) if bias else (lambda n: None)
-        h = self.act(linear(x, w[g + ".weight"], bb(g))) * linear(x, w[u + ".weight"], bb(u))
-        return linear(h, w[dn + ".weight"], bb(dn))
+        h = self.act(self.lin(x, g + ".weight", bb(g))) * self.lin(x, u + ".weight", bb(u))
+        return self.lin(h, dn + ".weight", bb(dn))
 
     def _experts(self, x, idx, weight, prefix, names):
         """x (N, d), idx/weight (N, k): sum_j weight[:, j] * expert_{idx[:, j]}(x)."""
@@ -687,7 +719,7 @@ class HFModel:
         else:
             p = f"model.layers.{i}.mlp."
             names = ("gate_proj", "up_proj", "down_proj")
-        logits = linear(xf, w[p + "gate.weight"])  # (N, E)
+        logits = linear(xf, w[p + "gate.weight"])  # (N, E); a gate is never rounded
         if fam == "deepseek_v3":
             idx, weight = self._deepseek_route(i, logits, w[p + "gate.e_score_correction_bias"])
         else:
@@ -698,7 +730,7 @@ class HFModel:
                 weight = weight / weight.sum(dim=-1, keepdim=True)
         y = self._experts(xf, idx, weight, p, names)
         if fam == "qwen2_moe":
-            gate = torch.sigmoid(linear(xf, w[p + "shared_expert_gate.weight"]))  # (N, 1)
+            gate = torch.sigmoid(linear(xf, w[p + "shared_expert_gate.weight"]))  # (N, 1), exact
             y = y + gate * self._swiglu(xf, p + "shared_expert.")
         if fam == "deepseek_v3" and self.n_shared:
             y = y + self._swiglu(xf, p + "shared_experts.")
@@ -749,8 +781,8 @@ class HFModel:
                 y = self._swiglu(h, p + "mlp.", bias=self.mlp_bias)
             x = x + y
         x = rms_norm(x, w["model.norm.weight"], self.eps)
-        head = w["model.embed_tokens.weight"] if self.tie else w["lm_head.weight"]
-        return linear(x, head), router_logits
+        head = "model.embed_tokens.weight" if self.tie else "lm_head.weight"
+        return self.lin(x, head), router_logits
 
     def generate(self, prompt, max_new_tokens, stop_at_eos=True):
         """Greedy decoding, recomputing the whole sequence each step; prompt ids then new ids.

@@ -24,7 +24,9 @@ Each folder gets what transformers' save_pretrained writes:
                          logits (2, 16, V), generate_prefix (1, 8) = input_ids[0, :8], generate
                          (1, 16) (greedy, 8 new tokens), router_logits: one (32, E) list per MoE
                          layer; computed by hf_reference.py in float64 from the weights as stored
-                         (read back from the written files, i.e. dtype-rounded).
+                         (read back from the written files, i.e. dtype-rounded). BF16
+                         checkpoints add bf16_rounded {logits, router_logits, generate}: the same
+                         with every BF16 matrix's product taking its input rounded to BF16.
 
 Sizes: vocab 512, hidden 64, 2-3 layers, 4 heads. Weights ~N(0, 1/fan_in), norms 1 + 0.1 N(0,1),
 biases 0.1 N(0,1), embeddings N(0, 1) (std 0.1 when tied). The draw is retried (attempt 1, 2, ... from the same seed,
@@ -354,9 +356,10 @@ def write_checkpoint(out_dir, weights, dtype, shards):
 # ----------------------------------------------------------------------------------------------
 
 
-def compute_golden(out_dir, input_ids, prefix_len=8, new_tokens=8):
-    """-> (golden dict, diagnostics dict) from the checkpoint as written."""
-    model = hf_reference.HFModel.from_dir(out_dir)
+def compute_golden(out_dir, input_ids, prefix_len=8, new_tokens=8, round_bf16_inputs=False):
+    """-> (golden dict, diagnostics dict) from the checkpoint as written; round_bf16_inputs: the
+    products of BF16 matrices take BF16-rounded inputs (switchyard's default arithmetic)."""
+    model = hf_reference.HFModel.from_dir(out_dir, round_bf16_inputs)
     logits, routers = model.forward(input_ids)
     margins = [m for _, m in model.route_margins]
     prefix = input_ids[0][:prefix_len]
@@ -407,8 +410,15 @@ def build(arch, out_dir, seed=0, dtype="f32", shards=1, form=5, rope_type=None, 
         input_ids = rng.integers(3, cfg["vocab_size"], size=(2, 16)).tolist()
         write_checkpoint(out_dir, weights, dtype, shards)
         golden, diag = compute_golden(out_dir, input_ids)
-        ok = (diag["route_margin"] >= min_margin and diag["greedy_margin"] >= min_margin
-              and diag["distinct_new"] >= 3 and not diag["hit_eos"] and diag["logit_std"] > 0.05)
+        variants = [diag]
+        if dtype == "bf16":
+            # BF16 weights: also the arithmetic with BF16-rounded inputs, under "bf16_rounded"
+            rounded, diag_r = compute_golden(out_dir, input_ids, round_bf16_inputs=True)
+            golden["bf16_rounded"] = {k: rounded[k] for k in ("logits", "router_logits", "generate")}
+            variants.append(diag_r)
+        ok = all(v["route_margin"] >= min_margin and v["greedy_margin"] >= min_margin
+                 and v["distinct_new"] >= 3 and not v["hit_eos"] and v["logit_std"] > 0.05
+                 for v in variants)
         if ok:
             break
         if not quiet:

@@ -19,6 +19,7 @@
 #include <set>
 
 #include "../scratch_dir.h"
+#include "infer/blocks.h"
 #include "kernels/cpu/kernels.h"
 
 namespace {
@@ -247,53 +248,140 @@ TEST_P(Engine, ShardedBf16F16AndConfigFormsLoadTheSameModel) {
     auto b = Model::load(sharded.string(), widen);
     const auto want = full_logits(*a, ids);
     EXPECT_EQ(want, full_logits(*b, ids)) << name;
-    // Kept in BF16 (the default): the same values through the BF16 kernels, summed in another
-    // order.
-    auto c = Model::load(sharded.string());
+    // Kept in BF16 with float32 inputs: the same values through the BF16 kernels, summed in
+    // another order. Kept in BF16 with rounded inputs (the default): BF16 tolerance, and not
+    // the float32 result (F32 and F16 tensors are read as float32: nothing rounds).
+    auto max_rel_error = [&](const std::vector<float>& got) {
+      double err = 0, scale = 0;
+      for (size_t j = 0; j < want.size(); ++j) {
+        err = std::max(err, double(std::abs(got[j] - want[j])));
+        scale = std::max(scale, double(std::abs(want[j])));
+      }
+      return err / scale;
+    };
+    switchyard::infer::LoadOptions exact;
+    exact.round_bf16_activations = false;
+    auto c = Model::load(sharded.string(), exact);
     const auto kept = full_logits(*c, ids);
     ASSERT_EQ(kept.size(), want.size());
-    double err = 0, scale = 0;
-    for (size_t j = 0; j < want.size(); ++j) {
-      err = std::max(err, double(std::abs(kept[j] - want[j])));
-      scale = std::max(scale, double(std::abs(want[j])));
-    }
-    EXPECT_LT(err, 1e-5 * scale) << name;
+    EXPECT_LT(max_rel_error(kept), 1e-5) << name;
+    auto r = Model::load(sharded.string());
+    const auto kept_rounded = full_logits(*r, ids);
+    ASSERT_EQ(kept_rounded.size(), want.size());
+    const double rounded_err = max_rel_error(kept_rounded);
+    EXPECT_LT(rounded_err, 3e-2) << name;
+    if (dtype == switchyard::DType::BF16)
+      EXPECT_GT(rounded_err, 1e-6) << name << ": the default arithmetic did not round";
+    else
+      EXPECT_LT(rounded_err, 1e-5) << name;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(HfTiny, Engine, testing::Values("mixtral", "qwen3_moe"));
 
-// The BF16-weight GEMM against a float64 reference: odd sizes, 1 to 9 rows (the per-row and the
-// widen-then-sgemm paths), with and without AVX-512.
+// The BF16-weight GEMM against a float64 reference: odd sizes, 1 to 4 rows (decode) and more,
+// float32 activations (the per-row path, widen-then-sgemm) or BF16-rounded ones (the AVX-512 BF16
+// dot-product tiles of 4 x 4 with their remainders, or the float32 paths on the rounded values),
+// with and without each instruction set. With rounded activations the reference multiplies the
+// rounded values, so every path is held to 1e-5.
 TEST(Bf16Kernels, GemmMatchesAFloat64Reference) {
+  using switchyard::cpu::Bf16Activations;
   std::mt19937_64 rng(kSeed + 10);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (const bool simd : {true, false}) {
-    switchyard::cpu::set_bf16_simd(simd);
-    for (int64_t M : {1, 2, 3, 4, 5, 9})
-      for (int64_t N : {1, 17, 130})
-        for (int64_t K : {1, 15, 16, 33, 64, 100, 300}) {
-          std::vector<float> A(size_t(M * K)), C(size_t(M * N));
-          std::vector<uint16_t> W(size_t(N * K));
-          for (float& a : A) a = normal(rng);
-          for (uint16_t& w : W) w = uint16_t(std::bit_cast<uint32_t>(normal(rng)) >> 16);
-          switchyard::cpu::gemm_bf16w(M, N, K, A.data(), W.data(), C.data());
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t n = 0; n < N; ++n) {
-              double ref = 0, mag = 0;
-              for (int64_t k = 0; k < K; ++k) {
-                const double w = std::bit_cast<float>(uint32_t(W[size_t(n * K + k)]) << 16);
-                ref += double(A[size_t(m * K + k)]) * w;
-                mag += std::abs(double(A[size_t(m * K + k)]) * w);
+  auto bf16_of = [](float f) {  // round to nearest even, independently of the kernel's code
+    const uint32_t u = std::bit_cast<uint32_t>(f);
+    const uint32_t lsb = (u >> 16) & 1u;
+    return uint16_t((u + 0x7fffu + lsb) >> 16);
+  };
+  auto widen = [](uint16_t b) { return double(std::bit_cast<float>(uint32_t(b) << 16)); };
+  struct Path {
+    bool simd, dot;
+  };
+  for (const Path path : {Path{true, true}, Path{true, false}, Path{false, false}}) {
+    switchyard::cpu::set_bf16_simd(path.simd);
+    switchyard::cpu::set_bf16_dot(path.dot);
+    for (const Bf16Activations acts : {Bf16Activations::Float32, Bf16Activations::Round})
+      for (int64_t M : {1, 2, 3, 4, 5, 7, 9, 133})
+        for (int64_t N : {1, 3, 4, 6, 17, 130})
+          for (int64_t K : {1, 15, 16, 31, 32, 33, 64, 100, 300}) {
+            std::vector<float> A(size_t(M * K)), C(size_t(M * N));
+            std::vector<uint16_t> W(size_t(N * K));
+            for (float& a : A) a = normal(rng);
+            for (uint16_t& w : W) w = uint16_t(std::bit_cast<uint32_t>(normal(rng)) >> 16);
+            switchyard::cpu::gemm_bf16w(M, N, K, A.data(), W.data(), C.data(), acts);
+            const bool rounded = acts == Bf16Activations::Round;
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < N; ++n) {
+                double ref = 0, mag = 0;
+                for (int64_t k = 0; k < K; ++k) {
+                  const float a = A[size_t(m * K + k)];
+                  const double x = rounded ? widen(bf16_of(a)) : double(a);
+                  const double p = x * widen(W[size_t(n * K + k)]);
+                  ref += p;
+                  mag += std::abs(p);
+                }
+                ASSERT_NEAR(C[size_t(m * N + n)], ref, 1e-5 * mag + 1e-6)
+                    << "simd " << path.simd << " dot " << path.dot << " rounded " << rounded
+                    << " M " << M << " N " << N << " K " << K;
               }
-              ASSERT_NEAR(C[size_t(m * N + n)], ref, 1e-5 * mag + 1e-6)
-                  << "simd " << simd << " M " << M << " N " << N << " K " << K;
-            }
-        }
+          }
   }
   switchyard::cpu::set_bf16_simd(true);
+  switchyard::cpu::set_bf16_dot(true);
   if (!switchyard::cpu::bf16_simd_available())
-    std::cout << "note: no AVX-512 here, only the portable BF16 path was tested\n";
+    std::cout << "note: no AVX-512 here, only the portable BF16 paths were tested\n";
+  else if (!switchyard::cpu::bf16_dot_available())
+    std::cout << "note: no AVX-512 BF16 here, the dot-product tiles were not tested\n";
+}
+
+// Attention (stacked query heads of a KV head, two GEMMs per block of queries) against the
+// obviously correct loop in float64: GQA and not, queries appended to a cache (pos0 > 0),
+// sliding windows shorter and longer than the context, one query (decode) and several blocks.
+TEST(AttentionBlock, MatchesAFloat64Loop) {
+  std::mt19937_64 rng(kSeed + 11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  struct Case {
+    int64_t n, pos0, H, Hkv, Dq, Dv, window;
+  };
+  for (const Case c :
+       {Case{1, 0, 4, 4, 8, 8, 0}, Case{1, 37, 8, 2, 16, 12, 0}, Case{23, 0, 8, 2, 16, 16, 0},
+        Case{70, 5, 32, 4, 8, 8, 0}, Case{40, 9, 6, 3, 8, 5, 7}, Case{1, 30, 4, 1, 8, 8, 4},
+        Case{130, 0, 2, 2, 4, 4, 1000}, Case{17, 3, 4, 2, 8, 8, 1}}) {
+    const int64_t L = c.pos0 + c.n;
+    std::vector<float> q(size_t(c.n * c.H * c.Dq)), K(size_t(L * c.Hkv * c.Dq)),
+        V(size_t(L * c.Hkv * c.Dv)), out(size_t(c.n * c.H * c.Dv));
+    for (float& x : q) x = normal(rng);
+    for (float& x : K) x = normal(rng);
+    for (float& x : V) x = normal(rng);
+    const float scale = 0.7f;
+    switchyard::infer::blocks::attention(c.n, c.pos0, c.H, c.Hkv, c.Dq, c.Dv, q.data(), K.data(),
+                                         V.data(), scale, c.window, out.data());
+    const int64_t group = c.H / c.Hkv;
+    for (int64_t i = 0; i < c.n; ++i)
+      for (int64_t h = 0; h < c.H; ++h) {
+        const int64_t pos = c.pos0 + i, kv = h / group;
+        const int64_t first = c.window > 0 ? std::max<int64_t>(0, pos - c.window + 1) : 0;
+        std::vector<double> p;
+        double max = -INFINITY, sum = 0;
+        for (int64_t j = first; j <= pos; ++j) {
+          double dot = 0;
+          for (int64_t e = 0; e < c.Dq; ++e)
+            dot += double(q[size_t((i * c.H + h) * c.Dq + e)]) *
+                   K[size_t((j * c.Hkv + kv) * c.Dq + e)];
+          p.push_back(dot * scale);
+          max = std::max(max, p.back());
+        }
+        for (double& x : p) sum += (x = std::exp(x - max));
+        for (int64_t e = 0; e < c.Dv; ++e) {
+          double o = 0;
+          for (int64_t j = first; j <= pos; ++j)
+            o += p[size_t(j - first)] / sum * V[size_t((j * c.Hkv + kv) * c.Dv + e)];
+          ASSERT_NEAR(out[size_t((i * c.H + h) * c.Dv + e)], o, 1e-5)
+              << "n " << c.n << " pos0 " << c.pos0 << " H " << c.H << " Hkv " << c.Hkv << " window "
+              << c.window << " query " << i << " head " << h;
+        }
+      }
+  }
 }
 
 TEST(Sampling, GreedyTopKTopPAndTheSeed) {

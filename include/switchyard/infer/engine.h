@@ -7,6 +7,7 @@
 #include <switchyard/infer/routing_control.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -51,6 +52,13 @@ struct LoadOptions {
   // Matrices the file stores in BF16 stay BF16 (one copy in memory, float32 accumulation);
   // false widens every weight to float32 at load.
   bool keep_bf16 = true;
+  // BF16 matrices on more than 4 rows (prefill): activations rounded to BF16 for the AVX-512 BF16
+  // dot product, as llama.cpp and PyTorch's bf16 do (2^-9 relative per activation); false keeps
+  // them float32 (exact to float32, about half the prefill speed). Decode keeps float32 always.
+  bool round_bf16_activations = true;
+  // Scratch for a forward of this many tokens is made at load (as llama.cpp reserves its batch's
+  // buffers), so the first prefill does not pay for fresh memory; larger batches grow it. 0: none.
+  int64_t reserve_tokens = 512;
 };
 
 class Model {
@@ -82,6 +90,11 @@ class Model {
   // Forward FLOPs of one token at `context` positions: 2 per active weight of the matrix
   // products, plus attention's 2 · heads · (q head dim + v head dim) · context per layer.
   double flops_per_token(int64_t context) const;
+
+  // Wall milliseconds per phase ("attention projections", "moe experts", ...) summed over the
+  // forward calls since the last reset: where a prefill or a decode step spends its time.
+  const std::map<std::string, double>& profile() const;
+  void reset_profile();
 
  private:
   Model();

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -45,6 +46,8 @@ struct GenerateOptions {
 struct GenerateStats {
   int64_t prompt_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0.0, decode_seconds = 0.0;
+  // Model::profile of the prefill and of all decode steps.
+  std::map<std::string, double> prefill_profile_ms, decode_profile_ms;
 };
 
 // Returns the generated ids of each prompt (prompt excluded). on_token(sequence, id) is called as

@@ -51,16 +51,24 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // BF16 weights (inference): C (M, N) = A (M, K) · Wᵀ with W (N, K) bfloat16 bits, float32
-// accumulation. Few rows (decode): a dot product per output straight from the BF16 weights
-// (AVX-512 when the CPU has it, detected at run time; a portable loop otherwise); more rows:
-// blocks of W widened to float32 in cache, then sgemm. Threads split N outside a parallel region.
-void gemm_bf16w(int64_t M, int64_t N, int64_t K, const float* A, const uint16_t* W, float* C);
+// accumulation. Bf16Activations::Round: A is rounded to BF16 first (2^-9 relative, what llama.cpp
+// and PyTorch's bf16 matmuls do) for the AVX-512 BF16 dot-product instruction, 4 × 4 outputs at a
+// time (without it: the same rounded values through the float32 paths). Float32: A stays exact;
+// few rows (M ≤ 4, decode) take a dot product per output straight from the BF16 weights
+// (AVX-512F or a portable loop), more rows take blocks of W widened in cache, then sgemm. The
+// instruction sets are detected at run time. Threads split N outside a parallel region.
+enum class Bf16Activations { Round, Float32 };
+void gemm_bf16w(int64_t M, int64_t N, int64_t K, const float* A, const uint16_t* W, float* C,
+                Bf16Activations acts);
 // ffn_forward with BF16 w1, w3, w2.
 void ffn_forward_bf16(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
                       const uint16_t* w1, const uint16_t* w3, const uint16_t* w2, float* h1,
-                      float* h3, float* act, float* out);
-// Whether gemm_bf16w's few-row path uses AVX-512 (false forces the portable loop: tests).
+                      float* h3, float* act, float* out, Bf16Activations acts);
+// Which instructions gemm_bf16w may use; the setters can only turn them off (tests compare the
+// paths). bf16_simd: AVX-512F (every path); bf16_dot: AVX-512 BF16 (rounded activations).
 bool bf16_simd_available();
 void set_bf16_simd(bool enabled);
+bool bf16_dot_available();
+void set_bf16_dot(bool enabled);
 
 }  // namespace switchyard::cpu
