@@ -136,8 +136,11 @@ EOF
 
   # ---- switchyard ------------------------------------------------------------------------
   note "switchyard generate: $prompt_len-token prompt, $new_tokens new tokens ($(mem_avail_gb) GB available)"
+  # --profile (where the binary has it) puts each phase's time in switchyard.err.
+  profile_flag=()
+  "$bin" generate --help 2>/dev/null | grep -q -- '--profile' && profile_flag=(--profile)
   OMP_NUM_THREADS="$threads" checked switchyard "$bin" generate --model "$model_dir" --ids "$ids" \
-    --max-new-tokens "$new_tokens" --ignore-eos --temperature 0 --format json \
+    --max-new-tokens "$new_tokens" --ignore-eos --temperature 0 --format json "${profile_flag[@]}" \
     > "$raw/switchyard.out" 2> "$raw/switchyard.err" || { cat "$raw/switchyard.err" >&2; exit 1; }
   cat "$raw/switchyard.err" >&2
   # The dtype the engine keeps its weights in: peak RSS / parameters (4: float32, 2: BF16).

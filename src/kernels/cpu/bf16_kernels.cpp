@@ -174,6 +174,40 @@ SY_AVX512_DOT void dot_tile(int64_t K, const uint16_t* A, const uint16_t* W, flo
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) C[i * ldc + j] = sums[i * 4 + j];
 }
+// C (M ≤ 4, [n0, n1)) from BF16 activations, one weight row after another: decode streams the
+// weights in order (4 KiB rows read as 4 interleaved streams ran 5-10% below the read bandwidth).
+SY_AVX512_DOT void dot_rows(int64_t M, int64_t K, const uint16_t* Ab, const uint16_t* W, float* C,
+                            int64_t ldc, int64_t n0, int64_t n1) {
+  const int64_t K32 = K / 32 * 32, K128 = K / 128 * 128;
+  const __mmask32 tail = _cvtu32_mask32(K32 < K ? (1u << (K - K32)) - 1u : 0u);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* w = W + n * K;
+    for (int64_t m = 0; m < M; ++m) {
+      const uint16_t* a = Ab + m * K;
+      // Four independent sums so the instruction's latency does not bound the weight stream.
+      __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t k = 0; k < K128; k += 128) {
+        s0 = _mm512_dpbf16_ps(s0, __m512bh(_mm512_loadu_si512(a + k)),
+                              __m512bh(_mm512_loadu_si512(w + k)));
+        s1 = _mm512_dpbf16_ps(s1, __m512bh(_mm512_loadu_si512(a + k + 32)),
+                              __m512bh(_mm512_loadu_si512(w + k + 32)));
+        s2 = _mm512_dpbf16_ps(s2, __m512bh(_mm512_loadu_si512(a + k + 64)),
+                              __m512bh(_mm512_loadu_si512(w + k + 64)));
+        s3 = _mm512_dpbf16_ps(s3, __m512bh(_mm512_loadu_si512(a + k + 96)),
+                              __m512bh(_mm512_loadu_si512(w + k + 96)));
+      }
+      for (int64_t k = K128; k < K32; k += 32)
+        s0 = _mm512_dpbf16_ps(s0, __m512bh(_mm512_loadu_si512(a + k)),
+                              __m512bh(_mm512_loadu_si512(w + k)));
+      if (K32 < K)
+        s1 = _mm512_dpbf16_ps(s1, __m512bh(_mm512_maskz_loadu_epi16(tail, a + K32)),
+                              __m512bh(_mm512_maskz_loadu_epi16(tail, w + K32)));
+      C[m * ldc + n] =
+          _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+    }
+  }
+}
+
 using DotTile = void (*)(int64_t, const uint16_t*, const uint16_t*, float*, int64_t);
 template <int MR>
 constexpr DotTile kDotRow[4] = {dot_tile<MR, 1>, dot_tile<MR, 2>, dot_tile<MR, 3>, dot_tile<MR, 4>};
@@ -182,10 +216,10 @@ constexpr const DotTile* kDotTiles[4] = {kDotRow<1>, kDotRow<2>, kDotRow<3>, kDo
 std::atomic<bool> g_dot{__builtin_cpu_supports("avx512bf16") != 0};
 
 // Columns [n0, n1) of C from BF16 activations Ab (M, K): 4 weight rows (in L1) against every
-// 4 activation rows of a 128-row block (in L2). For M = 1 (decode) the four weight rows are four
-// independent sums, which keeps the weight stream going.
+// 4 activation rows of a 128-row block (in L2); up to 4 rows (decode), row by row.
 void dot_block(int64_t M, int64_t K, const uint16_t* Ab, const uint16_t* W, float* C, int64_t ldc,
                int64_t n0, int64_t n1) {
+  if (M <= 4) return dot_rows(M, K, Ab, W, C, ldc, n0, n1);
   constexpr int64_t kRowBlock = 128;
   for (int64_t mb = 0; mb < M; mb += kRowBlock) {
     const int64_t me = std::min(M, mb + kRowBlock);
