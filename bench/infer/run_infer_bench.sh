@@ -143,6 +143,10 @@ EOF
     --max-new-tokens "$new_tokens" --ignore-eos --temperature 0 --format json "${profile_flag[@]}" \
     > "$raw/switchyard.out" 2> "$raw/switchyard.err" || { cat "$raw/switchyard.err" >&2; exit 1; }
   cat "$raw/switchyard.err" >&2
+  # The VM's read bandwidth drifts (measured 31 to 55 GB/s within minutes): once more right after
+  # the decode, and the roofline takes the higher of the two.
+  note "read bandwidth again, right after switchyard's decode"
+  OMP_NUM_THREADS="$threads" checked bandwidth_after "$bw" --skip-gemm > "$raw/bandwidth_after.json"
   # The dtype the engine keeps its weights in: peak RSS / parameters (4: float32, 2: BF16).
   engine_dtype="$("$py" - "$raw" <<'EOF'
 import os, re, sys
@@ -288,7 +292,11 @@ weights_read = sum(per_layer) + d + head + d                # + final norm + LM 
 kv_ctx = P + N / 2                                          # mean keys per decode step
 kv_read = L * 2 * Hkv * D * kvb * kv_ctx
 bytes_tok = wb * weights_read + kv_read
-read_gbs = bw["read_gbs"]
+read_gbs_before = bw["read_gbs"]
+bw_after = (json.load(open(f"{raw}/bandwidth_after.json"))
+            if os.path.exists(f"{raw}/bandwidth_after.json") else None)
+read_gbs_after = bw_after["read_gbs"] if bw_after else None
+read_gbs = max(read_gbs_before, read_gbs_after or 0.0)
 roofline = read_gbs * 1e9 / bytes_tok
 
 # -- prefill: FLOPs per prompt token and the dense-GEMM floor of the same FLOPs
@@ -356,6 +364,10 @@ if bf16_gemm:
     r16 = sy_prefill / floor16_tps
     print(f"| {f'prefill vs the BF16 floor (torch.matmul bf16)':<44} | {sy_prefill:10.1f} | "
           f"{floor16_tps:9.1f} | {r16:5.2f} | (info) |")
+if read_gbs_after is not None and abs(read_gbs_after - read_gbs_before) > 0.15 * read_gbs:
+    notes.append(f"the read bandwidth moved from {read_gbs_before:.1f} GB/s (before) to "
+                 f"{read_gbs_after:.1f} GB/s (right after switchyard's decode): the decode ratio "
+                 f"is against the higher; the machine's memory bandwidth is not steady")
 print(f"\n- roofline = read bandwidth / bytes per decode token = {read_gbs:.2f} GB/s / "
       f"{bytes_tok / 1e9:.4f} GB: weights {weights_read / 1e6:.1f} M x {wb} B ({engine_dtype}, "
       f"from the engine's peak RSS {sy_rss / 1e9:.2f} GB = {sy_rss / params:.2f} B/parameter) "
@@ -365,7 +377,9 @@ print(f"- GEMM floor = 1 / sum(FLOPs per token of each GEMM class / cblas_sgemm 
       f"runs {flops_tok * sy_prefill * 1e-9:.1f} GFLOP/s")
 print("  sgemm GFLOP/s (engine threading): " + ", ".join(
     f"{g['name']} {g['gflops']:.1f}" for g in bw["gemm"]) +
-    f"; read {read_gbs:.2f} GB/s ({ctx['threads']} threads, best of {len(bw['read_gbs_passes'])}), "
+    f"; read {read_gbs:.2f} GB/s ({ctx['threads']} threads, best of {len(bw['read_gbs_passes'])}; "
+    f"{read_gbs_before:.2f} before the runs, "
+    f"{'n/a' if read_gbs_after is None else f'{read_gbs_after:.2f}'} right after switchyard's), "
     f"{bw['read_gbs_1thread']:.2f} GB/s one thread")
 if bf16_gemm:
     print(f"- BF16 floor = the same sum at torch {bf16_gemm['torch']} matmul's bfloat16 rates: "
@@ -404,7 +418,8 @@ for n in notes:
 
 results = dict(
     context=ctx, config={k_: cfg[k_] for k_ in sorted(cfg)},
-    machine=dict(read_gbs=read_gbs, read_gbs_median=bw["read_gbs_median"],
+    machine=dict(read_gbs=read_gbs, read_gbs_before=read_gbs_before, read_gbs_after=read_gbs_after,
+                 read_gbs_median=bw["read_gbs_median"],
                  read_gbs_passes=bw["read_gbs_passes"], read_gbs_1thread=bw["read_gbs_1thread"],
                  buffer_bytes=bw["buffer_bytes"], openblas=bw["openblas_config"], gemm=bw["gemm"]),
     switchyard=dict(prompt_tokens=P, generated=N, prefill_s=prefill_s, prefill_tps=sy_prefill,
