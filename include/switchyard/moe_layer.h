@@ -13,6 +13,10 @@
 #include <vector>
 
 namespace switchyard {
+namespace layer {
+class TokenDispatcher;
+class ExpertBackend;
+}  // namespace layer
 
 struct MoEShape {
   int64_t d = 0;   // model width
@@ -97,6 +101,8 @@ struct MoECache {
   RoutingPlan plan;
   std::vector<int64_t> expert_offsets;  // (E + 1) into the dispatched rows
   std::vector<int32_t> row_assignment;  // (A_kept) assignment of each dispatched row
+  std::vector<int32_t> row_token;       // (A_kept) its token
+  std::vector<float> row_weight;        // (A_kept) its combine weight
   std::vector<int64_t> token_offsets;   // (T + 1) CSR of dispatched rows by token
   std::vector<int32_t> token_rows;      // (A_kept)
   std::vector<float> xd;                // (A_kept, d) gathered inputs
@@ -150,9 +156,13 @@ class MoELayer {
   MoEShape shape_;
   std::unique_ptr<Router> router_;
   int64_t R_ = 0;
-  // Backward scratch kept across calls: allocating and faulting in (rows, F) buffers on every
+  // Dispatch and combine (src/layer/token_dispatcher.h), the experts' FFNs
+  // (src/layer/expert_backend.h).
+  std::unique_ptr<layer::TokenDispatcher> dispatcher_;
+  std::unique_ptr<layer::ExpertBackend> experts_;
+  // Backward scratch kept across calls: allocating and faulting in (rows, d) buffers on every
   // call cost more than the routing itself.
-  std::vector<float> ws_dout_, ws_dxd_, ws_dact_, ws_dh3_, ws_dxr_;
+  std::vector<float> ws_dout_, ws_dxd_, ws_dxr_;
   uint64_t calls_ = 0;
 };
 

@@ -11,7 +11,9 @@
 
 #include "core/huge_pages.h"
 #include "kernels/cpu/kernels.h"
+#include "layer/expert_backend.h"
 #include "layer/losses.h"
+#include "layer/token_dispatcher.h"
 
 namespace switchyard {
 namespace {
@@ -36,21 +38,6 @@ void check_overflow(const char* what, const float* data, int64_t n, int64_t cols
           "moe_layer: {} overflowed float32 ({} at row {}, column {}): inputs or weights are too "
           "large",
           what, data[i], i / cols, i % cols);
-}
-
-// Runs fn(e) for every expert: in parallel over experts (largest first) when there are enough of
-// them to keep every thread busy, else one by one with the GEMMs split across threads.
-template <typename Fn>
-void for_each_expert(int64_t E, const std::vector<int64_t>& offsets, Fn&& fn) {
-  std::vector<int64_t> order(static_cast<size_t>(E));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return offsets[size_t(a) + 1] - offsets[size_t(a)] >
-           offsets[size_t(b) + 1] - offsets[size_t(b)];
-  });
-  const bool by_expert = E >= 2 * omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) if (by_expert)
-  for (int64_t i = 0; i < E; ++i) fn(order[size_t(i)]);
 }
 
 std::vector<std::pair<int64_t, int64_t>> sequences_of(const std::vector<int64_t>& seq_lens,
@@ -89,7 +76,10 @@ RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& tra
 }
 
 MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
-    : config_(config), shape_(shape) {
+    : config_(config),
+      shape_(shape),
+      dispatcher_(std::make_unique<layer::LocalDispatcher>()),
+      experts_(std::make_unique<layer::CpuExpertBackend>()) {
   if (shape.d <= 0 || shape.E <= 0 || shape.F <= 0 || shape.Fs < 0)
     fail("moe_layer: invalid shape d = {}, E = {}, F = {}, Fs = {} (all must be positive)", shape.d,
          shape.E, shape.F, shape.Fs);
@@ -285,8 +275,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   const float* router_input = batch.x;
   if (!c.noise.jitter.empty()) {
     c.router_in.resize(size_t(T * d));
-    for (int64_t i = 0; i < T * d; ++i)
-      c.router_in[size_t(i)] = batch.x[i] * c.noise.jitter[size_t(i)];
+    cpu::multiply(T * d, batch.x, c.noise.jitter.data(), c.router_in.data());
     router_input = c.router_in.data();
   } else {
     c.router_in.clear();
@@ -313,56 +302,16 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   RoutingPlan& plan = c.plan;
 
   lap("route");
-  // Dispatch: capacity, then rows grouped by expert.
+  // Dispatch (capacity, grouping by expert, the rows to their experts), the experts, combine.
   const int64_t A = int64_t(plan.size());
-  const int64_t G = int64_t(plan.capacity.size());
-  std::vector<int64_t> slots(size_t(std::max(G * E, E)));
-  c.expert_offsets.resize(size_t(E + 1));
-  c.row_assignment.resize(static_cast<size_t>(A));
-  const int64_t rows = cpu::dispatch(A, plan.expert.data(), plan.group.data(), plan.kept.data(),
-                                     plan.capacity.data(), G, E, slots.data(),
-                                     c.expert_offsets.data(), c.row_assignment.data());
-  c.row_assignment.resize(static_cast<size_t>(rows));
-  std::vector<int32_t> row_token(static_cast<size_t>(rows));
-  std::vector<float> row_weight(static_cast<size_t>(rows));
-  for (int64_t r = 0; r < rows; ++r) {
-    row_token[size_t(r)] = plan.token[size_t(c.row_assignment[size_t(r)])];
-    row_weight[size_t(r)] = plan.weight[size_t(c.row_assignment[size_t(r)])];
-  }
-  c.token_offsets.resize(size_t(T + 1));
-  c.token_rows.resize(static_cast<size_t>(rows));
-  cpu::rows_by_token(rows, row_token.data(), T, c.token_offsets.data(), c.token_rows.data());
-
-  // Experts on contiguous slices.
-  resize_on_huge_pages(c.xd, size_t(rows * d));
-  resize_on_huge_pages(c.h1, size_t(rows * F));
-  resize_on_huge_pages(c.h3, act == cpu::Act::SwiGLU ? size_t(rows * F) : 0);
-  resize_on_huge_pages(c.act, size_t(rows * F));
-  resize_on_huge_pages(c.out, size_t(rows * d));
-  cpu::gather_rows(rows, d, batch.x, row_token.data(), c.xd.data());
+  const int64_t rows = dispatcher_->dispatch_preprocess(plan, T, E, c);
+  dispatcher_->dispatch_communicate(c);
+  dispatcher_->dispatch_postprocess(batch.x, d, c);
   lap("dispatch");
-  for_each_expert(E, c.expert_offsets, [&](int64_t e) {
-    const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
-    if (p.w1_bf16)
-      cpu::ffn_forward_bf16(
-          act, n, d, F, c.xd.data() + o * d, p.w1_bf16 + e * F * d,
-          p.w3_bf16 ? p.w3_bf16 + e * F * d : nullptr, p.w2_bf16 + e * d * F, c.h1.data() + o * F,
-          act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
-          c.out.data() + o * d,
-          p.bf16_round_activations ? cpu::Bf16Activations::Round : cpu::Bf16Activations::Float32);
-    else
-      cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
-                       p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
-                       act == cpu::Act::SwiGLU ? c.h3.data() + o * F : nullptr,
-                       c.act.data() + o * F, c.out.data() + o * d);
-  });
+  experts_->forward(act, shape_, p, c);
   lap("experts");
-  cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), row_weight.data(),
-                    c.out.data(), y);
-  if (!plan.passthrough.empty())
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t j = 0; j < d; ++j)
-        y[t * d + j] += plan.passthrough[size_t(t)] * batch.x[t * d + j];
+  dispatcher_->combine(c, T, d, y);
+  if (!plan.passthrough.empty()) cpu::add_scaled_rows(T, d, plan.passthrough.data(), batch.x, y);
 
   lap("combine");
   // Statistics and losses.
@@ -481,51 +430,16 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     if (v.size() < size_t(n)) v.resize(size_t(n));
     return v.data();
   };
-  float* dout = take(ws_dout_, rows * d);                   // (rows, d)
-  float* dxd = take(ws_dxd_, rows * d);                     // (rows, d)
-  float* dact = take(ws_dact_, rows * F);                   // (rows, F)
-  float* dh3 = swiglu ? take(ws_dh3_, rows * F) : nullptr;  // (rows, F)
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t a = c.row_assignment[size_t(r)];
-    const float* dyt = dy + int64_t(plan.token[size_t(a)]) * d;
-    const float* o = c.out.data() + r * d;
-    const float w = plan.weight[size_t(a)];
-    double u = 0.0;
-    for (int64_t j = 0; j < d; ++j) {
-      dout[r * d + j] = w * dyt[j];
-      u += double(dyt[j]) * o[j];
-    }
-    d_weight[size_t(a)] = float(u);
-  }
-  // Experts whose weight gradients are not wanted write into scratch, one block per expert.
-  std::vector<float> scratch_w(g.w1 && g.w2 && (g.w3 || !swiglu) ? 0 : size_t(E * F * d) * 3);
-  for_each_expert(E, c.expert_offsets, [&](int64_t e) {
-    const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
-    float* scratch = scratch_w.empty() ? nullptr : scratch_w.data() + e * 3 * F * d;
-    float* dw1 = g.w1 ? g.w1 + e * F * d : scratch;
-    float* dw3 = swiglu ? (g.w3 ? g.w3 + e * F * d : scratch + F * d) : nullptr;
-    float* dw2 = g.w2 ? g.w2 + e * d * F : scratch + 2 * F * d;
-    cpu::ffn_backward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
-                      p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
-                      swiglu ? c.h3.data() + o * F : nullptr, c.act.data() + o * F, dout + o * d,
-                      dact + o * F, swiglu ? dh3 + o * F : nullptr, dw1, dw3, dw2, dxd + o * d,
-                      false);
-  });
-  std::vector<float> ones(size_t(rows), 1.0f);
-  cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), ones.data(), dxd, dx);
+  float* dout = take(ws_dout_, rows * d);  // (rows, d)
+  float* dxd = take(ws_dxd_, rows * d);    // (rows, d)
+  dispatcher_->combine_backward(c, dy, d, dout, d_weight.data());
+  experts_->backward(act, shape_, p, c, dout, g, dxd);
+  dispatcher_->dispatch_backward(c, dxd, T, d, dx);
 
   std::vector<float> d_pass;
   if (!plan.passthrough.empty()) {
     d_pass.assign(size_t(T), 0.0f);
-    for (int64_t t = 0; t < T; ++t) {
-      double dot = 0.0;
-      for (int64_t j = 0; j < d; ++j) {
-        dx[t * d + j] += plan.passthrough[size_t(t)] * dy[t * d + j];
-        dot += double(dy[t * d + j]) * batch.x[t * d + j];
-      }
-      d_pass[size_t(t)] = float(dot);
-    }
+    cpu::add_scaled_rows_backward(T, d, plan.passthrough.data(), batch.x, dy, dx, d_pass.data());
   }
 
   if (!traits.needs_gate) {
@@ -558,9 +472,7 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);
   float* dxr = take(ws_dxr_, T * d);  // (T, d)
   cpu::gemm(false, false, T, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dxr, d);
-  const bool jittered = !c.noise.jitter.empty();
-  for (int64_t i = 0; i < T * d; ++i)
-    dx[i] += jittered ? dxr[i] * c.noise.jitter[size_t(i)] : dxr[i];
+  cpu::add_product(T * d, dxr, c.noise.jitter.empty() ? nullptr : c.noise.jitter.data(), dx);
 }
 
 std::vector<float> MoELayer::combine_matrix(const MoECache& c) const {

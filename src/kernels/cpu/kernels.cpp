@@ -50,6 +50,48 @@ void gather_rows(int64_t rows, int64_t d, const float* x, const int32_t* row_tok
     std::memcpy(out + r * d, x + int64_t(row_token[r]) * d, size_t(d) * sizeof(float));
 }
 
+void combine_rows_backward(int64_t rows, int64_t d, const int32_t* row_token,
+                           const float* row_weight, const float* dy, const float* out, float* dout,
+                           float* d_row_weight) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* dyt = dy + int64_t(row_token[r]) * d;
+    const float* o = out + r * d;
+    const float w = row_weight[r];
+    double u = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      dout[r * d + j] = w * dyt[j];
+      u += double(dyt[j]) * o[j];
+    }
+    d_row_weight[r] = float(u);
+  }
+}
+
+void multiply(int64_t n, const float* a, const float* b, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+
+void add_product(int64_t n, const float* a, const float* b, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] += b ? a[i] * b[i] : a[i];
+}
+
+void add_scaled_rows(int64_t T, int64_t d, const float* scale, const float* x, float* y) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < d; ++j) y[t * d + j] += scale[t] * x[t * d + j];
+}
+
+void add_scaled_rows_backward(int64_t T, int64_t d, const float* scale, const float* x,
+                              const float* dy, float* dx, float* dscale) {
+  for (int64_t t = 0; t < T; ++t) {
+    double dot = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      dx[t * d + j] += scale[t] * dy[t * d + j];
+      dot += double(dy[t * d + j]) * x[t * d + j];
+    }
+    dscale[t] = float(dot);
+  }
+}
+
 // OpenBLAS's own threads and OpenMP's spinning workers fight over the cores (measured: 3-10x
 // slower), so all threading is OpenMP's and every BLAS call is single-threaded.
 extern "C" void openblas_set_num_threads(int);

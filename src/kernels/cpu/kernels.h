@@ -43,6 +43,22 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
 void combine_rows(int64_t T, int64_t d, const int64_t* token_offsets, const int32_t* token_rows,
                   const float* row_weight, const float* out, float* y);
 
+// Backward of combine_rows per row r of token row_token[r]: dout[r] = row_weight[r] · dy[token]
+// (rows, d); d_row_weight[r] = <dy[token], out[r]> (summed in double).
+void combine_rows_backward(int64_t rows, int64_t d, const int32_t* row_token,
+                           const float* row_weight, const float* dy, const float* out, float* dout,
+                           float* d_row_weight);
+
+// out (n) = a ⊙ b: the router input under multiplicative jitter.
+void multiply(int64_t n, const float* a, const float* b, float* out);
+// out (n) += a ⊙ b, or += a where b is null.
+void add_product(int64_t n, const float* a, const float* b, float* out);
+// y[t] += scale[t] · x[t] for rows t < T of d: a pass-through of the input (null experts).
+void add_scaled_rows(int64_t T, int64_t d, const float* scale, const float* x, float* y);
+// Backward of add_scaled_rows: dx[t] += scale[t] · dy[t]; dscale[t] = <dy[t], x[t]> (double).
+void add_scaled_rows_backward(int64_t T, int64_t d, const float* scale, const float* x,
+                              const float* dy, float* dx, float* dscale);
+
 // Makes OpenBLAS single-threaded: OpenMP owns the threads (see kernels.cpp).
 void init_blas_threads();
 
