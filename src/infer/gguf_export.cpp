@@ -249,8 +249,100 @@ std::string llama_pre_tokenizer(const json& pre) {
   return "";
 }
 
+// Whether a tokenizer.json normalizer is SentencePiece's as Llama 2, Mistral and Mixtral ship it:
+// prepend "▁", spaces to "▁" (llama.cpp's "llama" vocabulary does the same with add_space_prefix).
+bool is_spm_normalizer(const json& n) {
+  if (!n.is_object() || n.value("type", "") != "Sequence") return false;
+  bool prepend = false, replace = false;
+  for (const json& s : n.value("normalizers", json::array())) {
+    if (s.value("type", "") == "Prepend" && s.value("prepend", "") == "\xE2\x96\x81")
+      prepend = true;
+    else if (s.value("type", "") == "Replace" && s.contains("pattern") &&
+             s["pattern"].value("String", "") == " " && s.value("content", "") == "\xE2\x96\x81")
+      replace = true;
+    else
+      return false;
+  }
+  return prepend && replace;
+}
+
+// tokenizer.json's SentencePiece-style BPE with byte fallback as llama.cpp's "llama" vocabulary:
+// tokens, scores and types. llama.cpp merges the adjacent pair whose joined token scores highest;
+// a token's score is minus the rank of the merge that makes it, so the merges go in
+// tokenizer.json's order. Types: <unk> UNKNOWN, <0xXX> BYTE, special added tokens CONTROL.
+bool write_spm_tokenizer_json(GgufWriter& w, const ModelSpec& spec, const json& t,
+                              const std::string& path, const json& tc) {
+  const json& m = t["model"];
+  if (!(m.value("type", "") == "BPE" && m.value("byte_fallback", false) &&
+        is_spm_normalizer(t.value("normalizer", json())) &&
+        t.value("pre_tokenizer", json()).is_null()))
+    return false;
+  std::vector<std::string> tokens(static_cast<size_t>(spec.vocab));
+  std::vector<float> scores(static_cast<size_t>(spec.vocab), 0.0f);
+  std::vector<int32_t> types(static_cast<size_t>(spec.vocab), 5);  // UNUSED until named
+  auto put_token = [&](int64_t id, const std::string& text, int32_t type, const char* field) {
+    if (id < 0 || id >= spec.vocab)
+      fail("{}: field '{}' has id {} for '{}', beyond vocab_size = {} ({})", path, field, id, text,
+           spec.vocab, spec.source);
+    tokens[size_t(id)] = text;
+    types[size_t(id)] = type;
+  };
+  const json vocab = m.value("vocab", json::object());  // a named copy: items() refers to it
+  std::map<std::string, int64_t> id_of;
+  for (const auto& [text, id] : vocab.items()) {
+    const bool byte = text.size() == 6 && text.rfind("<0x", 0) == 0 && text.back() == '>';
+    put_token(id.get<int64_t>(), text, byte ? 6 : 1, "model.vocab");  // BYTE or NORMAL
+    id_of[text] = id.get<int64_t>();
+  }
+  const json merges = m.value("merges", json::array());
+  for (size_t rank = 0; rank < merges.size(); ++rank) {
+    const json& mg = merges[rank];
+    std::string joined;
+    if (mg.is_string()) {
+      const std::string text = mg.get<std::string>();
+      const size_t space = text.find(' ');
+      if (space == std::string::npos)
+        fail("{}: field 'model.merges' entry {} has no space", path, rank);
+      joined = text.substr(0, space) + text.substr(space + 1);
+    } else {
+      joined = mg.at(0).get<std::string>() + mg.at(1).get<std::string>();
+    }
+    const auto it = id_of.find(joined);
+    if (it != id_of.end() && scores[size_t(it->second)] == 0.0f)
+      scores[size_t(it->second)] = -float(rank + 1);
+  }
+  const std::string unk =
+      m.value("unk_token", json()).is_string() ? m["unk_token"].get<std::string>() : "";
+  for (const json& a : t.value("added_tokens", json::array())) {
+    const std::string text = a.value("content", "");
+    const int64_t id = a.value("id", int64_t(-1));
+    put_token(id, text, text == unk ? 2 : a.value("special", false) ? 3 : 4, "added_tokens");
+  }
+  for (int64_t i = 0; i < spec.vocab; ++i)
+    if (types[size_t(i)] == 5) tokens[size_t(i)] = fmt::format("[PAD{}]", i);
+  w.set("tokenizer.ggml.model", GgufValue::str("llama"));
+  w.set("tokenizer.ggml.pre", GgufValue::str("default"));
+  w.set("tokenizer.ggml.tokens", GgufValue::str_array(tokens));
+  w.set("tokenizer.ggml.scores", GgufValue::f32_array(scores));
+  w.set("tokenizer.ggml.token_type", GgufValue::i32_array(types));
+  if (!unk.empty() && id_of.count(unk))
+    w.set("tokenizer.ggml.unknown_token_id", GgufValue::u32(uint32_t(id_of[unk])));
+  if (spec.bos_id >= 0) w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(spec.bos_id)));
+  if (!spec.eos_ids.empty())
+    w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(spec.eos_ids[0])));
+  w.set("tokenizer.ggml.add_space_prefix", GgufValue::boolean(true));
+  w.set("tokenizer.ggml.add_bos_token",
+        GgufValue::boolean(tc.is_object() && tc.value("add_bos_token", true)));
+  w.set("tokenizer.ggml.add_eos_token",
+        GgufValue::boolean(tc.is_object() && tc.value("add_eos_token", false)));
+  if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string())
+    w.set("tokenizer.chat_template", GgufValue::str(tc["chat_template"].get<std::string>()));
+  return true;
+}
+
 // tokenizer.json's byte-level BPE as llama.cpp's gpt2 vocabulary (tokens, types, merges, the
-// pre-tokenizer's name, bos/eos, chat template). False when the folder has none or it is not a
+// pre-tokenizer's name, bos/eos, chat template), or its SentencePiece-style BPE as the "llama"
+// one (write_spm_tokenizer_json). False when the folder has none or it is not a
 // form llama.cpp runs the same way (then `why` says so).
 bool write_tokenizer_json(GgufWriter& w, const ModelSpec& spec, const std::string& dir,
                           std::string& why) {
@@ -263,9 +355,15 @@ bool write_tokenizer_json(GgufWriter& w, const ModelSpec& spec, const std::strin
     return false;
   }
   const json& m = t["model"];
+  const fs::path config = fs::path(dir) / "tokenizer_config.json";
+  const json tc =
+      fs::exists(config) ? json::parse(read_file_text(config.string()), nullptr, false) : json();
+  if (write_spm_tokenizer_json(w, spec, t, path.string(), tc)) return true;
   if (m.value("type", "") != "BPE" || m.value("byte_fallback", false)) {
-    why = fmt::format("{}: model type {} (byte_fallback {}) is not byte-level BPE", path.string(),
-                      m.value("type", "?"), m.value("byte_fallback", false));
+    why = fmt::format(
+        "{}: model type {} (byte_fallback {}) is neither byte-level BPE nor SentencePiece-style "
+        "BPE with the Llama normalizer",
+        path.string(), m.value("type", "?"), m.value("byte_fallback", false));
     return false;
   }
   const std::string pre = llama_pre_tokenizer(t.value("pre_tokenizer", json()));
@@ -305,9 +403,6 @@ bool write_tokenizer_json(GgufWriter& w, const ModelSpec& spec, const std::strin
   if (spec.bos_id >= 0) w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(spec.bos_id)));
   if (!spec.eos_ids.empty())
     w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(spec.eos_ids[0])));
-  const fs::path config = fs::path(dir) / "tokenizer_config.json";
-  const json tc =
-      fs::exists(config) ? json::parse(read_file_text(config.string()), nullptr, false) : json();
   const bool add_bos = tc.is_object() && tc.value("add_bos_token", false);
   w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(add_bos));
   if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string())

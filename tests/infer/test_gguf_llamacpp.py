@@ -21,7 +21,8 @@
   exact). Pruned and re-k'd
   exports must equal `switchyard forward --disable-experts / --k / --routing` on the original.
   And the Qwen3 and DeepSeek-V3 tokenizer.json files of the npm references, exported as gpt2
-  vocabularies, must make llama.cpp tokenise texts exactly as tokenizers.js does.
+  vocabularies, and Llama 2's, exported as a "llama" (SentencePiece) vocabulary, must make
+  llama.cpp tokenise texts exactly as tokenizers.js does.
 
 Exit 0 pass, 1 fail, 77 skipped (no numpy/torch for the generator, or no node/node-llama-cpp for
 --mode llamacpp), printing why. SWITCHYARD_TEST_SEED replays; SWITCHYARD_NPM_DIR overrides the
@@ -533,6 +534,8 @@ def llamacpp_checks(binary, tmp, seed, only):
 TOKENIZER_CASES = [
     ("qwen3", "tokenizer-qwen3", 151936, "qwen2"),
     ("deepseek_v3", "tokenizer-deepseek_v3", 129280, "deepseek-v3"),
+    # SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Mixtral): the "llama" vocabulary
+    ("llama", "tokenizer-llama2", 32000, "default"),
 ]
 TOKENIZER_TEXTS = [
     "Hello, world! It's a test: 12345 apples cost $3.50.",
