@@ -40,9 +40,15 @@ struct MoEParams {
   const uint16_t* w1_bf16 = nullptr;
   const uint16_t* w3_bf16 = nullptr;
   const uint16_t* w2_bf16 = nullptr;
-  // BF16 experts on more than 4 rows: activations rounded to BF16 for the AVX-512 BF16 dot
-  // product (as llama.cpp and PyTorch's bf16 do), or kept float32 (slower, exact to float32).
+  // BF16 experts: inputs rounded to BF16 for the AVX-512 BF16 dot product (as llama.cpp and
+  // PyTorch's bf16 do), or kept float32 (slower, exact to float32).
   bool bf16_round_activations = true;
+  // Experts held one block each instead of stacked, where w1 is null: a process that holds only
+  // some of them (its share under expert parallelism). (E) pointers to expert e's w1 (F, d),
+  // w3 (F, d), w2 (d, F); a null entry is an expert held elsewhere, to which no row may go.
+  const float* const* w1_experts = nullptr;
+  const float* const* w3_experts = nullptr;
+  const float* const* w2_experts = nullptr;
 };
 
 // Gradient views (not owned), same shapes; null entries are skipped. Backward overwrites them.
@@ -54,6 +60,10 @@ struct MoEGrads {
   float* shared_w1 = nullptr;
   float* shared_w3 = nullptr;
   float* shared_w2 = nullptr;
+  // Per-expert blocks as MoEParams::w*_experts (where w1 is null); null entries are skipped.
+  float* const* w1_experts = nullptr;
+  float* const* w3_experts = nullptr;
+  float* const* w2_experts = nullptr;
 };
 
 struct MoEBatch {

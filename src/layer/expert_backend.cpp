@@ -30,7 +30,32 @@ float* take(std::vector<float>& v, int64_t n) {
   return v.data();
 }
 
+template <typename T>
+T* block_of(T* stacked, T* const* per_expert, int64_t e, int64_t size) {
+  if (stacked) return stacked + e * size;
+  return per_expert ? per_expert[e] : nullptr;
+}
+
 }  // namespace
+
+const float* expert_w1(const MoEParams& p, const MoEShape& s, int64_t e) {
+  return block_of(p.w1, p.w1_experts, e, s.F * s.d);
+}
+const float* expert_w3(const MoEParams& p, const MoEShape& s, int64_t e) {
+  return block_of(p.w3, p.w3_experts, e, s.F * s.d);
+}
+const float* expert_w2(const MoEParams& p, const MoEShape& s, int64_t e) {
+  return block_of(p.w2, p.w2_experts, e, s.d * s.F);
+}
+float* expert_grad_w1(const MoEGrads& g, const MoEShape& s, int64_t e) {
+  return block_of(g.w1, g.w1_experts, e, s.F * s.d);
+}
+float* expert_grad_w3(const MoEGrads& g, const MoEShape& s, int64_t e) {
+  return block_of(g.w3, g.w3_experts, e, s.F * s.d);
+}
+float* expert_grad_w2(const MoEGrads& g, const MoEShape& s, int64_t e) {
+  return block_of(g.w2, g.w2_experts, e, s.d * s.F);
+}
 
 void CpuExpertBackend::forward(cpu::Act act, const MoEShape& s, const MoEParams& p, MoECache& c) {
   const int64_t d = s.d, F = s.F, rows = int64_t(c.xd.size()) / d;
@@ -49,10 +74,10 @@ void CpuExpertBackend::forward(cpu::Act act, const MoEShape& s, const MoEParams&
                             p.w3_bf16 ? p.w3_bf16 + e * F * d : nullptr, p.w2_bf16 + e * d * F,
                             c.h1.data() + o * F, h3, c.act.data() + o * F, c.out.data() + o * d,
                             bf16_acts);
-    else
-      cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
-                       p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F, h3,
-                       c.act.data() + o * F, c.out.data() + o * d);
+    else if (n > 0)
+      cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, expert_w1(p, s, e),
+                       swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e),
+                       c.h1.data() + o * F, h3, c.act.data() + o * F, c.out.data() + o * d);
   });
 }
 
@@ -64,19 +89,26 @@ void CpuExpertBackend::backward(cpu::Act act, const MoEShape& s, const MoEParams
   float* dact = take(dact_, rows * F);                   // (rows, F)
   float* dh3 = swiglu ? take(dh3_, rows * F) : nullptr;  // (rows, F)
   // Experts whose weight gradients are not wanted write into scratch, one block per expert.
-  const bool all_grads = g.w1 && g.w2 && (g.w3 || !swiglu);
+  bool all_grads = true;
+  for (int64_t e = 0; e < E && all_grads; ++e)
+    all_grads =
+        expert_grad_w1(g, s, e) && expert_grad_w2(g, s, e) && (!swiglu || expert_grad_w3(g, s, e));
   float* scratch_w = all_grads ? nullptr : take(dw_scratch_, E * F * d * 3);
   for_each_expert(E, c.expert_offsets, [&](int64_t e) {
     const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
     float* scratch = scratch_w ? scratch_w + e * 3 * F * d : nullptr;
-    float* dw1 = g.w1 ? g.w1 + e * F * d : scratch;
-    float* dw3 = swiglu ? (g.w3 ? g.w3 + e * F * d : scratch + F * d) : nullptr;
-    float* dw2 = g.w2 ? g.w2 + e * d * F : scratch + 2 * F * d;
-    cpu::ffn_backward(act, n, d, F, c.xd.data() + o * d, p.w1 + e * F * d,
-                      p.w3 ? p.w3 + e * F * d : nullptr, p.w2 + e * d * F, c.h1.data() + o * F,
-                      swiglu ? c.h3.data() + o * F : nullptr, c.act.data() + o * F, dout + o * d,
-                      dact + o * F, swiglu ? dh3 + o * F : nullptr, dw1, dw3, dw2, dxd + o * d,
-                      false);
+    float* dw1 = expert_grad_w1(g, s, e);
+    float* dw3 = swiglu ? expert_grad_w3(g, s, e) : nullptr;
+    float* dw2 = expert_grad_w2(g, s, e);
+    if (!dw1) dw1 = scratch;
+    if (swiglu && !dw3) dw3 = scratch + F * d;
+    if (!dw2) dw2 = scratch + 2 * F * d;
+    if (!expert_w1(p, s, e)) return;  // held elsewhere: no rows (checked in forward)
+    cpu::ffn_backward(act, n, d, F, c.xd.data() + o * d, expert_w1(p, s, e),
+                      swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e),
+                      c.h1.data() + o * F, swiglu ? c.h3.data() + o * F : nullptr,
+                      c.act.data() + o * F, dout + o * d, dact + o * F,
+                      swiglu ? dh3 + o * F : nullptr, dw1, dw3, dw2, dxd + o * d, false);
   });
 }
 

@@ -12,6 +12,15 @@
 
 namespace switchyard::layer {
 
+// Expert e's weights and gradient blocks, stacked or per expert (MoEParams::w*_experts); null
+// where this process does not hold the expert (or the gradient is not wanted).
+const float* expert_w1(const MoEParams& p, const MoEShape& s, int64_t e);
+const float* expert_w3(const MoEParams& p, const MoEShape& s, int64_t e);
+const float* expert_w2(const MoEParams& p, const MoEShape& s, int64_t e);
+float* expert_grad_w1(const MoEGrads& g, const MoEShape& s, int64_t e);
+float* expert_grad_w3(const MoEGrads& g, const MoEShape& s, int64_t e);
+float* expert_grad_w2(const MoEGrads& g, const MoEShape& s, int64_t e);
+
 class ExpertBackend {
  public:
   virtual ~ExpertBackend() = default;

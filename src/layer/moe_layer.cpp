@@ -118,11 +118,34 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
         "moe_layer: BF16 experts need w1_bf16 and w2_bf16 and no float32 experts, and a router "
         "that routes tokens ('{}' with BF16 experts)",
         config_.router);
-  if (!bf16 && (!p.w1 || !p.w2)) fail("moe_layer: experts.w1 and experts.w2 are required");
-  if (check_weights && !bf16) check_finite("experts.w1", p.w1, s.E * s.F * s.d, s.d);
-  if (check_weights && !bf16) check_finite("experts.w2", p.w2, s.E * s.d * s.F, s.F);
   const bool swiglu = config_.activation == Activation::SwiGLU;
-  const bool has_w3 = bf16 ? p.w3_bf16 != nullptr : p.w3 != nullptr;
+  const bool per_expert = p.w1_experts || p.w2_experts || p.w3_experts;
+  if (per_expert && (p.w1 || p.w2 || p.w3 || bf16 || !p.w1_experts || !p.w2_experts ||
+                     swiglu != (p.w3_experts != nullptr)))
+    fail(
+        "moe_layer: per-expert weights need experts.w1 and experts.w2 per expert{} and no stacked "
+        "or BF16 experts",
+        swiglu ? " and experts.w3" : "");
+  if (per_expert && traits.pooled_per_sequence)
+    fail("moe_layer: router '{}' merges all experts and needs them stacked, not per expert",
+         config_.router);
+  if (!bf16 && !per_expert && (!p.w1 || !p.w2))
+    fail("moe_layer: experts.w1 and experts.w2 are required");
+  if (check_weights && !bf16 && !per_expert) {
+    check_finite("experts.w1", p.w1, s.E * s.F * s.d, s.d);
+    check_finite("experts.w2", p.w2, s.E * s.d * s.F, s.F);
+  }
+  if (per_expert)
+    for (int64_t e = 0; e < s.E; ++e) {
+      const bool w1 = p.w1_experts[e], w2 = p.w2_experts[e], w3 = swiglu && p.w3_experts[e];
+      if (w1 != w2 || (swiglu && w1 != w3))
+        fail("moe_layer: expert {} has some of its per-expert weights but not all", e);
+      if (!check_weights || !w1) continue;
+      check_finite("experts.w1 (an expert's)", p.w1_experts[e], s.F * s.d, s.d);
+      check_finite("experts.w2 (an expert's)", p.w2_experts[e], s.d * s.F, s.F);
+      if (swiglu) check_finite("experts.w3 (an expert's)", p.w3_experts[e], s.F * s.d, s.d);
+    }
+  const bool has_w3 = bf16 ? p.w3_bf16 != nullptr : (p.w3 != nullptr || p.w3_experts != nullptr);
   if (swiglu != has_w3)
     fail("moe_layer: experts.w3 is {} but the activation is {}", has_w3 ? "given" : "missing",
          swiglu ? "swiglu" : "gelu");
@@ -307,6 +330,11 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   const int64_t rows = dispatcher_->dispatch_preprocess(plan, T, E, c);
   dispatcher_->dispatch_communicate(c);
   dispatcher_->dispatch_postprocess(batch.x, d, c);
+  if (p.w1_experts)
+    for (int64_t e = 0; e < E; ++e)
+      if (!p.w1_experts[e] && c.expert_offsets[size_t(e) + 1] > c.expert_offsets[size_t(e)])
+        fail("moe_layer: {} rows are routed to expert {}, which this process does not hold",
+             c.expert_offsets[size_t(e) + 1] - c.expert_offsets[size_t(e)], e);
   lap("dispatch");
   experts_->forward(act, shape_, p, c);
   lap("experts");
