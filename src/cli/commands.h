@@ -93,6 +93,18 @@ int run_forward(const InferFlags& flags, const std::string& in_path, const std::
 int run_generate(const InferFlags& flags, const GenerateFlags& gen);
 // `switchyard routing-report`: traces -> out_dir/index.html and summary.json.
 int run_routing_report(const std::vector<std::string>& traces, const std::string& out_dir);
+// `switchyard ep-plan` (ep_plan_command.cpp): expert-parallel placement and all-to-all cost from
+// traces -> out/index.html and summary.json (docs/distributed.md). kUnset* = flag not given.
+struct EpPlanFlags {
+  static constexpr int64_t kUnset = INT64_MIN;
+  static constexpr double kUnsetReal = -1e300;
+  std::vector<std::string> traces;
+  int64_t ranks = 0, ranks_per_node = 0;
+  std::string link, latency, out;
+  int64_t hidden = kUnset, expert_ff = kUnset, tokens_per_step = kUnset, redundant = 0;
+  double bytes_per_element = 2, gemm_gflops = kUnsetReal, capacity_factor = kUnsetReal;
+};
+int run_ep_plan(const EpPlanFlags& flags);
 // `switchyard ppl`: perplexity of a text file in windows of `context` tokens (0 = the default).
 int run_ppl(const InferFlags& flags, const std::string& text_path, int64_t context);
 // The routing overrides of --routing and the flags (null when none); `source` names them.

@@ -219,6 +219,25 @@ int main(int argc, char** argv) {
       ->required();
   routing_report->add_option("--out", routing_report_out, "report folder");
 
+  cli::EpPlanFlags ep;
+  auto* ep_plan = app.add_subcommand(
+      "ep-plan", "Expert-parallel placement and all-to-all cost from traces (docs/distributed.md)");
+  ep_plan->add_option("--trace", ep.traces, "TRACE.safetensors files (repeatable)")->required();
+  ep_plan->add_option("--ranks", ep.ranks, "expert-parallel ranks R (divides the experts)")
+      ->required();
+  ep_plan->add_option("--ranks-per-node", ep.ranks_per_node, "ranks per node G (divides R)")
+      ->required();
+  ep_plan->add_option("--link", ep.link, "bandwidths intra=GB/s,inter=GB/s")->required();
+  ep_plan->add_option("--latency-us", ep.latency, "per-peer latency intra=US,inter=US (0)");
+  ep_plan->add_option("--hidden", ep.hidden, "hidden size D (default: config.json)");
+  ep_plan->add_option("--bytes-per-element", ep.bytes_per_element, "bytes per element (2)");
+  ep_plan->add_option("--expert-ff", ep.expert_ff, "expert width F (default: config.json)");
+  ep_plan->add_option("--gemm-gflops", ep.gemm_gflops, "GEMM rate (default: measured on CPU)");
+  ep_plan->add_option("--capacity-factor", ep.capacity_factor, "capacity factor C (none)");
+  ep_plan->add_option("--redundant", ep.redundant, "replicas of the hottest experts per layer");
+  ep_plan->add_option("--tokens-per-step", ep.tokens_per_step, "tokens per step S (all)");
+  ep_plan->add_option("--out", ep.out, "report folder")->required();
+
   std::string ppl_text;
   int64_t ppl_context = 0;
   auto* ppl = app.add_subcommand("ppl", "Perplexity of a HF checkpoint on a text file");
@@ -257,6 +276,7 @@ int main(int argc, char** argv) {
     if (*generate) return cli::run_generate(infer_flags, gen);
     if (*ppl) return cli::run_ppl(infer_flags, ppl_text, ppl_context);
     if (*routing_report) return cli::run_routing_report(report_traces, routing_report_out);
+    if (*ep_plan) return cli::run_ep_plan(ep);
     if (*export_gguf) return cli::run_export_gguf(infer_flags, gguf_out, gguf_dtype);
     if (*llm_eval) return cli::run_llm_eval(llm_data, eval_flags);
     if (*llm_train) return cli::run_llm_train(llm_data, train_flags);
