@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(g++ cmake ninja-build libopenblas-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev
   libcli11-dev libfmt-dev libcpp-httplib-dev pkg-config python3 python3-numpy python3-torch
-  python3-sklearn wrk clang-format chromium openssl libpcre2-dev libutf8proc-dev)
+  python3-sklearn wrk clang-format chromium openssl libpcre2-dev libutf8proc-dev libopenmpi-dev
+  openmpi-bin)
 [ $# -gt 0 ] && packages=("$@")
 missing=()
 for p in "${packages[@]}"; do

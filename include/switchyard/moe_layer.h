@@ -122,6 +122,17 @@ struct MoECache {
   std::vector<float> out;               // (A_kept, d) expert outputs before weighting
   std::vector<float> shared_h1, shared_h3, shared_act;  // (T, Fs)
   std::vector<float> merged;  // SMEAR: (S, 2F d + d F) merged expert weights
+  // Expert parallelism (src/layer/expert_parallel_dispatcher.h): this rank's rows as sent, and
+  // the rows its experts received (xd, h1, ..., out are those).
+  struct ExpertParallel {
+    std::vector<int64_t> send_counts, send_displs, recv_counts, recv_displs;  // (P) rows
+    std::vector<int32_t> sent_expert;    // (rows) expert of each row sent
+    std::vector<int32_t> recv_expert;    // (received) expert of each row received
+    std::vector<int64_t> recv_position;  // (received) its row in xd (grouped by expert)
+    std::vector<float> sent_x;           // (rows, d) inputs as sent
+    std::vector<float> recv_x;           // (received, d) as they arrived
+    std::vector<float> sent_out;         // (rows, d) the experts' outputs, back at this rank
+  } ep;
   RoutingStats stats;
 };
 
@@ -160,6 +171,8 @@ class MoELayer {
   std::vector<float> combine_matrix(const MoECache& cache) const;
   // Non-gradient router state after a step (bias, λ); counts from the cache's plan.
   void update_router_state(const MoECache& cache, float* gate_bias);
+  // Replaces the local dispatcher (e.g. with layer::ExpertParallelDispatcher across ranks).
+  void set_dispatcher(std::unique_ptr<layer::TokenDispatcher> dispatcher);
 
  private:
   LayerConfig config_;

@@ -84,7 +84,7 @@ void CpuExpertBackend::forward(cpu::Act act, const MoEShape& s, const MoEParams&
 void CpuExpertBackend::backward(cpu::Act act, const MoEShape& s, const MoEParams& p,
                                 const MoECache& c, const float* dout, const MoEGrads& g,
                                 float* dxd) {
-  const int64_t d = s.d, F = s.F, E = s.E, rows = int64_t(c.row_assignment.size());
+  const int64_t d = s.d, F = s.F, E = s.E, rows = int64_t(c.xd.size()) / d;  // the experts' rows
   const bool swiglu = act == cpu::Act::SwiGLU;
   float* dact = take(dact_, rows * F);                   // (rows, F)
   float* dh3 = swiglu ? take(dh3_, rows * F) : nullptr;  // (rows, F)

@@ -101,6 +101,14 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
 
 MoELayer::~MoELayer() = default;
 
+void MoELayer::set_dispatcher(std::unique_ptr<layer::TokenDispatcher> dispatcher) {
+  if (!dispatcher) fail("moe_layer: set_dispatcher needs a dispatcher");
+  if (router_->traits().pooled_per_sequence)
+    fail("moe_layer: router '{}' merges experts per sequence and has no dispatcher",
+         config_.router);
+  dispatcher_ = std::move(dispatcher);
+}
+
 void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_weights) const {
   const auto& s = shape_;
   const RouterTraits& traits = router_->traits();
@@ -327,9 +335,9 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   lap("route");
   // Dispatch (capacity, grouping by expert, the rows to their experts), the experts, combine.
   const int64_t A = int64_t(plan.size());
-  const int64_t rows = dispatcher_->dispatch_preprocess(plan, T, E, c);
-  dispatcher_->dispatch_communicate(c);
-  dispatcher_->dispatch_postprocess(batch.x, d, c);
+  const int64_t rows = dispatcher_->dispatch_preprocess(plan, batch.x, T, d, E, c);
+  dispatcher_->dispatch_communicate(d, c);
+  dispatcher_->dispatch_postprocess(d, c);
   if (p.w1_experts)
     for (int64_t e = 0; e < E; ++e)
       if (!p.w1_experts[e] && c.expert_offsets[size_t(e) + 1] > c.expert_offsets[size_t(e)])
@@ -452,8 +460,9 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     return;
   }
 
-  // Routed experts: dout = w · dy per row, u = <dy, out> per row for the router.
-  const int64_t rows = int64_t(c.row_assignment.size());
+  // Routed experts: dout = w · dy per row, u = <dy, out> per row for the router; dout and dxd
+  // are the experts' rows (another process's rows under expert parallelism).
+  const int64_t rows = int64_t(c.xd.size()) / d;
   auto take = [](std::vector<float>& v, int64_t n) {
     if (v.size() < size_t(n)) v.resize(size_t(n));
     return v.data();

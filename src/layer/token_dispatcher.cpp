@@ -7,14 +7,15 @@
 
 namespace switchyard::layer {
 
-int64_t LocalDispatcher::dispatch_preprocess(RoutingPlan& plan, int64_t T, int64_t E, MoECache& c) {
+int64_t group_rows(RoutingPlan& plan, int64_t T, int64_t E, std::vector<int64_t>& slots,
+                   MoECache& c) {
   const int64_t A = int64_t(plan.size());
   const int64_t G = int64_t(plan.capacity.size());
-  slots_.resize(size_t(std::max(G * E, E)));
+  slots.resize(size_t(std::max(G * E, E)));
   c.expert_offsets.resize(size_t(E + 1));
   c.row_assignment.resize(size_t(A));
   const int64_t rows = cpu::dispatch(A, plan.expert.data(), plan.group.data(), plan.kept.data(),
-                                     plan.capacity.data(), G, E, slots_.data(),
+                                     plan.capacity.data(), G, E, slots.data(),
                                      c.expert_offsets.data(), c.row_assignment.data());
   c.row_assignment.resize(size_t(rows));
   c.row_token.resize(size_t(rows));
@@ -29,13 +30,15 @@ int64_t LocalDispatcher::dispatch_preprocess(RoutingPlan& plan, int64_t T, int64
   return rows;
 }
 
-void LocalDispatcher::dispatch_postprocess(const float* x, int64_t d, MoECache& c) {
-  const int64_t rows = int64_t(c.row_token.size());
+int64_t LocalDispatcher::dispatch_preprocess(RoutingPlan& plan, const float* x, int64_t T,
+                                             int64_t d, int64_t E, MoECache& c) {
+  const int64_t rows = group_rows(plan, T, E, slots_, c);
   resize_on_huge_pages(c.xd, size_t(rows * d));
   cpu::gather_rows(rows, d, x, c.row_token.data(), c.xd.data());
+  return rows;
 }
 
-void LocalDispatcher::combine(const MoECache& c, int64_t T, int64_t d, float* y) {
+void LocalDispatcher::combine(MoECache& c, int64_t T, int64_t d, float* y) {
   cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), c.row_weight.data(),
                     c.out.data(), y);
 }

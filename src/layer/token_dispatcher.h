@@ -16,32 +16,42 @@ namespace switchyard::layer {
 class TokenDispatcher {
  public:
   virtual ~TokenDispatcher() = default;
-  // Capacity (a choice past its expert's capacity in its group is dropped: plan.kept) and the
-  // kept assignments in expert order: c.expert_offsets (E + 1), c.row_assignment, c.row_token,
-  // c.row_weight (rows), the by-token CSR c.token_offsets (T + 1), c.token_rows. Returns rows.
-  virtual int64_t dispatch_preprocess(RoutingPlan& plan, int64_t T, int64_t E, MoECache& c) = 0;
+  // Capacity (a choice past its expert's capacity in its group is dropped: plan.kept), this
+  // process's kept assignments in expert order (its "rows": c.row_assignment, c.row_token,
+  // c.row_weight, the by-token CSR c.token_offsets (T + 1), c.token_rows) and their inputs
+  // gathered from x (T, d) in that order. Returns the rows.
+  virtual int64_t dispatch_preprocess(RoutingPlan& plan, const float* x, int64_t T, int64_t d,
+                                      int64_t E, MoECache& c) = 0;
   // The rows to the process that holds their expert (local: nothing moves).
-  virtual void dispatch_communicate(MoECache& c) = 0;
-  // The experts' inputs in expert order: c.xd (rows, d) from x (T, d).
-  virtual void dispatch_postprocess(const float* x, int64_t d, MoECache& c) = 0;
-  // y (T, d) += Σ over a token's rows of row_weight · c.out (rows, d).
-  virtual void combine(const MoECache& c, int64_t T, int64_t d, float* y) = 0;
-  // Backward of combine: dout (rows, d) = row_weight · dy[token]; d_weight (A) at each row's
-  // assignment = <dy[token], out row>, the router's gradient (other entries untouched).
+  virtual void dispatch_communicate(int64_t d, MoECache& c) = 0;
+  // The experts' inputs as the expert backend takes them: c.xd (expert rows, d) grouped by expert
+  // with c.expert_offsets (E + 1); locally the expert rows are the rows.
+  virtual void dispatch_postprocess(int64_t d, MoECache& c) = 0;
+  // The experts' outputs c.out (expert rows, d) back to their tokens: y (T, d) += Σ over a
+  // token's rows of row_weight · output.
+  virtual void combine(MoECache& c, int64_t T, int64_t d, float* y) = 0;
+  // Backward of combine: dout (expert rows, d) = row_weight · dy[token]; d_weight (A) at each
+  // row's assignment = <dy[token], output>, the router's gradient (other entries untouched).
   virtual void combine_backward(const MoECache& c, const float* dy, int64_t d, float* dout,
                                 float* d_weight) = 0;
-  // Backward of dispatch: dx (T, d) += Σ over a token's rows of dxd (rows, d).
+  // Backward of dispatch: dx (T, d) += Σ over a token's rows of dxd (expert rows, d).
   virtual void dispatch_backward(const MoECache& c, const float* dxd, int64_t T, int64_t d,
                                  float* dx) = 0;
 };
 
+// Capacity, grouping by expert and the by-token CSR of a plan's kept assignments into c (the
+// pre-process both dispatchers share); `slots` is scratch. Returns the rows.
+int64_t group_rows(RoutingPlan& plan, int64_t T, int64_t E, std::vector<int64_t>& slots,
+                   MoECache& c);
+
 // Every row stays in this process.
 class LocalDispatcher final : public TokenDispatcher {
  public:
-  int64_t dispatch_preprocess(RoutingPlan& plan, int64_t T, int64_t E, MoECache& c) override;
-  void dispatch_communicate(MoECache&) override {}
-  void dispatch_postprocess(const float* x, int64_t d, MoECache& c) override;
-  void combine(const MoECache& c, int64_t T, int64_t d, float* y) override;
+  int64_t dispatch_preprocess(RoutingPlan& plan, const float* x, int64_t T, int64_t d, int64_t E,
+                              MoECache& c) override;
+  void dispatch_communicate(int64_t, MoECache&) override {}
+  void dispatch_postprocess(int64_t, MoECache&) override {}
+  void combine(MoECache& c, int64_t T, int64_t d, float* y) override;
   void combine_backward(const MoECache& c, const float* dy, int64_t d, float* dout,
                         float* d_weight) override;
   void dispatch_backward(const MoECache& c, const float* dxd, int64_t T, int64_t d,

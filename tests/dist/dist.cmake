@@ -1,0 +1,15 @@
+# Expert parallelism across MPI ranks on one machine (OpenMPI's mpirun, as root with its
+# run-as-root settings): the expert-parallel dispatcher against one process on the whole batch.
+if(TARGET switchyard_mpi)
+  find_program(SWITCHYARD_MPIEXEC NAMES mpirun mpiexec)
+  add_executable(test_expert_parallel ${CMAKE_CURRENT_LIST_DIR}/test_expert_parallel.cpp)
+  target_link_libraries(test_expert_parallel PRIVATE switchyard_mpi)
+  target_include_directories(test_expert_parallel PRIVATE ${PROJECT_SOURCE_DIR}/src)
+  target_compile_options(test_expert_parallel PRIVATE ${SWITCHYARD_WARNINGS})
+  foreach(ranks IN ITEMS 2 4)
+    add_test(NAME expert_parallel_np${ranks}
+      COMMAND ${SWITCHYARD_MPIEXEC} --oversubscribe -np ${ranks} $<TARGET_FILE:test_expert_parallel>)
+    set_tests_properties(expert_parallel_np${ranks} PROPERTIES TIMEOUT 120
+      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1")
+  endforeach()
+endif()

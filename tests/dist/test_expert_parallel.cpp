@@ -1,0 +1,210 @@
+// Expert parallelism against one process: P ranks each route their own share of a global batch
+// (ranks' tokens in rank order make the batch) through layer::ExpertParallelDispatcher over MPI,
+// holding only their E/P experts (MoEParams::w*_experts); every rank also runs the whole batch in
+// one process with the local dispatcher. Forward y, backward dx and the local experts' weight
+// gradients of each rank must equal the single-process ones on its tokens, and the all-reduced
+// gate gradient the single-process gate gradient (1e-5 of the largest magnitude: the expert
+// GEMMs see other row counts). Cases: random top-2 routing; forced routing where rank 1 sends
+// only to itself, rank P-1 (P > 2) sends nothing and expert 0 gets no token; uneven shards.
+// Run under mpirun -np 2 and 4 (tests/dist/dist.cmake). Fixed seed, printed; SWITCHYARD_TEST_SEED
+// overrides it.
+#include <mpi.h>
+#include <switchyard/config.h>
+#include <switchyard/error.h>
+#include <switchyard/moe_layer.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dist/mpi_communicator.h"
+#include "layer/expert_parallel_dispatcher.h"
+
+namespace {
+
+using namespace switchyard;
+
+std::vector<float> normal(std::mt19937_64& rng, size_t n, double scale) {
+  std::normal_distribution<double> dist(0.0, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = float(dist(rng));
+  return v;
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, double(std::abs(x)));
+  return m;
+}
+
+struct Failure {
+  std::string what;
+};
+
+void expect_close(const char* what, const float* got, const float* want, int64_t n, double scale,
+                  int rank, const std::string& name) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!(std::abs(double(got[i]) - double(want[i])) <= 1e-5 * std::max(1.0, scale)))
+      throw Failure{name + ": rank " + std::to_string(rank) + ": " + what + "[" +
+                    std::to_string(i) + "] = " + std::to_string(got[i]) + ", one process gives " +
+                    std::to_string(want[i])};
+}
+
+void run_case(const std::string& name, bool forced, uint64_t seed, dist::MpiCommunicator& comm) {
+  const int P = comm.size(), rank = comm.rank();
+  const int64_t d = 12, E = 8, F = 8, k = 2;
+  const MoEShape shape{d, E, F, 0};
+  std::vector<int64_t> shard(static_cast<size_t>(P)), begin(static_cast<size_t>(P) + 1, 0);
+  for (int q = 0; q < P; ++q) {
+    shard[size_t(q)] = 9 + 3 * q;  // uneven
+    begin[size_t(q) + 1] = begin[size_t(q)] + shard[size_t(q)];
+  }
+  const int64_t T = begin[size_t(P)], t0 = begin[size_t(rank)], Tr = shard[size_t(rank)];
+  std::mt19937_64 rng(seed);
+  const std::vector<float> x = normal(rng, size_t(T * d), 1.0),
+                           gate = normal(rng, size_t(E * d), 0.5);
+  const std::vector<float> w1 = normal(rng, size_t(E * F * d), 0.3),
+                           w3 = normal(rng, size_t(E * F * d), 0.3),
+                           w2 = normal(rng, size_t(E * d * F), 0.3);
+  const std::vector<float> dy = normal(rng, size_t(T * d), 1.0);
+  std::vector<int32_t> force(size_t(T * k));
+  const int64_t per_rank = E / P;
+  std::uniform_int_distribution<int32_t> any(1, int32_t(E - 1));  // never expert 0
+  for (int q = 0; q < P; ++q)
+    for (int64_t t = begin[size_t(q)]; t < begin[size_t(q) + 1]; ++t) {
+      int32_t a = any(rng), b = any(rng);
+      while (b == a) b = any(rng);
+      if (q == 1) {  // only to rank 1's own experts
+        a = int32_t(per_rank + (t % per_rank));
+        b = int32_t(per_rank + ((t + 1) % per_rank));
+        if (b == a) b = -1;
+      }
+      if (P > 2 && q == P - 1) a = b = -1;  // sends nothing
+      force[size_t(t * k)] = a;
+      force[size_t(t * k + 1)] = b;
+    }
+  const LayerConfig config = parse_layer_config(
+      // No aux losses: theirs are batch statistics (a global-batch loss needs all-reduced counts,
+      // next); the routed part of the gate gradient is a sum over tokens.
+      nlohmann::json{{"router", "topk"}, {"k", k}, {"losses", nlohmann::json::object()}},
+      "test_expert_parallel");
+
+  // One process, the whole batch.
+  MoELayer whole(config, shape);
+  MoEParams pw;
+  pw.gate = gate.data();
+  pw.w1 = w1.data();
+  pw.w3 = w3.data();
+  pw.w2 = w2.data();
+  MoEBatch bw;
+  bw.T = T;
+  bw.x = x.data();
+  if (forced) {
+    bw.forced_experts = force.data();
+    bw.forced_k = k;
+  }
+  MoECache cw;
+  std::vector<float> y_ref(size_t(T * d)), dx_ref(size_t(T * d)), dgate_ref(size_t(E * d));
+  std::vector<float> dw1_ref(w1.size()), dw3_ref(w3.size()), dw2_ref(w2.size());
+  whole.forward(pw, bw, cw, y_ref.data());
+  MoEGrads gw;
+  gw.gate = dgate_ref.data();
+  gw.w1 = dw1_ref.data();
+  gw.w3 = dw3_ref.data();
+  gw.w2 = dw2_ref.data();
+  whole.backward(pw, bw, cw, dy.data(), dx_ref.data(), gw);
+
+  // This rank's share, its experts only.
+  MoELayer part(config, shape);
+  part.set_dispatcher(std::make_unique<layer::ExpertParallelDispatcher>(comm));
+  std::vector<const float*> w1e(size_t(E), nullptr), w3e(size_t(E), nullptr),
+      w2e(size_t(E), nullptr);
+  std::vector<float> dw1(w1.size(), 0.0f), dw3(w3.size(), 0.0f), dw2(w2.size(), 0.0f);
+  std::vector<float*> g1(static_cast<size_t>(E), nullptr), g3(g1), g2(g1);
+  for (int64_t e = rank * per_rank; e < (rank + 1) * per_rank; ++e) {
+    w1e[size_t(e)] = w1.data() + e * F * d;
+    w3e[size_t(e)] = w3.data() + e * F * d;
+    w2e[size_t(e)] = w2.data() + e * d * F;
+    g1[size_t(e)] = dw1.data() + e * F * d;
+    g3[size_t(e)] = dw3.data() + e * F * d;
+    g2[size_t(e)] = dw2.data() + e * d * F;
+  }
+  MoEParams pp;
+  pp.gate = gate.data();
+  pp.w1_experts = w1e.data();
+  pp.w3_experts = w3e.data();
+  pp.w2_experts = w2e.data();
+  MoEBatch bp;
+  bp.T = Tr;
+  bp.x = x.data() + t0 * d;
+  if (forced) {
+    bp.forced_experts = force.data() + t0 * k;
+    bp.forced_k = k;
+  }
+  MoECache cp;
+  std::vector<float> y(size_t(Tr * d)), dx(size_t(Tr * d)), dgate(size_t(E * d));
+  part.forward(pp, bp, cp, y.data());
+  MoEGrads gp;
+  gp.gate = dgate.data();
+  gp.w1_experts = g1.data();
+  gp.w3_experts = g3.data();
+  gp.w2_experts = g2.data();
+  part.backward(pp, bp, cp, dy.data() + t0 * d, dx.data(), gp);
+  comm.allreduce_sum(dgate.data(), int64_t(dgate.size()));
+
+  expect_close("y", y.data(), y_ref.data() + t0 * d, Tr * d, max_abs(y_ref), rank, name);
+  expect_close("dx", dx.data(), dx_ref.data() + t0 * d, Tr * d, max_abs(dx_ref), rank, name);
+  expect_close("gate grad (all-reduced)", dgate.data(), dgate_ref.data(), E * d, max_abs(dgate_ref),
+               rank, name);
+  for (int64_t e = rank * per_rank; e < (rank + 1) * per_rank; ++e) {
+    expect_close("experts.w1 grad", dw1.data() + e * F * d, dw1_ref.data() + e * F * d, F * d,
+                 max_abs(dw1_ref), rank, name);
+    expect_close("experts.w3 grad", dw3.data() + e * F * d, dw3_ref.data() + e * F * d, F * d,
+                 max_abs(dw3_ref), rank, name);
+    expect_close("experts.w2 grad", dw2.data() + e * d * F, dw2_ref.data() + e * d * F, d * F,
+                 max_abs(dw2_ref), rank, name);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int status = 0;
+  {
+    switchyard::dist::MpiCommunicator comm;
+    const char* s = std::getenv("SWITCHYARD_TEST_SEED");
+    const uint64_t seed = s ? std::strtoull(s, nullptr, 10) : 20261201;
+    if (comm.rank() == 0)
+      std::printf("seed %llu (SWITCHYARD_TEST_SEED replays), %d ranks\n",
+                  static_cast<unsigned long long>(seed), comm.size());
+    for (const auto& [name, forced] :
+         {std::pair{std::string("top-2, random gate"), false},
+          std::pair{std::string("forced: rank 1 to itself, the last rank nothing, expert 0 none"),
+                    true}}) {
+      int failed = 0;
+      std::string why;
+      try {
+        run_case(name, forced, seed, comm);
+      } catch (const Failure& f) {
+        failed = 1;
+        why = f.what;
+      } catch (const switchyard::Error& e) {
+        failed = 1;
+        why = name + ": rank " + std::to_string(comm.rank()) + ": " + e.what();
+      }
+      if (failed) std::fprintf(stderr, "FAIL %s\n", why.c_str());
+      int any = 0;
+      MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+      if (comm.rank() == 0) std::printf("%s %s\n", any ? "FAIL" : "PASS", name.c_str());
+      status |= any;
+    }
+  }
+  MPI_Finalize();
+  return status;
+}
