@@ -132,6 +132,14 @@ struct MoECache {
     std::vector<float> sent_x;           // (rows, d) inputs as sent
     std::vector<float> recv_x;           // (received, d) as they arrived
     std::vector<float> sent_out;         // (rows, d) the experts' outputs, back at this rank
+    // Bytes to and from the other ranks per phase of the last forward and backward: dispatch
+    // (expert ids and rows), combine (outputs back), backward dispatch (dout to the experts),
+    // backward combine (dx rows back). Counters: backward, which reads a const cache, sets them.
+    struct Traffic {
+      int64_t sent = 0, received = 0;
+    };
+    Traffic dispatch, combine;
+    mutable Traffic backward_dispatch, backward_combine;
   } ep;
   RoutingStats stats;
 };

@@ -22,6 +22,16 @@ int64_t sum(const std::vector<int64_t>& v) {
   return s;
 }
 
+// Adds the bytes an exchange moves to and from the other ranks (not this rank's own rows).
+void count(MoECache::ExpertParallel::Traffic& t, const std::vector<int64_t>& out,
+           const std::vector<int64_t>& in, int rank, int64_t elem_bytes) {
+  for (size_t q = 0; q < out.size(); ++q) {
+    if (int(q) == rank) continue;
+    t.sent += out[q] * elem_bytes;
+    t.received += in[q] * elem_bytes;
+  }
+}
+
 }  // namespace
 
 int64_t ExpertParallelDispatcher::dispatch_preprocess(RoutingPlan& plan, const float* x, int64_t T,
@@ -62,6 +72,9 @@ void ExpertParallelDispatcher::dispatch_communicate(int64_t d, MoECache& c) {
                   sizeof(int32_t));
   resize_on_huge_pages(ep.recv_x, size_t(received * d));
   forward_rows(c, ep.sent_x.data(), d, ep.recv_x.data());
+  ep.dispatch = {};
+  count(ep.dispatch, ep.send_counts, ep.recv_counts, comm_.rank(),
+        int64_t(sizeof(int32_t)) + d * int64_t(sizeof(float)));
 }
 
 void ExpertParallelDispatcher::dispatch_postprocess(int64_t d, MoECache& c) {
@@ -94,6 +107,8 @@ void ExpertParallelDispatcher::combine(MoECache& c, int64_t T, int64_t d, float*
   to_arrival_order(c, c.out.data(), d, arrival_.data());
   resize_on_huge_pages(ep.sent_out, c.row_token.size() * size_t(d));
   backward_rows(c, arrival_.data(), d, ep.sent_out.data());
+  ep.combine = {};
+  count(ep.combine, ep.recv_counts, ep.send_counts, comm_.rank(), d * int64_t(sizeof(float)));
   cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), c.row_weight.data(),
                     ep.sent_out.data(), y);
 }
@@ -108,6 +123,9 @@ void ExpertParallelDispatcher::combine_backward(const MoECache& c, const float* 
   for (int64_t r = 0; r < rows; ++r) d_weight[c.row_assignment[size_t(r)]] = d_row_[size_t(r)];
   arrival_.resize(c.ep.recv_position.size() * size_t(d));
   forward_rows(c, back_.data(), d, arrival_.data());
+  c.ep.backward_dispatch = {};
+  count(c.ep.backward_dispatch, c.ep.send_counts, c.ep.recv_counts, comm_.rank(),
+        d * int64_t(sizeof(float)));
   from_arrival_order(c, arrival_.data(), d, dout);
 }
 
@@ -118,6 +136,9 @@ void ExpertParallelDispatcher::dispatch_backward(const MoECache& c, const float*
   to_arrival_order(c, dxd, d, arrival_.data());
   back_.resize(size_t(rows * d));
   backward_rows(c, arrival_.data(), d, back_.data());
+  c.ep.backward_combine = {};
+  count(c.ep.backward_combine, c.ep.recv_counts, c.ep.send_counts, comm_.rank(),
+        d * int64_t(sizeof(float)));
   ones_.assign(size_t(rows), 1.0f);
   cpu::combine_rows(T, d, c.token_offsets.data(), c.token_rows.data(), ones_.data(), back_.data(),
                     dx);

@@ -4,8 +4,9 @@
 // one process with the local dispatcher. Forward y, backward dx and the local experts' weight
 // gradients of each rank must equal the single-process ones on its tokens, and the all-reduced
 // gate gradient the single-process gate gradient (1e-5 of the largest magnitude: the expert
-// GEMMs see other row counts). Cases: random top-2 routing; forced routing where rank 1 sends
-// only to itself, rank P-1 (P > 2) sends nothing and expert 0 gets no token; uneven shards.
+// GEMMs see other row counts); the byte counters of each phase must equal the rows the plan
+// moves between this rank and the others. Cases: random top-2 routing; forced routing where rank 1
+// sends only to itself, rank P-1 (P > 2) sends nothing and expert 0 gets no token; uneven shards.
 // Run under mpirun -np 2 and 4 (tests/dist/dist.cmake). Fixed seed, printed; SWITCHYARD_TEST_SEED
 // overrides it.
 #include <mpi.h>
@@ -13,6 +14,7 @@
 #include <switchyard/error.h>
 #include <switchyard/moe_layer.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -156,6 +158,34 @@ void run_case(const std::string& name, bool forced, uint64_t seed, dist::MpiComm
   gp.w2_experts = g2.data();
   part.backward(pp, bp, cp, dy.data() + t0 * d, dx.data(), gp);
   comm.allreduce_sum(dgate.data(), int64_t(dgate.size()));
+
+  // The byte counters against the plan: rows between this rank and the others, each way.
+  int64_t out_rows = 0, in_rows = 0;
+  const RoutingPlan& plan = cw.plan;
+  for (size_t a = 0; a < plan.size(); ++a) {
+    if (!plan.kept[a]) continue;
+    int src = 0;
+    while (plan.token[a] >= begin[size_t(src) + 1]) ++src;
+    const int dst = int(plan.expert[a] / per_rank);
+    out_rows += src == rank && dst != rank;
+    in_rows += dst == rank && src != rank;
+  }
+  const int64_t row = d * int64_t(sizeof(float)), id = sizeof(int32_t);
+  const MoECache::ExpertParallel& ep = cp.ep;
+  const std::pair<const char*, std::array<int64_t, 4>> traffic[] = {
+      {"dispatch",
+       {ep.dispatch.sent, out_rows * (row + id), ep.dispatch.received, in_rows * (row + id)}},
+      {"combine", {ep.combine.sent, in_rows * row, ep.combine.received, out_rows * row}},
+      {"backward dispatch",
+       {ep.backward_dispatch.sent, out_rows * row, ep.backward_dispatch.received, in_rows * row}},
+      {"backward combine",
+       {ep.backward_combine.sent, in_rows * row, ep.backward_combine.received, out_rows * row}}};
+  for (const auto& [phase, v] : traffic)
+    if (v[0] != v[1] || v[2] != v[3])
+      throw Failure{name + ": rank " + std::to_string(rank) + ": " + phase + " counted " +
+                    std::to_string(v[0]) + " bytes sent / " + std::to_string(v[2]) +
+                    " received, the plan gives " + std::to_string(v[1]) + " / " +
+                    std::to_string(v[3])};
 
   expect_close("y", y.data(), y_ref.data() + t0 * d, Tr * d, max_abs(y_ref), rank, name);
   expect_close("dx", dx.data(), dx_ref.data() + t0 * d, Tr * d, max_abs(dx_ref), rank, name);
