@@ -249,6 +249,38 @@ std::string llama_pre_tokenizer(const json& pre) {
   return "";
 }
 
+// The tokens and types of a GGUF vocabulary, filled from tokenizer.json (both vocabulary kinds).
+struct VocabTable {
+  const ModelSpec& spec;
+  std::string path;
+  std::vector<std::string> tokens = std::vector<std::string>(static_cast<size_t>(spec.vocab));
+  std::vector<int32_t> types = std::vector<int32_t>(static_cast<size_t>(spec.vocab), 5);  // UNUSED
+  void put(int64_t id, const std::string& text, int32_t type, const char* field) {
+    if (id < 0 || id >= spec.vocab)
+      fail("{}: field '{}' has id {} for '{}', beyond vocab_size = {} ({})", path, field, id, text,
+           spec.vocab, spec.source);
+    tokens[size_t(id)] = text;
+    types[size_t(id)] = type;
+  }
+  // Ids no token names get a placeholder text (they stay UNUSED).
+  void name_unused() {
+    for (int64_t i = 0; i < spec.vocab; ++i)
+      if (types[size_t(i)] == 5) tokens[size_t(i)] = fmt::format("[PAD{}]", i);
+  }
+};
+
+// bos/eos from config.json, add_bos_token (default `add_bos`) and chat_template from
+// tokenizer_config.json (`tc`, or null).
+void write_special_tokens(GgufWriter& w, const ModelSpec& spec, const json& tc, bool add_bos) {
+  if (spec.bos_id >= 0) w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(spec.bos_id)));
+  if (!spec.eos_ids.empty())
+    w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(spec.eos_ids[0])));
+  w.set("tokenizer.ggml.add_bos_token",
+        GgufValue::boolean(tc.is_object() ? tc.value("add_bos_token", add_bos) : false));
+  if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string())
+    w.set("tokenizer.chat_template", GgufValue::str(tc["chat_template"].get<std::string>()));
+}
+
 // Whether a tokenizer.json normalizer is SentencePiece's as Llama 2, Mistral and Mixtral ship it:
 // prepend "▁", spaces to "▁" (llama.cpp's "llama" vocabulary does the same with add_space_prefix).
 bool is_spm_normalizer(const json& n) {
@@ -277,21 +309,13 @@ bool write_spm_tokenizer_json(GgufWriter& w, const ModelSpec& spec, const json& 
         is_spm_normalizer(t.value("normalizer", json())) &&
         t.value("pre_tokenizer", json()).is_null()))
     return false;
-  std::vector<std::string> tokens(static_cast<size_t>(spec.vocab));
+  VocabTable table{spec, path};
   std::vector<float> scores(static_cast<size_t>(spec.vocab), 0.0f);
-  std::vector<int32_t> types(static_cast<size_t>(spec.vocab), 5);  // UNUSED until named
-  auto put_token = [&](int64_t id, const std::string& text, int32_t type, const char* field) {
-    if (id < 0 || id >= spec.vocab)
-      fail("{}: field '{}' has id {} for '{}', beyond vocab_size = {} ({})", path, field, id, text,
-           spec.vocab, spec.source);
-    tokens[size_t(id)] = text;
-    types[size_t(id)] = type;
-  };
   const json vocab = m.value("vocab", json::object());  // a named copy: items() refers to it
   std::map<std::string, int64_t> id_of;
   for (const auto& [text, id] : vocab.items()) {
     const bool byte = text.size() == 6 && text.rfind("<0x", 0) == 0 && text.back() == '>';
-    put_token(id.get<int64_t>(), text, byte ? 6 : 1, "model.vocab");  // BYTE or NORMAL
+    table.put(id.get<int64_t>(), text, byte ? 6 : 1, "model.vocab");  // BYTE or NORMAL
     id_of[text] = id.get<int64_t>();
   }
   const json merges = m.value("merges", json::array());
@@ -316,27 +340,20 @@ bool write_spm_tokenizer_json(GgufWriter& w, const ModelSpec& spec, const json& 
   for (const json& a : t.value("added_tokens", json::array())) {
     const std::string text = a.value("content", "");
     const int64_t id = a.value("id", int64_t(-1));
-    put_token(id, text, text == unk ? 2 : a.value("special", false) ? 3 : 4, "added_tokens");
+    table.put(id, text, text == unk ? 2 : a.value("special", false) ? 3 : 4, "added_tokens");
   }
-  for (int64_t i = 0; i < spec.vocab; ++i)
-    if (types[size_t(i)] == 5) tokens[size_t(i)] = fmt::format("[PAD{}]", i);
+  table.name_unused();
   w.set("tokenizer.ggml.model", GgufValue::str("llama"));
   w.set("tokenizer.ggml.pre", GgufValue::str("default"));
-  w.set("tokenizer.ggml.tokens", GgufValue::str_array(tokens));
+  w.set("tokenizer.ggml.tokens", GgufValue::str_array(table.tokens));
   w.set("tokenizer.ggml.scores", GgufValue::f32_array(scores));
-  w.set("tokenizer.ggml.token_type", GgufValue::i32_array(types));
+  w.set("tokenizer.ggml.token_type", GgufValue::i32_array(table.types));
   if (!unk.empty() && id_of.count(unk))
     w.set("tokenizer.ggml.unknown_token_id", GgufValue::u32(uint32_t(id_of[unk])));
-  if (spec.bos_id >= 0) w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(spec.bos_id)));
-  if (!spec.eos_ids.empty())
-    w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(spec.eos_ids[0])));
   w.set("tokenizer.ggml.add_space_prefix", GgufValue::boolean(true));
-  w.set("tokenizer.ggml.add_bos_token",
-        GgufValue::boolean(tc.is_object() && tc.value("add_bos_token", true)));
   w.set("tokenizer.ggml.add_eos_token",
         GgufValue::boolean(tc.is_object() && tc.value("add_eos_token", false)));
-  if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string())
-    w.set("tokenizer.chat_template", GgufValue::str(tc["chat_template"].get<std::string>()));
+  write_special_tokens(w, spec, tc, true);
   return true;
 }
 
@@ -373,23 +390,14 @@ bool write_tokenizer_json(GgufWriter& w, const ModelSpec& spec, const std::strin
           "deepseek-v3, gpt-2)";
     return false;
   }
-  std::vector<std::string> tokens(static_cast<size_t>(spec.vocab));
-  std::vector<int32_t> types(static_cast<size_t>(spec.vocab), 5);  // UNUSED until named
-  auto put_token = [&](int64_t id, const std::string& text, int32_t type, const char* field) {
-    if (id < 0 || id >= spec.vocab)
-      fail("{}: field '{}' has id {} for '{}', beyond vocab_size = {} ({})", path.string(), field,
-           id, text, spec.vocab, spec.source);
-    tokens[size_t(id)] = text;
-    types[size_t(id)] = type;
-  };
+  VocabTable table{spec, path.string()};
   const json vocab = m.value("vocab", json::object());  // a named copy: items() refers to it
   for (const auto& [text, id] : vocab.items())
-    put_token(id.get<int64_t>(), text, 1, "model.vocab");  // NORMAL
+    table.put(id.get<int64_t>(), text, 1, "model.vocab");  // NORMAL
   for (const json& a : t.value("added_tokens", json::array()))
-    put_token(a.value("id", int64_t(-1)), a.value("content", ""), a.value("special", false) ? 3 : 4,
+    table.put(a.value("id", int64_t(-1)), a.value("content", ""), a.value("special", false) ? 3 : 4,
               "added_tokens");  // CONTROL or USER_DEFINED
-  for (int64_t i = 0; i < spec.vocab; ++i)
-    if (types[size_t(i)] == 5) tokens[size_t(i)] = fmt::format("[PAD{}]", i);
+  table.name_unused();
   std::vector<std::string> merges;
   for (const json& mg : m.value("merges", json::array()))
     merges.push_back(mg.is_string()
@@ -397,16 +405,10 @@ bool write_tokenizer_json(GgufWriter& w, const ModelSpec& spec, const std::strin
                          : mg.at(0).get<std::string>() + " " + mg.at(1).get<std::string>());
   w.set("tokenizer.ggml.model", GgufValue::str("gpt2"));
   w.set("tokenizer.ggml.pre", GgufValue::str(pre));
-  w.set("tokenizer.ggml.tokens", GgufValue::str_array(tokens));
-  w.set("tokenizer.ggml.token_type", GgufValue::i32_array(types));
+  w.set("tokenizer.ggml.tokens", GgufValue::str_array(table.tokens));
+  w.set("tokenizer.ggml.token_type", GgufValue::i32_array(table.types));
   w.set("tokenizer.ggml.merges", GgufValue::str_array(merges));
-  if (spec.bos_id >= 0) w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(uint32_t(spec.bos_id)));
-  if (!spec.eos_ids.empty())
-    w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(uint32_t(spec.eos_ids[0])));
-  const bool add_bos = tc.is_object() && tc.value("add_bos_token", false);
-  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(add_bos));
-  if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string())
-    w.set("tokenizer.chat_template", GgufValue::str(tc["chat_template"].get<std::string>()));
+  write_special_tokens(w, spec, tc, false);
   return true;
 }
 
