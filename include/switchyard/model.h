@@ -7,12 +7,16 @@
 #include <switchyard/safetensors.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 namespace switchyard {
+namespace dist {
+class Communicator;
+}  // namespace dist
 
 struct ModelConfig {
   int64_t vocab_size = 256, d_model = 128, n_layers = 4, n_heads = 4, seq_len = 128;
@@ -26,6 +30,16 @@ struct ModelConfig {
   nlohmann::json to_json() const;
 };
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);
+
+// This process's part of a data- and expert-parallel run (src/train/parallel_trainer.cpp): its
+// batch is one shard of the global batch, routed with all the others' tokens; its MoE layers
+// send rows to the experts' ranks. The communicators must outlive the model.
+struct ModelParallel {
+  dist::Communicator* routing = nullptr;  // every rank of the job: the global batch's routing
+  dist::Communicator* experts = nullptr;  // this rank's expert-parallel group (null or size 1: all
+                                          // experts here)
+  double loss_share = 1.0;  // this shard's tokens / the global batch's (its share of the mean)
+};
 
 // A named view into the parameter buffer.
 struct ParamTensor {
@@ -47,6 +61,7 @@ class Model {
   std::vector<float>& params() { return params_; }
   const std::vector<float>& params() const { return params_; }
   std::vector<float>& grads() { return grads_; }
+  const std::vector<float>& grads() const { return grads_; }
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
   const ParamTensor& tensor(const std::string& name) const;
   float* param(const std::string& name) { return params_.data() + tensor(name).offset; }
@@ -55,8 +70,15 @@ class Model {
   // targets); the aux losses are in layer_stats(). logits() holds (B, T, V) afterwards.
   double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
                  bool training);
-  // Accumulates into grads() the gradient of (mean cross-entropy + Σ aux losses) × scale.
+  // Accumulates into grads() the gradient of (mean cross-entropy + Σ aux losses) × scale; under
+  // set_parallel, this shard's part of the global batch's (the mean is the global one).
   void backward(float scale = 1.0f);
+  // Runs MoE layers across ranks (see ModelParallel); set before the first forward.
+  void set_parallel(const ModelParallel& parallel);
+  // Called during backward with each [begin, end) of the parameter buffer whose gradients are
+  // complete (a layer at a time, last first; then the embeddings and final norm), so gradient
+  // all-reduces can start while backward goes on. Null: none.
+  void set_gradient_ready(std::function<void(size_t begin, size_t end)> ready);
   void zero_grads();
   const std::vector<float>& logits() const { return logits_; }
   double aux_loss() const;  // Σ over MoE layers of the last forward's aux loss
@@ -81,6 +103,8 @@ class Model {
   std::vector<float> params_, grads_;
   std::vector<float> logits_;
   std::unique_ptr<Impl> impl_;
+  double loss_share_ = 1.0;
+  std::function<void(size_t, size_t)> gradient_ready_;
 };
 
 struct AdamWConfig {
@@ -95,6 +119,11 @@ class AdamW {
   double learning_rate(int64_t step) const;  // step counts from 0
   // Clips grads to the global norm (returns the norm before clipping) and updates params.
   double step(Model& model, int64_t step);
+  // The same with the gradients' global norm given (data and expert parallelism: a rank holds
+  // part of the expert gradients, so the norm needs the others').
+  double step(Model& model, int64_t step, double grad_norm);
+  // √(Σ g²) over the trainable tensors.
+  static double grad_norm(const Model& model);
   std::vector<float>& m() { return m_; }
   std::vector<float>& v() { return v_; }
 

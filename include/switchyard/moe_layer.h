@@ -17,6 +17,9 @@ namespace layer {
 class TokenDispatcher;
 class ExpertBackend;
 }  // namespace layer
+namespace dist {
+class Communicator;
+}  // namespace dist
 
 struct MoEShape {
   int64_t d = 0;   // model width
@@ -140,8 +143,27 @@ struct MoECache {
     };
     Traffic dispatch, combine;
     mutable Traffic backward_dispatch, backward_combine;
+    mutable double exchange_seconds = 0.0;  // in the all-to-alls, forward and backward
   } ep;
+  // Routing over several ranks' tokens (MoELayer::set_routing_communicator): the global batch
+  // is every rank's tokens in rank order, this rank's at [offset, offset + T). plan, logits and
+  // noise above are this rank's part; these are the whole batch's, which every rank routes.
+  struct GlobalRouting {
+    bool active = false;
+    int64_t T = 0, offset = 0;
+    std::vector<int64_t> rank_tokens, rank_offsets;      // (ranks)
+    std::vector<int64_t> token_ids, seq_lens;            // (T_global), the sequences' lengths
+    std::vector<std::pair<int64_t, int64_t>> groups;     // routing groups of the global batch
+    std::vector<float> logits;                           // (T_global, R)
+    RoutingPlan plan;                                    // (A_global), capacity applied (kept)
+    std::vector<int32_t> local_assignment;               // (A_local) its index in plan
+    int64_t kept = 0;                                    // kept assignments of the global batch
+  } global;
   RoutingStats stats;
+
+  // The routing as the router saw it: the global batch's under routing across ranks.
+  const RoutingPlan& routing_plan() const { return global.active ? global.plan : plan; }
+  int64_t routing_tokens() const { return global.active ? global.T : T; }
 };
 
 class MoELayer {
@@ -181,6 +203,13 @@ class MoELayer {
   void update_router_state(const MoECache& cache, float* gate_bias);
   // Replaces the local dispatcher (e.g. with layer::ExpertParallelDispatcher across ranks).
   void set_dispatcher(std::unique_ptr<layer::TokenDispatcher> dispatcher);
+  // Routes the tokens of all of comm's ranks together (null: this process's tokens alone). The
+  // gate logits (and hash ids, sequence lengths) are all-gathered and every rank routes the
+  // global batch, keeping its own tokens' assignments, so capacity, expert choice, BASE, the
+  // balance losses and the bias updates see the global batch as one process would. Backward
+  // all-reduces the combine-weight gradients (A_global) for the router's backward. Every rank
+  // must call forward and backward together. Not for SMEAR (it merges experts per sequence).
+  void set_routing_communicator(dist::Communicator* comm);
 
  private:
   LayerConfig config_;
@@ -195,6 +224,11 @@ class MoELayer {
   // call cost more than the routing itself.
   std::vector<float> ws_dout_, ws_dxd_, ws_dxr_;
   uint64_t calls_ = 0;
+  dist::Communicator* routing_comm_ = nullptr;
+  // Global routing's scratch: this rank's logits, the capacity pass's counters and rows.
+  std::vector<float> ws_local_logits_;
+  std::vector<int64_t> ws_slots_, ws_offsets_;
+  std::vector<int32_t> ws_rows_;
 };
 
 // Routing groups from the sequence lengths: the whole batch, or one group per sequence.

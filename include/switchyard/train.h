@@ -9,6 +9,9 @@
 #include <vector>
 
 namespace switchyard {
+namespace dist {
+class Communicator;
+}  // namespace dist
 
 struct DataConfig {
   std::string corpus;                   // a corpus directory (scripts/build-corpus.sh), or
@@ -37,6 +40,12 @@ struct TrainOptions {
   bool resume = false;
   int64_t stop_after = -1;  // stop (as if interrupted) after this many steps; -1 = run to the end
   bool quiet = false;
+  // Data and expert parallelism (docs/distributed.md): every rank of `world` calls train() with
+  // the same config; each takes batch / ranks rows of every batch, experts are sharded over
+  // groups of `expert_parallel` ranks. Rank 0 writes the run folder. Null: one process.
+  dist::Communicator* world = nullptr;
+  int expert_parallel = 1;
+  double timeout_seconds = 600;  // a step without progress for this long ends the job
 };
 
 struct TrainResult {

@@ -3,9 +3,12 @@
 
 #include <switchyard/moe_layer.h>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "dist/communicator.h"
 
 namespace switchyard::cli {
 
@@ -21,6 +24,8 @@ struct TrainFlags {
   int64_t steps = 0;
   bool resume = false;
   int64_t stop_after = -1;
+  int expert_parallel = 0;  // 0: not asked for (1 under mpirun: data parallelism only)
+  double timeout_seconds = 600;
 };
 int run_train(const std::string& config_path, const TrainFlags& flags);
 int run_sample(const std::string& checkpoint, const std::string& prompt, int64_t count,
@@ -111,5 +116,10 @@ int run_ppl(const InferFlags& flags, const std::string& text_path, int64_t conte
 nlohmann::json routing_overrides(const InferFlags& flags, std::string& source);
 // `switchyard export-gguf` (export_gguf_command.cpp): the folder as GGUF for llama.cpp.
 int run_export_gguf(const InferFlags& flags, const std::string& out_path, const std::string& dtype);
+
+// The job's ranks when this process runs under mpirun (OMPI_COMM_WORLD_SIZE or PMI_SIZE set) or
+// `required`: MPI is initialised here and finalised when the communicator goes. Null in a plain
+// run; an error where the build has no MPI and `required` (mpi_world.cpp).
+std::unique_ptr<dist::Communicator> open_world(bool required);
 
 }  // namespace switchyard::cli

@@ -4,6 +4,8 @@
 #include <switchyard/file_util.h>
 #include <switchyard/train.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 
 #include "cli/commands.h"
@@ -27,7 +29,22 @@ int run_train(const std::string& config_path, const TrainFlags& flags) {
   TrainOptions options;
   options.resume = flags.resume;
   options.stop_after = flags.stop_after;
-  const TrainResult r = train(config, options);
+  options.expert_parallel = std::max(1, flags.expert_parallel);
+  options.timeout_seconds = flags.timeout_seconds;
+  // Under mpirun (or asked for parallelism): every rank runs this; rank 0 prints and writes.
+  const std::unique_ptr<dist::Communicator> world = open_world(flags.expert_parallel > 0);
+  options.world = world.get();
+  TrainResult r;
+  try {
+    r = train(config, options);
+  } catch (const std::exception& e) {
+    if (!world || world->size() == 1) throw;
+    // The other ranks may wait in a collective for this one: end them all, with the reason.
+    fmt::print(stderr, "switchyard: error: rank {}: {}\n", world->rank(), e.what());
+    std::fflush(stderr);
+    world->abort(1);
+  }
+  if (world && world->rank() != 0) return 0;
   fmt::print("{}: {} steps, train loss {:.4f}, val loss {:.4f}, {:.0f} tokens/s, {:.1f} s -> {}\n",
              config.name, r.steps, r.final_train_loss, r.final_val_loss, r.tokens_per_s,
              r.wall_seconds, config.out);

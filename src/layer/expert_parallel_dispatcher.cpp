@@ -3,6 +3,7 @@
 #include <switchyard/error.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/huge_pages.h"
@@ -31,6 +32,20 @@ void count(MoECache::ExpertParallel::Traffic& t, const std::vector<int64_t>& out
     t.received += in[q] * elem_bytes;
   }
 }
+
+// Adds the wall time of its scope to c.ep.exchange_seconds.
+class ExchangeClock {
+ public:
+  explicit ExchangeClock(const MoECache& c) : c_(c), start_(std::chrono::steady_clock::now()) {}
+  ~ExchangeClock() {
+    c_.ep.exchange_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  const MoECache& c_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 }  // namespace
 
@@ -62,14 +77,19 @@ int64_t ExpertParallelDispatcher::dispatch_preprocess(RoutingPlan& plan, const f
 
 void ExpertParallelDispatcher::dispatch_communicate(int64_t d, MoECache& c) {
   MoECache::ExpertParallel& ep = c.ep;
-  ep.recv_counts.resize(ep.send_counts.size());
-  comm_.alltoall(ep.send_counts.data(), ep.recv_counts.data());
-  prefix(ep.recv_counts, ep.recv_displs);
-  const int64_t received = sum(ep.recv_counts);
-  ep.recv_expert.resize(size_t(received));
-  comm_.alltoallv(ep.sent_expert.data(), ep.send_counts.data(), ep.send_displs.data(),
-                  ep.recv_expert.data(), ep.recv_counts.data(), ep.recv_displs.data(),
-                  sizeof(int32_t));
+  ep.exchange_seconds = 0.0;  // a new forward
+  int64_t received = 0;
+  {
+    const ExchangeClock clock(c);
+    ep.recv_counts.resize(ep.send_counts.size());
+    comm_.alltoall(ep.send_counts.data(), ep.recv_counts.data());
+    prefix(ep.recv_counts, ep.recv_displs);
+    received = sum(ep.recv_counts);
+    ep.recv_expert.resize(size_t(received));
+    comm_.alltoallv(ep.sent_expert.data(), ep.send_counts.data(), ep.send_displs.data(),
+                    ep.recv_expert.data(), ep.recv_counts.data(), ep.recv_displs.data(),
+                    sizeof(int32_t));
+  }
   resize_on_huge_pages(ep.recv_x, size_t(received * d));
   forward_rows(c, ep.sent_x.data(), d, ep.recv_x.data());
   ep.dispatch = {};
@@ -160,6 +180,7 @@ void ExpertParallelDispatcher::from_arrival_order(const MoECache& c, const float
 
 void ExpertParallelDispatcher::forward_rows(const MoECache& c, const float* sent, int64_t d,
                                             float* received) {
+  const ExchangeClock clock(c);
   const MoECache::ExpertParallel& ep = c.ep;
   comm_.alltoallv(sent, ep.send_counts.data(), ep.send_displs.data(), received,
                   ep.recv_counts.data(), ep.recv_displs.data(), size_t(d) * sizeof(float));
@@ -167,6 +188,7 @@ void ExpertParallelDispatcher::forward_rows(const MoECache& c, const float* sent
 
 void ExpertParallelDispatcher::backward_rows(const MoECache& c, const float* received, int64_t d,
                                              float* sent) {
+  const ExchangeClock clock(c);
   const MoECache::ExpertParallel& ep = c.ep;
   comm_.alltoallv(received, ep.recv_counts.data(), ep.recv_displs.data(), sent,
                   ep.send_counts.data(), ep.send_displs.data(), size_t(d) * sizeof(float));

@@ -12,6 +12,7 @@
 #include "core/huge_pages.h"
 #include "kernels/cpu/kernels.h"
 #include "layer/expert_backend.h"
+#include "layer/global_routing.h"
 #include "layer/losses.h"
 #include "layer/token_dispatcher.h"
 
@@ -73,6 +74,43 @@ RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& tra
     for (auto& v : noise.jitter) v = float(1.0 - traits.jitter + 2.0 * traits.jitter * uniform01());
   }
   return noise;
+}
+
+namespace {
+
+// What the router reads: this process's batch, or the global batch under routing across ranks.
+RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const MoECache& c, int64_t R,
+                         int64_t E, bool training) {
+  const bool global = c.global.active;
+  const std::vector<float>& logits = global ? c.global.logits : c.logits;
+  const int64_t* ids = global ? (c.global.token_ids.empty() ? nullptr : c.global.token_ids.data())
+                              : batch.token_ids;
+  return RouterInput{logits.empty() ? nullptr : logits.data(),
+                     c.routing_tokens(),
+                     R,
+                     E,
+                     p.gate_bias,
+                     ids,
+                     c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
+                     global ? c.global.groups : c.groups,
+                     training,
+                     global ? nullptr : batch.forced_experts,
+                     global ? 0 : batch.forced_k};
+}
+
+LossInput make_loss_input(const MoEBatch& batch, const MoECache& c, int64_t R, ScoreKind score) {
+  if (!c.global.active)
+    return LossInput{c.logits.data(), c.T,     R, score, &c.plan, sequences_of(batch.seq_lens, c.T),
+                     batch.global_counts};
+  const int64_t T = c.global.T;
+  return LossInput{c.global.logits.data(), T, R, score, &c.global.plan,
+                   sequences_of(c.global.seq_lens, T), batch.global_counts};
+}
+
+}  // namespace
+
+void MoELayer::set_routing_communicator(dist::Communicator* comm) {
+  routing_comm_ = comm && comm->size() > 1 ? comm : nullptr;
 }
 
 MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
@@ -224,7 +262,19 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   const RouterTraits& traits = router_->traits();
   const cpu::Act act = act_of(config_.activation);
   c.T = T;
-  c.noise = make_router_noise(config_, traits, T, d, calls_++);
+  dist::Communicator* const global = routing_comm_;
+  c.global.active = false;
+  if (global) {
+    if (traits.pooled_per_sequence)
+      fail("moe_layer: {} merges experts per sequence and cannot route across ranks",
+           config_.router);
+    if (batch.forced_experts) fail("moe_layer: forced routing does not run across ranks");
+    layer::gather_batch(*global, batch, traits.needs_token_ids, c);
+  }
+  // Noise of the routed batch (the global one across ranks); this rank's rows start at `first`.
+  const int64_t routed_T = global ? c.global.T : T, first = global ? c.global.offset : 0;
+  c.noise = make_router_noise(config_, traits, routed_T, d, calls_++);
+  const float* jitter = c.noise.jitter.empty() ? nullptr : c.noise.jitter.data() + first * d;
   RoutingStats& stats = c.stats;
   stats = RoutingStats{};
   // Wall time per phase, for the routing-overhead figures (stats.phase_ms).
@@ -304,9 +354,9 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   c.groups = routing_groups(config_.routing_groups, batch.seq_lens, T);
   c.sequences = sequences_of(batch.seq_lens, T);
   const float* router_input = batch.x;
-  if (!c.noise.jitter.empty()) {
+  if (jitter) {
     c.router_in.resize(size_t(T * d));
-    cpu::multiply(T * d, batch.x, c.noise.jitter.data(), c.router_in.data());
+    cpu::multiply(T * d, batch.x, jitter, c.router_in.data());
     router_input = c.router_in.data();
   } else {
     c.router_in.clear();
@@ -315,26 +365,23 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     c.logits.resize(size_t(T * R));
     cpu::gemm(false, true, T, R, d, 1.0f, router_input, d, p.gate, d, 0.0f, c.logits.data(), R);
     check_overflow("router logits x gate.weight^T", c.logits.data(), T * R, R);
+    if (global) layer::gather_logits(*global, c.logits.data(), R, c);
   } else {
     c.logits.clear();
+    c.global.logits.clear();
   }
-  RouterInput in{traits.needs_gate ? c.logits.data() : nullptr,
-                 T,
-                 R,
-                 E,
-                 p.gate_bias,
-                 batch.token_ids,
-                 c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
-                 c.groups,
-                 config_.training,
-                 batch.forced_experts,
-                 batch.forced_k};
-  router_->route(in, c.plan);
+  if (global) c.global.groups = routing_groups(config_.routing_groups, c.global.seq_lens, routed_T);
+  const RouterInput in = make_router_input(p, batch, c, R, E, config_.training);
+  if (global) {
+    router_->route(in, c.global.plan);
+    layer::take_local_plan(E, ws_slots_, ws_offsets_, ws_rows_, c);
+  } else {
+    router_->route(in, c.plan);
+  }
   RoutingPlan& plan = c.plan;
 
   lap("route");
   // Dispatch (capacity, grouping by expert, the rows to their experts), the experts, combine.
-  const int64_t A = int64_t(plan.size());
   const int64_t rows = dispatcher_->dispatch_preprocess(plan, batch.x, T, d, E, c);
   dispatcher_->dispatch_communicate(d, c);
   dispatcher_->dispatch_postprocess(d, c);
@@ -350,14 +397,22 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   if (!plan.passthrough.empty()) cpu::add_scaled_rows(T, d, plan.passthrough.data(), batch.x, y);
 
   lap("combine");
-  // Statistics and losses.
+  // Statistics and losses, of the routed (global) batch.
+  const RoutingPlan& routed = c.routing_plan();
+  const int64_t routed_A = int64_t(routed.size()), routed_rows = global ? c.global.kept : rows;
   stats.tokens_per_expert.resize(static_cast<size_t>(E));
-  for (int64_t e = 0; e < E; ++e)
-    stats.tokens_per_expert[size_t(e)] =
-        c.expert_offsets[size_t(e) + 1] - c.expert_offsets[size_t(e)];
-  stats.assignments = A;
-  stats.dropped = A - rows;
-  const double mean = double(rows) / double(E);
+  if (global) {
+    std::fill(stats.tokens_per_expert.begin(), stats.tokens_per_expert.end(), 0);
+    for (int64_t a = 0; a < routed_A; ++a)
+      if (routed.kept[size_t(a)]) ++stats.tokens_per_expert[size_t(routed.expert[size_t(a)])];
+  } else {
+    for (int64_t e = 0; e < E; ++e)
+      stats.tokens_per_expert[size_t(e)] =
+          c.expert_offsets[size_t(e) + 1] - c.expert_offsets[size_t(e)];
+  }
+  stats.assignments = routed_A;
+  stats.dropped = routed_A - routed_rows;
+  const double mean = double(routed_rows) / double(E);
   if (mean > 0) {
     double max = 0.0, var = 0.0;
     for (int64_t n : stats.tokens_per_expert) {
@@ -367,13 +422,12 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     stats.max_vio = (max - mean) / mean;
     stats.cv = std::sqrt(var) / mean;
   }
-  stats.experts_per_token = double(rows) / double(T);
+  stats.experts_per_token = double(routed_rows) / double(routed_T);
   if (traits.needs_gate) {
-    LossInput li{c.logits.data(),    T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
-                 batch.global_counts};
+    const LossInput li = make_loss_input(batch, c, R, traits.score);
     stats.entropy = mean_router_entropy(li);
     stats.aux_loss = aux_losses(config_.losses, li, stats.losses, nullptr);
-    const double own = router_->own_loss(in, plan, nullptr);
+    const double own = router_->own_loss(in, routed, nullptr);
     if (own != 0.0 || config_.router == "remoe") {
       stats.losses["router"] = own;
       stats.aux_loss += own;
@@ -483,33 +537,41 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     if (g.gate) std::fill(g.gate, g.gate + R * d, 0.0f);
     return;
   }
-  RouterInput in{c.logits.data(),
-                 T,
-                 R,
-                 E,
-                 p.gate_bias,
-                 batch.token_ids,
-                 c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
-                 c.groups,
-                 config_.training,
-                 batch.forced_experts,
-                 batch.forced_k};
-  router_->backward(in, plan, d_weight.data(), d_pass.empty() ? nullptr : d_pass.data(),
-                    d_logits.data());
-  LossInput li{c.logits.data(),    T, R, traits.score, &plan, sequences_of(batch.seq_lens, T),
-               batch.global_counts};
+  const RouterInput in = make_router_input(p, batch, c, R, E, config_.training);
+  const LossInput li = make_loss_input(batch, c, R, traits.score);
   std::map<std::string, double> unused;
-  std::vector<float> d_aux(d_logits.size(), 0.0f);
-  aux_losses(config_.losses, li, unused, d_aux.data());
-  router_->own_loss(in, plan, d_aux.data());
-  for (size_t i = 0; i < d_aux.size(); ++i) d_logits[i] += aux_weight * d_aux[i];
+  if (c.global.active) {
+    // The router's backward over the global batch, from every rank's weight gradients; this
+    // rank keeps its tokens' rows of ∂L/∂logits.
+    std::vector<float> dw_global, dpass_global, dl_global(c.global.logits.size(), 0.0f);
+    layer::gather_router_gradients(*routing_comm_, c, d_weight.data(),
+                                   d_pass.empty() ? nullptr : d_pass.data(), dw_global,
+                                   dpass_global);
+    router_->backward(in, c.global.plan, dw_global.data(),
+                      dpass_global.empty() ? nullptr : dpass_global.data(), dl_global.data());
+    std::vector<float> d_aux(dl_global.size(), 0.0f);
+    aux_losses(config_.losses, li, unused, d_aux.data());
+    router_->own_loss(in, c.global.plan, d_aux.data());
+    const size_t begin = size_t(c.global.offset * R);
+    for (size_t i = 0; i < d_logits.size(); ++i)
+      d_logits[i] = dl_global[begin + i] + aux_weight * d_aux[begin + i];
+  } else {
+    router_->backward(in, plan, d_weight.data(), d_pass.empty() ? nullptr : d_pass.data(),
+                      d_logits.data());
+    std::vector<float> d_aux(d_logits.size(), 0.0f);
+    aux_losses(config_.losses, li, unused, d_aux.data());
+    router_->own_loss(in, plan, d_aux.data());
+    for (size_t i = 0; i < d_aux.size(); ++i) d_logits[i] += aux_weight * d_aux[i];
+  }
 
   const float* router_input = c.router_in.empty() ? batch.x : c.router_in.data();
   if (g.gate)
     cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);
   float* dxr = take(ws_dxr_, T * d);  // (T, d)
   cpu::gemm(false, false, T, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dxr, d);
-  cpu::add_product(T * d, dxr, c.noise.jitter.empty() ? nullptr : c.noise.jitter.data(), dx);
+  const int64_t first = c.global.active ? c.global.offset : 0;
+  cpu::add_product(T * d, dxr, c.noise.jitter.empty() ? nullptr : c.noise.jitter.data() + first * d,
+                   dx);
 }
 
 std::vector<float> MoELayer::combine_matrix(const MoECache& c) const {
@@ -535,8 +597,8 @@ void MoELayer::update_router_state(const MoECache& c, float* gate_bias) {
                              c.plan.selection_counts.begin() +
                                  std::min<int64_t>(E, int64_t(c.plan.selection_counts.size())));
   counts.resize(size_t(E), 0.0);
-  const double rows = double(c.row_assignment.size());
-  const double zero_fraction = 1.0 - rows / (double(c.T) * double(E));
+  const double rows = double(c.global.active ? c.global.kept : int64_t(c.row_assignment.size()));
+  const double zero_fraction = 1.0 - rows / (double(c.routing_tokens()) * double(E));
   router_->update_state(counts, zero_fraction, gate_bias, E);
 }
 

@@ -7,7 +7,9 @@
 #include <numeric>
 #include <random>
 
+#include "dist/communicator.h"
 #include "kernels/cpu/kernels.h"
+#include "layer/expert_parallel_dispatcher.h"
 #include "model/ops.h"
 
 namespace switchyard {
@@ -304,7 +306,8 @@ void Model::backward(float scale) {
   float* dlogits = dprobs + B * H * T * T;  // (N, V)
 
   std::fill(dh, dh + N * C, 0.0f);
-  ops::cross_entropy(N, V, logits_.data(), im.targets.data(), dlogits, scale);
+  ops::cross_entropy(N, V, logits_.data(), im.targets.data(), dlogits,
+                     float(double(scale) * loss_share_));
   const size_t head = c.tied_head ? im.wte : im.lm_head;
   cpu::gemm(true, false, V, C, N, 1.0f, dlogits, V, im.hf, C, 1.0f, G + head, C);
   cpu::gemm(false, false, N, C, V, 1.0f, dlogits, V, P + head, C, 0.0f, dtmp, C);
@@ -347,11 +350,33 @@ void Model::backward(float scale) {
     cpu::gemm(true, false, 3 * C, C, N, 1.0f, dqkv, 3 * C, L.a, C, 1.0f, G + L.wqkv, C);
     cpu::gemm(false, false, N, C, 3 * C, 1.0f, dqkv, 3 * C, P + L.wqkv, C, 0.0f, da, C);
     ops::rmsnorm_backward(N, C, L.h_in, P + L.attn_norm, L.rstd1, da, dh, G + L.attn_norm);
+    if (gradient_ready_)
+      gradient_ready_(L.attn_norm, li + 1 < im.layers.size() ? im.layers[li + 1].attn_norm
+                                                              : im.final_norm);
   }
   for (int64_t n = 0; n < N; ++n) {
     float* row = G + im.wte + size_t(im.tokens[size_t(n)]) * size_t(C);
     for (int64_t i = 0; i < C; ++i) row[i] += dh[n * C + i];
   }
+  if (gradient_ready_) {
+    gradient_ready_(0, im.layers.empty() ? im.final_norm : im.layers[0].attn_norm);
+    gradient_ready_(im.final_norm, grads_.size());
+  }
+}
+
+void Model::set_parallel(const ModelParallel& parallel) {
+  loss_share_ = parallel.loss_share;
+  for (auto& L : impl_->layers) {
+    if (!L.moe) continue;
+    L.moe_layer->set_routing_communicator(parallel.routing);
+    if (parallel.experts && parallel.experts->size() > 1)
+      L.moe_layer->set_dispatcher(
+          std::make_unique<layer::ExpertParallelDispatcher>(*parallel.experts));
+  }
+}
+
+void Model::set_gradient_ready(std::function<void(size_t, size_t)> ready) {
+  gradient_ready_ = std::move(ready);
 }
 
 void Model::zero_grads() {
@@ -452,10 +477,8 @@ double AdamW::learning_rate(int64_t step) const {
   return min_lr + 0.5 * (c.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
-double AdamW::step(Model& model, int64_t step) {
-  const AdamWConfig& c = config_;
-  std::vector<float>& p = model.params();
-  std::vector<float>& g = model.grads();
+double AdamW::grad_norm(const Model& model) {
+  const std::vector<float>& g = model.grads();
   double norm_sq = 0.0;
   for (const auto& t : model.tensors()) {
     if (!t.trainable) continue;
@@ -466,7 +489,15 @@ double AdamW::step(Model& model, int64_t step) {
     for (int64_t i = 0; i < n; ++i) sum += double(gg[i]) * gg[i];
     norm_sq += sum;
   }
-  const double norm = std::sqrt(norm_sq);
+  return std::sqrt(norm_sq);
+}
+
+double AdamW::step(Model& model, int64_t step) { return this->step(model, step, grad_norm(model)); }
+
+double AdamW::step(Model& model, int64_t step, double norm) {
+  const AdamWConfig& c = config_;
+  std::vector<float>& p = model.params();
+  std::vector<float>& g = model.grads();
   const double clip = c.grad_clip > 0 && norm > c.grad_clip ? c.grad_clip / norm : 1.0;
   const double lr = learning_rate(step);
   const double bc1 = 1.0 - std::pow(c.beta1, double(step + 1));

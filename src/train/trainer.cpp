@@ -16,6 +16,9 @@
 #include <random>
 #include <sstream>
 
+#include "train/data_parallel.h"
+#include "train/watchdog.h"
+
 namespace switchyard {
 
 using nlohmann::json;
@@ -168,6 +171,38 @@ void split_batch(const Batch& b, std::vector<int32_t>& in, std::vector<int32_t>&
     }
 }
 
+// Rows [first, first + rows) of a window batch: a rank's shard under data parallelism.
+Batch shard_of(const Batch& b, int64_t first, int64_t rows) {
+  if (first == 0 && rows == b.batch) return b;
+  const size_t W = size_t(b.seq_len + 1);
+  Batch s;
+  s.batch = rows;
+  s.seq_len = b.seq_len;
+  s.offsets.assign(b.offsets.begin() + first, b.offsets.begin() + first + rows);
+  s.tokens.assign(b.tokens.begin() + long(size_t(first) * W),
+                  b.tokens.begin() + long(size_t(first + rows) * W));
+  s.domains.assign(b.domains.begin() + long(size_t(first) * W),
+                   b.domains.begin() + long(size_t(first + rows) * W));
+  return s;
+}
+
+// Order-independent digest of a routing plan's kept (token, expert) pairs: equal digests mean
+// the same routing (the parallel tests compare runs with it).
+uint64_t routing_digest(const RoutingPlan& plan) {
+  uint64_t sum = 0;
+  for (size_t a = 0; a < plan.size(); ++a) {
+    if (!plan.kept[a]) continue;
+    uint64_t h = (uint64_t(uint32_t(plan.token[a])) << 32) ^ uint64_t(uint32_t(plan.expert[a]));
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    sum += h;
+  }
+  return sum;
+}
+
 json layer_step_json(const RoutingStats& s, int64_t index) {
   const double assignments = double(std::max<int64_t>(1, s.assignments));
   return {{"layer", index},
@@ -182,12 +217,13 @@ json layer_step_json(const RoutingStats& s, int64_t index) {
 
 // Top-1 expert of every token in a plan (highest weight; -1 when the token routed nowhere).
 std::vector<int32_t> top1_experts(const MoECache& cache) {
-  std::vector<int32_t> top(size_t(cache.T), -1);
-  std::vector<float> best(size_t(cache.T), -1.0f);
-  const RoutingPlan& plan = cache.plan;
+  const int64_t T = cache.routing_tokens();
+  std::vector<int32_t> top(size_t(T), -1);
+  std::vector<float> best(size_t(T), -1.0f);
+  const RoutingPlan& plan = cache.routing_plan();
   if (!cache.sequences.empty() && plan.size() > 0 && cache.groups.size() == 1 &&
       cache.groups[0].second == int64_t(cache.sequences.size()) &&
-      int64_t(cache.sequences.size()) != cache.T) {
+      int64_t(cache.sequences.size()) != T) {
     return top;  // SMEAR routes sequences, not tokens
   }
   for (size_t a = 0; a < plan.size(); ++a) {
@@ -226,7 +262,8 @@ struct Evaluation {
   std::vector<std::vector<int32_t>> probe_top1;         // (layers, probe tokens)
 };
 
-Evaluation evaluate(Model& model, const BatchSampler& sampler, int64_t batches, int num_domains) {
+Evaluation evaluate(Model& model, const BatchSampler& sampler, int64_t batches, int num_domains,
+                    training::DataParallel* dp) {
   Evaluation ev;
   const int64_t L = model.num_moe_layers(), E = model.config().experts;
   ev.load.assign(size_t(L), std::vector<int64_t>(size_t(E), 0));
@@ -235,25 +272,87 @@ Evaluation evaluate(Model& model, const BatchSampler& sampler, int64_t batches, 
   std::vector<int32_t> in, target;
   for (int64_t i = 0; i < batches; ++i) {
     const Batch b = sampler.eval_batch(i, batches);
-    split_batch(b, in, target);
-    ev.loss += model.forward(in.data(), target.data(), b.batch, b.seq_len, false) / double(batches);
+    const Batch mine = dp ? shard_of(b, dp->first_row(), dp->rows()) : b;
+    split_batch(mine, in, target);
+    const double loss = model.forward(in.data(), target.data(), mine.batch, mine.seq_len, false);
+    ev.loss += (dp ? dp->sum(loss / double(dp->ranks())) : loss) / double(batches);
     const auto caches = model.layer_caches();
     for (int64_t l = 0; l < L; ++l) {
       const MoECache& c = *caches[size_t(l)];
       for (int64_t e = 0; e < E; ++e)
         ev.load[size_t(l)][size_t(e)] += c.stats.tokens_per_expert[size_t(e)];
       if (i == 0) ev.probe_top1.push_back(top1_experts(c));
-      if (num_domains > 0 && c.T == b.batch * b.seq_len)
-        for (size_t a = 0; a < c.plan.size(); ++a) {
-          if (!c.plan.kept[a]) continue;
-          const int64_t t = c.plan.token[a], row = t / b.seq_len, col = t % b.seq_len;
+      // The routing of the whole batch (every rank's tokens under data parallelism).
+      const RoutingPlan& plan = c.routing_plan();
+      if (num_domains > 0 && c.routing_tokens() == b.batch * b.seq_len)
+        for (size_t a = 0; a < plan.size(); ++a) {
+          if (!plan.kept[a]) continue;
+          const int64_t t = plan.token[a], row = t / b.seq_len, col = t % b.seq_len;
           const int domain = b.domains[size_t(row * (b.seq_len + 1) + col)];
-          ev.joint[size_t(l)][size_t(domain)][size_t(c.plan.expert[a])] += 1.0;
+          ev.joint[size_t(l)][size_t(domain)][size_t(plan.expert[a])] += 1.0;
         }
     }
   }
   return ev;
 }
+
+// One rank's expert-parallel traffic over a step's micro-batches (all MoE layers, forward and
+// backward), gathered to every rank for the metrics row.
+struct RankCounters {
+  double dispatch_sent = 0, dispatch_received = 0, combine_sent = 0, combine_received = 0;
+  double backward_sent = 0, backward_received = 0, exchange_seconds = 0, expert_rows = 0;
+
+  void add(const Model& model) {
+    for (const MoECache* c : model.layer_caches()) {
+      const MoECache::ExpertParallel& ep = c->ep;
+      dispatch_sent += double(ep.dispatch.sent);
+      dispatch_received += double(ep.dispatch.received);
+      combine_sent += double(ep.combine.sent);
+      combine_received += double(ep.combine.received);
+      backward_sent += double(ep.backward_dispatch.sent + ep.backward_combine.sent);
+      backward_received += double(ep.backward_dispatch.received + ep.backward_combine.received);
+      exchange_seconds += ep.exchange_seconds;
+      expert_rows += double(c->expert_offsets.empty() ? 0 : c->expert_offsets.back());
+    }
+  }
+
+  json gather(training::DataParallel& dp, double step_seconds) const {
+    const std::vector<double> mine = {dispatch_sent,  dispatch_received, combine_sent,
+                                      combine_received, backward_sent,   backward_received,
+                                      exchange_seconds, expert_rows,     step_seconds};
+    const int64_t K = int64_t(mine.size()), P = dp.ranks();
+    std::vector<double> all(size_t(K * P));
+    std::vector<int64_t> counts(size_t(P), K), displs(static_cast<size_t>(P));
+    for (int64_t q = 0; q < P; ++q) displs[size_t(q)] = q * K;
+    dp.world().allgatherv(mine.data(), K, all.data(), counts.data(), displs.data(),
+                          sizeof(double));
+    json ranks = json::array();
+    double max_rows = 0, sum_rows = 0, max_step = 0, sum_step = 0, sum_exchange = 0;
+    for (int64_t q = 0; q < P; ++q) {
+      const double* v = all.data() + q * K;
+      ranks.push_back({{"rank", q},
+                       {"dispatch_bytes_sent", v[0]},
+                       {"dispatch_bytes_received", v[1]},
+                       {"combine_bytes_sent", v[2]},
+                       {"combine_bytes_received", v[3]},
+                       {"backward_bytes_sent", v[4]},
+                       {"backward_bytes_received", v[5]},
+                       {"all_to_all_ms", v[6] * 1e3},
+                       {"expert_rows", v[7]},
+                       {"step_ms", v[8] * 1e3}});
+      max_rows = std::max(max_rows, v[7]);
+      sum_rows += v[7];
+      max_step = std::max(max_step, v[8]);
+      sum_step += v[8];
+      sum_exchange += v[6];
+    }
+    auto ratio = [](double max, double sum, double n) { return sum > 0 ? max * n / sum : 1.0; };
+    return {{"ranks", ranks},
+            {"expert_rows_imbalance", ratio(max_rows, sum_rows, double(P))},
+            {"step_time_imbalance", ratio(max_step, sum_step, double(P))},
+            {"all_to_all_share", sum_step > 0 ? sum_exchange / sum_step : 0.0}};
+  }
+};
 
 std::string format_duration(double seconds) {
   const int64_t s = int64_t(std::max(0.0, seconds));
@@ -321,8 +420,27 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   BatchSampler train_sampler(data.train, B, T, config.seed);
   const BatchSampler val_sampler(data.val, B, T, config.seed);
   const int num_domains = int(data.val.domain_names.size());
+  // Data and expert parallelism: this rank's shard of every batch, rank 0 writes the run folder.
+  std::unique_ptr<training::DataParallel> dp;
+  std::unique_ptr<training::Watchdog> watchdog;
+  if (options.world && options.world->size() > 1) {
+    dp = std::make_unique<training::DataParallel>(*options.world, options.expert_parallel, model, B);
+    model.set_parallel(dp->model_parallel());
+    model.set_gradient_ready([&](size_t b, size_t e) { dp->on_ready(model.grads(), b, e); });
+    dist::Communicator* world = options.world;
+    watchdog = std::make_unique<training::Watchdog>(dp->rank(), options.timeout_seconds,
+                                                 [world] { world->abort(2); });
+  } else if (options.expert_parallel > 1) {
+    fail("train: --expert-parallel {} needs a job of several ranks (mpirun -np N switchyard train)",
+         options.expert_parallel);
+  }
+  const bool writer = !dp || dp->rank() == 0;
+  const int64_t first_row = dp ? dp->first_row() : 0, my_rows = dp ? dp->rows() : B;
+  auto global_mean = [&](double local) {
+    return dp ? dp->sum(local / double(dp->ranks())) : local;
+  };
 
-  fs::create_directories(config.out);
+  if (writer) fs::create_directories(config.out);
   const std::string metrics_path = config.out + "/metrics.jsonl";
   const std::string ckpt_dir = config.out + "/checkpoint";
   int64_t start = 0;
@@ -365,11 +483,11 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
       const json& extra = state.at("extra");
       previous_probe = extra.at("probe").get<std::vector<std::vector<int32_t>>>();
       wall_before = extra.at("wall_seconds").get<double>();
-      truncate_metrics(metrics_path, start);
+      if (writer) truncate_metrics(metrics_path, start);
     } catch (const json::exception& e) {
       fail("{}: malformed checkpoint: {}", ckpt_dir, e.what());
     }
-  } else {
+  } else if (writer) {
     write_file_atomic(metrics_path, std::string());
   }
   train_sampler.skip_to(start);
@@ -382,10 +500,12 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
               {"active_params", model.active_parameter_count()},
               {"tokens_per_step", B * T * config.grad_accum},
               {"domains", data.val.domain_names}};
-  write_file_atomic(config.out + "/run.json", run.dump(2) + "\n");
+  if (dp) run["parallel"] = {{"ranks", dp->ranks()}, {"expert_parallel", dp->expert_parallel()}};
+  if (writer) write_file_atomic(config.out + "/run.json", run.dump(2) + "\n");
 
-  std::ofstream metrics(metrics_path, std::ios::app);
-  const bool tty = isatty(STDERR_FILENO) && !options.quiet;
+  std::ofstream metrics;
+  if (writer) metrics.open(metrics_path, std::ios::app);
+  const bool tty = writer && isatty(STDERR_FILENO) && !options.quiet;
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -398,20 +518,32 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   double last_val = std::nan("");
   for (int64_t step = start; step < last; ++step) {
     const auto step_start = std::chrono::steady_clock::now();
+    if (watchdog) watchdog->beat(step);
     model.zero_grads();
     double train_loss = 0.0, aux = 0.0;
     std::vector<RoutingStats> stats;
+    std::vector<uint64_t> digests;
+    RankCounters counters;
     for (int64_t micro = 0; micro < config.grad_accum; ++micro) {
       // Micro-batches come from consecutive sampler steps: step s uses batches s·A .. s·A + A − 1.
-      const Batch b = train_sampler.batch_at(step * config.grad_accum + micro);
+      const Batch b = shard_of(train_sampler.batch_at(step * config.grad_accum + micro), first_row,
+                               my_rows);
       split_batch(b, in, target);
-      train_loss += model.forward(in.data(), target.data(), B, T, true) / double(config.grad_accum);
+      const double loss = model.forward(in.data(), target.data(), my_rows, T, true);
+      train_loss += global_mean(loss) / double(config.grad_accum);
       aux += model.aux_loss() / double(config.grad_accum);
+      if (dp && micro + 1 == config.grad_accum) dp->arm();  // all-reduce as backward finishes
       model.backward(1.0f / float(config.grad_accum));
-      if (micro == 0)
-        for (const RoutingStats* s : model.layer_stats()) stats.push_back(*s);
+      counters.add(model);
+      if (micro == 0) {
+        for (const RoutingStats* st : model.layer_stats()) stats.push_back(*st);
+        for (const MoECache* c : model.layer_caches())
+          digests.push_back(routing_digest(c->routing_plan()));
+      }
     }
-    const double grad_norm = optim.step(model, step);
+    if (dp) dp->finish(model.grads());
+    const double grad_norm =
+        optim.step(model, step, dp ? dp->grad_norm(model) : AdamW::grad_norm(model));
     model.update_router_state();
     const double step_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
@@ -423,14 +555,18 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
                 {"grad_norm", grad_norm},
                 {"tokens_per_s", double(B * T * config.grad_accum) / step_seconds}};
     json layers = json::array();
-    for (size_t l = 0; l < stats.size(); ++l)
+    for (size_t l = 0; l < stats.size(); ++l) {
       layers.push_back(layer_step_json(stats[l], int64_t(l)));
+      layers.back()["routing_digest"] = fmt::format("{:016x}", digests[l]);
+    }
+    if (dp) row["parallel"] = counters.gather(*dp, step_seconds);
     if (!std::isfinite(train_loss))
       fail("train: the training loss became {} at step {} (try a lower lr)", train_loss, step);
 
     const bool eval_now = (step + 1) % config.eval_every == 0 || step + 1 == steps;
     if (eval_now) {
-      const Evaluation ev = evaluate(model, val_sampler, config.eval_batches, num_domains);
+      const Evaluation ev =
+          evaluate(model, val_sampler, config.eval_batches, num_domains, dp.get());
       row["val_loss"] = last_val = ev.loss;
       for (size_t l = 0; l < stats.size(); ++l) {
         layers[l]["val_load"] = ev.load[l];
@@ -445,7 +581,7 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
       previous_probe = ev.probe_top1;
     }
     row["layers"] = layers;
-    metrics << row.dump() << "\n" << std::flush;
+    if (writer) metrics << row.dump() << "\n" << std::flush;
     result.steps = step + 1;
     result.final_train_loss = train_loss;
     result.final_val_loss = last_val;
@@ -458,14 +594,18 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
       fmt::print(stderr, "\r[{}{}] step {}/{} loss {:.3f} val {:.3f} {:.1f}k tok/s ETA {}  ",
                  std::string(size_t(filled), '='), std::string(size_t(width - filled), ' '),
                  step + 1, steps, train_loss, last_val, tps / 1000.0, format_duration(eta));
-    } else if (!options.quiet && ((step + 1) % config.log_every == 0 || eval_now)) {
+    } else if (writer && !options.quiet && ((step + 1) % config.log_every == 0 || eval_now)) {
       fmt::print(stderr, "{} step {}/{} loss {:.4f}{} {:.0f} tok/s ETA {}\n", config.name, step + 1,
                  steps, train_loss, eval_now ? fmt::format(" val {:.4f}", last_val) : "", tps,
                  format_duration(eta));
     }
-    if ((step + 1) % config.checkpoint_every == 0 || step + 1 == last)
-      write_checkpoint(ckpt_dir, model, optim, config, step + 1,
-                       {{"probe", previous_probe}, {"wall_seconds", wall_before + elapsed()}});
+    if ((step + 1) % config.checkpoint_every == 0 || step + 1 == last) {
+      // Every rank's experts (parameters and moments) come to rank 0, which writes them.
+      if (dp) dp->gather_experts(model.params(), optim.m(), optim.v());
+      if (writer)
+        write_checkpoint(ckpt_dir, model, optim, config, step + 1,
+                         {{"probe", previous_probe}, {"wall_seconds", wall_before + elapsed()}});
+    }
   }
   if (tty) fmt::print(stderr, "\n");
   result.wall_seconds = wall_before + elapsed();
@@ -473,7 +613,7 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
       double((last - start) * B * T * config.grad_accum) / std::max(1e-9, elapsed());
   run["wall_seconds"] = result.wall_seconds;
   run["tokens_per_s"] = result.tokens_per_s;
-  write_file_atomic(config.out + "/run.json", run.dump(2) + "\n");
+  if (writer) write_file_atomic(config.out + "/run.json", run.dump(2) + "\n");
   return result;
 }
 
