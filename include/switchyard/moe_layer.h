@@ -151,13 +151,13 @@ struct MoECache {
   struct GlobalRouting {
     bool active = false;
     int64_t T = 0, offset = 0;
-    std::vector<int64_t> rank_tokens, rank_offsets;      // (ranks)
-    std::vector<int64_t> token_ids, seq_lens;            // (T_global), the sequences' lengths
-    std::vector<std::pair<int64_t, int64_t>> groups;     // routing groups of the global batch
-    std::vector<float> logits;                           // (T_global, R)
-    RoutingPlan plan;                                    // (A_global), capacity applied (kept)
-    std::vector<int32_t> local_assignment;               // (A_local) its index in plan
-    int64_t kept = 0;                                    // kept assignments of the global batch
+    std::vector<int64_t> rank_tokens, rank_offsets;   // (ranks)
+    std::vector<int64_t> token_ids, seq_lens;         // (T_global), the sequences' lengths
+    std::vector<std::pair<int64_t, int64_t>> groups;  // routing groups of the global batch
+    std::vector<float> logits;                        // (T_global, R)
+    RoutingPlan plan;                                 // (A_global), capacity applied (kept)
+    std::vector<int32_t> local_assignment;            // (A_local) its index in plan
+    int64_t kept = 0;                                 // kept assignments of the global batch
   } global;
   RoutingStats stats;
 

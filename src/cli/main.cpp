@@ -43,12 +43,14 @@ int main(int argc, char** argv) {
   train->add_flag("--resume", flags.resume, "continue from out/checkpoint");
   train->add_option("--stop-after", flags.stop_after,
                     "stop after this many steps (as if interrupted)");
-  train->add_option("--expert-parallel", flags.expert_parallel,
-                    "under mpirun -np N: shard the experts over groups of P ranks (P divides N and "
-                    "the expert count; data parallelism N/P over the groups)")
+  train
+      ->add_option("--expert-parallel", flags.expert_parallel,
+                   "under mpirun -np N: shard the experts over groups of P ranks (P divides N and "
+                   "the expert count; data parallelism N/P over the groups)")
       ->check(CLI::PositiveNumber);
-  train->add_option("--timeout", flags.timeout_seconds,
-                    "parallel runs: a step without progress for this many seconds ends the job")
+  train
+      ->add_option("--timeout", flags.timeout_seconds,
+                   "parallel runs: a step without progress for this many seconds ends the job")
       ->check(CLI::PositiveNumber);
 
   std::vector<std::string> compare_routers;

@@ -41,8 +41,9 @@ std::unique_ptr<dist::Communicator> open_world(bool required) {
   return std::make_unique<dist::MpiCommunicator>(MPI_COMM_WORLD);
 #else
   if (required)
-    fail("--expert-parallel: this switchyard was built without MPI (install libopenmpi-dev and "
-         "rebuild with SWITCHYARD_MPI=ON)");
+    fail(
+        "--expert-parallel: this switchyard was built without MPI (install libopenmpi-dev and "
+        "rebuild with SWITCHYARD_MPI=ON)");
   fail("this process runs under mpirun but switchyard was built without MPI");
 #endif
 }

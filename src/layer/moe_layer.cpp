@@ -79,12 +79,12 @@ RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& tra
 namespace {
 
 // What the router reads: this process's batch, or the global batch under routing across ranks.
-RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const MoECache& c, int64_t R,
-                         int64_t E, bool training) {
+RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
+                              int64_t R, int64_t E, bool training) {
   const bool global = c.global.active;
   const std::vector<float>& logits = global ? c.global.logits : c.logits;
-  const int64_t* ids = global ? (c.global.token_ids.empty() ? nullptr : c.global.token_ids.data())
-                              : batch.token_ids;
+  const int64_t* ids =
+      global ? (c.global.token_ids.empty() ? nullptr : c.global.token_ids.data()) : batch.token_ids;
   return RouterInput{logits.empty() ? nullptr : logits.data(),
                      c.routing_tokens(),
                      R,
@@ -100,11 +100,12 @@ RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const M
 
 LossInput make_loss_input(const MoEBatch& batch, const MoECache& c, int64_t R, ScoreKind score) {
   if (!c.global.active)
-    return LossInput{c.logits.data(), c.T,     R, score, &c.plan, sequences_of(batch.seq_lens, c.T),
+    return LossInput{c.logits.data(),    c.T, R, score, &c.plan, sequences_of(batch.seq_lens, c.T),
                      batch.global_counts};
   const int64_t T = c.global.T;
-  return LossInput{c.global.logits.data(), T, R, score, &c.global.plan,
-                   sequences_of(c.global.seq_lens, T), batch.global_counts};
+  return LossInput{
+      c.global.logits.data(), T, R, score, &c.global.plan, sequences_of(c.global.seq_lens, T),
+      batch.global_counts};
 }
 
 }  // namespace

@@ -351,8 +351,8 @@ void Model::backward(float scale) {
     cpu::gemm(false, false, N, C, 3 * C, 1.0f, dqkv, 3 * C, P + L.wqkv, C, 0.0f, da, C);
     ops::rmsnorm_backward(N, C, L.h_in, P + L.attn_norm, L.rstd1, da, dh, G + L.attn_norm);
     if (gradient_ready_)
-      gradient_ready_(L.attn_norm, li + 1 < im.layers.size() ? im.layers[li + 1].attn_norm
-                                                              : im.final_norm);
+      gradient_ready_(L.attn_norm,
+                      li + 1 < im.layers.size() ? im.layers[li + 1].attn_norm : im.final_norm);
   }
   for (int64_t n = 0; n < N; ++n) {
     float* row = G + im.wte + size_t(im.tokens[size_t(n)]) * size_t(C);
@@ -492,7 +492,9 @@ double AdamW::grad_norm(const Model& model) {
   return std::sqrt(norm_sq);
 }
 
-double AdamW::step(Model& model, int64_t step) { return this->step(model, step, grad_norm(model)); }
+double AdamW::step(Model& model, int64_t step) {
+  return this->step(model, step, grad_norm(model));
+}
 
 double AdamW::step(Model& model, int64_t step, double norm) {
   const AdamWConfig& c = config_;

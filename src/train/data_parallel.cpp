@@ -37,8 +37,7 @@ DataParallel::DataParallel(dist::Communicator& world, int expert_parallel, const
   const int64_t E = model.config().experts;
   if (P_ < 1 || N % P_ != 0)
     fail("train: --expert-parallel {} must divide the {} ranks of the job", P_, N);
-  if (E % P_ != 0)
-    fail("train: --expert-parallel {} must divide model.experts = {}", P_, E);
+  if (E % P_ != 0) fail("train: --expert-parallel {} must divide model.experts = {}", P_, E);
   if (batch % N != 0)
     fail("train: batch = {} must split evenly over the {} ranks (each takes batch / ranks rows)",
          batch, N);
@@ -67,9 +66,8 @@ ModelParallel DataParallel::model_parallel() const {
   return ModelParallel{&world_, expert_group_.get(), 1.0 / double(world_.size())};
 }
 
-void DataParallel::add(Bucket& pending, dist::Communicator* comm,
-                       const std::vector<Range>& targets, std::vector<float>& grads, size_t begin,
-                       size_t end) {
+void DataParallel::add(Bucket& pending, dist::Communicator* comm, const std::vector<Range>& targets,
+                       std::vector<float>& grads, size_t begin, size_t end) {
   pending.comm = comm;
   for (const auto& [b, e] : targets) {
     const size_t lo = std::max(b, begin), hi = std::min(e, end);

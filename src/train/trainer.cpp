@@ -317,15 +317,14 @@ struct RankCounters {
   }
 
   json gather(training::DataParallel& dp, double step_seconds) const {
-    const std::vector<double> mine = {dispatch_sent,  dispatch_received, combine_sent,
-                                      combine_received, backward_sent,   backward_received,
-                                      exchange_seconds, expert_rows,     step_seconds};
+    const std::vector<double> mine = {dispatch_sent,    dispatch_received, combine_sent,
+                                      combine_received, backward_sent,     backward_received,
+                                      exchange_seconds, expert_rows,       step_seconds};
     const int64_t K = int64_t(mine.size()), P = dp.ranks();
     std::vector<double> all(size_t(K * P));
     std::vector<int64_t> counts(size_t(P), K), displs(static_cast<size_t>(P));
     for (int64_t q = 0; q < P; ++q) displs[size_t(q)] = q * K;
-    dp.world().allgatherv(mine.data(), K, all.data(), counts.data(), displs.data(),
-                          sizeof(double));
+    dp.world().allgatherv(mine.data(), K, all.data(), counts.data(), displs.data(), sizeof(double));
     json ranks = json::array();
     double max_rows = 0, sum_rows = 0, max_step = 0, sum_step = 0, sum_exchange = 0;
     for (int64_t q = 0; q < P; ++q) {
@@ -424,12 +423,13 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   std::unique_ptr<training::DataParallel> dp;
   std::unique_ptr<training::Watchdog> watchdog;
   if (options.world && options.world->size() > 1) {
-    dp = std::make_unique<training::DataParallel>(*options.world, options.expert_parallel, model, B);
+    dp =
+        std::make_unique<training::DataParallel>(*options.world, options.expert_parallel, model, B);
     model.set_parallel(dp->model_parallel());
     model.set_gradient_ready([&](size_t b, size_t e) { dp->on_ready(model.grads(), b, e); });
     dist::Communicator* world = options.world;
     watchdog = std::make_unique<training::Watchdog>(dp->rank(), options.timeout_seconds,
-                                                 [world] { world->abort(2); });
+                                                    [world] { world->abort(2); });
   } else if (options.expert_parallel > 1) {
     fail("train: --expert-parallel {} needs a job of several ranks (mpirun -np N switchyard train)",
          options.expert_parallel);
@@ -526,8 +526,8 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
     RankCounters counters;
     for (int64_t micro = 0; micro < config.grad_accum; ++micro) {
       // Micro-batches come from consecutive sampler steps: step s uses batches s·A .. s·A + A − 1.
-      const Batch b = shard_of(train_sampler.batch_at(step * config.grad_accum + micro), first_row,
-                               my_rows);
+      const Batch b =
+          shard_of(train_sampler.batch_at(step * config.grad_accum + micro), first_row, my_rows);
       split_batch(b, in, target);
       const double loss = model.forward(in.data(), target.data(), my_rows, T, true);
       train_loss += global_mean(loss) / double(config.grad_accum);

@@ -14,4 +14,10 @@ if(TARGET switchyard_mpi)
     set_tests_properties(expert_parallel_np${ranks} PROPERTIES TIMEOUT 120 LABELS mpi
       ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1")
   endforeach()
+  # Training across ranks against one process: every router family, resume with another rank
+  # count, a rank that dies or hangs, layout errors (tests/dist/train_parallel_test.py).
+  add_test(NAME train_parallel
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_LIST_DIR}/train_parallel_test.py
+            $<TARGET_FILE:switchyard_cli> ${SWITCHYARD_MPIEXEC})
+  set_tests_properties(train_parallel PROPERTIES TIMEOUT 600 LABELS mpi)
 endif()

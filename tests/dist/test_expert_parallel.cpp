@@ -57,7 +57,10 @@ void expect_close(const char* what, const float* got, const float* want, int64_t
                     std::to_string(want[i])};
 }
 
-void run_case(const std::string& name, bool forced, uint64_t seed, dist::MpiCommunicator& comm) {
+// `router` routes the whole batch; `across_ranks`: the ranks route their tokens together
+// (MoELayer::set_routing_communicator), else each alone (exact only for token-local routing).
+void run_case(const std::string& name, bool forced, const nlohmann::json& router, bool across_ranks,
+              uint64_t seed, dist::MpiCommunicator& comm) {
   const int P = comm.size(), rank = comm.rank();
   const int64_t d = 12, E = 8, F = 8, k = 2;
   const MoEShape shape{d, E, F, 0};
@@ -90,11 +93,7 @@ void run_case(const std::string& name, bool forced, uint64_t seed, dist::MpiComm
       force[size_t(t * k)] = a;
       force[size_t(t * k + 1)] = b;
     }
-  const LayerConfig config = parse_layer_config(
-      // No aux losses: theirs are batch statistics (a global-batch loss needs all-reduced counts,
-      // next); the routed part of the gate gradient is a sum over tokens.
-      nlohmann::json{{"router", "topk"}, {"k", k}, {"losses", nlohmann::json::object()}},
-      "test_expert_parallel");
+  const LayerConfig config = parse_layer_config(router, "test_expert_parallel");
 
   // One process, the whole batch.
   MoELayer whole(config, shape);
@@ -114,6 +113,9 @@ void run_case(const std::string& name, bool forced, uint64_t seed, dist::MpiComm
   std::vector<float> y_ref(size_t(T * d)), dx_ref(size_t(T * d)), dgate_ref(size_t(E * d));
   std::vector<float> dw1_ref(w1.size()), dw3_ref(w3.size()), dw2_ref(w2.size());
   whole.forward(pw, bw, cw, y_ref.data());
+  if (router.value("router", "") == "topk" && router.value("capacity_factor", 0.0) > 0 &&
+      cw.stats.dropped == 0)
+    throw Failure{name + ": the capacity dropped nothing; the case tests no drops"};
   MoEGrads gw;
   gw.gate = dgate_ref.data();
   gw.w1 = dw1_ref.data();
@@ -124,6 +126,7 @@ void run_case(const std::string& name, bool forced, uint64_t seed, dist::MpiComm
   // This rank's share, its experts only.
   MoELayer part(config, shape);
   part.set_dispatcher(std::make_unique<layer::ExpertParallelDispatcher>(comm));
+  if (across_ranks) part.set_routing_communicator(&comm);
   std::vector<const float*> w1e(size_t(E), nullptr), w3e(size_t(E), nullptr),
       w2e(size_t(E), nullptr);
   std::vector<float> dw1(w1.size(), 0.0f), dw3(w3.size(), 0.0f), dw2(w2.size(), 0.0f);
@@ -213,14 +216,32 @@ int main(int argc, char** argv) {
     if (comm.rank() == 0)
       std::printf("seed %llu (SWITCHYARD_TEST_SEED replays), %d ranks\n",
                   static_cast<unsigned long long>(seed), comm.size());
-    for (const auto& [name, forced] :
-         {std::pair{std::string("top-2, random gate"), false},
-          std::pair{std::string("forced: rank 1 to itself, the last rank nothing, expert 0 none"),
-                    true}}) {
+    using nlohmann::json;
+    // Each rank routing alone: no aux losses (batch statistics); the gate gradient's routed part
+    // is a sum over tokens. Across ranks: capacity drops, balance and z losses, expert choice.
+    const json plain = {{"router", "topk"}, {"k", 2}, {"losses", json::object()}};
+    const json capacity = {{"router", "topk"},
+                           {"k", 2},
+                           {"capacity_factor", 1.0},
+                           {"losses", {{"balance", 0.01}, {"z", 0.001}}}};
+    const json expert_choice = {{"router", "expert_choice"}, {"capacity_factor", 1.5}};
+    struct Case {
+      std::string name;
+      bool forced;
+      json router;
+      bool across;
+    };
+    for (const auto& [name, forced, router, across] :
+         {Case{"top-2, random gate", false, plain, false},
+          Case{"forced: rank 1 to itself, the last rank nothing, expert 0 none", true, plain,
+               false},
+          Case{"routed across ranks: top-2, capacity 1.0 (drops), balance + z loss", false,
+               capacity, true},
+          Case{"routed across ranks: expert choice", false, expert_choice, true}}) {
       int failed = 0;
       std::string why;
       try {
-        run_case(name, forced, seed, comm);
+        run_case(name, forced, router, across, seed, comm);
       } catch (const Failure& f) {
         failed = 1;
         why = f.what;

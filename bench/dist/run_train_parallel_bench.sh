@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Training across ranks on one machine: 2 ranks x 1 thread (expert parallel 2, and data parallel
+# only) against 1 process x 2 threads, same model, batch and steps, in one run; then the
+# all-to-all volume of group-limited routing (DeepSeek-V3's node-limited routing, one group per
+# rank) against plain top-2 at equal loss, from the byte counters. Writes OUT/summary.json.
+# Usage: bench/dist/run_train_parallel_bench.sh [OUT]   (SKIP_BUILD=1 reuses build/release)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-build/bench-dist}
+S=build/release/switchyard
+[ "${SKIP_BUILD:-0}" = 1 ] || cmake --build --preset release -j"$(nproc)" >/dev/null
+mkdir -p "$OUT"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+STEPS=${STEPS:-30}
+config() {  # $1 = file, $2 = router JSON
+  cat >"$1" <<JSON
+{"model": {"d_model": 256, "n_layers": 4, "n_heads": 4, "seq_len": 128, "experts": 8,
+           "d_ff": 512, "dense_d_ff": 1024, "router": $2},
+ "data": {"synthetic": true}, "batch": 16, "steps": $STEPS, "eval_every": $STEPS,
+ "eval_batches": 4, "checkpoint_every": 100000, "log_every": 100000, "seed": 3}
+JSON
+}
+config "$OUT/topk.json" '{"router": "topk", "k": 2, "losses": {"balance": 0.01}}'
+config "$OUT/group_limited.json" \
+  '{"router": "deepseek_v3", "k": 2, "groups": 2, "topk_groups": 1, "score": "softmax", "losses": {"balance": 0.01}}'
+MPI="mpirun --oversubscribe --bind-to core -np 2 -x OMP_NUM_THREADS=1"
+for round in 1 2; do  # two rounds, alternating, so drift on a shared machine hits all alike
+  OMP_NUM_THREADS=2 $S train --config "$OUT/topk.json" --out "$OUT/r$round-1x2" >/dev/null 2>&1
+  $MPI $S train --config "$OUT/topk.json" --out "$OUT/r$round-2x1-ep2" --expert-parallel 2 \
+    >/dev/null 2>&1
+  $MPI $S train --config "$OUT/topk.json" --out "$OUT/r$round-2x1-dp" --expert-parallel 1 \
+    >/dev/null 2>&1
+done
+$MPI $S train --config "$OUT/group_limited.json" --out "$OUT/group-2x1-ep2" --expert-parallel 2 \
+  >/dev/null 2>&1
+python3 bench/dist/summarize_train_parallel.py "$OUT"

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Summary of bench/dist/run_train_parallel_bench.sh: tokens/s ratios against 1 process x 2
+threads (best of the rounds), the all-to-all share of step time by phase, and the dispatch
+volume of group-limited against plain top-2 routing."""
+import json
+import os
+import sys
+
+out = sys.argv[1]
+
+
+def load(name):
+    folder = os.path.join(out, name)
+    with open(os.path.join(folder, "run.json")) as f:
+        run = json.load(f)
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return run, rows
+
+
+def steady(rows):
+    return rows[3:]  # the first steps fault in memory
+
+
+def tokens_per_s(rows):
+    rows = steady(rows)
+    return sum(r["tokens_per_s"] for r in rows) / len(rows)
+
+
+def traffic(rows):
+    rows = steady(rows)
+    keys = ("dispatch_bytes_sent", "combine_bytes_sent", "backward_bytes_sent")
+    per = {k: sum(sum(rk[k] for rk in r["parallel"]["ranks"]) for r in rows) / len(rows)
+           for k in keys}
+    share = sum(r["parallel"]["all_to_all_share"] for r in rows) / len(rows)
+    a2a_ms = sum(sum(rk["all_to_all_ms"] for rk in r["parallel"]["ranks"]) /
+                 len(r["parallel"]["ranks"]) for r in rows) / len(rows)
+    step_ms = sum(sum(rk["step_ms"] for rk in r["parallel"]["ranks"]) /
+                  len(r["parallel"]["ranks"]) for r in rows) / len(rows)
+    imbalance = sum(r["parallel"]["expert_rows_imbalance"] for r in rows) / len(rows)
+    return per, share, a2a_ms, step_ms, imbalance
+
+
+summary = {"rounds": []}
+for rnd in (1, 2):
+    base = tokens_per_s(load(f"r{rnd}-1x2")[1])
+    ep = tokens_per_s(load(f"r{rnd}-2x1-ep2")[1])
+    dp = tokens_per_s(load(f"r{rnd}-2x1-dp")[1])
+    summary["rounds"].append({"one_process_2_threads": base, "two_ranks_expert_parallel": ep,
+                              "two_ranks_data_parallel": dp, "ratio_ep": ep / base,
+                              "ratio_dp": dp / base})
+best = max(summary["rounds"], key=lambda r: r["ratio_ep"])
+summary["ratio_ep_best"] = max(r["ratio_ep"] for r in summary["rounds"])
+summary["ratio_dp_best"] = max(r["ratio_dp"] for r in summary["rounds"])
+per, share, a2a, step, imb = traffic(load("r1-2x1-ep2")[1])
+summary["topk"] = {"bytes_per_step": per, "all_to_all_share": share, "all_to_all_ms": a2a,
+                   "step_ms": step, "expert_rows_imbalance": imb,
+                   "val_loss": load("r1-2x1-ep2")[1][-1]["val_loss"]}
+per_g, share_g, a2a_g, step_g, imb_g = traffic(load("group-2x1-ep2")[1])
+summary["group_limited"] = {"bytes_per_step": per_g, "all_to_all_share": share_g,
+                            "all_to_all_ms": a2a_g, "step_ms": step_g,
+                            "expert_rows_imbalance": imb_g,
+                            "val_loss": load("group-2x1-ep2")[1][-1]["val_loss"]}
+summary["group_limited_dispatch_ratio"] = (per_g["dispatch_bytes_sent"] /
+                                           per["dispatch_bytes_sent"])
+with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+for r in summary["rounds"]:
+    print(f"1x2 threads {r['one_process_2_threads']:.0f} tok/s | 2 ranks EP2 "
+          f"{r['two_ranks_expert_parallel']:.0f} ({r['ratio_ep']:.2f}x) | 2 ranks DP "
+          f"{r['two_ranks_data_parallel']:.0f} ({r['ratio_dp']:.2f}x)")
+for name in ("topk", "group_limited"):
+    s = summary[name]
+    b = s["bytes_per_step"]
+    print(f"{name}: dispatch {b['dispatch_bytes_sent'] / 1e6:.2f} MB/step, combine "
+          f"{b['combine_bytes_sent'] / 1e6:.2f}, backward {b['backward_bytes_sent'] / 1e6:.2f}; "
+          f"all-to-all {s['all_to_all_ms']:.1f} of {s['step_ms']:.1f} ms per rank-step "
+          f"({100 * s['all_to_all_share']:.1f}%), expert-rows imbalance "
+          f"{s['expert_rows_imbalance']:.3f}, val loss {s['val_loss']:.4f}")
+print(f"group-limited / top-2 dispatch bytes: {summary['group_limited_dispatch_ratio']:.3f}")
