@@ -500,6 +500,44 @@ TEST_F(ReportTest, NullReadsAsNaNAndARunWithoutStepsStillReports) {
   EXPECT_FALSE(has_word(html, "nan"));
 }
 
+// A run across ranks: the per-rank byte counters summed, means over steps in both outputs; a
+// malformed "parallel" field names the line and the field.
+TEST_F(ReportTest, ParallelRunsGetTheAcrossRanksTable) {
+  auto line = [](int step, double dispatch, double share) {
+    json j = json::parse(good_line(step));
+    json rank = {{"dispatch_bytes_sent", dispatch},
+                 {"combine_bytes_sent", 2e6},
+                 {"backward_bytes_sent", 4e6}};
+    j["parallel"] = {{"ranks", json::array({rank, rank})},
+                     {"all_to_all_share", share},
+                     {"expert_rows_imbalance", 1.25},
+                     {"step_time_imbalance", 1.0}};
+    return j.dump();
+  };
+  RunData run = load_run(run_with_metrics(line(1, 1e6, 0.1) + "\n" + line(2, 3e6, 0.3) + "\n"));
+  ASSERT_TRUE(run.rows[0].parallel.has_value());
+  EXPECT_EQ(run.rows[0].parallel->ranks, 2);
+  EXPECT_EQ(run.rows[1].parallel->dispatch_bytes, 6e6);
+  RunData single = load_run(run_with_metrics(good_line(1) + "\n"));
+  EXPECT_FALSE(single.rows[0].parallel.has_value());
+  single.name = "single";
+  run.name = "two ranks";
+  write_report({run, single}, (dir_ / "report").string());
+  const std::string md = slurp(dir_ / "report" / "summary.md");
+  // Means: dispatch (2 + 6) / 2 MB, combine 4, backward 8, share 20 %.
+  EXPECT_NE(md.find("| two ranks | 2 | 4.00 | 4.00 | 8.00 | 20.0 % | 1.250 | 1.000 |"),
+            std::string::npos)
+      << md;
+  EXPECT_EQ(md.find("| single |", md.find("## Across ranks")), std::string::npos) << md;
+  EXPECT_NE(slurp(dir_ / "report" / "index.html").find("Across ranks"), std::string::npos);
+
+  json bad = json::parse(line(1, 1e6, 0.1));
+  bad["parallel"]["ranks"][1].erase("combine_bytes_sent");
+  const std::string message = load_error(bad.dump() + "\n");
+  EXPECT_NE(message.find("metrics.jsonl:1 [parallel]"), std::string::npos) << message;
+  EXPECT_NE(message.find("combine_bytes_sent"), std::string::npos) << message;
+}
+
 TEST_F(ReportTest, NoRunsIsAnError) {
   EXPECT_THROW(write_report({}, (dir_ / "report").string()), Error);
 }

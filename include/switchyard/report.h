@@ -33,12 +33,20 @@ struct LayerMetrics {
 };
 
 // One line of metrics.jsonl.
+// A step of a run across ranks (metrics.jsonl "parallel"): bytes summed over the ranks.
+struct ParallelMetrics {
+  int64_t ranks = 0;
+  double dispatch_bytes = 0, combine_bytes = 0, backward_bytes = 0;  // sent, per step
+  double all_to_all_share = 0, expert_rows_imbalance = 1, step_time_imbalance = 1;
+};
+
 struct MetricsRow {
   int64_t step = 0;
   int64_t tokens = 0;
   double lr = 0, train_loss = 0, aux_loss = 0, grad_norm = 0, tokens_per_s = 0;
   std::optional<double> val_loss;  // evaluation steps only
   std::vector<LayerMetrics> layers;
+  std::optional<ParallelMetrics> parallel;  // runs across ranks only
 };
 
 struct RunData {

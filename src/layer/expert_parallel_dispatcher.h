@@ -5,8 +5,8 @@
 // two ways. Rows of an expert are ordered by source rank, then as that rank sent them: for a
 // global batch made of the ranks' batches in rank order this is the single-process order, so
 // the result equals one process on the whole batch.
-// Dropless only for now: a plan with a capacity is an error (global capacity needs every
-// rank's counts before the drops, which is next).
+// A plan with a capacity still to apply is refused: capacity is a statistic of the global batch,
+// applied before dispatch when the ranks route together (MoELayer::set_routing_communicator).
 #pragma once
 
 #include <cstdint>

@@ -145,6 +145,25 @@ MetricsRow parse_row(const json& j, const std::string& where) {
       fail("{}: field 'layers' must be an array, got {}", where, describe_value(*it));
     for (size_t i = 0; i < it->size(); ++i) row.layers.push_back(parse_layer((*it)[i], i, where));
   }
+  if (const auto it = j.find("parallel"); it != j.end()) {
+    const std::string in = where + " [parallel]";
+    if (!it->is_object() || !it->contains("ranks") || !(*it)["ranks"].is_array())
+      fail("{}: field 'parallel' must be an object with a 'ranks' array, got {}", where,
+           describe_value(*it));
+    ParallelMetrics pm;
+    for (const json& rank : (*it)["ranks"]) {
+      if (!rank.is_object())
+        fail("{}: each of 'ranks' must be an object, got {}", in, describe_value(rank));
+      pm.dispatch_bytes += required_number(rank, "dispatch_bytes_sent", in);
+      pm.combine_bytes += required_number(rank, "combine_bytes_sent", in);
+      pm.backward_bytes += required_number(rank, "backward_bytes_sent", in);
+      ++pm.ranks;
+    }
+    pm.all_to_all_share = required_number(*it, "all_to_all_share", in);
+    pm.expert_rows_imbalance = required_number(*it, "expert_rows_imbalance", in);
+    pm.step_time_imbalance = required_number(*it, "step_time_imbalance", in);
+    row.parallel = pm;
+  }
   return row;
 }
 
@@ -1084,6 +1103,54 @@ Page analyse(const std::vector<RunData>& runs) {
   return p;
 }
 
+// Means over the steps of a run across ranks (null for a one-process run).
+std::optional<ParallelMetrics> parallel_means(const RunData& run) {
+  ParallelMetrics m;
+  m.expert_rows_imbalance = m.step_time_imbalance = 0;
+  int n = 0;
+  for (const MetricsRow& row : run.rows) {
+    if (!row.parallel) continue;
+    const ParallelMetrics& p = *row.parallel;
+    m.ranks = p.ranks;
+    m.dispatch_bytes += p.dispatch_bytes;
+    m.combine_bytes += p.combine_bytes;
+    m.backward_bytes += p.backward_bytes;
+    m.all_to_all_share += p.all_to_all_share;
+    m.expert_rows_imbalance += p.expert_rows_imbalance;
+    m.step_time_imbalance += p.step_time_imbalance;
+    ++n;
+  }
+  if (n == 0) return std::nullopt;
+  for (double* v : {&m.dispatch_bytes, &m.combine_bytes, &m.backward_bytes, &m.all_to_all_share,
+                    &m.expert_rows_imbalance, &m.step_time_imbalance})
+    *v /= n;
+  return m;
+}
+
+// The cells of the "Across ranks" table, one row per parallel run.
+std::vector<std::vector<std::string>> parallel_rows(const std::vector<RunData>& runs) {
+  std::vector<std::vector<std::string>> rows;
+  for (const RunData& run : runs)
+    if (const auto m = parallel_means(run))
+      rows.push_back({run.name, fmt::format("{}", m->ranks),
+                      fmt::format("{:.2f}", m->dispatch_bytes / 1e6),
+                      fmt::format("{:.2f}", m->combine_bytes / 1e6),
+                      fmt::format("{:.2f}", m->backward_bytes / 1e6),
+                      fmt::format("{:.1f} %", 100 * m->all_to_all_share),
+                      fmt::format("{:.3f}", m->expert_rows_imbalance),
+                      fmt::format("{:.3f}", m->step_time_imbalance)});
+  return rows;
+}
+
+const std::vector<std::string> kParallelHeaders = {"Run",
+                                                   "Ranks",
+                                                   "Dispatch MB/step",
+                                                   "Combine MB/step",
+                                                   "Backward MB/step",
+                                                   "All-to-all share",
+                                                   "Expert-rows imbalance",
+                                                   "Step-time imbalance"};
+
 std::string html_page(const std::vector<RunData>& runs, const Page& p) {
   std::string out;
 
@@ -1299,6 +1366,24 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
   }
   append(out, "</section>\n");
 
+  // Runs across ranks: the expert-parallel traffic and balance (docs/distributed.md).
+  if (const auto rows = parallel_rows(runs); !rows.empty()) {
+    append(out,
+           "<section class=\"card\" aria-labelledby=\"ranks-h\"><h2 id=\"ranks-h\">Across "
+           "ranks</h2><p class=\"lede\">Means over the steps: bytes sent to other ranks per "
+           "step (all ranks), the share of step time inside the all-to-alls (waiting for a "
+           "slower rank included), max / mean over ranks of the experts' rows and of step time."
+           "</p><table><thead><tr>");
+    for (const std::string& h : kParallelHeaders) append(out, "<th>{}</th>", html_escape(h));
+    append(out, "</tr></thead><tbody>");
+    for (const auto& row : rows) {
+      append(out, "<tr>");
+      for (const std::string& cell : row) append(out, "<td>{}</td>", html_escape(cell));
+      append(out, "</tr>");
+    }
+    append(out, "</tbody></table></section>\n");
+  }
+
   // Definitions.
   append(out, "<footer><dl>");
   for (const Column& c : p.table.columns)
@@ -1352,6 +1437,18 @@ std::string markdown(const std::vector<RunData>& runs, const Page& p) {
     if (const auto it = p.differences.find(r); it != p.differences.end())
       for (const std::string& d : it->second) line += "; " + md_escape(d);
     out += line + "\n";
+  }
+  if (const auto rows = parallel_rows(runs); !rows.empty()) {
+    out += "\n## Across ranks\n\n|";
+    for (const std::string& h : kParallelHeaders) append(out, " {} |", md_escape(h));
+    out += "\n|";
+    for (size_t c = 0; c < kParallelHeaders.size(); ++c) out += "---|";
+    out += "\n";
+    for (const auto& row : rows) {
+      out += "|";
+      for (const std::string& cell : row) append(out, " {} |", md_escape(cell));
+      out += "\n";
+    }
   }
   return out;
 }
