@@ -46,6 +46,10 @@ struct TrainOptions {
   dist::Communicator* world = nullptr;
   int expert_parallel = 1;
   double timeout_seconds = 600;  // a step without progress for this long ends the job
+  // The routing of step `trace_step` (its first micro-batch, the global batch) as a routing trace
+  // at trace_path (.safetensors, metadata beside it); empty: none.
+  std::string trace_path;
+  int64_t trace_step = 0;
 };
 
 struct TrainResult {

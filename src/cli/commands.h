@@ -26,6 +26,8 @@ struct TrainFlags {
   int64_t stop_after = -1;
   int expert_parallel = 0;  // 0: not asked for (1 under mpirun: data parallelism only)
   double timeout_seconds = 600;
+  std::string trace_path;
+  int64_t trace_step = 0;
 };
 int run_train(const std::string& config_path, const TrainFlags& flags);
 int run_sample(const std::string& checkpoint, const std::string& prompt, int64_t count,

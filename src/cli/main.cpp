@@ -48,6 +48,10 @@ int main(int argc, char** argv) {
                    "under mpirun -np N: shard the experts over groups of P ranks (P divides N and "
                    "the expert count; data parallelism N/P over the groups)")
       ->check(CLI::PositiveNumber);
+  train->add_option("--trace", flags.trace_path,
+                    "write the routing of one step as a routing trace (.safetensors)");
+  train->add_option("--trace-step", flags.trace_step, "the step --trace records (from 0)")
+      ->check(CLI::NonNegativeNumber);
   train
       ->add_option("--timeout", flags.timeout_seconds,
                    "parallel runs: a step without progress for this many seconds ends the job")

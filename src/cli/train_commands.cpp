@@ -31,6 +31,8 @@ int run_train(const std::string& config_path, const TrainFlags& flags) {
   options.stop_after = flags.stop_after;
   options.expert_parallel = std::max(1, flags.expert_parallel);
   options.timeout_seconds = flags.timeout_seconds;
+  options.trace_path = flags.trace_path;
+  options.trace_step = flags.trace_step;
   // Under mpirun (or asked for parallelism): every rank runs this; rank 0 prints and writes.
   const std::unique_ptr<dist::Communicator> world = open_world(flags.expert_parallel > 0);
   options.world = world.get();

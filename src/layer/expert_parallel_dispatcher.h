@@ -1,10 +1,14 @@
-// Expert parallelism: P processes (a Communicator's ranks) each route their own tokens; rank q
-// holds experts [q·E/P, (q+1)·E/P) (pass them as MoEParams::w*_experts, null elsewhere). Dispatch
-// sends each row to its expert's rank (MPI_Alltoall of counts, then MPI_Alltoallv of the expert
-// ids and the rows), combine sends the outputs back, and backward moves dout and dx rows the same
-// two ways. Rows of an expert are ordered by source rank, then as that rank sent them: for a
-// global batch made of the ranks' batches in rank order this is the single-process order, so
-// the result equals one process on the whole batch.
+// Expert parallelism: P processes (a Communicator's ranks); rank q holds experts
+// [q·E/P, (q+1)·E/P) (pass them as MoEParams::w*_experts, null elsewhere, or all of them).
+// Dispatch sends each token once to every rank that holds one of its experts (DeepEP and
+// DeepSeek-V3 do the same: a token's bytes cross the link once per destination, not once per
+// expert), with an (expert, slot, weight) entry per row: MPI_Alltoall of the token and row
+// counts, then MPI_Alltoallv of the entries and of the token rows. The experts' rank sums each
+// token's weighted outputs and sends one row back (combine); backward sends dy once per token and
+// destination, computes dout and the combine weights' gradients where the outputs are, and sends
+// back one dx row per token plus the weights' gradients. Rows of an expert are ordered by source
+// rank, then as that rank sent them. The result equals one process on the whole batch up to the
+// order of the float sums.
 // A plan with a capacity still to apply is refused: capacity is a statistic of the global batch,
 // applied before dispatch when the ranks route together (MoELayer::set_routing_communicator).
 #pragma once
@@ -31,16 +35,17 @@ class ExpertParallelDispatcher final : public TokenDispatcher {
                          float* dx) override;
 
  private:
-  // `rows` (received rows, d) in expert order -> `out` in the order they arrived, or back.
-  void to_arrival_order(const MoECache& c, const float* rows, int64_t d, float* out) const;
-  void from_arrival_order(const MoECache& c, const float* rows, int64_t d, float* out) const;
-  // Sends (sent rows, d) to the experts' ranks: recv (received rows, d) in arrival order; or back.
-  void forward_rows(const MoECache& c, const float* sent, int64_t d, float* received);
-  void backward_rows(const MoECache& c, const float* received, int64_t d, float* sent);
+  // Token rows (tokens sent, d) to the experts' ranks -> (tokens received, d); or back.
+  void to_experts(const MoECache& c, const float* sent, int64_t d, float* received);
+  void to_sources(const MoECache& c, const float* received, int64_t d, float* sent);
+  // Σ over each received token's rows of scale(row) · rows[position]: (tokens received, d).
+  void sum_by_token(const MoECache& c, const float* rows, int64_t d, bool weighted,
+                    std::vector<float>& out) const;
 
   dist::Communicator& comm_;
   std::vector<int64_t> slots_;
-  std::vector<float> arrival_, back_, d_row_, ones_;
+  std::vector<int32_t> seen_;  // (T) slot + 1 of a token for the destination being built
+  std::vector<float> tokens_, back_, dw_recv_, dw_sent_;
 };
 
 }  // namespace switchyard::layer

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "train/data_parallel.h"
+#include "train/training_trace.h"
 #include "train/watchdog.h"
 
 namespace switchyard {
@@ -526,8 +527,8 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
     RankCounters counters;
     for (int64_t micro = 0; micro < config.grad_accum; ++micro) {
       // Micro-batches come from consecutive sampler steps: step s uses batches s·A .. s·A + A − 1.
-      const Batch b =
-          shard_of(train_sampler.batch_at(step * config.grad_accum + micro), first_row, my_rows);
+      const Batch whole = train_sampler.batch_at(step * config.grad_accum + micro);
+      const Batch b = shard_of(whole, first_row, my_rows);
       split_batch(b, in, target);
       const double loss = model.forward(in.data(), target.data(), my_rows, T, true);
       train_loss += global_mean(loss) / double(config.grad_accum);
@@ -539,6 +540,8 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
         for (const RoutingStats* st : model.layer_stats()) stats.push_back(*st);
         for (const MoECache* c : model.layer_caches())
           digests.push_back(routing_digest(c->routing_plan()));
+        if (writer && !options.trace_path.empty() && step == options.trace_step)
+          infer::write_trace(options.trace_path, training::step_trace(model, whole, config.name));
       }
     }
     if (dp) dp->finish(model.grads());

@@ -21,6 +21,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -162,27 +163,38 @@ void run_case(const std::string& name, bool forced, const nlohmann::json& router
   part.backward(pp, bp, cp, dy.data() + t0 * d, dx.data(), gp);
   comm.allreduce_sum(dgate.data(), int64_t(dgate.size()));
 
-  // The byte counters against the plan: rows between this rank and the others, each way.
+  // The byte counters against the plan: rows between this rank and the others, each way, and
+  // tokens (a token goes once to each rank that holds any of its experts).
   int64_t out_rows = 0, in_rows = 0;
+  std::set<std::pair<int32_t, int>> out_tokens, in_tokens;  // (token, other rank)
   const RoutingPlan& plan = cw.plan;
   for (size_t a = 0; a < plan.size(); ++a) {
     if (!plan.kept[a]) continue;
     int src = 0;
     while (plan.token[a] >= begin[size_t(src) + 1]) ++src;
     const int dst = int(plan.expert[a] / per_rank);
-    out_rows += src == rank && dst != rank;
-    in_rows += dst == rank && src != rank;
+    if (src == rank && dst != rank) {
+      ++out_rows;
+      out_tokens.insert({plan.token[a], dst});
+    }
+    if (dst == rank && src != rank) {
+      ++in_rows;
+      in_tokens.insert({plan.token[a], src});
+    }
   }
-  const int64_t row = d * int64_t(sizeof(float)), id = sizeof(int32_t);
+  const int64_t row = d * int64_t(sizeof(float)), entry = 12, grad = sizeof(float);
+  const int64_t to = int64_t(out_tokens.size()), from = int64_t(in_tokens.size());
   const MoECache::ExpertParallel& ep = cp.ep;
   const std::pair<const char*, std::array<int64_t, 4>> traffic[] = {
       {"dispatch",
-       {ep.dispatch.sent, out_rows * (row + id), ep.dispatch.received, in_rows * (row + id)}},
-      {"combine", {ep.combine.sent, in_rows * row, ep.combine.received, out_rows * row}},
+       {ep.dispatch.sent, to * row + out_rows * entry, ep.dispatch.received,
+        from * row + in_rows * entry}},
+      {"combine", {ep.combine.sent, from * row, ep.combine.received, to * row}},
       {"backward dispatch",
-       {ep.backward_dispatch.sent, out_rows * row, ep.backward_dispatch.received, in_rows * row}},
+       {ep.backward_dispatch.sent, to * row, ep.backward_dispatch.received, from * row}},
       {"backward combine",
-       {ep.backward_combine.sent, in_rows * row, ep.backward_combine.received, out_rows * row}}};
+       {ep.backward_combine.sent, from * row + in_rows * grad, ep.backward_combine.received,
+        to * row + out_rows * grad}}};
   for (const auto& [phase, v] : traffic)
     if (v[0] != v[1] || v[2] != v[3])
       throw Failure{name + ": rank " + std::to_string(rank) + ": " + phase + " counted " +

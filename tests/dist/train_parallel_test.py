@@ -202,6 +202,39 @@ def main():
         p, _ = run(["train", "--config", path, "--out", out, "--resume", "--stop-after", "1"])
         check(p.returncode == 0, f"fault {kind}: one process resumes from it")
 
+    # ep-plan on a traced step of a run across ranks predicts the bytes the counters measured:
+    # deduplicated token rows (d floats) per phase, plus 12 bytes per row entry in dispatch.
+    for ranks in (2, 4):
+        cfg = json.loads(json.dumps(BASE_CONFIG))
+        cfg["model"]["router"] = {"router": "topk", "k": 2, "losses": {"balance": 0.01}}
+        cfg["model"]["experts"] = 8
+        tpath = os.path.join(work, f"trace-{ranks}.json")
+        with open(tpath, "w") as f:
+            json.dump(cfg, f)
+        out = os.path.join(work, f"trace-{ranks}")
+        trace = out + ".safetensors"
+        run(["train", "--config", tpath, "--out", out, "--expert-parallel", str(ranks), "--trace",
+             trace, "--trace-step", "5"], ranks)
+        plan = out + "-plan"
+        run(["ep-plan", "--trace", trace, "--ranks", str(ranks), "--ranks-per-node", str(ranks),
+             "--link", "intra=10", "--hidden", "32", "--expert-ff", "32", "--bytes-per-element",
+             "4", "--gemm-gflops", "100", "--out", plan])
+        with open(os.path.join(plan, "summary.json")) as f:
+            contiguous = json.load(f)["placements"][0]
+        row = metrics(out)[5]["parallel"]["ranks"]
+        dedup = sum(layer["dispatch_bytes"]["dedup"]["intra"] for layer in contiguous["layers"])
+        pair_rows = sum(layer["dispatch_rows"]["pair"]["intra"] for layer in contiguous["layers"])
+        combine = sum(r["combine_bytes_sent"] for r in row)
+        dispatch = sum(r["dispatch_bytes_sent"] for r in row)
+        check(combine == dedup and dispatch == dedup + 12 * pair_rows,
+              f"ep-plan, {ranks} ranks: predicted bytes = measured (combine {combine:.0f} vs "
+              f"{dedup:.0f}, dispatch {dispatch:.0f} vs {dedup + 12 * pair_rows:.0f})")
+        predicted_rows = [sum(layer["rank_rows"][q] for layer in contiguous["layers"])
+                          for q in range(ranks)]
+        measured_rows = [r["expert_rows"] for r in row]
+        check(predicted_rows == measured_rows,
+              f"ep-plan, {ranks} ranks: rows per rank {predicted_rows} = measured {measured_rows}")
+
     # Layout errors name the flag and the values.
     p, _ = run(["train", "--config", path, "--out", os.path.join(work, "bad"),
                 "--expert-parallel", "3"], 2, expect_ok=False)
