@@ -39,6 +39,7 @@ struct ModelParallel {
   dist::Communicator* experts = nullptr;  // this rank's expert-parallel group (null or size 1: all
                                           // experts here)
   double loss_share = 1.0;  // this shard's tokens / the global batch's (its share of the mean)
+  int ranks_per_node = 0;   // > 0 and < the group's size: the hierarchical dispatcher
 };
 
 // A named view into the parameter buffer.

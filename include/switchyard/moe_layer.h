@@ -125,37 +125,23 @@ struct MoECache {
   std::vector<float> out;               // (A_kept, d) expert outputs before weighting
   std::vector<float> shared_h1, shared_h3, shared_act;  // (T, Fs)
   std::vector<float> merged;  // SMEAR: (S, 2F d + d F) merged expert weights
-  // Expert parallelism (src/layer/expert_parallel_dispatcher.h). A token goes once to each rank
-  // that holds any of its experts, with one (expert, slot, weight) entry per row; the experts'
-  // rank sums a token's weighted outputs and sends one row back. xd, h1, ..., out are the rows
-  // this rank's experts received.
+  // Expert parallelism (src/layer/expert_parallel_dispatcher.h): what the exchanges of the last
+  // forward and backward moved; the exchange state itself is the dispatcher's (one per layer).
   struct ExpertParallel {
     struct RowMeta {
       int32_t expert = 0;  // the row's expert
       int32_t slot = 0;    // its token among those sent by the source to this rank
       float weight = 0;    // its combine weight
     };
-    std::vector<int64_t> send_counts, send_displs, recv_counts, recv_displs;  // (P) tokens
-    std::vector<int64_t> meta_send_counts, meta_send_displs;                  // (P) rows
-    std::vector<int64_t> meta_recv_counts, meta_recv_displs;                  // (P) rows
-    std::vector<int32_t> sent_token;       // (tokens sent) this rank's token of each, by rank
-    std::vector<int32_t> sent_assignment;  // (rows sent) plan assignment of each row
-    std::vector<RowMeta> sent_meta;        // (rows sent)
-    std::vector<RowMeta> recv_meta;        // (rows received)
-    std::vector<int64_t> recv_slot;        // (rows received) its token in recv_x
-    std::vector<int64_t> recv_position;    // (rows received) its row in xd (grouped by expert)
-    std::vector<float> sent_x;             // (tokens sent, d) inputs as sent
-    std::vector<float> recv_x;             // (tokens received, d) as they arrived
-    std::vector<float> sent_out;           // (tokens sent, d) Σ weight · output, back here
     // Bytes to and from the other ranks per phase of the last forward and backward: dispatch
     // (token rows and row entries), combine (summed outputs back), backward dispatch (dy token
-    // rows to the experts), backward combine (dx token rows and the weights' gradients back).
-    // Counters: backward, which reads a const cache, sets them.
+    // rows to the experts, the combine weights' gradients back), backward combine (dx token rows
+    // back). Counters (mutable: backward reads a const cache).
     struct Traffic {
       int64_t sent = 0, received = 0;
     };
-    Traffic dispatch, combine;
-    mutable Traffic backward_dispatch, backward_combine;
+    mutable Traffic dispatch, combine, backward_dispatch, backward_combine;
+    mutable Traffic inter_node;             // the part across nodes, all phases (hierarchical)
     mutable double exchange_seconds = 0.0;  // in the all-to-alls, forward and backward
   } ep;
   // Routing over several ranks' tokens (MoELayer::set_routing_communicator): the global batch

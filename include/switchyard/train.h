@@ -45,6 +45,9 @@ struct TrainOptions {
   // groups of `expert_parallel` ranks. Rank 0 writes the run folder. Null: one process.
   dist::Communicator* world = nullptr;
   int expert_parallel = 1;
+  // Ranks per node inside an expert-parallel group (0: one node); G < P gives the hierarchical
+  // all-to-all, across nodes first, then inside the node (docs/distributed.md).
+  int ranks_per_node = 0;
   double timeout_seconds = 600;  // a step without progress for this long ends the job
   // The routing of step `trace_step` (its first micro-batch, the global batch) as a routing trace
   // at trace_path (.safetensors, metadata beside it); empty: none.

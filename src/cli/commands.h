@@ -25,6 +25,7 @@ struct TrainFlags {
   bool resume = false;
   int64_t stop_after = -1;
   int expert_parallel = 0;  // 0: not asked for (1 under mpirun: data parallelism only)
+  int ranks_per_node = 0;
   double timeout_seconds = 600;
   std::string trace_path;
   int64_t trace_step = 0;

@@ -48,6 +48,11 @@ int main(int argc, char** argv) {
                    "under mpirun -np N: shard the experts over groups of P ranks (P divides N and "
                    "the expert count; data parallelism N/P over the groups)")
       ->check(CLI::PositiveNumber);
+  train
+      ->add_option("--ranks-per-node", flags.ranks_per_node,
+                   "node layout of an expert-parallel group (divides P): the hierarchical "
+                   "all-to-all, across nodes first, then inside each node")
+      ->check(CLI::PositiveNumber);
   train->add_option("--trace", flags.trace_path,
                     "write the routing of one step as a routing trace (.safetensors)");
   train->add_option("--trace-step", flags.trace_step, "the step --trace records (from 0)")

@@ -31,6 +31,7 @@ int run_train(const std::string& config_path, const TrainFlags& flags) {
   options.stop_after = flags.stop_after;
   options.expert_parallel = std::max(1, flags.expert_parallel);
   options.timeout_seconds = flags.timeout_seconds;
+  options.ranks_per_node = flags.ranks_per_node;
   options.trace_path = flags.trace_path;
   options.trace_step = flags.trace_step;
   // Under mpirun (or asked for parallelism): every rank runs this; rank 0 prints and writes.

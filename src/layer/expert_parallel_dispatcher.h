@@ -1,29 +1,34 @@
 // Expert parallelism: P processes (a Communicator's ranks); rank q holds experts
 // [q·E/P, (q+1)·E/P) (pass them as MoEParams::w*_experts, null elsewhere, or all of them).
 // Dispatch sends each token once to every rank that holds one of its experts (DeepEP and
-// DeepSeek-V3 do the same: a token's bytes cross the link once per destination, not once per
-// expert), with an (expert, slot, weight) entry per row: MPI_Alltoall of the token and row
-// counts, then MPI_Alltoallv of the entries and of the token rows. The experts' rank sums each
-// token's weighted outputs and sends one row back (combine); backward sends dy once per token and
-// destination, computes dout and the combine weights' gradients where the outputs are, and sends
-// back one dx row per token plus the weights' gradients. Rows of an expert are ordered by source
-// rank, then as that rank sent them. The result equals one process on the whole batch up to the
-// order of the float sums.
+// DeepSeek-V3 do the same: a token crosses a link once per destination, not once per expert),
+// with an (expert, slot, weight) entry per row (layer::RowExchange). The experts' rank sums
+// each token's weighted outputs and sends one row back (combine); backward sends dy once per
+// token and destination, computes dout and the combine weights' gradients where the outputs
+// are, and sends back one dx row per token plus the weights' gradients.
+// Hierarchical (ranks_per_node G < P, ranks q = node·G + local): a token first goes once to each
+// node holding one of its experts, to the rank there with its own local index (the only stage
+// that crosses nodes, as Tutel's 2-D all-to-all and DeepSeek-V3's node-then-NVLink dispatch),
+// then inside that node once to each expert's rank; the way back sums at both stages.
+// The result equals one process on the whole batch up to the order of the float sums.
 // A plan with a capacity still to apply is refused: capacity is a statistic of the global batch,
 // applied before dispatch when the ranks route together (MoELayer::set_routing_communicator).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "dist/communicator.h"
+#include "layer/row_exchange.h"
 #include "layer/token_dispatcher.h"
 
 namespace switchyard::layer {
 
 class ExpertParallelDispatcher final : public TokenDispatcher {
  public:
-  explicit ExpertParallelDispatcher(dist::Communicator& comm) : comm_(comm) {}
+  // ranks_per_node 0 (or P): one node, one stage. Else G must divide P; collective over comm.
+  explicit ExpertParallelDispatcher(dist::Communicator& comm, int ranks_per_node = 0);
   int64_t dispatch_preprocess(RoutingPlan& plan, const float* x, int64_t T, int64_t d, int64_t E,
                               MoECache& c) override;
   void dispatch_communicate(int64_t d, MoECache& c) override;
@@ -35,17 +40,28 @@ class ExpertParallelDispatcher final : public TokenDispatcher {
                          float* dx) override;
 
  private:
-  // Token rows (tokens sent, d) to the experts' ranks -> (tokens received, d); or back.
-  void to_experts(const MoECache& c, const float* sent, int64_t d, float* received);
-  void to_sources(const MoECache& c, const float* received, int64_t d, float* sent);
-  // Σ over each received token's rows of scale(row) · rows[position]: (tokens received, d).
-  void sum_by_token(const MoECache& c, const float* rows, int64_t d, bool weighted,
-                    std::vector<float>& out) const;
+  bool hierarchical() const { return node_ != nullptr; }
+  // Per final received token: Σ over its rows of (weight ·) rows[position].
+  void sum_by_token(const float* rows, int64_t d, bool weighted, std::vector<float>& out) const;
+  // Per-token partial sums (final stage's received tokens, d) back into acc (T, d).
+  void return_partials(const MoECache& c, const float* partial, int64_t d, float* acc);
+  const RowExchange& last() const { return hierarchical() ? inside_ : across_; }
+  void add_counts(const MoECache& c, int64_t d, int phase) const;
 
   dist::Communicator& comm_;
+  int G_ = 0;
+  std::unique_ptr<dist::Communicator> node_;  // this node's ranks (hierarchical only)
+  RowExchange across_;                        // stage 1 (the only one on one node)
+  RowExchange inside_;                        // stage 2 inside the node (hierarchical)
+  int64_t E_ = 0, d_ = 0;
   std::vector<int64_t> slots_;
-  std::vector<int32_t> seen_;  // (T) slot + 1 of a token for the destination being built
-  std::vector<float> tokens_, back_, dw_recv_, dw_sent_;
+  std::vector<int32_t> row_token_, row_dest_, row_expert_, row_assignment_;  // stage-1 rows
+  std::vector<float> row_weight_;
+  std::vector<int32_t> b_token_, b_dest_, b_expert_, b_from_;  // stage-2 rows (hierarchical)
+  std::vector<float> b_weight_;
+  std::vector<int64_t> recv_position_;  // final stage's received row -> its row in xd
+  std::vector<float> x_sent_, tokens1_, tokens2_, partial_, acc1_, dw_final_, dw1_, dw_src_;
+  const float* x_ = nullptr;
 };
 
 }  // namespace switchyard::layer

@@ -370,8 +370,8 @@ void Model::set_parallel(const ModelParallel& parallel) {
     if (!L.moe) continue;
     L.moe_layer->set_routing_communicator(parallel.routing);
     if (parallel.experts && parallel.experts->size() > 1)
-      L.moe_layer->set_dispatcher(
-          std::make_unique<layer::ExpertParallelDispatcher>(*parallel.experts));
+      L.moe_layer->set_dispatcher(std::make_unique<layer::ExpertParallelDispatcher>(
+          *parallel.experts, parallel.ranks_per_node));
   }
 }
 

@@ -30,14 +30,16 @@ size_t total(const std::vector<Range>& pieces) {
 
 }  // namespace
 
-DataParallel::DataParallel(dist::Communicator& world, int expert_parallel, const Model& model,
-                           int64_t batch)
-    : world_(world), P_(expert_parallel) {
+DataParallel::DataParallel(dist::Communicator& world, int expert_parallel, int ranks_per_node,
+                           const Model& model, int64_t batch)
+    : world_(world), P_(expert_parallel), G_(ranks_per_node) {
   const int N = world.size();
   const int64_t E = model.config().experts;
   if (P_ < 1 || N % P_ != 0)
     fail("train: --expert-parallel {} must divide the {} ranks of the job", P_, N);
   if (E % P_ != 0) fail("train: --expert-parallel {} must divide model.experts = {}", P_, E);
+  if (G_ < 0 || (G_ > 0 && P_ % G_ != 0))
+    fail("train: --ranks-per-node {} must divide --expert-parallel {}", G_, P_);
   if (batch % N != 0)
     fail("train: batch = {} must split evenly over the {} ranks (each takes batch / ranks rows)",
          batch, N);
@@ -63,7 +65,7 @@ DataParallel::DataParallel(dist::Communicator& world, int expert_parallel, const
 }
 
 ModelParallel DataParallel::model_parallel() const {
-  return ModelParallel{&world_, expert_group_.get(), 1.0 / double(world_.size())};
+  return ModelParallel{&world_, expert_group_.get(), 1.0 / double(world_.size()), G_};
 }
 
 void DataParallel::add(Bucket& pending, dist::Communicator* comm, const std::vector<Range>& targets,

@@ -20,7 +20,8 @@ using Range = std::pair<size_t, size_t>;  // [begin, end) of the parameter buffe
 class DataParallel {
  public:
   // Validates the layout against the model and batch (errors name the flag and values).
-  DataParallel(dist::Communicator& world, int expert_parallel, const Model& model, int64_t batch);
+  DataParallel(dist::Communicator& world, int expert_parallel, int ranks_per_node,
+               const Model& model, int64_t batch);
   int rank() const { return world_.rank(); }
   int ranks() const { return world_.size(); }
   int expert_parallel() const { return P_; }
@@ -55,7 +56,7 @@ class DataParallel {
   void launch(Bucket& pending, std::vector<float>& grads);
 
   dist::Communicator& world_;
-  int P_ = 1;
+  int P_ = 1, G_ = 0;
   std::unique_ptr<dist::Communicator> expert_group_;  // this replica's P ranks
   std::unique_ptr<dist::Communicator> expert_data_;   // the replicas of this rank's experts
   int64_t first_row_ = 0, rows_ = 0;

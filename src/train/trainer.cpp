@@ -302,6 +302,7 @@ Evaluation evaluate(Model& model, const BatchSampler& sampler, int64_t batches, 
 struct RankCounters {
   double dispatch_sent = 0, dispatch_received = 0, combine_sent = 0, combine_received = 0;
   double backward_sent = 0, backward_received = 0, exchange_seconds = 0, expert_rows = 0;
+  double inter_node_sent = 0, inter_node_received = 0;
 
   void add(const Model& model) {
     for (const MoECache* c : model.layer_caches()) {
@@ -313,14 +314,17 @@ struct RankCounters {
       backward_sent += double(ep.backward_dispatch.sent + ep.backward_combine.sent);
       backward_received += double(ep.backward_dispatch.received + ep.backward_combine.received);
       exchange_seconds += ep.exchange_seconds;
+      inter_node_sent += double(ep.inter_node.sent);
+      inter_node_received += double(ep.inter_node.received);
       expert_rows += double(c->expert_offsets.empty() ? 0 : c->expert_offsets.back());
     }
   }
 
   json gather(training::DataParallel& dp, double step_seconds) const {
-    const std::vector<double> mine = {dispatch_sent,    dispatch_received, combine_sent,
-                                      combine_received, backward_sent,     backward_received,
-                                      exchange_seconds, expert_rows,       step_seconds};
+    const std::vector<double> mine = {dispatch_sent,    dispatch_received,  combine_sent,
+                                      combine_received, backward_sent,      backward_received,
+                                      exchange_seconds, expert_rows,        step_seconds,
+                                      inter_node_sent,  inter_node_received};
     const int64_t K = int64_t(mine.size()), P = dp.ranks();
     std::vector<double> all(size_t(K * P));
     std::vector<int64_t> counts(size_t(P), K), displs(static_cast<size_t>(P));
@@ -339,7 +343,9 @@ struct RankCounters {
                        {"backward_bytes_received", v[5]},
                        {"all_to_all_ms", v[6] * 1e3},
                        {"expert_rows", v[7]},
-                       {"step_ms", v[8] * 1e3}});
+                       {"step_ms", v[8] * 1e3},
+                       {"inter_node_bytes_sent", v[9]},
+                       {"inter_node_bytes_received", v[10]}});
       max_rows = std::max(max_rows, v[7]);
       sum_rows += v[7];
       max_step = std::max(max_step, v[8]);
@@ -424,8 +430,8 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   std::unique_ptr<training::DataParallel> dp;
   std::unique_ptr<training::Watchdog> watchdog;
   if (options.world && options.world->size() > 1) {
-    dp =
-        std::make_unique<training::DataParallel>(*options.world, options.expert_parallel, model, B);
+    dp = std::make_unique<training::DataParallel>(*options.world, options.expert_parallel,
+                                                  options.ranks_per_node, model, B);
     model.set_parallel(dp->model_parallel());
     model.set_gradient_ready([&](size_t b, size_t e) { dp->on_ready(model.grads(), b, e); });
     dist::Communicator* world = options.world;

@@ -60,8 +60,9 @@ void expect_close(const char* what, const float* got, const float* want, int64_t
 
 // `router` routes the whole batch; `across_ranks`: the ranks route their tokens together
 // (MoELayer::set_routing_communicator), else each alone (exact only for token-local routing).
+// `ranks_per_node` > 0: the hierarchical dispatcher with that many ranks per node.
 void run_case(const std::string& name, bool forced, const nlohmann::json& router, bool across_ranks,
-              uint64_t seed, dist::MpiCommunicator& comm) {
+              int ranks_per_node, uint64_t seed, dist::MpiCommunicator& comm) {
   const int P = comm.size(), rank = comm.rank();
   const int64_t d = 12, E = 8, F = 8, k = 2;
   const MoEShape shape{d, E, F, 0};
@@ -126,7 +127,7 @@ void run_case(const std::string& name, bool forced, const nlohmann::json& router
 
   // This rank's share, its experts only.
   MoELayer part(config, shape);
-  part.set_dispatcher(std::make_unique<layer::ExpertParallelDispatcher>(comm));
+  part.set_dispatcher(std::make_unique<layer::ExpertParallelDispatcher>(comm, ranks_per_node));
   if (across_ranks) part.set_routing_communicator(&comm);
   std::vector<const float*> w1e(size_t(E), nullptr), w3e(size_t(E), nullptr),
       w2e(size_t(E), nullptr);
@@ -191,16 +192,47 @@ void run_case(const std::string& name, bool forced, const nlohmann::json& router
         from * row + in_rows * entry}},
       {"combine", {ep.combine.sent, from * row, ep.combine.received, to * row}},
       {"backward dispatch",
-       {ep.backward_dispatch.sent, to * row, ep.backward_dispatch.received, from * row}},
+       {ep.backward_dispatch.sent, to * row + in_rows * grad, ep.backward_dispatch.received,
+        from * row + out_rows * grad}},
       {"backward combine",
-       {ep.backward_combine.sent, from * row + in_rows * grad, ep.backward_combine.received,
-        to * row + out_rows * grad}}};
+       {ep.backward_combine.sent, from * row, ep.backward_combine.received, to * row}}};
+  if (ranks_per_node > 0) {
+    // Hierarchical: only the first stage crosses nodes, once per (token, node) and row entries.
+    const int G = ranks_per_node, node = rank / G, local = rank % G;
+    int64_t rows_out = 0, rows_in = 0;
+    std::set<std::pair<int32_t, int>> tok_out, tok_in;
+    for (size_t a = 0; a < plan.size(); ++a) {
+      if (!plan.kept[a]) continue;
+      int src = 0;
+      while (plan.token[a] >= begin[size_t(src) + 1]) ++src;
+      const int dst_node = int(plan.expert[a] / per_rank) / G;
+      if (src == rank && dst_node != node) {
+        ++rows_out;
+        tok_out.insert({plan.token[a], dst_node});
+      }
+      if (dst_node == node && src / G != node && src % G == local) {
+        ++rows_in;
+        tok_in.insert({plan.token[a], src});
+      }
+    }
+    const int64_t o = int64_t(tok_out.size()), i = int64_t(tok_in.size());
+    const int64_t want_sent =
+        o * row + rows_out * entry + i * row + o * row + rows_in * grad + i * row;
+    const int64_t want_received =
+        i * row + rows_in * entry + o * row + i * row + rows_out * grad + o * row;
+    if (ep.inter_node.sent != want_sent || ep.inter_node.received != want_received)
+      throw Failure{name + ": rank " + std::to_string(rank) + ": across nodes counted " +
+                    std::to_string(ep.inter_node.sent) + " / " +
+                    std::to_string(ep.inter_node.received) + " bytes, the plan gives " +
+                    std::to_string(want_sent) + " / " + std::to_string(want_received)};
+  }
   for (const auto& [phase, v] : traffic)
-    if (v[0] != v[1] || v[2] != v[3])
-      throw Failure{name + ": rank " + std::to_string(rank) + ": " + phase + " counted " +
-                    std::to_string(v[0]) + " bytes sent / " + std::to_string(v[2]) +
-                    " received, the plan gives " + std::to_string(v[1]) + " / " +
-                    std::to_string(v[3])};
+    if (ranks_per_node == 0)
+      if (v[0] != v[1] || v[2] != v[3])
+        throw Failure{name + ": rank " + std::to_string(rank) + ": " + phase + " counted " +
+                      std::to_string(v[0]) + " bytes sent / " + std::to_string(v[2]) +
+                      " received, the plan gives " + std::to_string(v[1]) + " / " +
+                      std::to_string(v[3])};
 
   expect_close("y", y.data(), y_ref.data() + t0 * d, Tr * d, max_abs(y_ref), rank, name);
   expect_close("dx", dx.data(), dx_ref.data() + t0 * d, Tr * d, max_abs(dx_ref), rank, name);
@@ -242,18 +274,25 @@ int main(int argc, char** argv) {
       bool forced;
       json router;
       bool across;
+      int ranks_per_node;
     };
-    for (const auto& [name, forced, router, across] :
-         {Case{"top-2, random gate", false, plain, false},
-          Case{"forced: rank 1 to itself, the last rank nothing, expert 0 none", true, plain,
-               false},
-          Case{"routed across ranks: top-2, capacity 1.0 (drops), balance + z loss", false,
-               capacity, true},
-          Case{"routed across ranks: expert choice", false, expert_choice, true}}) {
+    std::vector<Case> cases = {
+        {"top-2, random gate", false, plain, false, 0},
+        {"forced: rank 1 to itself, the last rank nothing, expert 0 none", true, plain, false, 0},
+        {"routed across ranks: top-2, capacity 1.0 (drops), balance + z loss", false, capacity,
+         true, 0},
+        {"routed across ranks: expert choice", false, expert_choice, true, 0}};
+    if (comm.size() == 4) {  // 2 nodes x 2 ranks
+      cases.push_back({"hierarchical 2 nodes x 2: top-2, random gate", false, plain, false, 2});
+      cases.push_back({"hierarchical 2 nodes x 2: forced", true, plain, false, 2});
+      cases.push_back({"hierarchical 2 nodes x 2, routed across ranks: capacity, losses", false,
+                       capacity, true, 2});
+    }
+    for (const auto& [name, forced, router, across, ranks_per_node] : cases) {
       int failed = 0;
       std::string why;
       try {
-        run_case(name, forced, router, across, seed, comm);
+        run_case(name, forced, router, across, ranks_per_node, seed, comm);
       } catch (const Failure& f) {
         failed = 1;
         why = f.what;

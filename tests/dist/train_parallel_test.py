@@ -128,7 +128,7 @@ def counters_consistent(rows, label, ranks, P):
         par = row["parallel"]
         rk = par["ranks"]
         ok &= len(rk) == ranks
-        for phase in ("dispatch", "combine", "backward"):
+        for phase in ("dispatch", "combine", "backward", "inter_node"):
             sent = sum(r[f"{phase}_bytes_sent"] for r in rk)
             received = sum(r[f"{phase}_bytes_received"] for r in rk)
             ok &= sent == received
@@ -153,11 +153,16 @@ def main():
             json.dump(cfg, f)
         one = os.path.join(work, name + "-1")
         run(["train", "--config", path, "--out", one])
-        for ranks, P in ((2, 2), (4, 2), (4, 4)) if name in ("topk_capacity_jitter", "base") \
-                else ((2, 2), (4, 2)):
-            many = os.path.join(work, f"{name}-{ranks}x{P}")
-            run(["train", "--config", path, "--out", many, "--expert-parallel", str(P)], ranks)
-            label = f"{name}, {ranks} ranks, expert-parallel {P}"
+        # (ranks, expert-parallel P, ranks per node: 0 = one node, 2 = hierarchical 2 x 2)
+        layouts = [(2, 2, 0), (4, 2, 0)]
+        if name in ("topk_capacity_jitter", "base", "deepseek_v3_bias", "expert_choice"):
+            layouts += [(4, 4, 0), (4, 4, 2)]
+        for ranks, P, G in layouts:
+            many = os.path.join(work, f"{name}-{ranks}x{P}-{G}")
+            run(["train", "--config", path, "--out", many, "--expert-parallel", str(P)]
+                + (["--ranks-per-node", str(G)] if G else []), ranks)
+            label = f"{name}, {ranks} ranks, expert-parallel {P}" + (
+                f", hierarchical {P // G} nodes x {G}" if G else "")
             if name == "base":
                 # BASE's auction is an ε-optimal assignment: once the gradients' summation order
                 # has moved the logits by an ulp (after the first update) it can break near-ties
