@@ -2,7 +2,8 @@
 # Training across ranks on one machine: 2 ranks x 1 thread (expert parallel 2, and data parallel
 # only) against 1 process x 2 threads, same model, batch and steps, in one run; then the
 # all-to-all volume of group-limited routing (DeepSeek-V3's node-limited routing, one group per
-# rank) against plain top-2 at equal loss, from the byte counters. Writes OUT/summary.json.
+# rank, and on 4 ranks as 2 nodes x 2 one group per node) against plain top-2, from the byte
+# counters. Writes OUT/summary.json.
 # Usage: bench/dist/run_train_parallel_bench.sh [OUT]   (SKIP_BUILD=1 reuses build/release)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,4 +34,11 @@ for round in 1 2; do  # two rounds, alternating, so drift on a shared machine hi
 done
 $MPI $S train --config "$OUT/group_limited.json" --out "$OUT/group-2x1-ep2" --expert-parallel 2 \
   >/dev/null 2>&1
+# 4 ranks as 2 nodes x 2 (hierarchical all-to-all): bytes across nodes, top-2 against
+# group-limited routing with one group per node (oversubscribed here: bytes, not speed).
+MPI4="mpirun --oversubscribe -np 4 -x OMP_NUM_THREADS=1"
+for r in topk group_limited; do
+  $MPI4 $S train --config "$OUT/$r.json" --out "$OUT/$r-4x1-nodes" --expert-parallel 4 \
+    --ranks-per-node 2 >/dev/null 2>&1
+done
 python3 bench/dist/summarize_train_parallel.py "$OUT"

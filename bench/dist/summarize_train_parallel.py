@@ -63,6 +63,24 @@ summary["group_limited"] = {"bytes_per_step": per_g, "all_to_all_share": share_g
                             "val_loss": load("group-2x1-ep2")[1][-1]["val_loss"]}
 summary["group_limited_dispatch_ratio"] = (per_g["dispatch_bytes_sent"] /
                                            per["dispatch_bytes_sent"])
+def inter_node(rows):
+    rows = steady(rows)
+    sent = sum(sum(rk["inter_node_bytes_sent"] for rk in r["parallel"]["ranks"]) for r in rows)
+    total = sum(sum(rk[k] for rk in r["parallel"]["ranks"]
+                    for k in ("dispatch_bytes_sent", "combine_bytes_sent", "backward_bytes_sent"))
+                for r in rows)
+    return sent / len(rows), total / len(rows), rows[-1]["val_loss"] if "val_loss" in rows[-1] \
+        else float("nan")
+
+
+nodes = {}
+for name in ("topk", "group_limited"):
+    across, total, val = inter_node(load(f"{name}-4x1-nodes")[1])
+    nodes[name] = {"inter_node_bytes_per_step": across, "all_bytes_per_step": total,
+                   "val_loss": val}
+nodes["group_limited_inter_node_ratio"] = (nodes["group_limited"]["inter_node_bytes_per_step"] /
+                                           nodes["topk"]["inter_node_bytes_per_step"])
+summary["two_nodes_x_two"] = nodes
 with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
 for r in summary["rounds"]:
@@ -78,3 +96,8 @@ for name in ("topk", "group_limited"):
           f"({100 * s['all_to_all_share']:.1f}%), expert-rows imbalance "
           f"{s['expert_rows_imbalance']:.3f}, val loss {s['val_loss']:.4f}")
 print(f"group-limited / top-2 dispatch bytes: {summary['group_limited_dispatch_ratio']:.3f}")
+for name in ("topk", "group_limited"):
+    n = nodes[name]
+    print(f"4 ranks as 2 nodes x 2, {name}: across nodes {n['inter_node_bytes_per_step'] / 1e6:.2f}"
+          f" MB/step of {n['all_bytes_per_step'] / 1e6:.2f} MB, val loss {n['val_loss']:.4f}")
+print(f"group-limited / top-2 bytes across nodes: {nodes['group_limited_inter_node_ratio']:.3f}")
