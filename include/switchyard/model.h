@@ -45,15 +45,30 @@ struct ModelParallel {
 // A named view into the parameter buffer.
 struct ParamTensor {
   std::string name;
-  std::vector<int64_t> shape;
+  std::vector<int64_t> shape;  // as held here
   size_t offset = 0, size = 0;
   bool decay = false;     // weight decay applies (matrices)
   bool trainable = true;  // false for non-gradient state (selection bias)
+  // An expert tensor held in part (ExpertShard): rows [expert_first, expert_first + shape[0]) of
+  // expert_rows experts; 0: held whole.
+  int64_t expert_first = 0, expert_rows = 0;
+  std::vector<int64_t> full_shape() const;
+};
+
+// This process's part of a whole tensor's values (its rows of a sharded expert tensor).
+std::vector<float> shard_of_tensor(const ParamTensor& t, std::vector<float> full);
+
+// The experts this process holds under expert parallelism: [first, first + count); count -1 =
+// all of them (every other case).
+struct ExpertShard {
+  int64_t first = 0, count = -1;
 };
 
 class Model {
  public:
-  Model(const ModelConfig& config, uint64_t seed);
+  // Parameters are drawn from `seed` as for the whole model, whatever the shard, so a sharded run
+  // starts from the one-process weights.
+  Model(const ModelConfig& config, uint64_t seed, ExpertShard shard = {});
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;

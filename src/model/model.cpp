@@ -44,6 +44,25 @@ json layer_json(const ModelConfig& c) {
   return j;
 }
 
+// Under an expert shard the layer takes per-expert blocks: expert e's (F, C) / (C, F) rows of w1,
+// w3, w2 where this process holds e, null elsewhere. `at` maps a parameter offset to the buffer
+// (parameters, or the layer's gradient block). views: (3 E) pointers, kept by the caller.
+template <typename Ptr, typename At>
+void expert_views(const ExpertShard& shard, int64_t E, int64_t block, size_t w1, size_t w3,
+                  size_t w2, At at, std::vector<Ptr>& views, Ptr const*& v1, Ptr const*& v3,
+                  Ptr const*& v2) {
+  views.assign(size_t(3 * E), nullptr);
+  for (int64_t e = shard.first; e < shard.first + shard.count; ++e) {
+    const size_t row = size_t(e - shard.first) * size_t(block);
+    views[size_t(e)] = at(w1 + row);
+    if (w3 != SIZE_MAX) views[size_t(E + e)] = at(w3 + row);
+    views[size_t(2 * E + e)] = at(w2 + row);
+  }
+  v1 = views.data();
+  v3 = w3 != SIZE_MAX ? views.data() + E : nullptr;
+  v2 = views.data() + 2 * E;
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const json& j, const std::string& source) {
@@ -102,10 +121,33 @@ struct Model::Impl {
   std::vector<int32_t> tokens, targets;
   std::vector<int64_t> token_ids;
   bool has_targets = false;
+  ExpertShard shard;
+  // Per-expert views of a shard's experts (null: held elsewhere), per MoE layer: w1, w3, w2.
+  std::vector<const float*> expert_params;
+  std::vector<float*> expert_grads;
 };
 
-Model::Model(const ModelConfig& config, uint64_t seed) : config_(config), impl_(new Impl) {
+std::vector<float> shard_of_tensor(const ParamTensor& t, std::vector<float> full) {
+  if (t.expert_rows == 0) return full;
+  const size_t per_row = t.size / size_t(t.shape[0]), first = size_t(t.expert_first) * per_row;
+  return std::vector<float>(full.begin() + long(first), full.begin() + long(first + t.size));
+}
+
+std::vector<int64_t> ParamTensor::full_shape() const {
+  std::vector<int64_t> s = shape;
+  if (expert_rows > 0) s[0] = expert_rows;
+  return s;
+}
+
+Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
+    : config_(config), impl_(new Impl) {
   const ModelConfig& c = config_;
+  if (shard.count < 0) shard = {0, c.experts};
+  if (shard.first < 0 || shard.count < 1 || shard.first + shard.count > c.experts)
+    fail("model: expert shard [{}, {}) is outside the {} experts", shard.first,
+         shard.first + shard.count, c.experts);
+  const bool sharded = shard.count != c.experts;
+  impl_->shard = shard;
   const int64_t C = c.d_model, V = c.vocab_size;
   const bool swiglu = c.activation == Activation::SwiGLU;
   size_t total = 0;
@@ -115,6 +157,15 @@ Model::Model(const ModelConfig& config, uint64_t seed) : config_(config), impl_(
     tensors_.push_back({name, shape, total, size, shape.size() >= 2, trainable});
     total += size;
     return tensors_.back().offset;
+  };
+  // Routed experts' tensors: this shard's rows only.
+  auto add_experts = [&](const std::string& name, int64_t a, int64_t b) {
+    const size_t offset = add(name, {shard.count, a, b});
+    if (sharded) {
+      tensors_.back().expert_first = shard.first;
+      tensors_.back().expert_rows = c.experts;
+    }
+    return offset;
   };
   Impl& im = *impl_;
   im.wte = add("wte", {V, C});
@@ -133,9 +184,10 @@ Model::Model(const ModelConfig& config, uint64_t seed) : config_(config), impl_(
       L.block_begin = total;
       L.gate = add(p + "moe.gate.weight", {R, C});
       L.gate_bias = add(p + "moe.gate.bias", {E}, false);
-      L.w1 = add(p + "moe.experts.w1", {E, F, C});
-      if (swiglu) L.w3 = add(p + "moe.experts.w3", {E, F, C});
-      L.w2 = add(p + "moe.experts.w2", {E, C, F});
+      L.w1 = add_experts(p + "moe.experts.w1", F, C);
+      if (swiglu) L.w3 = add_experts(p + "moe.experts.w3", F, C);
+      L.w2 = add_experts(p + "moe.experts.w2", C, F);
+      (void)E;
       if (c.shared_d_ff > 0) {
         L.sw1 = add(p + "moe.shared.w1", {c.shared_d_ff, C});
         if (swiglu) L.sw3 = add(p + "moe.shared.w3", {c.shared_d_ff, C});
@@ -165,7 +217,14 @@ Model::Model(const ModelConfig& config, uint64_t seed) : config_(config), impl_(
     if (!t.trainable) continue;  // selection bias starts at 0
     const bool residual_out = t.name.ends_with("attn.wo") || t.name.ends_with("w2");
     std::normal_distribution<float> normal(0.0f, float(residual_out ? out_std : c.init_std));
+    // A shard draws the whole tensor and keeps its rows: the one-process weights.
+    const size_t per_row = t.expert_rows > 0 ? t.size / size_t(t.shape[0]) : 0;
+    const size_t before = per_row * size_t(t.expert_first);
+    const size_t after =
+        t.expert_rows > 0 ? per_row * size_t(t.expert_rows - t.expert_first - t.shape[0]) : 0;
+    for (size_t i = 0; i < before; ++i) normal(rng);
     for (size_t i = 0; i < t.size; ++i) params_[t.offset + i] = normal(rng);
+    for (size_t i = 0; i < after; ++i) normal(rng);
   }
 }
 
@@ -177,11 +236,21 @@ const ParamTensor& Model::tensor(const std::string& name) const {
   fail("model: no parameter named '{}'", name);
 }
 
+namespace {
+
+// Elements of the whole tensor (every shard's).
+double full_size(const ParamTensor& t) {
+  return t.expert_rows > 0 ? double(t.size) / double(t.shape[0]) * double(t.expert_rows)
+                           : double(t.size);
+}
+
+}  // namespace
+
 int64_t Model::parameter_count() const {
-  int64_t n = 0;
+  double n = 0;
   for (const auto& t : tensors_)
-    if (t.trainable) n += int64_t(t.size);
-  return n;
+    if (t.trainable) n += full_size(t);
+  return int64_t(n);
 }
 
 int64_t Model::active_parameter_count() const {
@@ -201,7 +270,7 @@ int64_t Model::active_parameter_count() const {
   for (const auto& t : tensors_) {
     if (!t.trainable) continue;
     const bool routed = t.name.find("moe.experts.") != std::string::npos;
-    n += routed ? double(t.size) * std::min(1.0, k / double(config_.experts)) : double(t.size);
+    n += routed ? full_size(t) * std::min(1.0, k / double(config_.experts)) : full_size(t);
   }
   return int64_t(n);
 }
@@ -269,6 +338,13 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
       auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : P + off; };
       MoEParams mp{opt(L.gate), opt(L.gate_bias), opt(L.w1),  opt(L.w3),
                    opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
+      if (im.shard.count != c.experts) {
+        mp.w1 = mp.w3 = mp.w2 = nullptr;
+        expert_views(
+            im.shard, c.experts, c.d_ff * C, L.w1, L.w3, L.w2,
+            [&](size_t off) -> const float* { return P + off; }, im.expert_params, mp.w1_experts,
+            mp.w3_experts, mp.w2_experts);
+      }
       batch.x = L.m;
       L.moe_layer->set_training(training);
       L.moe_layer->forward(mp, batch, L.cache, L.f);
@@ -330,6 +406,16 @@ void Model::backward(float scale) {
                    opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
       MoEGrads mg{grad(L.gate), grad(L.w1),  grad(L.w3), grad(L.w2),
                   grad(L.sw1),  grad(L.sw3), grad(L.sw2)};
+      if (im.shard.count != c.experts) {
+        mp.w1 = mp.w3 = mp.w2 = nullptr;
+        mg.w1 = mg.w3 = mg.w2 = nullptr;
+        expert_views(
+            im.shard, c.experts, c.d_ff * C, L.w1, L.w3, L.w2,
+            [&](size_t off) -> const float* { return P + off; }, im.expert_params, mp.w1_experts,
+            mp.w3_experts, mp.w2_experts);
+        expert_views(im.shard, c.experts, c.d_ff * C, L.w1, L.w3, L.w2, grad, im.expert_grads,
+                     mg.w1_experts, mg.w3_experts, mg.w2_experts);
+      }
       batch.x = L.m;
       // dy = dh · 1 (the FFN output adds to the residual); scale applies through dh already.
       L.moe_layer->backward(mp, batch, L.cache, dh, dm, mg, scale);
@@ -456,10 +542,10 @@ void Model::load_safetensors(const SafetensorsFile& file, const std::string& sou
   for (const auto& t : tensors_) {
     auto it = file.tensors.find(t.name);
     if (it == file.tensors.end()) fail("{}: tensor '{}' is missing", source, t.name);
-    if (it->second.shape != t.shape)
+    if (it->second.shape != t.full_shape())
       fail("{}: tensor '{}' has shape ({}), the model config needs ({})", source, t.name,
-           fmt::join(it->second.shape, ", "), fmt::join(t.shape, ", "));
-    const std::vector<float> v = it->second.to_f32(t.name);
+           fmt::join(it->second.shape, ", "), fmt::join(t.full_shape(), ", "));
+    const std::vector<float> v = shard_of_tensor(t, it->second.to_f32(t.name));
     for (float x : v)
       if (!std::isfinite(x)) fail("{}: tensor '{}' has a non-finite value {}", source, t.name, x);
     std::copy(v.begin(), v.end(), params_.begin() + long(t.offset));

@@ -30,14 +30,22 @@ size_t total(const std::vector<Range>& pieces) {
 
 }  // namespace
 
+ExpertShard DataParallel::shard_of(const dist::Communicator& world, int expert_parallel,
+                                   int64_t experts) {
+  const int N = world.size(), P = expert_parallel;
+  if (P < 1 || N % P != 0)
+    fail("train: --expert-parallel {} must divide the {} ranks of the job", P, N);
+  if (experts % P != 0)
+    fail("train: --expert-parallel {} must divide model.experts = {}", P, experts);
+  const int64_t per = experts / P;
+  return ExpertShard{int64_t(world.rank() % P) * per, per};
+}
+
 DataParallel::DataParallel(dist::Communicator& world, int expert_parallel, int ranks_per_node,
                            const Model& model, int64_t batch)
     : world_(world), P_(expert_parallel), G_(ranks_per_node) {
   const int N = world.size();
-  const int64_t E = model.config().experts;
-  if (P_ < 1 || N % P_ != 0)
-    fail("train: --expert-parallel {} must divide the {} ranks of the job", P_, N);
-  if (E % P_ != 0) fail("train: --expert-parallel {} must divide model.experts = {}", P_, E);
+  shard_of(world, P_, model.config().experts);  // validates
   if (G_ < 0 || (G_ > 0 && P_ % G_ != 0))
     fail("train: --ranks-per-node {} must divide --expert-parallel {}", G_, P_);
   if (batch % N != 0)
@@ -48,20 +56,14 @@ DataParallel::DataParallel(dist::Communicator& world, int expert_parallel, int r
   expert_data_ = world.split(r % P_, r / P_);
   rows_ = batch / N;
   first_row_ = int64_t(r) * rows_;
-  rank_experts_.resize(size_t(P_));
   size_t cursor = 0;
   for (const ParamTensor& t : model.tensors()) {
     if (!is_expert_tensor(t)) continue;
     if (t.offset > cursor) dense_.push_back({cursor, t.offset});
     cursor = t.offset + t.size;
-    all_experts_.push_back({t.offset, t.offset + t.size});
-    const size_t block = t.size / size_t(E), per = size_t(E / P_) * block;
-    for (int q = 0; q < P_; ++q)
-      rank_experts_[size_t(q)].push_back(
-          {t.offset + size_t(q) * per, t.offset + size_t(q + 1) * per});
+    own_experts_.push_back({t.offset, t.offset + t.size});  // this rank's experts only
   }
   if (cursor < model.params().size()) dense_.push_back({cursor, model.params().size()});
-  own_experts_ = rank_experts_[size_t(r % P_)];
 }
 
 ModelParallel DataParallel::model_parallel() const {
@@ -127,28 +129,18 @@ double DataParallel::grad_norm(const Model& model) {
   return std::sqrt(dense + experts);
 }
 
-void DataParallel::gather_experts(std::vector<float>& params, std::vector<float>& m,
-                                  std::vector<float>& v) {
-  if (P_ == 1) return;
-  const size_t n = total(all_experts_);
-  std::vector<float> staging(n);
-  for (std::vector<float>* buffer : {&params, &m, &v}) {
-    std::fill(staging.begin(), staging.end(), 0.0f);
-    size_t at = 0;
-    for (const auto& [b, e] : all_experts_) {
-      for (const auto& [ob, oe] : own_experts_)
-        if (ob >= b && oe <= e)
-          std::memcpy(staging.data() + at + (ob - b), buffer->data() + ob,
-                      (oe - ob) * sizeof(float));
-      at += e - b;
-    }
-    expert_group_->allreduce_sum(staging.data(), int64_t(n));
-    at = 0;
-    for (const auto& [b, e] : all_experts_) {
-      std::memcpy(buffer->data() + b, staging.data() + at, (e - b) * sizeof(float));
-      at += e - b;
-    }
-  }
+std::vector<float> DataParallel::gather_expert_tensor(const ParamTensor& t,
+                                                      const std::vector<float>& mine) {
+  const int P = expert_group_->size();
+  std::vector<int64_t> counts(size_t(P), int64_t(mine.size())), displs(size_t(P), 0);
+  for (int q = 1; q < P; ++q) displs[size_t(q)] = displs[size_t(q) - 1] + counts[size_t(q) - 1];
+  std::vector<float> whole(mine.size() * size_t(P));
+  expert_group_->allgatherv(mine.data(), int64_t(mine.size()), whole.data(), counts.data(),
+                            displs.data(), sizeof(float));
+  if (t.expert_rows != int64_t(P) * t.shape[0])
+    fail("train: tensor '{}' holds {} of {} experts on each of {} ranks", t.name, t.shape[0],
+         t.expert_rows, P);
+  return whole;
 }
 
 double DataParallel::sum(double value) {

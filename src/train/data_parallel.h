@@ -22,6 +22,9 @@ class DataParallel {
   // Validates the layout against the model and batch (errors name the flag and values).
   DataParallel(dist::Communicator& world, int expert_parallel, int ranks_per_node,
                const Model& model, int64_t batch);
+  // The experts rank world.rank() holds (validates the layout: P divides the ranks and E).
+  static ExpertShard shard_of(const dist::Communicator& world, int expert_parallel,
+                              int64_t experts);
   int rank() const { return world_.rank(); }
   int ranks() const { return world_.size(); }
   int expert_parallel() const { return P_; }
@@ -38,9 +41,9 @@ class DataParallel {
   void finish(std::vector<float>& grads);
   // The global gradient norm (after finish): dense part once, every expert's part once.
   double grad_norm(const Model& model);
-  // Every rank's experts' parameters and AdamW moments into every rank's buffers (a checkpoint
-  // writes them from rank 0).
-  void gather_experts(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v);
+  // The whole of a sharded expert tensor from this rank's rows of it (`mine`), gathered over the
+  // expert-parallel group in expert order (collective).
+  std::vector<float> gather_expert_tensor(const ParamTensor& t, const std::vector<float>& mine);
   // Σ over ranks.
   double sum(double value);
 
@@ -60,9 +63,8 @@ class DataParallel {
   std::unique_ptr<dist::Communicator> expert_group_;  // this replica's P ranks
   std::unique_ptr<dist::Communicator> expert_data_;   // the replicas of this rank's experts
   int64_t first_row_ = 0, rows_ = 0;
-  std::vector<Range> dense_, own_experts_, all_experts_;
-  std::vector<std::vector<Range>> rank_experts_;  // (P) each expert-parallel rank's ranges
-  size_t bucket_floats_ = size_t(1) << 20;        // 4 MiB buckets
+  std::vector<Range> dense_, own_experts_;  // own_experts_: the (sharded) expert tensors
+  size_t bucket_floats_ = size_t(1) << 20;  // 4 MiB buckets
   bool armed_ = false;
   Bucket dense_pending_, expert_pending_;
   std::vector<Bucket> in_flight_;

@@ -366,20 +366,28 @@ std::string format_duration(double seconds) {
                    : fmt::format("{}:{:02}", s / 60, s % 60);
 }
 
+// Every rank calls it (a sharded tensor is gathered from the ranks that hold its experts); the
+// writer writes the one-process checkpoint.
 void write_checkpoint(const std::string& dir, const Model& model, AdamW& optim,
-                      const TrainConfig& config, int64_t step, const json& extra) {
+                      const TrainConfig& config, int64_t step, const json& extra,
+                      training::DataParallel* dp, bool writer) {
   SafetensorsFile file;
   for (const auto& t : model.tensors()) {
-    auto slice = [&](const std::vector<float>& v) {
-      return TensorData::from_f32(t.shape, std::vector<float>(v.begin() + long(t.offset),
-                                                              v.begin() + long(t.offset + t.size)));
+    auto whole = [&](const std::vector<float>& v) {
+      std::vector<float> mine(v.begin() + long(t.offset), v.begin() + long(t.offset + t.size));
+      if (t.expert_rows > 0) {
+        if (!dp) fail("train: a sharded expert tensor '{}' without ranks to gather from", t.name);
+        mine = dp->gather_expert_tensor(t, mine);
+      }
+      return TensorData::from_f32(t.full_shape(), std::move(mine));
     };
-    file.tensors[t.name] = slice(model.params());
+    file.tensors[t.name] = whole(model.params());
     if (t.trainable) {
-      file.tensors["optim.m." + t.name] = slice(optim.m());
-      file.tensors["optim.v." + t.name] = slice(optim.v());
+      file.tensors["optim.m." + t.name] = whole(optim.m());
+      file.tensors["optim.v." + t.name] = whole(optim.v());
     }
   }
+  if (!writer) return;
   json state = {{"step", step}, {"model_state", model.state()}, {"extra", extra}};
   file.metadata["state"] = state.dump();
   fs::create_directories(dir);
@@ -421,7 +429,15 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   if (data.train.vocab_size > config.model.vocab_size)
     fail("train: the data has vocabulary {} but model.vocab_size = {}", data.train.vocab_size,
          config.model.vocab_size);
-  Model model(config.model, config.seed);
+  const bool parallel = options.world && options.world->size() > 1;
+  if (!parallel && options.expert_parallel > 1)
+    fail("train: --expert-parallel {} needs a job of several ranks (mpirun -np N switchyard train)",
+         options.expert_parallel);
+  // Under expert parallelism a rank holds its experts only (parameters, gradients, moments).
+  Model model(config.model, config.seed,
+              parallel ? training::DataParallel::shard_of(*options.world, options.expert_parallel,
+                                                          config.model.experts)
+                       : ExpertShard{});
   AdamW optim(config.optim, model.params().size());
   BatchSampler train_sampler(data.train, B, T, config.seed);
   const BatchSampler val_sampler(data.val, B, T, config.seed);
@@ -429,7 +445,7 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   // Data and expert parallelism: this rank's shard of every batch, rank 0 writes the run folder.
   std::unique_ptr<training::DataParallel> dp;
   std::unique_ptr<training::Watchdog> watchdog;
-  if (options.world && options.world->size() > 1) {
+  if (parallel) {
     dp = std::make_unique<training::DataParallel>(*options.world, options.expert_parallel,
                                                   options.ranks_per_node, model, B);
     model.set_parallel(dp->model_parallel());
@@ -437,9 +453,6 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
     dist::Communicator* world = options.world;
     watchdog = std::make_unique<training::Watchdog>(dp->rank(), options.timeout_seconds,
                                                     [world] { world->abort(2); });
-  } else if (options.expert_parallel > 1) {
-    fail("train: --expert-parallel {} needs a job of several ranks (mpirun -np N switchyard train)",
-         options.expert_parallel);
   }
   const bool writer = !dp || dp->rank() == 0;
   const int64_t first_row = dp ? dp->first_row() : 0, my_rows = dp ? dp->rows() : B;
@@ -480,8 +493,9 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
           auto f = file.tensors.find(which + t.name);
           if (f == file.tensors.end())
             fail("{}/model.safetensors: missing '{}{}'", ckpt_dir, which, t.name);
-          const std::vector<float> v = f->second.to_f32(which + t.name);
-          if (v.size() != t.size) fail("{}: '{}{}' has the wrong size", ckpt_dir, which, t.name);
+          if (f->second.shape != t.full_shape())
+            fail("{}: '{}{}' has the wrong shape", ckpt_dir, which, t.name);
+          const std::vector<float> v = shard_of_tensor(t, f->second.to_f32(which + t.name));
           std::vector<float>& dst = std::string(which) == "optim.m." ? optim.m() : optim.v();
           std::copy(v.begin(), v.end(), dst.begin() + long(t.offset));
         }
@@ -507,7 +521,11 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
               {"active_params", model.active_parameter_count()},
               {"tokens_per_step", B * T * config.grad_accum},
               {"domains", data.val.domain_names}};
-  if (dp) run["parallel"] = {{"ranks", dp->ranks()}, {"expert_parallel", dp->expert_parallel()}};
+  if (dp)
+    run["parallel"] = {{"ranks", dp->ranks()},
+                       {"expert_parallel", dp->expert_parallel()},
+                       {"ranks_per_node", options.ranks_per_node},
+                       {"parameter_floats_per_rank", model.params().size()}};
   if (writer) write_file_atomic(config.out + "/run.json", run.dump(2) + "\n");
 
   std::ofstream metrics;
@@ -610,10 +628,9 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
     }
     if ((step + 1) % config.checkpoint_every == 0 || step + 1 == last) {
       // Every rank's experts (parameters and moments) come to rank 0, which writes them.
-      if (dp) dp->gather_experts(model.params(), optim.m(), optim.v());
-      if (writer)
-        write_checkpoint(ckpt_dir, model, optim, config, step + 1,
-                         {{"probe", previous_probe}, {"wall_seconds", wall_before + elapsed()}});
+      write_checkpoint(ckpt_dir, model, optim, config, step + 1,
+                       {{"probe", previous_probe}, {"wall_seconds", wall_before + elapsed()}},
+                       dp.get(), writer);
     }
   }
   if (tty) fmt::print(stderr, "\n");

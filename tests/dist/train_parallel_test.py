@@ -173,6 +173,14 @@ def main():
                 compare(one, many, label, 1e-6)
                 params_close(one, many, label, 1e-4)
             counters_consistent(metrics(many), label, ranks, P)
+            with open(os.path.join(one, "run.json")) as f:
+                whole = json.load(f)
+            with open(os.path.join(many, "run.json")) as f:
+                part = json.load(f)
+            held = part["parallel"]["parameter_floats_per_rank"]
+            check(part["params"] == whole["params"] and held < whole["params"],
+                  f"{label}: a rank holds {held} parameter floats of {whole['params']} (its "
+                  "experts only)")
 
     # Resume with another rank count: 2 ranks for 10 steps, then 4 ranks (and 4 -> 1).
     path = os.path.join(work, "topk_capacity_jitter.json")
