@@ -128,11 +128,6 @@ struct MoECache {
   // Expert parallelism (src/layer/expert_parallel_dispatcher.h): what the exchanges of the last
   // forward and backward moved; the exchange state itself is the dispatcher's (one per layer).
   struct ExpertParallel {
-    struct RowMeta {
-      int32_t expert = 0;  // the row's expert
-      int32_t slot = 0;    // its token among those sent by the source to this rank
-      float weight = 0;    // its combine weight
-    };
     // Bytes to and from the other ranks per phase of the last forward and backward: dispatch
     // (token rows and row entries), combine (summed outputs back), backward dispatch (dy token
     // rows to the experts, the combine weights' gradients back), backward combine (dx token rows

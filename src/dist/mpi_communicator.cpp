@@ -107,10 +107,9 @@ void MpiCommunicator::wait(int64_t handle) {
 }
 
 void MpiCommunicator::progress() {
-  for (auto& [handle, request] : pending_) {
+  for (auto& entry : pending_) {
     int done = 0;
-    check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-    (void)handle;
+    check(MPI_Test(&entry.second, &done, MPI_STATUS_IGNORE), "MPI_Test");
   }
 }
 

@@ -23,7 +23,7 @@ ExpertParallelDispatcher::ExpertParallelDispatcher(dist::Communicator& comm, int
 }
 
 int64_t ExpertParallelDispatcher::dispatch_preprocess(RoutingPlan& plan, const float* x, int64_t T,
-                                                      int64_t d, int64_t E, MoECache& c) {
+                                                      int64_t /*d*/, int64_t E, MoECache& c) {
   const int64_t P = comm_.size();
   if (E % P != 0) fail("expert parallelism: {} experts do not divide over {} ranks", E, P);
   for (size_t g = 0; g < plan.capacity.size(); ++g)
@@ -36,7 +36,6 @@ int64_t ExpertParallelDispatcher::dispatch_preprocess(RoutingPlan& plan, const f
   const int64_t rows = group_rows(plan, T, E, slots_, c);  // expert order: destination order
   const int64_t per_rank = E / P, local = comm_.rank() % G_;
   E_ = E;
-  d_ = d;
   x_ = x;
   row_token_.resize(size_t(rows));
   row_dest_.resize(size_t(rows));
@@ -143,11 +142,10 @@ void ExpertParallelDispatcher::return_partials(const MoECache& c, const float* p
   }
 }
 
-void ExpertParallelDispatcher::combine(MoECache& c, int64_t T, int64_t d, float* y) {
+void ExpertParallelDispatcher::combine(MoECache& c, int64_t /*T*/, int64_t d, float* y) {
   sum_by_token(c.out.data(), d, /*weighted=*/true, partial_);
   return_partials(c, partial_.data(), d, y);
   add_counts(c, d, 1);
-  (void)T;
 }
 
 void ExpertParallelDispatcher::combine_backward(const MoECache& c, const float* dy, int64_t d,
@@ -187,12 +185,11 @@ void ExpertParallelDispatcher::combine_backward(const MoECache& c, const float* 
   add_counts(c, d, 2);
 }
 
-void ExpertParallelDispatcher::dispatch_backward(const MoECache& c, const float* dxd, int64_t T,
+void ExpertParallelDispatcher::dispatch_backward(const MoECache& c, const float* dxd, int64_t /*T*/,
                                                  int64_t d, float* dx) {
   sum_by_token(dxd, d, /*weighted=*/false, partial_);
   return_partials(c, partial_.data(), d, dx);
   add_counts(c, d, 3);
-  (void)T;
 }
 
 // Phase 0 dispatch, 1 combine, 2 backward dispatch (dy out, weight gradients back), 3 backward

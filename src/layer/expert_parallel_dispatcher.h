@@ -53,15 +53,15 @@ class ExpertParallelDispatcher final : public TokenDispatcher {
   std::unique_ptr<dist::Communicator> node_;  // this node's ranks (hierarchical only)
   RowExchange across_;                        // stage 1 (the only one on one node)
   RowExchange inside_;                        // stage 2 inside the node (hierarchical)
-  int64_t E_ = 0, d_ = 0;
+  int64_t E_ = 0;
   std::vector<int64_t> slots_;
   std::vector<int32_t> row_token_, row_dest_, row_expert_, row_assignment_;  // stage-1 rows
   std::vector<float> row_weight_;
   std::vector<int32_t> b_token_, b_dest_, b_expert_, b_from_;  // stage-2 rows (hierarchical)
   std::vector<float> b_weight_;
   std::vector<int64_t> recv_position_;  // final stage's received row -> its row in xd
-  std::vector<float> x_sent_, tokens1_, tokens2_, partial_, acc1_, dw_final_, dw1_, dw_src_;
-  const float* x_ = nullptr;
+  std::vector<float> tokens1_, tokens2_, partial_, acc1_, dw_final_, dw1_, dw_src_;
+  const float* x_ = nullptr;  // dispatch_preprocess's x, which communicate sends
 };
 
 }  // namespace switchyard::layer

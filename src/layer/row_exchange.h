@@ -17,7 +17,13 @@ namespace switchyard::layer {
 
 class RowExchange {
  public:
-  using RowMeta = MoECache::ExpertParallel::RowMeta;
+  // What travels with each row: its expert, its token among those the source sent to this rank,
+  // its combine weight.
+  struct RowMeta {
+    int32_t expert = 0;
+    int32_t slot = 0;
+    float weight = 0;
+  };
   using Traffic = MoECache::ExpertParallel::Traffic;
 
   // Rows r < rows, already ordered by destination: token[r] indexes this rank's `tokens` token

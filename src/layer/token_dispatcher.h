@@ -1,9 +1,10 @@
 // Dispatch and combine of the MoE layer: a routing plan's rows to their experts and the experts'
 // outputs back, split the way Megatron-Core's token dispatcher splits them (pre-process,
-// communicate, post-process), so a dispatcher that communicates (MPI all-to-all, next) can
-// overlap its transfers with compute and replace the local one without touching the layer.
-// The state lives in the MoECache (expert_offsets, row_assignment, row_token, row_weight, the
-// by-token CSR, xd), which backward reads.
+// communicate, post-process), so a dispatcher that communicates (the MPI all-to-all of
+// expert_parallel_dispatcher.h) can overlap its transfers with compute and replace the local one
+// without touching the layer. The rows' state lives in the MoECache (expert_offsets,
+// row_assignment, row_token, row_weight, the by-token CSR, xd), which backward reads; a
+// communicating dispatcher keeps its exchange state itself (one dispatcher per layer).
 #pragma once
 
 #include <switchyard/moe_layer.h>

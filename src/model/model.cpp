@@ -187,7 +187,6 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
       L.w1 = add_experts(p + "moe.experts.w1", F, C);
       if (swiglu) L.w3 = add_experts(p + "moe.experts.w3", F, C);
       L.w2 = add_experts(p + "moe.experts.w2", C, F);
-      (void)E;
       if (c.shared_d_ff > 0) {
         L.sw1 = add(p + "moe.shared.w1", {c.shared_d_ff, C});
         if (swiglu) L.sw3 = add(p + "moe.shared.w3", {c.shared_d_ff, C});

@@ -177,10 +177,16 @@ def main():
                 whole = json.load(f)
             with open(os.path.join(many, "run.json")) as f:
                 part = json.load(f)
+            # The buffer holds the trainable parameters, the selection bias (E per MoE layer)
+            # and 1/P of the routed experts' three (F, d) matrices.
             held = part["parallel"]["parameter_floats_per_rank"]
-            check(part["params"] == whole["params"] and held < whole["params"],
-                  f"{label}: a rank holds {held} parameter floats of {whole['params']} (its "
-                  "experts only)")
+            m = cfg["model"]
+            L, E = m["n_layers"], m["experts"]
+            experts = L * E * 3 * m["d_ff"] * m["d_model"]
+            want = whole["params"] + L * E - experts * (P - 1) // P
+            check(part["params"] == whole["params"] and held == want,
+                  f"{label}: a rank holds {held} parameter floats (want {want}: its experts "
+                  f"only) of the model's {whole['params']}")
 
     # Resume with another rank count: 2 ranks for 10 steps, then 4 ranks (and 4 -> 1).
     path = os.path.join(work, "topk_capacity_jitter.json")
