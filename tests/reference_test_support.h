@@ -257,6 +257,12 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
   const bool random_second = pb.config.training && p.at("second_expert") == "random";
   const bool bpr = cf > 0.0 && p.at("drop_order") == "batch_priority";
   const int64_t E = pb.shape.E, R = pb.R;
+  // LocMoE's selection bonus for the token's own node's (or rank's) experts.
+  const double bonus = p.at("local_bonus");
+  const ExpertPlacement& pl = pb.config.placement;
+  const std::vector<int32_t> home =
+      bonus > 0 ? token_home_ranks(pl, pb.seq_lens, pb.T) : std::vector<int32_t>{};
+  const int64_t per_domain = p.at("locality") == "node" ? pl.ranks_per_node : 1;
   std::vector<double> first_weight(static_cast<size_t>(pb.T), 0.0);
   for (int64_t t = 0; t < pb.T; ++t) {
     std::vector<double> s(static_cast<size_t>(R));
@@ -267,6 +273,8 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
     }
     std::vector<double> sel = s;
     for (int64_t e = 0; e < E && !pb.gate_bias.empty(); ++e) sel[e] += pb.gate_bias[e];
+    for (int64_t e = 0; e < E && bonus > 0; ++e)
+      if (e / (E / pl.expert_parallel) / per_domain == home[t] / per_domain) sel[e] += bonus;
     if (G > 1 && TG < G) {
       const int64_t size = E / G;
       std::vector<double> gs(static_cast<size_t>(G));
@@ -356,6 +364,12 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
     expert_choice_bad_tokens(pb, z, m, bad);
   } else if (f == "top_p") {
     top_p_bad_tokens(pb, z, m, bad);
+  } else if (f == "smile") {  // both levels' argmax must be clear
+    const int64_t N = pb.router_params.at("nodes");
+    for (int64_t t = 0; t < pb.T; ++t) {
+      const auto q = softmax_of(&z[t * R], N), r = softmax_of(&z[t * R + N], R - N);
+      if (!gaps_ok(q, 1, m.score) || !gaps_ok(r, 1, m.score)) bad[t] = true;
+    }
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)
       for (int64_t r = 0; r < R; ++r)

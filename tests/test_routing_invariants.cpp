@@ -32,7 +32,12 @@ struct RouterCase {
 // Every registry entry with its defaults, plus options that change batch dependence.
 std::vector<RouterCase> router_cases() {
   std::vector<RouterCase> out;
-  for (const RouterEntry& e : router_registry()) out.push_back({e.name, {{"router", e.name}}});
+  for (const RouterEntry& e : router_registry()) {
+    json config = {{"router", e.name}};
+    if (e.make(json::object(), "registry")->traits().needs_placement)  // LocMoE: 2 nodes x 2
+      config["placement"] = {{"ranks", 4}, {"expert_parallel", 4}, {"ranks_per_node", 2}};
+    out.push_back({e.name, config});
+  }
   out.push_back({"hash_balanced", {{"router", "hash"}, {"table", "balanced"}}});
   out.push_back(
       {"switch_batch_priority", {{"router", "switch"}, {"drop_order", "batch_priority"}}});

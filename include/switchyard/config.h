@@ -49,17 +49,36 @@ struct LossConfig {
   double entropy = 0.0;            // mean per-token router entropy coefficient
 };
 
+// Where a layer's tokens and experts sit across ranks, for routers that route by locality
+// (LocMoE). Batch rows split evenly over `ranks` ranks in order; rank r is expert-parallel rank
+// r % expert_parallel, which holds experts [p E/P, (p+1) E/P); ranks_per_node consecutive
+// expert-parallel ranks share a node. Declared in layer.json so that one process routes exactly
+// as the run across ranks it stands for; a run across ranks fills it in (or checks it).
+struct ExpertPlacement {
+  int64_t ranks = 0;            // 0: not declared
+  int64_t expert_parallel = 0;  // P, divides ranks and the expert count
+  int64_t ranks_per_node = 0;   // G, divides P
+  bool declared() const { return ranks > 0; }
+  int64_t nodes() const { return expert_parallel / ranks_per_node; }
+  bool operator==(const ExpertPlacement&) const = default;
+};
+
 struct LayerConfig {
   std::string router = "mixtral";                           // registry name
   nlohmann::json router_params = nlohmann::json::object();  // router-specific, validated by it
   Activation activation = Activation::SwiGLU;
   RoutingGroups routing_groups = RoutingGroups::Batch;
   LossConfig losses;
+  ExpertPlacement placement;
   bool training = false;
   uint64_t seed = 0;
   std::string source = "layer.json";  // for error messages
 };
 
+// layer.json's "placement" object (every key optional: ranks 1, expert_parallel = ranks,
+// ranks_per_node = expert_parallel); errors name `source`.
+ExpertPlacement parse_placement(const nlohmann::json& json, const std::string& source);
+nlohmann::json placement_json(const ExpertPlacement& placement);
 // Parses and validates layer.json text. The router's own parameters are validated when the router
 // is created (see make_router). Unknown keys anywhere are errors.
 LayerConfig parse_layer_config(const nlohmann::json& json, const std::string& source);

@@ -31,7 +31,7 @@ struct ModelConfig {
 };
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);
 
-// This process's part of a data- and expert-parallel run (src/train/parallel_trainer.cpp): its
+// This process's part of a data- and expert-parallel run (src/train/data_parallel.cpp): its
 // batch is one shard of the global batch, routed with all the others' tokens; its MoE layers
 // send rows to the experts' ranks. The communicators must outlive the model.
 struct ModelParallel {
@@ -40,6 +40,9 @@ struct ModelParallel {
                                           // experts here)
   double loss_share = 1.0;  // this shard's tokens / the global batch's (its share of the mean)
   int ranks_per_node = 0;   // > 0 and < the group's size: the hierarchical dispatcher
+  // Where tokens and experts sit, for locality-aware routers; a placement in the config must
+  // equal it.
+  ExpertPlacement placement;
 };
 
 // A named view into the parameter buffer.

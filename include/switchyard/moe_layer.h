@@ -124,7 +124,8 @@ struct MoECache {
   std::vector<float> act;               // (A_kept, F) activation fed to w2
   std::vector<float> out;               // (A_kept, d) expert outputs before weighting
   std::vector<float> shared_h1, shared_h3, shared_act;  // (T, Fs)
-  std::vector<float> merged;  // SMEAR: (S, 2F d + d F) merged expert weights
+  std::vector<float> merged;        // SMEAR: (S, 2F d + d F) merged expert weights
+  std::vector<int32_t> token_rank;  // (T routed) home expert-parallel rank (needs_placement)
   // Expert parallelism (src/layer/expert_parallel_dispatcher.h): what the exchanges of the last
   // forward and backward moved; the exchange state itself is the dispatcher's (one per layer).
   struct ExpertParallel {
@@ -204,6 +205,9 @@ class MoELayer {
   // all-reduces the combine-weight gradients (A_global) for the router's backward. Every rank
   // must call forward and backward together. Not for SMEAR (it merges experts per sequence).
   void set_routing_communicator(dist::Communicator* comm);
+  // The placement of a run across ranks, where layer.json declares none (it must then match).
+  void set_placement(const ExpertPlacement& placement);
+  const ExpertPlacement& placement() const { return config_.placement; }
 
  private:
   LayerConfig config_;
@@ -224,6 +228,11 @@ class MoELayer {
   std::vector<int64_t> ws_slots_, ws_offsets_;
   std::vector<int32_t> ws_rows_;
 };
+
+// The expert-parallel rank holding each token (ExpertPlacement): the sequences split over
+// placement.ranks in order, as evenly as they go (a run across ranks splits them exactly).
+std::vector<int32_t> token_home_ranks(const ExpertPlacement& placement,
+                                      const std::vector<int64_t>& seq_lens, int64_t T);
 
 // Routing groups from the sequence lengths: the whole batch, or one group per sequence.
 std::vector<std::pair<int64_t, int64_t>> routing_groups(RoutingGroups mode,

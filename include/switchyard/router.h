@@ -24,6 +24,7 @@ struct RouterTraits {
   bool has_passthrough = false;      // BASE: y += (1 - α) x
   bool supports_losses = true;       // balance / z / entropy losses are meaningful
   bool supports_forced = false;      // can route to given experts (RouterInput::forced)
+  bool needs_placement = false;      // routes by locality (RouterInput::token_rank)
   ScoreKind score = ScoreKind::Softmax;
   double jitter = 0.0;  // multiplicative input noise U[1-ε, 1+ε] in training
 };
@@ -42,6 +43,11 @@ struct RouterInput {
   // its own weight rule over them. Only routers whose traits say supports_forced read it.
   const int32_t* forced = nullptr;
   int64_t forced_k = 0;
+  // Locality (ExpertPlacement), for routers whose traits say needs_placement: (T) the
+  // expert-parallel rank whose batch shard holds each token; expert e sits on rank
+  // e / (E / ranks), ranks_per_node consecutive ranks share a node.
+  const int32_t* token_rank = nullptr;
+  int64_t ranks = 0, ranks_per_node = 0;
 };
 
 // Assignments are listed group by group, each group in priority order (earlier = kept first when

@@ -128,6 +128,27 @@ LossConfig parse_losses(const json& object, const std::string& context) {
 
 }  // namespace
 
+ExpertPlacement parse_placement(const json& j, const std::string& source) {
+  ParamReader r(j, source);
+  ExpertPlacement p;
+  p.ranks = r.get_int("ranks", 1, 1, 1 << 20);
+  p.expert_parallel = r.get_int("expert_parallel", p.ranks, 1, 1 << 20);
+  p.ranks_per_node = r.get_int("ranks_per_node", p.expert_parallel, 1, 1 << 20);
+  r.finish();
+  if (p.ranks % p.expert_parallel != 0)
+    fail("{}: expert_parallel = {} does not divide ranks = {}", source, p.expert_parallel, p.ranks);
+  if (p.expert_parallel % p.ranks_per_node != 0)
+    fail("{}: ranks_per_node = {} does not divide expert_parallel = {}", source, p.ranks_per_node,
+         p.expert_parallel);
+  return p;
+}
+
+json placement_json(const ExpertPlacement& p) {
+  return {{"ranks", p.ranks},
+          {"expert_parallel", p.expert_parallel},
+          {"ranks_per_node", p.ranks_per_node}};
+}
+
 LayerConfig parse_layer_config(const json& j, const std::string& source) {
   if (!j.is_object()) fail("{}: the layer config must be a JSON object", source);
   LayerConfig config;
@@ -135,7 +156,7 @@ LayerConfig parse_layer_config(const json& j, const std::string& source) {
   json rest = json::object();
   for (const auto& [key, value] : j.items()) {
     if (key == "router" || key == "activation" || key == "routing_groups" || key == "losses" ||
-        key == "training" || key == "seed")
+        key == "training" || key == "seed" || key == "placement")
       continue;
     rest[key] = value;
   }
@@ -160,6 +181,8 @@ LayerConfig parse_layer_config(const json& j, const std::string& source) {
     if (e.name == config.router) entry = &e;
   config.losses = parse_losses(j.contains("losses") ? j.at("losses") : entry->default_losses,
                                source + " [losses]");
+  if (j.contains("placement"))
+    config.placement = parse_placement(j.at("placement"), source + " [placement]");
   config.router_params = rest;
   // Validate the router's parameters now so a bad config fails before any data is read.
   make_router(config.router, config.router_params, source);

@@ -48,6 +48,18 @@ std::vector<std::pair<int64_t, int64_t>> sequences_of(const std::vector<int64_t>
 
 }  // namespace
 
+std::vector<int32_t> token_home_ranks(const ExpertPlacement& placement,
+                                      const std::vector<int64_t>& seq_lens, int64_t T) {
+  const std::vector<int64_t> lens = seq_lens.empty() ? std::vector<int64_t>{T} : seq_lens;
+  const int64_t rows = int64_t(lens.size()), N = placement.ranks;
+  std::vector<int32_t> rank;
+  rank.reserve(size_t(T));
+  for (int64_t b = 0; b < rows; ++b)  // rows [r rows / N, (r + 1) rows / N) are rank r's
+    rank.insert(rank.end(), size_t(lens[size_t(b)]),
+                int32_t((b * N / rows) % placement.expert_parallel));
+  return rank;
+}
+
 std::vector<std::pair<int64_t, int64_t>> routing_groups(RoutingGroups mode,
                                                         const std::vector<int64_t>& seq_lens,
                                                         int64_t T) {
@@ -80,22 +92,29 @@ namespace {
 
 // What the router reads: this process's batch, or the global batch under routing across ranks.
 RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
-                              int64_t R, int64_t E, bool training) {
+                              int64_t R, int64_t E, bool training,
+                              const ExpertPlacement& placement) {
   const bool global = c.global.active;
   const std::vector<float>& logits = global ? c.global.logits : c.logits;
   const int64_t* ids =
       global ? (c.global.token_ids.empty() ? nullptr : c.global.token_ids.data()) : batch.token_ids;
-  return RouterInput{logits.empty() ? nullptr : logits.data(),
-                     c.routing_tokens(),
-                     R,
-                     E,
-                     p.gate_bias,
-                     ids,
-                     c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
-                     global ? c.global.groups : c.groups,
-                     training,
-                     global ? nullptr : batch.forced_experts,
-                     global ? 0 : batch.forced_k};
+  RouterInput in{logits.empty() ? nullptr : logits.data(),
+                 c.routing_tokens(),
+                 R,
+                 E,
+                 p.gate_bias,
+                 ids,
+                 c.noise.uniform.empty() ? nullptr : c.noise.uniform.data(),
+                 global ? c.global.groups : c.groups,
+                 training,
+                 global ? nullptr : batch.forced_experts,
+                 global ? 0 : batch.forced_k};
+  if (!c.token_rank.empty()) {
+    in.token_rank = c.token_rank.data();
+    in.ranks = placement.expert_parallel;
+    in.ranks_per_node = placement.ranks_per_node;
+  }
+  return in;
 }
 
 LossInput make_loss_input(const MoEBatch& batch, const MoECache& c, int64_t R, ScoreKind score) {
@@ -109,6 +128,13 @@ LossInput make_loss_input(const MoEBatch& batch, const MoECache& c, int64_t R, S
 }
 
 }  // namespace
+
+void MoELayer::set_placement(const ExpertPlacement& placement) {
+  if (shape_.E % placement.expert_parallel != 0)
+    fail("moe_layer: expert_parallel = {} does not divide the {} experts",
+         placement.expert_parallel, shape_.E);
+  config_.placement = placement;
+}
 
 void MoELayer::set_routing_communicator(dist::Communicator* comm) {
   routing_comm_ = comm && comm->size() > 1 ? comm : nullptr;
@@ -125,6 +151,9 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
   router_ = make_router(config.router, config.router_params, config.source);
   R_ = router_->num_outputs(shape.E);
   router_->check_shape(shape.E, config.source + " [router " + config.router + "]");
+  if (config.placement.declared() && shape.E % config.placement.expert_parallel != 0)
+    fail("{}: placement.expert_parallel = {} does not divide the {} experts", config.source,
+         config.placement.expert_parallel, shape.E);
   const LossConfig& losses = config.losses;
   const bool any_loss = losses.balance > 0 || losses.z > 0 || losses.entropy > 0;
   if (any_loss && !router_->traits().supports_losses)
@@ -372,7 +401,18 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     c.global.logits.clear();
   }
   if (global) c.global.groups = routing_groups(config_.routing_groups, c.global.seq_lens, routed_T);
-  const RouterInput in = make_router_input(p, batch, c, R, E, config_.training);
+  c.token_rank.clear();
+  if (traits.needs_placement) {
+    if (!config_.placement.declared())
+      fail(
+          "moe_layer: router {} routes by locality and needs to know where tokens and experts "
+          "sit: declare \"placement\": {{\"ranks\": N, \"expert_parallel\": P, "
+          "\"ranks_per_node\": G}} in {}, or train across ranks (mpirun ... --expert-parallel P)",
+          config_.router, config_.source);
+    c.token_rank =
+        token_home_ranks(config_.placement, global ? c.global.seq_lens : batch.seq_lens, routed_T);
+  }
+  const RouterInput in = make_router_input(p, batch, c, R, E, config_.training, config_.placement);
   if (global) {
     router_->route(in, c.global.plan);
     layer::take_local_plan(E, ws_slots_, ws_offsets_, ws_rows_, c);
@@ -538,7 +578,7 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     if (g.gate) std::fill(g.gate, g.gate + R * d, 0.0f);
     return;
   }
-  const RouterInput in = make_router_input(p, batch, c, R, E, config_.training);
+  const RouterInput in = make_router_input(p, batch, c, R, E, config_.training, config_.placement);
   const LossInput li = make_loss_input(batch, c, R, traits.score);
   std::map<std::string, double> unused;
   if (c.global.active) {

@@ -453,6 +453,14 @@ void Model::set_parallel(const ModelParallel& parallel) {
   loss_share_ = parallel.loss_share;
   for (auto& L : impl_->layers) {
     if (!L.moe) continue;
+    const ExpertPlacement& declared = L.moe_layer->placement();
+    if (declared.declared() && parallel.placement.declared() && !(declared == parallel.placement))
+      fail(
+          "model: the router config's placement {} differs from this run's layout {} (ranks = "
+          "the job's size, expert_parallel = --expert-parallel, ranks_per_node = "
+          "--ranks-per-node); change one to match",
+          placement_json(declared).dump(), placement_json(parallel.placement).dump());
+    if (parallel.placement.declared()) L.moe_layer->set_placement(parallel.placement);
     L.moe_layer->set_routing_communicator(parallel.routing);
     if (parallel.experts && parallel.experts->size() > 1)
       L.moe_layer->set_dispatcher(std::make_unique<layer::ExpertParallelDispatcher>(

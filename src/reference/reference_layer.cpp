@@ -190,7 +190,61 @@ struct TopkOptions {
   int64_t groups = 1;
   int64_t topk_groups = 1;
   double route_scale = 1.0;
+  double local_bonus = 0.0, locality_loss = 0.0, locality_smoothing = 0.1;
 };
+
+// LocMoE's locality (docs/routers/locmoe.md): the domain (node, or rank) of every token and of
+// every expert. Sequences split over placement.ranks in order (rank r: [r S/N, (r+1) S/N)); rank r
+// is expert-parallel rank r % P, which holds experts [p E/P, (p+1) E/P); G consecutive ranks make a
+// node.
+struct Locality {
+  std::vector<int64_t> token, expert;  // (T), (E) domain ids
+  int64_t domains = 0;
+};
+
+Locality locality_of(const LayerConfig& config, const json& params, const Batch& b, int64_t E) {
+  const ExpertPlacement& pl = config.placement;
+  if (!pl.declared()) fail("reference::forward: a locality-aware router needs a placement");
+  const bool by_node = param<std::string>(params, "locality") == "node";
+  const int64_t P = pl.expert_parallel, G = pl.ranks_per_node;
+  auto domain_of_rank = [&](int64_t rank) { return by_node ? rank / G : rank; };
+  const std::vector<int64_t> lens = b.seq_lens.empty() ? std::vector<int64_t>{b.T} : b.seq_lens;
+  const int64_t S = static_cast<int64_t>(lens.size());
+  Locality loc;
+  loc.domains = by_node ? P / G : P;
+  for (int64_t seq = 0; seq < S; ++seq)
+    for (int64_t i = 0; i < lens[seq]; ++i)
+      loc.token.push_back(domain_of_rank((seq * pl.ranks / S) % P));
+  for (int64_t e = 0; e < E; ++e) loc.expert.push_back(domain_of_rank(e / (E / P)));
+  return loc;
+}
+
+// μ KL(D_c ‖ D_l) over (domain, expert) with D_c(v, e) = Σ_{t in v} softmax(z_t)_e / T and
+// D_l(v, e) = T_v/T ((1-η) [e in v] / |experts in v| + η/E).
+double locality_regulariser(const TopkOptions& o, const Locality& loc,
+                            const std::vector<double>& logits, int64_t T, int64_t E, int64_t R) {
+  std::vector<double> dc(loc.domains * E, 0.0), tokens(loc.domains, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> z(logits.begin() + t * R, logits.begin() + t * R + E);
+    const std::vector<double> p = softmax(z);
+    tokens[loc.token[t]] += 1.0;
+    for (int64_t e = 0; e < E; ++e) dc[loc.token[t] * E + e] += p[e] / static_cast<double>(T);
+  }
+  double kl = 0.0;
+  for (int64_t v = 0; v < loc.domains; ++v) {
+    if (tokens[v] == 0.0) continue;
+    double local = 0.0;
+    for (int64_t e = 0; e < E; ++e) local += loc.expert[e] == v ? 1.0 : 0.0;
+    for (int64_t e = 0; e < E; ++e) {
+      const double target =
+          tokens[v] / static_cast<double>(T) *
+          ((1.0 - o.locality_smoothing) * (loc.expert[e] == v ? 1.0 / local : 0.0) +
+           o.locality_smoothing / static_cast<double>(E));
+      kl += dc[v * E + e] * std::log(dc[v * E + e] / target);
+    }
+  }
+  return o.locality_loss * kl;
+}
 
 TopkOptions read_topk_options(const json& params) {
   TopkOptions o;
@@ -203,6 +257,9 @@ TopkOptions read_topk_options(const json& params) {
   o.groups = param<int64_t>(params, "groups");
   o.topk_groups = param<int64_t>(params, "topk_groups");
   o.route_scale = param<double>(params, "route_scale");
+  o.local_bonus = param<double>(params, "local_bonus");
+  o.locality_loss = param<double>(params, "locality_loss");
+  o.locality_smoothing = param<double>(params, "locality_smoothing");
   return o;
 }
 
@@ -284,7 +341,8 @@ void apply_capacity(std::vector<Choice>& choices, const std::vector<double>& fir
 
 Routing route_topk(const json& params, const std::vector<double>& logits,
                    const std::vector<double>& bias, const std::vector<Range>& groups,
-                   const RouterNoise& noise, bool training, int64_t T, int64_t E, int64_t R) {
+                   const RouterNoise& noise, bool training, const Locality& loc, int64_t T,
+                   int64_t E, int64_t R) {
   const TopkOptions o = read_topk_options(params);
   const bool random_second = o.random_second && training;
   if (random_second && static_cast<int64_t>(noise.uniform.size()) != T)
@@ -299,6 +357,8 @@ Routing route_topk(const json& params, const std::vector<double>& logits,
     const std::vector<double> s = o.sigmoid_score ? sigmoid_all(z) : softmax(z);
     std::vector<double> selection = s;
     for (int64_t e = 0; e < E && !bias.empty(); ++e) selection[e] += bias[e];
+    for (int64_t e = 0; e < E && o.local_bonus > 0.0; ++e)
+      if (loc.expert[e] == loc.token[t]) selection[e] += o.local_bonus;
     const std::vector<bool> eligible =
         group_limited_eligibility(selection, E, o.groups, o.topk_groups);
     const std::vector<int64_t> chosen = choose_top_k(selection, eligible, o.k);
@@ -580,6 +640,59 @@ double remoe_regulariser(const json& params, const std::vector<double>& logits, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// smile: q = softmax of the N node logits, r = softmax of the M = E/N in-node logits; the token
+// goes to expert n* M + j* (n* = argmax q, j* = argmax r) with weight q_n* r_j*. Capacity C =
+// ceil(T_group cf / E) per expert, tokens in position order.
+
+Routing route_smile(const json& params, const std::vector<double>& logits,
+                    const std::vector<Range>& groups, int64_t T, int64_t E, int64_t R) {
+  const int64_t N = param<int64_t>(params, "nodes"), M = E / N;
+  const double cf = param<double>(params, "capacity_factor");
+  Routing routing;
+  routing.chosen.assign(T * R, 0.0);
+  for (const Range& g : groups) {
+    const int64_t C = static_cast<int64_t>(
+        std::ceil(static_cast<double>(g.second - g.first) * cf / static_cast<double>(E)));
+    std::vector<int64_t> used(E, 0);
+    for (int64_t t = g.first; t < g.second; ++t) {
+      const std::vector<double> z = row(logits, t, R);
+      const std::vector<double> q = softmax(std::vector<double>(z.begin(), z.begin() + N));
+      const std::vector<double> r = softmax(std::vector<double>(z.begin() + N, z.end()));
+      const int64_t n = order_descending(q)[0], j = order_descending(r)[0], e = n * M + j;
+      routing.chosen[t * R + n] += 1.0;
+      routing.chosen[t * R + N + j] += 1.0;
+      const bool kept = cf <= 0.0 || used[e] < C;
+      if (kept) ++used[e];
+      routing.assignments.push_back({t, e, kept ? q[n] * r[j] : 0.0, kept});
+    }
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// α N Σ_n f_n Q_n + β M Σ_j f_j R_j: f the share of tokens choosing node n (in-node expert j),
+// Q and R the mean probabilities.
+double smile_regulariser(const json& params, const Routing& routing,
+                         const std::vector<double>& logits, int64_t T, int64_t E, int64_t R) {
+  const int64_t N = param<int64_t>(params, "nodes"), M = E / N;
+  std::vector<double> f(R, 0.0), mean(R, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> z = row(logits, t, R);
+    const std::vector<double> q = softmax(std::vector<double>(z.begin(), z.begin() + N));
+    const std::vector<double> r = softmax(std::vector<double>(z.begin() + N, z.end()));
+    for (int64_t i = 0; i < R; ++i) {
+      f[i] += routing.chosen[t * R + i] / static_cast<double>(T);
+      mean[i] += (i < N ? q[i] : r[i - N]) / static_cast<double>(T);
+    }
+  }
+  double node = 0.0, expert = 0.0;
+  for (int64_t n = 0; n < N; ++n) node += f[n] * mean[n];
+  for (int64_t j = 0; j < M; ++j) expert += f[N + j] * mean[N + j];
+  return param<double>(params, "node_balance") * static_cast<double>(N) * node +
+         param<double>(params, "expert_balance") * static_cast<double>(M) * expert;
+}
+
+// ---------------------------------------------------------------------------------------------
 // soft: every token uses every expert with weight softmax(z).
 
 Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
@@ -781,10 +894,14 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
 
   Routing routing;
   bool sigmoid_score = false;
+  Locality loc;
   if (family == "topk") {
     sigmoid_score = param<std::string>(router_params, "score") == "sigmoid";
-    routing = route_topk(router_params, logits, params.gate_bias, groups, noise, config.training, T,
-                         E, R);
+    const TopkOptions o = read_topk_options(router_params);
+    if (o.local_bonus > 0.0 || o.locality_loss > 0.0)
+      loc = locality_of(config, router_params, batch, E);
+    routing = route_topk(router_params, logits, params.gate_bias, groups, noise, config.training,
+                         loc, T, E, R);
   } else if (family == "expert_choice") {
     routing = route_expert_choice(router_params, logits, groups, T, E);
   } else if (family == "hash") {
@@ -797,6 +914,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_remoe(logits, T, E);
   } else if (family == "soft") {
     routing = route_soft(logits, T, E);
+  } else if (family == "smile") {
+    routing = route_smile(router_params, logits, groups, T, E, R);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }
@@ -823,6 +942,9 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   if (family != "hash" && family != "base")
     r.aux_loss = config_losses(config.losses, logits, sigmoid_score, routing, batch, R);
   if (family == "remoe") r.aux_loss += remoe_regulariser(router_params, logits, T, E);
+  if (family == "smile") r.aux_loss += smile_regulariser(router_params, routing, logits, T, E, R);
+  if (family == "topk" && read_topk_options(router_params).locality_loss > 0.0)
+    r.aux_loss += locality_regulariser(read_topk_options(router_params), loc, logits, T, E, R);
   return r;
 }
 

@@ -1,5 +1,5 @@
-// Token-choice top-k: Switch, GShard, Mixtral, DeepSeek-V3 and AdaMoE are presets of this router
-// (routers.md sections 1, 2, 3, 7, 10, 17).
+// Token-choice top-k: Switch, GShard, Mixtral, DeepSeek-V3, AdaMoE and LocMoE are presets of this
+// router (routers.md sections 1, 2, 3, 7, 10, 17; docs/routers/locmoe.md).
 #include <switchyard/config.h>
 #include <switchyard/error.h>
 
@@ -8,6 +8,7 @@
 #include <limits>
 #include <numeric>
 
+#include "routers/locality.h"
 #include "routers/router_common.h"
 #include "routers/routers.h"
 
@@ -34,6 +35,11 @@ class TopKRouter final : public Router {
     null_experts_ = r.get_int("null_experts", 0, 0, 1 << 20);
     traits_.jitter = r.get_double("jitter", 0.0, 0.0, 1.0);
     bias_update_rate_ = r.get_double("bias_update_rate", 0.0, 0.0, 1e3);
+    locality_ = r.get_choice("locality", "node", {"node", "rank"}) == "node" ? LocalityLevel::Node
+                                                                             : LocalityLevel::Rank;
+    local_bonus_ = r.get_double("local_bonus", 0.0, 0.0, 1e6);
+    locality_loss_ = r.get_double("locality_loss", 0.0, 0.0, 1e6);
+    locality_smoothing_ = r.get_double("locality_smoothing", 0.1, 1e-6, 1.0);
     r.finish();
     if (normalize_ && k_ == 1 && null_experts_ == 0)
       fail(
@@ -45,6 +51,7 @@ class TopKRouter final : public Router {
            null_experts_);
     traits_.batch_dependent = capacity_factor_ > 0.0;
     traits_.supports_forced = null_experts_ == 0;
+    traits_.needs_placement = local_bonus_ > 0 || locality_loss_ > 0;
   }
 
   const RouterTraits& traits() const override { return traits_; }
@@ -63,7 +70,11 @@ class TopKRouter final : public Router {
             {"route_scale", route_scale_},
             {"null_experts", null_experts_},
             {"jitter", traits_.jitter},
-            {"bias_update_rate", bias_update_rate_}};
+            {"bias_update_rate", bias_update_rate_},
+            {"locality", locality_ == LocalityLevel::Node ? "node" : "rank"},
+            {"local_bonus", local_bonus_},
+            {"locality_loss", locality_loss_},
+            {"locality_smoothing", locality_smoothing_}};
   }
 
   std::string describe() const override {
@@ -72,6 +83,10 @@ class TopKRouter final : public Router {
     if (normalize_) text += ", renormalised";
     if (groups_ > 1) text += fmt::format(", {} of {} expert groups", topk_groups_, groups_);
     if (null_experts_ > 0) text += fmt::format(", {} null experts", null_experts_);
+    if (traits_.needs_placement)
+      text += fmt::format(", {}-local experts: selection bonus {}, locality loss {}",
+                          locality_ == LocalityLevel::Node ? "node" : "rank", local_bonus_,
+                          locality_loss_);
     if (capacity_factor_ > 0)
       text += fmt::format(
           ", capacity factor {} ({} drop order): batch-dependent, a token's route depends on the "
@@ -114,6 +129,10 @@ class TopKRouter final : public Router {
         compute_scores(traits_.score, in.logits + t * R, R, s.data());
         for (int64_t j = 0; j < R; ++j)
           sel[size_t(j)] = s[size_t(j)] + (in.bias && j < E ? in.bias[j] : 0.0);
+        if (local_bonus_ > 0)  // LocMoE: prefer the token's own node's (or rank's) experts
+          for (int64_t j = 0; j < E; ++j)
+            if (expert_domain(in, locality_, j) == token_domain(in, locality_, t))
+              sel[size_t(j)] += local_bonus_;
         if (in.forced) {  // replay: the recorded experts, weighed by this router's rule
           top.clear();
           for (int64_t r = 0; r < in.forced_k; ++r)
@@ -203,6 +222,10 @@ class TopKRouter final : public Router {
     }
   }
 
+  double own_loss(const RouterInput& in, const RoutingPlan&, float* d_logits) const override {
+    return locality_loss(in, locality_, locality_loss_, locality_smoothing_, d_logits);
+  }
+
   void update_state(const std::vector<double>& counts, double, float* bias, int64_t E) override {
     if (bias_update_rate_ <= 0 || bias == nullptr) return;
     const double mean = std::accumulate(counts.begin(), counts.begin() + E, 0.0) / double(E);
@@ -242,6 +265,8 @@ class TopKRouter final : public Router {
   double route_scale_ = 1.0;
   int64_t null_experts_ = 0;
   double bias_update_rate_ = 0.0;
+  LocalityLevel locality_ = LocalityLevel::Node;
+  double local_bonus_ = 0.0, locality_loss_ = 0.0, locality_smoothing_ = 0.1;
 };
 
 // Preset defaults are overridden by the user's parameters.
@@ -274,6 +299,10 @@ std::unique_ptr<Router> make_deepseek_v3(const json& p, const std::string& c) {
                         {"route_scale", 2.5},
                         {"bias_update_rate", 0.001}},
                        p, c);
+}
+std::unique_ptr<Router> make_locmoe(const json& p, const std::string& c) {
+  return with_defaults(
+      {{"k", 1}, {"normalize", false}, {"locality", "node"}, {"locality_loss", 0.01}}, p, c);
 }
 std::unique_ptr<Router> make_adamoe(const json& p, const std::string& c) {
   return with_defaults({{"k", 4}, {"null_experts", 16}}, p, c);

@@ -67,7 +67,8 @@ DataParallel::DataParallel(dist::Communicator& world, int expert_parallel, int r
 }
 
 ModelParallel DataParallel::model_parallel() const {
-  return ModelParallel{&world_, expert_group_.get(), 1.0 / double(world_.size()), G_};
+  const ExpertPlacement placement{world_.size(), P_, G_ > 0 ? G_ : P_};
+  return ModelParallel{&world_, expert_group_.get(), 1.0 / double(world_.size()), G_, placement};
 }
 
 void DataParallel::add(Bucket& pending, dist::Communicator* comm, const std::vector<Range>& targets,

@@ -38,6 +38,7 @@ ROUTERS = {
     "hash": {"router": "hash"},
     "remoe": {"router": "remoe", "k": 2},
     "soft": {"router": "soft"},
+    "smile_capacity": {"router": "smile", "nodes": 2, "capacity_factor": 1.25},
 }
 
 
@@ -155,7 +156,8 @@ def main():
         run(["train", "--config", path, "--out", one])
         # (ranks, expert-parallel P, ranks per node: 0 = one node, 2 = hierarchical 2 x 2)
         layouts = [(2, 2, 0), (4, 2, 0)]
-        if name in ("topk_capacity_jitter", "base", "deepseek_v3_bias", "expert_choice"):
+        if name in ("topk_capacity_jitter", "base", "deepseek_v3_bias", "expert_choice",
+                    "smile_capacity"):
             layouts += [(4, 4, 0), (4, 4, 2)]
         for ranks, P, G in layouts:
             many = os.path.join(work, f"{name}-{ranks}x{P}-{G}")
@@ -187,6 +189,31 @@ def main():
             check(part["params"] == whole["params"] and held == want,
                   f"{label}: a rank holds {held} parameter floats (want {want}: its experts "
                   f"only) of the model's {whole['params']}")
+
+    # LocMoE routes by where tokens and experts sit: the one-process run declares the layout of
+    # the run across ranks (layer.json "placement") and must route exactly as that run does.
+    for ranks, P, G, level in ((2, 2, 0, "rank"), (4, 2, 0, "rank"), (4, 4, 2, "node")):
+        cfg = json.loads(json.dumps(BASE_CONFIG))
+        cfg["model"]["router"] = {
+            "router": "locmoe", "locality": level, "local_bonus": 0.3, "locality_loss": 0.05,
+            "capacity_factor": 1.25,
+            "placement": {"ranks": ranks, "expert_parallel": P, "ranks_per_node": G or P}}
+        label = f"locmoe ({level}), {ranks} ranks, expert-parallel {P}" + (
+            f", hierarchical {P // G} nodes x {G}" if G else "")
+        path = os.path.join(work, f"locmoe-{ranks}x{P}-{G}.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        one, many = path[:-5] + "-1", path[:-5] + "-many"
+        run(["train", "--config", path, "--out", one])
+        run(["train", "--config", path, "--out", many, "--expert-parallel", str(P)]
+            + (["--ranks-per-node", str(G)] if G else []), ranks)
+        compare(one, many, label, 1e-6)
+        params_close(one, many, label, 1e-4)
+        counters_consistent(metrics(many), label, ranks, P)
+    p, _ = run(["train", "--config", os.path.join(work, "locmoe-4x4-2.json"), "--out",
+                os.path.join(work, "bad"), "--expert-parallel", "2"], 4, expect_ok=False)
+    check(p.returncode != 0 and "placement" in p.stderr and "differs from this run" in p.stderr,
+          "a declared placement that differs from the run's layout is refused")
 
     # Resume with another rank count: 2 ranks for 10 steps, then 4 ranks (and 4 -> 1).
     path = os.path.join(work, "topk_capacity_jitter.json")

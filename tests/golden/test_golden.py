@@ -111,6 +111,20 @@ CASES = [
                                      "losses": {"balance": 0.5, "balance_mode": "micro_batch",
                                                 "entropy": 0.2}},
       dy="zero", T=64, E=16, F=16, bias=True),
+    # --- locmoe: the locality loss over (node, expert), 4 ranks as 2 nodes x 2 ---
+    C("locmoe_node_loss", {"router": "locmoe", "locality_loss": 0.3,
+                           "placement": {"ranks": 4, "expert_parallel": 4, "ranks_per_node": 2}},
+      seq_lens=[30, 34, 20, 44], T=128, E=8),
+    C("locmoe_rank_replicas", {"router": "locmoe", "locality": "rank", "locality_loss": 0.2,
+                               "locality_smoothing": 0.4, "routing_groups": "sequence",
+                               "placement": {"ranks": 4, "expert_parallel": 2}},
+      seq_lens=[20, 30, 25, 21], T=96, E=6, F=20),
+    # --- smile: a node, then an expert inside it ---
+    C("smile_4_nodes", {"router": "smile", "nodes": 4, "node_balance": 0.2,
+                        "expert_balance": 0.1}, T=96, E=8, R=6),
+    C("smile_capacity_seq_groups", {"router": "smile", "capacity_factor": 1.0,
+                                    "routing_groups": "sequence", "activation": "gelu"},
+      seq_lens=[40, 30, 58], T=128, E=6, R=5, skew=0.7, expect_drops=True),
     # --- expert choice ---
     C("expert_choice", {"router": "expert_choice", "losses": {"z": 0.01, "entropy": 0.02}},
       T=96),
@@ -175,14 +189,15 @@ def mark_close(values, idx, bad):
         bad[idx[j + 1]] = True
 
 
-PRESET_K = {"topk": 2, "switch": 1, "gshard": 2, "mixtral": 2, "deepseek_v3": 8, "adamoe": 4}
+PRESET_K = {"topk": 2, "switch": 1, "gshard": 2, "mixtral": 2, "deepseek_v3": 8, "adamoe": 4,
+            "locmoe": 1}
 
 
 def topk_params(cfg):
     r = cfg["router"]
     p = {"k": PRESET_K[r], "score": "sigmoid" if r == "deepseek_v3" else "softmax",
          "groups": 8 if r == "deepseek_v3" else 1, "topk_groups": 4 if r == "deepseek_v3" else None,
-         "normalize": r not in ("switch",), "route_scale": 2.5 if r == "deepseek_v3" else 1.0,
+         "normalize": r not in ("switch", "locmoe"), "route_scale": 2.5 if r == "deepseek_v3" else 1.0,
          "capacity_factor": {"switch": 1.25, "gshard": 2.0}.get(r, 0.0),
          "drop_order": "position"}
     p.update({k: v for k, v in cfg.items() if k in p})
@@ -203,6 +218,13 @@ def unclear_tokens(case, t):
     z = x @ t["gate.weight"].astype(np.float64).T
     if router == "remoe":
         bad |= (np.abs(z) <= MARGIN).any(1)
+        return bad
+    if router == "smile":
+        N = cfg.get("nodes", 2)
+        for part in (softmax(z[:, :N]), softmax(z[:, N:])):
+            srt = -np.sort(-part, axis=1)
+            if part.shape[1] > 1:
+                bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
         return bad
     if router == "base":
         srt = -np.sort(-z, axis=1)
@@ -269,7 +291,7 @@ def unclear_tokens(case, t):
 
 def make_inputs(case, rng):
     T, d, E, F, Fs = case["T"], case["d"], case["E"], case["F"], case["Fs"]
-    R = E + case["null"]
+    R = case.get("R") or E + case["null"]  # gate rows: SMILE's are nodes + E / nodes
     gelu = case["cfg"].get("activation", "swiglu") == "gelu"
     f32 = np.float32
     mu = rng.standard_normal(d) * case["skew"]  # a common offset makes some experts popular

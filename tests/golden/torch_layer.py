@@ -39,13 +39,14 @@ class ConfigError(ValueError):
 # Configuration
 # ----------------------------------------------------------------------------------------------
 
-LAYER_KEYS = {"router", "activation", "routing_groups", "losses", "training", "seed"}
+LAYER_KEYS = {"router", "activation", "routing_groups", "losses", "training", "seed", "placement"}
 LOSS_KEYS = {"balance", "balance_mode", "balance_top1_only", "z", "entropy"}
 
 TOPK_DEFAULTS = {
     "k": 2, "score": "softmax", "normalize": True, "capacity_factor": 0.0,
     "drop_order": "position", "second_expert": "all", "groups": 1, "topk_groups": None,
     "route_scale": 1.0, "null_experts": 0, "jitter": 0.0, "bias_update_rate": 0.0,
+    "locality": "node", "local_bonus": 0.0, "locality_loss": 0.0, "locality_smoothing": 0.1,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
@@ -62,15 +63,59 @@ ROUTERS = {
                              "route_scale": 2.5, "bias_update_rate": 0.001},
                     {"balance": 0.0001, "balance_mode": "sequence"}),
     "adamoe": ("topk", {"k": 4, "null_experts": 16}, {"balance": 1e-4}),
+    "locmoe": ("topk", {"k": 1, "normalize": False, "locality": "node", "locality_loss": 0.01},
+               {"balance": 0.01, "balance_top1_only": True}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
     "soft": ("soft", {}, {}),
     "remoe": ("remoe", {"k": 1, "lambda": 1e-8, "lambda_rate": 1.2}, {}),
     "smear": ("smear", {}, {}),
+    "smile": ("smile", {"nodes": 2, "capacity_factor": 0.0, "node_balance": 0.01,
+                        "expert_balance": 0.01}, {}),
     "hash": ("hash", {"table": "random", "hash_seed": 0}, {}),
     "base": ("base", {}, {}),
 }
-NO_LOSS_FAMILIES = {"hash", "base", "smear"}
+NO_LOSS_FAMILIES = {"hash", "base", "smear", "smile"}
+
+
+def parse_placement(pl):
+    """layer.json's placement: ranks N, expert_parallel P (divides N), ranks_per_node G."""
+    if pl is None:
+        return None
+    N = int(pl.get("ranks", 1))
+    P = int(pl.get("expert_parallel", N))
+    G = int(pl.get("ranks_per_node", P))
+    if N % P or P % G:
+        raise ConfigError(f"layer.json: bad placement {pl!r}")
+    return {"ranks": N, "expert_parallel": P, "ranks_per_node": G}
+
+
+def locality_domains(placement, p, seq_lens, E):
+    """LocMoE: (token domain (T), expert domain (E), domain count) by node or by rank."""
+    if placement is None:
+        raise ConfigError("layer.json: a locality-aware router needs a placement")
+    N, P, G = placement["ranks"], placement["expert_parallel"], placement["ranks_per_node"]
+    per = G if p["locality"] == "node" else 1
+    S = len(seq_lens)
+    tok = []
+    for b, n in enumerate(seq_lens):
+        tok += [((b * N // S) % P) // per] * n
+    exp = [(e // (E // P)) // per for e in range(E)]
+    return torch.tensor(tok), torch.tensor(exp), P // per
+
+
+def locality_loss(z, E, p, tok, exp, domains):
+    """μ KL(D_c || D_l) over (domain, expert): D_c from softmax(z[:, :E]) summed per domain / T,
+    D_l = T_v/T ((1-η) [local] / |local| + η/E)."""
+    T = z.shape[0]
+    prob = torch.softmax(z[:, :E], dim=-1)
+    dc = torch.zeros(domains, E, dtype=z.dtype).index_add(0, tok, prob) / T
+    tv = torch.zeros(domains, dtype=z.dtype).index_add(0, tok, torch.ones(T, dtype=z.dtype)) / T
+    local = (exp[None, :] == torch.arange(domains)[:, None]).to(z.dtype)          # (D, E)
+    eta = float(p["locality_smoothing"])
+    dl = tv[:, None] * ((1 - eta) * local / local.sum(1, keepdim=True) + eta / E)
+    present = tv > 0
+    return float(p["locality_loss"]) * (dc[present] * torch.log(dc[present] / dl[present])).sum()
 
 
 def parse_config(cfg):
@@ -106,6 +151,7 @@ def parse_config(cfg):
         "activation": cfg.get("activation", "swiglu"),
         "routing_groups": cfg.get("routing_groups", "batch"),
         "training": bool(cfg.get("training", False)), "seed": int(cfg.get("seed", 0)),
+        "placement": parse_placement(cfg.get("placement")),
     }
     if layer["activation"] not in ("swiglu", "gelu"):
         raise ConfigError(f"layer.json: bad activation {layer['activation']!r}")
@@ -182,7 +228,7 @@ class Routing:
 # Routers
 # ----------------------------------------------------------------------------------------------
 
-def route_topk(z, bias, E, p, groups, top1_only):
+def route_topk(z, bias, E, p, groups, top1_only, local=None):
     T, R = z.shape
     k, G, m = int(p["k"]), int(p["groups"]), int(p["null_experts"])
     if R != E + m:
@@ -191,6 +237,9 @@ def route_topk(z, bias, E, p, groups, top1_only):
     sel = s.detach().clone()
     if bias is not None:
         sel[:, :E] = sel[:, :E] + bias
+    if float(p["local_bonus"]) > 0:                   # LocMoE: the token's own node's experts
+        tok, exp, _ = local
+        sel[:, :E] = sel[:, :E] + float(p["local_bonus"]) * (tok[:, None] == exp[None, :])
     if G > 1:
         if E % G != 0:
             raise ConfigError(f"groups={G} does not divide E={E}")
@@ -277,6 +326,40 @@ def route_soft(z, E):
     s = torch.softmax(z, dim=-1)
     kept = torch.ones(z.shape, dtype=torch.bool)
     return Routing(s, kept, kept.to(z.dtype), s)
+
+
+def route_smile(z, E, p, groups):
+    """SMILE (reconstruction, docs/routers/smile.md): node n = argmax softmax(z[:, :N]), in-node
+    expert j = argmax softmax(z[:, N:]), expert n M + j, weight q_n r_j; two balance losses."""
+    T, R = z.shape
+    N = int(p["nodes"])
+    M = E // N
+    if R != N + M:
+        raise ConfigError(f"gate.weight has {R} rows, expected nodes + E/nodes = {N + M}")
+    q = torch.softmax(z[:, :N], dim=-1)
+    r = torch.softmax(z[:, N:], dim=-1)
+    n = topk_indices(q.detach(), 1)[:, 0]
+    j = topk_indices(r.detach(), 1)[:, 0]
+    e = n * M + j
+    w = q.gather(1, n[:, None])[:, 0] * r.gather(1, j[:, None])[:, 0]
+    keep = torch.ones(T, dtype=torch.bool)
+    cf = float(p["capacity_factor"])
+    if cf > 0:
+        for (a, b) in groups:
+            C = math.ceil((b - a) * cf / E)
+            used = [0] * E
+            for t in range(a, b):
+                if used[int(e[t])] < C:
+                    used[int(e[t])] += 1
+                else:
+                    keep[t] = False
+    W = torch.zeros(T, E, dtype=z.dtype).index_put((torch.arange(T), e), w * keep)
+    kept = torch.zeros(T, E, dtype=torch.bool).index_put((torch.arange(T), e), keep)
+    f_node = torch.zeros(N, dtype=z.dtype).index_add(0, n, torch.ones(T, dtype=z.dtype)) / T
+    f_in = torch.zeros(M, dtype=z.dtype).index_add(0, j, torch.ones(T, dtype=z.dtype)) / T
+    loss = (float(p["node_balance"]) * N * (f_node * q.mean(0)).sum()
+            + float(p["expert_balance"]) * M * (f_in * r.mean(0)).sum())
+    return Routing(W, kept, own_loss=loss, assigned=T)
 
 
 def route_remoe(z, E, p):
@@ -385,7 +468,12 @@ def run_layer(layer, tin, dtype=torch.float64):
                 raise ConfigError("input: gate.weight is required")
             z = x @ gate.t()                                            # (T, R)
             if family == "topk":
-                routing = route_topk(z, bias, E, p, groups, losses["balance_top1_only"])
+                local = None
+                if float(p["local_bonus"]) > 0 or float(p["locality_loss"]) > 0:
+                    local = locality_domains(layer["placement"], p, seq_lens, E)
+                routing = route_topk(z, bias, E, p, groups, losses["balance_top1_only"], local)
+                if float(p["locality_loss"]) > 0:
+                    routing.own_loss = locality_loss(z, E, p, *local)
             elif family == "expert_choice":
                 routing = route_expert_choice(z, E, p, groups)
             elif family == "top_p":
@@ -394,6 +482,8 @@ def run_layer(layer, tin, dtype=torch.float64):
                 routing = route_soft(z, E)
             elif family == "remoe":
                 routing = route_remoe(z, E, p)
+            elif family == "smile":
+                routing = route_smile(z, E, p, groups)
             elif family == "base":
                 best = topk_indices(z.detach(), 1)[:, 0]
                 kept = torch.zeros(T, E, dtype=torch.bool)
@@ -447,7 +537,7 @@ def run_layer(layer, tin, dtype=torch.float64):
             pr = routing.bal_prob
             loss_values["entropy"] = float(losses["entropy"]) * (-(pr * torch.log(pr)).sum(-1)).mean()
     if routing.own_loss is not None:
-        loss_values["remoe"] = routing.own_loss
+        loss_values["router"] = routing.own_loss
     for v in loss_values.values():
         aux = aux + v
 
