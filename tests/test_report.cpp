@@ -531,6 +531,20 @@ TEST_F(ReportTest, ParallelRunsGetTheAcrossRanksTable) {
   EXPECT_EQ(md.find("| single |", md.find("## Across ranks")), std::string::npos) << md;
   EXPECT_NE(slurp(dir_ / "report" / "index.html").find("Across ranks"), std::string::npos);
 
+  // With the share by phase (newer runs), the cell splits it: means 5 / 3 / 12 %.
+  auto phased = [&](int step, double share, double d, double c, double b) {
+    json j = json::parse(line(step, 1e6, share));
+    j["parallel"]["all_to_all_share_by_phase"] = {{"dispatch", d}, {"combine", c}, {"backward", b}};
+    return j.dump();
+  };
+  RunData by_phase = load_run(run_with_metrics(phased(1, 0.1, 0.02, 0.02, 0.06) + "\n" +
+                                               phased(2, 0.3, 0.08, 0.04, 0.18) + "\n"));
+  by_phase.name = "phased";
+  write_report({by_phase}, (dir_ / "report2").string());
+  const std::string md2 = slurp(dir_ / "report2" / "summary.md");
+  EXPECT_NE(md2.find("| 20.0 % (dispatch 5.0, combine 3.0, backward 12.0) |"), std::string::npos)
+      << md2;
+
   json bad = json::parse(line(1, 1e6, 0.1));
   bad["parallel"]["ranks"][1].erase("combine_bytes_sent");
   const std::string message = load_error(bad.dump() + "\n");

@@ -3,7 +3,8 @@
 # only) against 1 process x 2 threads, same model, batch and steps, in one run; then the
 # all-to-all volume of group-limited routing (DeepSeek-V3's node-limited routing, one group per
 # rank, and on 4 ranks as 2 nodes x 2 one group per node) against plain top-2, from the byte
-# counters. Writes OUT/summary.json.
+# counters; then locality-aware routing (LocMoE, SMILE, a local-expert bonus) against the same k
+# without it. Writes OUT/summary.json.
 # Usage: bench/dist/run_train_parallel_bench.sh [OUT]   (SKIP_BUILD=1 reuses build/release)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,6 +40,25 @@ $MPI $S train --config "$OUT/group_limited.json" --out "$OUT/group-2x1-ep2" --ex
 MPI4="mpirun --oversubscribe -np 4 -x OMP_NUM_THREADS=1"
 for r in topk group_limited; do
   $MPI4 $S train --config "$OUT/$r.json" --out "$OUT/$r-4x1-nodes" --expert-parallel 4 \
+    --ranks-per-node 2 >/dev/null 2>&1
+done
+# Locality-aware routing against the same k without it (LocMoE is top-1): the paper's LocMoE
+# (locality loss only), LocMoE with a selection bonus for local experts, SMILE's bi-level routing,
+# and top-2 with the bonus. Local = the token's rank on 2 ranks, its node on 2 nodes x 2.
+for level in rank node; do
+  config "$OUT/top1-$level.json" \
+    '{"router": "topk", "k": 1, "normalize": false, "losses": {"balance": 0.01, "balance_top1_only": true}}'
+  config "$OUT/locmoe-$level.json" "{\"router\": \"locmoe\", \"locality\": \"$level\"}"
+  config "$OUT/locmoe_bonus-$level.json" \
+    "{\"router\": \"locmoe\", \"locality\": \"$level\", \"local_bonus\": ${BONUS:-0.05}}"
+  config "$OUT/smile-$level.json" '{"router": "smile", "nodes": 2}'
+  config "$OUT/topk_bonus-$level.json" \
+    "{\"router\": \"topk\", \"k\": 2, \"locality\": \"$level\", \"local_bonus\": ${BONUS:-0.05}, \"losses\": {\"balance\": 0.01}}"
+done
+for r in top1 locmoe locmoe_bonus smile topk_bonus; do
+  $MPI $S train --config "$OUT/$r-rank.json" --out "$OUT/loc-$r-2x1" --expert-parallel 2 \
+    >/dev/null 2>&1
+  $MPI4 $S train --config "$OUT/$r-node.json" --out "$OUT/loc-$r-4x1-nodes" --expert-parallel 4 \
     --ranks-per-node 2 >/dev/null 2>&1
 done
 python3 bench/dist/summarize_train_parallel.py "$OUT"

@@ -135,10 +135,14 @@ struct MoECache {
     // back). Counters (mutable: backward reads a const cache).
     struct Traffic {
       int64_t sent = 0, received = 0;
+      double seconds = 0.0;  // inside this phase's all-to-alls (waiting for the others included)
     };
     mutable Traffic dispatch, combine, backward_dispatch, backward_combine;
-    mutable Traffic inter_node;             // the part across nodes, all phases (hierarchical)
-    mutable double exchange_seconds = 0.0;  // in the all-to-alls, forward and backward
+    mutable Traffic inter_node;  // the part across nodes, all phases (hierarchical; no seconds)
+    double exchange_seconds() const {
+      return dispatch.seconds + combine.seconds + backward_dispatch.seconds +
+             backward_combine.seconds;
+    }
   } ep;
   // Routing over several ranks' tokens (MoELayer::set_routing_communicator): the global batch
   // is every rank's tokens in rank order, this rank's at [offset, offset + T). plan, logits and

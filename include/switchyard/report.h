@@ -11,6 +11,7 @@
 //   "fluctuation", "domain_mi" and "val_load".
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -38,6 +39,8 @@ struct ParallelMetrics {
   int64_t ranks = 0;
   double dispatch_bytes = 0, combine_bytes = 0, backward_bytes = 0;  // sent, per step
   double all_to_all_share = 0, expert_rows_imbalance = 1, step_time_imbalance = 1;
+  // The share by phase (dispatch, combine, backward); absent in older runs' metrics.
+  std::optional<std::array<double, 3>> share_by_phase;
 };
 
 struct MetricsRow {

@@ -51,12 +51,13 @@ int64_t ExpertParallelDispatcher::dispatch_preprocess(RoutingPlan& plan, const f
     row_expert_[size_t(r)] = e;
     row_weight_[size_t(r)] = plan.weight[size_t(a)];
   }
-  c.ep.exchange_seconds = 0.0;  // a new forward
+  for (auto* t : {&c.ep.dispatch, &c.ep.combine, &c.ep.backward_dispatch, &c.ep.backward_combine})
+    t->seconds = 0.0;  // a new forward
   return rows;
 }
 
 void ExpertParallelDispatcher::dispatch_communicate(int64_t d, MoECache& c) {
-  double& seconds = c.ep.exchange_seconds;
+  double& seconds = c.ep.dispatch.seconds;
   const int64_t T = int64_t(c.token_offsets.size()) - 1;
   across_.route(comm_, row_token_.data(), row_dest_.data(), row_expert_.data(), row_weight_.data(),
                 int64_t(row_token_.size()), T, seconds);
@@ -130,9 +131,8 @@ void ExpertParallelDispatcher::sum_by_token(const float* rows, int64_t d, bool w
   }
 }
 
-void ExpertParallelDispatcher::return_partials(const MoECache& c, const float* partial, int64_t d,
-                                               float* acc) {
-  double& seconds = c.ep.exchange_seconds;
+void ExpertParallelDispatcher::return_partials(const float* partial, int64_t d, float* acc,
+                                               double& seconds) {
   if (hierarchical()) {
     acc1_.assign(size_t(across_.received_tokens() * d), 0.0f);
     inside_.return_tokens(*node_, partial, d, acc1_.data(), seconds);
@@ -144,13 +144,13 @@ void ExpertParallelDispatcher::return_partials(const MoECache& c, const float* p
 
 void ExpertParallelDispatcher::combine(MoECache& c, int64_t /*T*/, int64_t d, float* y) {
   sum_by_token(c.out.data(), d, /*weighted=*/true, partial_);
-  return_partials(c, partial_.data(), d, y);
+  return_partials(partial_.data(), d, y, c.ep.combine.seconds);
   add_counts(c, d, 1);
 }
 
 void ExpertParallelDispatcher::combine_backward(const MoECache& c, const float* dy, int64_t d,
                                                 float* dout, float* d_weight) {
-  double& seconds = c.ep.exchange_seconds;
+  double& seconds = c.ep.backward_dispatch.seconds;
   // dy once per (token, destination), through the same stages as x.
   across_.send_tokens(comm_, dy, d, tokens1_, seconds);
   if (hierarchical()) inside_.send_tokens(*node_, tokens1_.data(), d, tokens2_, seconds);
@@ -188,7 +188,7 @@ void ExpertParallelDispatcher::combine_backward(const MoECache& c, const float* 
 void ExpertParallelDispatcher::dispatch_backward(const MoECache& c, const float* dxd, int64_t /*T*/,
                                                  int64_t d, float* dx) {
   sum_by_token(dxd, d, /*weighted=*/false, partial_);
-  return_partials(c, partial_.data(), d, dx);
+  return_partials(partial_.data(), d, dx, c.ep.backward_combine.seconds);
   add_counts(c, d, 3);
 }
 
@@ -199,7 +199,7 @@ void ExpertParallelDispatcher::add_counts(const MoECache& c, int64_t d, int phas
   MoECache::ExpertParallel::Traffic* t[] = {&ep.dispatch, &ep.combine, &ep.backward_dispatch,
                                             &ep.backward_combine};
   if (phase == 0) ep.inter_node = {};
-  *t[phase] = {};
+  t[phase]->sent = t[phase]->received = 0;  // its seconds were measured during the exchange
   const int me = comm_.rank();
   auto count_stage = [&](const RowExchange& s, int rank, MoECache::ExpertParallel::Traffic& out) {
     switch (phase) {

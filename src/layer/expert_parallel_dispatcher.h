@@ -44,7 +44,7 @@ class ExpertParallelDispatcher final : public TokenDispatcher {
   // Per final received token: Σ over its rows of (weight ·) rows[position].
   void sum_by_token(const float* rows, int64_t d, bool weighted, std::vector<float>& out) const;
   // Per-token partial sums (final stage's received tokens, d) back into acc (T, d).
-  void return_partials(const MoECache& c, const float* partial, int64_t d, float* acc);
+  void return_partials(const float* partial, int64_t d, float* acc, double& seconds);
   const RowExchange& last() const { return hierarchical() ? inside_ : across_; }
   void add_counts(const MoECache& c, int64_t d, int phase) const;
 

@@ -160,6 +160,14 @@ MetricsRow parse_row(const json& j, const std::string& where) {
       ++pm.ranks;
     }
     pm.all_to_all_share = required_number(*it, "all_to_all_share", in);
+    if (const auto phase = it->find("all_to_all_share_by_phase"); phase != it->end()) {
+      if (!phase->is_object())
+        fail("{}: field 'all_to_all_share_by_phase' must be an object, got {}", in,
+             describe_value(*phase));
+      pm.share_by_phase = std::array<double, 3>{required_number(*phase, "dispatch", in),
+                                                required_number(*phase, "combine", in),
+                                                required_number(*phase, "backward", in)};
+    }
     pm.expert_rows_imbalance = required_number(*it, "expert_rows_imbalance", in);
     pm.step_time_imbalance = required_number(*it, "step_time_imbalance", in);
     row.parallel = pm;
@@ -1116,6 +1124,10 @@ std::optional<ParallelMetrics> parallel_means(const RunData& run) {
     m.combine_bytes += p.combine_bytes;
     m.backward_bytes += p.backward_bytes;
     m.all_to_all_share += p.all_to_all_share;
+    if (p.share_by_phase) {
+      if (!m.share_by_phase) m.share_by_phase = std::array<double, 3>{};
+      for (size_t i = 0; i < 3; ++i) (*m.share_by_phase)[i] += (*p.share_by_phase)[i];
+    }
     m.expert_rows_imbalance += p.expert_rows_imbalance;
     m.step_time_imbalance += p.step_time_imbalance;
     ++n;
@@ -1124,6 +1136,8 @@ std::optional<ParallelMetrics> parallel_means(const RunData& run) {
   for (double* v : {&m.dispatch_bytes, &m.combine_bytes, &m.backward_bytes, &m.all_to_all_share,
                     &m.expert_rows_imbalance, &m.step_time_imbalance})
     *v /= n;
+  if (m.share_by_phase)
+    for (double& v : *m.share_by_phase) v /= n;
   return m;
 }
 
@@ -1132,13 +1146,18 @@ std::vector<std::vector<std::string>> parallel_rows(const std::vector<RunData>& 
   std::vector<std::vector<std::string>> rows;
   for (const RunData& run : runs)
     if (const auto m = parallel_means(run))
-      rows.push_back({run.name, fmt::format("{}", m->ranks),
-                      fmt::format("{:.2f}", m->dispatch_bytes / 1e6),
-                      fmt::format("{:.2f}", m->combine_bytes / 1e6),
-                      fmt::format("{:.2f}", m->backward_bytes / 1e6),
-                      fmt::format("{:.1f} %", 100 * m->all_to_all_share),
-                      fmt::format("{:.3f}", m->expert_rows_imbalance),
-                      fmt::format("{:.3f}", m->step_time_imbalance)});
+      rows.push_back(
+          {run.name, fmt::format("{}", m->ranks), fmt::format("{:.2f}", m->dispatch_bytes / 1e6),
+           fmt::format("{:.2f}", m->combine_bytes / 1e6),
+           fmt::format("{:.2f}", m->backward_bytes / 1e6),
+           fmt::format("{:.1f} %", 100 * m->all_to_all_share) +
+               (m->share_by_phase
+                    ? fmt::format(" (dispatch {:.1f}, combine {:.1f}, backward {:.1f})",
+                                  100 * (*m->share_by_phase)[0], 100 * (*m->share_by_phase)[1],
+                                  100 * (*m->share_by_phase)[2])
+                    : std::string()),
+           fmt::format("{:.3f}", m->expert_rows_imbalance),
+           fmt::format("{:.3f}", m->step_time_imbalance)});
   return rows;
 }
 

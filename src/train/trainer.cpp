@@ -303,6 +303,7 @@ struct RankCounters {
   double dispatch_sent = 0, dispatch_received = 0, combine_sent = 0, combine_received = 0;
   double backward_sent = 0, backward_received = 0, exchange_seconds = 0, expert_rows = 0;
   double inter_node_sent = 0, inter_node_received = 0;
+  double dispatch_seconds = 0, combine_seconds = 0, backward_seconds = 0;  // by phase
 
   void add(const Model& model) {
     for (const MoECache* c : model.layer_caches()) {
@@ -313,7 +314,10 @@ struct RankCounters {
       combine_received += double(ep.combine.received);
       backward_sent += double(ep.backward_dispatch.sent + ep.backward_combine.sent);
       backward_received += double(ep.backward_dispatch.received + ep.backward_combine.received);
-      exchange_seconds += ep.exchange_seconds;
+      exchange_seconds += ep.exchange_seconds();
+      dispatch_seconds += ep.dispatch.seconds;
+      combine_seconds += ep.combine.seconds;
+      backward_seconds += ep.backward_dispatch.seconds + ep.backward_combine.seconds;
       inter_node_sent += double(ep.inter_node.sent);
       inter_node_received += double(ep.inter_node.received);
       expert_rows += double(c->expert_offsets.empty() ? 0 : c->expert_offsets.back());
@@ -321,10 +325,10 @@ struct RankCounters {
   }
 
   json gather(training::DataParallel& dp, double step_seconds) const {
-    const std::vector<double> mine = {dispatch_sent,    dispatch_received,  combine_sent,
-                                      combine_received, backward_sent,      backward_received,
-                                      exchange_seconds, expert_rows,        step_seconds,
-                                      inter_node_sent,  inter_node_received};
+    const std::vector<double> mine = {
+        dispatch_sent,       dispatch_received, combine_sent,    combine_received, backward_sent,
+        backward_received,   exchange_seconds,  expert_rows,     step_seconds,     inter_node_sent,
+        inter_node_received, dispatch_seconds,  combine_seconds, backward_seconds};
     const int64_t K = int64_t(mine.size()), P = dp.ranks();
     std::vector<double> all(size_t(K * P));
     std::vector<int64_t> counts(size_t(P), K), displs(static_cast<size_t>(P));
@@ -332,31 +336,41 @@ struct RankCounters {
     dp.world().allgatherv(mine.data(), K, all.data(), counts.data(), displs.data(), sizeof(double));
     json ranks = json::array();
     double max_rows = 0, sum_rows = 0, max_step = 0, sum_step = 0, sum_exchange = 0;
+    std::vector<double> sum_phase(3, 0.0);
     for (int64_t q = 0; q < P; ++q) {
       const double* v = all.data() + q * K;
-      ranks.push_back({{"rank", q},
-                       {"dispatch_bytes_sent", v[0]},
-                       {"dispatch_bytes_received", v[1]},
-                       {"combine_bytes_sent", v[2]},
-                       {"combine_bytes_received", v[3]},
-                       {"backward_bytes_sent", v[4]},
-                       {"backward_bytes_received", v[5]},
-                       {"all_to_all_ms", v[6] * 1e3},
-                       {"expert_rows", v[7]},
-                       {"step_ms", v[8] * 1e3},
-                       {"inter_node_bytes_sent", v[9]},
-                       {"inter_node_bytes_received", v[10]}});
+      ranks.push_back(
+          {{"rank", q},
+           {"dispatch_bytes_sent", v[0]},
+           {"dispatch_bytes_received", v[1]},
+           {"combine_bytes_sent", v[2]},
+           {"combine_bytes_received", v[3]},
+           {"backward_bytes_sent", v[4]},
+           {"backward_bytes_received", v[5]},
+           {"all_to_all_ms", v[6] * 1e3},
+           {"expert_rows", v[7]},
+           {"step_ms", v[8] * 1e3},
+           {"inter_node_bytes_sent", v[9]},
+           {"inter_node_bytes_received", v[10]},
+           {"all_to_all_ms_by_phase",
+            {{"dispatch", v[11] * 1e3}, {"combine", v[12] * 1e3}, {"backward", v[13] * 1e3}}}});
       max_rows = std::max(max_rows, v[7]);
       sum_rows += v[7];
       max_step = std::max(max_step, v[8]);
       sum_step += v[8];
       sum_exchange += v[6];
+      for (int i = 0; i < 3; ++i) sum_phase[size_t(i)] += v[11 + i];
     }
     auto ratio = [](double max, double sum, double n) { return sum > 0 ? max * n / sum : 1.0; };
+    auto share = [&](double seconds) { return sum_step > 0 ? seconds / sum_step : 0.0; };
     return {{"ranks", ranks},
             {"expert_rows_imbalance", ratio(max_rows, sum_rows, double(P))},
             {"step_time_imbalance", ratio(max_step, sum_step, double(P))},
-            {"all_to_all_share", sum_step > 0 ? sum_exchange / sum_step : 0.0}};
+            {"all_to_all_share", share(sum_exchange)},
+            {"all_to_all_share_by_phase",
+             {{"dispatch", share(sum_phase[0])},
+              {"combine", share(sum_phase[1])},
+              {"backward", share(sum_phase[2])}}}};
   }
 };
 

@@ -137,10 +137,16 @@ def counters_consistent(rows, label, ranks, P):
         loads = sum(sum(layer["load"]) for layer in row["layers"])
         ok &= sum(r["expert_rows"] for r in rk) == loads
         ok &= 0.0 <= par["all_to_all_share"] <= 1.0 and par["expert_rows_imbalance"] >= 1.0
+        # The time by phase adds up to the all-to-all time, per rank and as a share of the step.
+        for r in rk:
+            ok &= abs(sum(r["all_to_all_ms_by_phase"].values()) - r["all_to_all_ms"]) <= 1e-6 * (
+                1 + r["all_to_all_ms"])
+            ok &= P == 1 or all(v > 0 for v in r["all_to_all_ms_by_phase"].values())
+        ok &= abs(sum(par["all_to_all_share_by_phase"].values()) - par["all_to_all_share"]) <= 1e-9
         if P == 1:
             ok &= all(r["dispatch_bytes_sent"] == 0 for r in rk)
     check(ok, f"{label}: byte counters conserved (sent = received per phase), expert rows = "
-              "global loads")
+              "global loads, all-to-all time by phase adds up")
 
 
 def main():
