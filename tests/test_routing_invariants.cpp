@@ -213,54 +213,74 @@ std::map<std::tuple<int32_t, int32_t, bool>, float> plan_of(const RoutingPlan& p
   return out;
 }
 
+// Routes the problem, then a copy whose sequence 1 has other (larger) tokens, and checks that
+// sequences 0 and 2 keep their routing exactly.
+void check_other_tokens_change_nothing(const json& router, bool training, bool per_sequence,
+                                       std::mt19937_64& rng) {
+  const int64_t T = 61;
+  Problem pb = make_router_problem(router, training, per_sequence, T, rng);
+  const auto seqs = routing_groups(RoutingGroups::Sequence, pb.seq_lens, T);
+  ASSERT_EQ(seqs.size(), 3u);
+  // Only a batch-independent router promises this with one routing group for the whole batch.
+  if (!per_sequence && pb.traits.batch_dependent) return;
+
+  MoECache first;
+  std::vector<float> y(static_cast<size_t>(T * pb.shape.d));
+  pb.layer->forward(pb.params(), pb.batch(), first, y.data());
+
+  // Same config and seed in a fresh layer (same draws), other tokens in sequence 2.
+  Problem changed = make_router_problem(router, training, per_sequence, T, rng);
+  changed.config = pb.config;
+  changed.layer = std::make_unique<MoELayer>(pb.config, pb.shape);
+  changed.x = pb.x;
+  changed.gate = pb.gate;
+  changed.gate_bias = pb.gate_bias;
+  changed.w1 = pb.w1;
+  changed.w3 = pb.w3;
+  changed.w2 = pb.w2;
+  changed.token_ids = pb.token_ids;
+  for (int64_t t = seqs[1].first; t < seqs[1].second; ++t) {
+    fill_x_row(changed, rng, t);
+    // Scale the new tokens up so that they would win any cross-sequence competition.
+    for (int64_t j = 0; j < pb.shape.d; ++j) changed.x[t * pb.shape.d + j] *= 4.0f;
+    if (!changed.token_ids.empty()) changed.token_ids[t] = 1000 + t;
+  }
+  MoECache second;
+  changed.layer->forward(changed.params(), changed.batch(), second, y.data());
+
+  for (size_t s : {size_t{0}, size_t{2}}) {
+    // Plan rows are tokens, or sequences for routers pooled per sequence.
+    const int64_t begin = pb.traits.pooled_per_sequence ? int64_t(s) : seqs[s].first;
+    const int64_t end = pb.traits.pooled_per_sequence ? int64_t(s) + 1 : seqs[s].second;
+    const auto a = plan_of(first.plan, begin, end);
+    const auto b = plan_of(second.plan, begin, end);
+    ASSERT_EQ(a.size(), b.size()) << "sequence " << s << " changed";
+    for (const auto& [key, w] : a) {
+      const auto it = b.find(key);
+      ASSERT_NE(it, b.end()) << "sequence " << s << " lost row " << std::get<0>(key)
+                             << " -> expert " << std::get<1>(key);
+      EXPECT_NEAR(it->second, w, 1e-6f * std::max(1.0f, std::abs(w)));
+    }
+  }
+}
+
 TEST_P(RoutingInvariants, SequencesAreIsolated) {
   SCOPED_TRACE(seed_trace());
   std::mt19937_64 rng = test_rng();
   for (bool training : {false, true}) {
     SCOPED_TRACE("training " + std::to_string(training));
-    const int64_t T = 61;
-    Problem pb = make_router_problem(GetParam().config, training, true, T, rng);
-    const auto seqs = routing_groups(RoutingGroups::Sequence, pb.seq_lens, T);
-    ASSERT_EQ(seqs.size(), 3u);
+    check_other_tokens_change_nothing(GetParam().config, training, true, rng);
+  }
+}
 
-    MoECache first;
-    std::vector<float> y(static_cast<size_t>(T * pb.shape.d));
-    pb.layer->forward(pb.params(), pb.batch(), first, y.data());
-
-    // Same config and seed in a fresh layer (same draws), other tokens in sequence 2.
-    Problem changed = make_router_problem(GetParam().config, training, true, T, rng);
-    changed.config = pb.config;
-    changed.layer = std::make_unique<MoELayer>(pb.config, pb.shape);
-    changed.x = pb.x;
-    changed.gate = pb.gate;
-    changed.gate_bias = pb.gate_bias;
-    changed.w1 = pb.w1;
-    changed.w3 = pb.w3;
-    changed.w2 = pb.w2;
-    changed.token_ids = pb.token_ids;
-    for (int64_t t = seqs[1].first; t < seqs[1].second; ++t) {
-      fill_x_row(changed, rng, t);
-      // Scale the new tokens up so that they would win any cross-sequence competition.
-      for (int64_t j = 0; j < pb.shape.d; ++j) changed.x[t * pb.shape.d + j] *= 4.0f;
-      if (!changed.token_ids.empty()) changed.token_ids[t] = 1000 + t;
-    }
-    MoECache second;
-    changed.layer->forward(changed.params(), changed.batch(), second, y.data());
-
-    for (size_t s : {size_t{0}, size_t{2}}) {
-      // Plan rows are tokens, or sequences for routers pooled per sequence.
-      const int64_t begin = pb.traits.pooled_per_sequence ? int64_t(s) : seqs[s].first;
-      const int64_t end = pb.traits.pooled_per_sequence ? int64_t(s) + 1 : seqs[s].second;
-      const auto a = plan_of(first.plan, begin, end);
-      const auto b = plan_of(second.plan, begin, end);
-      ASSERT_EQ(a.size(), b.size()) << "sequence " << s << " changed";
-      for (const auto& [key, w] : a) {
-        const auto it = b.find(key);
-        ASSERT_NE(it, b.end()) << "sequence " << s << " lost row " << std::get<0>(key)
-                               << " -> expert " << std::get<1>(key);
-        EXPECT_NEAR(it->second, w, 1e-6f * std::max(1.0f, std::abs(w)));
-      }
-    }
+// A router whose traits say it is not batch-dependent routes every token alone: with the whole
+// batch as one routing group, other tokens change nothing either.
+TEST_P(RoutingInvariants, BatchIndependentRoutersIgnoreOtherTokens) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  for (bool training : {false, true}) {
+    SCOPED_TRACE("training " + std::to_string(training));
+    check_other_tokens_change_nothing(GetParam().config, training, false, rng);
   }
 }
 

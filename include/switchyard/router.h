@@ -21,10 +21,10 @@ struct RouterTraits {
   bool needs_gate = true;            // uses gate.weight (hash routers do not)
   bool needs_token_ids = false;      // hash routers
   bool pooled_per_sequence = false;  // SMEAR: one route per sequence from the mean input
-  bool has_passthrough = false;      // BASE: y += (1 - α) x
   bool supports_losses = true;       // balance / z / entropy losses are meaningful
   bool supports_forced = false;      // can route to given experts (RouterInput::forced)
   bool needs_placement = false;      // routes by locality (RouterInput::token_rank)
+  bool has_own_loss = false;         // own_loss is reported (as the "router" loss), even when 0
   ScoreKind score = ScoreKind::Softmax;
   double jitter = 0.0;  // multiplicative input noise U[1-ε, 1+ε] in training
 };
@@ -76,10 +76,21 @@ struct RoutingPlan {
   }
 };
 
+// What a router's non-gradient state update sees of the step just taken.
+struct RouterStepStats {
+  std::vector<double> counts;  // (E) choices per expert over the global batch, before drops
+  double zero_fraction = 0.0;  // share of (token, expert) pairs that routed nothing (ReMoE)
+  float* bias = nullptr;       // (E) the selection bias to update in place, or null
+  int64_t E = 0;
+};
+
 class Router {
  public:
   virtual ~Router() = default;
   virtual const RouterTraits& traits() const = 0;
+  // Experts a token's FFN compute stands for, nominally (the active-parameter count): k for
+  // token-choice routers, the capacity factor for expert choice, E for dense soft routing.
+  virtual double nominal_experts_per_token(int64_t /*num_experts*/) const { return 1.0; }
   // Number of router outputs R for E experts (E + null experts for AdaMoE).
   virtual int64_t num_outputs(int64_t num_experts) const { return num_experts; }
   // Rejects an expert count the router cannot route (k > R, groups not dividing E); `context`
@@ -96,10 +107,8 @@ class Router {
     return 0.0;
   }
   // Non-gradient state after an optimiser step: the selection bias (aux-loss-free balancing),
-  // ReMoE's λ. `counts` are assignments per expert over the global batch, `zero_fraction` the
-  // share of router outputs that routed nothing (ReMoE).
-  virtual void update_state(const std::vector<double>& /*counts*/, double /*zero_fraction*/,
-                            float* /*bias*/, int64_t /*E*/) {}
+  // ReMoE's λ; what the step's routing tells them is in RouterStepStats.
+  virtual void update_state(const RouterStepStats& /*stats*/) {}
   // Mutable non-gradient state for checkpoints (ReMoE's λ); the selection bias lives in the
   // parameters instead.
   virtual nlohmann::json state() const { return nlohmann::json::object(); }

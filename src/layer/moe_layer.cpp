@@ -469,7 +469,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     stats.entropy = mean_router_entropy(li);
     stats.aux_loss = aux_losses(config_.losses, li, stats.losses, nullptr);
     const double own = router_->own_loss(in, routed, nullptr);
-    if (own != 0.0 || config_.router == "remoe") {
+    if (traits.has_own_loss) {
       stats.losses["router"] = own;
       stats.aux_loss += own;
     }
@@ -634,13 +634,16 @@ std::vector<float> MoELayer::combine_matrix(const MoECache& c) const {
 
 void MoELayer::update_router_state(const MoECache& c, float* gate_bias) {
   const int64_t E = shape_.E;
-  std::vector<double> counts(c.plan.selection_counts.begin(),
-                             c.plan.selection_counts.begin() +
-                                 std::min<int64_t>(E, int64_t(c.plan.selection_counts.size())));
-  counts.resize(size_t(E), 0.0);
+  RouterStepStats stats;
+  stats.counts.assign(c.plan.selection_counts.begin(),
+                      c.plan.selection_counts.begin() +
+                          std::min<int64_t>(E, int64_t(c.plan.selection_counts.size())));
+  stats.counts.resize(size_t(E), 0.0);
   const double rows = double(c.global.active ? c.global.kept : int64_t(c.row_assignment.size()));
-  const double zero_fraction = 1.0 - rows / (double(c.routing_tokens()) * double(E));
-  router_->update_state(counts, zero_fraction, gate_bias, E);
+  stats.zero_fraction = 1.0 - rows / (double(c.routing_tokens()) * double(E));
+  stats.bias = gate_bias;
+  stats.E = E;
+  router_->update_state(stats);
 }
 
 }  // namespace switchyard

@@ -253,16 +253,11 @@ int64_t Model::parameter_count() const {
 }
 
 int64_t Model::active_parameter_count() const {
-  // Nominal experts per token from the resolved router parameters: k for token-choice routers and
-  // ReMoE's target, the capacity factor for expert choice, all experts for soft routing, else 1.
+  // Nominal experts per token (Router::nominal_experts_per_token).
   double k = 1.0;
   for (const auto& L : impl_->layers) {
     if (!L.moe) continue;
-    const json p = L.moe_layer->router().params();
-    const std::string family = p.value("router", "");
-    k = family == "soft"            ? double(config_.experts)
-        : family == "expert_choice" ? p.value("capacity_factor", 1.0)
-                                    : p.value("k", 1.0);
+    k = L.moe_layer->router().nominal_experts_per_token(config_.experts);
     break;
   }
   double n = 0;

@@ -17,7 +17,6 @@ class BaseRouter final : public Router {
   BaseRouter(const nlohmann::json& params, const std::string& context) {
     ParamReader(params, context).finish();
     traits_.batch_dependent = true;
-    traits_.has_passthrough = true;
     traits_.supports_losses = false;
   }
   const RouterTraits& traits() const override { return traits_; }

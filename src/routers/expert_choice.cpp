@@ -20,6 +20,7 @@ class ExpertChoiceRouter final : public Router {
     traits_.batch_dependent = true;
   }
   const RouterTraits& traits() const override { return traits_; }
+  double nominal_experts_per_token(int64_t) const override { return capacity_factor_; }
   nlohmann::json params() const override {
     return {{"router", "expert_choice"}, {"capacity_factor", capacity_factor_}};
   }

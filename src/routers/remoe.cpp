@@ -17,8 +17,10 @@ class ReMoERouter final : public Router {
     lambda_ = r.get_double("lambda", 1e-8, 0.0, 1e6);
     rate_ = r.get_double("lambda_rate", 1.2, 1.0, 100.0);
     r.finish();
+    traits_.has_own_loss = true;
   }
   const RouterTraits& traits() const override { return traits_; }
+  double nominal_experts_per_token(int64_t) const override { return k_; }
   nlohmann::json params() const override {
     return {{"router", "remoe"}, {"k", k_}, {"lambda", lambda_}, {"lambda_rate", rate_}};
   }
@@ -57,9 +59,9 @@ class ReMoERouter final : public Router {
     lambda_ = state.at("lambda").get<double>();
   }
 
-  void update_state(const std::vector<double>&, double zero_fraction, float*, int64_t E) override {
-    const double target = 1.0 - k_ / double(E);
-    lambda_ = zero_fraction < target ? lambda_ * rate_ : lambda_ / rate_;
+  void update_state(const RouterStepStats& step) override {
+    const double target = 1.0 - k_ / double(step.E);
+    lambda_ = step.zero_fraction < target ? lambda_ * rate_ : lambda_ / rate_;
   }
 
  private:

@@ -24,6 +24,7 @@ class SmileRouter final : public Router {
     r.finish();
     traits_.batch_dependent = capacity_factor_ > 0.0;
     traits_.supports_losses = false;  // its two balance losses are its own (own_loss)
+    traits_.has_own_loss = true;
   }
 
   const RouterTraits& traits() const override { return traits_; }

@@ -13,6 +13,7 @@ class SoftRouter final : public AllExpertsRouter {
     ParamReader(params, context).finish();
   }
   const RouterTraits& traits() const override { return traits_; }
+  double nominal_experts_per_token(int64_t E) const override { return double(E); }
   nlohmann::json params() const override { return {{"router", "soft"}}; }
   std::string describe() const override {
     return "dense soft routing: every expert, weighted by the softmax";

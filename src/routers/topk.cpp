@@ -52,10 +52,12 @@ class TopKRouter final : public Router {
     traits_.batch_dependent = capacity_factor_ > 0.0;
     traits_.supports_forced = null_experts_ == 0;
     traits_.needs_placement = local_bonus_ > 0 || locality_loss_ > 0;
+    traits_.has_own_loss = locality_loss_ > 0;
   }
 
   const RouterTraits& traits() const override { return traits_; }
   int64_t num_outputs(int64_t E) const override { return E + null_experts_; }
+  double nominal_experts_per_token(int64_t) const override { return double(k_); }
 
   json params() const override {
     return {{"router", "topk"},
@@ -226,7 +228,10 @@ class TopKRouter final : public Router {
     return locality_loss(in, locality_, locality_loss_, locality_smoothing_, d_logits);
   }
 
-  void update_state(const std::vector<double>& counts, double, float* bias, int64_t E) override {
+  void update_state(const RouterStepStats& step) override {
+    const std::vector<double>& counts = step.counts;
+    float* const bias = step.bias;
+    const int64_t E = step.E;
     if (bias_update_rate_ <= 0 || bias == nullptr) return;
     const double mean = std::accumulate(counts.begin(), counts.begin() + E, 0.0) / double(E);
     for (int64_t e = 0; e < E; ++e) {
