@@ -22,16 +22,13 @@
 #include <string>
 #include <vector>
 
+#include "test_seed.h"
+
 namespace switchyard::testing_support {
 
-// The run's base seed: SWITCHYARD_TEST_SEED when set, else fresh from std::random_device.
+// The run's base seed (tests/test_seed.h: fixed unless SWITCHYARD_TEST_SEED says otherwise).
 inline uint64_t base_seed() {
-  static const uint64_t seed = [] {
-    if (const char* env = std::getenv("SWITCHYARD_TEST_SEED")) return uint64_t(std::stoull(env));
-    std::random_device rd;
-    return uint64_t((uint64_t(rd()) << 32) ^ uint64_t(rd()));
-  }();
-  return seed;
+  return test_base_seed();
 }
 
 // A generator for one test, from the base seed and the test's name.

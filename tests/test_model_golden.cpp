@@ -37,6 +37,8 @@
 #include <string>
 #include <vector>
 
+#include "test_seed.h"
+
 #ifndef SWITCHYARD_SOURCE_DIR
 #error "SWITCHYARD_SOURCE_DIR must name the source tree (tests/CMakeLists.txt defines it)"
 #endif
@@ -76,12 +78,7 @@ std::vector<double> routed_mask(const MoECache& cache, int64_t E) {
 }
 
 uint64_t base_seed() {
-  static const uint64_t seed = [] {
-    if (const char* env = std::getenv("SWITCHYARD_TEST_SEED")) return uint64_t(std::stoull(env));
-    std::random_device rd;
-    return ((uint64_t(rd()) << 32) ^ uint64_t(rd())) & uint64_t(0xffffffffffffULL);
-  }();
-  return seed;
+  return testing_support::test_base_seed();
 }
 
 // std::system's status as an exit code (or -1 when the command did not exit normally).

@@ -18,18 +18,15 @@
 #include <string>
 #include <vector>
 
+#include "test_seed.h"
+
 namespace switchyard {
 namespace {
 
 using nlohmann::json;
 
 uint64_t base_seed() {
-  static const uint64_t seed = [] {
-    if (const char* env = std::getenv("SWITCHYARD_TEST_SEED")) return uint64_t(std::stoull(env));
-    std::random_device rd;
-    return (uint64_t(rd()) << 32) ^ uint64_t(rd());
-  }();
-  return seed;
+  return testing_support::test_base_seed();
 }
 
 std::string seed_trace() {

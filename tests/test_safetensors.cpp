@@ -19,6 +19,7 @@
 #include "switchyard/error.h"
 #include "switchyard/file_util.h"
 #include "switchyard/safetensors.h"
+#include "test_seed.h"
 
 namespace switchyard {
 namespace {
@@ -459,11 +460,7 @@ TEST(Safetensors, ZeroSizeTensorsMayShareOffsets) {
 // ---- Randomised corruption: parsing never crashes and only ever throws switchyard::Error. ----
 
 uint64_t corruption_seed() {
-  if (const char* env = std::getenv("SWITCHYARD_TEST_SEED"); env != nullptr && *env != '\0') {
-    return std::stoull(env);
-  }
-  std::random_device device;
-  return (static_cast<uint64_t>(device()) << 32) | device();
+  return testing_support::test_base_seed();
 }
 
 // Writes the header length field so that it matches the file's real header length.
