@@ -262,6 +262,15 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   }
 }
 
+// A router added to the registry without cases above would go unchecked by finite differences.
+TEST(GradientsCoverage, EveryRegisteredRouterHasCases) {
+  for (const RouterEntry& entry : router_registry()) {
+    bool found = false;
+    for (const GradCase& c : grad_cases()) found |= c.config.at("router") == entry.name;
+    EXPECT_TRUE(found) << "router '" << entry.name << "' has no case in grad_cases()";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Routers, Gradients, ::testing::ValuesIn(grad_cases()),
                          [](const ::testing::TestParamInfo<GradCase>& param_info) {
                            return param_info.param.name;

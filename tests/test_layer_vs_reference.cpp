@@ -290,6 +290,15 @@ TEST_P(LayerVsReference, Forward) {
 
 INSTANTIATE_TEST_SUITE_P(Routers, LayerVsReference, ::testing::ValuesIn(all_params()), param_name);
 
+// A router added to the registry without cases above would go unchecked against the reference.
+TEST(LayerVsReferenceCoverage, EveryRegisteredRouterHasCases) {
+  for (const RouterEntry& entry : router_registry()) {
+    bool found = false;
+    for (const Case& c : cases()) found |= c.config.at("router") == entry.name;
+    EXPECT_TRUE(found) << "router '" << entry.name << "' has no case in cases()";
+  }
+}
+
 // Some expert receives no token (E = 64, T = 7) and both paths agree on it.
 TEST(LayerVsReferenceEdge, ExpertsWithoutTokens) {
   SCOPED_TRACE(seed_trace());

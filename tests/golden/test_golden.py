@@ -447,6 +447,14 @@ def main():
         seed = int(env_seed) if env_seed else 20261201
     print(f"golden seed = {seed} (SWITCHYARD_TEST_SEED={seed} reproduces this run)", flush=True)
 
+    # A router in the registry (`switchyard routers`) without a case here would go unchecked.
+    listing = subprocess.run([args.switchyard, "routers"], capture_output=True, text=True,
+                             check=True).stdout
+    registered = {line.split()[0] for line in listing.splitlines() if line and not line[0].isspace()}
+    missing = sorted(registered - {c["cfg"]["router"] for c in CASES})
+    if missing:
+        print(f"FAIL registered routers without a golden case: {', '.join(missing)}")
+        return 1
     cases = [(i, c) for i, c in enumerate(CASES) if args.filter in c["name"]]
     passed = failed = 0
     start = time.time()
