@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <switchyard/config.h>
 #include <switchyard/error.h>
+#include <switchyard/model.h>
 #include <switchyard/moe_layer.h>
 
 #include <algorithm>
@@ -440,6 +441,66 @@ TEST(RouterState, GlobalBatchWithProportionalCountsMatchesMicroBatch) {
   double diff = 0.0;
   for (size_t i = 0; i < dgate_m.size(); ++i) diff += std::abs(dgate_g[i] - dgate_m[i]);
   EXPECT_GT(diff, 1e-7) << "skewed global counts should change d_gate";
+}
+
+// The model feeds the global-batch balance loss across gradient-accumulation micro-batches: the
+// second micro-batch's loss counts the first's choices too (f from both, P from its own tokens),
+// and zero_grads (a new step) forgets them.
+TEST(RouterState, ModelCarriesGlobalBatchCountsAcrossMicroBatches) {
+  ModelConfig c;
+  c.vocab_size = 64;
+  c.d_model = 16;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.seq_len = 8;
+  c.experts = 4;
+  c.d_ff = 8;
+  c.dense_d_ff = 16;
+  const double alpha = 0.1;
+  c.router = {{"router", "topk"},
+              {"k", 2},
+              {"losses", {{"balance", alpha}, {"balance_mode", "global_batch"}}}};
+  Model model(c, 5);
+  const int64_t B = 2, T = c.seq_len, N = B * T;
+  std::mt19937_64 rng(3);
+  auto draw = [&] {
+    std::vector<int32_t> v(static_cast<size_t>(N));
+    for (auto& t : v) t = int32_t(rng() % uint64_t(c.vocab_size));
+    return v;
+  };
+  const std::vector<int32_t> a = draw(), a_next = draw(), b = draw(), b_next = draw();
+  // α R Σ_j (c_j / Σc) P_j with P the mean softmax of this micro-batch's logits.
+  auto expected = [&](const MoECache& cache, const std::vector<double>& counts) {
+    const int64_t R = c.experts;
+    std::vector<double> P(static_cast<size_t>(R), 0.0);
+    for (int64_t t = 0; t < N; ++t) {
+      const float* z = cache.logits.data() + t * R;
+      const double m = *std::max_element(z, z + R);
+      double sum = 0.0;
+      for (int64_t j = 0; j < R; ++j) sum += std::exp(double(z[j]) - m);
+      for (int64_t j = 0; j < R; ++j) P[size_t(j)] += std::exp(double(z[j]) - m) / sum / double(N);
+    }
+    const double total = std::accumulate(counts.begin(), counts.end(), 0.0);
+    double loss = 0.0;
+    for (int64_t j = 0; j < R; ++j) loss += counts[size_t(j)] / total * P[size_t(j)];
+    return alpha * double(R) * loss;
+  };
+  model.zero_grads();
+  model.forward(a.data(), a_next.data(), B, T, true);
+  model.backward(0.5f);
+  const std::vector<double> counts_a = model.layer_caches()[0]->plan.selection_counts;
+  model.forward(b.data(), b_next.data(), B, T, true);
+  const MoECache& second = *model.layer_caches()[0];
+  std::vector<double> both = second.plan.selection_counts;
+  for (size_t j = 0; j < both.size(); ++j) both[j] += counts_a[j];
+  EXPECT_NEAR(second.stats.losses.at("balance"), expected(second, both), 1e-9);
+  EXPECT_GT(std::abs(expected(second, both) - expected(second, second.plan.selection_counts)), 1e-6)
+      << "the earlier counts must change this loss for the test to mean anything";
+  model.backward(0.5f);
+  model.zero_grads();  // a new step: only its own choices
+  model.forward(b.data(), b_next.data(), B, T, true);
+  const MoECache& fresh = *model.layer_caches()[0];
+  EXPECT_NEAR(fresh.stats.losses.at("balance"), expected(fresh, fresh.plan.selection_counts), 1e-9);
 }
 
 }  // namespace

@@ -108,6 +108,13 @@ struct Model::Impl {
     size_t sw1 = SIZE_MAX, sw3 = SIZE_MAX, sw2 = SIZE_MAX, block_begin = 0, block_end = 0;
     std::unique_ptr<MoELayer> moe_layer;
     MoECache cache;
+    // (R) the router's choices in this step's earlier micro-batches (global-batch balance loss);
+    // empty at the first. Cleared by zero_grads, which starts a step.
+    std::vector<double> earlier_counts;
+    bool global_batch_balance() const {
+      const LossConfig& losses = moe_layer->config().losses;
+      return losses.balance > 0 && losses.balance_mode == BalanceMode::GlobalBatch;
+    }
     // Activations (views into acts).
     float *h_in, *a, *rstd1, *qkv, *probs, *o, *h_mid, *m, *rstd2, *f, *dh1, *dh3, *dact;
   };
@@ -340,6 +347,9 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
             mp.w3_experts, mp.w2_experts);
       }
       batch.x = L.m;
+      batch.global_counts = training && L.global_batch_balance() && !L.earlier_counts.empty()
+                                ? L.earlier_counts.data()
+                                : nullptr;
       L.moe_layer->set_training(training);
       L.moe_layer->forward(mp, batch, L.cache, L.f);
     } else {
@@ -412,7 +422,20 @@ void Model::backward(float scale) {
       }
       batch.x = L.m;
       // dy = dh · 1 (the FFN output adds to the residual); scale applies through dh already.
+      batch.global_counts =
+          L.global_batch_balance() && !L.earlier_counts.empty() ? L.earlier_counts.data() : nullptr;
       L.moe_layer->backward(mp, batch, L.cache, dh, dm, mg, scale);
+      if (L.global_batch_balance()) {
+        // The next micro-batch's balance loss counts this one's choices too (the ones the loss
+        // counts: first choices only under balance_top1_only).
+        const RoutingPlan& plan = L.cache.routing_plan();
+        const bool first =
+            L.moe_layer->config().losses.balance_top1_only && !plan.first_choice_counts.empty();
+        const std::vector<double>& counts =
+            first ? plan.first_choice_counts : plan.selection_counts;
+        L.earlier_counts.resize(counts.size(), 0.0);
+        for (size_t i = 0; i < counts.size(); ++i) L.earlier_counts[i] += counts[i];
+      }
       for (size_t i = 0; i < im.moe_grads.size(); ++i) G[L.block_begin + i] += im.moe_grads[i];
     } else {
       std::vector<float> dact(size_t(N * c.dense_d_ff)), dh3(swiglu ? size_t(N * c.dense_d_ff) : 0);
@@ -468,6 +491,7 @@ void Model::set_gradient_ready(std::function<void(size_t, size_t)> ready) {
 }
 
 void Model::zero_grads() {
+  for (auto& L : impl_->layers) L.earlier_counts.clear();
   float* g = grads_.data();
   const int64_t n = int64_t(grads_.size());
 #pragma omp parallel for simd schedule(static)
