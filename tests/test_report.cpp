@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "report/seed_comparison.h"
+
 namespace switchyard {
 namespace {
 
@@ -550,6 +552,70 @@ TEST_F(ReportTest, ParallelRunsGetTheAcrossRanksTable) {
   const std::string message = load_error(bad.dump() + "\n");
   EXPECT_NE(message.find("metrics.jsonl:1 [parallel]"), std::string::npos) << message;
   EXPECT_NE(message.find("combine_bytes_sent"), std::string::npos) << message;
+}
+
+// Several seeds: mean ± sample sd per group, differences paired by seed with a 95 % t interval.
+TEST(SeedComparison, MeansPairedDifferencesAndVerdicts) {
+  using report::compare_seeds;
+  EXPECT_DOUBLE_EQ(report::t_critical_95(1), 12.706);
+  EXPECT_DOUBLE_EQ(report::t_critical_95(2), 4.303);
+  EXPECT_DOUBLE_EQ(report::t_critical_95(1000), 1.96);
+  std::vector<report::SeededValue> v = {
+      {"base", 1, 1.0},   {"base", 2, 1.1},        {"base", 3, 1.2},    // mean 1.1, sd 0.1
+      {"better", 1, 0.9}, {"better", 2, 1.0},      {"better", 3, 1.1},  // always 0.1 lower
+      {"noisy", 1, 1.05}, {"noisy", 2, 1.0},       {"noisy", 3, 1.3},   // Δ 0.05, -0.1, 0.1
+      {"once", 2, 0.5},   {"other_seeds", 7, 1.0}, {"other_seeds", 8, 1.0}};
+  const report::SeedComparison c = compare_seeds(v, "");
+  EXPECT_EQ(c.baseline, "base");
+  EXPECT_TRUE(c.any_repeated);
+  ASSERT_EQ(c.groups.size(), 5u);
+  EXPECT_NEAR(c.groups[0].mean, 1.1, 1e-12);
+  EXPECT_NEAR(c.groups[0].sd, 0.1, 1e-12);
+  EXPECT_TRUE(std::isnan(c.groups[3].sd));  // one run
+  ASSERT_EQ(c.paired.size(), 4u);
+  EXPECT_EQ(c.paired[0].n, 3);
+  EXPECT_NEAR(c.paired[0].mean, -0.1, 1e-12);
+  EXPECT_TRUE(c.paired[0].outside_noise);
+  const double sd = std::sqrt(
+      (std::pow(0.05 - 0.05 / 3, 2) + std::pow(-0.1 - 0.05 / 3, 2) + std::pow(0.1 - 0.05 / 3, 2)) /
+      2);
+  EXPECT_NEAR(c.paired[1].sd, sd, 1e-12);
+  EXPECT_NEAR(c.paired[1].hi - c.paired[1].mean, 4.303 * sd / std::sqrt(3.0), 1e-12);
+  EXPECT_FALSE(c.paired[1].outside_noise);
+  EXPECT_EQ(c.paired[2].n, 1);  // one shared seed: no interval
+  EXPECT_FALSE(c.paired[2].outside_noise);
+  EXPECT_EQ(c.paired[3].n, 0);  // no seed in common with the baseline
+  EXPECT_THROW(compare_seeds(v, "missing"), Error);
+  EXPECT_EQ(compare_seeds(v, "noisy").baseline, "noisy");
+}
+
+TEST_F(ReportTest, SeveralSeedsGetTheAcrossSeedsTable) {
+  auto run = [](const std::string& group, uint64_t seed, double val) {
+    RunData r;
+    r.name = group + " seed " + std::to_string(seed);
+    r.group = group;
+    r.seed = seed;
+    MetricsRow row;
+    row.step = 10;
+    row.train_loss = val;
+    row.val_loss = val;
+    r.rows.push_back(row);
+    return r;
+  };
+  const std::vector<RunData> runs = {run("a", 1, 2.0), run("a", 2, 2.2), run("b", 1, 1.9),
+                                     run("b", 2, 2.1)};
+  write_report(runs, (dir_ / "report").string(), ReportOptions{"a"});
+  const std::string md = slurp(dir_ / "report" / "summary.md");
+  EXPECT_NE(md.find("## Across seeds"), std::string::npos) << md;
+  EXPECT_NE(md.find("| a | 2 | 2.1000 ± 0.1414 | — | — | baseline |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| b | 2 | 2.0000 ± 0.1414 | -0.1000 ± 0.0000 (2 paired) |"), std::string::npos)
+      << md;
+  EXPECT_NE(md.find("lower loss, outside seed noise"), std::string::npos) << md;
+  EXPECT_NE(slurp(dir_ / "report" / "index.html").find("Across seeds"), std::string::npos);
+  // One run per group: no such table.
+  write_report({run("a", 1, 2.0), run("b", 1, 1.9)}, (dir_ / "report1").string());
+  EXPECT_EQ(slurp(dir_ / "report1" / "summary.md").find("Across seeds"), std::string::npos);
+  EXPECT_THROW(write_report(runs, (dir_ / "report2").string(), ReportOptions{"zzz"}), Error);
 }
 
 TEST_F(ReportTest, NoRunsIsAnError) {

@@ -55,6 +55,8 @@ struct MetricsRow {
 struct RunData {
   std::string dir;
   std::string name;
+  std::string group;  // runs of one configuration over several seeds (run.json; default: name)
+  uint64_t seed = 0;  // train.seed
   nlohmann::json router = nlohmann::json::object();  // layer.json object
   nlohmann::json model = nlohmann::json::object();
   nlohmann::json train = nlohmann::json::object();
@@ -71,8 +73,14 @@ struct RunData {
 // A last line without its newline that does not parse is a write in progress and is skipped.
 RunData load_run(const std::string& dir);
 
+struct ReportOptions {
+  // The group the others are compared with over the seeds both ran (empty: the first group).
+  std::string baseline;
+};
+
 // Writes out_dir/index.html and out_dir/summary.md (each atomically), creating out_dir.
-void write_report(const std::vector<RunData>& runs, const std::string& out_dir);
+void write_report(const std::vector<RunData>& runs, const std::string& out_dir,
+                  const ReportOptions& options = {});
 
 // Escapes & < > " ' for HTML text and attribute values (shared by the HTML reports).
 std::string html_escape(std::string_view s);

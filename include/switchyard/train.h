@@ -29,7 +29,8 @@ struct TrainConfig {
   int64_t eval_every = 25, eval_batches = 4, checkpoint_every = 100, log_every = 10;
   uint64_t seed = 1;
   std::string out = "runs/train";
-  std::string name;  // label in reports (default: the router name)
+  std::string name;   // label in reports (default: the router name)
+  std::string group;  // runs of one configuration over several seeds (default: the name)
 
   nlohmann::json to_json() const;
 };

@@ -33,12 +33,17 @@ struct TrainFlags {
 int run_train(const std::string& config_path, const TrainFlags& flags);
 int run_sample(const std::string& checkpoint, const std::string& prompt, int64_t count,
                double temperature, uint64_t seed);
+// `switchyard compare`: every router entry once per seed (`seeds` consecutive seeds from the
+// config's), then the report, comparing each entry with `baseline` (empty: the first) over the
+// seeds.
 int run_compare(const std::string& config_path, const TrainFlags& flags,
-                const std::vector<std::string>& routers);
+                const std::vector<std::string>& routers, int64_t seeds,
+                const std::string& baseline);
 
 // `switchyard report`: loads each run folder (or, for a folder without run.json, every
 // subfolder that has one) and writes out_dir/index.html and out_dir/summary.md.
-int run_report(const std::vector<std::string>& run_dirs, const std::string& out_dir);
+int run_report(const std::vector<std::string>& run_dirs, const std::string& out_dir,
+               const std::string& baseline = "");
 
 // `switchyard llm train | eval | route` (llm_commands.cpp).
 struct LlmDataFlags {

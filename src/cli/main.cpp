@@ -63,12 +63,21 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
 
   std::vector<std::string> compare_routers;
+  int64_t compare_seeds = 1;
+  std::string compare_baseline;
   auto* compare = app.add_subcommand("compare", "Train one model per router and write a report");
   add_train_flags(compare);
   compare
       ->add_option("--routers", compare_routers,
                    "routers to compare (default: a representative set)")
       ->delimiter(',');
+  compare
+      ->add_option("--seeds", compare_seeds,
+                   "runs per router, with consecutive seeds from the config's (mean ± sd and a "
+                   "paired comparison in the report)")
+      ->check(CLI::Range(int64_t(1), int64_t(1000)));
+  compare->add_option("--baseline", compare_baseline,
+                      "the router entry the others are compared with (default: the first)");
 
   std::string checkpoint, prompt;
   int64_t sample_count = 200;
@@ -88,6 +97,9 @@ int main(int argc, char** argv) {
   auto* report = app.add_subcommand("report", "Write the HTML comparison report of training runs");
   report->add_option("--runs", report_runs, "run folders (or folders of runs)")->required();
   report->add_option("--out", report_out, "report folder");
+  std::string report_baseline;
+  report->add_option("--baseline", report_baseline,
+                     "the group the others are compared with over the seeds (default: the first)");
 
   namespace cli = switchyard::cli;
   auto* llm = app.add_subcommand("llm", "Route prompts across language models");
@@ -285,11 +297,13 @@ int main(int argc, char** argv) {
     }
     if (*demo) return switchyard::cli::run_demo(tokens, repeats);
     if (*train) return switchyard::cli::run_train(train_config, flags);
-    if (*compare) return switchyard::cli::run_compare(train_config, flags, compare_routers);
+    if (*compare)
+      return switchyard::cli::run_compare(train_config, flags, compare_routers, compare_seeds,
+                                          compare_baseline);
     if (*sample)
       return switchyard::cli::run_sample(checkpoint, prompt, sample_count, temperature,
                                          sample_seed);
-    if (*report) return switchyard::cli::run_report(report_runs, report_out);
+    if (*report) return switchyard::cli::run_report(report_runs, report_out, report_baseline);
     if (*forward) return cli::run_forward(infer_flags, forward_in, forward_out);
     if (*generate) return cli::run_generate(infer_flags, gen);
     if (*ppl) return cli::run_ppl(infer_flags, ppl_text, ppl_context);

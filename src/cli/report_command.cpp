@@ -30,12 +30,13 @@ std::vector<std::string> expand(const std::string& dir) {
 
 }  // namespace
 
-int run_report(const std::vector<std::string>& run_dirs, const std::string& out_dir) {
+int run_report(const std::vector<std::string>& run_dirs, const std::string& out_dir,
+               const std::string& baseline) {
   if (run_dirs.empty()) fail("report: no run folders given");
   std::vector<RunData> runs;
   for (const std::string& dir : run_dirs)
     for (const std::string& run_dir : expand(dir)) runs.push_back(load_run(run_dir));
-  write_report(runs, out_dir);
+  write_report(runs, out_dir, ReportOptions{baseline});
   fmt::print("report: {} run{} → {}/index.html, {}/summary.md\n", runs.size(),
              runs.size() == 1 ? "" : "s", out_dir, out_dir);
   return 0;

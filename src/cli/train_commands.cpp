@@ -1,7 +1,9 @@
 // `switchyard train`, `sample` and `compare`.
 #include <fmt/format.h>
+#include <switchyard/config.h>
 #include <switchyard/error.h>
 #include <switchyard/file_util.h>
+#include <switchyard/router.h>
 #include <switchyard/train.h>
 
 #include <algorithm>
@@ -97,7 +99,8 @@ json entry_for_router(const std::string& name) {
 }  // namespace
 
 int run_compare(const std::string& config_path, const TrainFlags& flags,
-                const std::vector<std::string>& routers) {
+                const std::vector<std::string>& routers, int64_t seeds,
+                const std::string& baseline) {
   json j = config_path.empty() ? json::object()
                                : parse_json_strict(read_file_text(config_path), config_path);
   json entries = j.contains("routers") ? j.at("routers") : default_entries();
@@ -111,26 +114,55 @@ int run_compare(const std::string& config_path, const TrainFlags& flags,
   if (flags.steps > 0) j["steps"] = flags.steps;
   if (!flags.corpus.empty()) j["data"] = {{"corpus", flags.corpus}};
   const std::string source = config_path.empty() ? std::string("compare flags") : config_path;
-  std::vector<std::string> run_dirs;
+  std::vector<std::string> run_dirs, names;
   for (const json& e : entries) {
     if (!e.is_object() || !e.contains("name") || !e.at("name").is_string() || !e.contains("router"))
       fail("{}: each 'routers' entry needs 'name' and 'router', got {}", source, e.dump());
-    const std::string name = e.at("name").get<std::string>();
-    json run = j;
-    if (!run.contains("model")) run["model"] = json::object();
-    run["model"]["router"] = e.at("router");
-    const int64_t d_ff = run["model"].value("d_ff", int64_t(256));
-    run["model"]["d_ff"] = d_ff * e.value("d_ff_scale", int64_t(1));
-    run["name"] = name;
-    run["out"] = (std::filesystem::path(out) / "runs" / name).string();
-    const TrainConfig config = parse_train_config(run, source + " [" + name + "]");
-    fmt::print(stderr, "== {} ({} steps)\n", name, config.optim.steps);
-    const TrainResult r = train(config, TrainOptions{});
-    fmt::print(stderr, "   val loss {:.4f}, {:.0f} tokens/s, {:.1f} s\n", r.final_val_loss,
-               r.tokens_per_s, r.wall_seconds);
-    run_dirs.push_back(config.out);
+    names.push_back(e.at("name").get<std::string>());
   }
-  return run_report(run_dirs, (std::filesystem::path(out) / "report").string());
+  if (!baseline.empty() && std::find(names.begin(), names.end(), baseline) == names.end())
+    fail("compare: --baseline '{}' is not one of the router entries ({})", baseline,
+         fmt::join(names, ", "));
+  // Every entry's router is checked before anything trains: a bad one would end the comparison
+  // after the earlier ones had run.
+  for (const json& e : entries) {
+    const std::string what = source + " [" + e.at("name").get<std::string>() + "]";
+    const LayerConfig layer = parse_layer_config(e.at("router"), what);
+    if (make_router(layer.router, layer.router_params, what)->traits().needs_placement &&
+        !layer.placement.declared())
+      fail(
+          "{}: router {} routes by locality; in one process declare where tokens and experts "
+          "sit, e.g. \"placement\": {{\"ranks\": 4, \"ranks_per_node\": 2}} in its router "
+          "object (docs/layer-config.md)",
+          what, layer.router);
+  }
+  const uint64_t first_seed = uint64_t(j.value("seed", int64_t(1)));
+  for (const json& e : entries) {
+    const std::string name = e.at("name").get<std::string>();
+    for (int64_t s = 0; s < seeds; ++s) {
+      // One seed: the entry's name and folder as before; several: "name seed S" in name-seedS.
+      const uint64_t seed = first_seed + uint64_t(s);
+      const std::string label = seeds == 1 ? name : fmt::format("{} seed {}", name, seed);
+      json run = j;
+      if (!run.contains("model")) run["model"] = json::object();
+      run["model"]["router"] = e.at("router");
+      const int64_t d_ff = run["model"].value("d_ff", int64_t(256));
+      run["model"]["d_ff"] = d_ff * e.value("d_ff_scale", int64_t(1));
+      run["name"] = label;
+      run["group"] = name;
+      run["seed"] = seed;
+      run["out"] = (std::filesystem::path(out) / "runs" /
+                    (seeds == 1 ? name : fmt::format("{}-seed{}", name, seed)))
+                       .string();
+      const TrainConfig config = parse_train_config(run, source + " [" + label + "]");
+      fmt::print(stderr, "== {} ({} steps)\n", label, config.optim.steps);
+      const TrainResult r = train(config, TrainOptions{});
+      fmt::print(stderr, "   val loss {:.4f}, {:.0f} tokens/s, {:.1f} s\n", r.final_val_loss,
+                 r.tokens_per_s, r.wall_seconds);
+      run_dirs.push_back(config.out);
+    }
+  }
+  return run_report(run_dirs, (std::filesystem::path(out) / "report").string(), baseline);
 }
 
 }  // namespace switchyard::cli

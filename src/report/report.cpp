@@ -21,6 +21,7 @@
 #include <system_error>
 #include <utility>
 
+#include "report/seed_comparison.h"
 #include "report/svg_heatmap.h"
 
 namespace switchyard {
@@ -1085,14 +1086,18 @@ struct Page {
   Table table;
   std::vector<std::pair<std::string, std::string>> model_settings, train_settings, data_settings;
   std::map<size_t, std::vector<std::string>> differences;  // run index → settings unlike others
+  report::SeedComparison seeds;  // final validation loss over the seeds of each group
 };
 
-Page analyse(const std::vector<RunData>& runs) {
+Page analyse(const std::vector<RunData>& runs, const ReportOptions& options) {
   Page p;
+  std::vector<report::SeededValue> finals;
   for (const RunData& run : runs) {
     p.derived.push_back(derive(run));
     p.sums.push_back(summarize(run, p.derived.back()));
+    finals.push_back({run.group, run.seed, p.sums.back().final_val});
   }
+  p.seeds = report::compare_seeds(finals, options.baseline);
   p.table = summary_table(runs, p.sums);
   p.model_settings = common_settings(
       runs, [](const RunData& r) -> const json& { return r.model; }, &p.differences, "model.");
@@ -1139,6 +1144,42 @@ std::optional<ParallelMetrics> parallel_means(const RunData& run) {
   if (m.share_by_phase)
     for (double& v : *m.share_by_phase) v /= n;
   return m;
+}
+
+// The "Across seeds" table: one row per group, the paired difference from the baseline group.
+std::vector<std::vector<std::string>> seed_rows(const report::SeedComparison& s) {
+  auto pm = [](double mean, double sd) {
+    if (!finite(mean)) return std::string("—");
+    return finite(sd) ? fmt::format("{:.4f} ± {:.4f}", mean, sd) : fmt::format("{:.4f}", mean);
+  };
+  std::vector<std::vector<std::string>> rows;
+  for (const report::GroupSummary& g : s.groups) {
+    std::vector<std::string> row = {g.group, fmt::format("{}", g.n), pm(g.mean, g.sd)};
+    if (g.group == s.baseline) {
+      row.insert(row.end(), {"—", "—", "baseline"});
+    } else {
+      const report::PairedDifference* d = nullptr;
+      for (const auto& x : s.paired)
+        if (x.group == g.group) d = &x;
+      row.push_back(fmt::format("{} ({} paired)", pm(d->mean, d->sd), d->n));
+      row.push_back(d->n >= 2 ? fmt::format("[{:+.4f}, {:+.4f}]", d->lo, d->hi) : "—");
+      row.push_back(d->n < 2            ? "too few seeds"
+                    : !d->outside_noise ? "within seed noise"
+                    : d->mean < 0       ? "lower loss, outside seed noise"
+                                        : "higher loss, outside seed noise");
+    }
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::vector<std::string> seed_headers(const report::SeedComparison& s) {
+  return {"Group",
+          "Seeds",
+          "Final val loss (mean ± sd)",
+          "Δ vs " + s.baseline + " (mean ± sd)",
+          "95 % interval of Δ",
+          "Verdict"};
 }
 
 // The cells of the "Across ranks" table, one row per parallel run.
@@ -1385,6 +1426,26 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
   }
   append(out, "</section>\n");
 
+  // Several seeds per configuration: mean ± sd and the paired comparison with the baseline.
+  if (p.seeds.any_repeated) {
+    append(out,
+           "<section class=\"card\" aria-labelledby=\"seeds-h\"><h2 id=\"seeds-h\">Across "
+           "seeds</h2><p class=\"lede\">Final validation loss per group of runs (one "
+           "configuration, several seeds): mean ± sample standard deviation, and the difference "
+           "from {} paired by seed with its 95 % t interval. A difference whose interval excludes "
+           "0 is outside seed noise. Each seed is drawn as its own line in the plots.</p>"
+           "<table><thead><tr>",
+           html_escape(p.seeds.baseline));
+    for (const std::string& h : seed_headers(p.seeds)) append(out, "<th>{}</th>", html_escape(h));
+    append(out, "</tr></thead><tbody>");
+    for (const auto& row : seed_rows(p.seeds)) {
+      append(out, "<tr>");
+      for (const std::string& cell : row) append(out, "<td>{}</td>", html_escape(cell));
+      append(out, "</tr>");
+    }
+    append(out, "</tbody></table></section>\n");
+  }
+
   // Runs across ranks: the expert-parallel traffic and balance (docs/distributed.md).
   if (const auto rows = parallel_rows(runs); !rows.empty()) {
     append(out,
@@ -1457,6 +1518,20 @@ std::string markdown(const std::vector<RunData>& runs, const Page& p) {
       for (const std::string& d : it->second) line += "; " + md_escape(d);
     out += line + "\n";
   }
+  if (p.seeds.any_repeated) {
+    append(out, "\n## Across seeds (final val loss; Δ paired by seed against {})\n\n|",
+           md_escape(p.seeds.baseline));
+    const auto headers = seed_headers(p.seeds);
+    for (const std::string& h : headers) append(out, " {} |", md_escape(h));
+    out += "\n|";
+    for (size_t c = 0; c < headers.size(); ++c) out += "---|";
+    out += "\n";
+    for (const auto& row : seed_rows(p.seeds)) {
+      out += "|";
+      for (const std::string& cell : row) append(out, " {} |", md_escape(cell));
+      out += "\n";
+    }
+  }
   if (const auto rows = parallel_rows(runs); !rows.empty()) {
     out += "\n## Across ranks\n\n|";
     for (const std::string& h : kParallelHeaders) append(out, " {} |", md_escape(h));
@@ -1487,12 +1562,19 @@ RunData load_run(const std::string& dir) {
   if (!name->is_string())
     fail("{}: field 'name' must be a string, got {}", meta_path, describe_value(*name));
   run.name = name->get<std::string>();
+  run.group = run.name;
+  if (const auto g = meta.find("group"); g != meta.end()) {
+    if (!g->is_string())
+      fail("{}: field 'group' must be a string, got {}", meta_path, describe_value(*g));
+    run.group = g->get<std::string>();
+  }
   run.router = object_field(meta, "router", meta_path);
   run.model = object_field(meta, "model", meta_path);
   run.train = object_field(meta, "train", meta_path);
   run.params = integer(meta, "params", meta_path, int64_t(0));
   run.active_params = integer(meta, "active_params", meta_path, int64_t(0));
   run.tokens_per_step = integer(meta, "tokens_per_step", meta_path, int64_t(0));
+  run.seed = uint64_t(integer(run.train, "seed", meta_path + " [train]", int64_t(0)));
   if (const auto w = opt_number(meta, "wall_seconds", meta_path); w && finite(*w))
     run.wall_seconds = *w;
   if (const auto it = meta.find("domains"); it != meta.end() && !it->is_null()) {
@@ -1533,12 +1615,13 @@ RunData load_run(const std::string& dir) {
   return run;
 }
 
-void write_report(const std::vector<RunData>& runs, const std::string& out_dir) {
+void write_report(const std::vector<RunData>& runs, const std::string& out_dir,
+                  const ReportOptions& options) {
   if (runs.empty()) fail("report: no runs to compare");
   std::error_code ec;
   std::filesystem::create_directories(out_dir, ec);
   if (ec) fail("cannot create report folder '{}': {}", out_dir, ec.message());
-  const Page page = analyse(runs);
+  const Page page = analyse(runs, options);
   const std::string dir = std::filesystem::path(out_dir).string();
   write_file_atomic((std::filesystem::path(dir) / "index.html").string(), html_page(runs, page));
   write_file_atomic((std::filesystem::path(dir) / "summary.md").string(), markdown(runs, page));

@@ -49,7 +49,8 @@ json TrainConfig::to_json() const {
           {"log_every", log_every},
           {"seed", seed},
           {"out", out},
-          {"name", name}};
+          {"name", name},
+          {"group", group}};
 }
 
 TrainConfig parse_train_config(const json& j, const std::string& source) {
@@ -94,8 +95,10 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
   c.seed = uint64_t(r.get_int("seed", 1, 0, INT64_MAX));
   c.out = r.get_string("out", c.out);
   c.name = r.get_string("name", "");
+  c.group = r.get_string("group", "");
   r.finish();
   if (c.name.empty()) c.name = c.model.router.value("router", "mixtral");
+  if (c.group.empty()) c.group = c.name;
   return c;
 }
 
@@ -528,6 +531,7 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   train_sampler.skip_to(start);
 
   json run = {{"name", config.name},
+              {"group", config.group},
               {"router", config.model.router},
               {"model", config.model.to_json()},
               {"train", config.to_json()},
