@@ -611,7 +611,12 @@ TEST_F(ReportTest, SeveralSeedsGetTheAcrossSeedsTable) {
   EXPECT_NE(md.find("| b | 2 | 2.0000 ± 0.1414 | -0.1000 ± 0.0000 (2 paired) |"), std::string::npos)
       << md;
   EXPECT_NE(md.find("lower loss, outside seed noise"), std::string::npos) << md;
-  EXPECT_NE(slurp(dir_ / "report" / "index.html").find("Across seeds"), std::string::npos);
+  const std::string html = slurp(dir_ / "report" / "index.html");
+  EXPECT_NE(html.find("Across seeds"), std::string::npos);
+  // One colour per group (the seeds of a share a's): two colours for four runs.
+  EXPECT_GE(count(html, "background:#0072B2"), 2u);
+  EXPECT_EQ(count(html, "background:#0072B2"), count(html, "background:#D55E00"));
+  EXPECT_EQ(count(html, "background:#009E73"), 0u);
   // One run per group: no such table.
   write_report({run("a", 1, 2.0), run("b", 1, 1.9)}, (dir_ / "report1").string());
   EXPECT_EQ(slurp(dir_ / "report1" / "summary.md").find("Across seeds"), std::string::npos);

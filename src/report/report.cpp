@@ -494,8 +494,8 @@ double text_width(std::string_view s, double px = 12) {
 
 constexpr double kPlotW = 440, kPlotH = 220;
 
-std::string legend_svg(const std::vector<std::string>& names, bool markers, double x0, double y0,
-                       double width, double* height) {
+std::string legend_svg(const std::vector<std::string>& names, const std::vector<size_t>& styles,
+                       bool markers, double x0, double y0, double width, double* height) {
   std::string out;
   double x = x0, y = y0;
   for (size_t i = 0; i < names.size(); ++i) {
@@ -504,11 +504,11 @@ std::string legend_svg(const std::vector<std::string>& names, bool markers, doub
     fmt::format_to(std::back_inserter(out),
                    "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
                    "stroke-width=\"2.5\" stroke-dasharray=\"{}\"/>",
-                   x, y, x + 22, y, run_colour(i), run_dash(i));
+                   x, y, x + 22, y, run_colour(styles[i]), run_dash(styles[i]));
     if (markers)
       fmt::format_to(std::back_inserter(out),
                      "<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>", x + 11, y,
-                     run_colour(i));
+                     run_colour(styles[i]));
     fmt::format_to(std::back_inserter(out),
                    "<text x=\"{:.1f}\" y=\"{:.1f}\" dominant-baseline=\"central\" "
                    "class=\"legend\">{}</text>",
@@ -519,14 +519,15 @@ std::string legend_svg(const std::vector<std::string>& names, bool markers, doub
   return out;
 }
 
-std::string line_plot_svg(const PlotSpec& spec, const std::vector<std::string>& names, double x_lo,
-                          double x_hi) {
+std::string line_plot_svg(const PlotSpec& spec, const std::vector<std::string>& names,
+                          const std::vector<size_t>& styles, double x_lo, double x_hi) {
   double legend_h = 0;
   const double left = 58, right = 14, bottom = 44;
   // Markers only while they stay apart.
   bool markers = spec.markers;
   for (const Series& s : spec.series) markers = markers && s.x.size() <= 60;
-  const std::string legend = legend_svg(names, markers, left, 14, kPlotW - left - right, &legend_h);
+  const std::string legend =
+      legend_svg(names, styles, markers, left, 14, kPlotW - left - right, &legend_h);
   const double top = 14 + legend_h + 6;
   const double height = top + kPlotH + bottom;
   const double pw = kPlotW - left - right, ph = kPlotH;
@@ -646,7 +647,7 @@ std::string line_plot_svg(const PlotSpec& spec, const std::vector<std::string>& 
              "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" "
              "stroke-linejoin=\"round\" stroke-linecap=\"round\" stroke-dasharray=\"{}\">"
              "<title>{}</title></polyline>",
-             points, run_colour(r), run_dash(r), html_escape(names[r]));
+             points, run_colour(styles[r]), run_dash(styles[r]), html_escape(names[r]));
     }
     if (markers)
       for (size_t i = 0; i < s.x.size(); ++i)
@@ -654,7 +655,7 @@ std::string line_plot_svg(const PlotSpec& spec, const std::vector<std::string>& 
           append(out,
                  "<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"2.8\" fill=\"{}\"><title>{}: {:.{}f} at "
                  "step {:.0f}</title></circle>",
-                 px(s.x[i]), py(s.y[i]), run_colour(r), html_escape(names[r]), s.y[i],
+                 px(s.x[i]), py(s.y[i]), run_colour(styles[r]), html_escape(names[r]), s.y[i],
                  spec.value_decimals, s.x[i]);
   }
   append(out, "</g></svg>");
@@ -1087,6 +1088,9 @@ struct Page {
   std::vector<std::pair<std::string, std::string>> model_settings, train_settings, data_settings;
   std::map<size_t, std::vector<std::string>> differences;  // run index → settings unlike others
   report::SeedComparison seeds;  // final validation loss over the seeds of each group
+  // Per run, the index of its colour and dash (run_colour, run_dash): the run's own, or with
+  // several seeds per group the group's colour and a dash per seed, so the spread reads at once.
+  std::vector<size_t> styles;
 };
 
 Page analyse(const std::vector<RunData>& runs, const ReportOptions& options) {
@@ -1098,6 +1102,15 @@ Page analyse(const std::vector<RunData>& runs, const ReportOptions& options) {
     finals.push_back({run.group, run.seed, p.sums.back().final_val});
   }
   p.seeds = report::compare_seeds(finals, options.baseline);
+  std::map<std::string, size_t> group_index, seen;
+  for (size_t r = 0; r < runs.size(); ++r) {
+    if (!p.seeds.any_repeated) {
+      p.styles.push_back(r);
+      continue;
+    }
+    const size_t g = group_index.emplace(runs[r].group, group_index.size()).first->second;
+    p.styles.push_back(g % kPalette.size() + kPalette.size() * (seen[runs[r].group]++ % 3));
+  }
   p.table = summary_table(runs, p.sums);
   p.model_settings = common_settings(
       runs, [](const RunData& r) -> const json& { return r.model; }, &p.differences, "model.");
@@ -1259,7 +1272,7 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
     for (size_t c = 0; c < p.table.rows[r].size(); ++c) {
       const Cell& cell = p.table.rows[r][c];
       if (c == 0) {
-        append(out, "<th scope=\"row\">{}{}</th>", swatch(r), html_escape(cell.text));
+        append(out, "<th scope=\"row\">{}{}</th>", swatch(p.styles[r]), html_escape(cell.text));
       } else {
         append(out, "<td{}>{}</td>", cell.best ? " class=\"best\"" : "", html_escape(cell.text));
       }
@@ -1294,7 +1307,7 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
     append(out,
            "<tr><th scope=\"row\">{}{}</th><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}"
            "</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-           swatch(r), html_escape(runs[r].name),
+           swatch(p.styles[r]), html_escape(runs[r].name),
            router.empty() ? "—" : "<code>" + html_escape(router) + "</code>",
            human_count(double(runs[r].params)), human_count(double(runs[r].active_params)),
            runs[r].rows.empty() ? "—" : thousands(double(runs[r].rows.back().step + 1)),
@@ -1375,11 +1388,13 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
              &Derived::mi_steps, &Derived::domain_mi);
   append(out,
          "<section class=\"card\" aria-labelledby=\"curves-h\"><h2 id=\"curves-h\">Training curves"
-         "</h2><p class=\"lede\">Against training step, one colour per run; routing statistics are "
-         "means over the MoE layers.</p><div class=\"grid\">");
+         "</h2><p class=\"lede\">Against training step, one colour per run (per group over "
+         "several seeds, one dash per seed); routing statistics are means over the MoE layers."
+         "</p><div class=\"grid\">");
   for (const PlotSpec& spec : plots)
     append(out, "<figure><figcaption><h3>{}</h3><p>{}</p></figcaption>{}</figure>",
-           html_escape(spec.title), html_escape(spec.note), line_plot_svg(spec, names, x_lo, x_hi));
+           html_escape(spec.title), html_escape(spec.note),
+           line_plot_svg(spec, names, p.styles, x_lo, x_hi));
   append(out, "</div></section>\n");
 
   // Heatmaps, one shared colour scale so that runs compare at a glance. The scale stops at three
@@ -1419,8 +1434,8 @@ std::string html_page(const std::vector<RunData>& runs, const Page& p) {
     for (int layer : layers) {
       append(out, "<h3 class=\"layer-title\">Layer {}</h3><div class=\"heat-grid\">", layer);
       for (size_t r = 0; r < runs.size(); ++r, ++m)
-        append(out, "<figure><figcaption><h3>{}{}</h3></figcaption>{}</figure>", swatch(r),
-               html_escape(runs[r].name), heatmap_svg(maps[m], scale));
+        append(out, "<figure><figcaption><h3>{}{}</h3></figcaption>{}</figure>",
+               swatch(p.styles[r]), html_escape(runs[r].name), heatmap_svg(maps[m], scale));
       append(out, "</div>");
     }
   }
