@@ -443,19 +443,25 @@ TEST(RouterState, GlobalBatchWithProportionalCountsMatchesMicroBatch) {
   EXPECT_GT(diff, 1e-7) << "skewed global counts should change d_gate";
 }
 
-// The model feeds the global-batch balance loss across gradient-accumulation micro-batches: the
-// second micro-batch's loss counts the first's choices too (f from both, P from its own tokens),
-// and zero_grads (a new step) forgets them.
-TEST(RouterState, ModelCarriesGlobalBatchCountsAcrossMicroBatches) {
+// A small model (4 experts, d = 16) for the model-level state tests.
+ModelConfig small_model(int64_t layers) {
   ModelConfig c;
   c.vocab_size = 64;
   c.d_model = 16;
-  c.n_layers = 1;
+  c.n_layers = layers;
   c.n_heads = 2;
   c.seq_len = 8;
   c.experts = 4;
   c.d_ff = 8;
   c.dense_d_ff = 16;
+  return c;
+}
+
+// The model feeds the global-batch balance loss across gradient-accumulation micro-batches: the
+// second micro-batch's loss counts the first's choices too (f from both, P from its own tokens),
+// and zero_grads (a new step) forgets them.
+TEST(RouterState, ModelCarriesGlobalBatchCountsAcrossMicroBatches) {
+  ModelConfig c = small_model(1);
   const double alpha = 0.1;
   c.router = {{"router", "topk"},
               {"k", 2},
@@ -501,6 +507,63 @@ TEST(RouterState, ModelCarriesGlobalBatchCountsAcrossMicroBatches) {
   model.forward(b.data(), b_next.data(), B, T, true);
   const MoECache& fresh = *model.layer_caches()[0];
   EXPECT_NEAR(fresh.stats.losses.at("balance"), expected(fresh, fresh.plan.selection_counts), 1e-9);
+}
+
+// ReMoE's λ follows the zero fraction averaged over the model's MoE layers (the paper's S), so
+// every layer's λ moves together: the same value after each step, whatever each layer's own
+// sparsity, and the direction the mean says.
+TEST(RouterState, ReMoELambdaFollowsTheModelsMeanSparsity) {
+  ModelConfig c = small_model(3);
+  const int64_t B = 2, T = c.seq_len, N = B * T;
+  std::mt19937_64 rng(4);
+  std::vector<int32_t> x(static_cast<size_t>(N)), y(static_cast<size_t>(N));
+  for (auto& t : x) t = int32_t(rng() % uint64_t(c.vocab_size));
+  for (auto& t : y) t = int32_t(rng() % uint64_t(c.vocab_size));
+  auto zeros = [&](const Model& m) {
+    std::vector<double> z;
+    for (const MoECache* cache : m.layer_caches())
+      z.push_back(1.0 - double(cache->row_assignment.size()) / double(N * c.experts));
+    return z;
+  };
+  // The target 1 - k/E between the mean sparsity and the sparsest layer: per-layer control would
+  // move that layer's λ the other way, so the test tells the two apart.
+  c.router = {{"router", "remoe"}, {"k", 1.0}, {"lambda", 1e-3}, {"lambda_rate", 2.0}};
+  std::vector<double> z0;
+  {
+    Model probe(c, 11);
+    probe.forward(x.data(), y.data(), B, T, true);
+    z0 = zeros(probe);
+  }
+  const double mean0 = (z0[0] + z0[1] + z0[2]) / 3.0;
+  const double far = *std::max_element(z0.begin(), z0.end());
+  ASSERT_GT(far - mean0, 1e-3) << "the layers' sparsities must differ";
+  const double target = 0.5 * (mean0 + far);
+  c.router["k"] = double(c.experts) * (1.0 - target);
+  Model model(c, 11);
+  for (int step = 0; step < 3; ++step) {
+    if (step > 0) {
+      for (auto& t : x) t = int32_t(rng() % uint64_t(c.vocab_size));
+      for (auto& t : y) t = int32_t(rng() % uint64_t(c.vocab_size));
+    }
+    model.zero_grads();
+    model.forward(x.data(), y.data(), B, T, true);
+    model.backward(1.0f);
+    const json before = model.state();
+    const std::vector<double> z = zeros(model);
+    const double mean_zero = (z[0] + z[1] + z[2]) / 3.0;
+    if (step == 0) {
+      EXPECT_LT(mean_zero, target);
+      EXPECT_GT(far, target);
+    }
+    model.update_router_state();
+    const json after = model.state();
+    for (size_t l = 0; l < 3; ++l) {
+      const double was = before["moe_layers"][l]["router"]["lambda"].get<double>();
+      const double now = after["moe_layers"][l]["router"]["lambda"].get<double>();
+      EXPECT_DOUBLE_EQ(now, mean_zero < target ? was * 2.0 : was / 2.0) << "layer " << l;
+      EXPECT_DOUBLE_EQ(now, after["moe_layers"][0]["router"]["lambda"].get<double>());
+    }
+  }
 }
 
 }  // namespace

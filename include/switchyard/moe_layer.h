@@ -200,6 +200,10 @@ class MoELayer {
   std::vector<float> combine_matrix(const MoECache& cache) const;
   // Non-gradient router state after a step (bias, λ); counts from the cache's plan.
   void update_router_state(const MoECache& cache, float* gate_bias);
+  // The same in two halves, for a model that first averages the zero fraction over its layers:
+  // what the step's routing says, then the update from it.
+  RouterStepStats router_step_stats(const MoECache& cache, float* gate_bias) const;
+  void update_router_state(const RouterStepStats& stats);
   // Replaces the local dispatcher (e.g. with layer::ExpertParallelDispatcher across ranks).
   void set_dispatcher(std::unique_ptr<layer::TokenDispatcher> dispatcher);
   // Routes the tokens of all of comm's ranks together (null: this process's tokens alone). The

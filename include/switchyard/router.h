@@ -80,7 +80,10 @@ struct RoutingPlan {
 struct RouterStepStats {
   std::vector<double> counts;  // (E) choices per expert over the global batch, before drops
   double zero_fraction = 0.0;  // share of (token, expert) pairs that routed nothing (ReMoE)
-  float* bias = nullptr;       // (E) the selection bias to update in place, or null
+  // The same share averaged over the model's MoE layers (ReMoE's controller reads this one, as
+  // the paper's S does); the layer's own where it stands alone.
+  double model_zero_fraction = 0.0;
+  float* bias = nullptr;  // (E) the selection bias to update in place, or null
   int64_t E = 0;
 };
 

@@ -633,6 +633,14 @@ std::vector<float> MoELayer::combine_matrix(const MoECache& c) const {
 }
 
 void MoELayer::update_router_state(const MoECache& c, float* gate_bias) {
+  update_router_state(router_step_stats(c, gate_bias));
+}
+
+void MoELayer::update_router_state(const RouterStepStats& stats) {
+  router_->update_state(stats);
+}
+
+RouterStepStats MoELayer::router_step_stats(const MoECache& c, float* gate_bias) const {
   const int64_t E = shape_.E;
   RouterStepStats stats;
   stats.counts.assign(c.plan.selection_counts.begin(),
@@ -641,9 +649,10 @@ void MoELayer::update_router_state(const MoECache& c, float* gate_bias) {
   stats.counts.resize(size_t(E), 0.0);
   const double rows = double(c.global.active ? c.global.kept : int64_t(c.row_assignment.size()));
   stats.zero_fraction = 1.0 - rows / (double(c.routing_tokens()) * double(E));
+  stats.model_zero_fraction = stats.zero_fraction;
   stats.bias = gate_bias;
   stats.E = E;
-  router_->update_state(stats);
+  return stats;
 }
 
 }  // namespace switchyard

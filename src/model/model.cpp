@@ -546,8 +546,18 @@ void Model::set_state(const json& state, const std::string& source) {
 }
 
 void Model::update_router_state() {
+  std::vector<RouterStepStats> stats;
   for (auto& L : impl_->layers)
-    if (L.moe) L.moe_layer->update_router_state(L.cache, params_.data() + L.gate_bias);
+    if (L.moe)
+      stats.push_back(L.moe_layer->router_step_stats(L.cache, params_.data() + L.gate_bias));
+  double mean = 0.0;
+  for (const RouterStepStats& s : stats) mean += s.zero_fraction / double(stats.size());
+  size_t i = 0;
+  for (auto& L : impl_->layers) {
+    if (!L.moe) continue;
+    stats[i].model_zero_fraction = mean;
+    L.moe_layer->update_router_state(stats[i++]);
+  }
 }
 
 SafetensorsFile Model::to_safetensors() const {

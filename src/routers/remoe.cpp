@@ -61,7 +61,9 @@ class ReMoERouter final : public Router {
 
   void update_state(const RouterStepStats& step) override {
     const double target = 1.0 - k_ / double(step.E);
-    lambda_ = step.zero_fraction < target ? lambda_ * rate_ : lambda_ / rate_;
+    // S over all of the model's layers, as in the paper: one controller, so no layer's λ runs
+    // away on its own (per-layer control let λ kill whole layers' routers in short runs).
+    lambda_ = step.model_zero_fraction < target ? lambda_ * rate_ : lambda_ / rate_;
   }
 
  private:

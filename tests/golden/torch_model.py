@@ -41,7 +41,7 @@ Optimiser (docs/model.md; the details the contract leaves open are fixed here as
 Router state after each step (docs/model.md "After each step the routers' non-gradient state
 updates"): top-k routers with bias_update_rate u > 0: b_e += u sign(mean(c) - c_e), c = the
 step's choices per expert before any drop (all ranks); ReMoE: lambda *= rate if the zero fraction
-1 - kept/(T E) < 1 - k/E else lambda /= rate. Both as src/routers/topk.cpp and remoe.cpp do it.
+1 - kept/(T E), averaged over the MoE layers as in the paper, < 1 - k/E else lambda /= rate. Both as src/routers/topk.cpp and remoe.cpp do it.
 
 The MoE layers run in training mode (jitter, GShard's random second expert and BASE's auction
 are rejected by torch_layer.parse_config: their random draws are not replayed).
@@ -455,6 +455,9 @@ def update_router_state(cfg, P, states, infos):
     layer = cfg["layer"]
     E = cfg["experts"]
     moe_layers = [l for l in range(cfg["n_layers"]) if is_moe_layer(cfg, l)]
+    # ReMoE's S: the zero fraction averaged over the MoE layers (one controller for the model).
+    zeros = [1.0 - info["kept_rows"] / (info["T"] * E) for info in infos]
+    mean_zero = sum(zeros) / len(zeros) if zeros else 0.0
     for l, info in zip(moe_layers, infos):
         if layer["family"] == "topk":
             u = float(layer["params"]["bias_update_rate"])
@@ -465,11 +468,9 @@ def update_router_state(cfg, P, states, infos):
                     P[f"layers.{l}.moe.gate.bias"] += u * torch.sign(err)
         elif layer["family"] == "remoe":
             st = states[l]
-            T = info["T"]  # zero fraction over this call's T tokens and E experts
-            zero = 1.0 - info["kept_rows"] / (T * E)
             target = 1.0 - float(layer["params"]["k"]) / E
             rate = float(layer["params"]["lambda_rate"])
-            st["lambda"] = st["lambda"] * rate if zero < target else st["lambda"] / rate
+            st["lambda"] = st["lambda"] * rate if mean_zero < target else st["lambda"] / rate
 
 
 def train(cfg, P, inputs, targets, steps, opt):
