@@ -595,6 +595,7 @@ TEST_F(ReportTest, SeveralSeedsGetTheAcrossSeedsTable) {
     r.name = group + " seed " + std::to_string(seed);
     r.group = group;
     r.seed = seed;
+    r.train = {{"group", group}, {"seed", seed}};
     MetricsRow row;
     row.step = 10;
     row.train_loss = val;
@@ -607,6 +608,9 @@ TEST_F(ReportTest, SeveralSeedsGetTheAcrossSeedsTable) {
   write_report(runs, (dir_ / "report").string(), ReportOptions{"a"});
   const std::string md = slurp(dir_ / "report" / "summary.md");
   EXPECT_NE(md.find("## Across seeds"), std::string::npos) << md;
+  // The group, like the name, is no shared setting; the seeds are one that varies.
+  EXPECT_EQ(md.find("group varies"), std::string::npos) << md;
+  EXPECT_NE(md.find("seed varies by run"), std::string::npos) << md;
   EXPECT_NE(md.find("| a | 2 | 2.1000 ± 0.1414 | — | — | baseline |"), std::string::npos) << md;
   EXPECT_NE(md.find("| b | 2 | 2.0000 ± 0.1414 | -0.1000 ± 0.0000 (2 paired) |"), std::string::npos)
       << md;

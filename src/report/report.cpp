@@ -975,9 +975,10 @@ std::vector<std::pair<std::string, std::string>> common_settings(
   std::set<std::string> keys;
   for (const RunData& run : runs)
     for (const auto& [key, value] : get(run).items())
-      // The router differs by design; a trainer may copy the model, the run's name and its
+      // The router differs by design; a trainer may copy the model, the run's name, group and
       // output folder into the training settings, which say nothing shared.
-      if (key != "router" && key != "model" && key != "name" && key != "out") keys.insert(key);
+      if (key != "router" && key != "model" && key != "name" && key != "group" && key != "out")
+        keys.insert(key);
   std::vector<std::pair<std::string, std::string>> out;
   for (const std::string& key : keys) {
     std::set<std::string> values;
