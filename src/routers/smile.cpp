@@ -105,16 +105,16 @@ class SmileRouter final : public Router {
     for (int64_t n = 0; n < N; ++n) dq[size_t(n)] = node_balance_ * double(N) * f[size_t(n)] / T;
     for (int64_t j = 0; j < M; ++j)
       dr[size_t(j)] = expert_balance_ * double(M) * f[size_t(N + j)] / T;
+    // ∂L/∂q_tn = α N f_n / T (and likewise for r), the same for every token.
+    std::vector<double> gq(static_cast<size_t>(N)), gr(static_cast<size_t>(M));
+    for (int64_t n = 0; n < N; ++n) gq[size_t(n)] = dq[size_t(n)] / double(T);
+    for (int64_t j = 0; j < M; ++j) gr[size_t(j)] = dr[size_t(j)] / double(T);
     double loss = 0.0;
     for (int64_t t = 0; t < T; ++t) {
       scores(in, t, q.data(), r.data());
-      for (int64_t n = 0; n < N; ++n) loss += dq[size_t(n)] * q[size_t(n)] / double(T);
-      for (int64_t j = 0; j < M; ++j) loss += dr[size_t(j)] * r[size_t(j)] / double(T);
+      for (int64_t n = 0; n < N; ++n) loss += gq[size_t(n)] * q[size_t(n)];
+      for (int64_t j = 0; j < M; ++j) loss += gr[size_t(j)] * r[size_t(j)];
       if (!d_logits) continue;
-      // ∂L/∂q_tn = α N f_n / T (and likewise for r).
-      std::vector<double> gq(static_cast<size_t>(N)), gr(static_cast<size_t>(M));
-      for (int64_t n = 0; n < N; ++n) gq[size_t(n)] = dq[size_t(n)] / double(T);
-      for (int64_t j = 0; j < M; ++j) gr[size_t(j)] = dr[size_t(j)] / double(T);
       scores_backward(ScoreKind::Softmax, q.data(), gq.data(), N, d_logits + t * in.R);
       scores_backward(ScoreKind::Softmax, r.data(), gr.data(), M, d_logits + t * in.R + N);
     }
