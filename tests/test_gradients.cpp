@@ -15,123 +15,13 @@
 #include <vector>
 
 #include "reference_test_support.h"
+#include "router_cases.h"
 
 namespace switchyard {
 namespace {
 
 using nlohmann::json;
 using namespace testing_support;
-
-struct GradCase {
-  std::string name;
-  json config;
-  int64_t T = 9, E = 3, Fs = 0;
-  bool sequences = false;
-  bool gate_bias = false;
-};
-
-std::vector<GradCase> grad_cases() {
-  return {
-      {"mixtral", {{"router", "mixtral"}}, 9, 5},
-      {"mixtral_gelu_shared_z_entropy",
-       {{"router", "mixtral"},
-        {"activation", "gelu"},
-        {"losses", {{"balance", 0.05}, {"z", 0.01}, {"entropy", 0.05}}}},
-       9,
-       4,
-       6},
-      {"switch_training_capacity",
-       {{"router", "switch"}, {"training", true}, {"losses", {{"balance", 0.05}, {"z", 0.01}}}},
-       11,
-       3},
-      {"switch_batch_priority",
-       {{"router", "switch"}, {"drop_order", "batch_priority"}, {"capacity_factor", 0.5}},
-       13,
-       3},
-      {"gshard_training",
-       {{"router", "gshard"}, {"training", true}, {"capacity_factor", 1.0}},
-       9,
-       4},
-      {"deepseek_v3",
-       {{"router", "deepseek_v3"}, {"losses", {{"balance", 0.05}, {"balance_mode", "sequence"}}}},
-       9,
-       16,
-       5,
-       true,
-       true},
-      {"topk_sigmoid_groups_raw",
-       {{"router", "topk"},
-        {"score", "sigmoid"},
-        {"k", 2},
-        {"groups", 2},
-        {"topk_groups", 1},
-        {"normalize", false},
-        {"losses", {{"balance", 0.05}, {"z", 0.01}, {"entropy", 0.05}}}},
-       8,
-       6,
-       0,
-       false,
-       true},
-      {"adamoe", {{"router", "adamoe"}, {"losses", {{"balance", 0.05}}}}, 9, 5},
-      {"smile", {{"router", "smile"}, {"node_balance", 0.1}, {"expert_balance", 0.2}}, 9, 6},
-      {"smile_3_nodes_capacity",
-       {{"router", "smile"}, {"nodes", 3}, {"capacity_factor", 1.0}, {"expert_balance", 0.1}},
-       11,
-       6},
-      {"locmoe_node",
-       {{"router", "locmoe"},
-        {"locality_loss", 0.2},
-        {"losses", {{"balance", 0.05}, {"balance_top1_only", true}}},
-        {"placement", {{"ranks", 2}, {"expert_parallel", 2}, {"ranks_per_node", 1}}}},
-       9,
-       4,
-       0,
-       true},
-      {"mixtral_locality_rank_bonus",
-       {{"router", "mixtral"},
-        {"locality", "rank"},
-        {"local_bonus", 0.2},
-        {"locality_loss", 0.3},
-        {"locality_smoothing", 0.3},
-        {"placement", {{"ranks", 2}, {"expert_parallel", 2}, {"ranks_per_node", 2}}}},
-       9,
-       6,
-       0,
-       true},
-      {"topk_null_capacity_global",
-       {{"router", "topk"},
-        {"k", 2},
-        {"null_experts", 2},
-        {"capacity_factor", 1.0},
-        {"route_scale", 1.7},
-        {"losses", {{"balance", 0.05}, {"balance_mode", "global_batch"}}}},
-       10,
-       3},
-      {"expert_choice", {{"router", "expert_choice"}, {"losses", {{"balance", 0.05}}}}, 9, 4},
-      {"expert_choice_sequence_z",
-       {{"router", "expert_choice"},
-        {"routing_groups", "sequence"},
-        {"capacity_factor", 1.0},
-        {"losses", {{"z", 0.01}}}},
-       9,
-       3,
-       5,
-       true},
-      {"hash_random", {{"router", "hash"}}, 9, 3, 5},
-      {"hash_balanced_gelu",
-       {{"router", "hash"}, {"table", "balanced"}, {"activation", "gelu"}},
-       9,
-       3},
-      {"base_training", {{"router", "base"}, {"training", true}}, 9, 3},
-      {"base_eval_shared", {{"router", "base"}}, 9, 3, 5},
-      {"top_p", {{"router", "top_p"}, {"losses", {{"balance", 0.05}, {"entropy", 0.05}}}}, 9, 5},
-      {"remoe", {{"router", "remoe"}, {"lambda", 0.01}}, 9, 4},
-      {"remoe_z_loss", {{"router", "remoe"}, {"lambda", 0.01}, {"losses", {{"z", 0.01}}}}, 9, 4},
-      {"smear", {{"router", "smear"}}, 9, 3, 0, true},
-      {"smear_gelu_shared", {{"router", "smear"}, {"activation", "gelu"}}, 9, 3, 5, true},
-      {"soft", {{"router", "soft"}, {"losses", {{"balance", 0.05}, {"z", 0.01}}}}, 9, 3, 5},
-  };
-}
 
 // Objective L = Σ y ⊙ dy + aux_loss of the reference.
 double objective(const reference::Result& r, const std::vector<double>& dy) {
@@ -163,25 +53,23 @@ struct Tensor {
   const std::vector<float>* gradient;
 };
 
-void PrintTo(const GradCase& c, std::ostream* os) {
-  *os << c.name << " " << c.config.dump();
-}
-
-class Gradients : public ::testing::TestWithParam<GradCase> {};
+class Gradients : public ::testing::TestWithParam<RouterCase> {};
 
 TEST_P(Gradients, MatchFiniteDifferences) {
   SCOPED_TRACE(seed_trace());
-  const GradCase& gc = GetParam();
+  const RouterCase& gc = GetParam();
+  const int64_t case_T = gc.sizes.value("T", int64_t(9)),
+                case_Fs = gc.sizes.value("Fs", int64_t(0));
   SCOPED_TRACE("config " + gc.config.dump());
   std::mt19937_64 rng = test_rng();
   json config = gc.config;
   config["seed"] = std::uniform_int_distribution<int64_t>(0, 1 << 30)(rng);
   ProblemOptions o;
-  o.T = gc.T;
-  o.E = gc.E;
-  o.Fs = gc.Fs;
-  o.gate_bias = gc.gate_bias;
-  if (gc.sequences) o.seq_lens = {gc.T / 2, gc.T - gc.T / 2};
+  o.T = case_T;
+  o.E = gc.sizes.value("E", int64_t(3));
+  o.Fs = case_Fs;
+  o.gate_bias = gc.sizes.value("gate_bias", false);
+  if (gc.sizes.value("sequences", false)) o.seq_lens = {case_T / 2, case_T - case_T / 2};
   if (config.contains("losses") && config["losses"].value("balance_mode", "") == "global_batch")
     o.global_counts = true;
   Problem pb = make_problem(config, o, rng);
@@ -221,7 +109,7 @@ TEST_P(Gradients, MatchFiniteDifferences) {
       {"x", &rb.x, &dx}, {"experts.w1", &rp.w1, &dw1}, {"experts.w2", &rp.w2, &dw2}};
   if (pb.traits.needs_gate) tensors.push_back({"gate.weight", &rp.gate, &dgate});
   if (pb.swiglu()) tensors.push_back({"experts.w3", &rp.w3, &dw3});
-  if (gc.Fs > 0) {
+  if (case_Fs > 0) {
     tensors.push_back({"shared.w1", &rp.shared_w1, &dsw1});
     tensors.push_back({"shared.w2", &rp.shared_w2, &dsw2});
     if (pb.swiglu()) tensors.push_back({"shared.w3", &rp.shared_w3, &dsw3});
@@ -262,17 +150,12 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   }
 }
 
-// A router added to the registry without cases above would go unchecked by finite differences.
 TEST(GradientsCoverage, EveryRegisteredRouterHasCases) {
-  for (const RouterEntry& entry : router_registry()) {
-    bool found = false;
-    for (const GradCase& c : grad_cases()) found |= c.config.at("router") == entry.name;
-    EXPECT_TRUE(found) << "router '" << entry.name << "' has no case in grad_cases()";
-  }
+  expect_every_router_has_cases("gradients");
 }
 
-INSTANTIATE_TEST_SUITE_P(Routers, Gradients, ::testing::ValuesIn(grad_cases()),
-                         [](const ::testing::TestParamInfo<GradCase>& param_info) {
+INSTANTIATE_TEST_SUITE_P(Routers, Gradients, ::testing::ValuesIn(router_cases_for("gradients")),
+                         [](const ::testing::TestParamInfo<RouterCase>& param_info) {
                            return param_info.param.name;
                          });
 

@@ -1,6 +1,6 @@
-// The fast float32 MoE layer against the float64 reference (src/reference/), for a table of router
-// configurations covering every router and option of docs/layer-config.md, at odd sizes, with
-// fresh random inputs each run (seed printed on failure, SWITCHYARD_TEST_SEED replays it).
+// The fast float32 MoE layer against the float64 reference (src/reference/), for the cases of
+// tests/router_cases.json with a "reference" section (every router and option of
+// docs/layer-config.md), at odd sizes; the seed is printed and SWITCHYARD_TEST_SEED replays it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,208 +11,13 @@
 #include <vector>
 
 #include "reference_test_support.h"
+#include "router_cases.h"
 
 namespace switchyard {
 namespace {
 
 using nlohmann::json;
 using namespace testing_support;
-
-struct Case {
-  std::string name;
-  json config;
-  std::vector<int64_t> Es = {1, 3, 64};
-  int64_t Fs = 0;          // shared expert width, 0 = none
-  bool sequences = false;  // pass seq_lens (several sequences)
-  bool global_counts = false;
-  bool gate_bias = false;
-};
-
-std::vector<Case> cases() {
-  return {
-      // Mixtral: softmax top-2, renormalised, dropless; preset balance loss.
-      {"mixtral", {{"router", "mixtral"}}, {3, 64}},
-      {"mixtral_gelu_shared_all_losses",
-       {{"router", "mixtral"},
-        {"activation", "gelu"},
-        {"losses", {{"balance", 0.01}, {"z", 0.001}, {"entropy", 0.01}}}},
-       {3, 64},
-       9},
-      // Switch: top-1, capacity 1.25 in position order, jitter in training.
-      {"switch_training_jitter", {{"router", "switch"}, {"training", true}}},
-      {"switch_batch_priority",
-       {{"router", "switch"}, {"drop_order", "batch_priority"}, {"capacity_factor", 1.0}}},
-      {"switch_sequence_groups_sequence_balance",
-       {{"router", "switch"},
-        {"routing_groups", "sequence"},
-        {"capacity_factor", 1.0},
-        {"losses", {{"balance", 0.01}, {"balance_mode", "sequence"}, {"z", 0.001}}}},
-       {1, 3, 64},
-       0,
-       true},
-      {"switch_batch_priority_sequence_groups_training",
-       {{"router", "switch"},
-        {"routing_groups", "sequence"},
-        {"drop_order", "batch_priority"},
-        {"training", true}},
-       {1, 3, 64},
-       0,
-       true},
-      // GShard: top-2, random second expert in training, capacity 2, balance on the first choice.
-      {"gshard_training", {{"router", "gshard"}, {"training", true}}, {3, 64}},
-      // The random second expert compares the gate value before the route scale.
-      {"gshard_training_route_scale",
-       {{"router", "gshard"}, {"training", true}, {"route_scale", 2.5}},
-       {3, 64}},
-      {"gshard_training_tight_capacity",
-       {{"router", "gshard"}, {"training", true}, {"capacity_factor", 0.75}},
-       {3, 64},
-       9},
-      {"gshard_eval_sequence_groups",
-       {{"router", "gshard"}, {"routing_groups", "sequence"}},
-       {3, 64},
-       0,
-       true},
-      // DeepSeek-V3: sigmoid, 8 groups keep 4, top-8, route scale 2.5, bias, sequence balance.
-      {"deepseek_v3", {{"router", "deepseek_v3"}}, {64}, 9, true, false, true},
-      {"deepseek_v3_one_expert_groups",
-       {{"router", "deepseek_v3"}, {"k", 2}, {"groups", 3}, {"topk_groups", 2}},
-       {3},
-       0,
-       true,
-       false,
-       true},
-      {"topk_sigmoid_groups",
-       {{"router", "topk"},
-        {"score", "sigmoid"},
-        {"k", 3},
-        {"groups", 4},
-        {"topk_groups", 2},
-        {"route_scale", 1.5},
-        {"losses", {{"balance", 0.01}, {"entropy", 0.01}, {"z", 0.001}}}},
-       {64},
-       0,
-       false,
-       false,
-       true},
-      {"topk_sigmoid_raw_weights",
-       {{"router", "topk"},
-        {"score", "sigmoid"},
-        {"k", 2},
-        {"normalize", false},
-        {"losses", {{"balance", 0.01}, {"z", 0.001}, {"entropy", 0.001}}}},
-       {3, 64}},
-      // AdaMoE: null experts (R = E + 16), top-4.
-      {"adamoe", {{"router", "adamoe"}}, {3, 64}},
-      {"topk_null_experts_capacity",
-       {{"router", "topk"},
-        {"k", 2},
-        {"null_experts", 2},
-        {"normalize", false},
-        {"capacity_factor", 1.5},
-        {"losses", {{"balance", 0.01}}}}},
-      {"topk_global_batch_balance_route_scale",
-       {{"router", "topk"},
-        {"k", 3},
-        {"normalize", false},
-        {"route_scale", 2.0},
-        {"losses", {{"balance", 0.01}, {"balance_mode", "global_batch"}}}},
-       {3, 64},
-       0,
-       false,
-       true},
-      {"topk_k1_gelu_jitter",
-       {{"router", "topk"},
-        {"k", 1},
-        {"normalize", false},
-        {"activation", "gelu"},
-        {"jitter", 0.05},
-        {"training", true}}},
-      // LocMoE: top-1 with the locality loss; a selection bonus for local experts, by rank.
-      {"locmoe_node_2_replicas",
-       {{"router", "locmoe"},
-        {"placement", {{"ranks", 4}, {"expert_parallel", 2}, {"ranks_per_node", 1}}}},
-       {4, 64},
-       0,
-       true},
-      {"locmoe_rank_bonus_capacity",
-       {{"router", "locmoe"},
-        {"locality", "rank"},
-        {"local_bonus", 0.3},
-        {"capacity_factor", 1.0},
-        {"locality_smoothing", 0.5},
-        {"placement", {{"ranks", 3}, {"expert_parallel", 3}, {"ranks_per_node", 3}}}},
-       {3, 63},
-       0,
-       true},
-      {"mixtral_local_bonus_node",
-       {{"router", "mixtral"},
-        {"local_bonus", 0.2},
-        {"locality_loss", 0.05},
-        {"placement", {{"ranks", 2}, {"expert_parallel", 2}, {"ranks_per_node", 1}}}},
-       {4, 64},
-       0,
-       true},
-      // SMILE: a node, then an expert inside it; capacity per expert.
-      {"smile", {{"router", "smile"}}, {2, 64}},
-      {"smile_4_nodes_capacity_sequences",
-       {{"router", "smile"},
-        {"nodes", 4},
-        {"capacity_factor", 1.0},
-        {"routing_groups", "sequence"}},
-       {4, 64},
-       0,
-       true},
-      {"smile_1_node_gelu_shared",
-       {{"router", "smile"}, {"nodes", 1}, {"activation", "gelu"}},
-       {3, 64},
-       9},
-      // Expert choice.
-      {"expert_choice", {{"router", "expert_choice"}}},
-      {"expert_choice_sequence_groups_z",
-       {{"router", "expert_choice"},
-        {"capacity_factor", 1.0},
-        {"routing_groups", "sequence"},
-        {"losses", {{"z", 0.001}}}},
-       {1, 3, 64},
-       9,
-       true},
-      // Hash.
-      {"hash_random", {{"router", "hash"}, {"hash_seed", 12345}}},
-      {"hash_balanced", {{"router", "hash"}, {"table", "balanced"}}, {1, 3, 64}, 9},
-      {"hash_balanced_sequence_groups",
-       {{"router", "hash"}, {"table", "balanced"}, {"routing_groups", "sequence"}},
-       {1, 3, 64},
-       0,
-       true},
-      // BASE.
-      {"base_training_auction", {{"router", "base"}, {"training", true}}},
-      {"base_training_sequence_groups",
-       {{"router", "base"}, {"training", true}, {"routing_groups", "sequence"}},
-       {1, 3, 64},
-       0,
-       true},
-      {"base_eval_gelu_shared", {{"router", "base"}, {"activation", "gelu"}}, {1, 3, 64}, 9},
-      // Top-p.
-      {"top_p", {{"router", "top_p"}}},
-      {"top_p_threshold_sequence_balance",
-       {{"router", "top_p"},
-        {"threshold", 0.6},
-        {"losses", {{"balance", 0.01}, {"balance_mode", "sequence"}, {"z", 0.001}}}},
-       {1, 3, 64},
-       0,
-       true},
-      // ReMoE.
-      {"remoe", {{"router", "remoe"}, {"lambda", 0.001}, {"losses", {{"z", 0.001}}}}},
-      {"remoe_k2_shared", {{"router", "remoe"}, {"k", 2}, {"lambda", 0.01}}, {3, 64}, 9},
-      // SMEAR.
-      {"smear", {{"router", "smear"}}, {1, 3, 64}, 0, true},
-      {"smear_gelu_shared", {{"router", "smear"}, {"activation", "gelu"}}, {1, 3, 64}, 9},
-      // Soft.
-      {"soft_losses", {{"router", "soft"}, {"losses", {{"balance", 0.01}, {"entropy", 0.001}}}}},
-      {"soft_gelu_shared", {{"router", "soft"}, {"activation", "gelu"}}, {1, 3, 64}, 9, true},
-  };
-}
 
 std::vector<int64_t> seq_lens_for(int64_t T) {
   if (T == 1) return {1};
@@ -221,7 +26,7 @@ std::vector<int64_t> seq_lens_for(int64_t T) {
 }
 
 struct Param {
-  Case c;
+  RouterCase c;
   int64_t T = 0, E = 0;
 };
 
@@ -231,8 +36,8 @@ void PrintTo(const Param& p, std::ostream* os) {
 
 std::vector<Param> all_params() {
   std::vector<Param> out;
-  for (const Case& c : cases())
-    for (int64_t E : c.Es)
+  for (const RouterCase& c : router_cases_for("reference"))
+    for (int64_t E : c.sizes.value("Es", std::vector<int64_t>{1, 3, 64}))
       for (int64_t T : {1, 7, 129}) out.push_back({c, T, E});
   return out;
 }
@@ -279,10 +84,10 @@ TEST_P(LayerVsReference, Forward) {
   ProblemOptions o;
   o.T = p.T;
   o.E = p.E;
-  o.Fs = p.c.Fs;
-  if (p.c.sequences) o.seq_lens = seq_lens_for(p.T);
-  o.global_counts = p.c.global_counts;
-  o.gate_bias = p.c.gate_bias;
+  o.Fs = p.c.sizes.value("Fs", int64_t(0));
+  if (p.c.sizes.value("sequences", false)) o.seq_lens = seq_lens_for(p.T);
+  o.global_counts = p.c.sizes.value("global_counts", false);
+  o.gate_bias = p.c.sizes.value("gate_bias", false);
   Problem pb = make_problem(config, o, rng);
   ASSERT_TRUE(separate_routing(pb, rng)) << "could not draw well-separated routing inputs";
   compare_with_reference(pb);
@@ -290,13 +95,8 @@ TEST_P(LayerVsReference, Forward) {
 
 INSTANTIATE_TEST_SUITE_P(Routers, LayerVsReference, ::testing::ValuesIn(all_params()), param_name);
 
-// A router added to the registry without cases above would go unchecked against the reference.
 TEST(LayerVsReferenceCoverage, EveryRegisteredRouterHasCases) {
-  for (const RouterEntry& entry : router_registry()) {
-    bool found = false;
-    for (const Case& c : cases()) found |= c.config.at("router") == entry.name;
-    EXPECT_TRUE(found) << "router '" << entry.name << "' has no case in cases()";
-  }
+  expect_every_router_has_cases("reference");
 }
 
 // Some expert receives no token (E = 64, T = 7) and both paths agree on it.

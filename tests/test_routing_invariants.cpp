@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "reference_test_support.h"
+#include "router_cases.h"
 
 namespace switchyard {
 namespace {
@@ -24,30 +25,18 @@ using namespace testing_support;
 
 constexpr int64_t kExperts = 16;  // satisfies every preset's defaults (DeepSeek-V3: 8 groups)
 
-struct RouterCase {
-  std::string name;
-  json config;  // router and its parameters
-};
-
-// Every registry entry with its defaults, plus options that change batch dependence.
-std::vector<RouterCase> router_cases() {
+// Every registry entry with its defaults, plus the "invariants" cases of tests/router_cases.json
+// (options that change batch dependence).
+std::vector<RouterCase> invariant_cases() {
   std::vector<RouterCase> out;
   for (const RouterEntry& e : router_registry()) {
     json config = {{"router", e.name}};
     if (e.make(json::object(), "registry")->traits().needs_placement)  // LocMoE: 2 nodes x 2
       config["placement"] = {{"ranks", 4}, {"expert_parallel", 4}, {"ranks_per_node", 2}};
-    out.push_back({e.name, config});
+    out.push_back({e.name, config, json::object()});
   }
-  out.push_back({"hash_balanced", {{"router", "hash"}, {"table", "balanced"}}});
-  out.push_back(
-      {"switch_batch_priority", {{"router", "switch"}, {"drop_order", "batch_priority"}}});
-  out.push_back({"topk_capacity", {{"router", "topk"}, {"capacity_factor", 1.0}}});
-  out.push_back({"expert_choice_c1", {{"router", "expert_choice"}, {"capacity_factor", 1.0}}});
+  for (const RouterCase& c : router_cases_for("invariants")) out.push_back(c);
   return out;
-}
-
-void PrintTo(const RouterCase& c, std::ostream* os) {
-  *os << c.config.dump();
 }
 
 std::vector<int64_t> three_sequences(int64_t T) {
@@ -284,7 +273,7 @@ TEST_P(RoutingInvariants, BatchIndependentRoutersIgnoreOtherTokens) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Registry, RoutingInvariants, ::testing::ValuesIn(router_cases()),
+INSTANTIATE_TEST_SUITE_P(Registry, RoutingInvariants, ::testing::ValuesIn(invariant_cases()),
                          [](const ::testing::TestParamInfo<RouterCase>& param_info) {
                            return param_info.param.name;
                          });

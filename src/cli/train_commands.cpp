@@ -90,9 +90,14 @@ json default_entries() {
 json entry_for_router(const std::string& name) {
   for (const json& e : default_entries())
     if (e.at("name") == name) return e;
-  const bool top1 = name == "switch" || name == "hash" || name == "base";
   json e = {{"name", name}, {"router", {{"router", name}}}};
-  if (top1) e["d_ff_scale"] = 2;
+  // Routers whose tokens stand for one expert's compute (top-1, hash, merged experts) get
+  // experts twice as wide, to match the top-2 routers' expert FLOPs.
+  const LayerConfig layer = parse_layer_config(e.at("router"), "compare --routers " + name);
+  const double per_token =
+      make_router(layer.router, layer.router_params, "compare --routers " + name)
+          ->nominal_experts_per_token(ModelConfig{}.experts);
+  if (per_token == 1.0) e["d_ff_scale"] = 2;
   return e;
 }
 

@@ -13,32 +13,19 @@
 #include "kernels/cpu/kernels.h"
 #include "layer/expert_backend.h"
 #include "layer/global_routing.h"
+#include "layer/layer_checks.h"
 #include "layer/losses.h"
+#include "layer/merged_experts.h"
 #include "layer/token_dispatcher.h"
 
 namespace switchyard {
 namespace {
 
+using layer::check_finite;
+using layer::check_overflow;
+
 cpu::Act act_of(Activation a) {
   return a == Activation::SwiGLU ? cpu::Act::SwiGLU : cpu::Act::GELU;
-}
-
-// `cols` is the length of the last dimension, to report the position as (row, column).
-void check_finite(const char* name, const float* data, int64_t n, int64_t cols) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(data[i]))
-      fail("moe_layer: {} has a non-finite value {} at row {}, column {}", name, data[i], i / cols,
-           i % cols);
-}
-
-// Finite inputs can still overflow float32 in a product; say so rather than route on NaN.
-void check_overflow(const char* what, const float* data, int64_t n, int64_t cols) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(data[i]))
-      fail(
-          "moe_layer: {} overflowed float32 ({} at row {}, column {}): inputs or weights are too "
-          "large",
-          what, data[i], i / cols, i % cols);
 }
 
 std::vector<std::pair<int64_t, int64_t>> sequences_of(const std::vector<int64_t>& seq_lens,
@@ -288,7 +275,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   // Weights are not scanned on every call (100 MB for a fine-grained layer); a non-finite weight
   // that is used shows up in the logits or y checks below.
   validate(p, batch, /*check_weights=*/false);
-  const int64_t T = batch.T, d = shape_.d, E = shape_.E, F = shape_.F, R = R_;
+  const int64_t T = batch.T, d = shape_.d, E = shape_.E, R = R_;
   const RouterTraits& traits = router_->traits();
   const cpu::Act act = act_of(config_.activation);
   c.T = T;
@@ -326,56 +313,9 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     std::fill(y, y + T * d, 0.0f);
   }
 
-  if (traits.pooled_per_sequence) {  // SMEAR
-    const auto seqs = sequences_of(batch.seq_lens, T);
-    const int64_t S = int64_t(seqs.size());
-    c.sequences = seqs;
-    c.groups = {{0, S}};
-    c.router_in.assign(size_t(S * d), 0.0f);  // (S, d) sequence means
-    for (int64_t s = 0; s < S; ++s) {
-      const auto [b, e] = seqs[size_t(s)];
-      for (int64_t t = b; t < e; ++t)
-        for (int64_t j = 0; j < d; ++j) c.router_in[size_t(s * d + j)] += batch.x[t * d + j];
-      for (int64_t j = 0; j < d; ++j) c.router_in[size_t(s * d + j)] /= float(e - b);
-    }
-    c.logits.resize(size_t(S * R));
-    cpu::gemm(false, true, S, R, d, 1.0f, c.router_in.data(), d, p.gate, d, 0.0f, c.logits.data(),
-              R);
-    check_overflow("router logits (sequence means) x gate.weight^T", c.logits.data(), S * R, R);
-    RouterInput in{c.logits.data(), S, R, E, nullptr, nullptr, nullptr, c.groups, config_.training};
-    router_->route(in, c.plan);
-    // Merged weights per sequence: [w1 (F, d) | w3 (F, d) | w2 (d, F)].
-    const int64_t block = F * d, per = (act == cpu::Act::SwiGLU ? 3 : 2) * block;
-    c.merged.assign(size_t(S * per), 0.0f);
-    for (size_t a = 0; a < c.plan.size(); ++a) {
-      const int64_t s = c.plan.token[a], e = c.plan.expert[a];
-      const float w = c.plan.weight[a];
-      float* m = c.merged.data() + s * per;
-      for (int64_t i = 0; i < block; ++i) m[i] += w * p.w1[e * block + i];
-      if (act == cpu::Act::SwiGLU)
-        for (int64_t i = 0; i < block; ++i) m[block + i] += w * p.w3[e * block + i];
-      float* m2 = m + per - block;
-      for (int64_t i = 0; i < block; ++i) m2[i] += w * p.w2[e * block + i];
-    }
-    c.h1.resize(size_t(T * F));
-    c.h3.resize(act == cpu::Act::SwiGLU ? size_t(T * F) : 0);
-    c.act.resize(size_t(T * F));
-    c.out.resize(size_t(T * d));
-    for (int64_t s = 0; s < S; ++s) {
-      const auto [b, e] = seqs[size_t(s)];
-      const float* m = c.merged.data() + s * per;
-      cpu::ffn_forward(act, e - b, d, F, batch.x + b * d, m,
-                       act == cpu::Act::SwiGLU ? m + block : nullptr, m + per - block,
-                       c.h1.data() + b * F, act == cpu::Act::SwiGLU ? c.h3.data() + b * F : nullptr,
-                       c.act.data() + b * F, c.out.data() + b * d);
-    }
-    for (int64_t i = 0; i < T * d; ++i) y[i] += c.out[size_t(i)];
-    stats.tokens_per_expert.assign(size_t(E), T);
-    stats.assignments = int64_t(c.plan.size());
-    stats.experts_per_token = 1.0;  // one merged expert per token
-    LossInput li{c.logits.data(), S, R, ScoreKind::Softmax, &c.plan, {{0, S}}, nullptr};
-    stats.entropy = mean_router_entropy(li);
-    check_overflow("y", y, T * d, d);
+  if (traits.pooled_per_sequence) {
+    layer::merged_experts_forward(*router_, config_.training, act, shape_, R, p, batch, c, y,
+                                  stats);
     return stats;
   }
 
@@ -481,7 +421,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
 
 void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
                         const float* dy, float* dx, const MoEGrads& g, float aux_weight) {
-  const int64_t T = batch.T, d = shape_.d, E = shape_.E, F = shape_.F, R = R_;
+  const int64_t T = batch.T, d = shape_.d, E = shape_.E, R = R_;
   if (T != c.T) fail("moe_layer backward: the batch has T = {} but forward saw T = {}", T, c.T);
   if (p.w1_bf16) fail("moe_layer backward: BF16 experts are for inference (forward only)");
   const RouterTraits& traits = router_->traits();
@@ -502,56 +442,9 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     for (int64_t i = 0; i < T * d; ++i) dx[i] += dxs[size_t(i)];
   }
 
-  if (traits.pooled_per_sequence) {  // SMEAR
-    const auto seqs = sequences_of(batch.seq_lens, T);
-    const int64_t S = int64_t(seqs.size());
-    const int64_t block = F * d, per = (swiglu ? 3 : 2) * block;
-    std::vector<float> dmerged(static_cast<size_t>(per)), dact(size_t(T * F)),
-        dh3(swiglu ? size_t(T * F) : 0);
-    std::vector<float> dxs(size_t(T * d));
-    if (g.w1) std::fill(g.w1, g.w1 + E * block, 0.0f);
-    if (g.w3) std::fill(g.w3, g.w3 + E * block, 0.0f);
-    if (g.w2) std::fill(g.w2, g.w2 + E * block, 0.0f);
-    for (int64_t s = 0; s < S; ++s) {
-      const auto [b, e] = seqs[size_t(s)];
-      const float* m = c.merged.data() + s * per;
-      float* dm = dmerged.data();
-      cpu::ffn_backward(act, e - b, d, F, batch.x + b * d, m, swiglu ? m + block : nullptr,
-                        m + per - block, c.h1.data() + b * F,
-                        swiglu ? c.h3.data() + b * F : nullptr, c.act.data() + b * F, dy + b * d,
-                        dact.data(), swiglu ? dh3.data() : nullptr, dm,
-                        swiglu ? dm + block : nullptr, dm + per - block, dxs.data() + b * d, false);
-      for (size_t a = 0; a < plan.size(); ++a) {
-        if (plan.token[a] != s) continue;
-        const int64_t x = plan.expert[a];
-        const float w = plan.weight[a];
-        double dp = 0.0;
-        for (int64_t i = 0; i < block; ++i) {
-          dp += double(dm[i]) * p.w1[x * block + i] +
-                double(dm[per - block + i]) * p.w2[x * block + i];
-          if (g.w1) g.w1[x * block + i] += w * dm[i];
-          if (g.w2) g.w2[x * block + i] += w * dm[per - block + i];
-          if (swiglu) {
-            dp += double(dm[block + i]) * p.w3[x * block + i];
-            if (g.w3) g.w3[x * block + i] += w * dm[block + i];
-          }
-        }
-        d_weight[a] = float(dp);
-      }
-    }
-    for (int64_t i = 0; i < T * d; ++i) dx[i] += dxs[size_t(i)];
-    RouterInput in{c.logits.data(), S, R, E, nullptr, nullptr, nullptr, c.groups, config_.training};
-    router_->backward(in, plan, d_weight.data(), nullptr, d_logits.data());
-    if (g.gate)
-      cpu::gemm(true, false, R, d, S, 1.0f, d_logits.data(), R, c.router_in.data(), d, 0.0f, g.gate,
-                d);
-    std::vector<float> dpooled(size_t(S * d));
-    cpu::gemm(false, false, S, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dpooled.data(), d);
-    for (int64_t s = 0; s < S; ++s) {
-      const auto [b, e] = seqs[size_t(s)];
-      for (int64_t t = b; t < e; ++t)
-        for (int64_t j = 0; j < d; ++j) dx[t * d + j] += dpooled[size_t(s * d + j)] / float(e - b);
-    }
+  if (traits.pooled_per_sequence) {
+    layer::merged_experts_backward(*router_, config_.training, act, shape_, R, p, batch, c, dy,
+                                   d_weight, d_logits, dx, g);
     return;
   }
 

@@ -43,118 +43,24 @@ MARGIN = 1e-4
 RTOL = 1e-4
 ATOL = 1e-7
 
-LOSSES_ON = {"balance": 0.05, "z": 0.01, "entropy": 0.02}
-
 
 def C(name, cfg, T=64, d=32, E=8, F=24, **kw):
     case = {"name": name, "cfg": cfg, "T": T, "d": d, "E": E, "F": F, "Fs": 0, "seq_lens": None,
             "bias": False, "null": 0, "dy": "random", "global_counts": False, "token_ids": False,
             "skew": 0.0, "expect_drops": False, "gate_scale": 1.5}
+    unknown = set(kw) - set(case) - {"R"}  # R: gate rows when not E + null
+    if unknown:
+        raise ValueError(f"{CASE_TABLE}: case {name}: unknown golden keys {sorted(unknown)}")
     case.update(kw)
     return case
 
 
-CASES = [
-    # --- mixtral / topk softmax ---
-    C("mixtral", {"router": "mixtral", "activation": "swiglu"}),
-    C("mixtral_losses_shared", {"router": "mixtral", "activation": "swiglu", "losses": LOSSES_ON},
-      Fs=16, T=96),
-    C("mixtral_gelu_seq_groups", {"router": "mixtral", "activation": "gelu",
-                                  "routing_groups": "sequence",
-                                  "losses": dict(LOSSES_ON, balance_mode="sequence")},
-      seq_lens=[40, 25, 55], T=120, d=48, E=16, F=40),
-    C("mixtral_aux_only_grads", {"router": "mixtral", "k": 3,
-                                 "losses": {"balance": 0.5, "z": 0.05, "entropy": 0.3}},
-      dy="zero", T=80, E=6),
-    C("mixtral_global_batch", {"router": "mixtral",
-                               "losses": {"balance": 0.2, "balance_mode": "global_batch"}},
-      global_counts=True),
-    C("topk_balance_top1_only", {"router": "topk", "k": 2,
-                                 "losses": {"balance": 0.2, "balance_top1_only": True}}),
-    C("topk_sigmoid_bias_scale", {"router": "topk", "k": 3, "score": "sigmoid",
-                                  "normalize": False, "route_scale": 2.0,
-                                  "losses": LOSSES_ON},
-      bias=True, E=12, F=20),
-    C("topk_groups_bias", {"router": "topk", "k": 4, "groups": 4, "topk_groups": 2,
-                           "activation": "gelu", "losses": {"z": 0.01}},
-      bias=True, E=16, F=16, d=24, T=100),
-    # --- capacity (switch / topk) ---
-    C("switch_capacity", {"router": "switch"}, T=128, skew=1.0, expect_drops=True),
-    C("switch_seq_groups_gelu_shared", {"router": "switch", "capacity_factor": 1.0,
-                                        "activation": "gelu", "routing_groups": "sequence",
-                                        "losses": {"balance": 0.05, "z": 0.01}},
-      seq_lens=[50, 30, 48], T=128, Fs=12, skew=0.7, expect_drops=True),
-    C("switch_batch_priority", {"router": "switch", "drop_order": "batch_priority",
-                                "capacity_factor": 0.75},
-      T=150, E=6, skew=0.5, expect_drops=True),
-    C("topk2_capacity_normalize", {"router": "topk", "k": 2, "capacity_factor": 0.75,
-                                   "routing_groups": "sequence", "losses": LOSSES_ON},
-      seq_lens=[70, 30, 60], T=160, skew=0.5, expect_drops=True),
-    C("topk2_batch_priority", {"router": "topk", "k": 2, "normalize": False,
-                               "capacity_factor": 1.0, "drop_order": "batch_priority"},
-      T=120, E=8, skew=0.8, expect_drops=True),
-    # priority = the first choice's combine weight after renormalisation (see README)
-    C("topk2_batch_priority_normalized", {"router": "topk", "k": 2, "capacity_factor": 1.0,
-                                          "drop_order": "batch_priority"},
-      T=120, E=8, skew=0.8, expect_drops=True),
-    C("gshard_eval", {"router": "gshard", "capacity_factor": 0.5}, T=96, skew=0.5,
-      expect_drops=True),
-    # --- deepseek_v3 ---
-    C("deepseek_v3_preset", {"router": "deepseek_v3"}, seq_lens=[30, 34], T=64, E=16, F=16,
-      Fs=24, bias=True),
-    C("deepseek_v3_k4_groups", {"router": "deepseek_v3", "k": 4, "groups": 4, "topk_groups": 2,
-                                "routing_groups": "sequence",
-                                "losses": {"balance": 0.05, "balance_mode": "sequence",
-                                           "z": 0.01, "entropy": 0.02}},
-      seq_lens=[20, 45, 35], T=100, E=16, F=16, bias=True),
-    C("deepseek_v3_aux_only_grads", {"router": "deepseek_v3", "k": 6,
-                                     "losses": {"balance": 0.5, "balance_mode": "micro_batch",
-                                                "entropy": 0.2}},
-      dy="zero", T=64, E=16, F=16, bias=True),
-    # --- locmoe: the locality loss over (node, expert), 4 ranks as 2 nodes x 2 ---
-    C("locmoe_node_loss", {"router": "locmoe", "locality_loss": 0.3,
-                           "placement": {"ranks": 4, "expert_parallel": 4, "ranks_per_node": 2}},
-      seq_lens=[30, 34, 20, 44], T=128, E=8),
-    C("locmoe_rank_replicas", {"router": "locmoe", "locality": "rank", "locality_loss": 0.2,
-                               "locality_smoothing": 0.4, "routing_groups": "sequence",
-                               "placement": {"ranks": 4, "expert_parallel": 2}},
-      seq_lens=[20, 30, 25, 21], T=96, E=6, F=20),
-    # --- smile: a node, then an expert inside it ---
-    C("smile_4_nodes", {"router": "smile", "nodes": 4, "node_balance": 0.2,
-                        "expert_balance": 0.1}, T=96, E=8, R=6),
-    C("smile_capacity_seq_groups", {"router": "smile", "capacity_factor": 1.0,
-                                    "routing_groups": "sequence", "activation": "gelu"},
-      seq_lens=[40, 30, 58], T=128, E=6, R=5, skew=0.7, expect_drops=True),
-    # --- expert choice ---
-    C("expert_choice", {"router": "expert_choice", "losses": {"z": 0.01, "entropy": 0.02}},
-      T=96),
-    C("expert_choice_seq_gelu_shared", {"router": "expert_choice", "capacity_factor": 1.5,
-                                        "activation": "gelu", "routing_groups": "sequence"},
-      seq_lens=[33, 47, 20], T=100, E=6, Fs=10),
-    # --- top-p ---
-    C("top_p", {"router": "top_p", "losses": LOSSES_ON}, T=80),
-    C("top_p_0.7_gelu_seq", {"router": "top_p", "threshold": 0.7, "activation": "gelu",
-                             "losses": dict(LOSSES_ON, balance_mode="sequence")},
-      seq_lens=[31, 49], T=80, E=10, Fs=8),
-    # --- soft ---
-    C("soft", {"router": "soft", "losses": {"z": 0.01, "entropy": 0.05}}, T=48),
-    C("soft_gelu_shared", {"router": "soft", "activation": "gelu"}, T=40, E=5, Fs=12),
-    # --- ReMoE ---
-    C("remoe", {"router": "remoe", "k": 2, "lambda": 0.05}, T=64, gate_scale=1.0),
-    C("remoe_gelu_shared_z", {"router": "remoe", "activation": "gelu", "losses": {"z": 0.01}},
-      T=50, Fs=8, gate_scale=1.0),
-    # T in L_reg is the call's T; the balance probability of ReMoE is softmax(z) (see README)
-    C("remoe_seq_groups_losses", {"router": "remoe", "lambda": 0.3, "routing_groups": "sequence",
-                                  "losses": {"balance": 0.1, "entropy": 0.05}},
-      seq_lens=[20, 44], T=64, gate_scale=1.0),
-    # --- further routers of the contract (evaluation mode) ---
-    C("adamoe", {"router": "adamoe"}, E=8, null=16, T=64),
-    C("smear", {"router": "smear"}, seq_lens=[20, 28, 16], T=64),
-    C("hash_balanced", {"router": "hash", "table": "balanced"}, token_ids=True, T=64),
-    C("hash_random", {"router": "hash", "table": "random", "hash_seed": 12345},
-      token_ids=True, T=64),
-    C("base_eval", {"router": "base"}, T=64),
-]
+# The golden cases: the "golden" sections of tests/router_cases.json, the table every router
+# check shares (its sizes override C's defaults).
+CASE_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "router_cases.json")
+with open(CASE_TABLE) as f:
+    CASES = [C(c["name"], c["config"], **c["golden"]) for c in json.load(f)["cases"]
+             if "golden" in c]
 
 
 # ----------------------------------------------------------------------------------------------
