@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "report/seed_comparison.h"
+#include "report/svg_plot.h"
 
 namespace switchyard {
 namespace {
@@ -629,6 +630,65 @@ TEST_F(ReportTest, SeveralSeedsGetTheAcrossSeedsTable) {
 
 TEST_F(ReportTest, NoRunsIsAnError) {
   EXPECT_THROW(write_report({}, (dir_ / "report").string()), Error);
+}
+
+// The plot engine on its own (src/report/svg_plot.h): a dashed line with a band and a gap, a
+// scatter, the visible title, the description, and markers dropped from crowded lines.
+TEST(SvgPlot, BandsDashesScattersGapsAndTitle) {
+  report::PlotSpec spec;
+  spec.id = "p";
+  spec.title = "T <x>";
+  spec.show_title = true;
+  spec.desc = "Two series.";
+  spec.x_label = "x";
+  spec.y_label = "y";
+  report::PlotSeries& a = spec.series.emplace_back();
+  a.name = "a";
+  a.colour = "#112233";
+  a.dash = "5 4";
+  for (int i = 0; i < 10; ++i) {
+    a.x.push_back(i);
+    a.y.push_back(i == 5 ? NAN : 0.1 * i);
+    a.band_lo.push_back(0.1 * i - 0.05);
+    a.band_hi.push_back(i == 9 ? 10.0 : 0.1 * i + 0.05);  // the band widens the y axis
+  }
+  report::PlotSeries& b = spec.series.emplace_back();
+  b.name = "b & c";
+  b.colour = "#445566";
+  b.line = false;
+  b.markers = true;
+  b.x = {1, 2, 3};
+  b.y = {0.5, 0.6, 0.7};
+  const std::string svg = report::line_plot_svg(spec);
+  EXPECT_EQ(count(svg, "<svg "), 1u);
+  EXPECT_NE(svg.find("<text class=\"title\" x=\"58.0\" y=\"18\">T &lt;x&gt;</text>"),
+            std::string::npos)
+      << svg;
+  EXPECT_NE(svg.find("aria-labelledby=\"p-title p-desc\""), std::string::npos);
+  EXPECT_NE(svg.find("Two series. Last values: a: 0.900 at x 9; b &amp; c: 0.700 at x 3."),
+            std::string::npos)
+      << svg;
+  EXPECT_EQ(count(svg, "<polygon "), 1u);                   // the band
+  EXPECT_EQ(count(svg, "<polyline "), 2u);                  // a, split at its NaN; b has no line
+  EXPECT_EQ(count(svg, "stroke-dasharray=\"5 4\""), 3u);    // a's legend entry and two stretches
+  EXPECT_EQ(count(svg, "r=\"3.5\" fill=\"#445566\""), 3u);  // b's points
+  EXPECT_EQ(count(svg, "r=\"3\" fill=\"#445566\""), 1u);    // b's legend dot
+  EXPECT_NE(svg.find(">10</text>"), std::string::npos);     // a y tick from the band
+  EXPECT_FALSE(has_word(svg, "nan"));
+
+  // No description: none referenced. A marked line with more points than max_marked_points loses
+  // its markers; the scatter keeps its points.
+  spec.desc.clear();
+  spec.describe_last = false;
+  spec.series[0].markers = true;
+  spec.max_marked_points = 5;
+  const std::string plain = report::line_plot_svg(spec);
+  EXPECT_EQ(plain.find("<desc"), std::string::npos);
+  EXPECT_NE(plain.find("aria-labelledby=\"p-title\""), std::string::npos);
+  EXPECT_EQ(count(plain, "fill=\"#112233\"><title>"), 0u);
+  EXPECT_EQ(count(plain, "r=\"3.5\" fill=\"#445566\""), 3u);
+  spec.max_marked_points = 60;
+  EXPECT_EQ(count(report::line_plot_svg(spec), "fill=\"#112233\"><title>"), 9u);  // no NaN
 }
 
 // The browser test's input: three routers, two layers, eight experts, with domains.

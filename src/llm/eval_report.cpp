@@ -7,6 +7,8 @@
 #include <cmath>
 #include <iterator>
 
+#include "report/svg_plot.h"
+
 namespace switchyard {
 namespace {
 
@@ -35,85 +37,32 @@ struct PlotLine {
   bool dashed = false, markers = false, line = true;
 };
 
+// The shared plot engine (report/svg_plot.h); line i gets colour(i).
 std::string plot_svg(const std::string& id, const std::string& title, const std::string& x_label,
-                     const std::string& y_label, const std::vector<PlotLine>& lines) {
-  double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY;
-  for (const auto& l : lines)
-    for (const auto& [x, y] : l.xy) {
-      if (!std::isfinite(x) || !std::isfinite(y)) continue;
-      xlo = std::min(xlo, x), xhi = std::max(xhi, x), ylo = std::min(ylo, y),
-      yhi = std::max(yhi, y);
-    }
-  if (!(xhi > xlo)) xlo -= 0.5, xhi += 0.5;
-  if (!(yhi > ylo)) ylo -= 0.5, yhi += 0.5;
-  const double pad_y = 0.04 * (yhi - ylo);
-  ylo -= pad_y, yhi += pad_y;
-  const double W = 560, H = 340, left = 64, right = 180, top = 30, bottom = 46;
-  const double pw = W - left - right, ph = H - top - bottom;
-  auto X = [&](double x) { return left + (x - xlo) / (xhi - xlo) * pw; };
-  auto Y = [&](double y) { return top + (1.0 - (y - ylo) / (yhi - ylo)) * ph; };
-  std::string out;
-  append(out,
-         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {:.0f} {:.0f}\" role=\"img\" "
-         "aria-labelledby=\"{}-title\"><title id=\"{}-title\">{}</title>",
-         W, H, id, id, html_escape(title));
-  append(out, "<text x=\"{:.0f}\" y=\"18\" class=\"title\">{}</text>", left, html_escape(title));
-  for (int i = 0; i <= 4; ++i) {
-    const double fx = xlo + (xhi - xlo) * i / 4.0, fy = ylo + (yhi - ylo) * i / 4.0;
-    append(out,
-           "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{0:.1f}\" y2=\"{2:.1f}\" class=\"grid\"/>",
-           X(fx), top, top + ph);
-    append(out,
-           "<line x1=\"{0:.1f}\" y1=\"{1:.1f}\" x2=\"{2:.1f}\" y2=\"{1:.1f}\" class=\"grid\"/>",
-           left, Y(fy), left + pw);
-    append(out, "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{:.3g}</text>", X(fx),
-           top + ph + 16, fx);
-    append(
-        out,
-        "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\" dominant-baseline=\"central\">{:.3g}"
-        "</text>",
-        left - 6, Y(fy), fy);
-  }
-  append(out,
-         "<rect x=\"{:.0f}\" y=\"{:.0f}\" width=\"{:.0f}\" height=\"{:.0f}\" class=\"frame\"/>",
-         left, top, pw, ph);
-  append(out, "<text x=\"{:.1f}\" y=\"{:.0f}\" text-anchor=\"middle\" class=\"axis\">{}</text>",
-         left + pw / 2, H - 8, html_escape(x_label));
-  append(out,
-         "<text transform=\"translate(14 {:.1f}) rotate(-90)\" text-anchor=\"middle\" "
-         "class=\"axis\">{}</text>",
-         top + ph / 2, html_escape(y_label));
+                     const std::string& y_label, const std::vector<PlotLine>& lines,
+                     int x_decimals) {
+  report::PlotSpec spec;
+  spec.id = id;
+  spec.title = title;
+  spec.show_title = true;
+  spec.describe_last = false;  // the figure's caption describes the plot
+  spec.x_label = x_label;
+  spec.y_label = y_label;
+  spec.x_decimals = x_decimals;
+  spec.width = 560;
+  spec.plot_height = 240;
   for (size_t i = 0; i < lines.size(); ++i) {
     const PlotLine& l = lines[i];
-    if (l.line && l.xy.size() > 1) {
-      std::string pts;
-      for (const auto& [x, y] : l.xy)
-        if (std::isfinite(x) && std::isfinite(y))
-          fmt::format_to(std::back_inserter(pts), "{:.1f},{:.1f} ", X(x), Y(y));
-      append(out, "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{}/>", pts,
-             colour(i), l.dashed ? " stroke-dasharray=\"5 4\"" : "");
-    }
-    if (l.markers)
-      for (const auto& [x, y] : l.xy)
-        append(out, "<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/>", X(x), Y(y),
-               colour(i));
-    const double ly = top + 8 + 18.0 * double(i);
-    if (!l.line) {  // points only: a dot in the legend
-      append(out,
-             "<circle cx=\"{:.0f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\"/><text x=\"{:.0f}\" "
-             "y=\"{:.1f}\" dominant-baseline=\"central\">{}</text>",
-             left + pw + 22, ly, colour(i), left + pw + 38, ly, html_escape(l.name));
-      continue;
-    }
-    append(out,
-           "<line x1=\"{0:.0f}\" y1=\"{1:.1f}\" x2=\"{2:.0f}\" y2=\"{1:.1f}\" stroke=\"{3}\" "
-           "stroke-width=\"2\"{4}/><text x=\"{5:.0f}\" y=\"{1:.1f}\" dominant-baseline=\"central\">"
-           "{6}</text>",
-           left + pw + 12, ly, left + pw + 32, colour(i),
-           l.dashed ? " stroke-dasharray=\"5 4\"" : "", left + pw + 38, html_escape(l.name));
+    report::PlotSeries& s = spec.series.emplace_back();
+    s.name = l.name;
+    for (const auto& [x, y] : l.xy) s.x.push_back(x), s.y.push_back(y);
+    s.colour = colour(i);
+    if (l.dashed) s.dash = "5 4";
+    // A one-point curve has no line to draw: show its point.
+    s.line = l.line && l.xy.size() > 1;
+    s.markers = l.markers || !s.line;
   }
-  append(out, "</svg>");
-  return out;
+  return report::line_plot_svg(spec);
 }
 
 }  // namespace
@@ -154,11 +103,11 @@ std::string eval_html(const EvalResult& res) {
       "{0}</title><style>body{{font:14px system-ui,sans-serif;margin:24px;color:#1d2330;"
       "max-width:1200px}}table{{border-collapse:collapse;margin:12px 0}}td,th{{padding:4px 10px;"
       "border-bottom:1px solid #e3e6eb;text-align:right}}td:first-child,th:first-child{{text-align:"
-      "left}}.plots{{display:flex;flex-wrap:wrap;gap:16px}}svg{{width:560px;max-width:100%;"
-      "height:auto}}svg text{{font-size:11px;fill:#4a5263}}svg text.title{{font-size:13px;"
-      "fill:#1d2330;font-weight:600}}svg .grid{{stroke:#edf0f3}}svg .frame{{fill:none;"
-      "stroke:#8c95a6}}</style></head><body><h1>Prompt routing: {0}</h1>",
-      html_escape(res.dataset));
+      "left}}.plots{{display:flex;flex-wrap:wrap;gap:16px}}:root{{--fg:#1d2330;--muted:#5d6678}}"
+      "svg{{width:560px;max-width:100%;height:auto;overflow:visible}}{1}svg "
+      "text.title{{font-size:13px;"
+      "fill:#1d2330;font-weight:600}}</style></head><body><h1>Prompt routing: {0}</h1>",
+      html_escape(res.dataset), report::kPlotCss);
   append(out,
          "<p>{} training and {} test prompts (seeded split: fraction {}, seed {}); {} bad rows "
          "skipped. Strong model <b>{}</b> ({:.3f}), weak model <b>{}</b> ({:.3f}). Costs: {}.</p>",
@@ -212,13 +161,13 @@ std::string eval_html(const EvalResult& res) {
          "the strong model (every threshold). The straight line from weak to strong is the random "
          "mixture.</figcaption></figure>",
          plot_svg("pair", "Two-model routing (strong vs weak)", "strong model calls (%)",
-                  "mean score", pair));
+                  "mean score", pair, 1));
   append(out,
          "<figure>{}<figcaption>Non-decreasing convex hull of each router's cost–quality points "
          "(cost-aware rule over λ, cascade over τ); dots are the single models.</figcaption>"
          "</figure></div>",
          plot_svg("cost", "Cost–quality hulls", "mean cost per prompt (" + res.cost_source + ")",
-                  "mean score", cost));
+                  "mean score", cost, 4));
   append(out,
          "<h2>Models on the test split</h2><table><tr><th>model</th><th>mean score</th>"
          "<th>mean cost</th></tr>");
