@@ -252,6 +252,25 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
   const bool sigmoid = p.at("score") == "sigmoid", normalize = p.at("normalize");
   const double scale = p.at("route_scale"), cf = p.at("capacity_factor");
   const bool random_second = pb.config.training && p.at("second_expert") == "random";
+  const bool adaptive = p.at("second_expert") == "adaptive";
+  const double threshold = p.at("adaptive_threshold");
+  // Sinkhorn selection (training): the balanced scores decide, computed as the reference does.
+  std::vector<double> balanced;
+  if (pb.config.training && p.at("selection") == "sinkhorn") {
+    balanced.assign(size_t(pb.T * pb.shape.E), 0.0);
+    for (const auto& g : test_groups(pb)) {
+      if (g.second - g.first == 1) {  // selects by its scores
+        std::fill_n(balanced.begin() + g.first * pb.shape.E, pb.shape.E,
+                    std::numeric_limits<double>::quiet_NaN());
+        continue;
+      }
+      const std::vector<double> b =
+          reference::sinkhorn_balanced(z, g, pb.shape.E, pb.R, p.at("sinkhorn_tolerance"));
+      // Rows sum to 1/n: scaled to sum to 1, the margin means what it means for probabilities.
+      const double n = double(g.second - g.first);
+      for (size_t i = 0; i < b.size(); ++i) balanced[size_t(g.first * pb.shape.E) + i] = b[i] * n;
+    }
+  }
   const bool bpr = cf > 0.0 && p.at("drop_order") == "batch_priority";
   const int64_t E = pb.shape.E, R = pb.R;
   // LocMoE's selection bonus for the token's own node's (or rank's) experts.
@@ -272,6 +291,8 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
     for (int64_t e = 0; e < E && !pb.gate_bias.empty(); ++e) sel[e] += pb.gate_bias[e];
     for (int64_t e = 0; e < E && bonus > 0; ++e)
       if (e / (E / pl.expert_parallel) / per_domain == home[t] / per_domain) sel[e] += bonus;
+    if (!balanced.empty() && !std::isnan(balanced[size_t(t * E)]))
+      std::copy_n(balanced.begin() + t * E, E, sel.begin());
     if (G > 1 && TG < G) {
       const int64_t size = E / G;
       std::vector<double> gs(static_cast<size_t>(G));
@@ -293,6 +314,9 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
       if (order[i] < E) norm += s[order[i]];
     auto weight = [&](int64_t e) { return (normalize ? s[e] / norm : s[e]) * scale; };
     first_weight[t] = order[0] < E ? weight(order[0]) : 0.0;
+    if (adaptive && k >= 2 && order[0] < E && order[1] < E &&
+        !(std::abs(s[order[0]] - s[order[1]] - threshold) > m.score))
+      bad[t] = true;
     if (random_second)
       for (int64_t i = 1; i < k; ++i)
         if (order[i] < E && !(std::abs(2.0 * weight(order[i]) - pb.noise.uniform[t]) > m.score))

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <utility>
 #include <vector>
 
 namespace switchyard::reference {
@@ -38,5 +39,11 @@ struct Result {
 Result forward(const LayerConfig& config, const nlohmann::json& router_params,
                const MoEShape& shape, int64_t R, const Params& params, const Batch& batch,
                const RouterNoise& noise);
+
+// The sinkhorn selection's balanced scores of tokens [group.first, group.second) from logits
+// (T, R) over the first E outputs: (n, E) row-major. Public for the tests' tie rule.
+std::vector<double> sinkhorn_balanced(const std::vector<double>& logits,
+                                      std::pair<int64_t, int64_t> group, int64_t E, int64_t R,
+                                      double tolerance);
 
 }  // namespace switchyard::reference

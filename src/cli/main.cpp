@@ -291,7 +291,7 @@ int main(int argc, char** argv) {
     if (*routers) {
       for (const auto& entry : switchyard::router_registry()) {
         const auto router = entry.make(nlohmann::json::object(), entry.name);
-        fmt::print("{:<14} {}\n{:<14} {}\n", entry.name, entry.summary, "", router->describe());
+        fmt::print("{:<16} {}\n{:<16} {}\n", entry.name, entry.summary, "", router->describe());
       }
       return 0;
     }

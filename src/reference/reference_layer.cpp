@@ -187,6 +187,10 @@ struct TopkOptions {
   double capacity_factor = 0.0;
   bool batch_priority = false;
   bool random_second = false;
+  bool adaptive_second = false;  // Adaptive Gating: later choices only when p1 - p2 < threshold
+  double adaptive_threshold = 0.1;
+  bool sinkhorn = false;  // selection by Sinkhorn-balanced scores in training
+  double sinkhorn_tolerance = 1e-4;
   int64_t groups = 1;
   int64_t topk_groups = 1;
   double route_scale = 1.0;
@@ -254,6 +258,10 @@ TopkOptions read_topk_options(const json& params) {
   o.capacity_factor = param<double>(params, "capacity_factor");
   o.batch_priority = param<std::string>(params, "drop_order") == "batch_priority";
   o.random_second = param<std::string>(params, "second_expert") == "random";
+  o.adaptive_second = param<std::string>(params, "second_expert") == "adaptive";
+  o.adaptive_threshold = param<double>(params, "adaptive_threshold");
+  o.sinkhorn = param<std::string>(params, "selection") == "sinkhorn";
+  o.sinkhorn_tolerance = param<double>(params, "sinkhorn_tolerance");
   o.groups = param<int64_t>(params, "groups");
   o.topk_groups = param<int64_t>(params, "topk_groups");
   o.route_scale = param<double>(params, "route_scale");
@@ -339,6 +347,48 @@ void apply_capacity(std::vector<Choice>& choices, const std::vector<double>& fir
   }
 }
 
+}  // namespace
+
+// Sinkhorn balancing of one routing group's scores (Megatron-Core's sinkhorn, with each token's
+// exp(z) divided by its largest entry, which the balancing absorbs): K = exp(z - max), then
+// alternately a = 1/(n K b), b = 1/(E Kᵀ a) (with 1e-8 added to the sums) until the mean
+// absolute change of b is at most `tolerance`; the result is a_t K_te b_e.
+std::vector<double> sinkhorn_balanced(const std::vector<double>& logits,
+                                      std::pair<int64_t, int64_t> group, int64_t E, int64_t R,
+                                      double tolerance) {
+  const int64_t n = group.second - group.first;
+  std::vector<double> K(n * E);
+  for (int64_t i = 0; i < n; ++i) {
+    const std::vector<double> z = row(logits, group.first + i, R);
+    const double top = *std::max_element(z.begin(), z.begin() + E);
+    for (int64_t e = 0; e < E; ++e) K[i * E + e] = std::exp(z[e] - top);
+  }
+  std::vector<double> a(n, 1.0), b(E, 1.0);
+  for (int iteration = 0; iteration < 10000; ++iteration) {
+    for (int64_t i = 0; i < n; ++i) {
+      double sum = 0.0;
+      for (int64_t e = 0; e < E; ++e) sum += K[i * E + e] * b[e];
+      a[i] = 1.0 / (static_cast<double>(n) * (sum + 1e-8));
+    }
+    std::vector<double> next(E);
+    double change = 0.0;
+    for (int64_t e = 0; e < E; ++e) {
+      double sum = 0.0;
+      for (int64_t i = 0; i < n; ++i) sum += K[i * E + e] * a[i];
+      next[e] = 1.0 / (static_cast<double>(E) * (sum + 1e-8));
+      change += std::abs(next[e] - b[e]);
+    }
+    b = next;
+    if (change / static_cast<double>(E) <= tolerance) break;
+  }
+  std::vector<double> out(n * E);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t e = 0; e < E; ++e) out[i * E + e] = a[i] * K[i * E + e] * b[e];
+  return out;
+}
+
+namespace {
+
 Routing route_topk(const json& params, const std::vector<double>& logits,
                    const std::vector<double>& bias, const std::vector<Range>& groups,
                    const RouterNoise& noise, bool training, const Locality& loc, int64_t T,
@@ -352,10 +402,24 @@ Routing route_topk(const json& params, const std::vector<double>& logits,
   routing.chosen_first.assign(T * R, 0.0);
   std::vector<Choice> choices;
   std::vector<double> first_weight(T, 0.0);
+  std::vector<double> balanced;  // (T, E) Sinkhorn-balanced selection scores, training only
+  if (o.sinkhorn && training) {
+    balanced.assign(T * E, 0.0);
+    for (const Range& g : groups) {
+      const std::vector<double> b = sinkhorn_balanced(logits, g, E, R, o.sinkhorn_tolerance);
+      std::copy(b.begin(), b.end(), balanced.begin() + g.first * E);
+      // One token balances against nothing (every expert at 1/E): it selects by its scores.
+      if (g.second - g.first == 1)
+        for (int64_t e = 0; e < E; ++e)
+          balanced[g.first * E + e] = std::numeric_limits<double>::quiet_NaN();
+    }
+  }
   for (int64_t t = 0; t < T; ++t) {
     const std::vector<double> z = row(logits, t, R);
     const std::vector<double> s = o.sigmoid_score ? sigmoid_all(z) : softmax(z);
     std::vector<double> selection = s;
+    if (!balanced.empty() && !std::isnan(balanced[t * E]))
+      selection.assign(balanced.begin() + t * E, balanced.begin() + t * E + E);
     for (int64_t e = 0; e < E && !bias.empty(); ++e) selection[e] += bias[e];
     for (int64_t e = 0; e < E && o.local_bonus > 0.0; ++e)
       if (loc.expert[e] == loc.token[t]) selection[e] += o.local_bonus;
@@ -379,6 +443,11 @@ Routing route_topk(const json& params, const std::vector<double>& logits,
       Choice c{t, e, rank, weight_of(e), true};
       // GShard's test uses the gate value before any route scale.
       if (random_second && rank >= 1 && !(2.0 * c.weight / o.route_scale > noise.uniform[t]))
+        c.kept = false;
+      // Adaptive Gating: a confident token (first score ahead of the second by the threshold)
+      // keeps its first choice only; its weights stay normalised over both.
+      if (o.adaptive_second && rank >= 1 && chosen[0] < E && chosen[1] < E &&
+          s[chosen[0]] - s[chosen[1]] >= o.adaptive_threshold)
         c.kept = false;
       choices.push_back(c);
     }

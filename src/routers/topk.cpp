@@ -1,5 +1,5 @@
-// Token-choice top-k: Switch, GShard, Mixtral, DeepSeek-V3, AdaMoE and LocMoE are presets of this
-// router (routers.md sections 1, 2, 3, 7, 10, 17; docs/routers/locmoe.md).
+// Token-choice top-k: Switch, GShard, Mixtral, DeepSeek-V3, AdaMoE, LocMoE, Sinkhorn and Adaptive
+// Gating are presets of this router (routers.md sections 1, 2, 3, 7, 10, 17; docs/routers/).
 #include <switchyard/config.h>
 #include <switchyard/error.h>
 
@@ -28,7 +28,12 @@ class TopKRouter final : public Router {
     capacity_factor_ = r.get_double("capacity_factor", 0.0, 0.0, 1e6);
     batch_priority_ =
         r.get_choice("drop_order", "position", {"position", "batch_priority"}) == "batch_priority";
-    random_second_ = r.get_choice("second_expert", "all", {"all", "random"}) == "random";
+    const std::string second = r.get_choice("second_expert", "all", {"all", "random", "adaptive"});
+    random_second_ = second == "random";
+    adaptive_second_ = second == "adaptive";
+    adaptive_threshold_ = r.get_double("adaptive_threshold", 0.1, 0.0, 1.0);
+    sinkhorn_ = r.get_choice("selection", "score", {"score", "sinkhorn"}) == "sinkhorn";
+    sinkhorn_tolerance_ = r.get_double("sinkhorn_tolerance", 1e-4, 1e-12, 1.0);
     groups_ = r.get_int("groups", 1, 1, 1 << 20);
     topk_groups_ = r.get_int("topk_groups", groups_, 1, groups_);
     route_scale_ = r.get_double("route_scale", 1.0, 1e-6, 1e6);
@@ -49,7 +54,13 @@ class TopKRouter final : public Router {
     if (groups_ > 1 && null_experts_ > 0)
       fail("{}: groups = {} cannot be combined with null_experts = {}", context, groups_,
            null_experts_);
-    traits_.batch_dependent = capacity_factor_ > 0.0;
+    if (sinkhorn_ &&
+        (null_experts_ > 0 || groups_ > 1 || local_bonus_ > 0 || bias_update_rate_ > 0))
+      fail(
+          "{}: selection = sinkhorn balances the scores of the E true experts and cannot be "
+          "combined with null_experts, groups, local_bonus or bias_update_rate",
+          context);
+    traits_.batch_dependent = capacity_factor_ > 0.0 || sinkhorn_;
     traits_.supports_forced = null_experts_ == 0;
     traits_.needs_placement = local_bonus_ > 0 || locality_loss_ > 0;
     traits_.has_own_loss = locality_loss_ > 0;
@@ -66,7 +77,12 @@ class TopKRouter final : public Router {
             {"normalize", normalize_},
             {"capacity_factor", capacity_factor_},
             {"drop_order", batch_priority_ ? "batch_priority" : "position"},
-            {"second_expert", random_second_ ? "random" : "all"},
+            {"second_expert", random_second_     ? "random"
+                              : adaptive_second_ ? "adaptive"
+                                                 : "all"},
+            {"adaptive_threshold", adaptive_threshold_},
+            {"selection", sinkhorn_ ? "sinkhorn" : "score"},
+            {"sinkhorn_tolerance", sinkhorn_tolerance_},
             {"groups", groups_},
             {"topk_groups", topk_groups_},
             {"route_scale", route_scale_},
@@ -85,6 +101,12 @@ class TopKRouter final : public Router {
     if (normalize_) text += ", renormalised";
     if (groups_ > 1) text += fmt::format(", {} of {} expert groups", topk_groups_, groups_);
     if (null_experts_ > 0) text += fmt::format(", {} null experts", null_experts_);
+    if (sinkhorn_)
+      text +=
+          ", chosen in training by Sinkhorn-balanced scores over the routing group "
+          "(batch-dependent)";
+    if (adaptive_second_)
+      text += fmt::format(", later choices only when p1 - p2 < {}", adaptive_threshold_);
     if (traits_.needs_placement)
       text += fmt::format(", {}-local experts: selection bonus {}, locality loss {}",
                           locality_ == LocalityLevel::Node ? "node" : "rank", local_bonus_,
@@ -119,8 +141,12 @@ class TopKRouter final : public Router {
     plan.saved.assign(size_t(in.T), 0.0f);  // per-token normaliser of the weights
     plan.selection_counts.assign(size_t(R), 0.0);
     plan.first_choice_counts.assign(size_t(R), 0.0);
-    std::vector<int32_t> chosen(size_t(in.T * k_));  // (T, k) chosen outputs, -1 = none
-    std::vector<float> weights(size_t(in.T * k_));   // (T, k)
+    std::vector<int32_t> chosen(size_t(in.T * k_));   // (T, k) chosen outputs, -1 = none
+    std::vector<float> weights(size_t(in.T * k_));    // (T, k)
+    std::vector<uint8_t> confident(size_t(in.T), 0);  // adaptive gating: later choices dropped
+    // Sinkhorn selection (training): each group's exp(logits) balanced over tokens and experts.
+    const std::vector<double> balanced =
+        sinkhorn_ && in.training ? sinkhorn_scores(in) : std::vector<double>{};
 #pragma omp parallel
     {
       std::vector<double> s(static_cast<size_t>(R)), sel(static_cast<size_t>(R));
@@ -131,6 +157,8 @@ class TopKRouter final : public Router {
         compute_scores(traits_.score, in.logits + t * R, R, s.data());
         for (int64_t j = 0; j < R; ++j)
           sel[size_t(j)] = s[size_t(j)] + (in.bias && j < E ? in.bias[j] : 0.0);
+        if (!balanced.empty() && !std::isnan(balanced[size_t(t * R)]))
+          std::copy_n(balanced.begin() + t * R, R, sel.begin());
         if (local_bonus_ > 0)  // LocMoE: prefer the token's own node's (or rank's) experts
           for (int64_t j = 0; j < E; ++j)
             if (expert_domain(in, locality_, j) == token_domain(in, locality_, t))
@@ -147,6 +175,8 @@ class TopKRouter final : public Router {
         for (int32_t e : top)
           if (e < E) norm += s[size_t(e)];
         plan.saved[size_t(t)] = float(norm);
+        if (adaptive_second_ && !in.forced && top.size() >= 2 && top[0] < E && top[1] < E)
+          confident[size_t(t)] = s[size_t(top[0])] - s[size_t(top[1])] >= adaptive_threshold_;
         for (int64_t r = 0; r < k_; ++r) {
           const int32_t e = r < int64_t(top.size()) ? top[size_t(r)] : -1;
           chosen[size_t(t * k_ + r)] = e;
@@ -179,6 +209,7 @@ class TopKRouter final : public Router {
           plan.add(int32_t(t), e, int32_t(g), w);
           if (random_second_ && in.training && r >= 1 && !(2.0 * w / route_scale_ > in.uniform[t]))
             plan.kept.back() = 0;
+          if (r >= 1 && confident[size_t(t)]) plan.kept.back() = 0;  // adaptive gating
         }
       int64_t capacity = 0;
       if (capacity_factor_ > 0) {
@@ -260,12 +291,55 @@ class TopKRouter final : public Router {
       if (!kept[size_t(e / size)]) sel[e] = -std::numeric_limits<double>::infinity();
   }
 
+  // Megatron's Sinkhorn load balancing: per routing group, c = exp(z - max z) (per token; the
+  // balancing is invariant to a token's scale), then d0 = 1/(n (c d1)), d1 = 1/(E (d0ᵀ c)) until
+  // the mean change of d1 is <= tolerance; returns (T, E) d1 c d0, in double.
+  std::vector<double> sinkhorn_scores(const RouterInput& in) const {
+    const int64_t E = in.E;
+    std::vector<double> out(size_t(in.T * E), std::numeric_limits<double>::quiet_NaN());
+    for (const auto& [begin, end] : in.groups) {
+      const int64_t n = end - begin;
+      if (n == 1) continue;  // every expert ties (1/E): the token selects by its scores (NaN)
+      std::vector<double> c(size_t(n * E)), d0(size_t(n), 1.0), d1(size_t(E), 1.0);
+      for (int64_t i = 0; i < n; ++i) {
+        const float* z = in.logits + (begin + i) * in.R;
+        const double m = *std::max_element(z, z + E);
+        for (int64_t e = 0; e < E; ++e) c[size_t(i * E + e)] = std::exp(double(z[e]) - m);
+      }
+      constexpr double kEps = 1e-8;
+      for (int iteration = 0; iteration < 10000; ++iteration) {
+        for (int64_t i = 0; i < n; ++i) {
+          double sum = 0.0;
+          for (int64_t e = 0; e < E; ++e) sum += d1[size_t(e)] * c[size_t(i * E + e)];
+          d0[size_t(i)] = 1.0 / double(n) / (sum + kEps);
+        }
+        double change = 0.0;
+        for (int64_t e = 0; e < E; ++e) {
+          double sum = 0.0;
+          for (int64_t i = 0; i < n; ++i) sum += d0[size_t(i)] * c[size_t(i * E + e)];
+          const double next = 1.0 / double(E) / (sum + kEps);
+          change += std::abs(next - d1[size_t(e)]) / double(E);
+          d1[size_t(e)] = next;
+        }
+        if (change <= sinkhorn_tolerance_) break;
+      }
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t e = 0; e < E; ++e)
+          out[size_t((begin + i) * E + e)] = d1[size_t(e)] * c[size_t(i * E + e)] * d0[size_t(i)];
+    }
+    return out;
+  }
+
   RouterTraits traits_;
   int64_t k_ = 2;
   bool normalize_ = true;
   double capacity_factor_ = 0.0;
   bool batch_priority_ = false;
   bool random_second_ = false;
+  bool adaptive_second_ = false;
+  double adaptive_threshold_ = 0.1;
+  bool sinkhorn_ = false;
+  double sinkhorn_tolerance_ = 1e-4;
   int64_t groups_ = 1, topk_groups_ = 1;
   double route_scale_ = 1.0;
   int64_t null_experts_ = 0;
@@ -308,6 +382,13 @@ std::unique_ptr<Router> make_deepseek_v3(const json& p, const std::string& c) {
 std::unique_ptr<Router> make_locmoe(const json& p, const std::string& c) {
   return with_defaults(
       {{"k", 1}, {"normalize", false}, {"locality", "node"}, {"locality_loss", 0.01}}, p, c);
+}
+std::unique_ptr<Router> make_sinkhorn(const json& p, const std::string& c) {
+  return with_defaults(
+      {{"k", 1}, {"score", "sigmoid"}, {"normalize", false}, {"selection", "sinkhorn"}}, p, c);
+}
+std::unique_ptr<Router> make_adaptive_gating(const json& p, const std::string& c) {
+  return with_defaults({{"k", 2}, {"second_expert", "adaptive"}}, p, c);
 }
 std::unique_ptr<Router> make_adamoe(const json& p, const std::string& c) {
   return with_defaults({{"k", 4}, {"null_experts", 16}}, p, c);

@@ -95,21 +95,10 @@ def mark_close(values, idx, bad):
         bad[idx[j + 1]] = True
 
 
-PRESET_K = {"topk": 2, "switch": 1, "gshard": 2, "mixtral": 2, "deepseek_v3": 8, "adamoe": 4,
-            "locmoe": 1}
-
-
 def topk_params(cfg):
-    r = cfg["router"]
-    p = {"k": PRESET_K[r], "score": "sigmoid" if r == "deepseek_v3" else "softmax",
-         "groups": 8 if r == "deepseek_v3" else 1, "topk_groups": 4 if r == "deepseek_v3" else None,
-         "normalize": r not in ("switch", "locmoe"), "route_scale": 2.5 if r == "deepseek_v3" else 1.0,
-         "capacity_factor": {"switch": 1.25, "gshard": 2.0}.get(r, 0.0),
-         "drop_order": "position"}
-    p.update({k: v for k, v in cfg.items() if k in p})
-    if p["topk_groups"] is None:
-        p["topk_groups"] = p["groups"]
-    return p
+    """The resolved top-k parameters: the presets live in the PyTorch reference."""
+    import torch_layer
+    return torch_layer.parse_config(cfg)["params"]
 
 
 def unclear_tokens(case, t):
@@ -167,6 +156,16 @@ def unclear_tokens(case, t):
     sel = s.copy()
     if "gate.bias" in t:
         sel[:, :E] += t["gate.bias"].astype(np.float64)
+    if p["selection"] == "sinkhorn" and cfg.get("training", False):
+        import torch
+        import torch_layer
+        for (a, b) in groups_of(case, T):  # balanced rows sum to 1/n: scaled back to sum 1
+            if b - a > 1:
+                sel[a:b, :E] = (b - a) * torch_layer.sinkhorn_balance(
+                    torch.from_numpy(z[a:b]), E, p["sinkhorn_tolerance"]).numpy()
+    if p["second_expert"] == "adaptive" and k >= 2:  # p1 - p2 must be clear of the threshold
+        top2 = -np.sort(-s[:, :E], axis=1)[:, :2]
+        bad |= np.abs(top2[:, 0] - top2[:, 1] - p["adaptive_threshold"]) <= MARGIN
     if G > 1:
         gsize = E // G
         grouped = sel[:, :E].reshape(T, G, gsize)

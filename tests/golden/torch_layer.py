@@ -47,6 +47,7 @@ TOPK_DEFAULTS = {
     "drop_order": "position", "second_expert": "all", "groups": 1, "topk_groups": None,
     "route_scale": 1.0, "null_experts": 0, "jitter": 0.0, "bias_update_rate": 0.0,
     "locality": "node", "local_bonus": 0.0, "locality_loss": 0.0, "locality_smoothing": 0.1,
+    "adaptive_threshold": 0.1, "selection": "score", "sinkhorn_tolerance": 1e-4,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
@@ -65,6 +66,9 @@ ROUTERS = {
     "adamoe": ("topk", {"k": 4, "null_experts": 16}, {"balance": 1e-4}),
     "locmoe": ("topk", {"k": 1, "normalize": False, "locality": "node", "locality_loss": 0.01},
                {"balance": 0.01, "balance_top1_only": True}),
+    "sinkhorn": ("topk", {"k": 1, "score": "sigmoid", "normalize": False,
+                          "selection": "sinkhorn"}, {}),
+    "adaptive_gating": ("topk", {"k": 2, "second_expert": "adaptive"}, {"balance": 0.01}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
     "soft": ("soft", {}, {}),
@@ -228,7 +232,24 @@ class Routing:
 # Routers
 # ----------------------------------------------------------------------------------------------
 
-def route_topk(z, bias, E, p, groups, top1_only, local=None):
+def sinkhorn_balance(z, E, tol):
+    """Megatron-Core's Sinkhorn balancing of one group's exp(logits), each token's row divided by
+    its largest entry first (the row scalings absorb it): (n, E), float64, no gradient."""
+    with torch.no_grad():
+        c = torch.exp(z[:, :E].double() - z[:, :E].double().max(-1, keepdim=True).values)
+        n = c.shape[0]
+        d1 = torch.ones(E, dtype=torch.float64)
+        for _ in range(10000):
+            d0 = 1.0 / (n * ((c * d1).sum(-1) + 1e-8))
+            nxt = 1.0 / (E * ((c * d0[:, None]).sum(0) + 1e-8))
+            change = (nxt - d1).abs().mean()
+            d1 = nxt
+            if change <= tol:
+                break
+        return d0[:, None] * c * d1
+
+
+def route_topk(z, bias, E, p, groups, top1_only, local=None, training=False):
     T, R = z.shape
     k, G, m = int(p["k"]), int(p["groups"]), int(p["null_experts"])
     if R != E + m:
@@ -240,6 +261,13 @@ def route_topk(z, bias, E, p, groups, top1_only, local=None):
     if float(p["local_bonus"]) > 0:                   # LocMoE: the token's own node's experts
         tok, exp, _ = local
         sel[:, :E] = sel[:, :E] + float(p["local_bonus"]) * (tok[:, None] == exp[None, :])
+    if p["selection"] == "sinkhorn" and training:      # selection by the balanced scores
+        sel = torch.zeros(T, R, dtype=torch.float64)
+        for (a, b) in groups:  # a one-token group balances against nothing: its scores
+            if b - a > 1:
+                sel[a:b, :E] = sinkhorn_balance(z[a:b], E, float(p["sinkhorn_tolerance"]))
+            else:
+                sel[a:b] = s.detach()[a:b].double()
     if G > 1:
         if E % G != 0:
             raise ConfigError(f"groups={G} does not divide E={E}")
@@ -264,6 +292,12 @@ def route_topk(z, bias, E, p, groups, top1_only, local=None):
     g = g * true                                       # chosen null experts are removed
 
     keep = true.clone()
+    if p["second_expert"] == "adaptive" and k >= 2:   # confident tokens keep their first only
+        sd = s.detach()
+        confident = true[:, 0] & true[:, 1] & (
+            sd.gather(1, idx[:, :1])[:, 0] - sd.gather(1, idx[:, 1:2])[:, 0]
+            >= float(p["adaptive_threshold"]))
+        keep[:, 1:] &= ~confident[:, None]
     cf = float(p["capacity_factor"])
     if cf > 0:
         gd = g.detach()
@@ -280,7 +314,7 @@ def route_topk(z, bias, E, p, groups, top1_only, local=None):
             for r in range(k):                         # rank-major
                 for t in order.tolist():
                     e = int(idx[t, r])
-                    if e >= E:
+                    if e >= E or not keep[t, r]:
                         continue
                     if used[e] < C:
                         used[e] += 1
@@ -471,7 +505,8 @@ def run_layer(layer, tin, dtype=torch.float64):
                 local = None
                 if float(p["local_bonus"]) > 0 or float(p["locality_loss"]) > 0:
                     local = locality_domains(layer["placement"], p, seq_lens, E)
-                routing = route_topk(z, bias, E, p, groups, losses["balance_top1_only"], local)
+                routing = route_topk(z, bias, E, p, groups, losses["balance_top1_only"], local,
+                                     training=layer["training"])
                 if float(p["locality_loss"]) > 0:
                     routing.own_loss = locality_loss(z, E, p, *local)
             elif family == "expert_choice":
