@@ -78,6 +78,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t(1), int64_t(1000)));
   compare->add_option("--baseline", compare_baseline,
                       "the router entry the others are compared with (default: the first)");
+  bool compare_all = false;
+  compare
+      ->add_flag("--all-routers", compare_all,
+                 "every router of the zoo with its defaults (`switchyard routers`), instead of the "
+                 "representative set")
+      ->excludes(compare->get_option("--routers"));
 
   std::string checkpoint, prompt;
   int64_t sample_count = 200;
@@ -297,9 +303,13 @@ int main(int argc, char** argv) {
     }
     if (*demo) return switchyard::cli::run_demo(tokens, repeats);
     if (*train) return switchyard::cli::run_train(train_config, flags);
-    if (*compare)
+    if (*compare) {
+      if (compare_all)
+        for (const auto& entry : switchyard::router_registry())
+          compare_routers.push_back(entry.name);
       return switchyard::cli::run_compare(train_config, flags, compare_routers, compare_seeds,
                                           compare_baseline);
+    }
     if (*sample)
       return switchyard::cli::run_sample(checkpoint, prompt, sample_count, temperature,
                                          sample_seed);

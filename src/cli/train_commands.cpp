@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "cli/commands.h"
 
@@ -87,17 +88,26 @@ json default_entries() {
   });
 }
 
+// Presets whose paper defaults need more experts than the comparison model's 8, scaled to it.
+json scaled_to_eight_experts(const std::string& name) {
+  if (name == "deepseek_v3")  // paper: top-8 of 256 in 8 groups, 4 kept
+    return {{"router", name}, {"k", 2}, {"groups", 4}, {"topk_groups", 2}};
+  return {{"router", name}};
+}
+
 json entry_for_router(const std::string& name) {
   for (const json& e : default_entries())
     if (e.at("name") == name) return e;
-  json e = {{"name", name}, {"router", {{"router", name}}}};
+  json e = {{"name", name}, {"router", scaled_to_eight_experts(name)}};
+  const std::string what = "compare --routers " + name;
+  const LayerConfig layer = parse_layer_config(e.at("router"), what);
+  const std::unique_ptr<Router> router = make_router(layer.router, layer.router_params, what);
   // Routers whose tokens stand for one expert's compute (top-1, hash, merged experts) get
   // experts twice as wide, to match the top-2 routers' expert FLOPs.
-  const LayerConfig layer = parse_layer_config(e.at("router"), "compare --routers " + name);
-  const double per_token =
-      make_router(layer.router, layer.router_params, "compare --routers " + name)
-          ->nominal_experts_per_token(ModelConfig{}.experts);
-  if (per_token == 1.0) e["d_ff_scale"] = 2;
+  if (router->nominal_experts_per_token(ModelConfig{}.experts) == 1.0) e["d_ff_scale"] = 2;
+  // A locality-aware router in one process routes as 4 ranks on 2 nodes would (docs/training.md).
+  if (router->traits().needs_placement)
+    e["router"]["placement"] = {{"ranks", 4}, {"ranks_per_node", 2}};
   return e;
 }
 
@@ -133,8 +143,11 @@ int run_compare(const std::string& config_path, const TrainFlags& flags,
   for (const json& e : entries) {
     const std::string what = source + " [" + e.at("name").get<std::string>() + "]";
     const LayerConfig layer = parse_layer_config(e.at("router"), what);
-    if (make_router(layer.router, layer.router_params, what)->traits().needs_placement &&
-        !layer.placement.declared())
+    const std::unique_ptr<Router> router = make_router(layer.router, layer.router_params, what);
+    const int64_t experts = j.contains("model") ? j["model"].value("experts", ModelConfig{}.experts)
+                                                : ModelConfig{}.experts;
+    router->check_shape(experts, what);
+    if (router->traits().needs_placement && !layer.placement.declared())
       fail(
           "{}: router {} routes by locality; in one process declare where tokens and experts "
           "sit, e.g. \"placement\": {{\"ranks\": 4, \"ranks_per_node\": 2}} in its router "

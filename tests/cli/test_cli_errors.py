@@ -591,6 +591,45 @@ def llm_results(binary, root):
     return results
 
 
+def compare_results(binary, root):
+    """`switchyard compare`: a router that does not fit the model fails before anything trains;
+    --all-routers trains every registered router (one step each) and reports them all."""
+    results = []
+    out = os.path.join(root, "compare_bad")
+    cfg = os.path.join(root, "compare_bad.json")
+    with open(cfg, "w") as f:  # deepseek_v3's paper defaults (top-8 of 8 groups) need E >= 16
+        json.dump({"steps": 1, "model": {"experts": 8},
+                   "routers": [{"name": "fine", "router": {"router": "switch"}},
+                               {"name": "too_big", "router": {"router": "deepseek_v3"}}]}, f)
+    p = subprocess.run([binary, "compare", "--config", cfg, "--out", out], capture_output=True,
+                       text=True, timeout=TIMEOUT_S)
+    problem = "; ".join(rejection_problems(p, ["too_big", "k = 8"])) or None
+    if problem is None and os.path.exists(os.path.join(out, "runs")):
+        problem = "a run was trained before the bad entry was rejected"
+    results.append(("compare rejects a router that does not fit the model before training",
+                    problem))
+    p = subprocess.run([binary, "compare", "--all-routers", "--routers", "switch"],
+                       capture_output=True, text=True, timeout=TIMEOUT_S)
+    results.append(("compare --all-routers excludes --routers",
+                    "; ".join(rejection_problems(p, ["excludes"], usage=True)) or None))
+    out = os.path.join(root, "compare_all")
+    p = subprocess.run([binary, "compare", "--all-routers", "--steps", "1", "--out", out],
+                       capture_output=True, text=True, timeout=10 * TIMEOUT_S)
+    listing = subprocess.run([binary, "routers"], capture_output=True, text=True).stdout
+    names = {line.split()[0] for line in listing.splitlines() if line and not line[0].isspace()}
+    runs = set(os.listdir(os.path.join(out, "runs"))) if os.path.isdir(os.path.join(out, "runs")) \
+        else set()
+    problem = None
+    if p.returncode != 0:
+        problem = f"rc {p.returncode}: {p.stderr.strip()[-300:]}"
+    elif runs != names:
+        problem = f"runs {sorted(runs)} != registered routers {sorted(names)}"
+    elif not os.path.exists(os.path.join(out, "report", "index.html")):
+        problem = "no report"
+    results.append((f"compare --all-routers trains and reports all {len(names)} routers", problem))
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--switchyard", required=True, help="the switchyard binary")
@@ -609,6 +648,7 @@ def main():
         for i, case in enumerate(cases(root)):
             results.append((case.name, check_case(binary, root, i, case)))
         results.extend(llm_results(binary, root))
+        results.extend(compare_results(binary, root))
         for name, problem in results:
             if problem is None:
                 passed += 1
