@@ -249,7 +249,8 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
                             std::vector<bool>& bad) {
   const auto& p = pb.router_params;
   const int64_t k = p.at("k"), G = p.at("groups"), TG = p.at("topk_groups");
-  const bool sigmoid = p.at("score") == "sigmoid", normalize = p.at("normalize");
+  const std::string score = p.at("score");
+  const bool normalize = p.at("normalize");
   const double scale = p.at("route_scale"), cf = p.at("capacity_factor");
   const bool random_second = pb.config.training && p.at("second_expert") == "random";
   const bool adaptive = p.at("second_expert") == "adaptive";
@@ -282,8 +283,10 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
   std::vector<double> first_weight(static_cast<size_t>(pb.T), 0.0);
   for (int64_t t = 0; t < pb.T; ++t) {
     std::vector<double> s(static_cast<size_t>(R));
-    if (sigmoid) {
+    if (score == "sigmoid") {
       for (int64_t r = 0; r < R; ++r) s[r] = 1.0 / (1.0 + std::exp(-z[t * R + r]));
+    } else if (score == "sqrtsoftplus") {
+      for (int64_t r = 0; r < R; ++r) s[r] = std::sqrt(std::log1p(std::exp(z[t * R + r])));
     } else {
       s = softmax_of(&z[t * R], R);
     }

@@ -13,8 +13,10 @@
 
 namespace switchyard {
 
-// How the balance and entropy losses turn logits into per-token probabilities over router outputs.
-enum class ScoreKind { Softmax, Sigmoid };
+// A router's per-output scores s(z): softmax over the outputs, or per output sigmoid(z) or
+// sqrt(softplus(z)) (DeepSeek-V4's). The balance and entropy losses use softmax, or s / Σ s.
+enum class ScoreKind { Softmax, Sigmoid, SqrtSoftplus };
+const char* score_name(ScoreKind kind);
 
 struct RouterTraits {
   bool batch_dependent = false;      // a token's route depends on other tokens of its routing group

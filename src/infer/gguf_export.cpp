@@ -649,7 +649,11 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
       u32(P + "expert_shared_count", spec.shared_ff / spec.expert_ff);
       f32(P + "expert_weights_scale", spec.router.value("route_scale", 1.0));
       w.set(P + "expert_weights_norm", GgufValue::boolean(normalize));
-      u32(P + "expert_gating_func", spec.router.value("score", "softmax") == "sigmoid" ? 2 : 1);
+      const std::string score = spec.router.value("score", "softmax");
+      if (score != "softmax" && score != "sigmoid")
+        fail("{}: router score '{}' has no GGUF expert_gating_func (softmax or sigmoid only)", rsrc,
+             score);
+      u32(P + "expert_gating_func", score == "sigmoid" ? 2 : 1);
       const int64_t groups = spec.router.value("groups", int64_t(1));
       const int64_t used = spec.router.value("topk_groups", groups);
       if (groups > 1 && used < groups) {  // all groups used = no group limit

@@ -78,6 +78,21 @@ std::vector<double> sigmoid_all(const std::vector<double>& z) {
   return s;
 }
 
+// DeepSeek-V4's score: sqrt(softplus(z)), softplus written to stay finite for large |z|.
+std::vector<double> sqrt_softplus_all(const std::vector<double>& z) {
+  std::vector<double> s(z.size());
+  for (size_t i = 0; i < z.size(); ++i)
+    s[i] = std::sqrt(z[i] > 0.0 ? z[i] + std::log1p(std::exp(-z[i])) : std::log1p(std::exp(z[i])));
+  return s;
+}
+
+// A top-k router's scores over its outputs, by its `score` parameter.
+std::vector<double> scores_of(const std::vector<double>& z, const std::string& score) {
+  if (score == "sigmoid") return sigmoid_all(z);
+  if (score == "sqrtsoftplus") return sqrt_softplus_all(z);
+  return softmax(z);
+}
+
 std::vector<double> divide_by_sum(const std::vector<double>& v) {
   double sum = 0.0;
   for (double x : v) sum += x;
@@ -182,7 +197,7 @@ struct Routing {
 
 struct TopkOptions {
   int64_t k = 2;
-  bool sigmoid_score = false;
+  std::string score = "softmax";
   bool normalize = true;
   double capacity_factor = 0.0;
   bool batch_priority = false;
@@ -253,7 +268,7 @@ double locality_regulariser(const TopkOptions& o, const Locality& loc,
 TopkOptions read_topk_options(const json& params) {
   TopkOptions o;
   o.k = param<int64_t>(params, "k");
-  o.sigmoid_score = param<std::string>(params, "score") == "sigmoid";
+  o.score = param<std::string>(params, "score");
   o.normalize = param<bool>(params, "normalize");
   o.capacity_factor = param<double>(params, "capacity_factor");
   o.batch_priority = param<std::string>(params, "drop_order") == "batch_priority";
@@ -416,7 +431,7 @@ Routing route_topk(const json& params, const std::vector<double>& logits,
   }
   for (int64_t t = 0; t < T; ++t) {
     const std::vector<double> z = row(logits, t, R);
-    const std::vector<double> s = o.sigmoid_score ? sigmoid_all(z) : softmax(z);
+    const std::vector<double> s = scores_of(z, o.score);
     std::vector<double> selection = s;
     if (!balanced.empty() && !std::isnan(balanced[t * E]))
       selection.assign(balanced.begin() + t * E, balanced.begin() + t * E + E);
@@ -779,8 +794,8 @@ Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
 // Losses.
 
 // Per-token probability over the R outputs for the balance and entropy losses.
-std::vector<double> loss_probabilities(const std::vector<double>& z, bool sigmoid_score) {
-  return sigmoid_score ? divide_by_sum(sigmoid_all(z)) : softmax(z);
+std::vector<double> loss_probabilities(const std::vector<double>& z, const std::string& score) {
+  return score == "softmax" ? softmax(z) : divide_by_sum(scores_of(z, score));
 }
 
 // α · R · Σ_e f_e P_e over the tokens [begin, end), with `extra_counts` (global batch) added to c.
@@ -844,11 +859,12 @@ double entropy_loss(const std::vector<double>& probs, int64_t T, int64_t R) {
 
 // Every enabled loss of the config, summed.
 double config_losses(const LossConfig& losses, const std::vector<double>& logits,
-                     bool sigmoid_score, const Routing& routing, const Batch& batch, int64_t R) {
+                     const std::string& score, const Routing& routing, const Batch& batch,
+                     int64_t R) {
   const int64_t T = batch.T;
   std::vector<double> probs(T * R);
   for (int64_t t = 0; t < T; ++t) {
-    const std::vector<double> p = loss_probabilities(row(logits, t, R), sigmoid_score);
+    const std::vector<double> p = loss_probabilities(row(logits, t, R), score);
     std::copy(p.begin(), p.end(), probs.begin() + t * R);
   }
   double total = 0.0;
@@ -962,10 +978,10 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   if (family != "hash") logits = logits_of(router_input(batch.x, noise), params.gate, T, d, R);
 
   Routing routing;
-  bool sigmoid_score = false;
+  std::string score = "softmax";
   Locality loc;
   if (family == "topk") {
-    sigmoid_score = param<std::string>(router_params, "score") == "sigmoid";
+    score = param<std::string>(router_params, "score");
     const TopkOptions o = read_topk_options(router_params);
     if (o.local_bonus > 0.0 || o.locality_loss > 0.0)
       loc = locality_of(config, router_params, batch, E);
@@ -1009,7 +1025,7 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   add_shared_expert(config.activation, params, shape, batch.x, T, r.y);
 
   if (family != "hash" && family != "base")
-    r.aux_loss = config_losses(config.losses, logits, sigmoid_score, routing, batch, R);
+    r.aux_loss = config_losses(config.losses, logits, score, routing, batch, R);
   if (family == "remoe") r.aux_loss += remoe_regulariser(router_params, logits, T, E);
   if (family == "smile") r.aux_loss += smile_regulariser(router_params, routing, logits, T, E, R);
   if (family == "topk" && read_topk_options(router_params).locality_loss > 0.0)

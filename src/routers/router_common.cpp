@@ -5,11 +5,34 @@
 #include <limits>
 #include <numeric>
 
+namespace switchyard {
+
+const char* score_name(ScoreKind kind) {
+  switch (kind) {
+    case ScoreKind::Softmax:
+      return "softmax";
+    case ScoreKind::Sigmoid:
+      return "sigmoid";
+    case ScoreKind::SqrtSoftplus:
+      return "sqrtsoftplus";
+  }
+  return "?";
+}
+
+}  // namespace switchyard
+
 namespace switchyard::routers {
 
 void compute_scores(ScoreKind kind, const float* z, int64_t R, double* s) {
   if (kind == ScoreKind::Sigmoid) {
     for (int64_t j = 0; j < R; ++j) s[j] = 1.0 / (1.0 + std::exp(-double(z[j])));
+    return;
+  }
+  if (kind == ScoreKind::SqrtSoftplus) {  // softplus(z) = max(z, 0) + log1p(exp(-|z|))
+    for (int64_t j = 0; j < R; ++j) {
+      const double v = double(z[j]);
+      s[j] = std::sqrt(std::max(v, 0.0) + std::log1p(std::exp(-std::abs(v))));
+    }
     return;
   }
   double max = -std::numeric_limits<double>::infinity();
@@ -42,6 +65,11 @@ std::vector<int32_t> top_k_indices(const double* values, int64_t n, int64_t k) {
 void scores_backward(ScoreKind kind, const double* s, const double* ds, int64_t R, float* dz) {
   if (kind == ScoreKind::Sigmoid) {
     for (int64_t j = 0; j < R; ++j) dz[j] += float(ds[j] * s[j] * (1.0 - s[j]));
+    return;
+  }
+  if (kind == ScoreKind::SqrtSoftplus) {  // ds/dz = sigmoid(z) / (2 s), sigmoid(z) = 1 - e^{-s²}
+    for (int64_t j = 0; j < R; ++j)
+      if (s[j] > 0) dz[j] += float(ds[j] * -std::expm1(-s[j] * s[j]) / (2.0 * s[j]));
     return;
   }
   double dot = 0.0;

@@ -22,8 +22,11 @@ class TopKRouter final : public Router {
   TopKRouter(const json& params, const std::string& context) {
     ParamReader r(params, context);
     k_ = r.get_int("k", 2, 1, 1 << 20);
-    const std::string score = r.get_choice("score", "softmax", {"softmax", "sigmoid"});
-    traits_.score = score == "softmax" ? ScoreKind::Softmax : ScoreKind::Sigmoid;
+    const std::string score =
+        r.get_choice("score", "softmax", {"softmax", "sigmoid", "sqrtsoftplus"});
+    traits_.score = score == "softmax"   ? ScoreKind::Softmax
+                    : score == "sigmoid" ? ScoreKind::Sigmoid
+                                         : ScoreKind::SqrtSoftplus;
     normalize_ = r.get_bool("normalize", true);
     capacity_factor_ = r.get_double("capacity_factor", 0.0, 0.0, 1e6);
     batch_priority_ =
@@ -73,7 +76,7 @@ class TopKRouter final : public Router {
   json params() const override {
     return {{"router", "topk"},
             {"k", k_},
-            {"score", traits_.score == ScoreKind::Softmax ? "softmax" : "sigmoid"},
+            {"score", score_name(traits_.score)},
             {"normalize", normalize_},
             {"capacity_factor", capacity_factor_},
             {"drop_order", batch_priority_ ? "batch_priority" : "position"},
@@ -96,8 +99,8 @@ class TopKRouter final : public Router {
   }
 
   std::string describe() const override {
-    std::string text = fmt::format("token-choice top-{} over {} scores", k_,
-                                   traits_.score == ScoreKind::Softmax ? "softmax" : "sigmoid");
+    std::string text =
+        fmt::format("token-choice top-{} over {} scores", k_, score_name(traits_.score));
     if (normalize_) text += ", renormalised";
     if (groups_ > 1) text += fmt::format(", {} of {} expert groups", topk_groups_, groups_);
     if (null_experts_ > 0) text += fmt::format(", {} null experts", null_experts_);

@@ -152,7 +152,8 @@ def unclear_tokens(case, t):
     # top-k family
     p = topk_params(cfg)
     k, G, kg = p["k"], p["groups"], p["topk_groups"]
-    s = softmax(z) if p["score"] == "softmax" else sigmoid(z)
+    s = {"softmax": softmax, "sigmoid": sigmoid,
+         "sqrtsoftplus": lambda v: np.sqrt(np.logaddexp(v, 0.0))}[p["score"]](z)
     sel = s.copy()
     if "gate.bias" in t:
         sel[:, :E] += t["gate.bias"].astype(np.float64)

@@ -165,7 +165,7 @@ def parse_config(cfg):
         p = params
         if p["topk_groups"] is None:
             p["topk_groups"] = p["groups"]
-        if p["score"] not in ("softmax", "sigmoid"):
+        if p["score"] not in ("softmax", "sigmoid", "sqrtsoftplus"):
             raise ConfigError(f"layer.json: bad score {p['score']!r}")
         if p["drop_order"] not in ("position", "batch_priority"):
             raise ConfigError(f"layer.json: bad drop_order {p['drop_order']!r}")
@@ -254,7 +254,12 @@ def route_topk(z, bias, E, p, groups, top1_only, local=None, training=False):
     k, G, m = int(p["k"]), int(p["groups"]), int(p["null_experts"])
     if R != E + m:
         raise ConfigError(f"gate.weight has {R} rows, expected E + null_experts = {E + m}")
-    s = torch.softmax(z, dim=-1) if p["score"] == "softmax" else torch.sigmoid(z)
+    if p["score"] == "softmax":
+        s = torch.softmax(z, dim=-1)
+    elif p["score"] == "sigmoid":
+        s = torch.sigmoid(z)
+    else:                                              # DeepSeek-V4: sqrt(softplus(z))
+        s = torch.sqrt(torch.logaddexp(z, torch.zeros_like(z)))
     sel = s.detach().clone()
     if bias is not None:
         sel[:, :E] = sel[:, :E] + bias
