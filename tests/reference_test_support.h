@@ -251,7 +251,8 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
   const int64_t k = p.at("k"), G = p.at("groups"), TG = p.at("topk_groups");
   const std::string score = p.at("score");
   const bool normalize = p.at("normalize");
-  const double scale = p.at("route_scale"), cf = p.at("capacity_factor");
+  const double scale = p.at("route_scale");
+  const double cf = p.at(pb.config.training ? "capacity_factor" : "eval_capacity_factor");
   const bool random_second = pb.config.training && p.at("second_expert") == "random";
   const bool adaptive = p.at("second_expert") == "adaptive";
   const double threshold = p.at("adaptive_threshold");

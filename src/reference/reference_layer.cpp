@@ -199,7 +199,9 @@ struct TopkOptions {
   int64_t k = 2;
   std::string score = "softmax";
   bool normalize = true;
-  double capacity_factor = 0.0;
+  double capacity_factor = 0.0;       // in training
+  double eval_capacity_factor = 0.0;  // in evaluation
+  int64_t min_capacity = 0;
   bool batch_priority = false;
   bool random_second = false;
   bool adaptive_second = false;  // Adaptive Gating: later choices only when p1 - p2 < threshold
@@ -271,6 +273,8 @@ TopkOptions read_topk_options(const json& params) {
   o.score = param<std::string>(params, "score");
   o.normalize = param<bool>(params, "normalize");
   o.capacity_factor = param<double>(params, "capacity_factor");
+  o.eval_capacity_factor = param<double>(params, "eval_capacity_factor");
+  o.min_capacity = param<int64_t>(params, "min_capacity");
   o.batch_priority = param<std::string>(params, "drop_order") == "batch_priority";
   o.random_second = param<std::string>(params, "second_expert") == "random";
   o.adaptive_second = param<std::string>(params, "second_expert") == "adaptive";
@@ -325,10 +329,13 @@ struct Choice {
   bool kept = true;
 };
 
-// Capacity per expert for a group of n tokens: ⌈n·k·cf/E⌉, a multiple of 4 for batch priority.
-int64_t topk_capacity(int64_t n, const TopkOptions& o, int64_t E) {
-  int64_t C = static_cast<int64_t>(std::ceil(static_cast<double>(n) * static_cast<double>(o.k) *
-                                             o.capacity_factor / static_cast<double>(E)));
+// Capacity per expert for a group of n tokens: max(⌈n·k·cf/E⌉, min_capacity), a multiple of 4
+// for batch priority; cf is the evaluation one outside training.
+int64_t topk_capacity(int64_t n, const TopkOptions& o, int64_t E, bool training) {
+  const double cf = training ? o.capacity_factor : o.eval_capacity_factor;
+  int64_t C = static_cast<int64_t>(
+      std::ceil(static_cast<double>(n) * static_cast<double>(o.k) * cf / static_cast<double>(E)));
+  C = std::max(C, o.min_capacity);
   if (o.batch_priority) C = (C + 3) / 4 * 4;
   return C;
 }
@@ -337,8 +344,8 @@ int64_t topk_capacity(int64_t n, const TopkOptions& o, int64_t E) {
 // within a rank, by position or by descending first-choice weight (ties to the lower token).
 // A choice is dropped when its slot (earlier kept choices of its expert) is >= C.
 void apply_capacity(std::vector<Choice>& choices, const std::vector<double>& first_weight,
-                    const Range& group, const TopkOptions& o, int64_t E) {
-  const int64_t C = topk_capacity(group.second - group.first, o, E);
+                    const Range& group, const TopkOptions& o, int64_t E, bool training) {
+  const int64_t C = topk_capacity(group.second - group.first, o, E, training);
   std::vector<size_t> visit;  // indices into `choices` of this group's live choices
   for (size_t i = 0; i < choices.size(); ++i)
     if (choices[i].token >= group.first && choices[i].token < group.second && choices[i].kept)
@@ -467,8 +474,8 @@ Routing route_topk(const json& params, const std::vector<double>& logits,
       choices.push_back(c);
     }
   }
-  if (o.capacity_factor > 0.0)
-    for (const Range& g : groups) apply_capacity(choices, first_weight, g, o, E);
+  if ((training ? o.capacity_factor : o.eval_capacity_factor) > 0.0)
+    for (const Range& g : groups) apply_capacity(choices, first_weight, g, o, E, training);
   for (const Choice& c : choices)
     routing.assignments.push_back({c.token, c.expert, c.kept ? c.weight : 0.0, c.kept});
   return routing;

@@ -29,6 +29,9 @@ class TopKRouter final : public Router {
                                          : ScoreKind::SqrtSoftplus;
     normalize_ = r.get_bool("normalize", true);
     capacity_factor_ = r.get_double("capacity_factor", 0.0, 0.0, 1e6);
+    // Negative: the training capacity factor also in evaluation (Switch / DeepSpeed option).
+    eval_capacity_factor_ = r.get_double("eval_capacity_factor", -1.0, -1.0, 1e6);
+    min_capacity_ = r.get_int("min_capacity", 0, 0, int64_t(1) << 40);
     batch_priority_ =
         r.get_choice("drop_order", "position", {"position", "batch_priority"}) == "batch_priority";
     const std::string second = r.get_choice("second_expert", "all", {"all", "random", "adaptive"});
@@ -63,7 +66,8 @@ class TopKRouter final : public Router {
           "{}: selection = sinkhorn balances the scores of the E true experts and cannot be "
           "combined with null_experts, groups, local_bonus or bias_update_rate",
           context);
-    traits_.batch_dependent = capacity_factor_ > 0.0 || sinkhorn_;
+    if (eval_capacity_factor_ < 0) eval_capacity_factor_ = capacity_factor_;
+    traits_.batch_dependent = capacity_factor_ > 0.0 || eval_capacity_factor_ > 0.0 || sinkhorn_;
     traits_.supports_forced = null_experts_ == 0;
     traits_.needs_placement = local_bonus_ > 0 || locality_loss_ > 0;
     traits_.has_own_loss = locality_loss_ > 0;
@@ -79,6 +83,8 @@ class TopKRouter final : public Router {
             {"score", score_name(traits_.score)},
             {"normalize", normalize_},
             {"capacity_factor", capacity_factor_},
+            {"eval_capacity_factor", eval_capacity_factor_},
+            {"min_capacity", min_capacity_},
             {"drop_order", batch_priority_ ? "batch_priority" : "position"},
             {"second_expert", random_second_     ? "random"
                               : adaptive_second_ ? "adaptive"
@@ -121,6 +127,11 @@ class TopKRouter final : public Router {
           capacity_factor_, batch_priority_ ? "batch-prioritised" : "position");
     else
       text += ", dropless";
+    if (eval_capacity_factor_ != capacity_factor_)
+      text += eval_capacity_factor_ > 0
+                  ? fmt::format(", capacity factor {} in evaluation", eval_capacity_factor_)
+                  : std::string(", dropless in evaluation");
+    if (min_capacity_ > 0) text += fmt::format(", at least {} slots per expert", min_capacity_);
     return text;
   }
 
@@ -215,9 +226,10 @@ class TopKRouter final : public Router {
           if (r >= 1 && confident[size_t(t)]) plan.kept.back() = 0;  // adaptive gating
         }
       int64_t capacity = 0;
-      if (capacity_factor_ > 0) {
-        capacity =
-            int64_t(std::ceil(double(end - begin) * double(k_) * capacity_factor_ / double(E)));
+      const double cf = in.training ? capacity_factor_ : eval_capacity_factor_;
+      if (cf > 0) {
+        capacity = int64_t(std::ceil(double(end - begin) * double(k_) * cf / double(E)));
+        capacity = std::max(capacity, min_capacity_);
         if (batch_priority_) capacity = (capacity + 3) / 4 * 4;
       }
       plan.capacity.push_back(capacity);
@@ -336,7 +348,8 @@ class TopKRouter final : public Router {
   RouterTraits traits_;
   int64_t k_ = 2;
   bool normalize_ = true;
-  double capacity_factor_ = 0.0;
+  double capacity_factor_ = 0.0, eval_capacity_factor_ = -1.0;
+  int64_t min_capacity_ = 0;
   bool batch_priority_ = false;
   bool random_second_ = false;
   bool adaptive_second_ = false;

@@ -183,7 +183,8 @@ def unclear_tokens(case, t):
     upto = min(k + 1, sel.shape[1])
     gaps = srt[:, :upto - 1] - srt[:, 1:upto]
     bad |= (np.nan_to_num(gaps, nan=np.inf, posinf=np.inf) <= MARGIN).any(1)
-    if p["capacity_factor"] > 0 and p["drop_order"] == "batch_priority":
+    cf = p["capacity_factor"] if cfg.get("training", False) else p["eval_capacity_factor"]
+    if cf > 0 and p["drop_order"] == "batch_priority":
         first = np.argmax(sel, axis=1)
         g1 = s[np.arange(T), first]
         if p["normalize"]:

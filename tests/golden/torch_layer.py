@@ -48,6 +48,7 @@ TOPK_DEFAULTS = {
     "route_scale": 1.0, "null_experts": 0, "jitter": 0.0, "bias_update_rate": 0.0,
     "locality": "node", "local_bonus": 0.0, "locality_loss": 0.0, "locality_smoothing": 0.1,
     "adaptive_threshold": 0.1, "selection": "score", "sinkhorn_tolerance": 1e-4,
+    "eval_capacity_factor": -1.0, "min_capacity": 0,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
@@ -165,6 +166,8 @@ def parse_config(cfg):
         p = params
         if p["topk_groups"] is None:
             p["topk_groups"] = p["groups"]
+        if p["eval_capacity_factor"] < 0:
+            p["eval_capacity_factor"] = p["capacity_factor"]
         if p["score"] not in ("softmax", "sigmoid", "sqrtsoftplus"):
             raise ConfigError(f"layer.json: bad score {p['score']!r}")
         if p["drop_order"] not in ("position", "batch_priority"):
@@ -303,12 +306,12 @@ def route_topk(z, bias, E, p, groups, top1_only, local=None, training=False):
             sd.gather(1, idx[:, :1])[:, 0] - sd.gather(1, idx[:, 1:2])[:, 0]
             >= float(p["adaptive_threshold"]))
         keep[:, 1:] &= ~confident[:, None]
-    cf = float(p["capacity_factor"])
+    cf = float(p["capacity_factor"] if training else p["eval_capacity_factor"])
     if cf > 0:
         gd = g.detach()
         for (a, b) in groups:
             Tg = b - a
-            C = math.ceil(Tg * k * cf / E)
+            C = max(math.ceil(Tg * k * cf / E), int(p["min_capacity"]))
             if p["drop_order"] == "batch_priority":
                 C = int(math.ceil(C / 4) * 4)
                 # descending weight of the first choice, ties -> lower token (stable sort)
