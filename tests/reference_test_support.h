@@ -255,6 +255,7 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
   const double cf = p.at(pb.config.training ? "capacity_factor" : "eval_capacity_factor");
   const bool random_second = pb.config.training && p.at("second_expert") == "random";
   const bool adaptive = p.at("second_expert") == "adaptive";
+  const double broadcast = pb.config.training ? double(p.at("broadcast_threshold")) : 0.0;
   const double threshold = p.at("adaptive_threshold");
   // Sinkhorn selection (training): the balanced scores decide, computed as the reference does.
   std::vector<double> balanced;
@@ -312,6 +313,15 @@ inline void topk_bad_tokens(const Problem& pb, const std::vector<double>& z, con
           sel[e] = -std::numeric_limits<double>::infinity();
     }
     if (!gaps_ok(sel, k, m.score)) bad[t] = true;
+    if (broadcast > 0 && R > 1) {  // GW-MoE: the normalised entropy must be clear of the threshold
+      double sum = 0.0, h = 0.0;
+      for (double v : s) sum += v;
+      for (double v : s)
+        if (v > 0) h -= v / sum * std::log(v / sum);
+      if (!(std::abs(h / std::log(double(R)) - broadcast) > m.score)) bad[t] = true;
+      if (h / std::log(double(R)) >= broadcast && cf > 0 && !gaps_ok(sel, R, m.score))
+        bad[t] = true;  // every expert chosen: the whole order sets the capacity slots
+    }
     const auto order = sorted_desc(sel);
     double norm = 0.0;
     for (int64_t i = 0; i < k; ++i)

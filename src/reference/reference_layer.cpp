@@ -208,6 +208,7 @@ struct TopkOptions {
   double adaptive_threshold = 0.1;
   bool sinkhorn = false;  // selection by Sinkhorn-balanced scores in training
   double sinkhorn_tolerance = 1e-4;
+  double broadcast_threshold = 0.0;  // GW-MoE: uncertain tokens to every expert in training
   int64_t groups = 1;
   int64_t topk_groups = 1;
   double route_scale = 1.0;
@@ -281,6 +282,7 @@ TopkOptions read_topk_options(const json& params) {
   o.adaptive_threshold = param<double>(params, "adaptive_threshold");
   o.sinkhorn = param<std::string>(params, "selection") == "sinkhorn";
   o.sinkhorn_tolerance = param<double>(params, "sinkhorn_tolerance");
+  o.broadcast_threshold = param<double>(params, "broadcast_threshold");
   o.groups = param<int64_t>(params, "groups");
   o.topk_groups = param<int64_t>(params, "topk_groups");
   o.route_scale = param<double>(params, "route_scale");
@@ -447,7 +449,17 @@ Routing route_topk(const json& params, const std::vector<double>& logits,
       if (loc.expert[e] == loc.token[t]) selection[e] += o.local_bonus;
     const std::vector<bool> eligible =
         group_limited_eligibility(selection, E, o.groups, o.topk_groups);
-    const std::vector<int64_t> chosen = choose_top_k(selection, eligible, o.k);
+    // GW-MoE: in training a token whose entropy over its (loss) probabilities, divided by ln R,
+    // reaches the threshold chooses every expert.
+    int64_t k = o.k;
+    if (training && o.broadcast_threshold > 0.0 && R > 1) {
+      const std::vector<double> q = o.score == "softmax" ? s : divide_by_sum(s);
+      double entropy = 0.0;
+      for (double v : q)
+        if (v > 0.0) entropy -= v * std::log(v);
+      if (entropy / std::log(static_cast<double>(R)) >= o.broadcast_threshold) k = E;
+    }
+    const std::vector<int64_t> chosen = choose_top_k(selection, eligible, k);
 
     double normaliser = 0.0;
     for (int64_t e : chosen)
@@ -457,7 +469,7 @@ Routing route_topk(const json& params, const std::vector<double>& logits,
     };
     // Batch priority: the weight of the first choice, 0 when it is a (removed) null expert.
     first_weight[t] = chosen[0] < E ? weight_of(chosen[0]) : 0.0;
-    for (int64_t rank = 0; rank < o.k; ++rank) {
+    for (int64_t rank = 0; rank < k; ++rank) {
       const int64_t e = chosen[rank];
       routing.chosen[t * R + e] += 1.0;
       if (rank == 0) routing.chosen_first[t * R + e] += 1.0;

@@ -40,6 +40,7 @@ class TopKRouter final : public Router {
     adaptive_threshold_ = r.get_double("adaptive_threshold", 0.1, 0.0, 1.0);
     sinkhorn_ = r.get_choice("selection", "score", {"score", "sinkhorn"}) == "sinkhorn";
     sinkhorn_tolerance_ = r.get_double("sinkhorn_tolerance", 1e-4, 1e-12, 1.0);
+    broadcast_threshold_ = r.get_double("broadcast_threshold", 0.0, 0.0, 1.0);
     groups_ = r.get_int("groups", 1, 1, 1 << 20);
     topk_groups_ = r.get_int("topk_groups", groups_, 1, groups_);
     route_scale_ = r.get_double("route_scale", 1.0, 1e-6, 1e6);
@@ -66,6 +67,9 @@ class TopKRouter final : public Router {
           "{}: selection = sinkhorn balances the scores of the E true experts and cannot be "
           "combined with null_experts, groups, local_bonus or bias_update_rate",
           context);
+    if (broadcast_threshold_ > 0 && null_experts_ > 0)
+      fail("{}: broadcast_threshold (GW-MoE) cannot be combined with null_experts = {}", context,
+           null_experts_);
     if (eval_capacity_factor_ < 0) eval_capacity_factor_ = capacity_factor_;
     traits_.batch_dependent = capacity_factor_ > 0.0 || eval_capacity_factor_ > 0.0 || sinkhorn_;
     traits_.supports_forced = null_experts_ == 0;
@@ -92,6 +96,7 @@ class TopKRouter final : public Router {
             {"adaptive_threshold", adaptive_threshold_},
             {"selection", sinkhorn_ ? "sinkhorn" : "score"},
             {"sinkhorn_tolerance", sinkhorn_tolerance_},
+            {"broadcast_threshold", broadcast_threshold_},
             {"groups", groups_},
             {"topk_groups", topk_groups_},
             {"route_scale", route_scale_},
@@ -116,6 +121,10 @@ class TopKRouter final : public Router {
           "(batch-dependent)";
     if (adaptive_second_)
       text += fmt::format(", later choices only when p1 - p2 < {}", adaptive_threshold_);
+    if (broadcast_threshold_ > 0)
+      text += fmt::format(
+          ", in training every expert for tokens whose normalised router entropy is >= {}",
+          broadcast_threshold_);
     if (traits_.needs_placement)
       text += fmt::format(", {}-local experts: selection bonus {}, locality loss {}",
                           locality_ == LocalityLevel::Node ? "node" : "rank", local_bonus_,
@@ -155,8 +164,12 @@ class TopKRouter final : public Router {
     plan.saved.assign(size_t(in.T), 0.0f);  // per-token normaliser of the weights
     plan.selection_counts.assign(size_t(R), 0.0);
     plan.first_choice_counts.assign(size_t(R), 0.0);
-    std::vector<int32_t> chosen(size_t(in.T * k_));   // (T, k) chosen outputs, -1 = none
-    std::vector<float> weights(size_t(in.T * k_));    // (T, k)
+    // GW-MoE (training): a token whose normalised router entropy reaches the threshold goes to
+    // every expert, so each token has K = E slots then.
+    const bool broadcast = in.training && broadcast_threshold_ > 0 && !in.forced;
+    const int64_t K = broadcast ? std::max(k_, E) : k_;
+    std::vector<int32_t> chosen(size_t(in.T * K));    // (T, K) chosen outputs, -1 = none
+    std::vector<float> weights(size_t(in.T * K));     // (T, K)
     std::vector<uint8_t> confident(size_t(in.T), 0);  // adaptive gating: later choices dropped
     // Sinkhorn selection (training): each group's exp(logits) balanced over tokens and experts.
     const std::vector<double> balanced =
@@ -183,7 +196,9 @@ class TopKRouter final : public Router {
             if (const int32_t e = in.forced[t * in.forced_k + r]; e >= 0) top.push_back(e);
         } else {
           if (groups_ > 1) restrict_to_best_groups(sel.data(), E);
-          top_k_indices(sel.data(), R, k_, top);
+          const bool uncertain =
+              broadcast && normalised_entropy(s.data(), R) >= broadcast_threshold_;
+          top_k_indices(sel.data(), R, uncertain ? E : k_, top);
         }
         double norm = 0.0;
         for (int32_t e : top)
@@ -191,18 +206,18 @@ class TopKRouter final : public Router {
         plan.saved[size_t(t)] = float(norm);
         if (adaptive_second_ && !in.forced && top.size() >= 2 && top[0] < E && top[1] < E)
           confident[size_t(t)] = s[size_t(top[0])] - s[size_t(top[1])] >= adaptive_threshold_;
-        for (int64_t r = 0; r < k_; ++r) {
+        for (int64_t r = 0; r < K; ++r) {
           const int32_t e = r < int64_t(top.size()) ? top[size_t(r)] : -1;
-          chosen[size_t(t * k_ + r)] = e;
+          chosen[size_t(t * K + r)] = e;
           if (e < 0) continue;
           const double g = normalize_ ? (norm > 0 ? s[size_t(e)] / norm : 0.0) : s[size_t(e)];
-          weights[size_t(t * k_ + r)] = float(route_scale_ * g);
+          weights[size_t(t * K + r)] = float(route_scale_ * g);
         }
       }
     }
     for (int64_t t = 0; t < in.T; ++t)
-      for (int64_t r = 0; r < k_; ++r) {
-        const int32_t e = chosen[size_t(t * k_ + r)];
+      for (int64_t r = 0; r < K; ++r) {
+        const int32_t e = chosen[size_t(t * K + r)];
         if (e < 0) continue;
         plan.selection_counts[size_t(e)] += 1.0;
         if (r == 0) plan.first_choice_counts[size_t(e)] += 1.0;
@@ -213,13 +228,13 @@ class TopKRouter final : public Router {
       std::iota(order.begin(), order.end(), begin);
       if (batch_priority_)  // V-MoE: tokens by descending first-choice weight
         std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-          return weights[size_t(a * k_)] > weights[size_t(b * k_)];
+          return weights[size_t(a * K)] > weights[size_t(b * K)];
         });
-      for (int64_t r = 0; r < k_; ++r)
+      for (int64_t r = 0; r < K; ++r)
         for (int64_t t : order) {
-          const int32_t e = chosen[size_t(t * k_ + r)];
+          const int32_t e = chosen[size_t(t * K + r)];
           if (e < 0 || e >= E) continue;  // null experts output nothing
-          const float w = weights[size_t(t * k_ + r)];
+          const float w = weights[size_t(t * K + r)];
           plan.add(int32_t(t), e, int32_t(g), w);
           if (random_second_ && in.training && r >= 1 && !(2.0 * w / route_scale_ > in.uniform[t]))
             plan.kept.back() = 0;
@@ -345,6 +360,16 @@ class TopKRouter final : public Router {
     return out;
   }
 
+  // H(q) / ln R of the balance probabilities q (softmax, or s / Σ s): 1 for uniform scores.
+  double normalised_entropy(const double* s, int64_t R) const {
+    if (R < 2) return 0.0;
+    double sum = 0.0, h = 0.0;
+    for (int64_t j = 0; j < R; ++j) sum += s[j];
+    for (int64_t j = 0; j < R; ++j)
+      if (s[j] > 0) h -= s[j] / sum * std::log(s[j] / sum);
+    return h / std::log(double(R));
+  }
+
   RouterTraits traits_;
   int64_t k_ = 2;
   bool normalize_ = true;
@@ -356,6 +381,7 @@ class TopKRouter final : public Router {
   double adaptive_threshold_ = 0.1;
   bool sinkhorn_ = false;
   double sinkhorn_tolerance_ = 1e-4;
+  double broadcast_threshold_ = 0.0;
   int64_t groups_ = 1, topk_groups_ = 1;
   double route_scale_ = 1.0;
   int64_t null_experts_ = 0;
@@ -405,6 +431,9 @@ std::unique_ptr<Router> make_sinkhorn(const json& p, const std::string& c) {
 }
 std::unique_ptr<Router> make_adaptive_gating(const json& p, const std::string& c) {
   return with_defaults({{"k", 2}, {"second_expert", "adaptive"}}, p, c);
+}
+std::unique_ptr<Router> make_gw_moe(const json& p, const std::string& c) {
+  return with_defaults({{"k", 2}, {"broadcast_threshold", 0.9}}, p, c);
 }
 std::unique_ptr<Router> make_adamoe(const json& p, const std::string& c) {
   return with_defaults({{"k", 4}, {"null_experts", 16}}, p, c);

@@ -164,6 +164,11 @@ def unclear_tokens(case, t):
             if b - a > 1:
                 sel[a:b, :E] = (b - a) * torch_layer.sinkhorn_balance(
                     torch.from_numpy(z[a:b]), E, p["sinkhorn_tolerance"]).numpy()
+    if p["broadcast_threshold"] > 0 and cfg.get("training", False):  # GW-MoE's entropy test
+        q = s if p["score"] == "softmax" else s / s.sum(1, keepdims=True)
+        ent = -(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)).sum(1) / math.log(
+            q.shape[1])
+        bad |= np.abs(ent - p["broadcast_threshold"]) <= MARGIN
     if p["second_expert"] == "adaptive" and k >= 2:  # p1 - p2 must be clear of the threshold
         top2 = -np.sort(-s[:, :E], axis=1)[:, :2]
         bad |= np.abs(top2[:, 0] - top2[:, 1] - p["adaptive_threshold"]) <= MARGIN

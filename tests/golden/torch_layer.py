@@ -48,7 +48,7 @@ TOPK_DEFAULTS = {
     "route_scale": 1.0, "null_experts": 0, "jitter": 0.0, "bias_update_rate": 0.0,
     "locality": "node", "local_bonus": 0.0, "locality_loss": 0.0, "locality_smoothing": 0.1,
     "adaptive_threshold": 0.1, "selection": "score", "sinkhorn_tolerance": 1e-4,
-    "eval_capacity_factor": -1.0, "min_capacity": 0,
+    "eval_capacity_factor": -1.0, "min_capacity": 0, "broadcast_threshold": 0.0,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
@@ -70,6 +70,7 @@ ROUTERS = {
     "sinkhorn": ("topk", {"k": 1, "score": "sigmoid", "normalize": False,
                           "selection": "sinkhorn"}, {}),
     "adaptive_gating": ("topk", {"k": 2, "second_expert": "adaptive"}, {"balance": 0.01}),
+    "gw_moe": ("topk", {"k": 2, "broadcast_threshold": 0.9}, {"balance": 0.01}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
     "soft": ("soft", {}, {}),
@@ -289,9 +290,19 @@ def route_topk(z, bias, E, p, groups, top1_only, local=None, training=False):
         sel[:, :E] = sel[:, :E].masked_fill(excluded, float("-inf"))
         if k > kg * gsize + m:
             raise ConfigError(f"k={k} exceeds the experts left by group selection")
-    idx = topk_indices(sel, k)                         # (T, k), rank order
-    g = s.gather(1, idx)                               # (T, k), unbiased scores, autograd
-    true = idx < E
+    # GW-MoE (training): tokens whose normalised entropy reaches the threshold take every expert
+    kk, within = k, torch.ones(T, k, dtype=torch.bool)
+    if float(p["broadcast_threshold"]) > 0 and training and R > 1:
+        sd = s.detach()
+        q = sd if p["score"] == "softmax" else sd / sd.sum(-1, keepdim=True)
+        ent = -torch.where(q > 0, q * torch.log(torch.where(q > 0, q, torch.ones_like(q))),
+                           torch.zeros_like(q)).sum(-1) / math.log(R)
+        uncertain = ent >= float(p["broadcast_threshold"])
+        kk = max(k, E)
+        within = torch.arange(kk)[None, :] < torch.where(uncertain, kk, k)[:, None]
+    idx = topk_indices(sel, kk)                        # (T, kk), rank order
+    g = s.gather(1, idx)                               # (T, kk), unbiased scores, autograd
+    true = (idx < E) & within
     if p["normalize"]:
         denom = (g * true).sum(-1, keepdim=True)
         # a token whose choices are all null experts has no weights (and no gradient) at all
@@ -319,7 +330,7 @@ def route_topk(z, bias, E, p, groups, top1_only, local=None, training=False):
             else:
                 order = torch.arange(a, b)
             used = [0] * E
-            for r in range(k):                         # rank-major
+            for r in range(kk):                        # rank-major
                 for t in order.tolist():
                     e = int(idx[t, r])
                     if e >= E or not keep[t, r]:
@@ -330,8 +341,10 @@ def route_topk(z, bias, E, p, groups, top1_only, local=None, training=False):
                         keep[t, r] = False
     w_full = torch.zeros(T, R, dtype=z.dtype).scatter(1, idx, g * keep)
     kept = torch.zeros(T, R, dtype=torch.bool).scatter(1, idx, keep)[:, :E]
-    counted = idx[:, :1] if top1_only else idx
-    choices = torch.zeros(T, R, dtype=z.dtype).scatter(1, counted, 1.0)
+    if top1_only:
+        choices = torch.zeros(T, R, dtype=z.dtype).scatter(1, idx[:, :1], 1.0)
+    else:
+        choices = torch.zeros(T, R, dtype=z.dtype).scatter(1, idx, within.to(z.dtype))
     if p["score"] == "softmax":
         bal = s
     else:
