@@ -176,6 +176,13 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // An explicit list of MoE layers (layer 0 dense, layer 2 MoE) instead of moe_every.
+    GoldenCase g{"moe_layers_list", tiny_config(), tiny_opt()};
+    g.model.n_layers = 3;
+    g.model.moe_layers = {2};
+    out.push_back(g);
+  }
+  {
     GoldenCase g{"gelu_expert_choice", tiny_config(), tiny_opt()};
     g.model.activation = Activation::GELU;
     g.model.moe_every = 2;

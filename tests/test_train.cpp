@@ -179,6 +179,16 @@ TEST(Train, BadConfigsNameTheField) {
   j = tiny_config(dir);
   j["data"] = {{"synthetic", true}, {"corpus", "x"}};
   expect_error(j, "exactly one");
+  for (const json& bad : {json::array(), json::array({7}), json::array({0, 0}), json("1"),
+                          json::array({1.5})}) {
+    j = tiny_config(dir);
+    j["model"]["moe_layers"] = bad;
+    expect_error(j, "moe_layers");
+  }
+  j = tiny_config(dir);
+  j["model"]["moe_layers"] = {1};
+  j["model"]["moe_every"] = 2;
+  expect_error(j, "not both");
   j = tiny_config(dir);
   j["data"] = {{"corpus", (dir / "missing").string()}};
   const TrainConfig c = parse_train_config(j, "train.json");

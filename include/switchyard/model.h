@@ -6,6 +6,7 @@
 #include <switchyard/moe_layer.h>
 #include <switchyard/safetensors.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -26,7 +27,14 @@ struct ModelConfig {
   double rope_theta = 10000.0, norm_eps = 1e-5, init_std = 0.02;
   nlohmann::json router = {{"router", "mixtral"}, {"k", 2}};  // a layer.json object
 
-  bool is_moe_layer(int64_t l) const { return (l + 1) % moe_every == 0; }
+  // Which layers are MoE (Megatron's per-layer list); empty: every moe_every-th.
+  std::vector<int64_t> moe_layers;
+
+  bool is_moe_layer(int64_t l) const {
+    if (!moe_layers.empty())
+      return std::find(moe_layers.begin(), moe_layers.end(), l) != moe_layers.end();
+    return (l + 1) % moe_every == 0;
+  }
   nlohmann::json to_json() const;
 };
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& source);

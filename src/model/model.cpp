@@ -17,22 +17,24 @@ namespace switchyard {
 using nlohmann::json;
 
 json ModelConfig::to_json() const {
-  return {{"vocab_size", vocab_size},
-          {"d_model", d_model},
-          {"n_layers", n_layers},
-          {"n_heads", n_heads},
-          {"seq_len", seq_len},
-          {"moe_every", moe_every},
-          {"experts", experts},
-          {"d_ff", d_ff},
-          {"shared_d_ff", shared_d_ff},
-          {"dense_d_ff", dense_d_ff},
-          {"activation", activation == Activation::SwiGLU ? "swiglu" : "gelu"},
-          {"tied_head", tied_head},
-          {"rope_theta", rope_theta},
-          {"norm_eps", norm_eps},
-          {"init_std", init_std},
-          {"router", router}};
+  json j = {{"vocab_size", vocab_size},
+            {"d_model", d_model},
+            {"n_layers", n_layers},
+            {"n_heads", n_heads},
+            {"seq_len", seq_len},
+            {"moe_every", moe_every},
+            {"experts", experts},
+            {"d_ff", d_ff},
+            {"shared_d_ff", shared_d_ff},
+            {"dense_d_ff", dense_d_ff},
+            {"activation", activation == Activation::SwiGLU ? "swiglu" : "gelu"},
+            {"tied_head", tied_head},
+            {"rope_theta", rope_theta},
+            {"norm_eps", norm_eps},
+            {"init_std", init_std},
+            {"router", router}};
+  if (!moe_layers.empty()) j["moe_layers"] = moe_layers;  // absent in older model.json files
+  return j;
 }
 
 namespace {
@@ -74,6 +76,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.n_heads = r.get_int("n_heads", c.n_heads, 1, 1024);
   c.seq_len = r.get_int("seq_len", c.seq_len, 1, 1 << 16);
   c.moe_every = r.get_int("moe_every", c.moe_every, 1, 1024);
+  const json moe_layers = r.get_json("moe_layers", json());
   c.experts = r.get_int("experts", c.experts, 1, 1 << 14);
   c.d_ff = r.get_int("d_ff", c.d_ff, 1, 1 << 20);
   c.shared_d_ff = r.get_int("shared_d_ff", c.shared_d_ff, 0, 1 << 20);
@@ -87,6 +90,23 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.init_std = r.get_double("init_std", c.init_std, 1e-6, 10.0);
   c.router = r.get_object("router", c.router);
   r.finish();
+  if (!moe_layers.is_null()) {
+    if (!moe_layers.is_array() || moe_layers.empty())
+      fail("{}: field 'moe_layers' = {} must be a non-empty list of layer indices", source,
+           moe_layers.dump());
+    if (c.moe_every != 1)
+      fail("{}: give 'moe_layers' or 'moe_every' = {}, not both", source, c.moe_every);
+    for (const json& v : moe_layers) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= c.n_layers)
+        fail("{}: field 'moe_layers' has {}, not a layer index in [0, {})", source, v.dump(),
+             c.n_layers);
+      if (std::find(c.moe_layers.begin(), c.moe_layers.end(), v.get<int64_t>()) !=
+          c.moe_layers.end())
+        fail("{}: field 'moe_layers' lists layer {} twice", source, v.get<int64_t>());
+      c.moe_layers.push_back(v.get<int64_t>());
+    }
+    std::sort(c.moe_layers.begin(), c.moe_layers.end());
+  }
   if (c.d_model % c.n_heads != 0 || (c.d_model / c.n_heads) % 2 != 0)
     fail("{}: d_model = {} must split into n_heads = {} heads of even width (RoPE)", source,
          c.d_model, c.n_heads);

@@ -66,7 +66,7 @@ MODEL_DEFAULTS = {
     "vocab_size": 256, "d_model": 128, "n_layers": 4, "n_heads": 4, "seq_len": 128,
     "moe_every": 1, "experts": 8, "d_ff": 256, "shared_d_ff": 0, "dense_d_ff": 512,
     "activation": "swiglu", "tied_head": True, "rope_theta": 10000.0, "norm_eps": 1e-5,
-    "init_std": 0.02, "router": {"router": "mixtral", "k": 2},
+    "init_std": 0.02, "router": {"router": "mixtral", "k": 2}, "moe_layers": None,
 }
 
 
@@ -103,6 +103,8 @@ def parse_model_config(j):
 
 
 def is_moe_layer(cfg, l):
+    if cfg["moe_layers"] is not None:  # the explicit list of MoE layers
+        return l in cfg["moe_layers"]
     return (l + 1) % cfg["moe_every"] == 0
 
 
