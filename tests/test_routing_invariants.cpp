@@ -4,6 +4,7 @@
 // another sequence's plan.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -123,6 +124,12 @@ void check_plan_invariants(const Problem& pb, const MoECache& cache) {
   }
   EXPECT_EQ(cache.stats.dropped, dropped);
   EXPECT_EQ(cache.stats.tokens_per_expert, kept_per_expert);
+  // What the router declined itself is part of the drops; without capacity it is all of them.
+  EXPECT_GE(cache.stats.declined, 0);
+  EXPECT_LE(cache.stats.declined, cache.stats.dropped);
+  if (std::all_of(plan.capacity.begin(), plan.capacity.end(), [](int64_t c) { return c == 0; })) {
+    EXPECT_EQ(cache.stats.declined, cache.stats.dropped);
+  }
 
   // Capacity per group and expert.
   if (!plan.capacity.empty()) {

@@ -83,13 +83,15 @@ struct MoEBatch {
 struct RoutingStats {
   std::vector<int64_t> tokens_per_expert;  // (E) kept assignments
   int64_t assignments = 0;                 // chosen (token, expert) pairs before drops
-  int64_t dropped = 0;                     // dropped by capacity or a random policy
-  double max_vio = 0.0;                    // (max load - mean load) / mean load
-  double cv = 0.0;                         // std / mean of the load
-  double entropy = 0.0;                    // mean per-token router entropy (nats)
-  double experts_per_token = 0.0;          // kept true-expert assignments per token
-  std::map<std::string, double> losses;    // each enabled loss, coefficient applied
-  double aux_loss = 0.0;                   // their sum
+  int64_t dropped = 0;                     // dropped by capacity or by the router's own policy
+  int64_t declined = 0;  // of those, declined by the router before capacity (GShard's random
+                         // second expert, Adaptive Gating's confident tokens)
+  double max_vio = 0.0;  // (max load - mean load) / mean load
+  double cv = 0.0;       // std / mean of the load
+  double entropy = 0.0;  // mean per-token router entropy (nats)
+  double experts_per_token = 0.0;        // kept true-expert assignments per token
+  std::map<std::string, double> losses;  // each enabled loss, coefficient applied
+  double aux_loss = 0.0;                 // their sum
   // Forward wall time per phase: shared_expert, route (logits + router), dispatch (capacity,
   // grouping, gather), experts, combine, statistics (loads, losses, checks).
   std::map<std::string, double> phase_ms;

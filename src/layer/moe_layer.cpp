@@ -360,6 +360,8 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     router_->route(in, c.plan);
   }
   RoutingPlan& plan = c.plan;
+  const RoutingPlan& chosen = c.routing_plan();  // before dispatch: kept == 0 is the router's
+  stats.declined = std::count(chosen.kept.begin(), chosen.kept.end(), uint8_t{0});
 
   lap("route");
   // Dispatch (capacity, grouping by expert, the rows to their experts), the experts, combine.

@@ -213,7 +213,9 @@ json layer_step_json(const RoutingStats& s, int64_t index) {
           {"load", s.tokens_per_expert},
           {"max_vio", s.max_vio},
           {"cv", s.cv},
-          {"dropped_frac", double(s.dropped) / assignments},
+          // Capacity drops only; what the router declined itself is declined_frac.
+          {"dropped_frac", double(s.dropped - s.declined) / assignments},
+          {"declined_frac", double(s.declined) / assignments},
           {"entropy", s.entropy},
           {"experts_per_token", s.experts_per_token},
           {"losses", s.losses}};
