@@ -405,6 +405,11 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
       const auto q = softmax_of(&z[t * R], N), r = softmax_of(&z[t * R + N], R - N);
       if (!gaps_ok(q, 1, m.score) || !gaps_ok(r, 1, m.score)) bad[t] = true;
     }
+  } else if (f == "prototype") {  // every prototype's argmax must be clear
+    const int64_t K = pb.router_params.at("prototypes"), M = pb.shape.E / K;
+    for (int64_t t = 0; t < pb.T; ++t)
+      for (int64_t p = 0; p < K; ++p)
+        if (!gaps_ok(softmax_of(&z[t * R + p * M], M), 1, m.score)) bad[t] = true;
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)
       for (int64_t r = 0; r < R; ++r)

@@ -796,6 +796,61 @@ double smile_regulariser(const json& params, const Routing& routing,
 }
 
 // ---------------------------------------------------------------------------------------------
+// prototype (M6-T expert prototyping): prototype p holds experts [p M, (p+1) M), M = E/K. For each
+// token and prototype, s = softmax of the prototype's M logits; the token goes to the argmax with
+// weight s (not renormalised). Capacity C = ceil(T_group K cf / E) per expert, tokens in position
+// order.
+
+Routing route_prototype(const json& params, const std::vector<double>& logits,
+                        const std::vector<Range>& groups, int64_t T, int64_t E) {
+  const int64_t K = param<int64_t>(params, "prototypes"), M = E / K;
+  const double cf = param<double>(params, "capacity_factor");
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  for (const Range& g : groups) {
+    const int64_t C =
+        static_cast<int64_t>(std::ceil(static_cast<double>(g.second - g.first) *
+                                       static_cast<double>(K) * cf / static_cast<double>(E)));
+    std::vector<int64_t> used(E, 0);
+    for (int64_t t = g.first; t < g.second; ++t)
+      for (int64_t p = 0; p < K; ++p) {
+        const std::vector<double> s = softmax(std::vector<double>(
+            logits.begin() + t * E + p * M, logits.begin() + t * E + (p + 1) * M));
+        const int64_t j = order_descending(s)[0], e = p * M + j;
+        routing.chosen[t * E + e] += 1.0;
+        const bool kept = cf <= 0.0 || used[e] < C;
+        if (kept) ++used[e];
+        routing.assignments.push_back({t, e, kept ? s[j] : 0.0, kept});
+      }
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// (α/K) Σ_p M Σ_{e in p} f_e P_e over the T tokens: f_e the share of tokens choosing e, P_e the
+// mean of the prototype softmax.
+double prototype_regulariser(const json& params, const Routing& routing,
+                             const std::vector<double>& logits, int64_t T, int64_t E) {
+  const int64_t K = param<int64_t>(params, "prototypes"), M = E / K;
+  double sum = 0.0;
+  for (int64_t p = 0; p < K; ++p) {
+    std::vector<double> f(M, 0.0), mean(M, 0.0);
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<double> s = softmax(std::vector<double>(
+          logits.begin() + t * E + p * M, logits.begin() + t * E + (p + 1) * M));
+      for (int64_t j = 0; j < M; ++j) {
+        f[j] += routing.chosen[t * E + p * M + j] / static_cast<double>(T);
+        mean[j] += s[j] / static_cast<double>(T);
+      }
+    }
+    double dot = 0.0;
+    for (int64_t j = 0; j < M; ++j) dot += f[j] * mean[j];
+    sum += static_cast<double>(M) * dot;
+  }
+  return param<double>(params, "prototype_balance") * sum / static_cast<double>(K);
+}
+
+// ---------------------------------------------------------------------------------------------
 // soft: every token uses every expert with weight softmax(z).
 
 Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
@@ -1020,6 +1075,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_soft(logits, T, E);
   } else if (family == "smile") {
     routing = route_smile(router_params, logits, groups, T, E, R);
+  } else if (family == "prototype") {
+    routing = route_prototype(router_params, logits, groups, T, E);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }
@@ -1047,6 +1104,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     r.aux_loss = config_losses(config.losses, logits, score, routing, batch, R);
   if (family == "remoe") r.aux_loss += remoe_regulariser(router_params, logits, T, E);
   if (family == "smile") r.aux_loss += smile_regulariser(router_params, routing, logits, T, E, R);
+  if (family == "prototype")
+    r.aux_loss += prototype_regulariser(router_params, routing, logits, T, E);
   if (family == "topk" && read_topk_options(router_params).locality_loss > 0.0)
     r.aux_loss += locality_regulariser(read_topk_options(router_params), loc, logits, T, E, R);
   return r;

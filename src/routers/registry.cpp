@@ -50,6 +50,8 @@ const std::vector<RouterEntry>& router_registry() {
        routers::make_locmoe},
       {"smile", "SMILE: bi-level top-1, a node then an expert inside it", kNoLosses,
        routers::make_smile},
+      {"prototype", "M6-T expert prototyping: K groups of experts, top-1 in each", kNoLosses,
+       routers::make_prototype},
       {"expert_choice", "Expert Choice: each expert takes its top tokens", kNoLosses,
        routers::make_expert_choice},
       {"hash", "Hash layer: fixed token-id to expert table", kNoLosses, routers::make_hash},

@@ -121,6 +121,14 @@ def unclear_tokens(case, t):
             if part.shape[1] > 1:
                 bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
         return bad
+    if router == "prototype":  # every prototype's argmax must be clear
+        K = cfg.get("prototypes", 2)
+        M = E // K
+        for q in range(K):
+            if M > 1:
+                srt = -np.sort(-softmax(z[:, q * M:(q + 1) * M]), axis=1)
+                bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
+        return bad
     if router == "base":
         srt = -np.sort(-z, axis=1)
         bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN

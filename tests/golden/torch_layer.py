@@ -15,7 +15,7 @@ computation dtype (float64 by default) so that a comparison sees the reference a
 
 Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (evaluation mode:
 training=true is accepted only when the configuration has no random element), expert_choice,
-top_p, soft, remoe, smear, hash, base (evaluation: greedy argmax).
+top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax).
 """
 import argparse
 import json
@@ -78,10 +78,12 @@ ROUTERS = {
     "smear": ("smear", {}, {}),
     "smile": ("smile", {"nodes": 2, "capacity_factor": 0.0, "node_balance": 0.01,
                         "expert_balance": 0.01}, {}),
+    "prototype": ("prototype", {"prototypes": 2, "capacity_factor": 0.0,
+                                "prototype_balance": 0.01}, {}),
     "hash": ("hash", {"table": "random", "hash_seed": 0}, {}),
     "base": ("base", {}, {}),
 }
-NO_LOSS_FAMILIES = {"hash", "base", "smear", "smile"}
+NO_LOSS_FAMILIES = {"hash", "base", "smear", "smile", "prototype"}
 
 
 def parse_placement(pl):
@@ -417,6 +419,44 @@ def route_smile(z, E, p, groups):
     return Routing(W, kept, own_loss=loss, assigned=T)
 
 
+def route_prototype(z, E, p, groups):
+    """M6-T expert prototyping: the experts reshaped (K, E/K); per token and prototype, a softmax
+    over the prototype's logits and its argmax; weight = that probability. The balance loss is the
+    mean over prototypes of (E/K) * sum(f * P)."""
+    T, R = z.shape
+    K = int(p["prototypes"])
+    if R != E:
+        raise ConfigError(f"gate.weight has {R} rows, expected E={E}")
+    if E % K:
+        raise ConfigError(f"prototypes={K} does not divide E={E}")
+    M = E // K
+    s = torch.softmax(z.reshape(T, K, M), dim=-1)                  # (T, K, M)
+    j = s.detach().argmax(-1)                                       # (T, K); inputs are tie-free
+    e = j + torch.arange(K)[None, :] * M                           # (T, K) expert ids
+    w = s.gather(2, j[:, :, None])[:, :, 0]                        # (T, K)
+    keep = torch.ones(T, K, dtype=torch.bool)
+    cf = float(p["capacity_factor"])
+    if cf > 0:
+        for (a, b) in groups:
+            C = math.ceil((b - a) * K * cf / E)
+            used = [0] * E
+            for t in range(a, b):
+                for q in range(K):
+                    ex = int(e[t, q])
+                    if used[ex] < C:
+                        used[ex] += 1
+                    else:
+                        keep[t, q] = False
+    rows = torch.arange(T)[:, None].expand(T, K)
+    W = torch.zeros(T, E, dtype=z.dtype).index_put((rows, e), w * keep)
+    kept = torch.zeros(T, E, dtype=torch.bool).index_put((rows, e), keep)
+    chosen = torch.zeros(T, E, dtype=z.dtype).index_put((rows, e), torch.ones(T, K, dtype=z.dtype))
+    f = chosen.sum(0).reshape(K, M) / T                             # no gradient
+    P = s.mean(0)                                                   # (K, M)
+    loss = float(p["prototype_balance"]) * (M * (f * P).sum(-1)).mean()
+    return Routing(W, kept, own_loss=loss, assigned=T * K)
+
+
 def route_remoe(z, E, p):
     T = z.shape[0]
     r = torch.relu(z)
@@ -540,6 +580,8 @@ def run_layer(layer, tin, dtype=torch.float64):
                 routing = route_remoe(z, E, p)
             elif family == "smile":
                 routing = route_smile(z, E, p, groups)
+            elif family == "prototype":
+                routing = route_prototype(z, E, p, groups)
             elif family == "base":
                 best = topk_indices(z.detach(), 1)[:, 0]
                 kept = torch.zeros(T, E, dtype=torch.bool)
