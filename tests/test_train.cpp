@@ -179,8 +179,8 @@ TEST(Train, BadConfigsNameTheField) {
   j = tiny_config(dir);
   j["data"] = {{"synthetic", true}, {"corpus", "x"}};
   expect_error(j, "exactly one");
-  for (const json& bad : {json::array(), json::array({7}), json::array({0, 0}), json("1"),
-                          json::array({1.5})}) {
+  for (const json& bad :
+       {json::array(), json::array({7}), json::array({0, 0}), json("1"), json::array({1.5})}) {
     j = tiny_config(dir);
     j["model"]["moe_layers"] = bad;
     expect_error(j, "moe_layers");
