@@ -76,11 +76,16 @@ struct Problem {
   RouterTraits traits;
   RouterNoise noise;
   std::vector<float> x, gate, gate_bias, w1, w3, w2, shared_w1, shared_w3, shared_w2;
+  // The logit function's tensors (Router::logit_function), in its tensors() order, and names.
+  std::vector<std::vector<float>> router;
+  std::vector<std::string> router_names;
+  mutable std::vector<const float*> router_views;
   std::vector<int64_t> token_ids, seq_lens;
   std::vector<double> global_counts;
 
   std::string family() const { return router_params.at("router").get<std::string>(); }
-  bool swiglu() const { return config.activation == Activation::SwiGLU; }
+  bool swiglu() const { return has_up_projection(config.activation); }  // w3 exists
+  bool clamped() const { return config.activation == Activation::SwiGLUClamped; }
 
   MoEParams params() const {
     MoEParams p;
@@ -92,6 +97,9 @@ struct Problem {
     p.shared_w1 = shared_w1.empty() ? nullptr : shared_w1.data();
     p.shared_w3 = shared_w3.empty() ? nullptr : shared_w3.data();
     p.shared_w2 = shared_w2.empty() ? nullptr : shared_w2.data();
+    router_views.clear();
+    for (const auto& t : router) router_views.push_back(t.data());
+    p.router = router.empty() ? nullptr : router_views.data();
     return p;
   }
   MoEBatch batch() const {
@@ -113,6 +121,7 @@ struct Problem {
     p.shared_w1 = to_double(shared_w1);
     p.shared_w3 = to_double(shared_w3);
     p.shared_w2 = to_double(shared_w2);
+    for (size_t i = 0; i < router.size(); ++i) p.router[router_names[i]] = to_double(router[i]);
     return p;
   }
   reference::Batch ref_batch() const {
@@ -155,7 +164,18 @@ inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptio
   pb.noise = make_router_noise(pb.config, pb.traits, o.T, o.d, 0);
   const int64_t d = o.d, E = o.E, F = o.F, Fs = o.Fs;
   pb.x = dyadic_vector(rng, size_t(o.T * d));
-  if (pb.traits.needs_gate) {
+  if (const LogitFunction* lf = pb.layer->router().logit_function()) {
+    // Random values; constants (the log scale) from their spec plus 0.3, so that a case whose
+    // temperature starts at its floor runs clamped.
+    for (const RouterTensorSpec& spec : lf->tensors(d, pb.R)) {
+      int64_t n = 1;
+      for (int64_t v : spec.shape) n *= v;
+      pb.router_names.push_back(spec.name);
+      pb.router.push_back(spec.init == RouterTensorSpec::Init::Constant
+                              ? std::vector<float>(size_t(n), float(spec.value + 0.3))
+                              : normal_vector(rng, size_t(n), 1.0 / std::sqrt(double(d))));
+    }
+  } else if (pb.traits.needs_gate) {
     pb.gate = o.zero_gate ? std::vector<float>(size_t(pb.R * d), 0.0f)
                           : dyadic_vector(rng, size_t(pb.R * d));
   }
@@ -194,6 +214,7 @@ struct Margins {
   double score = 1e-4;     // probabilities / selection scores
   double logit = 1e-3;     // raw logits (ReMoE's sign, BASE's argmax)
   double priority = 1e-5;  // batch-priority first weights across tokens
+  double clamp = 1e-4;     // swiglu_clamped: pre-activations against ±limit (the clamps' kinks)
 };
 
 inline std::vector<std::pair<int64_t, int64_t>> test_groups(const Problem& pb) {
@@ -202,6 +223,9 @@ inline std::vector<std::pair<int64_t, int64_t>> test_groups(const Problem& pb) {
 
 inline std::vector<double> double_logits(const Problem& pb) {
   const int64_t d = pb.shape.d, R = pb.R;
+  if (!pb.router.empty())
+    return reference::router_logits(pb.router_params, pb.shape, R, pb.ref_params(), pb.ref_batch(),
+                                    pb.noise);
   std::vector<double> z(static_cast<size_t>(pb.T * R), 0.0);
   if (pb.gate.empty()) return z;
   for (int64_t t = 0; t < pb.T; ++t)
@@ -386,10 +410,140 @@ inline void top_p_bad_tokens(const Problem& pb, const std::vector<double>& z, co
   }
 }
 
+// sparsemixer: per slot, the argmax of the remaining logits, every threshold-mask boundary and,
+// in training, the Gumbel-perturbed argmax over the kept set must be clear by m.logit (the mask
+// boundary measured in logits: |(z_max − z_j) − 2ε max(|z_j|, z_max)|). The Heun coin U > 0.75
+// needs no margin: U is the same float in every path and 0.75 is exact, and resampling x could not
+// move it anyway.
+inline void sparsemixer_bad_tokens(const Problem& pb, const std::vector<double>& z,
+                                   const Margins& m, std::vector<bool>& bad) {
+  const int64_t E = pb.shape.E, n = 2 * E + 2;
+  const double eps = pb.router_params.at("jitter_eps");
+  const bool training = pb.config.training;
+  for (int64_t t = 0; t < pb.T; ++t) {
+    const double* zt = &z[t * E];
+    int64_t first = -1;
+    for (int64_t slot = 0; slot < 2; ++slot) {
+      std::vector<double> rest(static_cast<size_t>(E), -std::numeric_limits<double>::infinity());
+      for (int64_t j = 0; j < E; ++j)
+        if (j != first) rest[j] = zt[j];
+      if (!gaps_ok(rest, 1, m.logit)) bad[t] = true;
+      const int64_t top = sorted_desc(rest)[0];
+      const double zmax = rest[top];
+      std::vector<double> perturbed(static_cast<size_t>(E),
+                                    -std::numeric_limits<double>::infinity());
+      for (int64_t j = 0; j < E; ++j) {
+        if (j == first) continue;
+        const double scale = std::max(std::abs(zt[j]), zmax);
+        if (j != top && !(std::abs((zmax - zt[j]) - 2.0 * eps * scale) > m.logit)) bad[t] = true;
+        if ((zmax - zt[j]) / scale > 2.0 * eps) continue;  // masked
+        if (training)
+          perturbed[j] =
+              zt[j] - std::log(-std::log(double(pb.noise.uniform[t * n + slot * E + j])));
+      }
+      int64_t chosen = top;
+      if (training) {
+        if (!gaps_ok(perturbed, 1, m.logit)) bad[t] = true;
+        chosen = sorted_desc(perturbed)[0];
+      }
+      first = chosen;
+    }
+  }
+}
+
+// float64 pre-activations of token t: h1 = w1 x (n, F) and h3 = w3 x, n = E experts (and the
+// shared expert's Fs values, appended) from the (n, F, d) stacks.
+inline void pre_activations(const Problem& pb, int64_t t, std::vector<double>& h1,
+                            std::vector<double>& h3) {
+  const int64_t d = pb.shape.d, E = pb.shape.E, F = pb.shape.F, Fs = pb.shape.Fs;
+  h1.assign(size_t(E * F + Fs), 0.0);
+  h3.assign(size_t(E * F + Fs), 0.0);
+  for (int64_t r = 0; r < E * F + Fs; ++r) {
+    const bool shared = r >= E * F;
+    const float* w1 = shared ? &pb.shared_w1[size_t((r - E * F) * d)] : &pb.w1[size_t(r * d)];
+    const float* w3 = shared ? &pb.shared_w3[size_t((r - E * F) * d)] : &pb.w3[size_t(r * d)];
+    for (int64_t j = 0; j < d; ++j) {
+      h1[size_t(r)] += double(w1[j]) * pb.x[size_t(t * d + j)];
+      h3[size_t(r)] += double(w3[j]) * pb.x[size_t(t * d + j)];
+    }
+  }
+}
+
+// swiglu_clamped: marks the tokens with a pre-activation within m.clamp of a clamp's kink (gate
+// h1 at +limit, up h3 at ±limit), for every expert whether routed or not, the shared expert, and
+// SMEAR's merged experts (p-weighted sums of the experts' pre-activations). A finite-difference
+// step (1e-6) or float32 rounding cannot cross a kink at that distance.
+inline void clamp_bad_tokens(const Problem& pb, const Margins& m, std::vector<bool>& bad) {
+  if (!pb.clamped()) return;
+  const int64_t d = pb.shape.d, E = pb.shape.E, F = pb.shape.F;
+  const double limit = pb.config.swiglu_clamp.limit;
+  auto near = [&](double h1, double h3) {
+    return std::abs(h1 - limit) <= m.clamp || std::abs(h3 - limit) <= m.clamp ||
+           std::abs(h3 + limit) <= m.clamp;
+  };
+  std::vector<double> h1, h3;
+  if (pb.family() == "smear") {
+    const auto seqs =
+        routing_groups(RoutingGroups::Sequence, pb.seq_lens, pb.T);  // SMEAR's sequences
+    for (const auto& [b, e] : seqs) {
+      std::vector<double> mean(size_t(d), 0.0), z(size_t(E), 0.0);
+      for (int64_t t = b; t < e; ++t)
+        for (int64_t j = 0; j < d; ++j) {
+          double xv = pb.x[size_t(t * d + j)];
+          if (!pb.noise.jitter.empty()) xv *= double(pb.noise.jitter[size_t(t * d + j)]);
+          mean[size_t(j)] += xv / double(e - b);
+        }
+      for (int64_t r = 0; r < E; ++r)
+        for (int64_t j = 0; j < d; ++j)
+          z[size_t(r)] += double(pb.gate[size_t(r * d + j)]) * mean[size_t(j)];
+      const std::vector<double> p = softmax_of(z.data(), E);
+      for (int64_t t = b; t < e; ++t) {
+        pre_activations(pb, t, h1, h3);
+        for (int64_t f = 0; f < F; ++f) {
+          double g = 0.0, u = 0.0;
+          for (int64_t ex = 0; ex < E; ++ex) {
+            g += p[size_t(ex)] * h1[size_t(ex * F + f)];
+            u += p[size_t(ex)] * h3[size_t(ex * F + f)];
+          }
+          if (near(g, u)) bad[size_t(t)] = true;
+        }
+        for (size_t r = size_t(E * F); r < h1.size(); ++r)
+          if (near(h1[r], h3[r])) bad[size_t(t)] = true;
+      }
+    }
+    return;
+  }
+  for (int64_t t = 0; t < pb.T; ++t) {
+    pre_activations(pb, t, h1, h3);
+    for (size_t r = 0; r < h1.size(); ++r)
+      if (near(h1[r], h3[r])) bad[size_t(t)] = true;
+  }
+}
+
+// How many of the pre-activations a forward used (the cache's h1, h3: dispatched rows or SMEAR's
+// merged experts, and the shared expert's) the clamps cut: the gate above +limit, the up
+// projection above +limit and below -limit. A clamped case that cuts none tests nothing.
+struct ClampCounts {
+  int64_t gate_top = 0, up_top = 0, up_bottom = 0;
+};
+inline ClampCounts clamp_counts(const Problem& pb, const MoECache& c) {
+  ClampCounts n;
+  const float limit = float(pb.config.swiglu_clamp.limit);
+  for (const auto* v : {&c.h1, &c.shared_h1})
+    for (float h : *v) n.gate_top += h > limit;
+  for (const auto* v : {&c.h3, &c.shared_h3})
+    for (float h : *v) {
+      n.up_top += h > limit;
+      n.up_bottom += h < -limit;
+    }
+  return n;
+}
+
 // Marks the tokens whose routing could differ between float32 and float64 (or flip under a
-// finite-difference step).
+// finite-difference step), and (swiglu_clamped) those with a pre-activation at a clamp's kink.
 inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
   std::vector<bool> bad(static_cast<size_t>(pb.T), false);
+  clamp_bad_tokens(pb, m, bad);
   const std::string f = pb.family();
   const std::vector<double> z = double_logits(pb);
   const int64_t R = pb.R;
@@ -410,6 +564,8 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
     for (int64_t t = 0; t < pb.T; ++t)
       for (int64_t p = 0; p < K; ++p)
         if (!gaps_ok(softmax_of(&z[t * R + p * M], M), 1, m.score)) bad[t] = true;
+  } else if (f == "sparsemixer") {
+    sparsemixer_bad_tokens(pb, z, m, bad);
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)
       for (int64_t r = 0; r < R; ++r)

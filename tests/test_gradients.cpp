@@ -97,7 +97,18 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   grads.shared_w1 = dsw1.empty() ? nullptr : dsw1.data();
   grads.shared_w3 = dsw3.empty() ? nullptr : dsw3.data();
   grads.shared_w2 = dsw2.empty() ? nullptr : dsw2.data();
+  std::vector<std::vector<float>> d_router;
+  std::vector<float*> d_router_views;
+  for (const auto& t : pb.router) d_router.emplace_back(t.size(), 0.0f);
+  for (auto& t : d_router) d_router_views.push_back(t.data());
+  grads.router = d_router.empty() ? nullptr : d_router_views.data();
   pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), dx.data(), grads);
+  if (pb.clamped()) {  // the clamps cut some of the used pre-activations at both ends
+    const ClampCounts n = clamp_counts(pb, cache);
+    EXPECT_GT(n.gate_top, 0) << "no gate above +swiglu_limit: the case tests no clamp";
+    EXPECT_GT(n.up_top, 0) << "no up projection above +swiglu_limit";
+    EXPECT_GT(n.up_bottom, 0) << "no up projection below -swiglu_limit";
+  }
 
   // Reference: central differences.
   reference::Params rp = pb.ref_params();
@@ -107,7 +118,10 @@ TEST_P(Gradients, MatchFiniteDifferences) {
 
   std::vector<Tensor> tensors = {
       {"x", &rb.x, &dx}, {"experts.w1", &rp.w1, &dw1}, {"experts.w2", &rp.w2, &dw2}};
-  if (pb.traits.needs_gate) tensors.push_back({"gate.weight", &rp.gate, &dgate});
+  if (!pb.gate.empty()) tensors.push_back({"gate.weight", &rp.gate, &dgate});
+  for (size_t i = 0; i < pb.router.size(); ++i)
+    tensors.push_back(
+        {"router." + pb.router_names[i], &rp.router.at(pb.router_names[i]), &d_router[i]});
   if (pb.swiglu()) tensors.push_back({"experts.w3", &rp.w3, &dw3});
   if (case_Fs > 0) {
     tensors.push_back({"shared.w1", &rp.shared_w1, &dsw1});
@@ -171,9 +185,13 @@ struct DenseGrads {
   std::vector<double> y, dx, dw1, dw3, dw2;
 };
 
-// y = w2 act(w1 x [, w3 x]) per token and its gradients for the upstream dy.
-DenseGrads dense_ffn(bool swiglu, const Problem& pb, const std::vector<float>& dy) {
+// y = w2 act(w1 x [, w3 x]) per token and its gradients for the upstream dy. swiglu_clamped:
+// act = (u + 1) g sigmoid(alpha g), g = min(h1, L), u = clamp(h3, -L, L); the gradient passes
+// the clamps on [-L, L] with the bounds included (torch.clamp's convention).
+DenseGrads dense_ffn(const Problem& pb, const std::vector<float>& dy) {
   const int64_t T = pb.T, d = pb.shape.d, F = pb.shape.F;
+  const bool swiglu = pb.swiglu(), clamped = pb.clamped();
+  const double alpha = pb.config.swiglu_clamp.alpha, L = pb.config.swiglu_clamp.limit;
   DenseGrads g;
   g.y.assign(size_t(T * d), 0.0);
   g.dx.assign(size_t(T * d), 0.0);
@@ -189,8 +207,10 @@ DenseGrads dense_ffn(bool swiglu, const Problem& pb, const std::vector<float>& d
         if (swiglu) h3[f] += double(pb.w3[f * d + j]) * pb.x[t * d + j];
       }
     for (int64_t f = 0; f < F; ++f)
-      a[f] = swiglu ? h1[f] * sigmoid(h1[f]) * h3[f]
-                    : 0.5 * h1[f] * (1.0 + std::erf(h1[f] / std::sqrt(2.0)));
+      a[f] = clamped ? (std::clamp(h3[f], -L, L) + 1.0) * std::min(h1[f], L) *
+                           sigmoid(alpha * std::min(h1[f], L))
+             : swiglu ? h1[f] * sigmoid(h1[f]) * h3[f]
+                      : 0.5 * h1[f] * (1.0 + std::erf(h1[f] / std::sqrt(2.0)));
     for (int64_t j = 0; j < d; ++j)
       for (int64_t f = 0; f < F; ++f) {
         g.y[t * d + j] += double(pb.w2[j * F + f]) * a[f];
@@ -199,7 +219,12 @@ DenseGrads dense_ffn(bool swiglu, const Problem& pb, const std::vector<float>& d
       }
     for (int64_t f = 0; f < F; ++f) {
       double dh1 = 0.0, dh3 = 0.0;
-      if (swiglu) {
+      if (clamped) {
+        const double gate = std::min(h1[f], L), s = sigmoid(alpha * gate);
+        const double up = std::clamp(h3[f], -L, L);
+        dh1 = h1[f] <= L ? da[f] * (up + 1.0) * s * (1.0 + alpha * gate * (1.0 - s)) : 0.0;
+        dh3 = h3[f] >= -L && h3[f] <= L ? da[f] * gate * s : 0.0;
+      } else if (swiglu) {
         const double s = sigmoid(h1[f]);
         dh1 = da[f] * h3[f] * s * (1.0 + h1[f] * (1.0 - s));
         dh3 = da[f] * h1[f] * s;
@@ -230,19 +255,34 @@ void expect_close(const std::vector<float>& fast, const std::vector<double>& wan
 TEST(Gradients, OneExpertIsDenseFFN) {
   SCOPED_TRACE(seed_trace());
   std::mt19937_64 rng = test_rng();
-  for (const char* activation : {"swiglu", "gelu"}) {
+  for (const char* activation : {"swiglu", "gelu", "swiglu_clamped"}) {
     SCOPED_TRACE(activation);
-    const json config = {{"router", "topk"},
-                         {"k", 1},
-                         {"normalize", false},
-                         {"score", "softmax"},
-                         {"activation", activation}};
+    json config = {{"router", "topk"},
+                   {"k", 1},
+                   {"normalize", false},
+                   {"score", "softmax"},
+                   {"activation", activation}};
+    if (std::string(activation) == "swiglu_clamped") {
+      config["swiglu_limit"] = 0.5;
+      config["swiglu_alpha"] = 1.25;
+    }
     ProblemOptions o;
     o.T = 7;
     o.E = 1;
     o.zero_gate = true;
     Problem pb = make_problem(config, o, rng);
     const int64_t T = pb.T, d = pb.shape.d;
+    if (pb.clamped()) {
+      // Pre-activations exactly at the clamps' bounds (exact in float32 and float64): h1 of
+      // unit 0 = x_0 = +limit at token 0; h3 of units 1 and 2 = ±x_0 = ±limit at tokens 0 and 1.
+      pb.x[0] = 0.5f;
+      pb.x[size_t(d)] = -0.5f;
+      for (int64_t f = 0; f < 3; ++f) {
+        std::vector<float>& w = f == 0 ? pb.w1 : pb.w3;
+        std::fill_n(w.begin() + f * d, d, 0.0f);
+        w[size_t(f * d)] = f == 2 ? -1.0f : 1.0f;
+      }
+    }
     const std::vector<float> dy = normal_vector(rng, size_t(T * d), 1.0);
 
     MoECache cache;
@@ -260,7 +300,7 @@ TEST(Gradients, OneExpertIsDenseFFN) {
     grads.w2 = dw2.data();
     pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), dx.data(), grads);
 
-    const DenseGrads want = dense_ffn(pb.swiglu(), pb, dy);
+    const DenseGrads want = dense_ffn(pb, dy);
     expect_close(y, want.y, "y");
     expect_close(dx, want.dx, "dx");
     expect_close(dw1, want.dw1, "d_experts.w1");

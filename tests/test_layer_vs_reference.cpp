@@ -70,6 +70,12 @@ void compare_with_reference(Problem& pb) {
   EXPECT_EQ(cache.stats.tokens_per_expert, ref.tokens_per_expert);
   EXPECT_EQ(cache.stats.dropped, ref.dropped);
   EXPECT_NEAR(cache.stats.aux_loss, ref.aux_loss, 1e-4 * std::abs(ref.aux_loss) + 1e-9);
+  if (pb.clamped() && T >= 100) {  // enough rows that the clamps must cut at both ends
+    const ClampCounts n = clamp_counts(pb, cache);
+    EXPECT_GT(n.gate_top, 0) << "no gate above +swiglu_limit: the case tests no clamp";
+    EXPECT_GT(n.up_top, 0) << "no up projection above +swiglu_limit";
+    EXPECT_GT(n.up_bottom, 0) << "no up projection below -swiglu_limit";
+  }
 }
 
 class LayerVsReference : public ::testing::TestWithParam<Param> {};

@@ -16,6 +16,7 @@
 // be under 1e-3 (a near-tie, else the test fails), and the curve is compared up to that step.
 // Skips loudly when /usr/bin/python3 cannot import torch.
 #include <gtest/gtest.h>
+#include <switchyard/error.h>
 #include <switchyard/model.h>
 #include <switchyard/safetensors.h>
 #include <sys/wait.h>
@@ -187,6 +188,17 @@ std::vector<GoldenCase> cases() {
     g.model.activation = Activation::GELU;
     g.model.moe_every = 2;
     g.model.router = {{"router", "expert_choice"}, {"capacity_factor", 2.0}};
+    out.push_back(g);
+  }
+  {
+    // gpt-oss's clamped SwiGLU in the experts, the shared expert and the dense FFN (layer 0),
+    // with a custom alpha and a limit (0.1) inside the pre-activations' spread at init (std
+    // ~0.02 sqrt(32) = 0.11), so that both clamps cut.
+    GoldenCase g{"swiglu_clamped_dense_and_moe", tiny_config(), tiny_opt()};
+    g.model.activation = Activation::SwiGLUClamped;
+    g.model.swiglu_clamp = {1.5, 0.1};
+    g.model.moe_every = 2;
+    g.model.shared_d_ff = 8;
     out.push_back(g);
   }
   return out;
@@ -485,6 +497,49 @@ INSTANTIATE_TEST_SUITE_P(Tiny, ModelGolden, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<GoldenCase>& param_info) {
                            return param_info.param.name;
                          });
+
+// model.json's activation keys: swiglu_clamped's parameters round-trip through to_json (gpt-oss's
+// defaults when absent), and bad ones are errors naming the field and value.
+TEST(ModelConfigActivation, ClampedSwigluParametersRoundTripAndAreChecked) {
+  json j = tiny_config().to_json();
+  EXPECT_FALSE(j.contains("swiglu_alpha")) << "only swiglu_clamped writes its parameters";
+  j["activation"] = "swiglu_clamped";
+  const ModelConfig defaults = parse_model_config(j, "model.json");
+  EXPECT_EQ(defaults.activation, Activation::SwiGLUClamped);
+  EXPECT_EQ(defaults.swiglu_clamp.alpha, 1.702);
+  EXPECT_EQ(defaults.swiglu_clamp.limit, 7.0);
+  j["swiglu_alpha"] = 1.25;
+  j["swiglu_limit"] = 0.5;
+  const ModelConfig c = parse_model_config(j, "model.json");
+  EXPECT_EQ(c.swiglu_clamp, (SwigluClamp{1.25, 0.5}));
+  const ModelConfig again = parse_model_config(c.to_json(), "model.json");
+  EXPECT_EQ(again.activation, Activation::SwiGLUClamped);
+  EXPECT_EQ(again.swiglu_clamp, c.swiglu_clamp);
+
+  auto expect_error = [](const json& bad, const std::vector<std::string>& parts) {
+    try {
+      parse_model_config(bad, "model.json");
+      ADD_FAILURE() << "no error for " << bad.dump();
+    } catch (const Error& e) {
+      for (const std::string& p : parts)
+        EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
+            << "'" << p << "' not in: " << e.what();
+    }
+  };
+  json bad = j;
+  bad["swiglu_limit"] = 0.0;
+  expect_error(bad, {"model.json", "swiglu_limit", "0", "positive"});
+  bad = j;
+  bad["swiglu_alpha"] = -1.0;
+  expect_error(bad, {"model.json", "swiglu_alpha", "-1", "positive"});
+  bad = tiny_config().to_json();
+  bad["activation"] = "gelu";
+  bad["swiglu_limit"] = 7.0;
+  expect_error(bad, {"model.json", "swiglu_limit", "swiglu_clamped", "gelu"});
+  bad = j;
+  bad["router"]["swiglu_limit"] = 1.0;
+  expect_error(bad, {"model.json", "router.swiglu_limit", "set by the model"});
+}
 
 }  // namespace
 }  // namespace switchyard

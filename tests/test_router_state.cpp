@@ -509,6 +509,48 @@ TEST(RouterState, ModelCarriesGlobalBatchCountsAcrossMicroBatches) {
   EXPECT_NEAR(fresh.stats.losses.at("balance"), expected(fresh, fresh.plan.selection_counts), 1e-9);
 }
 
+// A logit function's tensors in a model (Router::logit_function): HyperRouter's hypernetwork is
+// fixed (trainable = false) and only its embedding trains; X-MoE's three tensors all train, and
+// neither router has a gate.weight.
+TEST(RouterState, LogitFunctionTensorsTrainOrStayFixedAsDeclared) {
+  for (const json& router :
+       {json{{"router", "hyperrouter"}, {"hyper_hidden", 8}}, json{{"router", "xmoe"}}}) {
+    SCOPED_TRACE(router.dump());
+    ModelConfig c = small_model(2);
+    c.router = router;
+    Model model(c, 5);
+    AdamWConfig oc;
+    oc.warmup_steps = 1;
+    oc.steps = 3;
+    AdamW opt(oc, model.params().size());
+    const std::vector<float> before = model.params();
+    const int64_t B = 2, T = c.seq_len, N = B * T;
+    std::mt19937_64 rng(11);
+    std::vector<int32_t> tokens(static_cast<size_t>(N)), targets(static_cast<size_t>(N));
+    for (auto& t : tokens) t = int32_t(rng() % uint64_t(c.vocab_size));
+    for (auto& t : targets) t = int32_t(rng() % uint64_t(c.vocab_size));
+    for (int64_t step = 0; step < 3; ++step) {
+      model.zero_grads();
+      model.forward(tokens.data(), targets.data(), B, T, true);
+      model.backward();
+      opt.step(model, step);
+    }
+    int router_tensors = 0;
+    for (const ParamTensor& t : model.tensors()) {
+      EXPECT_EQ(t.name.find("moe.gate.weight"), std::string::npos) << t.name;
+      if (t.name.find(".moe.router.") == std::string::npos) continue;
+      ++router_tensors;
+      const bool changed =
+          !std::equal(before.begin() + long(t.offset), before.begin() + long(t.offset + t.size),
+                      model.params().begin() + long(t.offset));
+      const bool fixed = t.name.find(".hyper_") != std::string::npos;
+      EXPECT_EQ(t.trainable, !fixed) << t.name;
+      EXPECT_EQ(changed, !fixed) << t.name << (fixed ? " must stay fixed" : " must train");
+    }
+    EXPECT_EQ(router_tensors, router.at("router") == "hyperrouter" ? 2 * 5 : 2 * 3);
+  }
+}
+
 // ReMoE's λ follows the zero fraction averaged over the model's MoE layers (the paper's S), so
 // every layer's λ moves together: the same value after each step, whatever each layer's own
 // sparsity, and the direction the mean says.

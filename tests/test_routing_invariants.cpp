@@ -230,6 +230,8 @@ void check_other_tokens_change_nothing(const json& router, bool training, bool p
   changed.layer = std::make_unique<MoELayer>(pb.config, pb.shape);
   changed.x = pb.x;
   changed.gate = pb.gate;
+  changed.router = pb.router;
+  changed.router_names = pb.router_names;
   changed.gate_bias = pb.gate_bias;
   changed.w1 = pb.w1;
   changed.w3 = pb.w3;

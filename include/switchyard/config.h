@@ -10,7 +10,10 @@
 
 namespace switchyard {
 
-enum class Activation { SwiGLU, GELU };
+// The experts' activation (docs/layer-config.md). SwiGLU: silu(w1 x) ⊙ w3 x. GELU: gelu(w1 x), no
+// w3. SwiGLUClamped: gpt-oss's clamped SwiGLU, (clamp(w3 x, ±limit) + 1) ⊙ g σ(alpha g) with
+// g = min(w1 x, limit) (parameters in SwigluClamp).
+enum class Activation { SwiGLU, GELU, SwiGLUClamped };
 enum class RoutingGroups { Batch, Sequence };
 enum class BalanceMode { MicroBatch, GlobalBatch, Sequence };
 
@@ -41,6 +44,25 @@ class ParamReader {
   std::set<std::string> read_;
 };
 
+// The parameters of Activation::SwiGLUClamped, layer.json's swiglu_alpha and swiglu_limit;
+// the defaults are gpt-oss's (GptOssExperts: alpha 1.702, limit 7.0).
+struct SwigluClamp {
+  double alpha = 1.702;  // the sigmoid's slope, > 0
+  double limit = 7.0;    // the clamp, > 0
+  bool operator==(const SwigluClamp&) const = default;
+};
+
+// True when the activation has an up projection (experts.w3): SwiGLU and its clamped form.
+bool has_up_projection(Activation activation);
+// layer.json's name: "swiglu", "gelu" or "swiglu_clamped".
+const char* activation_name(Activation activation);
+// Reads "activation" and, for swiglu_clamped, "swiglu_alpha" and "swiglu_limit" (defaults
+// SwigluClamp{}); the two are rejected with any other activation and must be positive. Errors name
+// the reader's context, the field and its value.
+void read_activation(ParamReader& r, Activation& activation, SwigluClamp& clamp);
+// Writes "activation" (and, for swiglu_clamped, "swiglu_alpha" and "swiglu_limit") into j.
+void write_activation(nlohmann::json& j, Activation activation, const SwigluClamp& clamp);
+
 struct LossConfig {
   double balance = 0.0;  // Switch balance loss coefficient α
   BalanceMode balance_mode = BalanceMode::MicroBatch;
@@ -67,6 +89,7 @@ struct LayerConfig {
   std::string router = "mixtral";                           // registry name
   nlohmann::json router_params = nlohmann::json::object();  // router-specific, validated by it
   Activation activation = Activation::SwiGLU;
+  SwigluClamp swiglu_clamp;  // activation swiglu_clamped only
   RoutingGroups routing_groups = RoutingGroups::Batch;
   LossConfig losses;
   ExpertPlacement placement;

@@ -22,7 +22,8 @@ class Communicator;
 struct ModelConfig {
   int64_t vocab_size = 256, d_model = 128, n_layers = 4, n_heads = 4, seq_len = 128;
   int64_t moe_every = 1, experts = 8, d_ff = 256, shared_d_ff = 0, dense_d_ff = 512;
-  Activation activation = Activation::SwiGLU;
+  Activation activation = Activation::SwiGLU;  // the experts' and the dense FFNs'
+  SwigluClamp swiglu_clamp;                    // activation swiglu_clamped only
   bool tied_head = true;
   double rope_theta = 10000.0, norm_eps = 1e-5, init_std = 0.02;
   nlohmann::json router = {{"router", "mixtral"}, {"k", 2}};  // a layer.json object

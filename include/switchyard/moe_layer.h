@@ -52,6 +52,9 @@ struct MoEParams {
   const float* const* w1_experts = nullptr;
   const float* const* w3_experts = nullptr;
   const float* const* w2_experts = nullptr;
+  // The router's logit function's tensors (Router::logit_function), in its tensors() order,
+  // instead of gate; null for the linear gate.
+  const float* const* router = nullptr;
 };
 
 // Gradient views (not owned), same shapes; null entries are skipped. Backward overwrites them.
@@ -67,6 +70,7 @@ struct MoEGrads {
   float* const* w1_experts = nullptr;
   float* const* w3_experts = nullptr;
   float* const* w2_experts = nullptr;
+  float* const* router = nullptr;  // as MoEParams::router
 };
 
 struct MoEBatch {
@@ -111,8 +115,9 @@ struct MoECache {
   std::vector<std::pair<int64_t, int64_t>> groups;     // routing groups
   std::vector<std::pair<int64_t, int64_t>> sequences;  // token ranges of the sequences
   RouterNoise noise;
-  std::vector<float> router_in;  // (T, d) jittered input, or (S, d) sequence means for SMEAR
-  std::vector<float> logits;     // (T, R) or (S, R)
+  std::vector<float> router_in;    // (T, d) jittered input, or (S, d) sequence means for SMEAR
+  std::vector<float> logits;       // (T, R) or (S, R)
+  std::vector<float> logit_saved;  // the logit function's saved values for backward
   RoutingPlan plan;
   std::vector<int64_t> expert_offsets;  // (E + 1) into the dispatched rows
   std::vector<int32_t> row_assignment;  // (A_kept) assignment of each dispatched row

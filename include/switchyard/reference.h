@@ -7,7 +7,9 @@
 #include <switchyard/moe_layer.h>
 
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -15,6 +17,8 @@ namespace switchyard::reference {
 
 struct Params {  // float64 copies of MoEParams; empty vectors = absent
   std::vector<double> gate, gate_bias, w1, w3, w2, shared_w1, shared_w3, shared_w2;
+  // A logit function's tensors by name (router.NAME in layer files), instead of gate.
+  std::map<std::string, std::vector<double>> router;
 };
 
 struct Batch {
@@ -40,6 +44,11 @@ Result forward(const LayerConfig& config, const nlohmann::json& router_params,
                const MoEShape& shape, int64_t R, const Params& params, const Batch& batch,
                const RouterNoise& noise);
 
+// The router's logits (T, R): x (jittered by `noise`) times gate.weight, or X-MoE's cosine
+// logits from params.router where router_params says "logits": "cosine".
+std::vector<double> router_logits(const nlohmann::json& router_params, const MoEShape& shape,
+                                  int64_t R, const Params& params, const Batch& batch,
+                                  const RouterNoise& noise);
 // The sinkhorn selection's balanced scores of tokens [group.first, group.second) from logits
 // (T, R) over the first E outputs: (n, E) row-major. Public for the tests' tie rule.
 std::vector<double> sinkhorn_balanced(const std::vector<double>& logits,

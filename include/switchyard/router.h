@@ -19,9 +19,10 @@ enum class ScoreKind { Softmax, Sigmoid, SqrtSoftplus };
 const char* score_name(ScoreKind kind);
 
 struct RouterTraits {
-  bool batch_dependent = false;      // a token's route depends on other tokens of its routing group
-  bool needs_gate = true;            // uses gate.weight (hash routers do not)
-  bool needs_token_ids = false;      // hash routers
+  bool batch_dependent = false;  // a token's route depends on other tokens of its routing group
+  bool needs_gate = true;        // routes by logits: gate.weight's or its logit function's (hash
+                                 // routers do not)
+  bool needs_token_ids = false;  // hash routers
   bool pooled_per_sequence = false;  // SMEAR: one route per sequence from the mean input
   bool supports_losses = true;       // balance / z / entropy losses are meaningful
   bool supports_forced = false;      // can route to given experts (RouterInput::forced)
@@ -29,6 +30,10 @@ struct RouterTraits {
   bool has_own_loss = false;         // own_loss is reported (as the "router" loss), even when 0
   ScoreKind score = ScoreKind::Softmax;
   double jitter = 0.0;  // multiplicative input noise U[1-ε, 1+ε] in training
+  // U[0,1) draws per token in training (RouterNoise::uniform is (T, n), RouterInput::uniform
+  // too). A router whose count depends on E sets it in check_shape, which the layer calls before
+  // any forward.
+  int64_t uniforms_per_token = 1;
 };
 
 // Everything a router reads. Routing groups are [begin, end) token ranges; a router never looks
@@ -38,7 +43,7 @@ struct RouterInput {
   int64_t T = 0, R = 0, E = 0;
   const float* bias = nullptr;         // (E) selection bias, or null
   const int64_t* token_ids = nullptr;  // (T), or null
-  const float* uniform = nullptr;      // (T) U[0,1) draws for random policies
+  const float* uniform = nullptr;      // (T, uniforms_per_token) U[0,1) draws for random policies
   std::vector<std::pair<int64_t, int64_t>> groups;
   bool training = false;
   // Replay: (T, forced_k) expert ids each token must be routed to (-1 = none); the router keeps
@@ -50,6 +55,7 @@ struct RouterInput {
   // e / (E / ranks), ranks_per_node consecutive ranks share a node.
   const int32_t* token_rank = nullptr;
   int64_t ranks = 0, ranks_per_node = 0;
+  int64_t uniforms_per_token = 1;  // draws per token in `uniform` (RouterTraits)
 };
 
 // Assignments are listed group by group, each group in priority order (earlier = kept first when
@@ -89,6 +95,39 @@ struct RouterStepStats {
   int64_t E = 0;
 };
 
+// A tensor a router's logit function reads instead of gate.weight, held by the model as
+// layers.L.moe.router.NAME and by layer files as router.NAME.
+struct RouterTensorSpec {
+  enum class Init {
+    Normal,    // N(0, value), value 0: the model's init_std
+    RowNorm,   // random directions, every row of norm `value` (expert embeddings)
+    Constant,  // every entry `value`
+    Uniform,   // U(-value, value) (PyTorch's nn.Linear initialisation)
+  };
+  std::string name;
+  std::vector<int64_t> shape;
+  Init init = Init::Normal;
+  double value = 0.0;
+  bool decay = true;       // weight decay applies
+  bool trainable = true;   // false: fixed after initialisation (HyperRouter's hypernetwork)
+};
+
+// How a router's logits come from its input where that is not x · gate.weightᵀ (X-MoE's
+// low-dimensional cosine). Tensors are passed in tensors() order.
+class LogitFunction {
+ public:
+  virtual ~LogitFunction() = default;
+  virtual std::vector<RouterTensorSpec> tensors(int64_t d, int64_t R) const = 0;
+  // x (T, d) -> logits (T, R); `saved` keeps what backward reads.
+  virtual void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
+                       float* logits, std::vector<float>& saved) const = 0;
+  // ∂L/∂logits (T, R) -> dx (T, d) and the tensors' gradients dw, all overwritten; a null dw
+  // entry is skipped.
+  virtual void backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
+                        const std::vector<float>& saved, const float* d_logits, float* dx,
+                        float* const* dw) const = 0;
+};
+
 class Router {
  public:
   virtual ~Router() = default;
@@ -101,6 +140,9 @@ class Router {
   // Rejects an expert count the router cannot route (k > R, groups not dividing E); `context`
   // names the config in the message. Called when the layer is built, before any data is read.
   virtual void check_shape(int64_t /*num_experts*/, const std::string& /*context*/) const {}
+  // The logit function, where the router has its own (its tensors replace gate.weight); null:
+  // the linear gate.
+  virtual const LogitFunction* logit_function() const { return nullptr; }
   virtual void route(const RouterInput& in, RoutingPlan& plan) const = 0;
   // Accumulates ∂L/∂logits (T, R) given ∂L/∂weight per assignment (A) (0 for dropped ones) and
   // ∂L/∂passthrough (T) where the router has one.

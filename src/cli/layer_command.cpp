@@ -74,7 +74,7 @@ int run_layer(const std::string& config_path, const std::string& in_path,
   }
   MoELayer layer(config, shape);
   const int64_t R = layer.num_router_outputs();
-  const bool swiglu = config.activation == Activation::SwiGLU;
+  const bool swiglu = has_up_projection(config.activation);
 
   const std::vector<float> x = in.floats("x", {T, d});
   const std::vector<float> w1 = in.floats("experts.w1", {E, F, d});
@@ -87,8 +87,21 @@ int run_layer(const std::string& config_path, const std::string& in_path,
   if (!traits.needs_token_ids && file.tensors.count("token_ids"))
     fail("{}: tensor 'token_ids' is only used by hash routers, not by '{}'", in_path,
          config.router);
-  const std::vector<float> gate =
-      traits.needs_gate ? in.floats("gate.weight", {R, d}) : std::vector<float>{};
+  // A router with its own logit function reads router.NAME tensors instead of gate.weight.
+  const LogitFunction* logit_function = layer.router().logit_function();
+  const std::vector<RouterTensorSpec> router_specs =
+      logit_function ? logit_function->tensors(d, R) : std::vector<RouterTensorSpec>{};
+  if (logit_function && file.tensors.count("gate.weight"))
+    fail("{}: tensor 'gate.weight' is not used by router '{}' (its logits come from router.*)",
+         in_path, config.router);
+  std::vector<std::vector<float>> router_tensors;
+  std::vector<const float*> router_views;
+  for (const RouterTensorSpec& spec : router_specs)
+    router_tensors.push_back(in.floats("router." + spec.name, spec.shape));
+  for (const auto& t : router_tensors) router_views.push_back(t.data());
+  const std::vector<float> gate = traits.needs_gate && !logit_function
+                                      ? in.floats("gate.weight", {R, d})
+                                      : std::vector<float>{};
   std::vector<float> bias = in.optional_floats("gate.bias", {E});
   std::vector<float> sw1, sw2, sw3;
   if (shape.Fs > 0) {
@@ -125,6 +138,7 @@ int run_layer(const std::string& config_path, const std::string& in_path,
            shape_str(tensor.shape));
 
   MoEParams params{ptr(gate), ptr(bias), ptr(w1), ptr(w3), ptr(w2), ptr(sw1), ptr(sw3), ptr(sw2)};
+  if (logit_function) params.router = router_views.data();
   MoECache cache;
   std::vector<float> y(size_t(T * d));
   // Errors found in the data name the input file.
@@ -153,7 +167,15 @@ int run_layer(const std::string& config_path, const std::string& in_path,
                    swiglu ? dw3.data() : nullptr,         dw2.data(),
                    ptr(dsw1) ? dsw1.data() : nullptr,     sw3.empty() ? nullptr : dsw3.data(),
                    sw2.empty() ? nullptr : dsw2.data()};
+    std::vector<std::vector<float>> d_router;
+    std::vector<float*> d_router_views;
+    for (const auto& t : router_tensors) d_router.emplace_back(t.size());
+    for (auto& t : d_router) d_router_views.push_back(t.data());
+    if (logit_function) grads.router = d_router_views.data();
     with_file([&] { layer.backward(params, batch, cache, dy.data(), dx.data(), grads); });
+    for (size_t i = 0; i < router_specs.size(); ++i)
+      out.tensors["d_router." + router_specs[i].name] =
+          TensorData::from_f32(router_specs[i].shape, d_router[i]);
     out.tensors["dx"] = TensorData::from_f32({T, d}, dx);
     if (!gate.empty()) out.tensors["d_gate.weight"] = TensorData::from_f32({R, d}, dgate);
     out.tensors["d_experts.w1"] = TensorData::from_f32({E, F, d}, dw1);

@@ -4,6 +4,7 @@
 #include <switchyard/router.h>
 
 #include <cmath>
+#include <limits>
 
 namespace switchyard {
 
@@ -108,6 +109,54 @@ void ParamReader::finish() const {
     if (!read_.count(key)) fail("{}: unknown field '{}' (value {})", context_, key, value.dump());
 }
 
+bool has_up_projection(Activation activation) {
+  return activation == Activation::SwiGLU || activation == Activation::SwiGLUClamped;
+}
+
+const char* activation_name(Activation activation) {
+  switch (activation) {
+    case Activation::SwiGLU:
+      return "swiglu";
+    case Activation::GELU:
+      return "gelu";
+    case Activation::SwiGLUClamped:
+      return "swiglu_clamped";
+  }
+  return "?";
+}
+
+void read_activation(ParamReader& r, Activation& activation, SwigluClamp& clamp) {
+  const std::string name =
+      r.get_choice("activation", "swiglu", {"swiglu", "gelu", "swiglu_clamped"});
+  activation = name == "swiglu" ? Activation::SwiGLU
+               : name == "gelu" ? Activation::GELU
+                                : Activation::SwiGLUClamped;
+  clamp = SwigluClamp{};
+  for (const char* key : {"swiglu_alpha", "swiglu_limit"}) {
+    if (!r.has(key)) continue;
+    if (activation != Activation::SwiGLUClamped) {
+      const json value = r.get_json(key, json());
+      fail("{}: field '{}' = {} applies only to activation 'swiglu_clamped', not '{}'", r.context(),
+           key, value.dump(), name);
+    }
+    const double value = r.get_double(key, 0.0, std::numeric_limits<double>::lowest(),
+                                      std::numeric_limits<double>::max());
+    if (!(value > 0.0)) fail("{}: field '{}' = {} must be positive", r.context(), key, value);
+    if (std::string(key) == "swiglu_alpha")
+      clamp.alpha = value;
+    else
+      clamp.limit = value;
+  }
+}
+
+void write_activation(json& j, Activation activation, const SwigluClamp& clamp) {
+  j["activation"] = activation_name(activation);
+  if (activation == Activation::SwiGLUClamped) {
+    j["swiglu_alpha"] = clamp.alpha;
+    j["swiglu_limit"] = clamp.limit;
+  }
+}
+
 namespace {
 
 LossConfig parse_losses(const json& object, const std::string& context) {
@@ -155,21 +204,21 @@ LayerConfig parse_layer_config(const json& j, const std::string& source) {
   config.source = source;
   json rest = json::object();
   for (const auto& [key, value] : j.items()) {
-    if (key == "router" || key == "activation" || key == "routing_groups" || key == "losses" ||
-        key == "training" || key == "seed" || key == "placement")
+    if (key == "router" || key == "activation" || key == "swiglu_alpha" || key == "swiglu_limit" ||
+        key == "routing_groups" || key == "losses" || key == "training" || key == "seed" ||
+        key == "placement")
       continue;
     rest[key] = value;
   }
   json layer_keys = json::object();
-  for (const char* key : {"router", "activation", "routing_groups", "training", "seed"})
+  for (const char* key : {"router", "activation", "swiglu_alpha", "swiglu_limit", "routing_groups",
+                          "training", "seed"})
     if (j.contains(key)) layer_keys[key] = j.at(key);
   ParamReader r(layer_keys, source);
   std::vector<std::string> names;
   for (const auto& e : router_registry()) names.push_back(e.name);
   config.router = r.get_choice("router", "mixtral", names);
-  config.activation = r.get_choice("activation", "swiglu", {"swiglu", "gelu"}) == "swiglu"
-                          ? Activation::SwiGLU
-                          : Activation::GELU;
+  read_activation(r, config.activation, config.swiglu_clamp);
   config.routing_groups = r.get_choice("routing_groups", "batch", {"batch", "sequence"}) == "batch"
                               ? RoutingGroups::Batch
                               : RoutingGroups::Sequence;

@@ -260,6 +260,11 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
     if (w.moe->num_router_outputs() != E)
       fail("{}: router '{}' needs {} gate outputs but the layer has {} experts", context,
            config.router, w.moe->num_router_outputs(), E);
+    if (w.moe->router().logit_function())
+      fail(
+          "{}: router '{}' computes its logits from its own learned tensors, which a checkpoint's "
+          "gate weight cannot supply; use a router over the gate's logits",
+          context, config.router);
     if (!w.gate_bias.empty() && w.moe->router().params().value("router", "") != "topk")
       fail(
           "{}: router '{}' does not read a selection bias ('bias', or the checkpoint's "

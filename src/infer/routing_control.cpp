@@ -3,6 +3,7 @@
 #include <switchyard/infer/routing_control.h>
 
 #include <algorithm>
+#include <string>
 
 namespace switchyard::infer {
 
@@ -83,6 +84,16 @@ std::vector<LayerRouting> resolve_routing(const ModelSpec& spec, const json& ove
   }
   for (int64_t l = 0; l < L; ++l) {
     LayerRouting& r = out[size_t(l)];
+    // The checkpoint's experts are SwiGLU (the model specs accept hidden_act silu only); the
+    // engine and the GGUF export run them as such, so a rule cannot name another activation
+    // (gelu, or gpt-oss's swiglu_clamped, which no supported architecture has).
+    for (const char* key : {"activation", "swiglu_alpha", "swiglu_limit"})
+      if (r.router.contains(key) &&
+          !(std::string(key) == "activation" && r.router[key] == "swiglu"))
+        fail(
+            "{}: MoE layer {}: field 'router.{}' = {}: the checkpoint's experts are SwiGLU "
+            "(hidden_act silu); a routing rule cannot change their activation",
+            source, l, key, r.router[key].dump());
     const int64_t alive = spec.experts - int64_t(r.disabled.size());
     if (r.router.contains("k") && r.router["k"].is_number_integer() &&
         r.router["k"].get<int64_t>() > alive)

@@ -38,6 +38,18 @@ T* block_of(T* stacked, T* const* per_expert, int64_t e, int64_t size) {
 
 }  // namespace
 
+cpu::Act expert_activation(Activation activation, const SwigluClamp& clamp) {
+  switch (activation) {
+    case Activation::SwiGLU:
+      return cpu::Act::SwiGLU;
+    case Activation::GELU:
+      return cpu::Act::GELU;
+    case Activation::SwiGLUClamped:
+      break;
+  }
+  return {cpu::Act::SwiGLUClamped, float(clamp.alpha), float(clamp.limit)};
+}
+
 const float* expert_w1(const MoEParams& p, const MoEShape& s, int64_t e) {
   return block_of(p.w1, p.w1_experts, e, s.F * s.d);
 }
@@ -59,7 +71,7 @@ float* expert_grad_w2(const MoEGrads& g, const MoEShape& s, int64_t e) {
 
 void CpuExpertBackend::forward(cpu::Act act, const MoEShape& s, const MoEParams& p, MoECache& c) {
   const int64_t d = s.d, F = s.F, rows = int64_t(c.xd.size()) / d;
-  const bool swiglu = act == cpu::Act::SwiGLU;
+  const bool swiglu = act.has_up();
   resize_on_huge_pages(c.h1, size_t(rows * F));
   resize_on_huge_pages(c.h3, swiglu ? size_t(rows * F) : 0);
   resize_on_huge_pages(c.act, size_t(rows * F));
@@ -85,7 +97,7 @@ void CpuExpertBackend::backward(cpu::Act act, const MoEShape& s, const MoEParams
                                 const MoECache& c, const float* dout, const MoEGrads& g,
                                 float* dxd) {
   const int64_t d = s.d, F = s.F, E = s.E, rows = int64_t(c.xd.size()) / d;  // the experts' rows
-  const bool swiglu = act == cpu::Act::SwiGLU;
+  const bool swiglu = act.has_up();
   float* dact = take(dact_, rows * F);                   // (rows, F)
   float* dh3 = swiglu ? take(dh3_, rows * F) : nullptr;  // (rows, F)
   // Experts whose weight gradients are not wanted write into scratch, one block per expert.

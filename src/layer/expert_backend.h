@@ -12,6 +12,9 @@
 
 namespace switchyard::layer {
 
+// The kernels' form of a configured activation (the layer's experts, the model's dense FFNs).
+cpu::Act expert_activation(Activation activation, const SwigluClamp& clamp);
+
 // Expert e's weights and gradient blocks, stacked or per expert (MoEParams::w*_experts); null
 // where this process does not hold the expert (or the gradient is not wanted).
 const float* expert_w1(const MoEParams& p, const MoEShape& s, int64_t e);

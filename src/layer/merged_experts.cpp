@@ -30,28 +30,28 @@ void merged_experts_forward(const Router& router, bool training, cpu::Act act,
   RouterInput in{c.logits.data(), S, R, E, nullptr, nullptr, nullptr, c.groups, training};
   router.route(in, c.plan);
   // Merged weights per sequence: [w1 (F, d) | w3 (F, d) | w2 (d, F)].
-  const int64_t block = F * d, per = (act == cpu::Act::SwiGLU ? 3 : 2) * block;
+  const bool swiglu = act.has_up();
+  const int64_t block = F * d, per = (swiglu ? 3 : 2) * block;
   c.merged.assign(size_t(S * per), 0.0f);
   for (size_t a = 0; a < c.plan.size(); ++a) {
     const int64_t s = c.plan.token[a], e = c.plan.expert[a];
     const float w = c.plan.weight[a];
     float* m = c.merged.data() + s * per;
     for (int64_t i = 0; i < block; ++i) m[i] += w * p.w1[e * block + i];
-    if (act == cpu::Act::SwiGLU)
+    if (swiglu)
       for (int64_t i = 0; i < block; ++i) m[block + i] += w * p.w3[e * block + i];
     float* m2 = m + per - block;
     for (int64_t i = 0; i < block; ++i) m2[i] += w * p.w2[e * block + i];
   }
   c.h1.resize(size_t(T * F));
-  c.h3.resize(act == cpu::Act::SwiGLU ? size_t(T * F) : 0);
+  c.h3.resize(swiglu ? size_t(T * F) : 0);
   c.act.resize(size_t(T * F));
   c.out.resize(size_t(T * d));
   for (int64_t s = 0; s < S; ++s) {
     const auto [b, e] = seqs[size_t(s)];
     const float* m = c.merged.data() + s * per;
-    cpu::ffn_forward(act, e - b, d, F, batch.x + b * d, m,
-                     act == cpu::Act::SwiGLU ? m + block : nullptr, m + per - block,
-                     c.h1.data() + b * F, act == cpu::Act::SwiGLU ? c.h3.data() + b * F : nullptr,
+    cpu::ffn_forward(act, e - b, d, F, batch.x + b * d, m, swiglu ? m + block : nullptr,
+                     m + per - block, c.h1.data() + b * F, swiglu ? c.h3.data() + b * F : nullptr,
                      c.act.data() + b * F, c.out.data() + b * d);
   }
   for (int64_t i = 0; i < T * d; ++i) y[i] += c.out[size_t(i)];
@@ -69,7 +69,7 @@ void merged_experts_backward(const Router& router, bool training, cpu::Act act,
                              std::vector<float>& d_weight, std::vector<float>& d_logits, float* dx,
                              const MoEGrads& g) {
   const int64_t T = batch.T, d = shape.d, E = shape.E, F = shape.F;
-  const bool swiglu = act == cpu::Act::SwiGLU;
+  const bool swiglu = act.has_up();
   const RoutingPlan& plan = c.plan;
   const auto seqs = routing_groups(RoutingGroups::Sequence, batch.seq_lens, T);
   const int64_t S = int64_t(seqs.size());

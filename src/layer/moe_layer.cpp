@@ -1,4 +1,5 @@
 // Front end of the MoE layer: validation, routing, dispatch, experts, combine, backward.
+#include <fmt/ranges.h>
 #include <omp.h>
 #include <switchyard/error.h>
 #include <switchyard/moe_layer.h>
@@ -24,8 +25,8 @@ namespace {
 using layer::check_finite;
 using layer::check_overflow;
 
-cpu::Act act_of(Activation a) {
-  return a == Activation::SwiGLU ? cpu::Act::SwiGLU : cpu::Act::GELU;
+cpu::Act act_of(const LayerConfig& c) {
+  return layer::expert_activation(c.activation, c.swiglu_clamp);
 }
 
 std::vector<std::pair<int64_t, int64_t>> sequences_of(const std::vector<int64_t>& seq_lens,
@@ -66,7 +67,8 @@ RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& tra
   if (!config.training) return noise;
   std::mt19937_64 rng(config.seed * 0x9e3779b97f4a7c15ULL + call_index);
   auto uniform01 = [&] { return float(double(rng() >> 11) * 0x1.0p-53); };
-  noise.uniform.resize(static_cast<size_t>(T));
+  // (T, n) draws, n = the router's uniforms_per_token (1 for most: the stream is unchanged).
+  noise.uniform.resize(static_cast<size_t>(T * std::max<int64_t>(traits.uniforms_per_token, 1)));
   for (auto& u : noise.uniform) u = uniform01();
   if (traits.jitter > 0) {
     noise.jitter.resize(size_t(T * d));
@@ -96,6 +98,8 @@ RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const M
                  training,
                  global ? nullptr : batch.forced_experts,
                  global ? 0 : batch.forced_k};
+  if (in.T > 0 && !c.noise.uniform.empty())
+    in.uniforms_per_token = int64_t(c.noise.uniform.size()) / in.T;
   if (!c.token_rank.empty()) {
     in.token_rank = c.token_rank.data();
     in.ranks = placement.expert_parallel;
@@ -138,9 +142,20 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
   router_ = make_router(config.router, config.router_params, config.source);
   R_ = router_->num_outputs(shape.E);
   router_->check_shape(shape.E, config.source + " [router " + config.router + "]");
+  if (router_->logit_function() && router_->traits().pooled_per_sequence)
+    fail(
+        "{}: router '{}' merges experts per sequence with gate.weight and cannot have its own "
+        "logit function",
+        config.source, config.router);
   if (config.placement.declared() && shape.E % config.placement.expert_parallel != 0)
     fail("{}: placement.expert_parallel = {} does not divide the {} experts", config.source,
          config.placement.expert_parallel, shape.E);
+  const SwigluClamp& clamp = config.swiglu_clamp;
+  if (config.activation == Activation::SwiGLUClamped &&
+      !(clamp.alpha > 0 && clamp.limit > 0 && std::isfinite(clamp.alpha) &&
+        std::isfinite(clamp.limit)))
+    fail("{}: swiglu_alpha = {} and swiglu_limit = {} must be positive", config.source, clamp.alpha,
+         clamp.limit);
   const LossConfig& losses = config.losses;
   const bool any_loss = losses.balance > 0 || losses.z > 0 || losses.entropy > 0;
   if (any_loss && !router_->traits().supports_losses)
@@ -170,7 +185,18 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
   if (batch.T <= 0) fail("moe_layer: x must have at least one token, got T = {}", batch.T);
   if (!batch.x) fail("moe_layer: x (T, d) is missing");
   check_finite("x", batch.x, batch.T * s.d, s.d);
-  if (traits.needs_gate) {
+  if (const LogitFunction* lf = router_->logit_function()) {
+    const std::vector<RouterTensorSpec> specs = lf->tensors(s.d, R_);
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const std::string name = "router." + specs[i].name;
+      if (!p.router || !p.router[i])
+        fail("moe_layer: router '{}' needs {} ({})", config_.router, name,
+             fmt::join(specs[i].shape, ", "));
+      int64_t n = 1;
+      for (int64_t v : specs[i].shape) n *= v;
+      if (check_weights) check_finite(name.c_str(), p.router[i], n, specs[i].shape.back());
+    }
+  } else if (traits.needs_gate) {
     if (!p.gate) fail("moe_layer: router '{}' needs gate.weight ({}, {})", config_.router, R_, s.d);
     if (check_weights) check_finite("gate.weight", p.gate, R_ * s.d, s.d);
   }
@@ -181,7 +207,7 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
         "moe_layer: BF16 experts need w1_bf16 and w2_bf16 and no float32 experts, and a router "
         "that routes tokens ('{}' with BF16 experts)",
         config_.router);
-  const bool swiglu = config_.activation == Activation::SwiGLU;
+  const bool swiglu = has_up_projection(config_.activation);
   const bool per_expert = p.w1_experts || p.w2_experts || p.w3_experts;
   if (per_expert && (p.w1 || p.w2 || p.w3 || bf16 || !p.w1_experts || !p.w2_experts ||
                      swiglu != (p.w3_experts != nullptr)))
@@ -211,7 +237,7 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
   const bool has_w3 = bf16 ? p.w3_bf16 != nullptr : (p.w3 != nullptr || p.w3_experts != nullptr);
   if (swiglu != has_w3)
     fail("moe_layer: experts.w3 is {} but the activation is {}", has_w3 ? "given" : "missing",
-         swiglu ? "swiglu" : "gelu");
+         activation_name(config_.activation));
   if (p.w3 && check_weights) check_finite("experts.w3", p.w3, s.E * s.F * s.d, s.d);
   if (s.Fs > 0) {
     if (!p.shared_w1 || !p.shared_w2 || swiglu != (p.shared_w3 != nullptr))
@@ -259,7 +285,7 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
 
 void MoELayer::reserve(MoECache& c, int64_t rows) const {
   const int64_t d = shape_.d, F = shape_.F;
-  const bool swiglu = act_of(config_.activation) == cpu::Act::SwiGLU;
+  const bool swiglu = act_of(config_).has_up();
   for (auto [buffer, size] : {std::pair{&c.xd, rows * d},
                               {&c.h1, rows * F},
                               {&c.h3, swiglu ? rows * F : 0},
@@ -277,7 +303,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   validate(p, batch, /*check_weights=*/false);
   const int64_t T = batch.T, d = shape_.d, E = shape_.E, R = R_;
   const RouterTraits& traits = router_->traits();
-  const cpu::Act act = act_of(config_.activation);
+  const cpu::Act act = act_of(config_);
   c.T = T;
   dist::Communicator* const global = routing_comm_;
   c.global.active = false;
@@ -305,7 +331,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   // Shared expert first: it writes y, the routed experts add to it.
   if (shape_.Fs > 0) {
     c.shared_h1.resize(size_t(T * shape_.Fs));
-    c.shared_h3.resize(act == cpu::Act::SwiGLU ? size_t(T * shape_.Fs) : 0);
+    c.shared_h3.resize(act.has_up() ? size_t(T * shape_.Fs) : 0);
     c.shared_act.resize(size_t(T * shape_.Fs));
     cpu::ffn_forward(act, T, d, shape_.Fs, batch.x, p.shared_w1, p.shared_w3, p.shared_w2,
                      c.shared_h1.data(), c.shared_h3.data(), c.shared_act.data(), y);
@@ -333,8 +359,13 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   }
   if (traits.needs_gate) {
     c.logits.resize(size_t(T * R));
-    cpu::gemm(false, true, T, R, d, 1.0f, router_input, d, p.gate, d, 0.0f, c.logits.data(), R);
-    check_overflow("router logits x gate.weight^T", c.logits.data(), T * R, R);
+    if (const LogitFunction* lf = router_->logit_function()) {
+      lf->forward(T, d, R, router_input, p.router, c.logits.data(), c.logit_saved);
+      check_overflow("router logits (the router's logit function)", c.logits.data(), T * R, R);
+    } else {
+      cpu::gemm(false, true, T, R, d, 1.0f, router_input, d, p.gate, d, 0.0f, c.logits.data(), R);
+      check_overflow("router logits x gate.weight^T", c.logits.data(), T * R, R);
+    }
     if (global) layer::gather_logits(*global, c.logits.data(), R, c);
   } else {
     c.logits.clear();
@@ -427,8 +458,8 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   if (T != c.T) fail("moe_layer backward: the batch has T = {} but forward saw T = {}", T, c.T);
   if (p.w1_bf16) fail("moe_layer backward: BF16 experts are for inference (forward only)");
   const RouterTraits& traits = router_->traits();
-  const cpu::Act act = act_of(config_.activation);
-  const bool swiglu = act == cpu::Act::SwiGLU;
+  const cpu::Act act = act_of(config_);
+  const bool swiglu = act.has_up();
   const RoutingPlan& plan = c.plan;
   check_finite("dy", dy, T * d, d);
   std::fill(dx, dx + T * d, 0.0f);
@@ -501,10 +532,14 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   }
 
   const float* router_input = c.router_in.empty() ? batch.x : c.router_in.data();
-  if (g.gate)
-    cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);
   float* dxr = take(ws_dxr_, T * d);  // (T, d)
-  cpu::gemm(false, false, T, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dxr, d);
+  if (const LogitFunction* lf = router_->logit_function()) {
+    lf->backward(T, d, R, router_input, p.router, c.logit_saved, d_logits.data(), dxr, g.router);
+  } else {
+    if (g.gate)
+      cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);
+    cpu::gemm(false, false, T, d, R, 1.0f, d_logits.data(), R, p.gate, d, 0.0f, dxr, d);
+  }
   const int64_t first = c.global.active ? c.global.offset : 0;
   cpu::add_product(T * d, dxr, c.noise.jitter.empty() ? nullptr : c.noise.jitter.data() + first * d,
                    dx);

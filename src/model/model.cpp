@@ -9,6 +9,7 @@
 
 #include "dist/communicator.h"
 #include "kernels/cpu/kernels.h"
+#include "layer/expert_backend.h"
 #include "layer/expert_parallel_dispatcher.h"
 #include "model/ops.h"
 
@@ -27,22 +28,49 @@ json ModelConfig::to_json() const {
             {"d_ff", d_ff},
             {"shared_d_ff", shared_d_ff},
             {"dense_d_ff", dense_d_ff},
-            {"activation", activation == Activation::SwiGLU ? "swiglu" : "gelu"},
+            {"activation", activation_name(activation)},
             {"tied_head", tied_head},
             {"rope_theta", rope_theta},
             {"norm_eps", norm_eps},
             {"init_std", init_std},
             {"router", router}};
+  write_activation(j, activation, swiglu_clamp);          // swiglu_clamped: alpha and limit too
   if (!moe_layers.empty()) j["moe_layers"] = moe_layers;  // absent in older model.json files
   return j;
 }
 
 namespace {
 
+// A router tensor's initial values by its spec (Normal: N(0, value or init_std)).
+void init_router_tensor(const RouterTensorSpec& spec, double init_std, std::mt19937_64& rng,
+                        float* v, size_t n) {
+  using Init = RouterTensorSpec::Init;
+  if (spec.init == Init::Constant) {
+    std::fill(v, v + n, float(spec.value));
+    return;
+  }
+  if (spec.init == Init::Uniform) {
+    std::uniform_real_distribution<float> uniform(-float(spec.value), float(spec.value));
+    for (size_t i = 0; i < n; ++i) v[i] = uniform(rng);
+    return;
+  }
+  std::normal_distribution<float> normal(0.0f, float(spec.value > 0 ? spec.value : init_std));
+  for (size_t i = 0; i < n; ++i) v[i] = normal(rng);
+  if (spec.init != Init::RowNorm) return;
+  const size_t cols = size_t(spec.shape.back());
+  for (size_t r = 0; r < n / cols; ++r) {
+    double sq = 0.0;
+    for (size_t j = 0; j < cols; ++j) sq += double(v[r * cols + j]) * double(v[r * cols + j]);
+    const double norm = std::sqrt(sq);
+    for (size_t j = 0; j < cols; ++j)
+      v[r * cols + j] = norm > 0 ? float(double(v[r * cols + j]) * spec.value / norm) : 0.0f;
+  }
+}
+
 // The layer.json object the model gives each MoE layer.
 json layer_json(const ModelConfig& c) {
   json j = c.router;
-  j["activation"] = c.activation == Activation::SwiGLU ? "swiglu" : "gelu";
+  write_activation(j, c.activation, c.swiglu_clamp);
   return j;
 }
 
@@ -81,9 +109,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.d_ff = r.get_int("d_ff", c.d_ff, 1, 1 << 20);
   c.shared_d_ff = r.get_int("shared_d_ff", c.shared_d_ff, 0, 1 << 20);
   c.dense_d_ff = r.get_int("dense_d_ff", c.dense_d_ff, 1, 1 << 20);
-  c.activation = r.get_choice("activation", "swiglu", {"swiglu", "gelu"}) == "swiglu"
-                     ? Activation::SwiGLU
-                     : Activation::GELU;
+  read_activation(r, c.activation, c.swiglu_clamp);
   c.tied_head = r.get_bool("tied_head", c.tied_head);
   c.rope_theta = r.get_double("rope_theta", c.rope_theta, 1.0, 1e9);
   c.norm_eps = r.get_double("norm_eps", c.norm_eps, 1e-12, 1.0);
@@ -110,7 +136,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   if (c.d_model % c.n_heads != 0 || (c.d_model / c.n_heads) % 2 != 0)
     fail("{}: d_model = {} must split into n_heads = {} heads of even width (RoPE)", source,
          c.d_model, c.n_heads);
-  for (const char* key : {"activation", "training", "seed"})
+  for (const char* key : {"activation", "swiglu_alpha", "swiglu_limit", "training", "seed"})
     if (c.router.contains(key))
       fail("{}: field 'router.{}' is set by the model, remove it", source, key);
   const LayerConfig layer = parse_layer_config(layer_json(c), source + " [router]");
@@ -126,6 +152,10 @@ struct Model::Impl {
     // MoE: parameter offsets (SIZE_MAX = absent) and the block [begin, end) they occupy.
     size_t gate = SIZE_MAX, gate_bias = SIZE_MAX, w1 = SIZE_MAX, w3 = SIZE_MAX, w2 = SIZE_MAX;
     size_t sw1 = SIZE_MAX, sw3 = SIZE_MAX, sw2 = SIZE_MAX, block_begin = 0, block_end = 0;
+    // The router's logit-function tensors (instead of gate), with views for MoEParams/MoEGrads.
+    std::vector<size_t> router_tensors;
+    std::vector<const float*> router_params;
+    std::vector<float*> router_grads;
     std::unique_ptr<MoELayer> moe_layer;
     MoECache cache;
     // (R) the router's choices in this step's earlier micro-batches (global-batch balance loss);
@@ -176,7 +206,7 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
   const bool sharded = shard.count != c.experts;
   impl_->shard = shard;
   const int64_t C = c.d_model, V = c.vocab_size;
-  const bool swiglu = c.activation == Activation::SwiGLU;
+  const bool swiglu = has_up_projection(c.activation);
   size_t total = 0;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, bool trainable = true) {
     size_t size = 1;
@@ -195,6 +225,7 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
     return offset;
   };
   Impl& im = *impl_;
+  std::vector<std::pair<size_t, RouterTensorSpec>> router_specs;  // (tensor index, spec)
   im.wte = add("wte", {V, C});
   const LayerConfig lc = parse_layer_config(layer_json(c), "model router");
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -209,7 +240,16 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
       L.moe_layer = std::make_unique<MoELayer>(lc, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff});
       const int64_t R = L.moe_layer->num_router_outputs(), E = c.experts, F = c.d_ff;
       L.block_begin = total;
-      L.gate = add(p + "moe.gate.weight", {R, C});
+      if (const LogitFunction* lf = L.moe_layer->router().logit_function()) {
+        for (const RouterTensorSpec& spec : lf->tensors(C, R)) {
+          L.router_tensors.push_back(
+              add(p + "moe.router." + spec.name, spec.shape, spec.trainable));
+          tensors_.back().decay = spec.decay;
+          router_specs.emplace_back(tensors_.size() - 1, spec);
+        }
+      } else {
+        L.gate = add(p + "moe.gate.weight", {R, C});
+      }
       L.gate_bias = add(p + "moe.gate.bias", {E}, false);
       L.w1 = add_experts(p + "moe.experts.w1", F, C);
       if (swiglu) L.w3 = add_experts(p + "moe.experts.w3", F, C);
@@ -252,6 +292,10 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
     for (size_t i = 0; i < t.size; ++i) params_[t.offset + i] = normal(rng);
     for (size_t i = 0; i < after; ++i) normal(rng);
   }
+  // Router tensors whose spec asks for more than N(0, init_std), drawn after the others.
+  for (const auto& [index, spec] : router_specs)
+    init_router_tensor(spec, c.init_std, rng, params_.data() + tensors_[index].offset,
+                       tensors_[index].size);
 }
 
 Model::~Model() = default;
@@ -306,7 +350,8 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
                       bool training) {
   const ModelConfig& c = config_;
   const int64_t C = c.d_model, V = c.vocab_size, H = c.n_heads, D = C / H, N = B * T;
-  const bool swiglu = c.activation == Activation::SwiGLU;
+  const bool swiglu = has_up_projection(c.activation);
+  const cpu::Act dense_act = layer::expert_activation(c.activation, c.swiglu_clamp);
   Impl& im = *impl_;
   if (T > c.seq_len) fail("model: sequence length {} exceeds seq_len = {}", T, c.seq_len);
   for (int64_t n = 0; n < N; ++n)
@@ -359,6 +404,11 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
       auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : P + off; };
       MoEParams mp{opt(L.gate), opt(L.gate_bias), opt(L.w1),  opt(L.w3),
                    opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
+      if (!L.router_tensors.empty()) {
+        L.router_params.clear();
+        for (size_t off : L.router_tensors) L.router_params.push_back(P + off);
+        mp.router = L.router_params.data();
+      }
       if (im.shard.count != c.experts) {
         mp.w1 = mp.w3 = mp.w2 = nullptr;
         expert_views(
@@ -373,8 +423,8 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
       L.moe_layer->set_training(training);
       L.moe_layer->forward(mp, batch, L.cache, L.f);
     } else {
-      cpu::ffn_forward(swiglu ? cpu::Act::SwiGLU : cpu::Act::GELU, N, C, c.dense_d_ff, L.m,
-                       P + L.w1, swiglu ? P + L.w3 : nullptr, P + L.w2, L.dh1, L.dh3, L.dact, L.f);
+      cpu::ffn_forward(dense_act, N, C, c.dense_d_ff, L.m, P + L.w1, swiglu ? P + L.w3 : nullptr,
+                       P + L.w2, L.dh1, L.dh3, L.dact, L.f);
     }
     float* next = l + 1 < im.layers.size() ? im.layers[l + 1].h_in : im.h_out;
 #pragma omp parallel for simd schedule(static)
@@ -392,7 +442,8 @@ void Model::backward(float scale) {
   if (!im.has_targets) fail("model: backward needs a forward with targets");
   const int64_t B = im.B, T = im.T, N = B * T, C = c.d_model, V = c.vocab_size, H = c.n_heads;
   const int64_t D = C / H;
-  const bool swiglu = c.activation == Activation::SwiGLU;
+  const bool swiglu = has_up_projection(c.activation);
+  const cpu::Act dense_act = layer::expert_activation(c.activation, c.swiglu_clamp);
   const float* P = params_.data();
   float* G = grads_.data();
   // Every buffer below is fully written before it is read, except dh, which accumulates.
@@ -430,6 +481,16 @@ void Model::backward(float scale) {
                    opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
       MoEGrads mg{grad(L.gate), grad(L.w1),  grad(L.w3), grad(L.w2),
                   grad(L.sw1),  grad(L.sw3), grad(L.sw2)};
+      if (!L.router_tensors.empty()) {
+        L.router_params.clear();
+        L.router_grads.clear();
+        for (size_t off : L.router_tensors) {
+          L.router_params.push_back(P + off);
+          L.router_grads.push_back(grad(off));
+        }
+        mp.router = L.router_params.data();
+        mg.router = L.router_grads.data();
+      }
       if (im.shard.count != c.experts) {
         mp.w1 = mp.w3 = mp.w2 = nullptr;
         mg.w1 = mg.w3 = mg.w2 = nullptr;
@@ -459,10 +520,10 @@ void Model::backward(float scale) {
       for (size_t i = 0; i < im.moe_grads.size(); ++i) G[L.block_begin + i] += im.moe_grads[i];
     } else {
       std::vector<float> dact(size_t(N * c.dense_d_ff)), dh3(swiglu ? size_t(N * c.dense_d_ff) : 0);
-      cpu::ffn_backward(swiglu ? cpu::Act::SwiGLU : cpu::Act::GELU, N, C, c.dense_d_ff, L.m,
-                        P + L.w1, swiglu ? P + L.w3 : nullptr, P + L.w2, L.dh1, L.dh3, L.dact, dh,
-                        dact.data(), swiglu ? dh3.data() : nullptr, G + L.w1,
-                        swiglu ? G + L.w3 : nullptr, G + L.w2, dm, true);
+      cpu::ffn_backward(dense_act, N, C, c.dense_d_ff, L.m, P + L.w1, swiglu ? P + L.w3 : nullptr,
+                        P + L.w2, L.dh1, L.dh3, L.dact, dh, dact.data(),
+                        swiglu ? dh3.data() : nullptr, G + L.w1, swiglu ? G + L.w3 : nullptr,
+                        G + L.w2, dm, true);
     }
     ops::rmsnorm_backward(N, C, L.h_mid, P + L.mlp_norm, L.rstd2, dm, dh, G + L.mlp_norm);
     // Attention block: h_mid = h_in + o Woᵀ.

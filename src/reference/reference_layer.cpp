@@ -130,26 +130,35 @@ std::vector<double> matvec(const double* w, int64_t rows, int64_t cols,
   return out;
 }
 
-// One FFN on one token: SwiGLU w2 (silu(w1 x) ⊙ w3 x) or GELU w2 gelu(w1 x).
+// One FFN on one token: SwiGLU w2 (silu(w1 x) ⊙ w3 x), GELU w2 gelu(w1 x), or the clamped
+// SwiGLU w2 ((clamp(w3 x, -limit, limit) + 1) ⊙ g sigmoid(alpha g)), g = min(w1 x, limit).
 // w1, w3: (F, d); w2: (d, F). w3 is ignored for GELU.
-std::vector<double> ffn(Activation activation, const double* w1, const double* w3, const double* w2,
-                        int64_t d, int64_t F, const std::vector<double>& x) {
+std::vector<double> ffn(const LayerConfig& config, const double* w1, const double* w3,
+                        const double* w2, int64_t d, int64_t F, const std::vector<double>& x) {
   const std::vector<double> h1 = matvec(w1, F, d, x);
   std::vector<double> act(F);
-  if (activation == Activation::SwiGLU) {
+  if (config.activation == Activation::SwiGLU) {
     const std::vector<double> h3 = matvec(w3, F, d, x);
     for (int64_t f = 0; f < F; ++f) act[f] = silu(h1[f]) * h3[f];
+  } else if (config.activation == Activation::SwiGLUClamped) {
+    const double alpha = config.swiglu_clamp.alpha, limit = config.swiglu_clamp.limit;
+    const std::vector<double> h3 = matvec(w3, F, d, x);
+    for (int64_t f = 0; f < F; ++f) {
+      const double gate = h1[f] > limit ? limit : h1[f];
+      const double up = h3[f] > limit ? limit : (h3[f] < -limit ? -limit : h3[f]);
+      act[f] = (up + 1.0) * gate * sigmoid(alpha * gate);
+    }
   } else {
     for (int64_t f = 0; f < F; ++f) act[f] = gelu_erf(h1[f]);
   }
   return matvec(w2, d, F, act);
 }
 
-std::vector<double> expert_ffn(Activation activation, const Params& p, const MoEShape& shape,
+std::vector<double> expert_ffn(const LayerConfig& config, const Params& p, const MoEShape& shape,
                                int64_t e, const std::vector<double>& x) {
   const int64_t d = shape.d, F = shape.F;
-  const double* w3 = activation == Activation::SwiGLU ? p.w3.data() + e * F * d : nullptr;
-  return ffn(activation, p.w1.data() + e * F * d, w3, p.w2.data() + e * d * F, d, F, x);
+  const double* w3 = has_up_projection(config.activation) ? p.w3.data() + e * F * d : nullptr;
+  return ffn(config, p.w1.data() + e * F * d, w3, p.w2.data() + e * d * F, d, F, x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -851,6 +860,69 @@ double prototype_regulariser(const json& params, const Routing& routing,
 }
 
 // ---------------------------------------------------------------------------------------------
+// sparsemixer (SparseMixer-v2, GRIN): two slots per token. Slot 1 looks at every expert, slot 2 at
+// every expert but slot 1's. Let m be the largest logit the slot looks at (lowest index on ties).
+// Expert j stays in the slot's set unless (m - z_j) / max(|z_j|, m) > 2 jitter_eps; p = softmax of
+// the logits in the set. Evaluation: the slot takes the expert of m, weight p. Training: the slot
+// takes argmax over the set of z_j + G_j with G_j = -log(-log U) (the slot's own R draws), and its
+// weight is p times 1 when that is m's expert or the slot's coin U' > 0.75, else 1/3. Draws of a
+// token: [slot 1's R Gumbel uniforms, slot 2's R, coin 1, coin 2]. Dropless.
+
+int64_t sparsemixer_draws(int64_t R) {
+  return 2 * R + 2;
+}
+
+Routing route_sparsemixer(const json& params, const std::vector<double>& logits,
+                          const RouterNoise& noise, bool training, int64_t T, int64_t E) {
+  const double eps = param<double>(params, "jitter_eps");
+  const int64_t n = sparsemixer_draws(E);
+  if (training && static_cast<int64_t>(noise.uniform.size()) != T * n)
+    fail("reference::forward: sparsemixer needs noise.uniform of {} draws", T * n);
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  routing.chosen_first.assign(T * E, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<bool> available(E, true);
+    for (int64_t slot = 0; slot < 2; ++slot) {
+      int64_t top = -1;
+      for (int64_t j = 0; j < E; ++j)
+        if (available[j] && (top < 0 || logits[t * E + j] > logits[t * E + top])) top = j;
+      const double m = logits[t * E + top];
+      std::vector<double> in_set(E, -kInf);
+      for (int64_t j = 0; j < E; ++j) {
+        if (!available[j]) continue;
+        const double zj = logits[t * E + j];
+        const double relative_gap = (m - zj) / std::max(std::abs(zj), m);
+        if (!(relative_gap > 2.0 * eps)) in_set[j] = zj;  // 0/0 (m = z_j = 0) stays in
+      }
+      const std::vector<double> p = softmax(in_set);
+      int64_t chosen = top;
+      double omega = 1.0;
+      if (training) {
+        double best = -kInf;
+        chosen = -1;
+        for (int64_t j = 0; j < E; ++j) {
+          if (in_set[j] == -kInf) continue;
+          const double u = noise.uniform[t * n + slot * E + j];
+          const double perturbed = in_set[j] - std::log(-std::log(u));
+          if (chosen < 0 || perturbed > best) {
+            chosen = j;
+            best = perturbed;
+          }
+        }
+        const double coin = noise.uniform[t * n + 2 * E + slot];
+        omega = (chosen == top || coin > 0.75) ? 1.0 : 1.0 / 3.0;
+      }
+      routing.assignments.push_back({t, chosen, p[chosen] * omega, true});
+      routing.chosen[t * E + chosen] += 1.0;
+      if (slot == 0) routing.chosen_first[t * E + chosen] += 1.0;
+      available[chosen] = false;
+    }
+  }
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
 // soft: every token uses every expert with weight softmax(z).
 
 Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
@@ -952,9 +1024,9 @@ double config_losses(const LossConfig& losses, const std::vector<double>& logits
 // The layer.
 
 void check_sizes(const LayerConfig& config, const MoEShape& shape, int64_t R, const Params& p,
-                 const Batch& b, const RouterNoise& noise, bool needs_gate) {
+                 const Batch& b, const RouterNoise& noise, bool needs_gate, int64_t draws) {
   const int64_t T = b.T, d = shape.d, E = shape.E, F = shape.F, Fs = shape.Fs;
-  const bool swiglu = config.activation == Activation::SwiGLU;
+  const bool swiglu = has_up_projection(config.activation);
   expect_size(b.x, T * d, "x");
   if (needs_gate) expect_size(p.gate, R * d, "gate.weight");
   if (!p.gate_bias.empty()) expect_size(p.gate_bias, E, "gate.bias");
@@ -968,8 +1040,9 @@ void check_sizes(const LayerConfig& config, const MoEShape& shape, int64_t R, co
   if (!noise.jitter.empty() && static_cast<int64_t>(noise.jitter.size()) != T * d)
     fail("reference::forward: noise.jitter has {} elements, expected {}", noise.jitter.size(),
          T * d);
-  if (!noise.uniform.empty() && static_cast<int64_t>(noise.uniform.size()) != T)
-    fail("reference::forward: noise.uniform has {} elements, expected {}", noise.uniform.size(), T);
+  if (!noise.uniform.empty() && static_cast<int64_t>(noise.uniform.size()) != T * draws)
+    fail("reference::forward: noise.uniform has {} elements, expected {}", noise.uniform.size(),
+         T * draws);
 }
 
 // The router's view of x: x ⊙ jitter when the call has jitter.
@@ -990,12 +1063,12 @@ std::vector<double> logits_of(const std::vector<double>& inputs, const std::vect
   return z;
 }
 
-void add_shared_expert(Activation activation, const Params& p, const MoEShape& shape,
+void add_shared_expert(const LayerConfig& config, const Params& p, const MoEShape& shape,
                        const std::vector<double>& x, int64_t T, std::vector<double>& y) {
   if (shape.Fs == 0) return;
   const int64_t d = shape.d;
   for (int64_t t = 0; t < T; ++t) {
-    const std::vector<double> out = ffn(activation, p.shared_w1.data(), p.shared_w3.data(),
+    const std::vector<double> out = ffn(config, p.shared_w1.data(), p.shared_w3.data(),
                                         p.shared_w2.data(), d, shape.Fs, row(x, t, d));
     for (int64_t j = 0; j < d; ++j) y[t * d + j] += out[j];
   }
@@ -1020,13 +1093,13 @@ Result forward_smear(const LayerConfig& config, const MoEShape& shape, const Par
     for (int64_t e = 0; e < E; ++e) {
       for (int64_t i = 0; i < F * d; ++i) {
         w1[i] += prob[e] * p.w1[e * F * d + i];
-        if (config.activation == Activation::SwiGLU) w3[i] += prob[e] * p.w3[e * F * d + i];
+        if (has_up_projection(config.activation)) w3[i] += prob[e] * p.w3[e * F * d + i];
         w2[i] += prob[e] * p.w2[e * d * F + i];
       }
     }
     for (int64_t t = s.first; t < s.second; ++t) {
       const std::vector<double> out =
-          ffn(config.activation, w1.data(), w3.data(), w2.data(), d, F, row(b.x, t, d));
+          ffn(config, w1.data(), w3.data(), w2.data(), d, F, row(b.x, t, d));
       std::copy(out.begin(), out.end(), r.y.begin() + t * d);
       for (int64_t e = 0; e < E; ++e) {
         r.combine[t * E + e] = prob[e];
@@ -1034,22 +1107,109 @@ Result forward_smear(const LayerConfig& config, const MoEShape& shape, const Par
       }
     }
   }
-  add_shared_expert(config.activation, p, shape, b.x, T, r.y);
+  add_shared_expert(config, p, shape, b.x, T, r.y);
   return r;
 }
 
 }  // namespace
 
+std::vector<double> router_logits(const json& router_params, const MoEShape& shape, int64_t R,
+                                  const Params& params, const Batch& batch,
+                                  const RouterNoise& noise) {
+  const int64_t T = batch.T, d = shape.d;
+  const std::vector<double> x = router_input(batch.x, noise);
+  const std::string kind = router_params.value("logits", "linear");
+  auto tensor = [&](const std::string& name, int64_t size) -> const std::vector<double>& {
+    const auto it = params.router.find(name);
+    if (it == params.router.end()) fail("reference::forward: router.{} is missing", name);
+    expect_size(it->second, size, ("router." + name).c_str());
+    return it->second;
+  };
+  if (kind == "hyper") {
+    // HyperRouter: [W | b] (R, d + 1) = w2 relu(w1 e + b1) + b2, logits = x Wᵀ + b.
+    const int64_t h = param<int64_t>(router_params, "hyper_hidden");
+    const int64_t m0 = param<int64_t>(router_params, "hyper_embedding_dim"), m = m0 > 0 ? m0 : d;
+    const std::vector<double>& e = tensor("embedding", m);
+    const std::vector<double>& w1 = tensor("hyper_w1", h * m);
+    const std::vector<double>& b1 = tensor("hyper_b1", h);
+    const std::vector<double>& w2 = tensor("hyper_w2", R * (d + 1) * h);
+    const std::vector<double>& b2 = tensor("hyper_b2", R * (d + 1));
+    std::vector<double> hidden = matvec(w1.data(), h, m, e);
+    for (int64_t i = 0; i < h; ++i)
+      hidden[size_t(i)] = std::max(hidden[size_t(i)] + b1[size_t(i)], 0.0);
+    std::vector<double> gen = matvec(w2.data(), R * (d + 1), h, hidden);
+    for (size_t i = 0; i < gen.size(); ++i) gen[i] += b2[i];
+    std::vector<double> z(size_t(T * R));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t r = 0; r < R; ++r) {
+        double sum = gen[size_t(r * (d + 1) + d)];
+        for (int64_t j = 0; j < d; ++j) sum += x[size_t(t * d + j)] * gen[size_t(r * (d + 1) + j)];
+        z[size_t(t * R + r)] = sum;
+      }
+    return z;
+  }
+  if (kind == "attention") {
+    // Yuan 2.0-M32: q, k, v (R) = rows [0, R), [R, 2R), [2R, 3R) of qkv times x, and
+    // z_i = Σ_j softmax_j(q_i k_j) v_j.
+    const std::vector<double>& qkv = tensor("qkv", 3 * R * d);
+    std::vector<double> z(size_t(T * R));
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<double> p = matvec(qkv.data(), 3 * R, d, row(x, t, d));
+      for (int64_t i = 0; i < R; ++i) {
+        std::vector<double> s(static_cast<size_t>(R));
+        for (int64_t j = 0; j < R; ++j) s[size_t(j)] = p[size_t(i)] * p[size_t(R + j)];
+        const double m = *std::max_element(s.begin(), s.end());
+        double sum = 0.0, out = 0.0;
+        for (int64_t j = 0; j < R; ++j) sum += std::exp(s[size_t(j)] - m);
+        for (int64_t j = 0; j < R; ++j)
+          out += std::exp(s[size_t(j)] - m) / sum * p[size_t(2 * R + j)];
+        z[size_t(t * R + i)] = out;
+      }
+    }
+    return z;
+  }
+  if (kind != "cosine") return logits_of(x, params.gate, T, d, R);
+  // X-MoE: logits = scale · cos(W x, e_r), scale = min(exp(log_scale), 1 / τ_min); a norm below
+  // 1e-4 counts as 1e-4 (F.normalize).
+  const int64_t D = param<int64_t>(router_params, "cosine_dim");
+  const bool normalize_input = param<bool>(router_params, "cosine_normalize_input");
+  const std::vector<double>& W = tensor("projection", D * d);
+  const std::vector<double>& emb = tensor("expert_embeddings", R * D);
+  const double scale = std::min(std::exp(tensor("log_scale", 1)[0]),
+                                1.0 / param<double>(router_params, "cosine_min_temperature"));
+  auto unit = [](std::vector<double> v) {
+    double sq = 0.0;
+    for (double a : v) sq += a * a;
+    const double n = std::max(std::sqrt(sq), 1e-4);
+    for (double& a : v) a /= n;
+    return v;
+  };
+  std::vector<double> z(size_t(T * R));
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> u = matvec(W.data(), D, d, row(x, t, d));
+    if (normalize_input) u = unit(u);
+    for (int64_t r = 0; r < R; ++r) {
+      const std::vector<double> e = unit(row(emb, r, D));
+      double dot = 0.0;
+      for (int64_t j = 0; j < D; ++j) dot += u[size_t(j)] * e[size_t(j)];
+      z[size_t(t * R + r)] = scale * dot;
+    }
+  }
+  return z;
+}
+
 Result forward(const LayerConfig& config, const json& router_params, const MoEShape& shape,
                int64_t R, const Params& params, const Batch& batch, const RouterNoise& noise) {
   const std::string family = param<std::string>(router_params, "router");
   const int64_t T = batch.T, d = shape.d, E = shape.E;
-  check_sizes(config, shape, R, params, batch, noise, family != "hash");
+  const bool own_logits = router_params.value("logits", "linear") != "linear";
+  check_sizes(config, shape, R, params, batch, noise, family != "hash" && !own_logits,
+              family == "sparsemixer" ? sparsemixer_draws(R) : 1);
   if (family == "smear") return forward_smear(config, shape, params, batch, noise);
 
   const std::vector<Range> groups = routing_group_ranges(config.routing_groups, batch.seq_lens, T);
   std::vector<double> logits;
-  if (family != "hash") logits = logits_of(router_input(batch.x, noise), params.gate, T, d, R);
+  if (family != "hash") logits = router_logits(router_params, shape, R, params, batch, noise);
 
   Routing routing;
   std::string score = "softmax";
@@ -1077,6 +1237,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_smile(router_params, logits, groups, T, E, R);
   } else if (family == "prototype") {
     routing = route_prototype(router_params, logits, groups, T, E);
+  } else if (family == "sparsemixer") {
+    routing = route_sparsemixer(router_params, logits, noise, config.training, T, E);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }
@@ -1093,12 +1255,12 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     ++r.tokens_per_expert[a.expert];
     r.combine[a.token * E + a.expert] += a.weight;
     const std::vector<double> out =
-        expert_ffn(config.activation, params, shape, a.expert, row(batch.x, a.token, d));
+        expert_ffn(config, params, shape, a.expert, row(batch.x, a.token, d));
     for (int64_t j = 0; j < d; ++j) r.y[a.token * d + j] += a.weight * out[j];
   }
   for (int64_t t = 0; t < static_cast<int64_t>(routing.passthrough.size()); ++t)
     for (int64_t j = 0; j < d; ++j) r.y[t * d + j] += routing.passthrough[t] * batch.x[t * d + j];
-  add_shared_expert(config.activation, params, shape, batch.x, T, r.y);
+  add_shared_expert(config, params, shape, batch.x, T, r.y);
 
   if (family != "hash" && family != "base")
     r.aux_loss = config_losses(config.losses, logits, score, routing, batch, R);

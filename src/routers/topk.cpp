@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "routers/locality.h"
+#include "routers/logit_functions.h"
 #include "routers/router_common.h"
 #include "routers/routers.h"
 
@@ -52,6 +53,7 @@ class TopKRouter final : public Router {
     local_bonus_ = r.get_double("local_bonus", 0.0, 0.0, 1e6);
     locality_loss_ = r.get_double("locality_loss", 0.0, 0.0, 1e6);
     locality_smoothing_ = r.get_double("locality_smoothing", 0.1, 1e-6, 1.0);
+    logits_ = read_logit_function(r, params, context);
     r.finish();
     if (normalize_ && k_ == 1 && null_experts_ == 0)
       fail(
@@ -78,41 +80,45 @@ class TopKRouter final : public Router {
   }
 
   const RouterTraits& traits() const override { return traits_; }
+  const LogitFunction* logit_function() const override { return logits_.function.get(); }
   int64_t num_outputs(int64_t E) const override { return E + null_experts_; }
   double nominal_experts_per_token(int64_t) const override { return double(k_); }
 
   json params() const override {
-    return {{"router", "topk"},
-            {"k", k_},
-            {"score", score_name(traits_.score)},
-            {"normalize", normalize_},
-            {"capacity_factor", capacity_factor_},
-            {"eval_capacity_factor", eval_capacity_factor_},
-            {"min_capacity", min_capacity_},
-            {"drop_order", batch_priority_ ? "batch_priority" : "position"},
-            {"second_expert", random_second_     ? "random"
-                              : adaptive_second_ ? "adaptive"
-                                                 : "all"},
-            {"adaptive_threshold", adaptive_threshold_},
-            {"selection", sinkhorn_ ? "sinkhorn" : "score"},
-            {"sinkhorn_tolerance", sinkhorn_tolerance_},
-            {"broadcast_threshold", broadcast_threshold_},
-            {"groups", groups_},
-            {"topk_groups", topk_groups_},
-            {"route_scale", route_scale_},
-            {"null_experts", null_experts_},
-            {"jitter", traits_.jitter},
-            {"bias_update_rate", bias_update_rate_},
-            {"locality", locality_ == LocalityLevel::Node ? "node" : "rank"},
-            {"local_bonus", local_bonus_},
-            {"locality_loss", locality_loss_},
-            {"locality_smoothing", locality_smoothing_}};
+    json p = {{"router", "topk"},
+              {"k", k_},
+              {"score", score_name(traits_.score)},
+              {"normalize", normalize_},
+              {"capacity_factor", capacity_factor_},
+              {"eval_capacity_factor", eval_capacity_factor_},
+              {"min_capacity", min_capacity_},
+              {"drop_order", batch_priority_ ? "batch_priority" : "position"},
+              {"second_expert", random_second_     ? "random"
+                                : adaptive_second_ ? "adaptive"
+                                                   : "all"},
+              {"adaptive_threshold", adaptive_threshold_},
+              {"selection", sinkhorn_ ? "sinkhorn" : "score"},
+              {"sinkhorn_tolerance", sinkhorn_tolerance_},
+              {"broadcast_threshold", broadcast_threshold_},
+              {"groups", groups_},
+              {"topk_groups", topk_groups_},
+              {"route_scale", route_scale_},
+              {"null_experts", null_experts_},
+              {"jitter", traits_.jitter},
+              {"bias_update_rate", bias_update_rate_},
+              {"locality", locality_ == LocalityLevel::Node ? "node" : "rank"},
+              {"local_bonus", local_bonus_},
+              {"locality_loss", locality_loss_},
+              {"locality_smoothing", locality_smoothing_}};
+    p.update(logits_.params);
+    return p;
   }
 
   std::string describe() const override {
     std::string text =
         fmt::format("token-choice top-{} over {} scores", k_, score_name(traits_.score));
     if (normalize_) text += ", renormalised";
+    if (!logits_.description.empty()) text += ", " + logits_.description;
     if (groups_ > 1) text += fmt::format(", {} of {} expert groups", topk_groups_, groups_);
     if (null_experts_ > 0) text += fmt::format(", {} null experts", null_experts_);
     if (sinkhorn_)
@@ -371,6 +377,7 @@ class TopKRouter final : public Router {
   }
 
   RouterTraits traits_;
+  LogitChoice logits_;  // X-MoE's or HyperRouter's logits; no function: the linear gate
   int64_t k_ = 2;
   bool normalize_ = true;
   double capacity_factor_ = 0.0, eval_capacity_factor_ = -1.0;
@@ -424,6 +431,15 @@ std::unique_ptr<Router> make_deepseek_v3(const json& p, const std::string& c) {
 std::unique_ptr<Router> make_locmoe(const json& p, const std::string& c) {
   return with_defaults(
       {{"k", 1}, {"normalize", false}, {"locality", "node"}, {"locality_loss", 0.01}}, p, c);
+}
+std::unique_ptr<Router> make_xmoe(const json& p, const std::string& c) {
+  return with_defaults({{"k", 1}, {"normalize", false}, {"logits", "cosine"}}, p, c);
+}
+std::unique_ptr<Router> make_hyperrouter(const json& p, const std::string& c) {
+  return with_defaults({{"k", 2}, {"normalize", true}, {"logits", "hyper"}}, p, c);
+}
+std::unique_ptr<Router> make_yuan(const json& p, const std::string& c) {
+  return with_defaults({{"k", 2}, {"normalize", true}, {"logits", "attention"}}, p, c);
 }
 std::unique_ptr<Router> make_sinkhorn(const json& p, const std::string& c) {
   return with_defaults(

@@ -47,7 +47,7 @@ ATOL = 1e-7
 def C(name, cfg, T=64, d=32, E=8, F=24, **kw):
     case = {"name": name, "cfg": cfg, "T": T, "d": d, "E": E, "F": F, "Fs": 0, "seq_lens": None,
             "bias": False, "null": 0, "dy": "random", "global_counts": False, "token_ids": False,
-            "skew": 0.0, "expect_drops": False, "gate_scale": 1.5}
+            "skew": 0.0, "expect_drops": False, "gate_scale": 1.5, "clamp_boundary": False}
     unknown = set(kw) - set(case) - {"R"}  # R: gate rows when not E + null
     if unknown:
         raise ValueError(f"{CASE_TABLE}: case {name}: unknown golden keys {sorted(unknown)}")
@@ -101,6 +101,40 @@ def topk_params(cfg):
     return torch_layer.parse_config(cfg)["params"]
 
 
+def logit_kind(cfg):
+    """The router's logit function: linear (gate.weight), cosine (X-MoE) or hyper (HyperRouter)."""
+    import torch_layer
+    family = torch_layer.ROUTERS.get(cfg["router"], ("",))[0]
+    return topk_params(cfg)["logits"] if family == "topk" else "linear"
+
+
+def router_logits(case, t, x):
+    """The router's logits in float64 from the float32 inputs: x gate^T, or X-MoE's cosine."""
+    kind = logit_kind(case["cfg"])
+    if kind == "linear":
+        return x @ t["gate.weight"].astype(np.float64).T
+    p = topk_params(case["cfg"])
+    if kind == "attention":
+        q, k, v = np.split(x @ t["router.qkv"].astype(np.float64).T, 3, axis=1)
+        s = q[:, :, None] * k[:, None, :]
+        a = np.exp(s - s.max(2, keepdims=True))
+        a /= a.sum(2, keepdims=True)
+        return (a * v[:, None, :]).sum(2)
+    if kind == "hyper":
+        w = {n: t["router." + n].astype(np.float64)
+             for n in ("embedding", "hyper_w1", "hyper_b1", "hyper_w2", "hyper_b2")}
+        hidden = np.maximum(w["embedding"][0] @ w["hyper_w1"].T + w["hyper_b1"], 0.0)
+        gen = (hidden @ w["hyper_w2"].T + w["hyper_b2"]).reshape(-1, x.shape[1] + 1)
+        return x @ gen[:, :-1].T + gen[:, -1]
+    u = x @ t["router.projection"].astype(np.float64).T
+    if p["cosine_normalize_input"]:
+        u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-4)
+    e = t["router.expert_embeddings"].astype(np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-4)
+    scale = min(math.exp(float(t["router.log_scale"][0])), 1.0 / p["cosine_min_temperature"])
+    return scale * (u @ e.T)
+
+
 def unclear_tokens(case, t):
     """Tokens (bool (T,)) whose routing is within MARGIN of a tie, in float64 from the float32
     inputs."""
@@ -110,7 +144,7 @@ def unclear_tokens(case, t):
     bad = np.zeros(T, dtype=bool)
     if router in ("soft", "smear", "hash"):
         return bad
-    z = x @ t["gate.weight"].astype(np.float64).T
+    z = router_logits(case, t, x)
     if router == "remoe":
         bad |= (np.abs(z) <= MARGIN).any(1)
         return bad
@@ -129,6 +163,8 @@ def unclear_tokens(case, t):
                 srt = -np.sort(-softmax(z[:, q * M:(q + 1) * M]), axis=1)
                 bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
         return bad
+    if router == "sparsemixer":
+        return sparsemixer_unclear(cfg, x, t["gate.weight"].astype(np.float64), E)
     if router == "base":
         srt = -np.sort(-z, axis=1)
         bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
@@ -209,6 +245,133 @@ def unclear_tokens(case, t):
     return bad
 
 
+def sparsemixer_unclear(cfg, x, gate, E):
+    """SparseMixer-v2, per slot: the argmax of the remaining logits, every threshold-mask boundary
+    (in logits: |(z_max - z_j) - 2 eps max(|z_j|, z_max)|) and in training the Gumbel-perturbed
+    argmax over the kept set must be clear by MARGIN, with the layer's draws replayed (and its
+    jitter). The Heun coin U > 0.75 needs no margin: U is the same float32 in both paths and 0.75
+    is exact (resampling x could not move it anyway)."""
+    import torch_layer
+    layer = torch_layer.parse_config(cfg)
+    T, d = x.shape
+    u, jit = torch_layer.sparsemixer_noise(layer, T, d, E)
+    z = (x if jit is None else x * jit) @ gate.T
+    eps = float(layer["params"]["jitter_eps"])
+    bad = np.zeros(T, dtype=bool)
+    gone = np.zeros((T, E), dtype=bool)
+    rows = np.arange(T)
+    for slot in range(2):
+        rest = np.where(gone, -np.inf, z)
+        srt = -np.sort(-rest, axis=1)
+        if E - slot > 1:
+            bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
+        top = np.argmax(rest, axis=1)
+        zmax = rest[rows, top]
+        scale = np.maximum(np.abs(z), zmax[:, None])
+        boundary = np.abs((zmax[:, None] - z) - 2 * eps * scale)
+        others = ~gone
+        others[rows, top] = False
+        bad |= ((boundary <= MARGIN) & others).any(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = gone | ((zmax[:, None] - z) / scale > 2 * eps)
+        chosen = top
+        if layer["training"]:
+            with np.errstate(divide="ignore"):
+                noisy = np.where(out, -np.inf, z - np.log(-np.log(u[:, slot * E:(slot + 1) * E])))
+            srt = -np.sort(-noisy, axis=1)
+            two = np.isfinite(srt[:, 1])
+            bad |= two & ((srt[:, 0] - srt[:, 1]) <= MARGIN)
+            chosen = np.argmax(noisy, axis=1)
+        gone[rows, chosen] = True
+    return bad
+
+
+def clamp_limit(case):
+    """swiglu_limit of a swiglu_clamped case (default gpt-oss's 7.0), else None."""
+    cfg = case["cfg"]
+    if cfg.get("activation", "swiglu") != "swiglu_clamped":
+        return None
+    return float(cfg.get("swiglu_limit", 7.0))
+
+
+def pre_activations(case, t):
+    """float64 pre-activations of every token: (h1, h3) (T, E, F) through every expert (SMEAR:
+    (T, 1, F) through the sequence's merged expert), and the shared expert's (T, Fs) or None."""
+    x = t["x"].astype(np.float64)
+    T = x.shape[0]
+    w1, w3 = t["experts.w1"].astype(np.float64), t["experts.w3"].astype(np.float64)
+    h1, h3 = np.einsum("td,efd->tef", x, w1), np.einsum("td,efd->tef", x, w3)
+    if case["cfg"]["router"] == "smear":  # merged by p = softmax(gate mean(x)) per sequence
+        p = np.zeros(h1.shape[:2])
+        a = 0
+        for n in (case["seq_lens"] or [T]):
+            p[a:a + n] = softmax(x[a:a + n].mean(0) @ t["gate.weight"].astype(np.float64).T)
+            a += n
+        h1 = (p[:, :, None] * h1).sum(1, keepdims=True)
+        h3 = (p[:, :, None] * h3).sum(1, keepdims=True)
+    shared = None
+    if "shared.w1" in t:
+        shared = (x @ t["shared.w1"].astype(np.float64).T, x @ t["shared.w3"].astype(np.float64).T)
+    return h1, h3, shared
+
+
+def clamp_unclear(case, t):
+    """swiglu_clamped: tokens with a pre-activation (any expert, routed or not, the shared one,
+    SMEAR's merged one) within MARGIN of a clamp's kink (gate at +limit, up at +-limit), where
+    float32 and float64 could fall on different sides."""
+    limit = clamp_limit(case)
+    bad = np.zeros(t["x"].shape[0], dtype=bool)
+    if limit is None:
+        return bad
+    h1, h3, shared = pre_activations(case, t)
+    parts = [(h1.reshape(len(bad), -1), h3.reshape(len(bad), -1))]
+    if shared is not None:
+        parts.append(shared)
+    for g, u in parts:
+        bad |= (np.abs(g - limit) <= MARGIN).any(1)
+        bad |= (np.minimum(np.abs(u - limit), np.abs(u + limit)) <= MARGIN).any(1)
+    return bad
+
+
+def clamp_counts(case, t, combine):
+    """How many used pre-activations the clamps cut: (gate > limit, up > limit, up < -limit),
+    over the routed (token, expert) pairs (combine != 0; SMEAR: the merged experts) and the
+    shared expert."""
+    limit = clamp_limit(case)
+    h1, h3, shared = pre_activations(case, t)
+    if case["cfg"]["router"] == "smear":
+        g, u = h1.reshape(-1), h3.reshape(-1)
+    else:
+        used = combine != 0
+        g, u = h1[used].reshape(-1), h3[used].reshape(-1)
+    if shared is not None:
+        g, u = np.concatenate([g, shared[0].reshape(-1)]), np.concatenate([u, shared[1].reshape(-1)])
+    return int((g > limit).sum()), int((u > limit).sum()), int((u < -limit).sum())
+
+
+def clamp_boundary_inputs(case, t):
+    """Pre-activations exactly at the clamps' bounds, in float32 and float64 alike: every w1 and
+    w3 row (routed expert 0 and shared) is +-1 at one column and 0 elsewhere, so each h is +-one
+    entry of x, and every column of x holds +-limit, +-limit/2 and +-2 limit. PyTorch's clamp
+    passes the gradient at the bounds; a kernel that did not would differ in dx and d_*.w1/w3."""
+    limit, f32 = clamp_limit(case), np.float32
+    T, d, F, Fs = case["T"], case["d"], case["F"], case["Fs"]
+    vals = np.array([1, -1, 0.5, -0.5, 2, -2], np.float64) * limit
+    t["x"] = np.array([[vals[(i + 2 * j) % 6] for j in range(d)] for i in range(T)], f32)
+
+    def unit_rows(n, col, sign):
+        w = np.zeros((n, d), f32)
+        for f in range(n):
+            w[f, col(f) % d] = sign(f)
+        return w
+    t["experts.w1"] = unit_rows(F, lambda f: f, lambda f: 1.0)[None]
+    t["experts.w3"] = unit_rows(F, lambda f: f + 1, lambda f: (-1.0) ** f)[None]
+    if Fs:
+        t["shared.w1"] = unit_rows(Fs, lambda f: f + 2, lambda f: 1.0)
+        t["shared.w3"] = unit_rows(Fs, lambda f: f, lambda f: -(-1.0) ** f)
+    return t
+
+
 def make_inputs(case, rng):
     T, d, E, F, Fs = case["T"], case["d"], case["E"], case["F"], case["Fs"]
     R = case.get("R") or E + case["null"]  # gate rows: SMILE's are nodes + E / nodes
@@ -220,7 +383,23 @@ def make_inputs(case, rng):
         return (rng.standard_normal((n, d)) + mu).astype(f32)
 
     t = {"x": draw_x(T)}
-    if case["cfg"]["router"] != "hash":
+    if logit_kind(case["cfg"]) == "attention":  # Yuan's query, key and value rows
+        t["router.qkv"] = (rng.standard_normal((3 * R, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
+    elif logit_kind(case["cfg"]) == "hyper":  # HyperRouter's embedding and hypernetwork
+        p = topk_params(case["cfg"])
+        h, m = p["hyper_hidden"], p["hyper_embedding_dim"] or d
+        t["router.embedding"] = rng.standard_normal((1, m)).astype(f32)
+        t["router.hyper_w1"] = rng.uniform(-1, 1, (h, m)).astype(f32) / np.float32(math.sqrt(m))
+        t["router.hyper_b1"] = rng.uniform(-1, 1, h).astype(f32) / np.float32(math.sqrt(m))
+        t["router.hyper_w2"] = rng.uniform(-1, 1, (R * (d + 1), h)).astype(f32) / np.float32(math.sqrt(h))
+        t["router.hyper_b2"] = rng.uniform(-1, 1, R * (d + 1)).astype(f32) / np.float32(math.sqrt(h))
+    elif logit_kind(case["cfg"]) == "cosine":  # X-MoE's tensors; the log scale 0.3 above its start
+        p = topk_params(case["cfg"])
+        D = p["cosine_dim"]
+        t["router.projection"] = (rng.standard_normal((D, d)) / math.sqrt(d)).astype(f32)
+        t["router.expert_embeddings"] = rng.standard_normal((R, D)).astype(f32)
+        t["router.log_scale"] = np.array([math.log(1.0 / p["cosine_temperature"]) + 0.3], f32)
+    elif case["cfg"]["router"] != "hash":
         t["gate.weight"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
     t["experts.w1"] = (rng.standard_normal((E, F, d)) / math.sqrt(d)).astype(f32)
     if not gelu:
@@ -244,8 +423,11 @@ def make_inputs(case, rng):
         t["dy"] = rng.standard_normal((T, d)).astype(f32)
     elif case["dy"] == "zero":
         t["dy"] = np.zeros((T, d), dtype=f32)
+    if case["clamp_boundary"]:  # one expert (no routing decision): no resampling
+        assert clamp_limit(case) is not None and E == 1, case["name"]
+        return clamp_boundary_inputs(case, t)
     for attempt in range(200):
-        bad = unclear_tokens(case, t)
+        bad = unclear_tokens(case, t) | clamp_unclear(case, t)
         if not bad.any():
             return t
         t["x"][bad] = draw_x(int(bad.sum()))
@@ -322,6 +504,11 @@ def run_case(case, idx, seed, args, torch_layer, workdir):
         dropped = json.loads(ref_meta["stats"])["dropped"]
         if dropped <= 0:
             return False, [], ["test design: no capacity drops in the reference, nothing tested"]
+    if clamp_limit(case) is not None:
+        counts = clamp_counts(case, t, ref["combine"])
+        if min(counts) == 0:
+            return False, [], [f"test design: the clamps cut (gate top, up top, up bottom) = "
+                               f"{counts} used pre-activations; every kind must occur"]
 
     try:
         r = subprocess.run([args.switchyard, "layer"] + io_args + ["--out", cli_out],

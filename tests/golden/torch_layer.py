@@ -15,7 +15,8 @@ computation dtype (float64 by default) so that a comparison sees the reference a
 
 Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (evaluation mode:
 training=true is accepted only when the configuration has no random element), expert_choice,
-top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax).
+top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
+(training too: the layer's seeded draws are replayed, layer_noise).
 """
 import argparse
 import json
@@ -39,7 +40,11 @@ class ConfigError(ValueError):
 # Configuration
 # ----------------------------------------------------------------------------------------------
 
-LAYER_KEYS = {"router", "activation", "routing_groups", "losses", "training", "seed", "placement"}
+LAYER_KEYS = {"router", "activation", "swiglu_alpha", "swiglu_limit", "routing_groups", "losses",
+              "training", "seed", "placement"}
+ACTIVATIONS = ("swiglu", "gelu", "swiglu_clamped")
+# gpt-oss's clamped SwiGLU (transformers' GptOssExperts): alpha 1.702, limit 7.0.
+SWIGLU_CLAMP_DEFAULTS = {"swiglu_alpha": 1.702, "swiglu_limit": 7.0}
 LOSS_KEYS = {"balance", "balance_mode", "balance_top1_only", "z", "entropy"}
 
 TOPK_DEFAULTS = {
@@ -49,6 +54,9 @@ TOPK_DEFAULTS = {
     "locality": "node", "local_bonus": 0.0, "locality_loss": 0.0, "locality_smoothing": 0.1,
     "adaptive_threshold": 0.1, "selection": "score", "sinkhorn_tolerance": 1e-4,
     "eval_capacity_factor": -1.0, "min_capacity": 0, "broadcast_threshold": 0.0,
+    "logits": "linear", "cosine_dim": 16, "cosine_temperature": 0.07,
+    "cosine_min_temperature": 0.01, "cosine_normalize_input": True,
+    "hyper_hidden": 256, "hyper_embedding_dim": 0,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
@@ -71,6 +79,9 @@ ROUTERS = {
                           "selection": "sinkhorn"}, {}),
     "adaptive_gating": ("topk", {"k": 2, "second_expert": "adaptive"}, {"balance": 0.01}),
     "gw_moe": ("topk", {"k": 2, "broadcast_threshold": 0.9}, {"balance": 0.01}),
+    "xmoe": ("topk", {"k": 1, "normalize": False, "logits": "cosine"}, {"balance": 0.01}),
+    "hyperrouter": ("topk", {"k": 2, "normalize": True, "logits": "hyper"}, {}),
+    "yuan": ("topk", {"k": 2, "normalize": True, "logits": "attention"}, {"balance": 0.01}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
     "soft": ("soft", {}, {}),
@@ -82,6 +93,8 @@ ROUTERS = {
                                 "prototype_balance": 0.01}, {}),
     "hash": ("hash", {"table": "random", "hash_seed": 0}, {}),
     "base": ("base", {}, {}),
+    "sparsemixer": ("sparsemixer", {"jitter_eps": 0.01, "jitter": 0.0},
+                    {"balance": 0.001, "balance_mode": "global_batch"}),
 }
 NO_LOSS_FAMILIES = {"hash", "base", "smear", "smile", "prototype"}
 
@@ -161,8 +174,15 @@ def parse_config(cfg):
         "training": bool(cfg.get("training", False)), "seed": int(cfg.get("seed", 0)),
         "placement": parse_placement(cfg.get("placement")),
     }
-    if layer["activation"] not in ("swiglu", "gelu"):
+    if layer["activation"] not in ACTIVATIONS:
         raise ConfigError(f"layer.json: bad activation {layer['activation']!r}")
+    for key, default in SWIGLU_CLAMP_DEFAULTS.items():
+        if key in cfg and layer["activation"] != "swiglu_clamped":
+            raise ConfigError(f"layer.json: {key} is only for activation swiglu_clamped")
+        value = cfg.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"layer.json: {key} = {value!r} must be a positive number")
+        layer[key] = float(value)
     if layer["routing_groups"] not in ("batch", "sequence"):
         raise ConfigError(f"layer.json: bad routing_groups {layer['routing_groups']!r}")
     if family == "topk":
@@ -189,9 +209,23 @@ def parse_config(cfg):
 # Helpers
 # ----------------------------------------------------------------------------------------------
 
-def ffn(x, w1, w3, w2, activation):
-    """x (n, d); w1, w3 (F, d); w2 (d, F)."""
-    if activation == "swiglu":
+def has_up(activation):
+    """The activation has an up projection w3."""
+    return activation in ("swiglu", "swiglu_clamped")
+
+
+def ffn(x, w1, w3, w2, layer):
+    """x (n, d); w1, w3 (F, d); w2 (d, F); layer: parse_config's dict (activation, swiglu_alpha,
+    swiglu_limit)."""
+    activation = layer["activation"]
+    if activation == "swiglu_clamped":
+        # As transformers' GptOssExperts.forward (without its biases): the gate clamped from
+        # above, the up projection on both sides.
+        alpha, limit = layer["swiglu_alpha"], layer["swiglu_limit"]
+        gate = (x @ w1.t()).clamp(min=None, max=limit)
+        up = (x @ w3.t()).clamp(min=-limit, max=limit)
+        h = (up + 1) * (gate * torch.sigmoid(gate * alpha))
+    elif activation == "swiglu":
         h = F.silu(x @ w1.t()) * (x @ w3.t())
     else:
         h = F.gelu(x @ w1.t())  # exact erf form (torch's default)
@@ -457,6 +491,119 @@ def route_prototype(z, E, p, groups):
     return Routing(W, kept, own_loss=loss, assigned=T * K)
 
 
+# SparseMixer-v2 (GRIN) replays the layer's random draws: make_router_noise's std::mt19937_64 and
+# its float conversion, written out here.
+class MT19937_64:
+    """std::mt19937_64 seeded with one integer (the standard's seed(value))."""
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed):
+        self.state = [seed & self.MASK]
+        for i in range(1, 312):
+            prev = self.state[-1]
+            self.state.append((6364136223846793005 * (prev ^ (prev >> 62)) + i) & self.MASK)
+        self.index = 312
+
+    def _twist(self):
+        s = self.state
+        for i in range(312):
+            y = (s[i] & 0xFFFFFFFF80000000) | (s[(i + 1) % 312] & 0x7FFFFFFF)
+            s[i] = s[(i + 156) % 312] ^ (y >> 1) ^ (0xB5026F5AA96619E9 if y & 1 else 0)
+        self.index = 0
+
+    def __call__(self):
+        if self.index >= 312:
+            self._twist()
+        y = self.state[self.index]
+        self.index += 1
+        y ^= (y >> 29) & 0x5555555555555555
+        y ^= (y << 17) & 0x71D67FFFEDA60000
+        y ^= (y << 37) & 0xFFF7EEE000000000
+        y ^= y >> 43
+        return y & self.MASK
+
+
+def layer_noise(seed, T, d, per_token, jitter, call_index=0):
+    """The draws of the layer's call `call_index` (docs/layer-config.md `seed`): (T, per_token)
+    uniforms, then (T, d) jitter multipliers when jitter > 0 (else None); float32 values held in
+    float64 arrays."""
+    rng = MT19937_64((int(seed) * 0x9E3779B97F4A7C15 + call_index) & MT19937_64.MASK)
+    u = np.array([np.float32((rng() >> 11) * 2.0 ** -53) for _ in range(T * per_token)],
+                 dtype=np.float64).reshape(T, per_token)
+    jit = None
+    if jitter > 0:
+        jit = np.array([np.float32(1.0 - jitter + 2.0 * jitter * float(np.float32(
+            (rng() >> 11) * 2.0 ** -53))) for _ in range(T * d)], dtype=np.float64).reshape(T, d)
+    return u, jit
+
+
+def sparsemixer_noise(layer, T, d, E):
+    """(uniforms (T, 2E + 2) or None, jitter (T, d) or None) of a sparsemixer layer's call."""
+    if not layer["training"]:
+        return None, None
+    return layer_noise(layer["seed"], T, d, 2 * E + 2, float(layer["params"]["jitter"]))
+
+
+class HeunMultiplier(torch.autograd.Function):
+    """GRIN's estimator for one slot: forward pi_D * omega; backward g * pi_D * (onehot_D - pi)
+    into the logits, omega left out."""
+
+    @staticmethod
+    def forward(ctx, z, pi, D, omega):
+        pD = pi.gather(1, D[:, None])[:, 0]
+        ctx.save_for_backward(pi, D, pD)
+        return pD * omega
+
+    @staticmethod
+    def backward(ctx, g):
+        pi, D, pD = ctx.saved_tensors
+        gz = -pi * (g * pD)[:, None]
+        gz[torch.arange(pi.shape[0]), D] += g * pD
+        return gz, None, None, None
+
+
+def route_sparsemixer(z, E, p, training, u, top1_only):
+    """SparseMixer-v2: per slot, the logits within 2*jitter_eps (relative) of the slot's largest,
+    their softmax pi, D = argmax (eval) or Gumbel-max with -log(-log U) (training); weight pi_D,
+    times omega = 1 if D is the argmax or the coin > 0.75, else 1/3, in training (HeunMultiplier).
+    Slot 2 repeats without slot 1's expert. Balance probability softmax(z) over all experts."""
+    T, R = z.shape
+    if R != E:
+        raise ConfigError(f"gate.weight has {R} rows, expected E={E}")
+    if E < 2:
+        raise ConfigError("sparsemixer needs E >= 2")
+    eps = float(p["jitter_eps"])
+    rows = torch.arange(T)
+    zd = z.detach()
+    gone = torch.zeros(T, E, dtype=torch.bool)
+    W = torch.zeros(T, E, dtype=z.dtype)
+    choices = torch.zeros(T, E, dtype=z.dtype)
+    for slot in range(2):
+        rest = zd.masked_fill(gone, float("-inf"))
+        zmax, top = rest.max(dim=-1)                                   # inputs are tie-free
+        ratio = (zmax[:, None] - zd) / torch.maximum(zd.abs(), zmax[:, None])
+        out = gone | (ratio > 2 * eps)                                 # 0/0 stays in
+        pi = torch.softmax(z.masked_fill(out, float("-inf")), dim=-1)  # autograd
+        if training:
+            us = torch.tensor(u[:, slot * E:(slot + 1) * E], dtype=z.dtype)
+            noisy = zd.masked_fill(out, float("-inf")) - torch.log(-torch.log(us))
+            D = noisy.argmax(dim=-1)
+            coin = torch.tensor(u[:, 2 * E + slot], dtype=z.dtype)
+            omega = torch.where((D == top) | (coin > 0.75), torch.ones(T, dtype=z.dtype),
+                                torch.full((T,), 1.0 / 3.0, dtype=z.dtype))
+            w = HeunMultiplier.apply(z, pi.detach(), D, omega)  # z's gradient: its backward
+        else:
+            D = top
+            w = pi.gather(1, D[:, None])[:, 0]
+        onehot = F.one_hot(D, E).to(z.dtype)
+        W = W + onehot * w[:, None]
+        if slot == 0 or not top1_only:
+            choices = choices + onehot
+        gone = gone | onehot.bool()
+    kept = W.detach() != 0
+    return Routing(W, kept, choices, torch.softmax(z, dim=-1), assigned=2 * T)
+
+
 def route_remoe(z, E, p):
     T = z.shape[0]
     r = torch.relu(z)
@@ -494,6 +641,43 @@ def hash_table(ids, E, p):
     return [table[i] for i in ids]
 
 
+def cosine_logits(x, p, tensors):
+    """X-MoE: scale * cos(W x, e_r) with scale = exp(log_scale) clamped at 1/tau_min, the norms
+    floored at 1e-4 as F.normalize does; W x unnormalised when cosine_normalize_input is false."""
+    for name in ("projection", "expert_embeddings", "log_scale"):
+        if tensors.get(name) is None:
+            raise ConfigError(f"input: router.{name} is required")
+    u = x @ tensors["projection"].t()                                    # (T, D)
+    if p["cosine_normalize_input"]:
+        u = torch.nn.functional.normalize(u, dim=1, eps=1e-4)
+    e = torch.nn.functional.normalize(tensors["expert_embeddings"], dim=1, eps=1e-4)  # (R, D)
+    scale = torch.clamp(tensors["log_scale"][0], max=math.log(1.0 / p["cosine_min_temperature"]))
+    return torch.exp(scale) * (u @ e.t())
+
+
+def attention_logits(x, tensors):
+    """Yuan 2.0-M32's attention router: q, k, v = chunks of x qkv^T, each (T, R); per token
+    z = softmax(q k^T) v over the R outputs, unscaled."""
+    if tensors.get("qkv") is None:
+        raise ConfigError("input: router.qkv is required")
+    q, k, v = torch.chunk(x @ tensors["qkv"].t(), 3, dim=-1)
+    a = torch.softmax(q.unsqueeze(2) @ k.unsqueeze(1), dim=-1)          # (T, R, R)
+    return (a @ v.unsqueeze(2)).squeeze(2)
+
+
+def hyper_logits(x, p, tensors):
+    """HyperRouter: the gate [W | b] (R, d + 1) generated as w2 relu(w1 e + b1) + b2 from the
+    embedding e; logits = x W^T + b."""
+    names = ("embedding", "hyper_w1", "hyper_b1", "hyper_w2", "hyper_b2")
+    for name in names:
+        if tensors.get(name) is None:
+            raise ConfigError(f"input: router.{name} is required")
+    e, w1, b1, w2, b2 = (tensors[n] for n in names)
+    hidden = torch.relu(e[0] @ w1.t() + b1)
+    gen = (hidden @ w2.t() + b2).reshape(-1, x.shape[1] + 1)           # (R, d + 1)
+    return x @ gen[:, :-1].t() + gen[:, -1]
+
+
 # ----------------------------------------------------------------------------------------------
 # The layer
 # ----------------------------------------------------------------------------------------------
@@ -512,7 +696,7 @@ def run_layer(layer, tin, dtype=torch.float64):
         raise ConfigError("input: x is required")
     T, d = x.shape
     w1, w2 = tens("experts.w1", backward), tens("experts.w2", backward)
-    swiglu = layer["activation"] == "swiglu"
+    swiglu = has_up(layer["activation"])
     w3 = tens("experts.w3", backward) if swiglu else None
     if w1 is None or w2 is None or (swiglu and w3 is None):
         raise ConfigError("input: experts.w1, experts.w2 (and experts.w3 for swiglu) are required")
@@ -520,6 +704,7 @@ def run_layer(layer, tin, dtype=torch.float64):
     sw1, sw2 = tens("shared.w1", backward), tens("shared.w2", backward)
     sw3 = tens("shared.w3", backward) if (swiglu and sw1 is not None) else None
     gate = tens("gate.weight", backward)
+    router_tensors = {n[len("router."):]: tens(n, backward) for n in tin if n.startswith("router.")}
     bias = tens("gate.bias")
     if bias is not None:
         bias = bias.detach()
@@ -544,7 +729,7 @@ def run_layer(layer, tin, dtype=torch.float64):
             mw1 = (pe[:, None, None] * w1).sum(0)
             mw2 = (pe[:, None, None] * w2).sum(0)
             mw3 = (pe[:, None, None] * w3).sum(0) if swiglu else None
-            ys.append(ffn(x[a:b], mw1, mw3, mw2, layer["activation"]))
+            ys.append(ffn(x[a:b], mw1, mw3, mw2, layer))
             combs.append(pe.unsqueeze(0).expand(b - a, E))
         y = torch.cat(ys, 0)
         combine = torch.cat(combs, 0)
@@ -559,9 +744,20 @@ def run_layer(layer, tin, dtype=torch.float64):
             kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
             routing = Routing(kept.to(dtype), kept)
         else:
-            if gate is None:
+            if family == "topk" and p["logits"] == "cosine":
+                z = cosine_logits(x, p, router_tensors)                  # (T, R)
+            elif family == "topk" and p["logits"] == "hyper":
+                z = hyper_logits(x, p, router_tensors)                   # (T, R)
+            elif family == "topk" and p["logits"] == "attention":
+                z = attention_logits(x, router_tensors)                  # (T, R)
+            elif gate is None:
                 raise ConfigError("input: gate.weight is required")
-            z = x @ gate.t()                                            # (T, R)
+            elif family == "sparsemixer":                               # replays the draws
+                noise_u, jit = sparsemixer_noise(layer, T, d, E)
+                xr = x if jit is None else x * torch.tensor(jit, dtype=dtype)
+                z = xr @ gate.t()                                       # (T, R)
+            else:
+                z = x @ gate.t()                                        # (T, R)
             if family == "topk":
                 local = None
                 if float(p["local_bonus"]) > 0 or float(p["locality_loss"]) > 0:
@@ -582,6 +778,9 @@ def run_layer(layer, tin, dtype=torch.float64):
                 routing = route_smile(z, E, p, groups)
             elif family == "prototype":
                 routing = route_prototype(z, E, p, groups)
+            elif family == "sparsemixer":
+                routing = route_sparsemixer(z, E, p, layer["training"], noise_u,
+                                            losses["balance_top1_only"])
             elif family == "base":
                 best = topk_indices(z.detach(), 1)[:, 0]
                 kept = torch.zeros(T, E, dtype=torch.bool)
@@ -599,13 +798,13 @@ def run_layer(layer, tin, dtype=torch.float64):
             tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
             if tok.numel() == 0:
                 continue
-            out = ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer["activation"])
+            out = ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer)
             y = y.index_add(0, tok, out * W[tok, e:e + 1])
         if passthrough is not None:
             y = y + passthrough * x
 
     if sw1 is not None:
-        y = y + ffn(x, sw1, sw3, sw2, layer["activation"])
+        y = y + ffn(x, sw1, sw3, sw2, layer)
 
     # Auxiliary losses
     loss_values = {}
@@ -653,6 +852,7 @@ def run_layer(layer, tin, dtype=torch.float64):
         named = [("dx", x), ("d_gate.weight", gate), ("d_experts.w1", w1), ("d_experts.w2", w2),
                  ("d_experts.w3", w3), ("d_shared.w1", sw1), ("d_shared.w2", sw2),
                  ("d_shared.w3", sw3)]
+        named += [("d_router." + n, t) for n, t in router_tensors.items()]
         named = [(n, t) for n, t in named if t is not None and t.requires_grad]
         grads = torch.autograd.grad(objective, [t for _, t in named], allow_unused=True)
         for (n, t), gr in zip(named, grads):

@@ -65,7 +65,7 @@ DTYPE = torch.float64
 MODEL_DEFAULTS = {
     "vocab_size": 256, "d_model": 128, "n_layers": 4, "n_heads": 4, "seq_len": 128,
     "moe_every": 1, "experts": 8, "d_ff": 256, "shared_d_ff": 0, "dense_d_ff": 512,
-    "activation": "swiglu", "tied_head": True, "rope_theta": 10000.0, "norm_eps": 1e-5,
+    "activation": "swiglu", "swiglu_alpha": None, "swiglu_limit": None, "tied_head": True, "rope_theta": 10000.0, "norm_eps": 1e-5,
     "init_std": 0.02, "router": {"router": "mixtral", "k": 2}, "moe_layers": None,
 }
 
@@ -86,17 +86,20 @@ def parse_model_config(j):
         raise ModelError(f"model.json: unknown keys {unknown}")
     cfg = dict(MODEL_DEFAULTS)
     cfg.update(j)
-    if cfg["activation"] not in ("swiglu", "gelu"):
+    if cfg["activation"] not in TL.ACTIVATIONS:
         raise ModelError(f"model.json: bad activation {cfg['activation']!r}")
     if cfg["d_model"] % cfg["n_heads"] or (cfg["d_model"] // cfg["n_heads"]) % 2:
         raise ModelError("model.json: d_model / n_heads must be an even integer")
     router = dict(cfg["router"])
-    for key in ("activation", "training", "seed"):
+    for key in ("activation", "swiglu_alpha", "swiglu_limit", "training", "seed"):
         if key in router:
             raise ModelError(f"model.json: router must not set {key!r} (the model sets it)")
     # The model sets activation and training; the seed only matters for random draws, which
     # parse_config rejects in training mode.
     router["activation"] = cfg["activation"]
+    for key in ("swiglu_alpha", "swiglu_limit"):  # parse_config checks them
+        if cfg[key] is not None:
+            router[key] = cfg[key]
     router["training"] = True
     cfg["layer"] = TL.parse_config(router)
     return cfg
@@ -120,7 +123,7 @@ def param_specs(cfg):
     (std / sqrt(2 n_layers)), 'ones', 'zeros'."""
     V, C, L = cfg["vocab_size"], cfg["d_model"], cfg["n_layers"]
     E, Fe, Fs, Fd = cfg["experts"], cfg["d_ff"], cfg["shared_d_ff"], cfg["dense_d_ff"]
-    swiglu = cfg["activation"] == "swiglu"
+    swiglu = TL.has_up(cfg["activation"])
     specs = [("wte", (V, C), True, "normal")]
     for l in range(L):
         p = f"layers.{l}."
@@ -244,8 +247,7 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
     family, p, losses = layer["family"], dict(layer["params"]), layer["losses"]
     if family == "remoe":
         p["lambda"] = state["lambda"]
-    act = layer["activation"]
-    swiglu = act == "swiglu"
+    swiglu = TL.has_up(layer["activation"])
     w1, w2 = P[prefix + "experts.w1"], P[prefix + "experts.w2"]
     w3 = P[prefix + "experts.w3"] if swiglu else None
     sw1 = P.get(prefix + "shared.w1")
@@ -268,7 +270,7 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
             mw1 = (pe[:, None, None] * w1).sum(0)
             mw2 = (pe[:, None, None] * w2).sum(0)
             mw3 = (pe[:, None, None] * w3).sum(0) if swiglu else None
-            ys.append(TL.ffn(x[a:b], mw1, mw3, mw2, act))
+            ys.append(TL.ffn(x[a:b], mw1, mw3, mw2, layer))
             combs.append(pe.unsqueeze(0).expand(b - a, E))
         y = torch.cat(ys, 0)
         routing = TL.Routing(torch.cat(combs, 0), torch.ones(T, E, dtype=torch.bool))
@@ -329,12 +331,12 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
             tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
             if tok.numel() == 0:
                 continue
-            out = TL.ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], act)
+            out = TL.ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer)
             y = y.index_add(0, tok, out * W[tok, e:e + 1])
         if passthrough is not None:
             y = y + passthrough * x
     if sw1 is not None:
-        y = y + TL.ffn(x, sw1, sw3, sw2, act)
+        y = y + TL.ffn(x, sw1, sw3, sw2, layer)
 
     aux = torch.zeros((), dtype=x.dtype)
     if z is not None and routing.choices is not None:
@@ -386,9 +388,10 @@ def rope(x, theta):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def dense_ffn(x, P, prefix, act):
-    w3 = P[prefix + "mlp.w3"] if act == "swiglu" else None
-    return TL.ffn(x, P[prefix + "mlp.w1"], w3, P[prefix + "mlp.w2"], act)
+def dense_ffn(x, P, prefix, layer):
+    """The dense FFN with the MoE layers' activation (layer: TL.parse_config's dict)."""
+    w3 = P[prefix + "mlp.w3"] if TL.has_up(layer["activation"]) else None
+    return TL.ffn(x, P[prefix + "mlp.w1"], w3, P[prefix + "mlp.w2"], layer)
 
 
 def forward(cfg, P, inputs, targets, states):
@@ -396,7 +399,7 @@ def forward(cfg, P, inputs, targets, states):
     B, T = inputs.shape
     C, H = cfg["d_model"], cfg["n_heads"]
     D = C // H
-    eps, act = cfg["norm_eps"], cfg["activation"]
+    eps = cfg["norm_eps"]
     h = P["wte"][inputs]                                   # (B, T, C)
     mask = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
     aux_layers, infos = [], []
@@ -422,7 +425,7 @@ def forward(cfg, P, inputs, targets, states):
             aux_layers.append(aux)
             infos.append(info)
         else:
-            h = h + dense_ffn(m, P, p, act)
+            h = h + dense_ffn(m, P, p, cfg["layer"])
     hf = rmsnorm(h, P["final_norm"], eps)
     head = P["wte"] if cfg["tied_head"] else P["lm_head"]
     logits = hf @ head.t()                                 # (B, T, V)

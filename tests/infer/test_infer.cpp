@@ -693,6 +693,11 @@ TEST(RoutingControl, BadOverridesNameTheField) {
   expect_error({{"router", {{"router", "expert_choice"}}}, {"bias", std::vector<float>(16, 0.f)}},
                {"expert_choice", "selection bias"});
   expect_error({{"router", {{"router", "nope"}}}}, {"test routing", "nope"});
+  // The experts are SwiGLU: a rule naming another activation is refused, not run as SwiGLU.
+  expect_error({{"router", {{"router", "mixtral"}, {"activation", "swiglu_clamped"}}}},
+               {"test routing", "router.activation", "swiglu_clamped", "SwiGLU"});
+  expect_error({{"router", {{"router", "mixtral"}, {"swiglu_limit", 7.0}}}},
+               {"router.swiglu_limit", "7"});
 }
 
 TEST(RoutingControl, ASelectionBiasSteersTheChoice) {

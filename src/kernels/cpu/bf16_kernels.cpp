@@ -313,7 +313,7 @@ void ffn_forward_bf16(Act act_kind, int64_t n, int64_t d, int64_t F, const float
   if (n == 0) return;
   gemm_bf16w(n, F, d, x, w1, h1, acts);  // (n, F)
   const int64_t size = n * F;
-  if (act_kind == Act::SwiGLU) gemm_bf16w(n, F, d, x, w3, h3, acts);  // (n, F)
+  if (act_kind.has_up()) gemm_bf16w(n, F, d, x, w3, h3, acts);  // (n, F)
   ffn_activation(act_kind, size, h1, h3, act);
   gemm_bf16w(n, d, F, act, w2, out, acts);  // (n, d)
 }

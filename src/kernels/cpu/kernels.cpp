@@ -161,9 +161,16 @@ inline float gelu_grad(float v) {
 }  // namespace
 
 void ffn_activation(Act act_kind, int64_t size, const float* h1, const float* h3, float* act) {
-  if (act_kind == Act::SwiGLU) {
+  if (act_kind.kind == Act::SwiGLU) {
 #pragma omp parallel for simd schedule(static) if (size > 65536)
     for (int64_t i = 0; i < size; ++i) act[i] = h1[i] * sigmoid(h1[i]) * h3[i];
+  } else if (act_kind.kind == Act::SwiGLUClamped) {
+    const float alpha = act_kind.alpha, limit = act_kind.limit;
+#pragma omp parallel for simd schedule(static) if (size > 65536)
+    for (int64_t i = 0; i < size; ++i) {
+      const float g = std::min(h1[i], limit), u = std::clamp(h3[i], -limit, limit);
+      act[i] = (u + 1.0f) * g * sigmoid(alpha * g);
+    }
   } else {
 #pragma omp parallel for simd schedule(static) if (size > 65536)
     for (int64_t i = 0; i < size; ++i) act[i] = gelu(h1[i]);
@@ -175,8 +182,7 @@ void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, 
   if (n == 0) return;
   gemm(false, true, n, F, d, 1.0f, x, d, w1, d, 0.0f, h1, F);  // (n, F)
   const int64_t size = n * F;
-  if (act_kind == Act::SwiGLU)
-    gemm(false, true, n, F, d, 1.0f, x, d, w3, d, 0.0f, h3, F);  // (n, F)
+  if (act_kind.has_up()) gemm(false, true, n, F, d, 1.0f, x, d, w3, d, 0.0f, h3, F);  // (n, F)
   ffn_activation(act_kind, size, h1, h3, act);
   gemm(false, true, n, d, F, 1.0f, act, F, w2, F, 0.0f, out, d);  // (n, d)
 }
@@ -198,7 +204,7 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
   gemm(false, false, n, F, d, 1.0f, dout, d, w2, F, 0.0f, dact, F);  // (n, F)
   const int64_t size = n * F;
   // dact becomes dh1 in place; dh3 gets the gate's gradient.
-  if (act_kind == Act::SwiGLU) {
+  if (act_kind.kind == Act::SwiGLU) {
 #pragma omp parallel for simd schedule(static) if (size > 65536)
     for (int64_t i = 0; i < size; ++i) {
       const float s = sigmoid(h1[i]);
@@ -207,13 +213,27 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
       dact[i] = dact[i] * h3[i] * s * (1.0f + h1[i] * (1.0f - s));
     }
     gemm(true, false, F, d, n, 1.0f, dh3, F, x, d, beta, dw3, d);  // (F, d)
+  } else if (act_kind.kind == Act::SwiGLUClamped) {
+    // The clamps pass the gradient inside [-limit, limit] including the bounds (torch.clamp's
+    // backward) and nothing outside.
+    const float alpha = act_kind.alpha, limit = act_kind.limit;
+#pragma omp parallel for simd schedule(static) if (size > 65536)
+    for (int64_t i = 0; i < size; ++i) {
+      const float g = std::min(h1[i], limit), u = std::clamp(h3[i], -limit, limit);
+      const float s = sigmoid(alpha * g);
+      const float up_pass = h3[i] >= -limit && h3[i] <= limit ? 1.0f : 0.0f;
+      const float gate_pass = h1[i] <= limit ? 1.0f : 0.0f;
+      dh3[i] = dact[i] * g * s * up_pass;
+      dact[i] = dact[i] * (u + 1.0f) * s * (1.0f + alpha * g * (1.0f - s)) * gate_pass;
+    }
+    gemm(true, false, F, d, n, 1.0f, dh3, F, x, d, beta, dw3, d);  // (F, d)
   } else {
 #pragma omp parallel for simd schedule(static) if (size > 65536)
     for (int64_t i = 0; i < size; ++i) dact[i] *= gelu_grad(h1[i]);
   }
   gemm(true, false, F, d, n, 1.0f, dact, F, x, d, beta, dw1, d);   // (F, d)
   gemm(false, false, n, d, F, 1.0f, dact, F, w1, d, 0.0f, dx, d);  // (n, d)
-  if (act_kind == Act::SwiGLU) gemm(false, false, n, d, F, 1.0f, dh3, F, w3, d, 1.0f, dx, d);
+  if (act_kind.has_up()) gemm(false, false, n, d, F, 1.0f, dh3, F, w3, d, 1.0f, dx, d);
 }
 
 void combine_rows(int64_t T, int64_t d, const int64_t* token_offsets, const int32_t* token_rows,

@@ -22,14 +22,25 @@ void rows_by_token(int64_t rows, const int32_t* row_token, int64_t T, int64_t* t
 // out[r] = x[row_token[r]] for r < rows; (rows, d).
 void gather_rows(int64_t rows, int64_t d, const float* x, const int32_t* row_token, float* out);
 
-enum class Act { SwiGLU, GELU };
+// An expert's activation: SwiGLU silu(h1) ⊙ h3; GELU gelu(h1) (no w3); SwiGLUClamped (gpt-oss)
+// (clamp(h3, -limit, limit) + 1) ⊙ g σ(alpha g) with g = min(h1, limit). A kind converts to an
+// Act with gpt-oss's alpha and limit (which only the clamped kind reads).
+struct Act {
+  enum Kind { SwiGLU, GELU, SwiGLUClamped };
+  constexpr Act(Kind k) : kind(k) {}  // NOLINT(google-explicit-constructor)
+  constexpr Act(Kind k, float a, float l) : kind(k), alpha(a), limit(l) {}
+  Kind kind;
+  float alpha = 1.702f, limit = 7.0f;
+  // w3 exists (h3, dh3, dw3 are used).
+  constexpr bool has_up() const { return kind != GELU; }
+};
 
 // One expert on n contiguous rows. x (n, d); w1 (F, d); w3 (F, d) or null for GELU; w2 (d, F).
-// Saves h1 (n, F), h3 (n, F) (SwiGLU), act (n, F); writes out (n, d).
+// Saves h1 (n, F), h3 (n, F) (SwiGLU forms, unclamped), act (n, F); writes out (n, d).
 void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
                  const float* w3, const float* w2, float* h1, float* h3, float* act, float* out);
 
-// act (size) = silu(h1) ⊙ h3 (SwiGLU) or gelu(h1): the step between the two GEMMs of an expert.
+// act (size) = the activation of h1 (and h3): the step between the two GEMMs of an expert.
 void ffn_activation(Act act_kind, int64_t size, const float* h1, const float* h3, float* act);
 
 // Backward of ffn_forward. dout (n, d). Writes dw1, dw3 (F, d), dw2 (d, F) (accumulating when
