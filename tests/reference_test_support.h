@@ -76,6 +76,7 @@ struct Problem {
   RouterTraits traits;
   RouterNoise noise;
   std::vector<float> x, gate, gate_bias, w1, w3, w2, shared_w1, shared_w3, shared_w2;
+  std::vector<float> shared_gate;  // (d) Qwen2-MoE's shared-expert gate, or empty
   // The logit function's tensors (Router::logit_function), in its tensors() order, and names.
   std::vector<std::vector<float>> router;
   std::vector<std::string> router_names;
@@ -97,6 +98,7 @@ struct Problem {
     p.shared_w1 = shared_w1.empty() ? nullptr : shared_w1.data();
     p.shared_w3 = shared_w3.empty() ? nullptr : shared_w3.data();
     p.shared_w2 = shared_w2.empty() ? nullptr : shared_w2.data();
+    p.shared_gate = shared_gate.empty() ? nullptr : shared_gate.data();
     router_views.clear();
     for (const auto& t : router) router_views.push_back(t.data());
     p.router = router.empty() ? nullptr : router_views.data();
@@ -121,6 +123,7 @@ struct Problem {
     p.shared_w1 = to_double(shared_w1);
     p.shared_w3 = to_double(shared_w3);
     p.shared_w2 = to_double(shared_w2);
+    p.shared_gate = to_double(shared_gate);
     for (size_t i = 0; i < router.size(); ++i) p.router[router_names[i]] = to_double(router[i]);
     return p;
   }
@@ -140,6 +143,7 @@ struct Problem {
 
 struct ProblemOptions {
   int64_t T = 7, E = 3, d = 13, F = 11, Fs = 0;
+  bool shared_gate = false;       // Qwen2-MoE's sigmoid gate on the shared expert (Fs > 0)
   std::vector<int64_t> seq_lens;  // empty = one sequence
   bool global_counts = false;
   bool gate_bias = false;
@@ -191,6 +195,7 @@ inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptio
     pb.shared_w1 = normal_vector(rng, size_t(Fs * d), 1.0 / std::sqrt(double(d)));
     if (pb.swiglu()) pb.shared_w3 = normal_vector(rng, size_t(Fs * d), 1.0 / std::sqrt(double(d)));
     pb.shared_w2 = normal_vector(rng, size_t(d * Fs), 1.0 / std::sqrt(double(Fs)));
+    if (o.shared_gate) pb.shared_gate = normal_vector(rng, size_t(d), 1.0 / std::sqrt(double(d)));
   }
   if (pb.traits.needs_token_ids) {
     // A small vocabulary so that ids repeat (frequencies matter for the balanced table).

@@ -69,6 +69,7 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   o.E = gc.sizes.value("E", int64_t(3));
   o.Fs = case_Fs;
   o.gate_bias = gc.sizes.value("gate_bias", false);
+  o.shared_gate = gc.sizes.value("shared_gate", false);
   if (gc.sizes.value("sequences", false)) o.seq_lens = {case_T / 2, case_T - case_T / 2};
   if (config.contains("losses") && config["losses"].value("balance_mode", "") == "global_batch")
     o.global_counts = true;
@@ -97,6 +98,8 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   grads.shared_w1 = dsw1.empty() ? nullptr : dsw1.data();
   grads.shared_w3 = dsw3.empty() ? nullptr : dsw3.data();
   grads.shared_w2 = dsw2.empty() ? nullptr : dsw2.data();
+  std::vector<float> dsg(pb.shared_gate.size());
+  grads.shared_gate = dsg.empty() ? nullptr : dsg.data();
   std::vector<std::vector<float>> d_router;
   std::vector<float*> d_router_views;
   for (const auto& t : pb.router) d_router.emplace_back(t.size(), 0.0f);
@@ -127,6 +130,7 @@ TEST_P(Gradients, MatchFiniteDifferences) {
     tensors.push_back({"shared.w1", &rp.shared_w1, &dsw1});
     tensors.push_back({"shared.w2", &rp.shared_w2, &dsw2});
     if (pb.swiglu()) tensors.push_back({"shared.w3", &rp.shared_w3, &dsw3});
+    if (!pb.shared_gate.empty()) tensors.push_back({"shared.gate", &rp.shared_gate, &dsg});
   }
 
   const double h = 1e-6;

@@ -94,6 +94,7 @@ TEST_P(LayerVsReference, Forward) {
   if (p.c.sizes.value("sequences", false)) o.seq_lens = seq_lens_for(p.T);
   o.global_counts = p.c.sizes.value("global_counts", false);
   o.gate_bias = p.c.sizes.value("gate_bias", false);
+  o.shared_gate = p.c.sizes.value("shared_gate", false);
   Problem pb = make_problem(config, o, rng);
   ASSERT_TRUE(separate_routing(pb, rng)) << "could not draw well-separated routing inputs";
   compare_with_reference(pb);

@@ -184,6 +184,13 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // Qwen2-MoE's sigmoid gate on the shared expert.
+    GoldenCase g{"shared_expert_gate", tiny_config(), tiny_opt()};
+    g.model.shared_d_ff = 12;
+    g.model.shared_expert_gate = true;
+    out.push_back(g);
+  }
+  {
     GoldenCase g{"gelu_expert_choice", tiny_config(), tiny_opt()};
     g.model.activation = Activation::GELU;
     g.model.moe_every = 2;

@@ -190,6 +190,9 @@ TEST(Train, BadConfigsNameTheField) {
   j["model"]["moe_every"] = 2;
   expect_error(j, "not both");
   j = tiny_config(dir);
+  j["model"]["shared_expert_gate"] = true;  // and no shared expert
+  expect_error(j, "shared_expert_gate");
+  j = tiny_config(dir);
   j["data"] = {{"corpus", (dir / "missing").string()}};
   const TrainConfig c = parse_train_config(j, "train.json");
   EXPECT_THROW(train(c, quiet()), Error);

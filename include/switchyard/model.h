@@ -25,6 +25,7 @@ struct ModelConfig {
   Activation activation = Activation::SwiGLU;  // the experts' and the dense FFNs'
   SwigluClamp swiglu_clamp;                    // activation swiglu_clamped only
   bool tied_head = true;
+  bool shared_expert_gate = false;  // Qwen2-MoE: the shared expert's output times σ(x · g)
   double rope_theta = 10000.0, norm_eps = 1e-5, init_std = 0.02;
   nlohmann::json router = {{"router", "mixtral"}, {"k", 2}};  // a layer.json object
 

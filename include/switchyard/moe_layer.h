@@ -55,6 +55,8 @@ struct MoEParams {
   // The router's logit function's tensors (Router::logit_function), in its tensors() order,
   // instead of gate; null for the linear gate.
   const float* const* router = nullptr;
+  // Qwen2-MoE's gate on the shared expert: its output times σ(x · shared_gate); null: weight 1.
+  const float* shared_gate = nullptr;  // (d)
 };
 
 // Gradient views (not owned), same shapes; null entries are skipped. Backward overwrites them.
@@ -71,6 +73,7 @@ struct MoEGrads {
   float* const* w3_experts = nullptr;
   float* const* w2_experts = nullptr;
   float* const* router = nullptr;  // as MoEParams::router
+  float* shared_gate = nullptr;    // (d)
 };
 
 struct MoEBatch {
@@ -131,6 +134,8 @@ struct MoECache {
   std::vector<float> act;               // (A_kept, F) activation fed to w2
   std::vector<float> out;               // (A_kept, d) expert outputs before weighting
   std::vector<float> shared_h1, shared_h3, shared_act;  // (T, Fs)
+  std::vector<float> shared_out;    // (T, d) the shared expert's output, when it is gated
+  std::vector<float> shared_gate;   // (T) σ(x · shared.gate), when it is gated
   std::vector<float> merged;        // SMEAR: (S, 2F d + d F) merged expert weights
   std::vector<int32_t> token_rank;  // (T routed) home expert-parallel rank (needs_placement)
   // Expert parallelism (src/layer/expert_parallel_dispatcher.h): what the exchanges of the last

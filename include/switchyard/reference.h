@@ -17,6 +17,7 @@ namespace switchyard::reference {
 
 struct Params {  // float64 copies of MoEParams; empty vectors = absent
   std::vector<double> gate, gate_bias, w1, w3, w2, shared_w1, shared_w3, shared_w2;
+  std::vector<double> shared_gate;  // (d) Qwen2-MoE's shared-expert gate, or empty
   // A logit function's tensors by name (router.NAME in layer files), instead of gate.
   std::map<std::string, std::vector<double>> router;
 };

@@ -103,11 +103,12 @@ int run_layer(const std::string& config_path, const std::string& in_path,
                                       ? in.floats("gate.weight", {R, d})
                                       : std::vector<float>{};
   std::vector<float> bias = in.optional_floats("gate.bias", {E});
-  std::vector<float> sw1, sw2, sw3;
+  std::vector<float> sw1, sw2, sw3, shared_gate;
   if (shape.Fs > 0) {
     sw1 = in.floats("shared.w1", {shape.Fs, d});
     sw2 = in.floats("shared.w2", {d, shape.Fs});
     if (swiglu) sw3 = in.floats("shared.w3", {shape.Fs, d});
+    shared_gate = in.optional_floats("shared.gate", {1, d});
   }
   MoEBatch batch;
   batch.T = T;
@@ -139,6 +140,7 @@ int run_layer(const std::string& config_path, const std::string& in_path,
 
   MoEParams params{ptr(gate), ptr(bias), ptr(w1), ptr(w3), ptr(w2), ptr(sw1), ptr(sw3), ptr(sw2)};
   if (logit_function) params.router = router_views.data();
+  params.shared_gate = ptr(shared_gate);
   MoECache cache;
   std::vector<float> y(size_t(T * d));
   // Errors found in the data name the input file.
@@ -172,6 +174,8 @@ int run_layer(const std::string& config_path, const std::string& in_path,
     for (const auto& t : router_tensors) d_router.emplace_back(t.size());
     for (auto& t : d_router) d_router_views.push_back(t.data());
     if (logit_function) grads.router = d_router_views.data();
+    std::vector<float> d_shared_gate(shared_gate.size());
+    if (!shared_gate.empty()) grads.shared_gate = d_shared_gate.data();
     with_file([&] { layer.backward(params, batch, cache, dy.data(), dx.data(), grads); });
     for (size_t i = 0; i < router_specs.size(); ++i)
       out.tensors["d_router." + router_specs[i].name] =
@@ -185,6 +189,8 @@ int run_layer(const std::string& config_path, const std::string& in_path,
       out.tensors["d_shared.w1"] = TensorData::from_f32({shape.Fs, d}, dsw1);
       out.tensors["d_shared.w2"] = TensorData::from_f32({d, shape.Fs}, dsw2);
       if (swiglu) out.tensors["d_shared.w3"] = TensorData::from_f32({shape.Fs, d}, dsw3);
+      if (!shared_gate.empty())
+        out.tensors["d_shared.gate"] = TensorData::from_f32({1, d}, d_shared_gate);
     }
   }
   out.metadata["stats"] = stats_json(stats).dump();

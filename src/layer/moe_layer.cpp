@@ -246,6 +246,9 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
     if (check_weights) check_finite("shared.w1", p.shared_w1, s.Fs * s.d, s.d);
     if (check_weights) check_finite("shared.w2", p.shared_w2, s.d * s.Fs, s.Fs);
     if (p.shared_w3 && check_weights) check_finite("shared.w3", p.shared_w3, s.Fs * s.d, s.d);
+    if (p.shared_gate && check_weights) check_finite("shared.gate", p.shared_gate, s.d, s.d);
+  } else if (p.shared_gate) {
+    fail("moe_layer: shared.gate is given but the layer has no shared expert (Fs = 0)");
   }
   if (batch.forced_experts) {
     if (!traits.supports_forced)
@@ -333,8 +336,27 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     c.shared_h1.resize(size_t(T * shape_.Fs));
     c.shared_h3.resize(act.has_up() ? size_t(T * shape_.Fs) : 0);
     c.shared_act.resize(size_t(T * shape_.Fs));
+    // Gated (Qwen2-MoE): the output is kept for backward and scaled per token by σ(x · g).
+    float* out = y;
+    if (p.shared_gate) {
+      c.shared_out.resize(size_t(T * d));
+      c.shared_gate.resize(size_t(T));
+      out = c.shared_out.data();
+    } else {
+      c.shared_out.clear();
+      c.shared_gate.clear();
+    }
     cpu::ffn_forward(act, T, d, shape_.Fs, batch.x, p.shared_w1, p.shared_w3, p.shared_w2,
-                     c.shared_h1.data(), c.shared_h3.data(), c.shared_act.data(), y);
+                     c.shared_h1.data(), c.shared_h3.data(), c.shared_act.data(), out);
+    if (p.shared_gate) {
+      cpu::gemm(false, true, T, 1, d, 1.0f, batch.x, d, p.shared_gate, d, 0.0f,
+                c.shared_gate.data(), 1);
+      for (int64_t t = 0; t < T; ++t) {
+        const float g = 1.0f / (1.0f + std::exp(-c.shared_gate[size_t(t)]));
+        c.shared_gate[size_t(t)] = g;
+        for (int64_t j = 0; j < d; ++j) y[t * d + j] = g * out[t * d + j];
+      }
+    }
   } else {
     std::fill(y, y + T * d, 0.0f);
   }
@@ -469,10 +491,35 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   if (shape_.Fs > 0) {
     std::vector<float> dact(size_t(T * shape_.Fs)), dh3(swiglu ? size_t(T * shape_.Fs) : 0);
     std::vector<float> dxs(size_t(T * d));
+    // Gated: the FFN sees g_t dy_t, and the gate's logit gets g (1 - g) <dy_t, out_t>.
+    const float* d_out = dy;
+    std::vector<float> gated_dy, d_gate_logit;
+    if (p.shared_gate) {
+      if (c.shared_gate.size() != size_t(T))
+        fail("moe_layer backward: shared.gate is given but forward ran without it");
+      gated_dy.resize(size_t(T * d));
+      d_gate_logit.resize(size_t(T));
+      for (int64_t t = 0; t < T; ++t) {
+        const float gt = c.shared_gate[size_t(t)];
+        double u = 0.0;
+        for (int64_t j = 0; j < d; ++j) {
+          gated_dy[size_t(t * d + j)] = gt * dy[t * d + j];
+          u += double(dy[t * d + j]) * double(c.shared_out[size_t(t * d + j)]);
+        }
+        d_gate_logit[size_t(t)] = float(u * double(gt) * (1.0 - double(gt)));
+      }
+      d_out = gated_dy.data();
+      if (g.shared_gate)
+        cpu::gemm(true, false, 1, d, T, 1.0f, d_gate_logit.data(), 1, batch.x, d, 0.0f,
+                  g.shared_gate, d);
+    }
     cpu::ffn_backward(act, T, d, shape_.Fs, batch.x, p.shared_w1, p.shared_w3, p.shared_w2,
-                      c.shared_h1.data(), c.shared_h3.data(), c.shared_act.data(), dy, dact.data(),
-                      dh3.data(), g.shared_w1, g.shared_w3, g.shared_w2, dxs.data(), false);
+                      c.shared_h1.data(), c.shared_h3.data(), c.shared_act.data(), d_out,
+                      dact.data(), dh3.data(), g.shared_w1, g.shared_w3, g.shared_w2, dxs.data(),
+                      false);
     for (int64_t i = 0; i < T * d; ++i) dx[i] += dxs[size_t(i)];
+    for (int64_t t = 0; t < T && p.shared_gate; ++t)
+      for (int64_t j = 0; j < d; ++j) dx[t * d + j] += d_gate_logit[size_t(t)] * p.shared_gate[j];
   }
 
   if (traits.pooled_per_sequence) {

@@ -36,6 +36,7 @@ json ModelConfig::to_json() const {
             {"router", router}};
   write_activation(j, activation, swiglu_clamp);          // swiglu_clamped: alpha and limit too
   if (!moe_layers.empty()) j["moe_layers"] = moe_layers;  // absent in older model.json files
+  if (shared_expert_gate) j["shared_expert_gate"] = true;
   return j;
 }
 
@@ -108,6 +109,9 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.experts = r.get_int("experts", c.experts, 1, 1 << 14);
   c.d_ff = r.get_int("d_ff", c.d_ff, 1, 1 << 20);
   c.shared_d_ff = r.get_int("shared_d_ff", c.shared_d_ff, 0, 1 << 20);
+  c.shared_expert_gate = r.get_bool("shared_expert_gate", c.shared_expert_gate);
+  if (c.shared_expert_gate && c.shared_d_ff == 0)
+    fail("{}: field 'shared_expert_gate' = true needs a shared expert (shared_d_ff > 0)", source);
   c.dense_d_ff = r.get_int("dense_d_ff", c.dense_d_ff, 1, 1 << 20);
   read_activation(r, c.activation, c.swiglu_clamp);
   c.tied_head = r.get_bool("tied_head", c.tied_head);
@@ -152,6 +156,7 @@ struct Model::Impl {
     // MoE: parameter offsets (SIZE_MAX = absent) and the block [begin, end) they occupy.
     size_t gate = SIZE_MAX, gate_bias = SIZE_MAX, w1 = SIZE_MAX, w3 = SIZE_MAX, w2 = SIZE_MAX;
     size_t sw1 = SIZE_MAX, sw3 = SIZE_MAX, sw2 = SIZE_MAX, block_begin = 0, block_end = 0;
+    size_t shared_gate = SIZE_MAX;  // (1, C) Qwen2-MoE's shared-expert gate
     // The router's logit-function tensors (instead of gate), with views for MoEParams/MoEGrads.
     std::vector<size_t> router_tensors;
     std::vector<const float*> router_params;
@@ -258,6 +263,7 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
         L.sw1 = add(p + "moe.shared.w1", {c.shared_d_ff, C});
         if (swiglu) L.sw3 = add(p + "moe.shared.w3", {c.shared_d_ff, C});
         L.sw2 = add(p + "moe.shared.w2", {C, c.shared_d_ff});
+        if (c.shared_expert_gate) L.shared_gate = add(p + "moe.shared.gate", {1, C});
       }
       L.block_end = total;
     } else {
@@ -409,6 +415,7 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
         for (size_t off : L.router_tensors) L.router_params.push_back(P + off);
         mp.router = L.router_params.data();
       }
+      mp.shared_gate = opt(L.shared_gate);
       if (im.shard.count != c.experts) {
         mp.w1 = mp.w3 = mp.w2 = nullptr;
         expert_views(
@@ -491,6 +498,8 @@ void Model::backward(float scale) {
         mp.router = L.router_params.data();
         mg.router = L.router_grads.data();
       }
+      mp.shared_gate = opt(L.shared_gate);
+      mg.shared_gate = grad(L.shared_gate);
       if (im.shard.count != c.experts) {
         mp.w1 = mp.w3 = mp.w2 = nullptr;
         mg.w1 = mg.w3 = mg.w2 = nullptr;

@@ -1036,6 +1036,7 @@ void check_sizes(const LayerConfig& config, const MoEShape& shape, int64_t R, co
   expect_size(p.shared_w1, Fs * d, "shared.w1");
   if (swiglu) expect_size(p.shared_w3, Fs * d, "shared.w3");
   expect_size(p.shared_w2, d * Fs, "shared.w2");
+  if (!p.shared_gate.empty()) expect_size(p.shared_gate, d, "shared.gate");
   if (!b.global_counts.empty()) expect_size(b.global_counts, R, "global_counts");
   if (!noise.jitter.empty() && static_cast<int64_t>(noise.jitter.size()) != T * d)
     fail("reference::forward: noise.jitter has {} elements, expected {}", noise.jitter.size(),
@@ -1070,7 +1071,14 @@ void add_shared_expert(const LayerConfig& config, const Params& p, const MoEShap
   for (int64_t t = 0; t < T; ++t) {
     const std::vector<double> out = ffn(config, p.shared_w1.data(), p.shared_w3.data(),
                                         p.shared_w2.data(), d, shape.Fs, row(x, t, d));
-    for (int64_t j = 0; j < d; ++j) y[t * d + j] += out[j];
+    // Qwen2-MoE's shared-expert gate: the output times σ(x · shared.gate).
+    double gate = 1.0;
+    if (!p.shared_gate.empty()) {
+      double z = 0.0;
+      for (int64_t j = 0; j < d; ++j) z += x[t * d + j] * p.shared_gate[j];
+      gate = 1.0 / (1.0 + std::exp(-z));
+    }
+    for (int64_t j = 0; j < d; ++j) y[t * d + j] += gate * out[j];
   }
 }
 

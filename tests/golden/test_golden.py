@@ -47,7 +47,8 @@ ATOL = 1e-7
 def C(name, cfg, T=64, d=32, E=8, F=24, **kw):
     case = {"name": name, "cfg": cfg, "T": T, "d": d, "E": E, "F": F, "Fs": 0, "seq_lens": None,
             "bias": False, "null": 0, "dy": "random", "global_counts": False, "token_ids": False,
-            "skew": 0.0, "expect_drops": False, "gate_scale": 1.5, "clamp_boundary": False}
+            "skew": 0.0, "expect_drops": False, "gate_scale": 1.5, "clamp_boundary": False,
+            "shared_gate": False}
     unknown = set(kw) - set(case) - {"R"}  # R: gate rows when not E + null
     if unknown:
         raise ValueError(f"{CASE_TABLE}: case {name}: unknown golden keys {sorted(unknown)}")
@@ -410,6 +411,8 @@ def make_inputs(case, rng):
         if not gelu:
             t["shared.w3"] = (rng.standard_normal((Fs, d)) / math.sqrt(d)).astype(f32)
         t["shared.w2"] = (rng.standard_normal((d, Fs)) / math.sqrt(Fs)).astype(f32)
+        if case["shared_gate"]:
+            t["shared.gate"] = (rng.standard_normal((1, d)) / math.sqrt(d)).astype(f32)
     if case["bias"]:
         t["gate.bias"] = (rng.standard_normal(E) * 0.05).astype(f32)
     if case["seq_lens"] is not None:

@@ -703,6 +703,7 @@ def run_layer(layer, tin, dtype=torch.float64):
     E = w1.shape[0]
     sw1, sw2 = tens("shared.w1", backward), tens("shared.w2", backward)
     sw3 = tens("shared.w3", backward) if (swiglu and sw1 is not None) else None
+    sgate = tens("shared.gate", backward)  # (1, d) Qwen2-MoE's sigmoid gate on the shared expert
     gate = tens("gate.weight", backward)
     router_tensors = {n[len("router."):]: tens(n, backward) for n in tin if n.startswith("router.")}
     bias = tens("gate.bias")
@@ -804,7 +805,10 @@ def run_layer(layer, tin, dtype=torch.float64):
             y = y + passthrough * x
 
     if sw1 is not None:
-        y = y + ffn(x, sw1, sw3, sw2, layer)
+        shared = ffn(x, sw1, sw3, sw2, layer)
+        if sgate is not None:
+            shared = torch.sigmoid(x @ sgate.t()) * shared
+        y = y + shared
 
     # Auxiliary losses
     loss_values = {}
@@ -851,7 +855,7 @@ def run_layer(layer, tin, dtype=torch.float64):
         objective = (y * dy).sum() + aux
         named = [("dx", x), ("d_gate.weight", gate), ("d_experts.w1", w1), ("d_experts.w2", w2),
                  ("d_experts.w3", w3), ("d_shared.w1", sw1), ("d_shared.w2", sw2),
-                 ("d_shared.w3", sw3)]
+                 ("d_shared.w3", sw3), ("d_shared.gate", sgate)]
         named += [("d_router." + n, t) for n, t in router_tensors.items()]
         named = [(n, t) for n, t in named if t is not None and t.requires_grad]
         grads = torch.autograd.grad(objective, [t for _, t in named], allow_unused=True)

@@ -67,6 +67,7 @@ MODEL_DEFAULTS = {
     "moe_every": 1, "experts": 8, "d_ff": 256, "shared_d_ff": 0, "dense_d_ff": 512,
     "activation": "swiglu", "swiglu_alpha": None, "swiglu_limit": None, "tied_head": True, "rope_theta": 10000.0, "norm_eps": 1e-5,
     "init_std": 0.02, "router": {"router": "mixtral", "k": 2}, "moe_layers": None,
+    "shared_expert_gate": False,
 }
 
 
@@ -143,6 +144,8 @@ def param_specs(cfg):
                 if swiglu:
                     specs.append((m + "shared.w3", (Fs, C), True, "normal"))
                 specs.append((m + "shared.w2", (C, Fs), True, "proj"))
+                if cfg["shared_expert_gate"]:  # Qwen2-MoE's sigmoid gate on the shared expert
+                    specs.append((m + "shared.gate", (1, C), True, "normal"))
             specs.append((m + "gate.bias", (E,), False, "zeros"))
         else:
             specs.append((p + "mlp.w1", (Fd, C), True, "normal"))
@@ -336,7 +339,11 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
         if passthrough is not None:
             y = y + passthrough * x
     if sw1 is not None:
-        y = y + TL.ffn(x, sw1, sw3, sw2, layer)
+        shared = TL.ffn(x, sw1, sw3, sw2, layer)
+        sgate = P.get(prefix + "shared.gate")
+        if sgate is not None:
+            shared = torch.sigmoid(x @ sgate.t()) * shared
+        y = y + shared
 
     aux = torch.zeros((), dtype=x.dtype)
     if z is not None and routing.choices is not None:
