@@ -456,6 +456,71 @@ inline void sparsemixer_bad_tokens(const Problem& pb, const std::vector<double>&
   }
 }
 
+// rectify: the k + 1 best scores (the top-k set, its rank order, the fill-in candidate) must be
+// clear by m.score; then, replaying the routing, an expert's fill-in boundary (its last filled
+// candidate against the first left out) and a rectified token's best expert on its rank among
+// those not serving it. Capacity positions are token positions, with no margin to keep.
+inline void rectify_bad_tokens(const Problem& pb, const std::vector<double>& z, const Margins& m,
+                               std::vector<bool>& bad) {
+  const auto& p = pb.router_params;
+  const int64_t E = pb.shape.E, k = p.at("k");
+  const double cf = p.at("capacity_factor");
+  const bool intra = p.at("intra_rank"), fill = bool(p.at("fill_in")) && k < E;
+  std::vector<std::vector<double>> s(static_cast<size_t>(pb.T));
+  std::vector<std::vector<int64_t>> order(static_cast<size_t>(pb.T));
+  for (int64_t t = 0; t < pb.T; ++t) {
+    s[t] = softmax_of(&z[t * E], E);
+    order[t] = sorted_desc(s[t]);
+    if (!gaps_ok(s[t], fill ? k + 1 : k, m.score)) bad[t] = true;
+  }
+  const std::vector<int32_t> home =
+      intra ? token_home_ranks(pb.config.placement, pb.seq_lens, pb.T) : std::vector<int32_t>{};
+  const int64_t per_rank = intra ? E / pb.config.placement.expert_parallel : E;
+  for (const auto& [b, end] : test_groups(pb)) {
+    const int64_t C = int64_t(std::ceil(double(end - b) * double(k) * cf / double(E)));
+    std::vector<int64_t> used(static_cast<size_t>(E), 0);
+    std::vector<std::vector<bool>> serving(static_cast<size_t>(end - b),
+                                           std::vector<bool>(static_cast<size_t>(E), false));
+    std::vector<int64_t> served(static_cast<size_t>(end - b), 0);
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t t = b; t < end; ++t) {
+        const int64_t e = order[t][r];
+        if (used[e] < C) {
+          ++used[e];
+          serving[t - b][e] = true;
+          ++served[t - b];
+        }
+      }
+    for (int64_t e = 0; fill && e < E; ++e) {
+      std::vector<double> score;
+      std::vector<int64_t> who;
+      for (int64_t t = b; t < end; ++t)
+        if (order[t][k] == e) {
+          score.push_back(s[t][e]);
+          who.push_back(t);
+        }
+      const std::vector<int64_t> rank = sorted_desc(score);
+      const int64_t free = std::max<int64_t>(0, C - used[e]);
+      for (int64_t i = 0; i < std::min<int64_t>(free, int64_t(who.size())); ++i) {
+        serving[who[rank[i]] - b][e] = true;
+        ++served[who[rank[i]] - b];
+      }
+      if (free > 0 && free < int64_t(who.size()) &&
+          !(score[rank[free - 1]] - score[rank[free]] > m.score)) {
+        bad[who[rank[free - 1]]] = true;
+        bad[who[rank[free]]] = true;
+      }
+    }
+    for (int64_t t = b; t < end && intra; ++t) {
+      if (served[t - b] >= k) continue;
+      std::vector<double> local(static_cast<size_t>(E), -std::numeric_limits<double>::infinity());
+      for (int64_t e = home[t] * per_rank; e < (home[t] + 1) * per_rank; ++e)
+        if (!serving[t - b][e]) local[e] = s[t][e];
+      if (!gaps_ok(local, 1, m.score)) bad[t] = true;
+    }
+  }
+}
+
 // float64 pre-activations of token t: h1 = w1 x (n, F) and h3 = w3 x, n = E experts (and the
 // shared expert's Fs values, appended) from the (n, F, d) stacks.
 inline void pre_activations(const Problem& pb, int64_t t, std::vector<double>& h1,
@@ -571,6 +636,8 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
         if (!gaps_ok(softmax_of(&z[t * R + p * M], M), 1, m.score)) bad[t] = true;
   } else if (f == "sparsemixer") {
     sparsemixer_bad_tokens(pb, z, m, bad);
+  } else if (f == "rectify") {
+    rectify_bad_tokens(pb, z, m, bad);
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)
       for (int64_t r = 0; r < R; ++r)

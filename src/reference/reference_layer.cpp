@@ -860,6 +860,105 @@ double prototype_regulariser(const json& params, const Routing& routing,
 }
 
 // ---------------------------------------------------------------------------------------------
+// rectify (Rectify-Router, docs/routers/rectify.md). p = softmax(z) over E; choices c_1..c_k by p
+// (ties to the lower expert) and the candidate c_{k+1}. Per group of n tokens, C = ceil(n k cf / E)
+// slots per expert: the top-k choices take slots rank-major in position order, those without a
+// slot are dropped. fill_in: an expert's remaining slots go to the tokens whose c_{k+1} it is, by
+// descending p (ties to the lower token). intra_rank: a token with D = k - (experts it kept) > 0
+// also goes, without a slot, to the expert of largest p on its rank (experts [q E/P, (q+1) E/P)
+// of rank q; the sequences split over the ranks as for LocMoE) among those not already serving
+// it, counted D times. Weights a_e p_e (a the count, 1 or D) divided by their sum over the
+// token's experts (normalize), or not.
+
+Routing route_rectify(const LayerConfig& config, const json& params,
+                      const std::vector<double>& logits, const std::vector<Range>& groups,
+                      const Batch& b, int64_t T, int64_t E) {
+  const int64_t k = param<int64_t>(params, "k");
+  const double cf = param<double>(params, "capacity_factor");
+  const bool normalize = param<bool>(params, "normalize");
+  const bool intra_rank = param<bool>(params, "intra_rank");
+  const bool fill_in = param<bool>(params, "fill_in") && k < E;
+  // Each token's expert-parallel rank.
+  std::vector<int64_t> rank_of(T, 0);
+  int64_t experts_per_rank = E;
+  if (intra_rank) {
+    const ExpertPlacement& pl = config.placement;
+    if (!pl.declared()) fail("reference::forward: rectify's intra_rank needs a placement");
+    const std::vector<Range> seqs = sequences(b.seq_lens, T);
+    const int64_t S = static_cast<int64_t>(seqs.size());
+    for (int64_t q = 0; q < S; ++q)
+      for (int64_t t = seqs[q].first; t < seqs[q].second; ++t)
+        rank_of[t] = (q * pl.ranks / S) % pl.expert_parallel;
+    experts_per_rank = E / pl.expert_parallel;
+  }
+  std::vector<std::vector<double>> p(T);
+  std::vector<std::vector<int64_t>> ranked(T);
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  routing.chosen_first.assign(T * E, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    p[t] = softmax(row(logits, t, E));
+    ranked[t] = order_descending(p[t]);
+    for (int64_t r = 0; r < k; ++r) routing.chosen[t * E + ranked[t][r]] = 1.0;
+    routing.chosen_first[t * E + ranked[t][0]] = 1.0;
+  }
+  // count[t][e]: how often expert e serves token t (0: not at all).
+  std::vector<std::vector<double>> count(T, std::vector<double>(E, 0.0));
+  std::vector<Assignment> dropped;
+  for (const Range& g : groups) {
+    const int64_t n = g.second - g.first;
+    const int64_t C =
+        static_cast<int64_t>(std::ceil(static_cast<double>(n * k) * cf / static_cast<double>(E)));
+    std::vector<int64_t> load(E, 0);
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t t = g.first; t < g.second; ++t) {
+        const int64_t e = ranked[t][r];
+        if (load[e] < C) {
+          ++load[e];
+          count[t][e] = 1.0;
+        } else {
+          dropped.push_back({t, e, 0.0, false});
+        }
+      }
+    if (fill_in)
+      for (int64_t e = 0; e < E; ++e) {
+        std::vector<int64_t> want;  // tokens whose candidate is e
+        for (int64_t t = g.first; t < g.second; ++t)
+          if (ranked[t][k] == e) want.push_back(t);
+        std::stable_sort(want.begin(), want.end(),
+                         [&](int64_t a, int64_t c) { return p[a][e] > p[c][e]; });
+        for (size_t i = 0; i < want.size() && load[e] < C; ++i) {
+          ++load[e];
+          count[want[i]][e] = 1.0;
+        }
+      }
+    if (intra_rank)
+      for (int64_t t = g.first; t < g.second; ++t) {
+        double served = 0.0;
+        for (int64_t e = 0; e < E; ++e) served += count[t][e];
+        const double missing = static_cast<double>(k) - served;
+        if (missing <= 0.0) continue;
+        int64_t best = -1;
+        for (int64_t e = rank_of[t] * experts_per_rank; e < (rank_of[t] + 1) * experts_per_rank;
+             ++e)
+          if (count[t][e] == 0.0 && (best < 0 || p[t][e] > p[t][best])) best = e;
+        if (best >= 0) count[t][best] = missing;
+      }
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    double total = 0.0;
+    for (int64_t e = 0; e < E; ++e) total += count[t][e] * p[t][e];
+    for (int64_t e = 0; e < E; ++e)
+      if (count[t][e] > 0.0) {
+        const double w = count[t][e] * p[t][e];
+        routing.assignments.push_back({t, e, normalize ? w / total : w, true});
+      }
+  }
+  routing.assignments.insert(routing.assignments.end(), dropped.begin(), dropped.end());
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
 // sparsemixer (SparseMixer-v2, GRIN): two slots per token. Slot 1 looks at every expert, slot 2 at
 // every expert but slot 1's. Let m be the largest logit the slot looks at (lowest index on ties).
 // Expert j stays in the slot's set unless (m - z_j) / max(|z_j|, m) > 2 jitter_eps; p = softmax of
@@ -1247,6 +1346,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_prototype(router_params, logits, groups, T, E);
   } else if (family == "sparsemixer") {
     routing = route_sparsemixer(router_params, logits, noise, config.training, T, E);
+  } else if (family == "rectify") {
+    routing = route_rectify(config, router_params, logits, groups, batch, T, E);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }

@@ -67,6 +67,11 @@ const std::vector<RouterEntry>& router_registry() {
        "SparseMixer-v2 (GRIN): masked-softmax top-2 by slots, sampled in training",
        {{"balance", 0.001}, {"balance_mode", "global_batch"}},
        routers::make_sparsemixer},
+      {"rectify",
+       "Rectify-Router: top-2 with capacity; drops to the token's rank's best expert, free slots "
+       "to third choices",
+       {{"balance", 0.01}, {"balance_top1_only", true}},
+       routers::make_rectify},
       {"expert_choice", "Expert Choice: each expert takes its top tokens", kNoLosses,
        routers::make_expert_choice},
       {"hash", "Hash layer: fixed token-id to expert table", kNoLosses, routers::make_hash},

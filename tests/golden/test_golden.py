@@ -166,6 +166,8 @@ def unclear_tokens(case, t):
         return bad
     if router == "sparsemixer":
         return sparsemixer_unclear(cfg, x, t["gate.weight"].astype(np.float64), E)
+    if router == "rectify":
+        return rectify_unclear(case, z, E)
     if router == "base":
         srt = -np.sort(-z, axis=1)
         bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
@@ -243,6 +245,58 @@ def unclear_tokens(case, t):
         for (a, b) in groups_of(case, T):
             order = np.argsort(-g1[a:b], kind="stable")
             mark_close(g1[a:b][order], a + order, bad)
+    return bad
+
+
+def rectify_unclear(case, z, E):
+    """Rectify-Router: the k + 1 best scores of every token (top-k set, rank order, fill-in
+    candidate) must be clear; replaying the routing, each expert's fill-in boundary (last filled
+    candidate against the first left out) and every rectified token's best expert on its rank
+    among those not serving it. Capacity goes by position: no margin there."""
+    p = topk_params(case["cfg"])
+    k, cf = int(p["k"]), float(p["capacity_factor"])
+    fill, intra = bool(p["fill_in"]) and k < E, bool(p["intra_rank"])
+    T = z.shape[0]
+    s = softmax(z)
+    order = np.argsort(-s, axis=1, kind="stable")
+    srt = np.take_along_axis(s, order, axis=1)
+    upto = min(k + 2 if fill else k + 1, E)
+    bad = ((srt[:, :upto - 1] - srt[:, 1:upto]) <= MARGIN).any(1)
+    home, per_rank = np.zeros(T, dtype=np.int64), E
+    if intra:
+        pl = case["cfg"]["placement"]
+        N = pl.get("ranks", 1)
+        P = pl.get("expert_parallel", N)
+        lens = case["seq_lens"] or [T]
+        home = np.concatenate([np.full(n, (q * N // len(lens)) % P) for q, n in enumerate(lens)])
+        per_rank = E // P
+    for (a, b) in groups_of(case, T):
+        C = math.ceil((b - a) * k * cf / E)
+        load = np.zeros(E, dtype=np.int64)
+        serving = np.zeros((b - a, E), dtype=bool)
+        for r in range(k):
+            for t in range(a, b):
+                e = order[t, r]
+                if load[e] < C:
+                    load[e] += 1
+                    serving[t - a, e] = True
+        for e in range(E if fill else 0):
+            who = np.array([t for t in range(a, b) if order[t, k] == e], dtype=np.int64)
+            if who.size == 0:
+                continue
+            who = who[np.argsort(-s[who, e], kind="stable")]
+            free = max(C - int(load[e]), 0)
+            serving[who[:free] - a, e] = True
+            if 0 < free < who.size and s[who[free - 1], e] - s[who[free], e] <= MARGIN:
+                bad[who[free - 1]] = bad[who[free]] = True
+        for t in range(a, b) if intra else ():
+            if serving[t - a].sum() >= k:
+                continue
+            local = [s[t, e] for e in range(home[t] * per_rank, (home[t] + 1) * per_rank)
+                     if not serving[t - a, e]]
+            if len(local) > 1:
+                two = sorted(local, reverse=True)[:2]
+                bad[t] |= two[0] - two[1] <= MARGIN
     return bad
 
 
@@ -507,6 +561,9 @@ def run_case(case, idx, seed, args, torch_layer, workdir):
         dropped = json.loads(ref_meta["stats"])["dropped"]
         if dropped <= 0:
             return False, [], ["test design: no capacity drops in the reference, nothing tested"]
+        for kind, n in json.loads(ref_meta["stats"]).get("rectified", {}).items():
+            if n <= 0:  # rectify: fill-in (FR) and intra-rank (IR) must each act
+                return False, [], [f"test design: rectify's {kind} changed nothing"]
     if clamp_limit(case) is not None:
         counts = clamp_counts(case, t, ref["combine"])
         if min(counts) == 0:

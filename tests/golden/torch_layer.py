@@ -16,7 +16,7 @@ computation dtype (float64 by default) so that a comparison sees the reference a
 Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (evaluation mode:
 training=true is accepted only when the configuration has no random element), expert_choice,
 top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
-(training too: the layer's seeded draws are replayed, layer_noise).
+(training too: the layer's seeded draws are replayed, layer_noise), rectify.
 """
 import argparse
 import json
@@ -95,6 +95,9 @@ ROUTERS = {
     "base": ("base", {}, {}),
     "sparsemixer": ("sparsemixer", {"jitter_eps": 0.01, "jitter": 0.0},
                     {"balance": 0.001, "balance_mode": "global_batch"}),
+    "rectify": ("rectify", {"k": 2, "capacity_factor": 1.0, "normalize": None,
+                            "intra_rank": True, "fill_in": True},
+                {"balance": 0.01, "balance_top1_only": True}),
 }
 NO_LOSS_FAMILIES = {"hash", "base", "smear", "smile", "prototype"}
 
@@ -491,6 +494,74 @@ def route_prototype(z, E, p, groups):
     return Routing(W, kept, own_loss=loss, assigned=T * K)
 
 
+def route_rectify(z, E, p, groups, top1_only, placement, seq_lens):
+    """Rectify-Router: softmax top-k with capacity C = ceil(n k cf / E) per group (rank-major,
+    position order); fill_in: an expert's free slots to the tokens whose (k+1)-th choice it is,
+    best score first; intra_rank: a token short of k experts by D goes to its rank's best expert
+    not serving it, counted D times. Weights count * s, renormalised per token (normalize)."""
+    T, R = z.shape
+    if R != E:
+        raise ConfigError(f"gate.weight has {R} rows, expected E={E}")
+    k, cf = int(p["k"]), float(p["capacity_factor"])
+    normalize = k > 1 if p["normalize"] is None else bool(p["normalize"])
+    if normalize and k == 1:
+        raise ConfigError("layer.json: normalize=true with k=1 gives the router no gradient")
+    if not cf > 0 or k > E:
+        raise ConfigError(f"rectify: needs capacity_factor > 0 and k <= E, got {cf}, {k}")
+    fill = bool(p["fill_in"]) and k < E
+    s = torch.softmax(z, dim=-1)
+    sd = s.detach()
+    idx = topk_indices(sd, k + 1 if fill else k)
+    count = torch.zeros(T, E, dtype=z.dtype)              # how often e serves t, no gradient
+    home, per_rank = [0] * T, E
+    if p["intra_rank"]:
+        if placement is None:
+            raise ConfigError("layer.json: rectify's intra_rank needs a placement")
+        N, P, S = placement["ranks"], placement["expert_parallel"], len(seq_lens)
+        home = sum(([(q * N // S) % P] * n for q, n in enumerate(seq_lens)), [])
+        per_rank = E // P
+    dropped = filled = rectified = 0
+    for (a, b) in groups:
+        C = math.ceil((b - a) * k * cf / E)
+        load = [0] * E
+        for r in range(k):
+            for t in range(a, b):
+                e = int(idx[t, r])
+                if load[e] < C:
+                    load[e] += 1
+                    count[t, e] = 1.0
+                else:
+                    dropped += 1
+        if fill:
+            for e in range(E):
+                want = sorted((t for t in range(a, b) if int(idx[t, k]) == e),
+                              key=lambda t: (-float(sd[t, e]), t))
+                for t in want[:max(C - load[e], 0)]:
+                    count[t, e] = 1.0
+                    filled += 1
+        if p["intra_rank"]:
+            for t in range(a, b):
+                short = k - int(count[t].sum())
+                mine = [e for e in range(home[t] * per_rank, (home[t] + 1) * per_rank)
+                        if count[t, e] == 0]
+                if short > 0 and mine:
+                    count[t, max(mine, key=lambda e: (float(sd[t, e]), -e))] = float(short)
+                    rectified += 1
+    W = count * s
+    if normalize:
+        total = W.sum(-1, keepdim=True)
+        W = W / torch.where(total > 0, total, torch.ones_like(total))
+    kept = count > 0
+    choices = torch.zeros(T, E, dtype=z.dtype).scatter(1, idx[:, :1 if top1_only else k], 1.0)
+    routing = Routing(W, kept, choices, s, assigned=int(kept.sum()) + dropped)
+    routing.extra_stats = {"rectified": {"fill_in": filled, "intra_rank": rectified}}
+    if not fill:
+        del routing.extra_stats["rectified"]["fill_in"]
+    if not p["intra_rank"]:
+        del routing.extra_stats["rectified"]["intra_rank"]
+    return routing
+
+
 # SparseMixer-v2 (GRIN) replays the layer's random draws: make_router_noise's std::mt19937_64 and
 # its float conversion, written out here.
 class MT19937_64:
@@ -782,6 +853,9 @@ def run_layer(layer, tin, dtype=torch.float64):
             elif family == "sparsemixer":
                 routing = route_sparsemixer(z, E, p, layer["training"], noise_u,
                                             losses["balance_top1_only"])
+            elif family == "rectify":
+                routing = route_rectify(z, E, p, groups, losses["balance_top1_only"],
+                                        layer["placement"], seq_lens)
             elif family == "base":
                 best = topk_indices(z.detach(), 1)[:, 0]
                 kept = torch.zeros(T, E, dtype=torch.bool)
@@ -868,6 +942,7 @@ def run_layer(layer, tin, dtype=torch.float64):
         "assignments": routing.assigned,
         "dropped": routing.assigned - int(tokens_per_expert.sum()),
     }
+    stats.update(getattr(routing, "extra_stats", {}))  # rectify: how often FR and IR acted
     return out, stats
 
 
