@@ -107,7 +107,7 @@ struct RoutingStats {
 // The random draws of one call, made from the seed so that the reference can replay them.
 struct RouterNoise {
   std::vector<float> jitter;   // (T, d) multipliers, empty when off
-  std::vector<float> uniform;  // (T) U[0,1)
+  std::vector<float> uniform;  // (T, n) U[0,1), n = traits.uniforms_per_token
 };
 RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& traits, int64_t T,
                               int64_t d, uint64_t call_index);
