@@ -108,8 +108,8 @@ struct RouterTensorSpec {
   std::vector<int64_t> shape;
   Init init = Init::Normal;
   double value = 0.0;
-  bool decay = true;       // weight decay applies
-  bool trainable = true;   // false: fixed after initialisation (HyperRouter's hypernetwork)
+  bool decay = true;      // weight decay applies
+  bool trainable = true;  // false: fixed after initialisation (HyperRouter's hypernetwork)
 };
 
 // How a router's logits come from its input where that is not x · gate.weightᵀ (X-MoE's
