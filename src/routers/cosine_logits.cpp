@@ -48,26 +48,23 @@ std::vector<RouterTensorSpec> CosineLogits::tensors(int64_t d, int64_t R) const 
   };
 }
 
-// saved: u = W x (T, D), n(u) (T, D), its norms (T), n(e) (R, D), their norms (R), the cosines
+// saved: n(u) for u = W x (T, D), the norms of u (T), n(e) (R, D), their norms (R), the cosines
 // (T, R), the scale (1).
 void CosineLogits::forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
                            float* logits, std::vector<float>& saved) const {
   const int64_t D = config_.dim;
-  saved.resize(size_t(2 * T * D + T + R * D + R + T * R + 1));
-  float* u = saved.data();
-  float* u_unit = u + T * D;
+  saved.resize(size_t(T * D + T + R * D + R + T * R + 1));
+  float* u_unit = saved.data();  // u, normalised in place
   float* u_norm = u_unit + T * D;
   float* e_unit = u_norm + T;
   float* e_norm = e_unit + R * D;
   float* cosine = e_norm + R;
   float* scale = cosine + T * R;
-  cpu::gemm(false, true, T, D, d, 1.0f, x, d, w[0], d, 0.0f, u, D);
-  if (config_.normalize_input) {
-    normalize_rows(T, D, u, u_unit, u_norm);
-  } else {
-    std::copy(u, u + T * D, u_unit);
+  cpu::gemm(false, true, T, D, d, 1.0f, x, d, w[0], d, 0.0f, u_unit, D);
+  if (config_.normalize_input)
+    normalize_rows(T, D, u_unit, u_unit, u_norm);  // row by row: in place is safe
+  else
     std::fill(u_norm, u_norm + T, 1.0f);
-  }
   normalize_rows(R, D, w[1], e_unit, e_norm);
   cpu::gemm(false, true, T, R, D, 1.0f, u_unit, D, e_unit, D, 0.0f, cosine, R);
   scale[0] = std::min(std::exp(w[2][0]), float(1.0 / config_.min_temperature));
@@ -78,7 +75,7 @@ void CosineLogits::backward(int64_t T, int64_t d, int64_t R, const float* x, con
                             const std::vector<float>& saved, const float* d_logits, float* dx,
                             float* const* dw) const {
   const int64_t D = config_.dim;
-  const float* u_unit = saved.data() + T * D;
+  const float* u_unit = saved.data();
   const float* u_norm = u_unit + T * D;
   const float* e_unit = u_norm + T;
   const float* e_norm = e_unit + R * D;
