@@ -83,6 +83,8 @@ struct Problem {
   mutable std::vector<const float*> router_views;
   std::vector<int64_t> token_ids, seq_lens;
   std::vector<double> global_counts;
+  // (T, C) the previous MoE layer's router carry (LogitFunction::carry_dim C > 0), or empty.
+  std::vector<float> router_carry;
 
   std::string family() const { return router_params.at("router").get<std::string>(); }
   bool swiglu() const { return has_up_projection(config.activation); }  // w3 exists
@@ -111,6 +113,7 @@ struct Problem {
     b.token_ids = token_ids.empty() ? nullptr : token_ids.data();
     b.seq_lens = seq_lens;
     b.global_counts = global_counts.empty() ? nullptr : global_counts.data();
+    b.router_carry = router_carry.empty() ? nullptr : router_carry.data();
     return b;
   }
   reference::Params ref_params() const {
@@ -134,6 +137,7 @@ struct Problem {
     b.token_ids = token_ids;
     b.seq_lens = seq_lens;
     b.global_counts = global_counts;
+    b.router_carry = to_double(router_carry);
     return b;
   }
   reference::Result reference(const reference::Params& p, const reference::Batch& b) const {
@@ -144,6 +148,8 @@ struct Problem {
 struct ProblemOptions {
   int64_t T = 7, E = 3, d = 13, F = 11, Fs = 0;
   bool shared_gate = false;       // Qwen2-MoE's sigmoid gate on the shared expert (Fs > 0)
+  bool router_carry = true;       // a carry in for a carrying logit function (false: the first
+                                  // MoE layer's zeros)
   std::vector<int64_t> seq_lens;  // empty = one sequence
   bool global_counts = false;
   bool gate_bias = false;
@@ -165,13 +171,13 @@ inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptio
   pb.R = pb.layer->num_router_outputs();
   pb.router_params = pb.layer->router().params();
   pb.traits = pb.layer->router().traits();
-  pb.noise = make_router_noise(pb.config, pb.traits, o.T, o.d, 0);
+  pb.noise = make_router_noise(pb.config, pb.traits, o.T, o.d, pb.R, 0);
   const int64_t d = o.d, E = o.E, F = o.F, Fs = o.Fs;
   pb.x = dyadic_vector(rng, size_t(o.T * d));
   if (const LogitFunction* lf = pb.layer->router().logit_function()) {
     // Random values; constants (the log scale) from their spec plus 0.3, so that a case whose
     // temperature starts at its floor runs clamped.
-    for (const RouterTensorSpec& spec : lf->tensors(d, pb.R)) {
+    for (const RouterTensorSpec& spec : pb.layer->router_tensor_specs()) {
       int64_t n = 1;
       for (int64_t v : spec.shape) n *= v;
       pb.router_names.push_back(spec.name);
@@ -179,6 +185,8 @@ inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptio
                               ? std::vector<float>(size_t(n), float(spec.value + 0.3))
                               : normal_vector(rng, size_t(n), 1.0 / std::sqrt(double(d))));
     }
+    if (const int64_t C = lf->carry_dim(d, pb.R); C > 0 && o.router_carry)
+      pb.router_carry = normal_vector(rng, size_t(o.T * C), 0.5);
   } else if (pb.traits.needs_gate) {
     pb.gate = o.zero_gate ? std::vector<float>(size_t(pb.R * d), 0.0f)
                           : dyadic_vector(rng, size_t(pb.R * d));
@@ -638,6 +646,19 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
     sparsemixer_bad_tokens(pb, z, m, bad);
   } else if (f == "rectify") {
     rectify_bad_tokens(pb, z, m, bad);
+  } else if (f == "moec") {
+    // The argmax over E must be clear and, where the dropout re-routes, the order within the
+    // argmax's cluster. The drop test U < rate needs no margin (the same float in every path).
+    const int64_t M = pb.router_params.at("cluster_size");
+    const bool drop = pb.config.training && double(pb.router_params.at("cluster_dropout")) > 0.0;
+    for (int64_t t = 0; t < pb.T; ++t) {
+      const std::vector<double> p = softmax_of(&z[t * R], R);
+      if (!gaps_ok(p, 1, m.score)) bad[t] = true;
+      const int64_t first = sorted_desc(p)[0] / M * M;
+      if (drop &&
+          !gaps_ok(std::vector<double>(p.begin() + first, p.begin() + first + M), M - 1, m.score))
+        bad[t] = true;
+    }
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)
       for (int64_t r = 0; r < R; ++r)

@@ -23,10 +23,13 @@ namespace {
 using nlohmann::json;
 using namespace testing_support;
 
-// Objective L = Σ y ⊙ dy + aux_loss of the reference.
-double objective(const reference::Result& r, const std::vector<double>& dy) {
+// Objective L = Σ y ⊙ dy + Σ carry ⊙ dc + aux_loss of the reference (dc: the gradient reaching
+// the router carry out from the layers above, empty when the router carries none).
+double objective(const reference::Result& r, const std::vector<double>& dy,
+                 const std::vector<double>& dc) {
   double sum = r.aux_loss;
   for (size_t i = 0; i < dy.size(); ++i) sum += r.y[i] * dy[i];
+  for (size_t i = 0; i < dc.size(); ++i) sum += r.router_carry[i] * dc[i];
   return sum;
 }
 
@@ -70,6 +73,7 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   o.Fs = case_Fs;
   o.gate_bias = gc.sizes.value("gate_bias", false);
   o.shared_gate = gc.sizes.value("shared_gate", false);
+  o.router_carry = gc.sizes.value("router_carry", true);
   if (gc.sizes.value("sequences", false)) o.seq_lens = {case_T / 2, case_T - case_T / 2};
   if (config.contains("losses") && config["losses"].value("balance_mode", "") == "global_batch")
     o.global_counts = true;
@@ -82,6 +86,8 @@ TEST_P(Gradients, MatchFiniteDifferences) {
 
   const int64_t T = pb.T, d = pb.shape.d;
   const std::vector<float> dy = normal_vector(rng, size_t(T * d), 1.0);
+  const int64_t C = pb.layer->router_carry_dim();
+  const std::vector<float> dc = normal_vector(rng, size_t(T * C), 1.0);  // (T, C)
 
   // Fast path: forward then backward.
   MoECache cache;
@@ -105,7 +111,10 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   for (const auto& t : pb.router) d_router.emplace_back(t.size(), 0.0f);
   for (auto& t : d_router) d_router_views.push_back(t.data());
   grads.router = d_router.empty() ? nullptr : d_router_views.data();
-  pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), dx.data(), grads);
+  std::vector<float> d_carry(pb.router_carry.size());
+  grads.router_carry = d_carry.empty() ? nullptr : d_carry.data();
+  pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), dx.data(), grads, 1.0f,
+                     dc.empty() ? nullptr : dc.data());
   if (pb.clamped()) {  // the clamps cut some of the used pre-activations at both ends
     const ClampCounts n = clamp_counts(pb, cache);
     EXPECT_GT(n.gate_top, 0) << "no gate above +swiglu_limit: the case tests no clamp";
@@ -116,7 +125,7 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   // Reference: central differences.
   reference::Params rp = pb.ref_params();
   reference::Batch rb = pb.ref_batch();
-  const std::vector<double> dy64 = to_double(dy);
+  const std::vector<double> dy64 = to_double(dy), dc64 = to_double(dc);
   const Pattern base_pattern = pattern_of(pb.reference(rp, rb));
 
   std::vector<Tensor> tensors = {
@@ -125,6 +134,7 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   for (size_t i = 0; i < pb.router.size(); ++i)
     tensors.push_back(
         {"router." + pb.router_names[i], &rp.router.at(pb.router_names[i]), &d_router[i]});
+  if (!pb.router_carry.empty()) tensors.push_back({"router_carry", &rb.router_carry, &d_carry});
   if (pb.swiglu()) tensors.push_back({"experts.w3", &rp.w3, &dw3});
   if (case_Fs > 0) {
     tensors.push_back({"shared.w1", &rp.shared_w1, &dsw1});
@@ -154,7 +164,7 @@ TEST_P(Gradients, MatchFiniteDifferences) {
         ++skipped;  // the step flipped a discrete routing decision
         continue;
       }
-      const double fd = (objective(plus, dy64) - objective(minus, dy64)) / (2.0 * h);
+      const double fd = (objective(plus, dy64, dc64) - objective(minus, dy64, dc64)) / (2.0 * h);
       const double an = (*tensor.gradient)[i];
       EXPECT_LE(std::abs(fd - an), 2e-3 * std::max(1.0, std::abs(fd)))
           << tensor.name << "[" << i << "]: finite difference " << fd << ", backward " << an;

@@ -67,6 +67,8 @@ void compare_with_reference(Problem& pb) {
       EXPECT_EQ(combine[t * E + e] != 0.0f, ref.combine[t * E + e] != 0.0)
           << "routing differs at token " << t << " expert " << e << ": fast " << combine[t * E + e]
           << ", reference " << ref.combine[t * E + e];
+  ASSERT_EQ(cache.router_carry.size(), ref.router_carry.size()) << "router carry out";
+  EXPECT_LE(max_abs_diff(cache.router_carry, ref.router_carry), 1e-5) << "router carry out differs";
   EXPECT_EQ(cache.stats.tokens_per_expert, ref.tokens_per_expert);
   EXPECT_EQ(cache.stats.dropped, ref.dropped);
   EXPECT_NEAR(cache.stats.aux_loss, ref.aux_loss, 1e-4 * std::abs(ref.aux_loss) + 1e-9);
@@ -95,6 +97,7 @@ TEST_P(LayerVsReference, Forward) {
   o.global_counts = p.c.sizes.value("global_counts", false);
   o.gate_bias = p.c.sizes.value("gate_bias", false);
   o.shared_gate = p.c.sizes.value("shared_gate", false);
+  o.router_carry = p.c.sizes.value("router_carry", true);
   Problem pb = make_problem(config, o, rng);
   ASSERT_TRUE(separate_routing(pb, rng)) << "could not draw well-separated routing inputs";
   compare_with_reference(pb);

@@ -177,6 +177,18 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // ReMoE with both options beyond the paper: the gate as router.gate with z = s x gateᵀ, and
+    // the threshold bias R = ReLU(z + b) moved after every step; λ moves with the mean zero
+    // fraction.
+    GoldenCase g{"remoe_gate_scale_threshold_bias", tiny_config(), tiny_opt()};
+    g.model.router = {{"router", "remoe"},
+                      {"k", 2},
+                      {"lambda", 0.01},
+                      {"gate_lr_scale", 0.5},
+                      {"bias_update_rate", 0.01}};
+    out.push_back(g);
+  }
+  {
     // An explicit list of MoE layers (layer 0 dense, layer 2 MoE) instead of moe_every.
     GoldenCase g{"moe_layers_list", tiny_config(), tiny_opt()};
     g.model.n_layers = 3;
@@ -188,6 +200,15 @@ std::vector<GoldenCase> cases() {
     GoldenCase g{"shared_expert_gate", tiny_config(), tiny_opt()};
     g.model.shared_d_ff = 12;
     g.model.shared_expert_gate = true;
+    out.push_back(g);
+  }
+  {
+    // RMoE: the GRU state goes from MoE layer 0 past dense layer 1 to MoE layers 2 and 3, and
+    // its gradient back; the GRU cell is one tensor set for all MoE layers.
+    GoldenCase g{"rmoe_recurrent_router", tiny_config(), tiny_opt()};
+    g.model.n_layers = 4;
+    g.model.moe_layers = {0, 2, 3};
+    g.model.router = {{"router", "rmoe"}, {"recurrent_dim", 8}};
     out.push_back(g);
   }
   {

@@ -311,6 +311,88 @@ TEST(RouterState, ReMoELambdaOnRandomInputs) {
   EXPECT_GT(grew + shrank, 0);
 }
 
+// ReMoE's threshold bias (bias_update_rate u > 0, beyond the paper): R = ReLU(z + b), and after a
+// step b_e moves by exactly ±u towards the activation rate k/E. An expert closed for every token
+// opens again once b has climbed past −max_t z_te; with u = 0 the bias is neither read nor moved.
+TEST(RouterState, ReMoEThresholdBiasReopensClosedExperts) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  constexpr int64_t T = 64, d = 8, E = 4, F = 4;
+  constexpr double k = 1.0, u = 0.05;
+  Problem p(rng, T, d, E, F);
+  for (float& v : p.x) v = std::abs(v) + 0.1f;  // positive inputs: the gate's sign decides
+  for (int64_t e = 0; e < E; ++e)               // expert 0 open for every token, 1-3 closed
+    for (int64_t j = 0; j < d; ++j)
+      p.gate[size_t(e * d + j)] =
+          (e == 0 ? 1.0f : -1.0f) * (std::abs(p.gate[size_t(e * d + j)]) + 0.01f);
+  std::vector<float> y(size_t(T * d));
+  // z_te of the closed experts, for the step at which each must open.
+  std::vector<double> max_z(size_t(E), -1e30);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) {
+      double z = 0.0;
+      for (int64_t j = 0; j < d; ++j)
+        z += double(p.x[size_t(t * d + j)]) * double(p.gate[size_t(e * d + j)]);
+      max_z[size_t(e)] = std::max(max_z[size_t(e)], z);
+    }
+  for (int64_t e = 1; e < E; ++e) ASSERT_LT(max_z[size_t(e)], -0.1) << "expert " << e;
+
+  {
+    SCOPED_TRACE("bias_update_rate 0: the paper's ReLU(z), the bias ignored and left alone");
+    json config = remoe_config(k);
+    config["bias_update_rate"] = 0.0;
+    auto layer = make_layer(config, p.shape);
+    std::vector<float> bias(size_t(E), 10.0f);
+    MoECache cache;
+    layer->forward(p.params(bias.data()), p.batch(), cache, y.data());
+    EXPECT_DOUBLE_EQ(cache.stats.experts_per_token, 1.0);
+    layer->update_router_state(cache, bias.data());
+    EXPECT_EQ(bias, std::vector<float>(size_t(E), 10.0f));
+  }
+
+  json config = remoe_config(k);
+  config["bias_update_rate"] = u;
+  auto layer = make_layer(config, p.shape);
+  std::vector<float> bias(size_t(E), 0.0f);
+  std::vector<bool> opened(size_t(E), false);
+  for (int step = 0; step < 200 && !(opened[1] && opened[2] && opened[3]); ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    MoECache cache;
+    layer->forward(p.params(bias.data()), p.batch(), cache, y.data());
+    const std::vector<double> counts = counts_of(cache, E);
+    // The combine weight is z + b where it is positive.
+    const RoutingPlan& plan = cache.plan;
+    for (size_t a = 0; a < plan.size(); ++a) {
+      const int64_t t = plan.token[a], e = plan.expert[a];
+      double z = 0.0;
+      for (int64_t j = 0; j < d; ++j)
+        z += double(p.x[size_t(t * d + j)]) * double(p.gate[size_t(e * d + j)]);
+      ASSERT_NEAR(plan.weight[a], z + double(bias[size_t(e)]), 1e-4) << "expert " << e;
+      ASSERT_GT(plan.weight[a], 0.0f);
+    }
+    for (int64_t e = 1; e < E; ++e) {
+      // Closed exactly while b_e has not passed −max_t z_te.
+      const bool open = double(bias[size_t(e)]) + max_z[size_t(e)] > 1e-4;
+      if (std::abs(double(bias[size_t(e)]) + max_z[size_t(e)]) > 1e-4) {
+        ASSERT_EQ(counts[size_t(e)] > 0, open) << "expert " << e << ", bias " << bias[size_t(e)];
+      }
+      opened[size_t(e)] = opened[size_t(e)] || counts[size_t(e)] > 0;
+    }
+    const std::vector<float> before = bias;
+    layer->update_router_state(cache, bias.data());
+    for (int64_t e = 0; e < E; ++e) {
+      const double rate = counts[size_t(e)] / double(T), target = k / double(E);
+      const float want = before[size_t(e)] + (rate < target   ? float(u)
+                                              : rate > target ? -float(u)
+                                                              : 0.0f);
+      EXPECT_EQ(bias[size_t(e)], want) << "expert " << e << ", rate " << rate;
+    }
+  }
+  for (int64_t e = 1; e < E; ++e)
+    EXPECT_TRUE(opened[size_t(e)]) << "expert " << e << " never opened";
+  EXPECT_LT(bias[0], 0.0f) << "expert 0, active for every token, must have been pushed down";
+}
+
 // ---------------------------------------------------------------------------------------------
 // Global-batch balance loss.
 

@@ -232,6 +232,7 @@ void check_other_tokens_change_nothing(const json& router, bool training, bool p
   changed.gate = pb.gate;
   changed.router = pb.router;
   changed.router_names = pb.router_names;
+  changed.router_carry = pb.router_carry;  // the previous layer's carry, per token
   changed.gate_bias = pb.gate_bias;
   changed.w1 = pb.w1;
   changed.w3 = pb.w3;

@@ -74,6 +74,9 @@ struct MoEGrads {
   float* const* w2_experts = nullptr;
   float* const* router = nullptr;  // as MoEParams::router
   float* shared_gate = nullptr;    // (d)
+  // (T, C) ∂L/∂MoEBatch::router_carry, where the logit function carries a state and the batch
+  // gave one; null: not wanted.
+  float* router_carry = nullptr;
 };
 
 struct MoEBatch {
@@ -85,6 +88,9 @@ struct MoEBatch {
   // Replay of recorded routing: (T, forced_k) expert ids per token, -1 = none (RouterInput).
   const int32_t* forced_experts = nullptr;
   int64_t forced_k = 0;
+  // (T, C) the previous MoE layer's router carry (LogitCarry; RMoE's GRU output), for a logit
+  // function whose carry_dim C > 0; null: zeros (the first MoE layer).
+  const float* router_carry = nullptr;
 };
 
 struct RoutingStats {
@@ -107,10 +113,10 @@ struct RoutingStats {
 // The random draws of one call, made from the seed so that the reference can replay them.
 struct RouterNoise {
   std::vector<float> jitter;   // (T, d) multipliers, empty when off
-  std::vector<float> uniform;  // (T, n) U[0,1), n = traits.uniforms_per_token
+  std::vector<float> uniform;  // (T, n) U[0,1), n = uniform_draws(traits, R)
 };
 RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& traits, int64_t T,
-                              int64_t d, uint64_t call_index);
+                              int64_t d, int64_t R, uint64_t call_index);
 
 // Activations saved by forward for backward. Reused across calls to avoid reallocating.
 struct MoECache {
@@ -118,9 +124,10 @@ struct MoECache {
   std::vector<std::pair<int64_t, int64_t>> groups;     // routing groups
   std::vector<std::pair<int64_t, int64_t>> sequences;  // token ranges of the sequences
   RouterNoise noise;
-  std::vector<float> router_in;    // (T, d) jittered input, or (S, d) sequence means for SMEAR
-  std::vector<float> logits;       // (T, R) or (S, R)
-  std::vector<float> logit_saved;  // the logit function's saved values for backward
+  std::vector<float> router_in;     // (T, d) jittered input, or (S, d) sequence means for SMEAR
+  std::vector<float> logits;        // (T, R) or (S, R)
+  std::vector<float> logit_saved;   // the logit function's saved values for backward
+  std::vector<float> router_carry;  // (T, C) the logit function's carry out; empty when C = 0
   RoutingPlan plan;
   std::vector<int64_t> expert_offsets;  // (E + 1) into the dispatched rows
   std::vector<int32_t> row_assignment;  // (A_kept) assignment of each dispatched row
@@ -206,8 +213,14 @@ class MoELayer {
   // dy (T, d) -> dx (T, d) and parameter gradients (overwritten). Includes the aux losses'
   // gradients (the aux loss is added to the objective with weight 1).
   // `aux_weight` scales the aux losses' share (for gradient accumulation over micro-batches).
+  // `d_router_carry` (T, C): ∂L/∂cache.router_carry from the MoE layers above; null: zeros.
   void backward(const MoEParams& p, const MoEBatch& batch, const MoECache& cache, const float* dy,
-                float* dx, const MoEGrads& grads, float aux_weight = 1.0f);
+                float* dx, const MoEGrads& grads, float aux_weight = 1.0f,
+                const float* d_router_carry = nullptr);
+  // Width of the router carry (LogitCarry), 0 for routers without one.
+  int64_t router_carry_dim() const;
+  // The logit function's tensors (router.NAME), in its order; empty for the linear gate.
+  const std::vector<RouterTensorSpec>& router_tensor_specs() const { return router_specs_; }
   // Combine weights (T, E) from the last forward: weight of expert e for token t, 0 if not routed.
   std::vector<float> combine_matrix(const MoECache& cache) const;
   // Non-gradient router state after a step (bias, λ); counts from the cache's plan.
@@ -234,6 +247,7 @@ class MoELayer {
   MoEShape shape_;
   std::unique_ptr<Router> router_;
   int64_t R_ = 0;
+  std::vector<RouterTensorSpec> router_specs_;  // the logit function's, read once
   // Dispatch and combine (src/layer/token_dispatcher.h), the experts' FFNs
   // (src/layer/expert_backend.h).
   std::unique_ptr<layer::TokenDispatcher> dispatcher_;

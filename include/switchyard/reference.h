@@ -28,6 +28,7 @@ struct Batch {
   std::vector<int64_t> token_ids;     // (T) or empty
   std::vector<int64_t> seq_lens;      // empty = one sequence
   std::vector<double> global_counts;  // (R) or empty
+  std::vector<double> router_carry;   // (T, C) the previous MoE layer's router carry, or empty
 };
 
 struct Result {
@@ -36,6 +37,7 @@ struct Result {
   double aux_loss = 0.0;
   std::vector<int64_t> tokens_per_expert;  // (E)
   int64_t dropped = 0;
+  std::vector<double> router_carry;  // (T, C) this layer's router carry (RMoE), or empty
 };
 
 // `router_params` are the resolved parameters (Router::params(), with "router" naming the family:
@@ -50,6 +52,11 @@ Result forward(const LayerConfig& config, const nlohmann::json& router_params,
 std::vector<double> router_logits(const nlohmann::json& router_params, const MoEShape& shape,
                                   int64_t R, const Params& params, const Batch& batch,
                                   const RouterNoise& noise);
+// RMoE's GRU state h (T, recurrent_dim) from the projected input and batch.router_carry: the
+// state its logits read and the carry it passes to the next MoE layer.
+std::vector<double> recurrent_router_state(const nlohmann::json& router_params,
+                                           const MoEShape& shape, const Params& params,
+                                           const Batch& batch, const RouterNoise& noise);
 // The sinkhorn selection's balanced scores of tokens [group.first, group.second) from logits
 // (T, R) over the first E outputs: (n, E) row-major. Public for the tests' tie rule.
 std::vector<double> sinkhorn_balanced(const std::vector<double>& logits,

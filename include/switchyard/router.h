@@ -30,11 +30,15 @@ struct RouterTraits {
   bool has_own_loss = false;         // own_loss is reported (as the "router" loss), even when 0
   ScoreKind score = ScoreKind::Softmax;
   double jitter = 0.0;  // multiplicative input noise U[1-ε, 1+ε] in training
-  // U[0,1) draws per token in training (RouterNoise::uniform is (T, n), RouterInput::uniform
-  // too). A router whose count depends on E sets it in check_shape, which the layer calls before
-  // any forward.
+  // U[0,1) draws per token in training: n = uniforms_per_token + uniforms_per_output · R
+  // (RouterNoise::uniform and RouterInput::uniform are (T, n); uniform_draws below).
   int64_t uniforms_per_token = 1;
+  int64_t uniforms_per_output = 0;  // SparseMixer: a Gumbel draw per output and slot
 };
+// The draws per token n of RouterTraits for R router outputs.
+inline int64_t uniform_draws(const RouterTraits& traits, int64_t R) {
+  return traits.uniforms_per_token + traits.uniforms_per_output * R;
+}
 
 // Everything a router reads. Routing groups are [begin, end) token ranges; a router never looks
 // across a group boundary.
@@ -55,7 +59,7 @@ struct RouterInput {
   // e / (E / ranks), ranks_per_node consecutive ranks share a node.
   const int32_t* token_rank = nullptr;
   int64_t ranks = 0, ranks_per_node = 0;
-  int64_t uniforms_per_token = 1;  // draws per token in `uniform` (RouterTraits)
+  int64_t uniforms_per_token = 1;  // draws per token in `uniform` (uniform_draws)
 };
 
 // Assignments are listed group by group, each group in priority order (earlier = kept first when
@@ -110,6 +114,21 @@ struct RouterTensorSpec {
   double value = 0.0;
   bool decay = true;      // weight decay applies
   bool trainable = true;  // false: fixed after initialisation (HyperRouter's hypernetwork)
+  // One tensor for all of a model's MoE layers (RMoE's GRU cell): the model holds it once, as
+  // moe.router.NAME, and adds every layer's gradient; a layer on its own sees an ordinary input.
+  bool shared_across_layers = false;
+};
+
+// The state a logit function carries from one MoE layer of a model to the next (RMoE's GRU
+// output), (T, C) with C = LogitFunction::carry_dim. The model chains it through its MoE layers
+// in forward and chains its gradient back in backward; a layer file passes it as router_carry.
+struct LogitCarry {
+  const float* in = nullptr;  // the previous MoE layer's; null: zeros (the first MoE layer)
+  float* out = nullptr;       // this layer's; null when carry_dim is 0
+};
+struct LogitCarryGrad {
+  const float* d_out = nullptr;  // ∂L/∂out from the layers above; null: zeros
+  float* d_in = nullptr;         // ∂L/∂in, overwritten; null: not wanted
 };
 
 // How a router's logits come from its input where that is not x · gate.weightᵀ (X-MoE's
@@ -118,14 +137,16 @@ class LogitFunction {
  public:
   virtual ~LogitFunction() = default;
   virtual std::vector<RouterTensorSpec> tensors(int64_t d, int64_t R) const = 0;
-  // x (T, d) -> logits (T, R); `saved` keeps what backward reads.
+  // Width C of the state carried across MoE layers (LogitCarry); 0: none.
+  virtual int64_t carry_dim(int64_t /*d*/, int64_t /*R*/) const { return 0; }
+  // x (T, d) -> logits (T, R) (and carry.out); `saved` keeps what backward reads.
   virtual void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                       float* logits, std::vector<float>& saved) const = 0;
-  // ∂L/∂logits (T, R) -> dx (T, d) and the tensors' gradients dw, all overwritten; a null dw
-  // entry is skipped.
+                       const LogitCarry& carry, float* logits, std::vector<float>& saved) const = 0;
+  // ∂L/∂logits (T, R) (and ∂L/∂carry.out) -> dx (T, d), ∂L/∂carry.in and the tensors' gradients
+  // dw, all overwritten; a null dw entry is skipped.
   virtual void backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                        const std::vector<float>& saved, const float* d_logits, float* dx,
-                        float* const* dw) const = 0;
+                        const std::vector<float>& saved, const LogitCarryGrad& carry,
+                        const float* d_logits, float* dx, float* const* dw) const = 0;
 };
 
 class Router {

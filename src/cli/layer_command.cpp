@@ -89,8 +89,7 @@ int run_layer(const std::string& config_path, const std::string& in_path,
          config.router);
   // A router with its own logit function reads router.NAME tensors instead of gate.weight.
   const LogitFunction* logit_function = layer.router().logit_function();
-  const std::vector<RouterTensorSpec> router_specs =
-      logit_function ? logit_function->tensors(d, R) : std::vector<RouterTensorSpec>{};
+  const std::vector<RouterTensorSpec>& router_specs = layer.router_tensor_specs();
   if (logit_function && file.tensors.count("gate.weight"))
     fail("{}: tensor 'gate.weight' is not used by router '{}' (its logits come from router.*)",
          in_path, config.router);
@@ -132,6 +131,14 @@ int run_layer(const std::string& config_path, const std::string& in_path,
     global_counts = t->to_f64(in_path + ": tensor global_counts");
     batch.global_counts = global_counts.data();
   }
+  // RMoE's carry from the previous MoE layer and the gradient reaching this layer's carry out.
+  const int64_t carry_dim = layer.router_carry_dim();
+  std::vector<float> router_carry, d_router_carry_out;
+  if (carry_dim > 0) {
+    router_carry = in.optional_floats("router_carry", {T, carry_dim});
+    d_router_carry_out = in.optional_floats("d_router_carry_out", {T, carry_dim});
+    batch.router_carry = ptr(router_carry);
+  }
   const std::vector<float> dy = in.optional_floats("dy", {T, d});
   for (const auto& [name, tensor] : file.tensors)
     if (!in.used.count(name))
@@ -162,6 +169,8 @@ int run_layer(const std::string& config_path, const std::string& in_path,
   out.tensors["combine"] = TensorData::from_f32({T, E}, layer.combine_matrix(cache));
   out.tensors["aux_loss"] = TensorData::from_f32({}, {float(stats.aux_loss)});
   out.tensors["tokens_per_expert"] = TensorData::from_i64({E}, stats.tokens_per_expert);
+  if (carry_dim > 0)
+    out.tensors["router_carry_out"] = TensorData::from_f32({T, carry_dim}, cache.router_carry);
   if (!dy.empty()) {
     std::vector<float> dx(size_t(T * d)), dgate(size_t(R * d)), dw1(w1.size()), dw2(w2.size()),
         dw3(w3.size()), dsw1(sw1.size()), dsw2(sw2.size()), dsw3(sw3.size());
@@ -176,7 +185,14 @@ int run_layer(const std::string& config_path, const std::string& in_path,
     if (logit_function) grads.router = d_router_views.data();
     std::vector<float> d_shared_gate(shared_gate.size());
     if (!shared_gate.empty()) grads.shared_gate = d_shared_gate.data();
-    with_file([&] { layer.backward(params, batch, cache, dy.data(), dx.data(), grads); });
+    std::vector<float> d_router_carry(router_carry.size());
+    grads.router_carry = ptr(d_router_carry) ? d_router_carry.data() : nullptr;
+    with_file([&] {
+      layer.backward(params, batch, cache, dy.data(), dx.data(), grads, 1.0f,
+                     ptr(d_router_carry_out));
+    });
+    if (!router_carry.empty())
+      out.tensors["d_router_carry"] = TensorData::from_f32({T, carry_dim}, d_router_carry);
     for (size_t i = 0; i < router_specs.size(); ++i)
       out.tensors["d_router." + router_specs[i].name] =
           TensorData::from_f32(router_specs[i].shape, d_router[i]);

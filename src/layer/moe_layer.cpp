@@ -62,13 +62,13 @@ std::vector<std::pair<int64_t, int64_t>> routing_groups(RoutingGroups mode,
 }
 
 RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& traits, int64_t T,
-                              int64_t d, uint64_t call_index) {
+                              int64_t d, int64_t R, uint64_t call_index) {
   RouterNoise noise;
   if (!config.training) return noise;
   std::mt19937_64 rng(config.seed * 0x9e3779b97f4a7c15ULL + call_index);
   auto uniform01 = [&] { return float(double(rng() >> 11) * 0x1.0p-53); };
-  // (T, n) draws, n = the router's uniforms_per_token (1 for most: the stream is unchanged).
-  noise.uniform.resize(static_cast<size_t>(T * std::max<int64_t>(traits.uniforms_per_token, 1)));
+  // (T, n) draws, n = uniform_draws (1 for most routers: the stream is unchanged).
+  noise.uniform.resize(static_cast<size_t>(T * std::max<int64_t>(uniform_draws(traits, R), 1)));
   for (auto& u : noise.uniform) u = uniform01();
   if (traits.jitter > 0) {
     noise.jitter.resize(size_t(T * d));
@@ -142,6 +142,7 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
   router_ = make_router(config.router, config.router_params, config.source);
   R_ = router_->num_outputs(shape.E);
   router_->check_shape(shape.E, config.source + " [router " + config.router + "]");
+  if (const LogitFunction* lf = router_->logit_function()) router_specs_ = lf->tensors(shape.d, R_);
   if (router_->logit_function() && router_->traits().pooled_per_sequence)
     fail(
         "{}: router '{}' merges experts per sequence with gate.weight and cannot have its own "
@@ -186,7 +187,7 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
   if (!batch.x) fail("moe_layer: x (T, d) is missing");
   check_finite("x", batch.x, batch.T * s.d, s.d);
   if (const LogitFunction* lf = router_->logit_function()) {
-    const std::vector<RouterTensorSpec> specs = lf->tensors(s.d, R_);
+    const std::vector<RouterTensorSpec>& specs = router_specs_;
     for (size_t i = 0; i < specs.size(); ++i) {
       const std::string name = "router." + specs[i].name;
       if (!p.router || !p.router[i])
@@ -196,6 +197,11 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
       for (int64_t v : specs[i].shape) n *= v;
       if (check_weights) check_finite(name.c_str(), p.router[i], n, specs[i].shape.back());
     }
+    if (const int64_t C = lf->carry_dim(s.d, R_); C > 0 && batch.router_carry)
+      check_finite("router_carry", batch.router_carry, batch.T * C, C);
+  } else if (batch.router_carry) {
+    fail("moe_layer: router_carry is given but router '{}' carries no state across layers",
+         config_.router);
   } else if (traits.needs_gate) {
     if (!p.gate) fail("moe_layer: router '{}' needs gate.weight ({}, {})", config_.router, R_, s.d);
     if (check_weights) check_finite("gate.weight", p.gate, R_ * s.d, s.d);
@@ -319,7 +325,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   }
   // Noise of the routed batch (the global one across ranks); this rank's rows start at `first`.
   const int64_t routed_T = global ? c.global.T : T, first = global ? c.global.offset : 0;
-  c.noise = make_router_noise(config_, traits, routed_T, d, calls_++);
+  c.noise = make_router_noise(config_, traits, routed_T, d, R_, calls_++);
   const float* jitter = c.noise.jitter.empty() ? nullptr : c.noise.jitter.data() + first * d;
   RoutingStats& stats = c.stats;
   stats = RoutingStats{};
@@ -382,7 +388,14 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   if (traits.needs_gate) {
     c.logits.resize(size_t(T * R));
     if (const LogitFunction* lf = router_->logit_function()) {
-      lf->forward(T, d, R, router_input, p.router, c.logits.data(), c.logit_saved);
+      LogitCarry carry;
+      if (const int64_t C = lf->carry_dim(d, R); C > 0) {
+        c.router_carry.resize(size_t(T * C));
+        carry = {batch.router_carry, c.router_carry.data()};
+      } else {
+        c.router_carry.clear();
+      }
+      lf->forward(T, d, R, router_input, p.router, carry, c.logits.data(), c.logit_saved);
       check_overflow("router logits (the router's logit function)", c.logits.data(), T * R, R);
     } else {
       cpu::gemm(false, true, T, R, d, 1.0f, router_input, d, p.gate, d, 0.0f, c.logits.data(), R);
@@ -474,8 +487,14 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   return stats;
 }
 
+int64_t MoELayer::router_carry_dim() const {
+  const LogitFunction* lf = router_->logit_function();
+  return lf ? lf->carry_dim(shape_.d, R_) : 0;
+}
+
 void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
-                        const float* dy, float* dx, const MoEGrads& g, float aux_weight) {
+                        const float* dy, float* dx, const MoEGrads& g, float aux_weight,
+                        const float* d_router_carry) {
   const int64_t T = batch.T, d = shape_.d, E = shape_.E, R = R_;
   if (T != c.T) fail("moe_layer backward: the batch has T = {} but forward saw T = {}", T, c.T);
   if (p.w1_bf16) fail("moe_layer backward: BF16 experts are for inference (forward only)");
@@ -581,7 +600,12 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   const float* router_input = c.router_in.empty() ? batch.x : c.router_in.data();
   float* dxr = take(ws_dxr_, T * d);  // (T, d)
   if (const LogitFunction* lf = router_->logit_function()) {
-    lf->backward(T, d, R, router_input, p.router, c.logit_saved, d_logits.data(), dxr, g.router);
+    if (d_router_carry)
+      check_finite("d_router_carry", d_router_carry, int64_t(c.router_carry.size()), 1);
+    const LogitCarryGrad carry{c.router_carry.empty() ? nullptr : d_router_carry,
+                               c.router_carry.empty() ? nullptr : g.router_carry};
+    lf->backward(T, d, R, router_input, p.router, c.logit_saved, carry, d_logits.data(), dxr,
+                 g.router);
   } else {
     if (g.gate)
       cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);

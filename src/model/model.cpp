@@ -159,6 +159,7 @@ struct Model::Impl {
     size_t shared_gate = SIZE_MAX;  // (1, C) Qwen2-MoE's shared-expert gate
     // The router's logit-function tensors (instead of gate), with views for MoEParams/MoEGrads.
     std::vector<size_t> router_tensors;
+    std::vector<bool> router_tensor_shared;  // held once for all MoE layers (moe.router.NAME)
     std::vector<const float*> router_params;
     std::vector<float*> router_grads;
     std::unique_ptr<MoELayer> moe_layer;
@@ -180,6 +181,14 @@ struct Model::Impl {
   float *h_out = nullptr, *hf = nullptr, *rstd_f = nullptr;
   std::vector<float> scratch;  // backward scratch: dh, dtmp, dqkv, dprobs, dm, dlogits
   std::vector<float> moe_grads;
+  // Router tensors shared across the MoE layers (RouterTensorSpec::shared_across_layers): they
+  // sit at [shared_begin, shared_end), after the final norm and head, so their gradient, summed
+  // over the layers, is complete with the last gradient_ready call. One layer's part is written
+  // to shared_grads first and then added.
+  size_t shared_begin = 0, shared_end = 0;
+  std::vector<float> shared_grads;
+  // The router carry's gradient between MoE layers in backward (LogitCarry), (N, C) each.
+  std::vector<float> d_carry_above, d_carry_below;
   std::vector<int32_t> tokens, targets;
   std::vector<int64_t> token_ids;
   bool has_targets = false;
@@ -231,6 +240,8 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
   };
   Impl& im = *impl_;
   std::vector<std::pair<size_t, RouterTensorSpec>> router_specs;  // (tensor index, spec)
+  // Shared router tensors, allocated after the layers: (layer, position in router_tensors).
+  std::vector<std::pair<RouterTensorSpec, std::vector<std::pair<size_t, size_t>>>> shared_specs;
   im.wte = add("wte", {V, C});
   const LayerConfig lc = parse_layer_config(layer_json(c), "model router");
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -245,8 +256,17 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
       L.moe_layer = std::make_unique<MoELayer>(lc, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff});
       const int64_t R = L.moe_layer->num_router_outputs(), E = c.experts, F = c.d_ff;
       L.block_begin = total;
-      if (const LogitFunction* lf = L.moe_layer->router().logit_function()) {
-        for (const RouterTensorSpec& spec : lf->tensors(C, R)) {
+      if (L.moe_layer->router().logit_function()) {
+        for (const RouterTensorSpec& spec : L.moe_layer->router_tensor_specs()) {
+          L.router_tensor_shared.push_back(spec.shared_across_layers);
+          if (spec.shared_across_layers) {
+            auto it = std::find_if(shared_specs.begin(), shared_specs.end(),
+                                   [&](const auto& e) { return e.first.name == spec.name; });
+            if (it == shared_specs.end()) it = shared_specs.insert(shared_specs.end(), {spec, {}});
+            it->second.emplace_back(im.layers.size(), L.router_tensors.size());
+            L.router_tensors.push_back(SIZE_MAX);  // its offset comes after the layers
+            continue;
+          }
           L.router_tensors.push_back(
               add(p + "moe.router." + spec.name, spec.shape, spec.trainable));
           tensors_.back().decay = spec.decay;
@@ -275,6 +295,15 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
   }
   im.final_norm = add("final_norm", {C});
   if (!c.tied_head) im.lm_head = add("lm_head", {V, C});
+  im.shared_begin = total;
+  for (const auto& [spec, uses] : shared_specs) {
+    const size_t offset = add("moe.router." + spec.name, spec.shape, spec.trainable);
+    tensors_.back().decay = spec.decay;
+    router_specs.emplace_back(tensors_.size() - 1, spec);
+    for (const auto& [layer, position] : uses) im.layers[layer].router_tensors[position] = offset;
+  }
+  im.shared_end = total;
+  im.shared_grads.assign(im.shared_end - im.shared_begin, 0.0f);
   params_.assign(total, 0.0f);
   grads_.assign(total, 0.0f);
 
@@ -396,6 +425,7 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
   batch.T = N;
   batch.token_ids = im.token_ids.data();
   batch.seq_lens.assign(size_t(B), T);
+  batch.router_carry = nullptr;  // the first MoE layer's carry in is zeros
   for (size_t l = 0; l < im.layers.size(); ++l) {
     auto& L = im.layers[l];
     ops::rmsnorm_forward(N, C, L.h_in, P + L.attn_norm, c.norm_eps, L.a, L.rstd1);
@@ -429,6 +459,7 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
                                 : nullptr;
       L.moe_layer->set_training(training);
       L.moe_layer->forward(mp, batch, L.cache, L.f);
+      if (!L.cache.router_carry.empty()) batch.router_carry = L.cache.router_carry.data();
     } else {
       cpu::ffn_forward(dense_act, N, C, c.dense_d_ff, L.m, P + L.w1, swiglu ? P + L.w3 : nullptr,
                        P + L.w2, L.dh1, L.dh3, L.dact, L.f);
@@ -475,6 +506,11 @@ void Model::backward(float scale) {
   batch.T = N;
   batch.token_ids = im.token_ids.data();
   batch.seq_lens.assign(size_t(B), T);
+  // The router carry: the MoE layer below this one gave it (null at the lowest MoE layer).
+  std::vector<bool> carry_from_below(im.layers.size(), false);
+  for (size_t l = 0, seen = 0; l < im.layers.size(); ++l)
+    if (im.layers[l].moe) carry_from_below[l] = seen++ > 0;
+  bool have_d_carry = false;  // d_carry_above holds the layers above's ∂L/∂carry
   for (size_t li = im.layers.size(); li-- > 0;) {
     auto& L = im.layers[li];
     std::fill(dm, dm + N * C, 0.0f);
@@ -482,7 +518,10 @@ void Model::backward(float scale) {
       im.moe_grads.assign(L.block_end - L.block_begin, 0.0f);
       auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : P + off; };
       auto grad = [&](size_t off) {
-        return off == SIZE_MAX ? nullptr : im.moe_grads.data() + (off - L.block_begin);
+        if (off == SIZE_MAX) return static_cast<float*>(nullptr);
+        if (off >= im.shared_begin && off < im.shared_end)
+          return im.shared_grads.data() + (off - im.shared_begin);
+        return im.moe_grads.data() + (off - L.block_begin);
       };
       MoEParams mp{opt(L.gate), opt(L.gate_bias), opt(L.w1),  opt(L.w3),
                    opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
@@ -514,7 +553,22 @@ void Model::backward(float scale) {
       // dy = dh · 1 (the FFN output adds to the residual); scale applies through dh already.
       batch.global_counts =
           L.global_batch_balance() && !L.earlier_counts.empty() ? L.earlier_counts.data() : nullptr;
-      L.moe_layer->backward(mp, batch, L.cache, dh, dm, mg, scale);
+      // The carry this layer read came from the MoE layer below: its gradient goes there.
+      const size_t carry = L.cache.router_carry.size();
+      if (carry > 0 && carry_from_below[li]) {
+        im.d_carry_below.resize(carry);
+        mg.router_carry = im.d_carry_below.data();
+      }
+      std::fill(im.shared_grads.begin(), im.shared_grads.end(), 0.0f);
+      L.moe_layer->backward(mp, batch, L.cache, dh, dm, mg, scale,
+                            have_d_carry ? im.d_carry_above.data() : nullptr);
+      if (carry > 0) {
+        have_d_carry = carry_from_below[li];
+        std::swap(im.d_carry_above, im.d_carry_below);
+      }
+      // Every MoE layer reads every shared tensor (one router config for all of them).
+      for (size_t i = 0; i < im.shared_grads.size(); ++i)
+        G[im.shared_begin + i] += im.shared_grads[i];
       if (L.global_batch_balance()) {
         // The next micro-batch's balance loss counts this one's choices too (the ones the loss
         // counts: first choices only under balance_top1_only).

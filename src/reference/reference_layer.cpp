@@ -717,7 +717,17 @@ Routing route_top_p(const json& params, const std::vector<double>& logits, int64
 }
 
 // ---------------------------------------------------------------------------------------------
-// remoe: ReLU(z) is the weight; experts with z > 0 are active.
+// remoe: ReLU(z) is the weight; experts with z > 0 are active (z + b, the selection bias, where
+// bias_update_rate > 0).
+
+// z + b where bias_update_rate > 0 (beyond the paper; b = gate.bias, absent: 0), else z.
+std::vector<double> remoe_logits(const json& params, std::vector<double> logits,
+                                 const std::vector<double>& bias, int64_t T, int64_t E) {
+  if (param<double>(params, "bias_update_rate") > 0.0 && !bias.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t e = 0; e < E; ++e) logits[size_t(t * E + e)] += bias[size_t(e)];
+  return logits;
+}
 
 Routing route_remoe(const std::vector<double>& logits, int64_t T, int64_t E) {
   Routing routing;
@@ -1022,6 +1032,71 @@ Routing route_sparsemixer(const json& params, const std::vector<double>& logits,
 }
 
 // ---------------------------------------------------------------------------------------------
+// moec (MoEC, docs/routers/moec.md): clusters of M = cluster_size consecutive experts, p =
+// softmax(z) over E, the token's expert the argmax of p (lowest index on ties). In training with
+// rate r > 0, member i of that expert's cluster is dropped when the token's draw U_i < r, and the
+// token goes to the kept member of largest p (every member dropped: the argmax). Weight p_e, not
+// renormalised. capacity_factor cf > 0: C = ceil(n cf / E) per expert and group, position order.
+
+Routing route_moec(const json& params, const std::vector<double>& logits,
+                   const std::vector<Range>& groups, const RouterNoise& noise, bool training,
+                   int64_t T, int64_t E) {
+  const int64_t M = param<int64_t>(params, "cluster_size");
+  const double rate = param<double>(params, "cluster_dropout");
+  const double cf = param<double>(params, "capacity_factor");
+  const bool drop = training && rate > 0.0;
+  if (drop && static_cast<int64_t>(noise.uniform.size()) != T * M)
+    fail("reference::forward: moec needs noise.uniform of {} draws", T * M);
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  for (const Range& g : groups) {
+    const int64_t C = static_cast<int64_t>(
+        std::ceil(static_cast<double>(g.second - g.first) * cf / static_cast<double>(E)));
+    std::vector<int64_t> used(E, 0);
+    for (int64_t t = g.first; t < g.second; ++t) {
+      const std::vector<double> p = softmax(row(logits, t, E));
+      int64_t e = order_descending(p)[0];
+      if (drop) {
+        const int64_t cluster = e / M;
+        int64_t best = -1;
+        for (int64_t i = 0; i < M; ++i) {
+          const int64_t j = cluster * M + i;
+          const bool dropped = static_cast<double>(noise.uniform[t * M + i]) < rate;
+          if (!dropped && (best < 0 || p[j] > p[best])) best = j;
+        }
+        if (best >= 0) e = best;
+      }
+      routing.chosen[t * E + e] = 1.0;
+      const bool kept = cf <= 0.0 || used[e] < C;
+      if (kept) ++used[e];
+      routing.assignments.push_back({t, e, kept ? p[e] : 0.0, kept});
+    }
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// μ / (T K) Σ_t Σ_k Var(p_t over cluster k), K = E / M clusters, the population variance.
+double moec_regulariser(const json& params, const std::vector<double>& logits, int64_t T,
+                        int64_t E) {
+  const int64_t M = param<int64_t>(params, "cluster_size"), K = E / M;
+  if (T == 0) return 0.0;
+  double sum = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> p = softmax(row(logits, t, E));
+    for (int64_t k = 0; k < K; ++k) {
+      double mean = 0.0;
+      for (int64_t i = 0; i < M; ++i) mean += p[k * M + i];
+      mean /= static_cast<double>(M);
+      double var = 0.0;
+      for (int64_t i = 0; i < M; ++i) var += (p[k * M + i] - mean) * (p[k * M + i] - mean);
+      sum += var / static_cast<double>(M);
+    }
+  }
+  return param<double>(params, "cluster_loss") * sum / static_cast<double>(T * K);
+}
+
+// ---------------------------------------------------------------------------------------------
 // soft: every token uses every expert with weight softmax(z).
 
 Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
@@ -1220,6 +1295,56 @@ Result forward_smear(const LayerConfig& config, const MoEShape& shape, const Par
 
 }  // namespace
 
+std::vector<double> recurrent_router_state(const json& router_params, const MoEShape& shape,
+                                           const Params& params, const Batch& batch,
+                                           const RouterNoise& noise) {
+  const int64_t T = batch.T, d = shape.d;
+  const std::vector<double> x = router_input(batch.x, noise);
+  const int64_t p = param<int64_t>(router_params, "recurrent_dim");
+  auto tensor = [&](const std::string& name, int64_t size) -> const std::vector<double>& {
+    const auto it = params.router.find(name);
+    if (it == params.router.end()) fail("reference::forward: router.{} is missing", name);
+    expect_size(it->second, size, ("router." + name).c_str());
+    return it->second;
+  };
+  const std::vector<double>& P = tensor("projection", p * d);
+  const std::vector<double>& w_ih = tensor("gru_weight_ih", 3 * p * p);
+  const std::vector<double>& w_hh = tensor("gru_weight_hh", 3 * p * p);
+  const std::vector<double>& b_ih = tensor("gru_bias_ih", 3 * p);
+  const std::vector<double>& b_hh = tensor("gru_bias_hh", 3 * p);
+  if (!batch.router_carry.empty()) expect_size(batch.router_carry, T * p, "router_carry");
+  auto sigmoid = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+  // RMoE: u = P x; a GRU cell (PyTorch's equations, gates [reset; update; new]) from the
+  // previous MoE layer's state h' (zeros when absent): h = (1 − z) n + z h'.
+  std::vector<double> h(size_t(T * p));
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> u = matvec(P.data(), p, d, row(x, t, d));
+    const std::vector<double> prev = batch.router_carry.empty()
+                                         ? std::vector<double>(size_t(p), 0.0)
+                                         : row(batch.router_carry, t, p);
+    std::vector<double> gi = matvec(w_ih.data(), 3 * p, p, u),
+                        gh = matvec(w_hh.data(), 3 * p, p, prev);
+    for (int64_t j = 0; j < p; ++j) {
+      const size_t r = size_t(j), z = size_t(p + j), n = size_t(2 * p + j);
+      const double reset = sigmoid(gi[r] + b_ih[r] + gh[r] + b_hh[r]);
+      const double update = sigmoid(gi[z] + b_ih[z] + gh[z] + b_hh[z]);
+      const double cand = std::tanh(gi[n] + b_ih[n] + reset * (gh[n] + b_hh[n]));
+      h[size_t(t * p + j)] = (1.0 - update) * cand + update * prev[size_t(j)];
+    }
+  }
+  return h;
+}
+
+namespace {
+
+// ReMoE with gate_lr_scale ≠ 1 holds its gate as router.gate instead of gate.weight.
+bool remoe_scaled_gate(const json& router_params) {
+  return router_params.value("router", "") == "remoe" &&
+         router_params.value("gate_lr_scale", 1.0) != 1.0;
+}
+
+}  // namespace
+
 std::vector<double> router_logits(const json& router_params, const MoEShape& shape, int64_t R,
                                   const Params& params, const Batch& batch,
                                   const RouterNoise& noise) {
@@ -1255,6 +1380,13 @@ std::vector<double> router_logits(const json& router_params, const MoEShape& sha
       }
     return z;
   }
+  if (kind == "recurrent") {
+    // RMoE: logits = G h, h the GRU's state (recurrent_router_state).
+    const int64_t p = param<int64_t>(router_params, "recurrent_dim");
+    const std::vector<double> h =
+        recurrent_router_state(router_params, shape, params, batch, noise);
+    return logits_of(h, tensor("gate", R * p), T, p, R);
+  }
   if (kind == "attention") {
     // Yuan 2.0-M32: q, k, v (R) = rows [0, R), [R, 2R), [2R, 3R) of qkv times x, and
     // z_i = Σ_j softmax_j(q_i k_j) v_j.
@@ -1273,6 +1405,12 @@ std::vector<double> router_logits(const json& router_params, const MoEShape& sha
         z[size_t(t * R + i)] = out;
       }
     }
+    return z;
+  }
+  if (remoe_scaled_gate(router_params)) {
+    // ReMoE's gate_lr_scale s (beyond the paper): z = s · x · router.gateᵀ.
+    std::vector<double> z = logits_of(x, tensor("gate", R * d), T, d, R);
+    for (double& v : z) v *= param<double>(router_params, "gate_lr_scale");
     return z;
   }
   if (kind != "cosine") return logits_of(x, params.gate, T, d, R);
@@ -1309,9 +1447,12 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
                int64_t R, const Params& params, const Batch& batch, const RouterNoise& noise) {
   const std::string family = param<std::string>(router_params, "router");
   const int64_t T = batch.T, d = shape.d, E = shape.E;
-  const bool own_logits = router_params.value("logits", "linear") != "linear";
+  const bool own_logits =
+      router_params.value("logits", "linear") != "linear" || remoe_scaled_gate(router_params);
   check_sizes(config, shape, R, params, batch, noise, family != "hash" && !own_logits,
-              family == "sparsemixer" ? sparsemixer_draws(R) : 1);
+              family == "sparsemixer" ? sparsemixer_draws(R)
+              : family == "moec"      ? param<int64_t>(router_params, "cluster_size")
+                                      : 1);
   if (family == "smear") return forward_smear(config, shape, params, batch, noise);
 
   const std::vector<Range> groups = routing_group_ranges(config.routing_groups, batch.seq_lens, T);
@@ -1337,7 +1478,7 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   } else if (family == "top_p") {
     routing = route_top_p(router_params, logits, T, E);
   } else if (family == "remoe") {
-    routing = route_remoe(logits, T, E);
+    routing = route_remoe(remoe_logits(router_params, logits, params.gate_bias, T, E), T, E);
   } else if (family == "soft") {
     routing = route_soft(logits, T, E);
   } else if (family == "smile") {
@@ -1348,11 +1489,15 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_sparsemixer(router_params, logits, noise, config.training, T, E);
   } else if (family == "rectify") {
     routing = route_rectify(config, router_params, logits, groups, batch, T, E);
+  } else if (family == "moec") {
+    routing = route_moec(router_params, logits, groups, noise, config.training, T, E);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }
 
   Result r;
+  if (router_params.value("logits", "linear") == "recurrent")
+    r.router_carry = recurrent_router_state(router_params, shape, params, batch, noise);
   r.y.assign(T * d, 0.0);
   r.combine.assign(T * E, 0.0);
   r.tokens_per_expert.assign(E, 0);
@@ -1373,10 +1518,13 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
 
   if (family != "hash" && family != "base")
     r.aux_loss = config_losses(config.losses, logits, score, routing, batch, R);
-  if (family == "remoe") r.aux_loss += remoe_regulariser(router_params, logits, T, E);
+  if (family == "remoe")
+    r.aux_loss += remoe_regulariser(
+        router_params, remoe_logits(router_params, logits, params.gate_bias, T, E), T, E);
   if (family == "smile") r.aux_loss += smile_regulariser(router_params, routing, logits, T, E, R);
   if (family == "prototype")
     r.aux_loss += prototype_regulariser(router_params, routing, logits, T, E);
+  if (family == "moec") r.aux_loss += moec_regulariser(router_params, logits, T, E);
   if (family == "topk" && read_topk_options(router_params).locality_loss > 0.0)
     r.aux_loss += locality_regulariser(read_topk_options(router_params), loc, logits, T, E, R);
   return r;

@@ -16,10 +16,11 @@ class AttentionLogits final : public LogitFunction {
  public:
   std::vector<RouterTensorSpec> tensors(int64_t d, int64_t R) const override;
   void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-               float* logits, std::vector<float>& saved) const override;
+               const LogitCarry& /*carry*/, float* logits,
+               std::vector<float>& saved) const override;
   void backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                const std::vector<float>& saved, const float* d_logits, float* dx,
-                float* const* dw) const override;
+                const std::vector<float>& saved, const LogitCarryGrad& /*carry*/,
+                const float* d_logits, float* dx, float* const* dw) const override;
 };
 
 }  // namespace switchyard::routers

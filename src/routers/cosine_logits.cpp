@@ -51,7 +51,8 @@ std::vector<RouterTensorSpec> CosineLogits::tensors(int64_t d, int64_t R) const 
 // saved: n(u) for u = W x (T, D), the norms of u (T), n(e) (R, D), their norms (R), the cosines
 // (T, R), the scale (1).
 void CosineLogits::forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                           float* logits, std::vector<float>& saved) const {
+                           const LogitCarry& /*carry*/, float* logits,
+                           std::vector<float>& saved) const {
   const int64_t D = config_.dim;
   saved.resize(size_t(T * D + T + R * D + R + T * R + 1));
   float* u_unit = saved.data();  // u, normalised in place
@@ -72,8 +73,8 @@ void CosineLogits::forward(int64_t T, int64_t d, int64_t R, const float* x, cons
 }
 
 void CosineLogits::backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                            const std::vector<float>& saved, const float* d_logits, float* dx,
-                            float* const* dw) const {
+                            const std::vector<float>& saved, const LogitCarryGrad& /*carry*/,
+                            const float* d_logits, float* dx, float* const* dw) const {
   const int64_t D = config_.dim;
   const float* u_unit = saved.data();
   const float* u_norm = u_unit + T * D;

@@ -8,17 +8,19 @@
 #include "routers/attention_logits.h"
 #include "routers/cosine_logits.h"
 #include "routers/hyper_logits.h"
+#include "routers/recurrent_logits.h"
 
 namespace switchyard::routers {
 
 LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
                                 const std::string& context) {
   const std::string kind =
-      r.get_choice("logits", "linear", {"linear", "cosine", "hyper", "attention"});
+      r.get_choice("logits", "linear", {"linear", "cosine", "hyper", "attention", "recurrent"});
   const std::vector<std::pair<std::string, std::vector<std::string>>> keys = {
       {"cosine",
        {"cosine_dim", "cosine_temperature", "cosine_min_temperature", "cosine_normalize_input"}},
       {"hyper", {"hyper_hidden", "hyper_embedding_dim"}},
+      {"recurrent", {"recurrent_dim"}},
   };
   for (const auto& [owner, names] : keys)
     for (const std::string& key : names)
@@ -57,6 +59,15 @@ LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
   } else if (kind == "attention") {
     choice.description = "logits = one attention over the outputs, softmax(q kᵀ) v (Yuan 2.0)";
     choice.function = std::make_unique<AttentionLogits>();
+  } else if (kind == "recurrent") {
+    RecurrentLogitsConfig c;
+    c.dim = r.get_int("recurrent_dim", c.dim, 1, 1 << 14);
+    choice.params["recurrent_dim"] = c.dim;
+    choice.description = fmt::format(
+        "logits = G h, h = GRU(P x, the previous MoE layer's h) of width {} (the GRU shared "
+        "across layers)",
+        c.dim);
+    choice.function = std::make_unique<RecurrentLogits>(c);
   }
   return choice;
 }

@@ -33,16 +33,17 @@ class SparseMixerRouter final : public Router {
     eps_ = r.get_double("jitter_eps", 0.01, 0.0, 1e6);
     traits_.jitter = r.get_double("jitter", 0.0, 0.0, 1.0);
     r.finish();
+    // Per token and slot: R Gumbel uniforms and one Heun coin, 2 R + 2 draws (the layout is in
+    // check_noise below).
+    traits_.uniforms_per_token = 2;
+    traits_.uniforms_per_output = 2;
   }
 
   const RouterTraits& traits() const override { return traits_; }
   double nominal_experts_per_token(int64_t) const override { return 2.0; }
-  // Per token and slot: E Gumbel uniforms and one Heun coin, so 2 E + 2 draws (the layout is in
-  // check_noise below). The count depends on E, so it is set here (router.h).
   void check_shape(int64_t E, const std::string& context) const override {
     if (E < 2)
       fail("{}: sparsemixer routes two experts per token and needs E >= 2, got {}", context, E);
-    traits_.uniforms_per_token = 2 * E + 2;
   }
   nlohmann::json params() const override {
     return {{"router", "sparsemixer"}, {"jitter_eps", eps_}, {"jitter", traits_.jitter}};
@@ -157,7 +158,7 @@ class SparseMixerRouter final : public Router {
     return s;
   }
 
-  mutable RouterTraits traits_;  // uniforms_per_token is set by check_shape
+  RouterTraits traits_;
   double eps_ = 0.01;
 };
 

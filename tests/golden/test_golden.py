@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -48,7 +49,7 @@ def C(name, cfg, T=64, d=32, E=8, F=24, **kw):
     case = {"name": name, "cfg": cfg, "T": T, "d": d, "E": E, "F": F, "Fs": 0, "seq_lens": None,
             "bias": False, "null": 0, "dy": "random", "global_counts": False, "token_ids": False,
             "skew": 0.0, "expect_drops": False, "gate_scale": 1.5, "clamp_boundary": False,
-            "shared_gate": False}
+            "shared_gate": False, "router_carry": True}
     unknown = set(kw) - set(case) - {"R"}  # R: gate rows when not E + null
     if unknown:
         raise ValueError(f"{CASE_TABLE}: case {name}: unknown golden keys {sorted(unknown)}")
@@ -106,6 +107,8 @@ def logit_kind(cfg):
     """The router's logit function: linear (gate.weight), cosine (X-MoE) or hyper (HyperRouter)."""
     import torch_layer
     family = torch_layer.ROUTERS.get(cfg["router"], ("",))[0]
+    if family == "remoe" and float(topk_params(cfg)["gate_lr_scale"]) != 1.0:
+        return "remoe_scaled"  # ReMoE's gate_lr_scale: z = s x router.gateᵀ
     return topk_params(cfg)["logits"] if family == "topk" else "linear"
 
 
@@ -115,12 +118,24 @@ def router_logits(case, t, x):
     if kind == "linear":
         return x @ t["gate.weight"].astype(np.float64).T
     p = topk_params(case["cfg"])
+    if kind == "remoe_scaled":
+        return float(p["gate_lr_scale"]) * (x @ t["router.gate"].astype(np.float64).T)
     if kind == "attention":
         q, k, v = np.split(x @ t["router.qkv"].astype(np.float64).T, 3, axis=1)
         s = q[:, :, None] * k[:, None, :]
         a = np.exp(s - s.max(2, keepdims=True))
         a /= a.sum(2, keepdims=True)
         return (a * v[:, None, :]).sum(2)
+    if kind == "recurrent":  # RMoE: G h, h the GRU's state from P x and the carry
+        w = {n: t["router." + n].astype(np.float64) for n in
+             ("projection", "gate", "gru_weight_ih", "gru_weight_hh", "gru_bias_ih", "gru_bias_hh")}
+        u = x @ w["projection"].T
+        h0 = t["router_carry"].astype(np.float64) if "router_carry" in t else np.zeros_like(u)
+        gi, gh = u @ w["gru_weight_ih"].T + w["gru_bias_ih"], h0 @ w["gru_weight_hh"].T + w["gru_bias_hh"]
+        (ir, iz, i_n), (hr, hz, hn) = np.split(gi, 3, axis=1), np.split(gh, 3, axis=1)
+        r, zg = 1.0 / (1.0 + np.exp(-(ir + hr))), 1.0 / (1.0 + np.exp(-(iz + hz)))
+        h = (1.0 - zg) * np.tanh(i_n + r * hn) + zg * h0
+        return h @ w["gate"].T
     if kind == "hyper":
         w = {n: t["router." + n].astype(np.float64)
              for n in ("embedding", "hyper_w1", "hyper_b1", "hyper_w2", "hyper_b2")}
@@ -147,6 +162,8 @@ def unclear_tokens(case, t):
         return bad
     z = router_logits(case, t, x)
     if router == "remoe":
+        if topk_params(cfg)["bias_update_rate"] > 0 and "gate.bias" in t:
+            z = z + t["gate.bias"].astype(np.float64)  # R = ReLU(z + b)
         bad |= (np.abs(z) <= MARGIN).any(1)
         return bad
     if router == "smile":
@@ -168,6 +185,8 @@ def unclear_tokens(case, t):
         return sparsemixer_unclear(cfg, x, t["gate.weight"].astype(np.float64), E)
     if router == "rectify":
         return rectify_unclear(case, z, E)
+    if router == "moec":
+        return moec_unclear(cfg, x, z, E)
     if router == "base":
         srt = -np.sort(-z, axis=1)
         bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
@@ -297,6 +316,26 @@ def rectify_unclear(case, z, E):
             if len(local) > 1:
                 two = sorted(local, reverse=True)[:2]
                 bad[t] |= two[0] - two[1] <= MARGIN
+    return bad
+
+
+def moec_unclear(cfg, x, z, E):
+    """MoEC: the argmax over E must be clear by MARGIN and, in training (where the dropout
+    re-routes within the argmax's cluster), every gap of that cluster's sorted probabilities. The
+    drop test u < rate needs no margin: u is the same float32 in both paths."""
+    import torch_layer
+    layer = torch_layer.parse_config(cfg)
+    M = int(layer["params"]["cluster_size"])
+    s = softmax(z)
+    srt = -np.sort(-s, axis=1)
+    bad = np.zeros(z.shape[0], dtype=bool)
+    if E > 1:
+        bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
+    if layer["training"] and float(layer["params"]["cluster_dropout"]) > 0 and M > 1:
+        first = np.argmax(s, axis=1) // M * M
+        members = first[:, None] + np.arange(M)[None, :]
+        cs = -np.sort(-np.take_along_axis(s, members, axis=1), axis=1)
+        bad |= ((cs[:, :-1] - cs[:, 1:]) <= MARGIN).any(1)
     return bad
 
 
@@ -448,12 +487,25 @@ def make_inputs(case, rng):
         t["router.hyper_b1"] = rng.uniform(-1, 1, h).astype(f32) / np.float32(math.sqrt(m))
         t["router.hyper_w2"] = rng.uniform(-1, 1, (R * (d + 1), h)).astype(f32) / np.float32(math.sqrt(h))
         t["router.hyper_b2"] = rng.uniform(-1, 1, R * (d + 1)).astype(f32) / np.float32(math.sqrt(h))
+    elif logit_kind(case["cfg"]) == "recurrent":  # RMoE's per-layer and shared GRU tensors
+        m = topk_params(case["cfg"])["recurrent_dim"]
+        t["router.projection"] = (rng.standard_normal((m, d)) / math.sqrt(d)).astype(f32)
+        t["router.gate"] = (rng.standard_normal((R, m)) * case["gate_scale"] / math.sqrt(m)).astype(f32)
+        for n, shape in (("gru_weight_ih", (3 * m, m)), ("gru_weight_hh", (3 * m, m)),
+                         ("gru_bias_ih", (3 * m,)), ("gru_bias_hh", (3 * m,))):
+            t["router." + n] = (rng.standard_normal(shape) / math.sqrt(m)).astype(f32)
+        if case["router_carry"]:  # the previous MoE layer's state and this one's upstream gradient
+            t["router_carry"] = (rng.standard_normal((T, m)) * 0.5).astype(f32)
+            t["d_router_carry_out"] = rng.standard_normal((T, m)).astype(f32)
     elif logit_kind(case["cfg"]) == "cosine":  # X-MoE's tensors; the log scale 0.3 above its start
         p = topk_params(case["cfg"])
         D = p["cosine_dim"]
         t["router.projection"] = (rng.standard_normal((D, d)) / math.sqrt(d)).astype(f32)
         t["router.expert_embeddings"] = rng.standard_normal((R, D)).astype(f32)
         t["router.log_scale"] = np.array([math.log(1.0 / p["cosine_temperature"]) + 0.3], f32)
+    elif logit_kind(case["cfg"]) == "remoe_scaled":  # ReMoE's gate, drawn 1/s as wide
+        s = float(topk_params(case["cfg"])["gate_lr_scale"])
+        t["router.gate"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d) / s).astype(f32)
     elif case["cfg"]["router"] != "hash":
         t["gate.weight"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
     t["experts.w1"] = (rng.standard_normal((E, F, d)) / math.sqrt(d)).astype(f32)
@@ -535,7 +587,8 @@ def compare(ref, got, case):
 
 
 def run_case(case, idx, seed, args, torch_layer, workdir):
-    rng = np.random.default_rng([seed, idx])
+    # Seeded by the case name, so that adding or moving a case changes no other case's inputs.
+    rng = np.random.default_rng([seed, zlib.crc32(case["name"].encode())])
     t = make_inputs(case, rng)
     d = os.path.join(workdir, f"{idx:02d}_{case['name']}")
     os.makedirs(d, exist_ok=True)

@@ -16,7 +16,7 @@ computation dtype (float64 by default) so that a comparison sees the reference a
 Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (evaluation mode:
 training=true is accepted only when the configuration has no random element), expert_choice,
 top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
-(training too: the layer's seeded draws are replayed, layer_noise), rectify.
+(training too: the layer's seeded draws are replayed, layer_noise), rectify, moec (training too).
 """
 import argparse
 import json
@@ -56,7 +56,7 @@ TOPK_DEFAULTS = {
     "eval_capacity_factor": -1.0, "min_capacity": 0, "broadcast_threshold": 0.0,
     "logits": "linear", "cosine_dim": 16, "cosine_temperature": 0.07,
     "cosine_min_temperature": 0.01, "cosine_normalize_input": True,
-    "hyper_hidden": 256, "hyper_embedding_dim": 0,
+    "hyper_hidden": 256, "hyper_embedding_dim": 0, "recurrent_dim": 256,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
@@ -82,10 +82,12 @@ ROUTERS = {
     "xmoe": ("topk", {"k": 1, "normalize": False, "logits": "cosine"}, {"balance": 0.01}),
     "hyperrouter": ("topk", {"k": 2, "normalize": True, "logits": "hyper"}, {}),
     "yuan": ("topk", {"k": 2, "normalize": True, "logits": "attention"}, {"balance": 0.01}),
+    "rmoe": ("topk", {"k": 2, "normalize": True, "logits": "recurrent"}, {"balance": 0.01}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
     "soft": ("soft", {}, {}),
-    "remoe": ("remoe", {"k": 1, "lambda": 1e-8, "lambda_rate": 1.2}, {}),
+    "remoe": ("remoe", {"k": 1, "lambda": 1e-8, "lambda_rate": 1.2, "gate_lr_scale": 1.0,
+                        "gate_init_std": 0.02, "bias_update_rate": 0.0}, {}),
     "smear": ("smear", {}, {}),
     "smile": ("smile", {"nodes": 2, "capacity_factor": 0.0, "node_balance": 0.01,
                         "expert_balance": 0.01}, {}),
@@ -95,6 +97,8 @@ ROUTERS = {
     "base": ("base", {}, {}),
     "sparsemixer": ("sparsemixer", {"jitter_eps": 0.01, "jitter": 0.0},
                     {"balance": 0.001, "balance_mode": "global_batch"}),
+    "moec": ("moec", {"cluster_size": 8, "cluster_dropout": 0.5, "cluster_loss": 1.0,
+                      "capacity_factor": 0.0}, {"balance": 0.01}),
     "rectify": ("rectify", {"k": 2, "capacity_factor": 1.0, "normalize": None,
                             "intra_rank": True, "fill_in": True},
                 {"balance": 0.01, "balance_top1_only": True}),
@@ -422,6 +426,22 @@ def route_soft(z, E):
     return Routing(s, kept, kept.to(z.dtype), s)
 
 
+def keep_in_position_order(e, groups, E, cf):
+    """Top-1 capacity: per group, each expert keeps its first C = ceil(n cf / E) tokens in
+    position order (cf 0: all). e (T,) expert per token; returns keep (T,) bool."""
+    keep = torch.ones(e.shape[0], dtype=torch.bool)
+    if cf > 0:
+        for (a, b) in groups:
+            C = math.ceil((b - a) * cf / E)
+            used = [0] * E
+            for t in range(a, b):
+                if used[int(e[t])] < C:
+                    used[int(e[t])] += 1
+                else:
+                    keep[t] = False
+    return keep
+
+
 def route_smile(z, E, p, groups):
     """SMILE (reconstruction, docs/routers/smile.md): node n = argmax softmax(z[:, :N]), in-node
     expert j = argmax softmax(z[:, N:]), expert n M + j, weight q_n r_j; two balance losses."""
@@ -436,17 +456,7 @@ def route_smile(z, E, p, groups):
     j = topk_indices(r.detach(), 1)[:, 0]
     e = n * M + j
     w = q.gather(1, n[:, None])[:, 0] * r.gather(1, j[:, None])[:, 0]
-    keep = torch.ones(T, dtype=torch.bool)
-    cf = float(p["capacity_factor"])
-    if cf > 0:
-        for (a, b) in groups:
-            C = math.ceil((b - a) * cf / E)
-            used = [0] * E
-            for t in range(a, b):
-                if used[int(e[t])] < C:
-                    used[int(e[t])] += 1
-                else:
-                    keep[t] = False
+    keep = keep_in_position_order(e, groups, E, float(p["capacity_factor"]))
     W = torch.zeros(T, E, dtype=z.dtype).index_put((torch.arange(T), e), w * keep)
     kept = torch.zeros(T, E, dtype=torch.bool).index_put((torch.arange(T), e), keep)
     f_node = torch.zeros(N, dtype=z.dtype).index_add(0, n, torch.ones(T, dtype=z.dtype)) / T
@@ -675,10 +685,51 @@ def route_sparsemixer(z, E, p, training, u, top1_only):
     return Routing(W, kept, choices, torch.softmax(z, dim=-1), assigned=2 * T)
 
 
-def route_remoe(z, E, p):
+def moec_noise(layer, T, d):
+    """(T, cluster_size) uniforms of a moec layer's call in training, else None."""
+    if not layer["training"]:
+        return None
+    return layer_noise(layer["seed"], T, d, int(layer["params"]["cluster_size"]), 0.0)[0]
+
+
+def route_moec(z, E, p, groups, training, u):
+    """MoEC: softmax over E, the clusters (E/M, M) of consecutive experts; top-1 by argmax. In
+    training each member of the argmax's cluster is dropped when its draw u < cluster_dropout and
+    the token goes to the kept member of largest probability (none kept: the argmax). Weight = that
+    probability; optional capacity ceil(n cf / E), position order. Own loss: cluster_loss times the
+    mean over tokens and clusters of the (population) variance of the probabilities in a cluster."""
+    T, R = z.shape
+    M = int(p["cluster_size"])
+    if R != E:
+        raise ConfigError(f"gate.weight has {R} rows, expected E={E}")
+    if E % M:
+        raise ConfigError(f"cluster_size={M} does not divide E={E}")
+    s = torch.softmax(z, dim=-1)                                    # (T, E)
+    sd = s.detach()
+    e = sd.argmax(-1)                                               # (T,) inputs are tie-free
+    rate = float(p["cluster_dropout"])
+    if training and rate > 0:
+        members = (e // M)[:, None] * M + torch.arange(M)[None, :]  # (T, M)
+        alive = torch.tensor(u) >= rate                             # (T, M)
+        best = sd.gather(1, members).masked_fill(~alive, float("-inf")).argmax(-1)
+        e = torch.where(alive.any(-1), members.gather(1, best[:, None])[:, 0], e)
+    keep = keep_in_position_order(e, groups, E, float(p["capacity_factor"]))
+    onehot = F.one_hot(e, E).to(z.dtype)                            # (T, E)
+    W = s * onehot * keep[:, None].to(z.dtype)
+    kept = onehot.bool() & keep[:, None]
+    clusters = s.reshape(T, E // M, M)
+    var = ((clusters - clusters.mean(-1, keepdim=True)) ** 2).mean(-1)  # (T, E/M)
+    loss = float(p["cluster_loss"]) * var.mean()
+    return Routing(W, kept, onehot, s, own_loss=loss, assigned=T)
+
+
+def route_remoe(z, E, p, bias=None):
+    """R = ReLU(z), or ReLU(z + b) with b = gate.bias where bias_update_rate > 0 (beyond the
+    paper); the softmax scores for the balance and entropy losses stay those of z."""
     T = z.shape[0]
-    r = torch.relu(z)
-    kept = z.detach() > 0
+    zb = z + bias if (float(p["bias_update_rate"]) > 0 and bias is not None) else z
+    r = torch.relu(zb)
+    kept = zb.detach() > 0
     c = kept.sum(0).to(z.dtype)                      # detached counts
     lam, k = float(p["lambda"]), float(p["k"])
     own = lam * E / (k * T * T) * (r.sum(0) * c).sum()
@@ -736,6 +787,21 @@ def attention_logits(x, tensors):
     return (a @ v.unsqueeze(2)).squeeze(2)
 
 
+def recurrent_state(x, tensors, carry):
+    """RMoE: u = P x, then PyTorch's GRUCell over u from the previous MoE layer's state (zeros
+    without a carry); the cell's weights are the router's gru_* tensors."""
+    names = ("projection", "gate", "gru_weight_ih", "gru_weight_hh", "gru_bias_ih", "gru_bias_hh")
+    for name in names:
+        if tensors.get(name) is None:
+            raise ConfigError(f"input: router.{name} is required")
+    P = tensors["projection"]
+    h_prev = carry if carry is not None else torch.zeros(x.shape[0], P.shape[0], dtype=x.dtype)
+    # The op nn.GRUCell.forward runs, with the router's tensors as its weights.
+    return torch._VF.gru_cell(x @ P.t(), h_prev, tensors["gru_weight_ih"],
+                              tensors["gru_weight_hh"], tensors["gru_bias_ih"],
+                              tensors["gru_bias_hh"])  # (T, p)
+
+
 def hyper_logits(x, p, tensors):
     """HyperRouter: the gate [W | b] (R, d + 1) generated as w2 relu(w1 e + b1) + b2 from the
     embedding e; logits = x W^T + b."""
@@ -777,6 +843,8 @@ def run_layer(layer, tin, dtype=torch.float64):
     sgate = tens("shared.gate", backward)  # (1, d) Qwen2-MoE's sigmoid gate on the shared expert
     gate = tens("gate.weight", backward)
     router_tensors = {n[len("router."):]: tens(n, backward) for n in tin if n.startswith("router.")}
+    carry_in = tens("router_carry", backward)  # (T, p) RMoE: the previous MoE layer's GRU state
+    carry_out = None
     bias = tens("gate.bias")
     if bias is not None:
         bias = bias.detach()
@@ -822,8 +890,19 @@ def run_layer(layer, tin, dtype=torch.float64):
                 z = hyper_logits(x, p, router_tensors)                   # (T, R)
             elif family == "topk" and p["logits"] == "attention":
                 z = attention_logits(x, router_tensors)                  # (T, R)
+            elif family == "topk" and p["logits"] == "recurrent":
+                carry_out = recurrent_state(x, router_tensors, carry_in)  # (T, p)
+                z = carry_out @ router_tensors["gate"].t()               # (T, R)
+            elif family == "remoe" and float(p["gate_lr_scale"]) != 1.0:
+                # beyond the paper: z = s x router.gateᵀ (the gate's learning rate times s)
+                if router_tensors.get("gate") is None:
+                    raise ConfigError("input: router.gate is required")
+                z = float(p["gate_lr_scale"]) * (x @ router_tensors["gate"].t())
             elif gate is None:
                 raise ConfigError("input: gate.weight is required")
+            elif family == "moec":                                      # replays the draws
+                noise_u = moec_noise(layer, T, d)
+                z = x @ gate.t()                                        # (T, R)
             elif family == "sparsemixer":                               # replays the draws
                 noise_u, jit = sparsemixer_noise(layer, T, d, E)
                 xr = x if jit is None else x * torch.tensor(jit, dtype=dtype)
@@ -845,7 +924,7 @@ def run_layer(layer, tin, dtype=torch.float64):
             elif family == "soft":
                 routing = route_soft(z, E)
             elif family == "remoe":
-                routing = route_remoe(z, E, p)
+                routing = route_remoe(z, E, p, bias)
             elif family == "smile":
                 routing = route_smile(z, E, p, groups)
             elif family == "prototype":
@@ -853,6 +932,8 @@ def run_layer(layer, tin, dtype=torch.float64):
             elif family == "sparsemixer":
                 routing = route_sparsemixer(z, E, p, layer["training"], noise_u,
                                             losses["balance_top1_only"])
+            elif family == "moec":
+                routing = route_moec(z, E, p, groups, layer["training"], noise_u)
             elif family == "rectify":
                 routing = route_rectify(z, E, p, groups, losses["balance_top1_only"],
                                         layer["placement"], seq_lens)
@@ -924,13 +1005,19 @@ def run_layer(layer, tin, dtype=torch.float64):
         "aux_loss": aux.detach().numpy(),
         "tokens_per_expert": tokens_per_expert.numpy(),
     }
+    if carry_out is not None:
+        out["router_carry_out"] = carry_out.detach().numpy()
     if backward:
         dy = torch.tensor(np.asarray(tin["dy"], np.float64), dtype=dtype)
         objective = (y * dy).sum() + aux
+        if carry_out is not None and "d_router_carry_out" in tin:
+            dc = torch.tensor(np.asarray(tin["d_router_carry_out"], np.float64), dtype=dtype)
+            objective = objective + (carry_out * dc).sum()
         named = [("dx", x), ("d_gate.weight", gate), ("d_experts.w1", w1), ("d_experts.w2", w2),
                  ("d_experts.w3", w3), ("d_shared.w1", sw1), ("d_shared.w2", sw2),
                  ("d_shared.w3", sw3), ("d_shared.gate", sgate)]
         named += [("d_router." + n, t) for n, t in router_tensors.items()]
+        named += [("d_router_carry", carry_in)]
         named = [(n, t) for n, t in named if t is not None and t.requires_grad]
         grads = torch.autograd.grad(objective, [t for _, t in named], allow_unused=True)
         for (n, t), gr in zip(named, grads):

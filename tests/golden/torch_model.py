@@ -134,8 +134,15 @@ def param_specs(cfg):
                   (p + "mlp_norm", (C,), True, "ones")]
         if is_moe_layer(cfg, l):
             m = p + "moe."
-            specs += [(m + "gate.weight", (num_router_outputs(cfg), C), True, "normal"),
-                      (m + "experts.w1", (E, Fe, C), True, "normal")]
+            if recurrent_dim(cfg):  # RMoE: its projection and gate instead of gate.weight
+                r = recurrent_dim(cfg)
+                specs += [(m + "router.projection", (r, C), True, "normal"),
+                          (m + "router.gate", (num_router_outputs(cfg), r), True, "normal")]
+            elif remoe_gate_scale(cfg) != 1.0:  # ReMoE's gate_lr_scale: router.gate instead
+                specs.append((m + "router.gate", (num_router_outputs(cfg), C), True, "normal"))
+            else:
+                specs.append((m + "gate.weight", (num_router_outputs(cfg), C), True, "normal"))
+            specs.append((m + "experts.w1", (E, Fe, C), True, "normal"))
             if swiglu:
                 specs.append((m + "experts.w3", (E, Fe, C), True, "normal"))
             specs.append((m + "experts.w2", (E, C, Fe), True, "proj"))
@@ -155,7 +162,27 @@ def param_specs(cfg):
     specs.append(("final_norm", (C,), True, "ones"))
     if not cfg["tied_head"]:
         specs.append(("lm_head", (V, C), True, "normal"))
+    if recurrent_dim(cfg):  # RMoE's GRU cell, one for all MoE layers, after the head
+        r = recurrent_dim(cfg)
+        specs += [("moe.router.gru_weight_ih", (3 * r, r), True, "normal"),
+                  ("moe.router.gru_weight_hh", (3 * r, r), True, "normal"),
+                  ("moe.router.gru_bias_ih", (3 * r,), True, "normal"),
+                  ("moe.router.gru_bias_hh", (3 * r,), True, "normal")]
     return specs
+
+
+def remoe_gate_scale(cfg):
+    """ReMoE's gate_lr_scale s (z = s x router.gateᵀ where s != 1, beyond the paper), else 1."""
+    layer = cfg["layer"]
+    return float(layer["params"]["gate_lr_scale"]) if layer["family"] == "remoe" else 1.0
+
+
+def recurrent_dim(cfg):
+    """RMoE's GRU width where the router's logits are "recurrent", else 0."""
+    layer = cfg["layer"]
+    if layer["family"] == "topk" and layer["params"].get("logits") == "recurrent":
+        return int(layer["params"]["recurrent_dim"])
+    return 0
 
 
 def load_params(cfg, tensors):
@@ -243,9 +270,10 @@ def route_margin(family, p, z, s_sel, E, groups):
     return none
 
 
-def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
+def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
     """x (T, d) with autograd. Returns (y, aux, info): info has counts (E), kept rows,
-    margin. `state` holds the non-gradient router state (remoe lambda)."""
+    margin, and RMoE's router carry out (its GRU state; `carry` is the previous MoE layer's).
+    `state` holds the non-gradient router state (remoe lambda)."""
     T, d = x.shape
     family, p, losses = layer["family"], dict(layer["params"]), layer["losses"]
     if family == "remoe":
@@ -284,7 +312,17 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
             kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
             routing = TL.Routing(kept.to(x.dtype), kept)
         else:
-            z = x @ gate.t()
+            carry_out = None
+            if family == "topk" and p.get("logits") == "recurrent":
+                shared = {n: P["moe.router." + n] for n in
+                          ("gru_weight_ih", "gru_weight_hh", "gru_bias_ih", "gru_bias_hh")}
+                own = {n: P[prefix + "router." + n] for n in ("projection", "gate")}
+                carry_out = TL.recurrent_state(x, {**shared, **own}, carry)  # (T, r)
+                z = carry_out @ own["gate"].t()
+            elif family == "remoe" and float(p["gate_lr_scale"]) != 1.0:
+                z = float(p["gate_lr_scale"]) * (x @ P[prefix + "router.gate"].t())
+            else:
+                z = x @ gate.t()
             if family == "topk":
                 routing = TL.route_topk(z, bias, E, p, groups, losses["balance_top1_only"])
                 # selection scores as route_topk forms them, for the margin and the counts
@@ -317,7 +355,7 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
             elif family == "soft":
                 routing = TL.route_soft(z, E)
             elif family == "remoe":
-                routing = TL.route_remoe(z, E, p)
+                routing = TL.route_remoe(z, E, p, bias)
             elif family == "base":
                 best = TL.topk_indices(z.detach(), 1)[:, 0]
                 kept = torch.zeros(T, E, dtype=torch.bool)
@@ -329,6 +367,8 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
                 raise ModelError(f"router family {family} not implemented")
             if family != "topk":
                 margin = route_margin(family, p, z, None, E, groups)
+            if family == "remoe" and float(p["bias_update_rate"]) > 0 and bias is not None:
+                margin = route_margin(family, p, z + bias, None, E, groups)  # R = ReLU(z + b)
         W = routing.weights
         for e in range(E):
             tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
@@ -372,6 +412,8 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state):
     info = {"counts": counts, "kept_rows": int(routing.kept.sum()),
             "margin": float(margin.min()) if T else math.inf, "margin_tokens": margin,
             "kept": routing.kept.detach()}
+    if family not in ("smear", "hash"):
+        info["router_carry"] = carry_out
     return y, aux, info
 
 
@@ -411,6 +453,7 @@ def forward(cfg, P, inputs, targets, states):
     mask = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
     aux_layers, infos = [], []
     token_ids = inputs.reshape(-1).tolist()
+    carry = None  # RMoE: the GRU state passed from one MoE layer to the next
     for l in range(cfg["n_layers"]):
         p = f"layers.{l}."
         a = rmsnorm(h, P[p + "attn_norm"], eps)
@@ -427,7 +470,8 @@ def forward(cfg, P, inputs, targets, states):
         m = rmsnorm(h, P[p + "mlp_norm"], eps)
         if is_moe_layer(cfg, l):
             y, aux, info = moe_forward(cfg["layer"], m.reshape(B * T, C), P, p + "moe.",
-                                       cfg["experts"], [T] * B, token_ids, states[l])
+                                       cfg["experts"], [T] * B, token_ids, states[l], carry)
+            carry = info.get("router_carry")
             h = h + y.reshape(B, T, C)
             aux_layers.append(aux)
             infos.append(info)
@@ -483,6 +527,13 @@ def update_router_state(cfg, P, states, infos):
             target = 1.0 - float(layer["params"]["k"]) / E
             rate = float(layer["params"]["lambda_rate"])
             st["lambda"] = st["lambda"] * rate if mean_zero < target else st["lambda"] / rate
+            # beyond the paper: each expert's threshold bias ±u towards the activation rate k/E
+            u = float(layer["params"]["bias_update_rate"])
+            if u > 0:
+                rate = info["kept"].sum(0).to(DTYPE) / info["T"]
+                err = float(layer["params"]["k"]) / E - rate
+                with torch.no_grad():
+                    P[f"layers.{l}.moe.gate.bias"] += u * torch.sign(err)
 
 
 def train(cfg, P, inputs, targets, steps, opt):
