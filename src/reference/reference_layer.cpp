@@ -1293,6 +1293,15 @@ Result forward_smear(const LayerConfig& config, const MoEShape& shape, const Par
   return r;
 }
 
+// The logit function's tensor router.NAME of `size` values.
+const std::vector<double>& router_tensor(const Params& params, const std::string& name,
+                                         int64_t size) {
+  const auto it = params.router.find(name);
+  if (it == params.router.end()) fail("reference::forward: router.{} is missing", name);
+  expect_size(it->second, size, ("router." + name).c_str());
+  return it->second;
+}
+
 }  // namespace
 
 std::vector<double> recurrent_router_state(const json& router_params, const MoEShape& shape,
@@ -1302,10 +1311,7 @@ std::vector<double> recurrent_router_state(const json& router_params, const MoES
   const std::vector<double> x = router_input(batch.x, noise);
   const int64_t p = param<int64_t>(router_params, "recurrent_dim");
   auto tensor = [&](const std::string& name, int64_t size) -> const std::vector<double>& {
-    const auto it = params.router.find(name);
-    if (it == params.router.end()) fail("reference::forward: router.{} is missing", name);
-    expect_size(it->second, size, ("router." + name).c_str());
-    return it->second;
+    return router_tensor(params, name, size);
   };
   const std::vector<double>& P = tensor("projection", p * d);
   const std::vector<double>& w_ih = tensor("gru_weight_ih", 3 * p * p);
@@ -1352,10 +1358,7 @@ std::vector<double> router_logits(const json& router_params, const MoEShape& sha
   const std::vector<double> x = router_input(batch.x, noise);
   const std::string kind = router_params.value("logits", "linear");
   auto tensor = [&](const std::string& name, int64_t size) -> const std::vector<double>& {
-    const auto it = params.router.find(name);
-    if (it == params.router.end()) fail("reference::forward: router.{} is missing", name);
-    expect_size(it->second, size, ("router." + name).c_str());
-    return it->second;
+    return router_tensor(params, name, size);
   };
   if (kind == "hyper") {
     // HyperRouter: [W | b] (R, d + 1) = w2 relu(w1 e + b1) + b2, logits = x Wᵀ + b.
