@@ -7,7 +7,7 @@
 # (runs/llm/<data>/report.html).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/build.sh release
+bash scripts/build.sh release switchyard_cli  # the CLI only: tests and benchmarks are not needed
 python3 scripts/check-hf-tiny.py --switchyard ./build/release/switchyard
 bash scripts/build-corpus.sh
 ./build/release/switchyard compare --config configs/compare.json "$@"

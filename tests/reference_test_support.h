@@ -82,6 +82,7 @@ struct Problem {
   std::vector<std::string> router_names;
   mutable std::vector<const float*> router_views;
   std::vector<int64_t> token_ids, seq_lens;
+  std::vector<int64_t> token_counts;  // (vocab) training-data id counts (MaskMoE), or empty
   std::vector<double> global_counts;
   // (T, C) the previous MoE layer's router carry (LogitFunction::carry_dim C > 0), or empty.
   std::vector<float> router_carry;
@@ -135,6 +136,7 @@ struct Problem {
     b.T = T;
     b.x = to_double(x);
     b.token_ids = token_ids;
+    b.token_counts = token_counts;
     b.seq_lens = seq_lens;
     b.global_counts = global_counts;
     b.router_carry = to_double(router_carry);
@@ -210,6 +212,14 @@ inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptio
     std::uniform_int_distribution<int64_t> id(0, 2 * o.T + 3);
     pb.token_ids.resize(size_t(o.T));
     for (int64_t& v : pb.token_ids) v = id(rng);
+  }
+  if (pb.traits.needs_token_frequencies) {
+    // Counts over the ids' vocabulary, a quarter of them 0 (ids that never occur), so that
+    // frequent and infrequent ids mix.
+    std::uniform_int_distribution<int64_t> count(-10, 30);
+    pb.token_counts.resize(size_t(2 * o.T + 4));
+    for (int64_t& c : pb.token_counts) c = std::max<int64_t>(count(rng), 0);
+    pb.layer->set_token_frequencies(pb.token_counts, "test token counts");
   }
   pb.seq_lens = o.seq_lens;
   if (o.global_counts) {
@@ -658,6 +668,20 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
       if (drop &&
           !gaps_ok(std::vector<double>(p.begin() + first, p.begin() + first + M), M - 1, m.score))
         bad[t] = true;
+    }
+  } else if (f == "maskmoe") {
+    // The k best probabilities of the visible experts (softmax over them) must be clear.
+    const std::vector<uint8_t> visible =
+        reference::maskmoe_visible(pb.router_params, pb.token_counts, pb.token_ids, R);
+    const int64_t k = pb.router_params.at("k");
+    for (int64_t t = 0; t < pb.T; ++t) {
+      std::vector<double> zt(z.begin() + t * R, z.begin() + (t + 1) * R);
+      for (int64_t r = 0; r < R; ++r)
+        if (!visible[size_t(t * R + r)]) zt[size_t(r)] = -std::numeric_limits<double>::infinity();
+      std::vector<double> p = softmax_of(zt.data(), R);
+      for (int64_t r = 0; r < R; ++r)
+        if (!visible[size_t(t * R + r)]) p[size_t(r)] = -std::numeric_limits<double>::infinity();
+      if (!gaps_ok(p, k, m.score)) bad[t] = true;
     }
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)

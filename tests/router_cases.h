@@ -46,7 +46,8 @@ inline const nlohmann::json& router_case_table() {
       // The C++ checks' size keys (the golden's are checked by test_golden.py).
       const std::map<std::string, std::set<std::string>> sizes = {
           {"reference",
-           {"Es", "Fs", "shared_gate", "sequences", "global_counts", "gate_bias", "router_carry"}},
+           {"Es", "Fs", "shared_gate", "sequences", "global_counts", "gate_bias", "router_carry",
+            "ties"}},
           {"gradients", {"T", "E", "Fs", "shared_gate", "sequences", "gate_bias", "router_carry"}},
           {"invariants", {}}};
       for (const auto& [check, keys] : sizes)

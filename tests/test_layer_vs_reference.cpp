@@ -80,6 +80,14 @@ void compare_with_reference(Problem& pb) {
   }
 }
 
+// Every gate row a copy of the first: each token's scores tie exactly (dyadic values, so in
+// float32 and float64 alike) and the tie rule decides.
+void tie_gate_rows(Problem& pb) {
+  const int64_t d = pb.shape.d;
+  for (int64_t r = 1; r < pb.R && !pb.gate.empty(); ++r)
+    std::copy(pb.gate.begin(), pb.gate.begin() + d, pb.gate.begin() + r * d);
+}
+
 class LayerVsReference : public ::testing::TestWithParam<Param> {};
 
 TEST_P(LayerVsReference, Forward) {
@@ -99,7 +107,10 @@ TEST_P(LayerVsReference, Forward) {
   o.shared_gate = p.c.sizes.value("shared_gate", false);
   o.router_carry = p.c.sizes.value("router_carry", true);
   Problem pb = make_problem(config, o, rng);
-  ASSERT_TRUE(separate_routing(pb, rng)) << "could not draw well-separated routing inputs";
+  if (p.c.sizes.value("ties", false))
+    tie_gate_rows(pb);
+  else
+    ASSERT_TRUE(separate_routing(pb, rng)) << "could not draw well-separated routing inputs";
   compare_with_reference(pb);
 }
 
@@ -138,8 +149,7 @@ Problem tied_problem(const json& config, int64_t T, int64_t E, std::mt19937_64& 
   o.bias_scale = 0.0;  // zero bias: ties survive the selection score
   Problem pb = make_problem(config, o, rng);
   const int64_t d = pb.shape.d;
-  for (int64_t r = 1; r < pb.R && !pb.gate.empty(); ++r)
-    std::copy(pb.gate.begin(), pb.gate.begin() + d, pb.gate.begin() + r * d);
+  tie_gate_rows(pb);
   if (identical_tokens)
     for (int64_t t = 1; t < T; ++t) std::copy(pb.x.begin(), pb.x.begin() + d, pb.x.begin() + t * d);
   return pb;

@@ -212,6 +212,20 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // THOR: random experts (one per layer and pass, each layer its own stream), two passes per
+    // step and the consistency loss between their distributions.
+    GoldenCase g{"thor_consistency", tiny_config(), tiny_opt()};
+    g.model.n_layers = 3;
+    g.model.moe_layers = {0, 2};
+    g.model.router = {{"router", "thor"}, {"consistency", 2.0}};
+    out.push_back(g);
+  }
+  {
+    GoldenCase g{"thor_token_draws", tiny_config(), tiny_opt()};
+    g.model.router = {{"router", "thor"}, {"consistency", 1.0}, {"train_draw", "token"}};
+    out.push_back(g);
+  }
+  {
     GoldenCase g{"gelu_expert_choice", tiny_config(), tiny_opt()};
     g.model.activation = Activation::GELU;
     g.model.moe_every = 2;
@@ -347,6 +361,8 @@ TEST_P(ModelGolden, MatchesPyTorch) {
   }
 
   // ---- Step 0: forward and backward at the initial weights -------------------------------
+  // The training below starts from the same draws (noise counters; THOR's random experts).
+  const nlohmann::json initial_state = model->state();
   model->zero_grads();
   const double ce = model->forward(tokens.data(), targets.data(), B, T, /*training=*/true);
   const double aux = model->aux_loss();
@@ -433,6 +449,7 @@ TEST_P(ModelGolden, MatchesPyTorch) {
   // ---- Training: steps of AdamW, loss before each update -----------------------------------
   std::vector<double> losses, lrs, norms;
   AdamW opt(gc.opt, model->params().size());
+  model->set_state(initial_state, "the initial state");
   RouteFlip flip;
   for (int64_t step = 0; step < gc.steps; ++step) {
     model->zero_grads();

@@ -13,9 +13,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -688,6 +690,98 @@ TEST(RouterState, ReMoELambdaFollowsTheModelsMeanSparsity) {
       EXPECT_DOUBLE_EQ(now, after["moe_layers"][0]["router"]["lambda"].get<double>());
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MaskMoE: the masks come from token counts set on the router (Router::set_token_frequencies) and
+// travel in its state.
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Each id keeps one fixed set of experts (1 for ids that are not frequent, at most V for frequent
+// ones), an infrequent token goes to its one expert with weight 1, and a fresh layer given the
+// first one's state routes identically.
+TEST(RouterState, MaskMoEMasksAreFixedPerIdAndTravelInTheState) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const int64_t T = 200, E = 8, V = 3, vocab = 20;
+  Problem p(rng, T, 16, E, 8);
+  std::vector<int64_t> counts(static_cast<size_t>(vocab)), ids(static_cast<size_t>(T));
+  for (int64_t& c : counts) c = std::max<int64_t>(int64_t(rng() % 40) - 10, 0);
+  for (int64_t& v : ids) v = int64_t(rng() % uint64_t(vocab));
+  MoEBatch batch = p.batch();
+  batch.token_ids = ids.data();
+  const json config = {{"router", "maskmoe"}, {"k", 2}, {"visible_experts", V}};
+  auto first = make_layer(config, p.shape);
+  first->set_token_frequencies(counts, "test counts");
+  MoECache cache;
+  std::vector<float> y(size_t(T * p.shape.d));
+  first->forward(p.params(), batch, cache, y.data());
+  const std::vector<float> combine = first->combine_matrix(cache);
+
+  // The frequent ids: the first ⌊0.4 n⌋ of the n that occur, by count descending, then id.
+  std::vector<int64_t> order;
+  for (int64_t v = 0; v < vocab; ++v)
+    if (counts[size_t(v)] > 0) order.push_back(v);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return counts[size_t(a)] > counts[size_t(b)]; });
+  std::vector<bool> frequent(static_cast<size_t>(vocab), false);
+  for (size_t i = 0; i < order.size() * 2 / 5; ++i) frequent[size_t(order[i])] = true;
+  std::vector<std::set<int64_t>> experts_of(static_cast<size_t>(vocab));
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t routed = 0;
+    for (int64_t e = 0; e < E; ++e)
+      if (combine[size_t(t * E + e)] != 0.0f) {
+        ++routed;
+        experts_of[size_t(ids[size_t(t)])].insert(e);
+      }
+    const bool freq = frequent[size_t(ids[size_t(t)])];
+    EXPECT_EQ(routed, freq ? 2 : 1) << "token " << t << " id " << ids[size_t(t)];
+    for (int64_t e = 0; e < E && !freq; ++e) {  // the one visible expert, weight exactly 1
+      EXPECT_TRUE(combine[size_t(t * E + e)] == 0.0f || combine[size_t(t * E + e)] == 1.0f);
+    }
+  }
+  for (int64_t v = 0; v < vocab; ++v)
+    EXPECT_LE(int64_t(experts_of[size_t(v)].size()), frequent[size_t(v)] ? V : 1) << "id " << v;
+
+  const json state = first->router().state();
+  EXPECT_EQ(state.at("token_counts").get<std::vector<int64_t>>(), counts);
+  auto second = make_layer(config, p.shape);
+  second->router().set_state(state);
+  MoECache again;
+  second->forward(p.params(), batch, again, y.data());
+  EXPECT_EQ(second->combine_matrix(again), combine);
+}
+
+TEST(RouterState, MaskMoEWithoutCountsOrOutsideTheVocabularyNamesTheId) {
+  std::mt19937_64 rng(3);
+  Problem p(rng, 4, 8, 4, 4);
+  std::vector<int64_t> ids = {0, 1, 7, 2};
+  MoEBatch batch = p.batch();
+  batch.token_ids = ids.data();
+  auto layer = make_layer({{"router", "maskmoe"}}, p.shape);
+  MoECache cache;
+  std::vector<float> y(size_t(4 * p.shape.d));
+  const std::string unset = error_of([&] { layer->forward(p.params(), batch, cache, y.data()); });
+  EXPECT_NE(unset.find("maskmoe"), std::string::npos) << unset;
+  EXPECT_NE(unset.find("token frequencies"), std::string::npos) << unset;
+  layer->set_token_frequencies({3, 0, 5, 1, 2}, "test counts");
+  const std::string outside = error_of([&] { layer->forward(p.params(), batch, cache, y.data()); });
+  EXPECT_NE(outside.find("maskmoe"), std::string::npos) << outside;
+  EXPECT_NE(outside.find("token id 7"), std::string::npos) << outside;
+  EXPECT_NE(outside.find("vocabulary of 5"), std::string::npos) << outside;
+  const std::string negative = error_of([&] {
+    layer->set_token_frequencies({3, -1}, "test counts");
+  });
+  EXPECT_NE(negative.find("test counts"), std::string::npos) << negative;
+  EXPECT_NE(negative.find("-1"), std::string::npos) << negative;
 }
 
 }  // namespace

@@ -238,11 +238,15 @@ void check_other_tokens_change_nothing(const json& router, bool training, bool p
   changed.w3 = pb.w3;
   changed.w2 = pb.w2;
   changed.token_ids = pb.token_ids;
+  changed.token_counts = pb.token_counts;  // the training data's, not the batch's
+  if (!pb.token_counts.empty()) changed.layer->set_token_frequencies(pb.token_counts, "test");
   for (int64_t t = seqs[1].first; t < seqs[1].second; ++t) {
     fill_x_row(changed, rng, t);
     // Scale the new tokens up so that they would win any cross-sequence competition.
     for (int64_t j = 0; j < pb.shape.d; ++j) changed.x[t * pb.shape.d + j] *= 4.0f;
-    if (!changed.token_ids.empty()) changed.token_ids[t] = 1000 + t;
+    if (!changed.token_ids.empty())  // new ids, inside the counts' vocabulary where there is one
+      changed.token_ids[t] =
+          pb.token_counts.empty() ? 1000 + t : (1000 + t) % int64_t(pb.token_counts.size());
   }
   MoECache second;
   changed.layer->forward(changed.params(), changed.batch(), second, y.data());

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <switchyard/error.h>
 #include <switchyard/file_util.h>
+#include <switchyard/safetensors.h>
 #include <switchyard/train.h>
 
 #include <filesystem>
@@ -27,6 +28,8 @@ fs::path temp_dir(const std::string& name) {
 json router_json(const std::string& name) {
   if (name == "loss_free")  // DeepSeek-V3's bias balancing on a small layer
     return {{"router", "deepseek_v3"}, {"k", 2}, {"groups", 1}, {"topk_groups", 1}};
+  if (name == "maskmoe")  // 2 of the 4 experts visible to the frequent ids, 1 to the others
+    return {{"router", "maskmoe"}, {"k", 2}, {"visible_experts", 2}};
   return {{"router", name}};
 }
 
@@ -96,7 +99,51 @@ TEST_P(Resume, ReproducesTheUninterruptedRun) {
 
 // Routers with non-gradient state (bias, λ) and training noise (jitter) must resume exactly too.
 INSTANTIATE_TEST_SUITE_P(Routers, Resume,
-                         ::testing::Values("mixtral", "switch", "loss_free", "remoe"));
+                         ::testing::Values("mixtral", "switch", "loss_free", "remoe", "maskmoe",
+                                           "thor"));
+
+// MaskMoE's masks come from the training split's token counts, counted once before the first step
+// and kept in the checkpoint: every MoE layer holds the same counts, a resumed run routes every
+// step exactly as the uninterrupted one, and sampling from the checkpoint routes with them too.
+TEST(Train, MaskMoECountsTheTrainingDataAndResumesWithThem) {
+  const fs::path dir = temp_dir("maskmoe");
+  json j = tiny_config(dir / "whole", "maskmoe");
+  j["steps"] = 6;
+  const TrainConfig whole = parse_train_config(j, "test");
+  j["out"] = (dir / "parts").string();
+  const TrainConfig parts = parse_train_config(j, "test");
+  train(whole, quiet());
+  TrainOptions first = quiet();
+  first.stop_after = 2;
+  train(parts, first);
+  TrainOptions rest = quiet();
+  rest.resume = true;
+  train(parts, rest);
+
+  const SafetensorsFile ckpt =
+      read_safetensors((dir / "parts" / "checkpoint" / "model.safetensors").string());
+  const json layers = json::parse(ckpt.metadata.at("state"))["model_state"]["moe_layers"];
+  ASSERT_EQ(layers.size(), 2u);
+  const auto counts = layers[0]["router"]["token_counts"].get<std::vector<int64_t>>();
+  ASSERT_EQ(counts.size(), 256u);  // the model's vocabulary
+  EXPECT_EQ(layers[1]["router"]["token_counts"], layers[0]["router"]["token_counts"]);
+  EXPECT_GT(counts['+'], 0);  // the synthetic data: arithmetic and words
+  EXPECT_GT(counts['e'], counts['Q']);
+  EXPECT_EQ(counts['Q'], 0);
+
+  const auto a = read_metrics(dir / "whole"), b = read_metrics(dir / "parts");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (size_t i = 0; i < a.size(); ++i)
+    for (size_t l = 0; l < 2; ++l) {
+      EXPECT_EQ(a[i]["layers"][l]["routing_digest"], b[i]["layers"][l]["routing_digest"])
+          << "step " << i << " layer " << l;
+      EXPECT_EQ(a[i]["train_loss"], b[i]["train_loss"]) << "step " << i;
+    }
+  EXPECT_EQ(sample((dir / "parts" / "checkpoint").string(), "1+2=", 8, 0.5, 3),
+            sample((dir / "whole" / "checkpoint").string(), "1+2=", 8, 0.5, 3));
+  fs::remove_all(dir);
+}
 
 TEST(Train, LearnsTheSyntheticData) {
   const fs::path dir = temp_dir("learn");

@@ -96,7 +96,10 @@ class Model {
   float* param(const std::string& name) { return params_.data() + tensor(name).offset; }
 
   // tokens (B, T) int32 in [0, V); targets (B, T) or null. Returns the mean cross-entropy (0 if no
-  // targets); the aux losses are in layer_stats(). logits() holds (B, T, V) afterwards.
+  // targets); the aux losses are in layer_stats(). logits() holds (B, T, V) afterwards. Where the
+  // router asks for consistency regularisation (Router::consistency_weight, THOR), a training
+  // forward with targets runs two passes with independent draws and returns their mean
+  // cross-entropy; aux_loss() then adds ½ α · the mean symmetric KL divergence of the passes.
   double forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
                  bool training);
   // Accumulates into grads() the gradient of (mean cross-entropy + Σ aux losses) × scale; under
@@ -110,11 +113,17 @@ class Model {
   void set_gradient_ready(std::function<void(size_t begin, size_t end)> ready);
   void zero_grads();
   const std::vector<float>& logits() const { return logits_; }
-  double aux_loss() const;  // Σ over MoE layers of the last forward's aux loss
+  // Σ over MoE layers of the last forward's aux loss (two passes: their mean, plus the
+  // consistency term).
+  double aux_loss() const;
   std::vector<const RoutingStats*> layer_stats() const;  // one per MoE layer
   std::vector<const MoECache*> layer_caches() const;
   // Router state after an optimiser step (selection bias, ReMoE's λ).
   void update_router_state();
+  // The training data's token-id counts (vocab) for every MoE layer's router (MaskMoE's masks;
+  // Router::set_token_frequencies), and whether any router needs them.
+  void set_token_frequencies(const std::vector<int64_t>& counts);
+  bool needs_token_frequencies() const;
   int64_t num_moe_layers() const;
   // Non-gradient state besides the parameters (router state, noise counters), for checkpoints.
   nlohmann::json state() const;
@@ -126,6 +135,13 @@ class Model {
   int64_t active_parameter_count() const;  // per token: routed experts count k (or mean)
 
  private:
+  double forward_pass(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
+                      bool training);
+  // extra_dlogits (N, V) is added to the cross-entropy's gradient; `last`: the gradients are
+  // complete afterwards (gradient_ready fires).
+  void backward_pass(float scale, const float* extra_dlogits, bool last);
+  void carve_activations();
+  void swap_passes();
   struct Impl;
   ModelConfig config_;
   std::vector<ParamTensor> tensors_;

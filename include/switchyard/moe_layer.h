@@ -200,6 +200,11 @@ class MoELayer {
   int64_t num_router_outputs() const { return R_; }
   Router& router() { return *router_; }
   const Router& router() const { return *router_; }
+  // The training data's token-id counts (vocab), for a router whose traits say
+  // needs_token_frequencies (Router::set_token_frequencies); `context` names their source.
+  void set_token_frequencies(const std::vector<int64_t>& counts, const std::string& context) {
+    router_->set_token_frequencies(counts, context);
+  }
 
   // Validates the batch and parameters (presence, finiteness, sequence lengths, ids), naming the
   // field and value. forward() runs it without the weight scan (check_weights = false).

@@ -26,6 +26,7 @@ struct Batch {
   int64_t T = 0;
   std::vector<double> x;              // (T, d)
   std::vector<int64_t> token_ids;     // (T) or empty
+  std::vector<int64_t> token_counts;  // (vocab) MaskMoE's training-data id counts, or empty
   std::vector<int64_t> seq_lens;      // empty = one sequence
   std::vector<double> global_counts;  // (R) or empty
   std::vector<double> router_carry;   // (T, C) the previous MoE layer's router carry, or empty
@@ -57,6 +58,11 @@ std::vector<double> router_logits(const nlohmann::json& router_params, const MoE
 std::vector<double> recurrent_router_state(const nlohmann::json& router_params,
                                            const MoEShape& shape, const Params& params,
                                            const Batch& batch, const RouterNoise& noise);
+// MaskMoE's visible experts (docs/routers/maskmoe.md, section 1): (T, E), 1 where expert e is
+// visible to token t's id. Public for the tests' tie rule.
+std::vector<uint8_t> maskmoe_visible(const nlohmann::json& router_params,
+                                     const std::vector<int64_t>& token_counts,
+                                     const std::vector<int64_t>& token_ids, int64_t E);
 // The sinkhorn selection's balanced scores of tokens [group.first, group.second) from logits
 // (T, R) over the first E outputs: (n, E) row-major. Public for the tests' tie rule.
 std::vector<double> sinkhorn_balanced(const std::vector<double>& logits,

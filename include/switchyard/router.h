@@ -23,6 +23,9 @@ struct RouterTraits {
   bool needs_gate = true;        // routes by logits: gate.weight's or its logit function's (hash
                                  // routers do not)
   bool needs_token_ids = false;  // hash routers
+  // Routes by the training data's token-id counts (MaskMoE's masks): the model passes them in
+  // with set_token_frequencies before the first step.
+  bool needs_token_frequencies = false;
   bool pooled_per_sequence = false;  // SMEAR: one route per sequence from the mean input
   bool supports_losses = true;       // balance / z / entropy losses are meaningful
   bool supports_forced = false;      // can route to given experts (RouterInput::forced)
@@ -34,6 +37,9 @@ struct RouterTraits {
   // (RouterNoise::uniform and RouterInput::uniform are (T, n); uniform_draws below).
   int64_t uniforms_per_token = 1;
   int64_t uniforms_per_output = 0;  // SparseMixer: a Gumbel draw per output and slot
+  // Draws at inference too (THOR's random experts): a fixed stream per layer, the same at every
+  // call, so evaluation is reproducible and leaves the training stream alone.
+  bool draws_at_inference = false;
 };
 // The draws per token n of RouterTraits for R router outputs.
 inline int64_t uniform_draws(const RouterTraits& traits, int64_t R) {
@@ -164,6 +170,11 @@ class Router {
   // The logit function, where the router has its own (its tensors replace gate.weight); null:
   // the linear gate.
   virtual const LogitFunction* logit_function() const { return nullptr; }
+  // The model hook for consistency regularisation (THOR): > 0 makes a model's training forward
+  // run two passes with independent draws; its objective is ½ (CE₁ + CE₂) + ½ α · the mean
+  // symmetric KL divergence of their next-token distributions, α this weight (docs/model.md).
+  // 0: one pass.
+  virtual double consistency_weight() const { return 0.0; }
   virtual void route(const RouterInput& in, RoutingPlan& plan) const = 0;
   // Accumulates ∂L/∂logits (T, R) given ∂L/∂weight per assignment (A) (0 for dropped ones) and
   // ∂L/∂passthrough (T) where the router has one.
@@ -181,6 +192,11 @@ class Router {
   // parameters instead.
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void set_state(const nlohmann::json& /*state*/) {}
+  // The model hook for routers whose traits say needs_token_frequencies: counts (vocab) of each
+  // token id over the training data, counted once before the first step (a router keeps them in
+  // state() so that a resumed run has them); `context` names their source in messages.
+  virtual void set_token_frequencies(const std::vector<int64_t>& /*counts*/,
+                                     const std::string& /*context*/) {}
   // Every parameter with its resolved value, for logs and for the float64 reference.
   virtual nlohmann::json params() const = 0;
   virtual std::string describe() const = 0;

@@ -85,8 +85,11 @@ int run_layer(const std::string& config_path, const std::string& in_path,
     fail("{}: tensor 'gate.weight' is not used by router '{}' (it has no gate)", in_path,
          config.router);
   if (!traits.needs_token_ids && file.tensors.count("token_ids"))
-    fail("{}: tensor 'token_ids' is only used by hash routers, not by '{}'", in_path,
-         config.router);
+    fail("{}: tensor 'token_ids' is not used by router '{}' (it does not route by token id)",
+         in_path, config.router);
+  if (!traits.needs_token_frequencies && file.tensors.count("token_counts"))
+    fail("{}: tensor 'token_counts' is not used by router '{}' (it needs no token frequencies)",
+         in_path, config.router);
   // A router with its own logit function reads router.NAME tensors instead of gate.weight.
   const LogitFunction* logit_function = layer.router().logit_function();
   const std::vector<RouterTensorSpec>& router_specs = layer.router_tensor_specs();
@@ -117,6 +120,18 @@ int run_layer(const std::string& config_path, const std::string& in_path,
     in.expect_shape("token_ids", *t, {T});
     token_ids = t->to_i64(in_path + ": tensor token_ids");
     batch.token_ids = token_ids.data();
+  }
+  if (traits.needs_token_frequencies) {  // the training data's id counts (MaskMoE's masks)
+    const TensorData* t = in.find("token_counts");
+    if (!t)
+      fail(
+          "{}: router '{}' needs the tensor 'token_counts' (vocab) int64, each token id's count "
+          "in the training data",
+          in_path, config.router);
+    if (t->shape.size() != 1)
+      fail("{}: tensor 'token_counts' must be 1-D (vocab), got {}", in_path, shape_str(t->shape));
+    const std::string source = in_path + ": tensor token_counts";
+    layer.set_token_frequencies(t->to_i64(source), source);
   }
   if (const TensorData* t = in.find("seq_lens")) {
     if (t->shape.size() != 1)

@@ -64,13 +64,15 @@ std::vector<std::pair<int64_t, int64_t>> routing_groups(RoutingGroups mode,
 RouterNoise make_router_noise(const LayerConfig& config, const RouterTraits& traits, int64_t T,
                               int64_t d, int64_t R, uint64_t call_index) {
   RouterNoise noise;
-  if (!config.training) return noise;
+  if (!config.training && !traits.draws_at_inference) return noise;
+  // Inference draws come from one fixed stream, call index 2^64 - 1, whatever the call.
+  if (!config.training) call_index = ~uint64_t(0);
   std::mt19937_64 rng(config.seed * 0x9e3779b97f4a7c15ULL + call_index);
   auto uniform01 = [&] { return float(double(rng() >> 11) * 0x1.0p-53); };
   // (T, n) draws, n = uniform_draws (1 for most routers: the stream is unchanged).
   noise.uniform.resize(static_cast<size_t>(T * std::max<int64_t>(uniform_draws(traits, R), 1)));
   for (auto& u : noise.uniform) u = uniform01();
-  if (traits.jitter > 0) {
+  if (traits.jitter > 0 && config.training) {
     noise.jitter.resize(size_t(T * d));
     for (auto& v : noise.jitter) v = float(1.0 - traits.jitter + 2.0 * traits.jitter * uniform01());
   }

@@ -164,6 +164,7 @@ struct Model::Impl {
     std::vector<float*> router_grads;
     std::unique_ptr<MoELayer> moe_layer;
     MoECache cache;
+    MoECache other_cache;  // the other pass's (consistency regularisation)
     // (R) the router's choices in this step's earlier micro-batches (global-batch balance loss);
     // empty at the first. Cleared by zero_grads, which starts a step.
     std::vector<double> earlier_counts;
@@ -178,6 +179,13 @@ struct Model::Impl {
   size_t wte = 0, final_norm = 0, lm_head = SIZE_MAX;
   int64_t B = 0, T = 0;
   std::vector<float> acts;  // one allocation for the activations of a (B, T) batch
+  // Consistency regularisation (Router::consistency_weight, THOR): a training forward runs two
+  // passes; the first pass's activations, MoE caches and logits wait in other_* meanwhile.
+  double consistency = 0.0;  // the weight α; 0: one pass
+  bool paired = false;       // the last forward ran two passes
+  bool paired_backward_done = false;
+  double consistency_loss = 0.0;
+  std::vector<float> other_acts, other_logits;
   float *h_out = nullptr, *hf = nullptr, *rstd_f = nullptr;
   std::vector<float> scratch;  // backward scratch: dh, dtmp, dqkv, dprobs, dm, dlogits
   std::vector<float> moe_grads;
@@ -253,7 +261,18 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
     L.wo = add(p + "attn.wo", {C, C});
     L.mlp_norm = add(p + "mlp_norm", {C});
     if (L.moe) {
-      L.moe_layer = std::make_unique<MoELayer>(lc, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff});
+      // Each MoE layer draws its own random stream (seed = the layer's index): with one seed for
+      // all, every layer's draws (THOR's experts, MoEC's coins, jitter) would be the same.
+      LayerConfig layer_config = lc;
+      layer_config.seed = uint64_t(l);
+      L.moe_layer =
+          std::make_unique<MoELayer>(layer_config, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff});
+      impl_->consistency = L.moe_layer->router().consistency_weight();
+      if (impl_->consistency > 0 && L.global_batch_balance())
+        fail(
+            "model: router '{}' runs two passes per step (consistency {}); the global-batch "
+            "balance loss cannot be combined with it",
+            lc.router, impl_->consistency);
       const int64_t R = L.moe_layer->num_router_outputs(), E = c.experts, F = c.d_ff;
       L.block_begin = total;
       if (L.moe_layer->router().logit_function()) {
@@ -381,8 +400,59 @@ int64_t Model::num_moe_layers() const {
   return n;
 }
 
+void Model::carve_activations() {
+  const ModelConfig& c = config_;
+  Impl& im = *impl_;
+  const int64_t B = im.B, T = im.T, N = B * T, C = c.d_model, H = c.n_heads, Fd = c.dense_d_ff;
+  const size_t per_layer = size_t(N * C * 6 + N * 2 + N * 3 * C + B * H * T * T + N * Fd * 3);
+  im.acts.resize(per_layer * size_t(c.n_layers) + size_t(N * C * 2 + N), 0.0f);
+  float* p = im.acts.data();
+  auto take = [&](int64_t n) {
+    float* r = p;
+    p += n;
+    return r;
+  };
+  for (auto& L : im.layers) {
+    L.h_in = take(N * C), L.a = take(N * C), L.rstd1 = take(N), L.qkv = take(N * 3 * C);
+    L.probs = take(B * H * T * T), L.o = take(N * C), L.h_mid = take(N * C), L.m = take(N * C);
+    L.rstd2 = take(N), L.f = take(N * C), L.dh1 = take(N * Fd), L.dh3 = take(N * Fd);
+    L.dact = take(N * Fd);
+  }
+  im.h_out = take(N * C), im.hf = take(N * C), im.rstd_f = take(N);
+  logits_.resize(size_t(N * c.vocab_size), 0.0f);
+}
+
+// The other pass becomes the current one: activations (re-carved: the views follow the buffer),
+// MoE caches and logits trade places.
+void Model::swap_passes() {
+  Impl& im = *impl_;
+  std::swap(im.acts, im.other_acts);
+  std::swap(logits_, im.other_logits);
+  for (auto& L : im.layers) std::swap(L.cache, L.other_cache);
+  carve_activations();
+}
+
 double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
                       bool training) {
+  Impl& im = *impl_;
+  im.paired = training && targets != nullptr && im.consistency > 0.0;
+  im.paired_backward_done = false;
+  im.consistency_loss = 0.0;
+  if (!im.paired) return forward_pass(tokens, targets, B, T, training);
+  // Two passes, each with its own draws (the layers' call counters move on).
+  const double first = forward_pass(tokens, targets, B, T, training);
+  swap_passes();
+  const double second = forward_pass(tokens, targets, B, T, training);
+  // Half the released code's objective CE₁ + CE₂ + α · KLₛ, so the gradient keeps a single
+  // pass's scale and α its meaning.
+  im.consistency_loss = 0.5 * im.consistency *
+                        ops::symmetric_kl(B * T, config_.vocab_size, im.other_logits.data(),
+                                          logits_.data(), nullptr, nullptr, 0.0f);
+  return 0.5 * (first + second);
+}
+
+double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T,
+                           bool training) {
   const ModelConfig& c = config_;
   const int64_t C = c.d_model, V = c.vocab_size, H = c.n_heads, D = C / H, N = B * T;
   const bool swiglu = has_up_projection(c.activation);
@@ -395,23 +465,7 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
   if (B != im.B || T != im.T) {  // carve the activation buffer
     im.B = B;
     im.T = T;
-    const int64_t Fd = c.dense_d_ff;
-    const size_t per_layer = size_t(N * C * 6 + N * 2 + N * 3 * C + B * H * T * T + N * Fd * 3);
-    im.acts.assign(per_layer * size_t(c.n_layers) + size_t(N * C * 2 + N), 0.0f);
-    float* p = im.acts.data();
-    auto take = [&](int64_t n) {
-      float* r = p;
-      p += n;
-      return r;
-    };
-    for (auto& L : im.layers) {
-      L.h_in = take(N * C), L.a = take(N * C), L.rstd1 = take(N), L.qkv = take(N * 3 * C);
-      L.probs = take(B * H * T * T), L.o = take(N * C), L.h_mid = take(N * C), L.m = take(N * C);
-      L.rstd2 = take(N), L.f = take(N * C), L.dh1 = take(N * Fd), L.dh3 = take(N * Fd);
-      L.dact = take(N * Fd);
-    }
-    im.h_out = take(N * C), im.hf = take(N * C), im.rstd_f = take(N);
-    logits_.assign(size_t(N * V), 0.0f);
+    carve_activations();
   }
   im.tokens.assign(tokens, tokens + N);
   im.has_targets = targets != nullptr;
@@ -475,9 +529,26 @@ double Model::forward(const int32_t* tokens, const int32_t* targets, int64_t B, 
 }
 
 void Model::backward(float scale) {
-  const ModelConfig& c = config_;
   Impl& im = *impl_;
   if (!im.has_targets) fail("model: backward needs a forward with targets");
+  if (!im.paired) return backward_pass(scale, nullptr, true);
+  if (im.paired_backward_done) fail("model: backward ran twice after one two-pass forward");
+  // ½ (CE + aux) of each pass + ½ α · mean symmetric KL of the two passes' distributions; the
+  // second pass is current. Gradients are complete (gradient_ready) only in the last pass.
+  const int64_t N = im.B * im.T, V = config_.vocab_size;
+  std::vector<float> d_first(size_t(N * V), 0.0f), d_second(size_t(N * V), 0.0f);
+  ops::symmetric_kl(N, V, im.other_logits.data(), logits_.data(), d_first.data(), d_second.data(),
+                    float(0.5 * double(scale) * loss_share_ * im.consistency));
+  backward_pass(0.5f * scale, d_second.data(), false);
+  swap_passes();
+  backward_pass(0.5f * scale, d_first.data(), true);
+  swap_passes();  // the second pass is current again, as after forward (logits, caches)
+  im.paired_backward_done = true;
+}
+
+void Model::backward_pass(float scale, const float* extra_dlogits, bool last) {
+  const ModelConfig& c = config_;
+  Impl& im = *impl_;
   const int64_t B = im.B, T = im.T, N = B * T, C = c.d_model, V = c.vocab_size, H = c.n_heads;
   const int64_t D = C / H;
   const bool swiglu = has_up_projection(c.activation);
@@ -497,6 +568,8 @@ void Model::backward(float scale) {
   std::fill(dh, dh + N * C, 0.0f);
   ops::cross_entropy(N, V, logits_.data(), im.targets.data(), dlogits,
                      float(double(scale) * loss_share_));
+  if (extra_dlogits)
+    for (int64_t i = 0; i < N * V; ++i) dlogits[i] += extra_dlogits[i];
   const size_t head = c.tied_head ? im.wte : im.lm_head;
   cpu::gemm(true, false, V, C, N, 1.0f, dlogits, V, im.hf, C, 1.0f, G + head, C);
   cpu::gemm(false, false, N, C, V, 1.0f, dlogits, V, P + head, C, 0.0f, dtmp, C);
@@ -597,7 +670,7 @@ void Model::backward(float scale) {
     cpu::gemm(true, false, 3 * C, C, N, 1.0f, dqkv, 3 * C, L.a, C, 1.0f, G + L.wqkv, C);
     cpu::gemm(false, false, N, C, 3 * C, 1.0f, dqkv, 3 * C, P + L.wqkv, C, 0.0f, da, C);
     ops::rmsnorm_backward(N, C, L.h_in, P + L.attn_norm, L.rstd1, da, dh, G + L.attn_norm);
-    if (gradient_ready_)
+    if (gradient_ready_ && last)
       gradient_ready_(L.attn_norm,
                       li + 1 < im.layers.size() ? im.layers[li + 1].attn_norm : im.final_norm);
   }
@@ -605,7 +678,7 @@ void Model::backward(float scale) {
     float* row = G + im.wte + size_t(im.tokens[size_t(n)]) * size_t(C);
     for (int64_t i = 0; i < C; ++i) row[i] += dh[n * C + i];
   }
-  if (gradient_ready_) {
+  if (gradient_ready_ && last) {
     gradient_ready_(0, im.layers.empty() ? im.final_norm : im.layers[0].attn_norm);
     gradient_ready_(im.final_norm, grads_.size());
   }
@@ -613,6 +686,11 @@ void Model::backward(float scale) {
 
 void Model::set_parallel(const ModelParallel& parallel) {
   loss_share_ = parallel.loss_share;
+  // The expert-parallel dispatcher keeps one call's exchange plan for its backward.
+  if (impl_->consistency > 0 && parallel.experts && parallel.experts->size() > 1)
+    fail(
+        "model: two passes per step (consistency regularisation, router thor) do not run under "
+        "expert parallelism yet; use --expert-parallel 1 (data parallelism works)");
   for (auto& L : impl_->layers) {
     if (!L.moe) continue;
     const ExpertPlacement& declared = L.moe_layer->placement();
@@ -643,10 +721,13 @@ void Model::zero_grads() {
 }
 
 double Model::aux_loss() const {
+  const Impl& im = *impl_;
   double total = 0.0;
-  for (const auto& L : impl_->layers)
-    if (L.moe) total += L.cache.stats.aux_loss;
-  return total;
+  for (const auto& L : im.layers)
+    if (L.moe)
+      total += im.paired ? 0.5 * (L.cache.stats.aux_loss + L.other_cache.stats.aux_loss)
+                         : L.cache.stats.aux_loss;
+  return total + im.consistency_loss;
 }
 
 std::vector<const RoutingStats*> Model::layer_stats() const {
@@ -702,6 +783,19 @@ void Model::update_router_state() {
     stats[i].model_zero_fraction = mean;
     L.moe_layer->update_router_state(stats[i++]);
   }
+}
+
+void Model::set_token_frequencies(const std::vector<int64_t>& counts) {
+  if (int64_t(counts.size()) != config_.vocab_size)
+    fail("model: {} token counts for a vocabulary of {}", counts.size(), config_.vocab_size);
+  for (auto& L : impl_->layers)
+    if (L.moe) L.moe_layer->set_token_frequencies(counts, "model token counts");
+}
+
+bool Model::needs_token_frequencies() const {
+  for (const auto& L : impl_->layers)
+    if (L.moe && L.moe_layer->router().traits().needs_token_frequencies) return true;
+  return false;
 }
 
 SafetensorsFile Model::to_safetensors() const {

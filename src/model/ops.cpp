@@ -141,4 +141,47 @@ double cross_entropy(int64_t N, int64_t V, const float* logits, const int32_t* t
   return total / double(N);
 }
 
+namespace {
+// log softmax of one row, in double.
+void log_softmax_row(int64_t V, const float* z, double* out) {
+  const float max = *std::max_element(z, z + V);
+  double sum = 0.0;
+  for (int64_t j = 0; j < V; ++j) sum += std::exp(double(z[j]) - max);
+  const double lse = max + std::log(sum);
+  for (int64_t j = 0; j < V; ++j) out[j] = double(z[j]) - lse;
+}
+}  // namespace
+
+double symmetric_kl(int64_t N, int64_t V, const float* a, const float* b, float* da, float* db,
+                    float scale) {
+  double total = 0.0;
+#pragma omp parallel reduction(+ : total)
+  {
+    std::vector<double> la(static_cast<size_t>(V)), lb(static_cast<size_t>(V));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      log_softmax_row(V, a + n * V, la.data());
+      log_softmax_row(V, b + n * V, lb.data());
+      double kl_pq = 0.0, kl_qp = 0.0;  // KL(p‖q), KL(q‖p)
+      for (int64_t j = 0; j < V; ++j) {
+        const double p = std::exp(la[size_t(j)]), q = std::exp(lb[size_t(j)]);
+        const double diff = la[size_t(j)] - lb[size_t(j)];
+        kl_pq += p * diff;
+        kl_qp -= q * diff;
+      }
+      total += 0.5 * (kl_pq + kl_qp);
+      if (!da && !db) continue;
+      // ∂KL(p‖q)/∂a_j = p_j (log p_j − log q_j − KL(p‖q)), ∂KL(q‖p)/∂a_j = p_j − q_j.
+      const double s = double(scale) / double(N);
+      for (int64_t j = 0; j < V; ++j) {
+        const double p = std::exp(la[size_t(j)]), q = std::exp(lb[size_t(j)]);
+        const double diff = la[size_t(j)] - lb[size_t(j)];
+        if (da) da[n * V + j] = float(0.5 * s * (p * (diff - kl_pq) + p - q));
+        if (db) db[n * V + j] = float(0.5 * s * (q * (-diff - kl_qp) + q - p));
+      }
+    }
+  }
+  return total / double(N);
+}
+
 }  // namespace switchyard::ops

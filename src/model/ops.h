@@ -29,4 +29,10 @@ void attention_backward(int64_t B, int64_t T, int64_t H, int64_t D, const float*
 double cross_entropy(int64_t N, int64_t V, const float* logits, const int32_t* targets,
                      float* dlogits, float scale);
 
+// Mean over rows of the symmetric KL divergence ½ Σ_v (p_v − q_v)(log p_v − log q_v) of
+// p = softmax(a), q = softmax(b), a and b (N, V) (THOR's consistency loss). Non-null da, db are
+// overwritten with scale · ∂/∂a and scale · ∂/∂b of that mean.
+double symmetric_kl(int64_t N, int64_t V, const float* a, const float* b, float* da, float* db,
+                    float scale);
+
 }  // namespace switchyard::ops

@@ -600,6 +600,26 @@ Routing route_hash(const json& params, const std::vector<int64_t>& token_ids,
   return routing;
 }
 
+// THOR: weight 1 on expert floor(u · E); in training one draw (the group's first token's) for the
+// whole routing group unless train_draw is "token"; at inference every token's own draw.
+Routing route_thor(const json& params, const RouterNoise& noise, const std::vector<Range>& groups,
+                   bool training, int64_t T, int64_t E) {
+  if (static_cast<int64_t>(noise.uniform.size()) != T)
+    fail("reference::forward: thor needs {} uniform draws, has {}", T, noise.uniform.size());
+  const bool per_group = training && param<std::string>(params, "train_draw") == "group";
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  for (const Range& g : groups)
+    for (int64_t t = g.first; t < g.second; ++t) {
+      const double u = noise.uniform[per_group ? g.first : t];
+      const int64_t e = std::min<int64_t>(static_cast<int64_t>(u * static_cast<double>(E)), E - 1);
+      routing.assignments.push_back({t, e, 1.0, true});
+      routing.chosen[t * E + e] += 1.0;
+    }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
 // ---------------------------------------------------------------------------------------------
 // base: balanced assignment by auction in training, greedy argmax in eval.
 
@@ -1096,6 +1116,82 @@ double moec_regulariser(const json& params, const std::vector<double>& logits, i
   return param<double>(params, "cluster_loss") * sum / static_cast<double>(T * K);
 }
 
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// maskmoe (docs/routers/maskmoe.md): a fixed set of visible experts per token id, from the
+// training data's counts c. Frequent ids are the first floor(P n) of the n ids with c > 0 ordered
+// by c descending, then id; they see min(V, E) experts, every other id one. Id v's visible experts
+// are the first m of 0..E-1 after m steps of a Fisher-Yates shuffle, step i swapping position i
+// with position i + (r_i mod (E - i)), r_i = splitmix64(splitmix64(S xor splitmix64(v)) + i).
+
+std::vector<uint8_t> maskmoe_visible(const json& params, const std::vector<int64_t>& token_counts,
+                                     const std::vector<int64_t>& token_ids, int64_t E) {
+  const int64_t V = param<int64_t>(params, "visible_experts");
+  const double P = param<double>(params, "frequent_fraction");
+  const uint64_t S = param<uint64_t>(params, "mask_seed");
+  const int64_t N = static_cast<int64_t>(token_counts.size());
+  if (N == 0) fail("reference::forward: maskmoe needs token_counts");
+  // (-count, id) of the ids that occur: sorted, the most frequent first, ties by id.
+  std::vector<std::pair<int64_t, int64_t>> occurring;
+  for (int64_t v = 0; v < N; ++v)
+    if (token_counts[v] > 0) occurring.emplace_back(-token_counts[v], v);
+  std::sort(occurring.begin(), occurring.end());
+  const int64_t frequent_ids =
+      static_cast<int64_t>(std::floor(P * static_cast<double>(occurring.size())));
+  std::vector<bool> frequent(N, false);
+  for (int64_t i = 0; i < frequent_ids; ++i) frequent[occurring[i].second] = true;
+  std::vector<uint8_t> visible(token_ids.size() * E, 0);
+  for (size_t t = 0; t < token_ids.size(); ++t) {
+    const int64_t v = token_ids[t];
+    if (v < 0 || v >= N)
+      fail("reference::forward: maskmoe token id {} is outside the {} token counts", v, N);
+    const int64_t m = frequent[v] ? std::min(V, E) : 1;
+    std::vector<int64_t> order(E);
+    std::iota(order.begin(), order.end(), int64_t{0});
+    const uint64_t base = splitmix64(S ^ splitmix64(static_cast<uint64_t>(v)));
+    for (int64_t i = 0; i < m; ++i) {
+      const uint64_t r = splitmix64(base + static_cast<uint64_t>(i));
+      std::swap(order[i], order[i + static_cast<int64_t>(r % static_cast<uint64_t>(E - i))]);
+      visible[t * E + order[i]] = 1;
+    }
+  }
+  return visible;
+}
+
+namespace {
+
+// p = softmax of the visible experts' logits (0 elsewhere); the min(k, #visible) visible experts
+// of largest p (ties -> lower index), weight p, not renormalised; no capacity.
+Routing route_maskmoe(const json& params, const std::vector<double>& logits, const Batch& batch,
+                      int64_t T, int64_t E) {
+  if (static_cast<int64_t>(batch.token_ids.size()) != T)
+    fail("reference::forward: token_ids has {} elements, expected {}", batch.token_ids.size(), T);
+  const std::vector<uint8_t> visible =
+      maskmoe_visible(params, batch.token_counts, batch.token_ids, E);
+  const int64_t k = param<int64_t>(params, "k");
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> z = row(logits, t, E), candidates(E, -1.0);
+    int64_t n_visible = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      if (!visible[t * E + e]) z[e] = -kInf;
+      n_visible += visible[t * E + e];
+    }
+    const std::vector<double> p = softmax(z);
+    for (int64_t e = 0; e < E; ++e)
+      if (visible[t * E + e]) candidates[e] = p[e];
+    const std::vector<int64_t> order = order_descending(candidates);
+    for (int64_t i = 0; i < std::min(k, n_visible); ++i) {
+      routing.assignments.push_back({t, order[i], p[order[i]], true});
+      routing.chosen[t * E + order[i]] = 1.0;
+    }
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
 // ---------------------------------------------------------------------------------------------
 // soft: every token uses every expert with weight softmax(z).
 
@@ -1452,7 +1548,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   const int64_t T = batch.T, d = shape.d, E = shape.E;
   const bool own_logits =
       router_params.value("logits", "linear") != "linear" || remoe_scaled_gate(router_params);
-  check_sizes(config, shape, R, params, batch, noise, family != "hash" && !own_logits,
+  const bool gateless = family == "hash" || family == "thor";
+  check_sizes(config, shape, R, params, batch, noise, !gateless && !own_logits,
               family == "sparsemixer" ? sparsemixer_draws(R)
               : family == "moec"      ? param<int64_t>(router_params, "cluster_size")
                                       : 1);
@@ -1460,7 +1557,7 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
 
   const std::vector<Range> groups = routing_group_ranges(config.routing_groups, batch.seq_lens, T);
   std::vector<double> logits;
-  if (family != "hash") logits = router_logits(router_params, shape, R, params, batch, noise);
+  if (!gateless) logits = router_logits(router_params, shape, R, params, batch, noise);
 
   Routing routing;
   std::string score = "softmax";
@@ -1476,6 +1573,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_expert_choice(router_params, logits, groups, T, E);
   } else if (family == "hash") {
     routing = route_hash(router_params, batch.token_ids, groups, T, E);
+  } else if (family == "thor") {
+    routing = route_thor(router_params, noise, groups, config.training, T, E);
   } else if (family == "base") {
     routing = route_base(logits, groups, config.training, T, E);
   } else if (family == "top_p") {
@@ -1494,6 +1593,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_rectify(config, router_params, logits, groups, batch, T, E);
   } else if (family == "moec") {
     routing = route_moec(router_params, logits, groups, noise, config.training, T, E);
+  } else if (family == "maskmoe") {
+    routing = route_maskmoe(router_params, logits, batch, T, E);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }
@@ -1519,7 +1620,7 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     for (int64_t j = 0; j < d; ++j) r.y[t * d + j] += routing.passthrough[t] * batch.x[t * d + j];
   add_shared_expert(config, params, shape, batch.x, T, r.y);
 
-  if (family != "hash" && family != "base")
+  if (!gateless && family != "base")
     r.aux_loss = config_losses(config.losses, logits, score, routing, batch, R);
   if (family == "remoe")
     r.aux_loss += remoe_regulariser(

@@ -5,17 +5,11 @@
 #include <algorithm>
 #include <map>
 
+#include "routers/router_common.h"
 #include "routers/routers.h"
 
 namespace switchyard::routers {
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 class HashRouter final : public Router {
  public:

@@ -23,6 +23,13 @@ const char* score_name(ScoreKind kind) {
 
 namespace switchyard::routers {
 
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
 void compute_scores(ScoreKind kind, const float* z, int64_t R, double* s) {
   if (kind == ScoreKind::Sigmoid) {
     for (int64_t j = 0; j < R; ++j) s[j] = 1.0 / (1.0 + std::exp(-double(z[j])));

@@ -8,6 +8,9 @@
 
 namespace switchyard::routers {
 
+// The splitmix64 finaliser (Steele et al.): a well-mixed 64-bit hash of x (hash tables, masks).
+uint64_t splitmix64(uint64_t x);
+
 // s = softmax(z) or sigmoid(z) for one token's R logits, in double for stable sums.
 void compute_scores(ScoreKind kind, const float* z, int64_t R, double* s);
 

@@ -163,6 +163,17 @@ Dataset load_data(const DataConfig& d) {
   return ds;
 }
 
+// Occurrences of every token id in a split (MaskMoE's masks come from the training split's).
+std::vector<int64_t> token_counts(const TokenData& data, int64_t vocab) {
+  std::vector<int64_t> counts(size_t(vocab), 0);
+  for (const uint16_t id : data.tokens) {
+    if (id >= vocab)
+      fail("train: token id {} of the training data is outside the vocabulary [0, {})", id, vocab);
+    ++counts[id];
+  }
+  return counts;
+}
+
 // Splits a (B, T+1) window batch into inputs and targets (B, T).
 void split_batch(const Batch& b, std::vector<int32_t>& in, std::vector<int32_t>& target) {
   const int64_t T = b.seq_len;
@@ -530,6 +541,10 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   } else if (writer) {
     write_file_atomic(metrics_path, std::string());
   }
+  // Routers that route by the training data's token frequencies get them once, before the first
+  // step; a resumed run has them from the checkpoint's router state.
+  if (!options.resume && model.needs_token_frequencies())
+    model.set_token_frequencies(token_counts(data.train, config.model.vocab_size));
   train_sampler.skip_to(start);
 
   json run = {{"name", config.name},
@@ -675,6 +690,9 @@ std::string sample(const std::string& checkpoint_dir, const std::string& prompt,
   for (const auto& [name, t] : file.tensors)
     if (!name.starts_with("optim.")) params.tensors[name] = t;
   model.load_safetensors(params, checkpoint_dir + "/model.safetensors");
+  // The routers' state (MaskMoE's token counts) as training left it.
+  if (const auto it = file.metadata.find("state"); it != file.metadata.end())
+    model.set_state(json::parse(it->second).at("model_state"), checkpoint_dir);
   std::vector<int32_t> context;
   for (unsigned char ch : prompt) context.push_back(ch);
   if (context.empty()) context.push_back('\n');

@@ -112,6 +112,7 @@ def cases(root):
     x_entry = {"dtype": "F32", "shape": [T, D], "data_offsets": [0, T * D * 4]}
     no_gate = {k: a for k, a in v.items() if k != "gate.weight"}  # hash routers have no gate
     hash_tensors = dict(no_gate, token_ids=np.arange(T, dtype=np.int64))
+    mask_tensors = dict(v, token_ids=np.arange(T, dtype=np.int64))  # maskmoe without token_counts
     missing = os.path.join(root, "does_not_exist", "in.safetensors")
     no_dir = os.path.join(root, "no_such_dir", "out.safetensors")
     global_config = dict(VALID_CONFIG, losses={"balance": 0.01, "balance_mode": "global_batch"})
@@ -160,6 +161,19 @@ def cases(root):
              tensors=v | {"router.qkv": np.zeros((3 * E, D), f32)}),
         Case("token_ids given to a router that ignores them", [r"token_ids", r"mixtral"],
              tensors=dict(v, token_ids=np.arange(T, dtype=np.int64))),
+        Case("token_counts missing for maskmoe", [r"in\.safetensors", r"token_counts", r"maskmoe"],
+             config={"router": "maskmoe"}, tensors=mask_tensors),
+        Case("token_counts not 1-D (maskmoe)", [r"token_counts", re.escape("(2, 3)")],
+             config={"router": "maskmoe"},
+             tensors=mask_tensors | {"token_counts": np.ones((2, 3), np.int64)}),
+        Case("negative token count (maskmoe)", [r"token_counts", r"-2"], config={"router": "maskmoe"},
+             tensors=mask_tensors | {"token_counts": np.array([3, 1, -2, 4, 0, 1], np.int64)}),
+        Case("token id outside token_counts (maskmoe)",
+             [r"in\.safetensors", r"maskmoe", r"token id 4", r"vocabulary of 4"],
+             config={"router": "maskmoe"},
+             tensors=mask_tensors | {"token_counts": np.array([3, 0, 5, 1], np.int64)}),
+        Case("token_counts given to a router that ignores them", [r"token_counts", r"mixtral"],
+             tensors=dict(v, token_counts=np.ones(8, np.int64))),
         Case("global_counts without global_batch mode", [r"global_counts", r"global_batch"],
              tensors=dict(v, global_counts=np.ones(E, np.float32))),
         Case("empty seq_lens", [r"seq_lens", r"empty"],

@@ -287,6 +287,23 @@ def main():
         check(predicted_rows == measured_rows,
               f"ep-plan, {ranks} ranks: rows per rank {predicted_rows} = measured {measured_rows}")
 
+    # THOR's two passes per step under data parallelism route the global batch as one process
+    # does (the same draws on every rank); expert parallelism is refused, naming the router.
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg["model"]["router"] = {"router": "thor", "consistency": 1.0}
+    tpath = os.path.join(work, "thor.json")
+    with open(tpath, "w") as f:
+        json.dump(cfg, f)
+    one, many = os.path.join(work, "thor-1"), os.path.join(work, "thor-2x1")
+    run(["train", "--config", tpath, "--out", one])
+    run(["train", "--config", tpath, "--out", many, "--expert-parallel", "1"], 2)
+    compare(one, many, "thor, 2 ranks, data parallel", 1e-6)
+    params_close(one, many, "thor, 2 ranks, data parallel", 1e-4)
+    p, _ = run(["train", "--config", tpath, "--out", os.path.join(work, "thor-ep"),
+                "--expert-parallel", "2"], 2, expect_ok=False)
+    check(p.returncode != 0 and "router thor" in p.stderr and "expert parallelism" in p.stderr,
+          "thor under expert parallelism is refused, naming the router")
+
     # Layout errors name the flag and the values.
     p, _ = run(["train", "--config", path, "--out", os.path.join(work, "bad"),
                 "--expert-parallel", "3"], 2, expect_ok=False)

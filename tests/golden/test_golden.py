@@ -48,6 +48,7 @@ ATOL = 1e-7
 def C(name, cfg, T=64, d=32, E=8, F=24, **kw):
     case = {"name": name, "cfg": cfg, "T": T, "d": d, "E": E, "F": F, "Fs": 0, "seq_lens": None,
             "bias": False, "null": 0, "dy": "random", "global_counts": False, "token_ids": False,
+            "token_counts": False,
             "skew": 0.0, "expect_drops": False, "gate_scale": 1.5, "clamp_boundary": False,
             "shared_gate": False, "router_carry": True}
     unknown = set(kw) - set(case) - {"R"}  # R: gate rows when not E + null
@@ -158,7 +159,7 @@ def unclear_tokens(case, t):
     x = t["x"].astype(np.float64)
     T, E = x.shape[0], case["E"]
     bad = np.zeros(T, dtype=bool)
-    if router in ("soft", "smear", "hash"):
+    if router in ("soft", "smear", "hash", "thor"):
         return bad
     z = router_logits(case, t, x)
     if router == "remoe":
@@ -187,6 +188,16 @@ def unclear_tokens(case, t):
         return rectify_unclear(case, z, E)
     if router == "moec":
         return moec_unclear(cfg, x, z, E)
+    if router == "maskmoe":  # the k best of the softmax over the visible experts must be clear
+        import torch_layer
+        p = torch_layer.parse_config(cfg)["params"]
+        visible = torch_layer.maskmoe_visible(t["token_ids"], t["token_counts"], E, p)
+        s = np.where(visible, softmax(np.where(visible, z, -np.inf)), -np.inf)
+        srt = -np.sort(-s, axis=1)[:, :p["k"] + 1]
+        with np.errstate(invalid="ignore"):  # -inf - -inf past the visible experts: no tie
+            gaps = srt[:, :-1] - srt[:, 1:]
+        bad |= (np.nan_to_num(gaps, nan=np.inf) <= MARGIN).any(1)
+        return bad
     if router == "base":
         srt = -np.sort(-z, axis=1)
         bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
@@ -506,7 +517,7 @@ def make_inputs(case, rng):
     elif logit_kind(case["cfg"]) == "remoe_scaled":  # ReMoE's gate, drawn 1/s as wide
         s = float(topk_params(case["cfg"])["gate_lr_scale"])
         t["router.gate"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d) / s).astype(f32)
-    elif case["cfg"]["router"] != "hash":
+    elif case["cfg"]["router"] not in ("hash", "thor"):
         t["gate.weight"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
     t["experts.w1"] = (rng.standard_normal((E, F, d)) / math.sqrt(d)).astype(f32)
     if not gelu:
@@ -528,6 +539,8 @@ def make_inputs(case, rng):
         t["global_counts"] = rng.integers(0, 200, size=R).astype(f32)
     if case["token_ids"]:
         t["token_ids"] = rng.integers(0, 24, size=T).astype(np.int64)
+    if case["token_counts"]:  # the training data's id counts: about a quarter of the ids unseen
+        t["token_counts"] = np.maximum(rng.integers(-10, 31, size=24), 0).astype(np.int64)
     if case["dy"] == "random":
         t["dy"] = rng.standard_normal((T, d)).astype(f32)
     elif case["dy"] == "zero":

@@ -16,7 +16,8 @@ computation dtype (float64 by default) so that a comparison sees the reference a
 Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (evaluation mode:
 training=true is accepted only when the configuration has no random element), expert_choice,
 top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
-(training too: the layer's seeded draws are replayed, layer_noise), rectify, moec (training too).
+(training too: the layer's seeded draws are replayed, layer_noise), rectify, moec (training too),
+maskmoe (token_ids and token_counts).
 """
 import argparse
 import json
@@ -94,6 +95,9 @@ ROUTERS = {
     "prototype": ("prototype", {"prototypes": 2, "capacity_factor": 0.0,
                                 "prototype_balance": 0.01}, {}),
     "hash": ("hash", {"table": "random", "hash_seed": 0}, {}),
+    "maskmoe": ("maskmoe", {"k": 1, "visible_experts": 8, "frequent_fraction": 0.4,
+                            "mask_seed": 0}, {}),
+    "thor": ("thor", {"consistency": 1.0, "train_draw": "group"}, {}),
     "base": ("base", {}, {}),
     "sparsemixer": ("sparsemixer", {"jitter_eps": 0.01, "jitter": 0.0},
                     {"balance": 0.001, "balance_mode": "global_batch"}),
@@ -103,7 +107,7 @@ ROUTERS = {
                             "intra_rank": True, "fill_in": True},
                 {"balance": 0.01, "balance_top1_only": True}),
 }
-NO_LOSS_FAMILIES = {"hash", "base", "smear", "smile", "prototype"}
+NO_LOSS_FAMILIES = {"hash", "thor", "base", "smear", "smile", "prototype"}
 
 
 def parse_placement(pl):
@@ -692,6 +696,20 @@ def moec_noise(layer, T, d):
     return layer_noise(layer["seed"], T, d, int(layer["params"]["cluster_size"]), 0.0)[0]
 
 
+def thor_experts(layer, T, d, E, groups, call_index=0):
+    """THOR's expert per token: floor(u E) of the layer's draws (of its call `call_index`); in
+    training one draw per routing group (its first token's) unless train_draw is "token"; at
+    inference the fixed stream (call index 2^64 - 1) and every token its own draw."""
+    training = layer["training"]
+    u = layer_noise(layer["seed"], T, d, 1, 0.0, call_index if training else (1 << 64) - 1)[0][:, 0]
+    per_group = training and layer["params"]["train_draw"] == "group"
+    experts = []
+    for (a, b) in groups:
+        for t in range(a, b):
+            experts.append(min(int(u[a if per_group else t] * E), E - 1))
+    return experts
+
+
 def route_moec(z, E, p, groups, training, u):
     """MoEC: softmax over E, the clusters (E/M, M) of consecutive experts; top-1 by argmax. In
     training each member of the argmax's cluster is dropped when its draw u < cluster_dropout and
@@ -761,6 +779,46 @@ def hash_table(ids, E, p):
         table[i] = e
         load[e] += freq[i]
     return [table[i] for i in ids]
+
+
+def maskmoe_visible(ids, counts, E, p):
+    """MaskMoE's masks (docs/routers/maskmoe.md): (T, E) bool, True where expert e is visible to
+    token t's id. The frequent ids are the first floor(P n) of the n ids that occur, by count
+    descending then id; they see min(V, E) experts, the others one: the first m entries of
+    0..E-1 after m Fisher-Yates steps, step i swapping entries i and i + r_i % (E - i) with
+    r_i = splitmix64(splitmix64(seed ^ splitmix64(id)) + i)."""
+    mask = (1 << 64) - 1
+    counts = [int(c) for c in counts]
+    occurring = sorted((v for v in range(len(counts)) if counts[v] > 0),
+                       key=lambda v: (-counts[v], v))
+    frequent = set(occurring[:math.floor(float(p["frequent_fraction"]) * len(occurring))])
+    seed = int(p["mask_seed"]) & mask
+    visible = np.zeros((len(ids), E), dtype=bool)
+    for t, v in enumerate(int(i) for i in ids):
+        if not 0 <= v < len(counts):
+            raise ConfigError(f"input: token id {v} is outside the {len(counts)} token_counts")
+        m = min(int(p["visible_experts"]), E) if v in frequent else 1
+        base = splitmix64(seed ^ splitmix64(v))
+        perm = list(range(E))
+        for i in range(m):
+            j = i + splitmix64((base + i) & mask) % (E - i)
+            perm[i], perm[j] = perm[j], perm[i]
+        visible[t, perm[:m]] = True
+    return visible
+
+
+def route_maskmoe(z, E, p, ids, counts):
+    """MaskMoE: softmax over each token's visible experts (-inf on the others), its min(k,
+    #visible) best visible experts, weight p (not renormalised); the balance probability is the
+    unmasked softmax, as for every router."""
+    visible = torch.from_numpy(maskmoe_visible(ids, counts, E, p))
+    s = torch.softmax(z.masked_fill(~visible, float("-inf")), dim=-1)
+    order = torch.sort(s.detach().masked_fill(~visible, -1.0), dim=-1, descending=True,
+                       stable=True).indices
+    kept = torch.zeros_like(visible)
+    for t in range(z.shape[0]):
+        kept[t, order[t, :min(int(p["k"]), int(visible[t].sum()))]] = True
+    return Routing(s * kept, kept, kept.to(z.dtype), torch.softmax(z, dim=-1))
 
 
 def cosine_logits(x, p, tensors):
@@ -883,6 +941,11 @@ def run_layer(layer, tin, dtype=torch.float64):
             kept = torch.zeros(T, E, dtype=torch.bool)
             kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
             routing = Routing(kept.to(dtype), kept)
+        elif family == "thor":
+            experts = thor_experts(layer, T, d, E, groups)
+            kept = torch.zeros(T, E, dtype=torch.bool)
+            kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
+            routing = Routing(kept.to(dtype), kept)
         else:
             if family == "topk" and p["logits"] == "cosine":
                 z = cosine_logits(x, p, router_tensors)                  # (T, R)
@@ -934,6 +997,10 @@ def run_layer(layer, tin, dtype=torch.float64):
                                             losses["balance_top1_only"])
             elif family == "moec":
                 routing = route_moec(z, E, p, groups, layer["training"], noise_u)
+            elif family == "maskmoe":
+                if "token_ids" not in tin or "token_counts" not in tin:
+                    raise ConfigError("input: maskmoe needs token_ids and token_counts")
+                routing = route_maskmoe(z, E, p, tin["token_ids"], tin["token_counts"])
             elif family == "rectify":
                 routing = route_rectify(z, E, p, groups, losses["balance_top1_only"],
                                         layer["placement"], seq_lens)

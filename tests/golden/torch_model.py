@@ -306,8 +306,13 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
         y = torch.cat(ys, 0)
         routing = TL.Routing(torch.cat(combs, 0), torch.ones(T, E, dtype=torch.bool))
     else:
-        if family == "hash":
-            experts = TL.hash_table(token_ids, E, p)
+        if family in ("hash", "thor"):
+            if family == "hash":
+                experts = TL.hash_table(token_ids, E, p)
+            else:  # the model gives MoE layer l the seed l; its calls count the draws
+                experts = TL.thor_experts({**layer, "seed": state["seed"]}, T, d, E, groups,
+                                          state["calls"])
+                state["calls"] += 1
             kept = torch.zeros(T, E, dtype=torch.bool)
             kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
             routing = TL.Routing(kept.to(x.dtype), kept)
@@ -412,7 +417,7 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
     info = {"counts": counts, "kept_rows": int(routing.kept.sum()),
             "margin": float(margin.min()) if T else math.inf, "margin_tokens": margin,
             "kept": routing.kept.detach()}
-    if family not in ("smear", "hash"):
+    if family not in ("smear", "hash", "thor"):
         info["router_carry"] = carry_out
     return y, aux, info
 
@@ -503,6 +508,8 @@ def initial_states(cfg):
             st = {}
             if cfg["layer"]["family"] == "remoe":
                 st["lambda"] = float(cfg["layer"]["params"]["lambda"])
+            if cfg["layer"]["family"] == "thor":
+                st.update(seed=l, calls=0)
             states[l] = st
     return states
 
@@ -546,8 +553,20 @@ def train(cfg, P, inputs, targets, steps, opt):
     b1, b2, eps = 0.9, 0.95, opt["eps"]
     out0 = {}
     losses, lrs, norms, margins, route = [], [], [], [], {}
+    # THOR's consistency regularisation: two passes, each with its own draws; the objective is
+    # 1/2 (CE + aux) of each plus 1/2 alpha mean symmetric KL; the second pass is reported.
+    alpha = float(cfg["layer"]["params"].get("consistency", 0.0))
     for step in range(max(steps, 1)):
         logits, ce, aux, aux_layers, infos = forward(cfg, P, inputs, targets, states)
+        if alpha > 0:
+            V = logits.shape[-1]
+            logits2, ce2, aux2, aux_layers, infos = forward(cfg, P, inputs, targets, states)
+            lp = torch.log_softmax(logits.reshape(-1, V), -1)
+            lq = torch.log_softmax(logits2.reshape(-1, V), -1)
+            skl = 0.5 * ((lp.exp() - lq.exp()) * (lp - lq)).sum(-1).mean()
+            ce = 0.5 * (ce + ce2)
+            aux = 0.5 * (aux + aux2) + 0.5 * alpha * skl
+            logits = logits2
         for info in infos:
             info["T"] = inputs.numel()
         loss = ce + aux
