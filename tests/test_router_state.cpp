@@ -784,5 +784,123 @@ TEST(RouterState, MaskMoEWithoutCountsOrOutsideTheVocabularyNamesTheId) {
   EXPECT_NE(negative.find("-1"), std::string::npos) << negative;
 }
 
+// ---------------------------------------------------------------------------------------------
+// StableMoE: the stage and the step count (Router::state), the switch at S₁.
+
+const RouterStepStats kNoStats;
+
+TEST(RouterState, StableMoECountsStepsAndSwitchesAtS1) {
+  const MoEShape shape{8, 4, 4, 0, 16};
+  for (int64_t s1 : {0, 1, 3}) {
+    SCOPED_TRACE("stage1_steps " + std::to_string(s1));
+    auto layer =
+        make_layer({{"router", "stablemoe"}, {"stage1_steps", s1}, {"vocab_size", 16}}, shape);
+    Router& router = layer->router();
+    EXPECT_EQ(router.state(), json({{"steps", 0}, {"stage", 1}}));
+    for (int64_t n = 1; n <= 5; ++n) {
+      router.update_state(kNoStats);
+      EXPECT_EQ(router.state().at("steps"), n);
+      EXPECT_EQ(router.state().at("stage"), n >= s1 ? 2 : 1) << "after " << n << " steps";
+      EXPECT_EQ(router.params().at("stage"), n >= s1 ? 2 : 1);
+    }
+  }
+  // Stage 2 never returns to 1; a router that starts there stays.
+  auto two = make_layer({{"router", "stablemoe"}, {"stage", 2}, {"vocab_size", 16}}, shape);
+  two->router().update_state(kNoStats);
+  EXPECT_EQ(two->router().state(), json({{"steps", 1}, {"stage", 2}}));
+}
+
+TEST(RouterState, StableMoEStateRoundTripsAndRejectsBadStates) {
+  const MoEShape shape{8, 4, 4, 0, 16};
+  const json config = {{"router", "stablemoe"}, {"stage1_steps", 10}, {"vocab_size", 16}};
+  auto first = make_layer(config, shape);
+  for (int i = 0; i < 4; ++i) first->router().update_state(kNoStats);
+  auto second = make_layer(config, shape);
+  second->router().set_state(first->router().state());
+  EXPECT_EQ(second->router().state(), json({{"steps", 4}, {"stage", 1}}));
+  second->router().set_state({{"steps", 12}, {"stage", 2}});
+  EXPECT_EQ(second->router().state(), json({{"steps", 12}, {"stage", 2}}));
+  for (const json& bad : {json{{"steps", 3}, {"stage", 3}}, json{{"steps", 3}, {"stage", 0}},
+                          json{{"steps", -1}, {"stage", 1}}, json{{"steps", 3}}, json{{"stage", 1}},
+                          json::object()}) {
+    SCOPED_TRACE(bad.dump());
+    const std::string message = error_of([&] { second->router().set_state(bad); });
+    EXPECT_NE(message.find("stablemoe"), std::string::npos) << message;
+  }
+  EXPECT_EQ(second->router().state(), json({{"steps", 12}, {"stage", 2}})) << "left unchanged";
+  const std::string stage3 = error_of([&] {
+    make_layer({{"router", "stablemoe"}, {"stage", 3}, {"vocab_size", 16}}, shape);
+  });
+  EXPECT_NE(stage3.find("stage"), std::string::npos) << stage3;
+}
+
+TEST(RouterState, StableMoEWithoutAKnownSwitchNamesStage1Steps) {
+  auto layer = make_layer({{"router", "stablemoe"}, {"vocab_size", 16}}, MoEShape{8, 4, 4, 0, 16});
+  const std::string message = error_of([&] { layer->router().update_state(kNoStats); });
+  EXPECT_NE(message.find("stage1_steps"), std::string::npos) << message;
+}
+
+// RouterTensorSpec::Init::Orthogonal (torch.nn.init.orthogonal_): StableMoE's centroids W (E, d)
+// and token centroids K (E, D) in a model have orthonormal rows times the gain 0.1 where E <= the
+// width, orthonormal columns times 0.1 where E is larger; the token embedding is N(0, 1).
+TEST(RouterState, OrthogonalInitialisationOfRouterTensors) {
+  for (int64_t E : {4, 32}) {
+    SCOPED_TRACE("E " + std::to_string(E));
+    ModelConfig c = small_model(1);  // d = 16
+    c.experts = E;
+    c.router = {{"router", "stablemoe"}, {"distill_dim", 8}};
+    const Model model(c, 9);
+    for (const char* name : {"centroids", "token_centroids"}) {
+      SCOPED_TRACE(name);
+      const ParamTensor& t = model.tensor(std::string("layers.0.moe.router.") + name);
+      const int64_t rows = t.shape[0], cols = t.shape[1];
+      const float* w = model.params().data() + t.offset;
+      const bool by_rows = rows <= cols;
+      const int64_t n = by_rows ? rows : cols, len = by_rows ? cols : rows;
+      for (int64_t a = 0; a < n; ++a)
+        for (int64_t b = 0; b < n; ++b) {
+          double dot = 0.0;
+          for (int64_t i = 0; i < len; ++i)
+            dot += by_rows ? double(w[a * cols + i]) * w[b * cols + i]
+                           : double(w[i * cols + a]) * w[i * cols + b];
+          EXPECT_NEAR(dot, a == b ? 0.01 : 0.0, 1e-6) << a << ", " << b;
+        }
+    }
+    const ParamTensor& q = model.tensor("layers.0.moe.router.token_embedding");
+    EXPECT_EQ(q.shape, (std::vector<int64_t>{c.vocab_size, 8}));
+    double sq = 0.0;
+    for (size_t i = 0; i < q.size; ++i)
+      sq += double(model.params()[q.offset + i]) * model.params()[q.offset + i];
+    EXPECT_NEAR(std::sqrt(sq / double(q.size)), 1.0, 0.1) << "N(0, 1)";
+    EXPECT_TRUE(model.tensor("layers.0.moe.router.centroids").decay);
+    EXPECT_FALSE(q.decay);
+    EXPECT_FALSE(model.tensor("layers.0.moe.router.token_centroids").decay);
+  }
+}
+
+// S₁ = ⌊stage1_fraction · total steps⌋ from the run's schedule; stage1_steps overrides it; a
+// schedule whose S₁ has already passed (S₁ = 0) switches before the first step.
+TEST(RouterState, StableMoETakesS1FromTheSchedule) {
+  const MoEShape shape{8, 4, 4, 0, 16};
+  auto switch_after = [&](const json& extra, int64_t total) {
+    json config = {{"router", "stablemoe"}, {"vocab_size", 16}};
+    config.update(extra);
+    auto layer = make_layer(config, shape);
+    layer->set_schedule(TrainingSchedule{total});
+    int64_t n = 0;
+    while (layer->router().state().at("stage") == 1 && n < 1000) {
+      layer->router().update_state(kNoStats);
+      ++n;
+    }
+    return n;
+  };
+  EXPECT_EQ(switch_after(json::object(), 30), 3);               // ⌊0.1 · 30⌋
+  EXPECT_EQ(switch_after(json::object(), 39), 3);               // ⌊3.9⌋
+  EXPECT_EQ(switch_after({{"stage1_fraction", 0.5}}, 9), 4);    // ⌊4.5⌋
+  EXPECT_EQ(switch_after({{"stage1_steps", 7}}, 30), 7);        // the absolute step wins
+  EXPECT_EQ(switch_after({{"stage1_fraction", 0.0}}, 30), 0);   // stage 2 from the first step
+  EXPECT_EQ(switch_after({{"stage1_fraction", 0.05}}, 10), 0);  // ⌊0.5⌋ = 0
+}
+
 }  // namespace
 }  // namespace switchyard

@@ -124,6 +124,9 @@ class Model {
   // Router::set_token_frequencies), and whether any router needs them.
   void set_token_frequencies(const std::vector<int64_t>& counts);
   bool needs_token_frequencies() const;
+  // The training run's schedule for every MoE layer's router (Router::set_schedule), given once
+  // before the first step of a fresh or resumed run.
+  void set_schedule(const TrainingSchedule& schedule);
   int64_t num_moe_layers() const;
   // Non-gradient state besides the parameters (router state, noise counters), for checkpoints.
   nlohmann::json state() const;

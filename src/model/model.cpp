@@ -42,10 +42,43 @@ json ModelConfig::to_json() const {
 
 namespace {
 
+// torch.nn.init.orthogonal_ for a (rows, cols) tensor (cols: the product of the other
+// dimensions): A ~ N(0, 1) (rows, cols), transposed to (n, m) = (cols, rows) when rows < cols;
+// A = Q R with R's diagonal positive (Q · sign(diag R) of any QR: modified Gram-Schmidt gives it
+// directly), Q transposed back, times `gain`.
+void orthogonal_init(int64_t rows, int64_t cols, double gain, std::mt19937_64& rng, float* v) {
+  const bool flip = rows < cols;
+  const int64_t n = flip ? cols : rows, m = flip ? rows : cols;  // n >= m
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> a(size_t(n * m));  // (n, m) row-major: a[i * m + j]
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) a[size_t(flip ? c * m + r : r * m + c)] = normal(rng);
+  for (int64_t j = 0; j < m; ++j) {  // column j: minus its projections, then unit length
+    for (int64_t k = 0; k < j; ++k) {
+      double dot = 0.0;
+      for (int64_t i = 0; i < n; ++i) dot += a[size_t(i * m + k)] * a[size_t(i * m + j)];
+      for (int64_t i = 0; i < n; ++i) a[size_t(i * m + j)] -= dot * a[size_t(i * m + k)];
+    }
+    double sq = 0.0;
+    for (int64_t i = 0; i < n; ++i) sq += a[size_t(i * m + j)] * a[size_t(i * m + j)];
+    const double norm = std::sqrt(sq);
+    for (int64_t i = 0; i < n; ++i)
+      a[size_t(i * m + j)] = norm > 0 ? a[size_t(i * m + j)] / norm : 0;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      v[r * cols + c] = float(gain * a[size_t(flip ? c * m + r : r * m + c)]);
+}
+
 // A router tensor's initial values by its spec (Normal: N(0, value or init_std)).
 void init_router_tensor(const RouterTensorSpec& spec, double init_std, std::mt19937_64& rng,
                         float* v, size_t n) {
   using Init = RouterTensorSpec::Init;
+  if (spec.init == Init::Orthogonal) {
+    const int64_t rows = spec.shape.empty() ? 1 : spec.shape[0];
+    orthogonal_init(rows, int64_t(n) / std::max<int64_t>(rows, 1), spec.value, rng, v);
+    return;
+  }
   if (spec.init == Init::Constant) {
     std::fill(v, v + n, float(spec.value));
     return;
@@ -140,7 +173,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   if (c.d_model % c.n_heads != 0 || (c.d_model / c.n_heads) % 2 != 0)
     fail("{}: d_model = {} must split into n_heads = {} heads of even width (RoPE)", source,
          c.d_model, c.n_heads);
-  for (const char* key : {"activation", "swiglu_alpha", "swiglu_limit", "training", "seed"})
+  for (const char* key :
+       {"activation", "swiglu_alpha", "swiglu_limit", "training", "seed", "vocab_size"})
     if (c.router.contains(key))
       fail("{}: field 'router.{}' is set by the model, remove it", source, key);
   const LayerConfig layer = parse_layer_config(layer_json(c), source + " [router]");
@@ -265,8 +299,8 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
       // all, every layer's draws (THOR's experts, MoEC's coins, jitter) would be the same.
       LayerConfig layer_config = lc;
       layer_config.seed = uint64_t(l);
-      L.moe_layer =
-          std::make_unique<MoELayer>(layer_config, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff});
+      L.moe_layer = std::make_unique<MoELayer>(
+          layer_config, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff, c.vocab_size});
       impl_->consistency = L.moe_layer->router().consistency_weight();
       if (impl_->consistency > 0 && L.global_batch_balance())
         fail(
@@ -790,6 +824,11 @@ void Model::set_token_frequencies(const std::vector<int64_t>& counts) {
     fail("model: {} token counts for a vocabulary of {}", counts.size(), config_.vocab_size);
   for (auto& L : impl_->layers)
     if (L.moe) L.moe_layer->set_token_frequencies(counts, "model token counts");
+}
+
+void Model::set_schedule(const TrainingSchedule& schedule) {
+  for (auto& L : impl_->layers)
+    if (L.moe) L.moe_layer->set_schedule(schedule);
 }
 
 bool Model::needs_token_frequencies() const {
