@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
@@ -802,6 +803,10 @@ TEST(RouterState, StableMoECountsStepsAndSwitchesAtS1) {
       EXPECT_EQ(router.state().at("steps"), n);
       EXPECT_EQ(router.state().at("stage"), n >= s1 ? 2 : 1) << "after " << n << " steps";
       EXPECT_EQ(router.params().at("stage"), n >= s1 ? 2 : 1);
+      const std::vector<std::string> want =
+          n >= s1 ? std::vector<std::string>{"token_embedding", "token_centroids"}
+                  : std::vector<std::string>{};
+      EXPECT_EQ(router.frozen_tensors(), want);
     }
   }
   // Stage 2 never returns to 1; a router that starts there stays.
@@ -838,6 +843,102 @@ TEST(RouterState, StableMoEWithoutAKnownSwitchNamesStage1Steps) {
   auto layer = make_layer({{"router", "stablemoe"}, {"vocab_size", 16}}, MoEShape{8, 4, 4, 0, 16});
   const std::string message = error_of([&] { layer->router().update_state(kNoStats); });
   EXPECT_NE(message.find("stage1_steps"), std::string::npos) << message;
+}
+
+// The switch in a model (docs/routers/stablemoe.md, sections 4 and 8): two MoE layers, S₁ = 3,
+// 6 steps of the training loop (forward, backward, AdamW, update_router_state). The distilled
+// router Q, K learns in steps 0..2 (step 2's update included) and is bit-identical from the start
+// of step 3 on, its Adam moments too; the centroids W learn at every step; the router loss is
+// 0 from step 3; from step 3 every occurrence of an id goes, in each layer, to argmax K Q[id].
+TEST(RouterState, StableMoEModelFreezesTheDistilledRouterAtTheSwitch) {
+  ModelConfig c = small_model(2);
+  c.router = {{"router", "stablemoe"}, {"stage1_steps", 3}, {"distill_dim", 6}};
+  Model model(c, 21);
+  model.set_schedule(TrainingSchedule{6});
+  AdamWConfig oc;
+  oc.warmup_steps = 1;
+  oc.steps = 6;
+  oc.weight_decay = 0.1;
+  AdamW opt(oc, model.params().size());
+  const int64_t B = 2, T = c.seq_len, N = B * T, E = c.experts, D = 6;
+  std::mt19937_64 rng(5);
+  const std::vector<std::string> frozen = {"token_embedding", "token_centroids"};
+  auto tensor_values = [&](const ParamTensor& t, const std::vector<float>& buffer) {
+    return std::vector<float>(buffer.begin() + long(t.offset),
+                              buffer.begin() + long(t.offset + t.size));
+  };
+  std::map<std::string, std::vector<float>> at_switch, at_switch_m, at_switch_v;
+  for (int64_t step = 0; step < 6; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    std::vector<int32_t> x(static_cast<size_t>(N)), y(static_cast<size_t>(N));
+    for (auto& t : x) t = int32_t(rng() % 12);  // few ids: each occurs many times
+    for (auto& t : y) t = int32_t(rng() % uint64_t(c.vocab_size));
+    const std::vector<float> before = model.params();
+    for (int64_t l = 0; l < 2; ++l)
+      for (const std::string& name : frozen) {
+        const std::string key = "layers." + std::to_string(l) + ".moe.router." + name;
+        EXPECT_EQ(model.tensor(key).frozen, step >= 3) << key;
+        if (step == 3) {
+          at_switch[key] = tensor_values(model.tensor(key), model.params());
+          at_switch_m[key] = tensor_values(model.tensor(key), opt.m());
+          at_switch_v[key] = tensor_values(model.tensor(key), opt.v());
+        }
+      }
+    model.zero_grads();
+    model.forward(x.data(), y.data(), B, T, true);
+    model.backward();
+    const std::vector<const RoutingStats*> stats = model.layer_stats();
+    const std::vector<const MoECache*> caches = model.layer_caches();
+    for (int64_t l = 0; l < 2; ++l) {
+      const double router_loss = stats[size_t(l)]->losses.at("router");
+      if (step >= 3) {
+        EXPECT_EQ(router_loss, 0.0) << "layer " << l;
+      } else {
+        EXPECT_GT(router_loss, 0.0) << "layer " << l;
+      }
+      if (step < 3) continue;
+      // argmax_e K_e · Q[id] from the parameters, in double: the expert of every occurrence.
+      const std::string p = "layers." + std::to_string(l) + ".moe.router.";
+      const float* Q = model.params().data() + model.tensor(p + "token_embedding").offset;
+      const float* K = model.params().data() + model.tensor(p + "token_centroids").offset;
+      const RoutingPlan& plan = caches[size_t(l)]->plan;
+      ASSERT_EQ(int64_t(plan.size()), N);
+      for (size_t a = 0; a < plan.size(); ++a) {
+        const int64_t id = x[size_t(plan.token[a])];
+        int64_t best = 0;
+        double best_value = -1e300;
+        for (int64_t e = 0; e < E; ++e) {
+          double dot = 0.0;
+          for (int64_t j = 0; j < D; ++j) dot += double(Q[id * D + j]) * K[e * D + j];
+          if (dot > best_value) best_value = dot, best = e;
+        }
+        EXPECT_EQ(plan.expert[a], best)
+            << "layer " << l << " token " << plan.token[a] << " id " << id;
+      }
+    }
+    opt.step(model, step);
+    model.update_router_state();
+    for (const ParamTensor& t : model.tensors()) {
+      if (t.name.find(".moe.router.") == std::string::npos) continue;
+      const bool distilled = t.name.ends_with(frozen[0]) || t.name.ends_with(frozen[1]);
+      const bool changed = tensor_values(t, before) != tensor_values(t, model.params());
+      EXPECT_EQ(changed, !distilled || step < 3) << t.name;
+    }
+    EXPECT_EQ(model.state()["moe_layers"][0]["router"]["stage"], step + 1 >= 3 ? 2 : 1);
+  }
+  for (const auto& [key, values] : at_switch) {
+    const ParamTensor& t = model.tensor(key);
+    EXPECT_EQ(tensor_values(t, model.params()), values) << key << " moved after the switch";
+    EXPECT_EQ(tensor_values(t, opt.m()), at_switch_m[key]) << key << ": first moment";
+    EXPECT_EQ(tensor_values(t, opt.v()), at_switch_v[key]) << key << ": second moment";
+  }
+  // A fresh model given the state is frozen too (resume, sample).
+  Model again(c, 21);
+  EXPECT_FALSE(again.tensor("layers.0.moe.router.token_embedding").frozen);
+  again.set_state(model.state(), "test state");
+  EXPECT_TRUE(again.tensor("layers.0.moe.router.token_embedding").frozen);
+  EXPECT_TRUE(again.tensor("layers.1.moe.router.token_centroids").frozen);
+  EXPECT_FALSE(again.tensor("layers.1.moe.router.centroids").frozen);
 }
 
 // RouterTensorSpec::Init::Orthogonal (torch.nn.init.orthogonal_): StableMoE's centroids W (E, d)

@@ -230,6 +230,10 @@ class Router {
   // state() so that a resumed run has them); `context` names their source in messages.
   virtual void set_token_frequencies(const std::vector<int64_t>& /*counts*/,
                                      const std::string& /*context*/) {}
+  // Names of the logit function's tensors (RouterTensorSpec::name) that the optimiser must leave
+  // untouched now, given the router's state (StableMoE's distilled router in stage 2): no moment
+  // update, no weight decay. The model asks again after every state change.
+  virtual std::vector<std::string> frozen_tensors() const { return {}; }
   // Every parameter with its resolved value, for logs and for the float64 reference.
   virtual nlohmann::json params() const = 0;
   virtual std::string describe() const = 0;

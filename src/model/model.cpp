@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <random>
 
@@ -384,6 +385,26 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
   for (const auto& [index, spec] : router_specs)
     init_router_tensor(spec, c.init_std, rng, params_.data() + tensors_[index].offset,
                        tensors_[index].size);
+  refresh_frozen();  // a router may start frozen (StableMoE's stage 2)
+}
+
+void Model::refresh_frozen() {
+  // Per parameter offset: the layers that use it, and how many of them freeze it.
+  std::map<size_t, std::pair<int, int>> uses;
+  for (const auto& L : impl_->layers) {
+    if (!L.moe) continue;
+    const std::vector<std::string> names = L.moe_layer->router().frozen_tensors();
+    const std::vector<RouterTensorSpec>& specs = L.moe_layer->router_tensor_specs();
+    for (size_t i = 0; i < specs.size() && i < L.router_tensors.size(); ++i) {
+      auto& [users, freezing] = uses[L.router_tensors[i]];
+      ++users;
+      freezing += std::find(names.begin(), names.end(), specs[i].name) != names.end();
+    }
+  }
+  for (ParamTensor& t : tensors_) {
+    const auto it = uses.find(t.offset);
+    t.frozen = it != uses.end() && it->second.first == it->second.second;
+  }
 }
 
 Model::~Model() = default;
@@ -802,6 +823,7 @@ void Model::set_state(const json& state, const std::string& source) {
   } catch (const json::exception& e) {
     fail("{}: malformed model state: {}", source, e.what());
   }
+  refresh_frozen();
 }
 
 void Model::update_router_state() {
@@ -817,6 +839,7 @@ void Model::update_router_state() {
     stats[i].model_zero_fraction = mean;
     L.moe_layer->update_router_state(stats[i++]);
   }
+  refresh_frozen();
 }
 
 void Model::set_token_frequencies(const std::vector<int64_t>& counts) {
@@ -829,6 +852,7 @@ void Model::set_token_frequencies(const std::vector<int64_t>& counts) {
 void Model::set_schedule(const TrainingSchedule& schedule) {
   for (auto& L : impl_->layers)
     if (L.moe) L.moe_layer->set_schedule(schedule);
+  refresh_frozen();  // the schedule may have switched a router's stage (S₁ = 0)
 }
 
 bool Model::needs_token_frequencies() const {
@@ -880,7 +904,7 @@ double AdamW::grad_norm(const Model& model) {
   const std::vector<float>& g = model.grads();
   double norm_sq = 0.0;
   for (const auto& t : model.tensors()) {
-    if (!t.trainable) continue;
+    if (!t.trainable || t.frozen) continue;
     const float* gg = g.data() + t.offset;
     const int64_t n = int64_t(t.size);
     double sum = 0.0;
@@ -907,7 +931,7 @@ double AdamW::step(Model& model, int64_t step, double norm) {
   const float step_size = float(lr / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
   const float gscale = float(clip);
   for (const auto& t : model.tensors()) {
-    if (!t.trainable) continue;
+    if (!t.trainable || t.frozen) continue;  // frozen: no moment update, no decay
     const float decay = t.decay ? float(1.0 - lr * c.weight_decay) : 1.0f;
     float* pp = p.data() + t.offset;
     const float* gg = g.data() + t.offset;

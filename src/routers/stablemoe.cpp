@@ -5,7 +5,7 @@
 //     α/T Σ_t ((c_a − n̄)/n̄) σ(s_{t,a}) (counts c before drops, n̄ = T/E) and the distillation
 //     loss β/T Σ_t CE(softmax ŝ_t, argmax s_t), whose target carries no gradient.
 //   Stage 2, and evaluation in either stage: route by argmax ŝ (a fixed function of the id), no
-//     own loss.
+//     own loss; in stage 2 the distilled router's tensors are frozen (frozen_tensors).
 // The gate is σ(s_{t,a}) in both stages; capacity ⌈cf · n_g / E⌉ per routing group in position
 // order. The stage moves from 1 to 2 once update_state has counted S₁ optimiser steps.
 #include <switchyard/config.h>
@@ -13,6 +13,8 @@
 
 #include <cmath>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "routers/distilled_logits.h"
 #include "routers/router_common.h"
@@ -154,6 +156,11 @@ class StableMoERouter final : public Router {
   void update_state(const RouterStepStats&) override {
     ++steps_;
     if (stage_ == 1 && steps_ >= switch_step()) stage_ = 2;
+  }
+  // Stage 2: the distilled router is frozen (the paper's "freeze it"; exact here, section 4).
+  std::vector<std::string> frozen_tensors() const override {
+    if (stage_ == 2) return {"token_embedding", "token_centroids"};
+    return {};
   }
   nlohmann::json state() const override { return {{"steps", steps_}, {"stage", stage_}}; }
   void set_state(const nlohmann::json& state) override {
