@@ -88,6 +88,11 @@ struct Problem {
   std::vector<float> router_carry;
 
   std::string family() const { return router_params.at("router").get<std::string>(); }
+  // The logit function reads token ids (LogitFunction::needs_vocab): ids lie in [0, shape.vocab).
+  bool logits_read_ids() const {
+    const LogitFunction* lf = layer->router().logit_function();
+    return lf && lf->needs_vocab();
+  }
   bool swiglu() const { return has_up_projection(config.activation); }  // w3 exists
   bool clamped() const { return config.activation == Activation::SwiGLUClamped; }
 
@@ -159,15 +164,22 @@ struct ProblemOptions {
   double bias_scale = 0.05;
 };
 
+// A new input row for token t; where the logits read token ids (StableMoE's distilled router),
+// a new id too, so that a decision made by the id alone can move off a tie.
 inline void fill_x_row(Problem& pb, std::mt19937_64& rng, int64_t t) {
   for (int64_t j = 0; j < pb.shape.d; ++j) pb.x[t * pb.shape.d + j] = dyadic(rng);
+  if (pb.logits_read_ids())
+    pb.token_ids[size_t(t)] = std::uniform_int_distribution<int64_t>(0, pb.shape.vocab - 1)(rng);
 }
 
 inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptions& o,
                             std::mt19937_64& rng) {
   Problem pb;
   pb.config = parse_layer_config(layer_json, "test layer.json");
-  pb.shape = MoEShape{o.d, o.E, o.F, o.Fs};
+  // The ids' vocabulary: the case's vocab_size, or a small one so that ids repeat (frequencies
+  // matter for the balanced hash table).
+  const int64_t vocab = pb.config.vocab_size > 0 ? pb.config.vocab_size : 2 * o.T + 4;
+  pb.shape = MoEShape{o.d, o.E, o.F, o.Fs, vocab};
   pb.T = o.T;
   pb.layer = std::make_unique<MoELayer>(pb.config, pb.shape);
   pb.R = pb.layer->num_router_outputs();
@@ -208,8 +220,7 @@ inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptio
     if (o.shared_gate) pb.shared_gate = normal_vector(rng, size_t(d), 1.0 / std::sqrt(double(d)));
   }
   if (pb.traits.needs_token_ids) {
-    // A small vocabulary so that ids repeat (frequencies matter for the balanced table).
-    std::uniform_int_distribution<int64_t> id(0, 2 * o.T + 3);
+    std::uniform_int_distribution<int64_t> id(0, vocab - 1);
     pb.token_ids.resize(size_t(o.T));
     for (int64_t& v : pb.token_ids) v = id(rng);
   }
@@ -682,6 +693,15 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
       for (int64_t r = 0; r < R; ++r)
         if (!visible[size_t(t * R + r)]) p[size_t(r)] = -std::numeric_limits<double>::infinity();
       if (!gaps_ok(p, k, m.score)) bad[t] = true;
+    }
+  } else if (f == "stablemoe") {
+    // The routing block's argmax: s in stage-1 training (the distillation target too), ŝ in
+    // stage 2 and in evaluation (fill_x_row draws a new id for it). Capacity goes by position.
+    const int64_t E = pb.shape.E;
+    const bool backbone = pb.config.training && pb.router_params.at("stage") == 1;
+    for (int64_t t = 0; t < pb.T; ++t) {
+      const auto first = z.begin() + t * R + (backbone ? 0 : E);
+      if (!gaps_ok(std::vector<double>(first, first + E), 1, m.logit)) bad[t] = true;
     }
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)

@@ -178,6 +178,60 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   }
 }
 
+// StableMoE's distilled router (Q = router.token_embedding, K = router.token_centroids) learns only
+// from the distillation loss of stage-1 training: there the rows of Q for ids absent from the
+// batch get exactly 0; in evaluation, in stage 2, and with distill_loss 0, all of Q and K do.
+TEST(Gradients, StableMoEDistilledRouterIsExactlyZeroWhereUnused) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const json base = {{"router", "stablemoe"}, {"vocab_size", 30}};
+  const std::vector<std::pair<json, bool>> configs = {
+      {{{"training", true}}, true},
+      {{{"training", false}}, false},
+      {{{"training", true}, {"stage", 2}}, false},
+      {{{"training", true}, {"distill_loss", 0.0}}, false}};
+  for (const auto& [extra, learns] : configs) {
+    json config = base;
+    config.update(extra);
+    SCOPED_TRACE(config.dump());
+    ProblemOptions o;
+    o.T = 12;
+    o.E = 4;
+    Problem pb = make_problem(config, o, rng);
+    MoECache cache;
+    std::vector<float> y(size_t(pb.T * pb.shape.d)), dx(pb.x.size());
+    pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+    const std::vector<float> dy = normal_vector(rng, y.size(), 1.0);
+    std::vector<std::vector<float>> d_router;
+    std::vector<float*> views;
+    for (const auto& t : pb.router) d_router.emplace_back(t.size(), 7.0f);  // overwritten
+    for (auto& t : d_router) views.push_back(t.data());
+    std::vector<float> dw1(pb.w1.size()), dw3(pb.w3.size()), dw2(pb.w2.size());
+    MoEGrads grads;
+    grads.w1 = dw1.data();
+    grads.w3 = dw3.data();
+    grads.w2 = dw2.data();
+    grads.router = views.data();
+    pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), dx.data(), grads);
+    ASSERT_EQ(pb.router_names,
+              (std::vector<std::string>{"centroids", "token_embedding", "token_centroids"}));
+    const int64_t D = pb.router_params.at("distill_dim");
+    std::vector<bool> present(30, false);
+    for (int64_t id : pb.token_ids) present[size_t(id)] = true;
+    for (int64_t v = 0; v < 30; ++v) {
+      bool nonzero = false;
+      for (int64_t j = 0; j < D; ++j) nonzero |= d_router[1][size_t(v * D + j)] != 0.0f;
+      EXPECT_EQ(nonzero, learns && present[size_t(v)]) << "row " << v << " of d token_embedding";
+    }
+    const bool k_nonzero =
+        std::any_of(d_router[2].begin(), d_router[2].end(), [](float g) { return g != 0.0f; });
+    EXPECT_EQ(k_nonzero, learns) << "d token_centroids";
+    EXPECT_TRUE(std::any_of(d_router[0].begin(), d_router[0].end(), [](float g) {
+      return g != 0.0f;
+    })) << "the centroids learn through the gate in every stage";
+  }
+}
+
 TEST(GradientsCoverage, EveryRegisteredRouterHasCases) {
   expect_every_router_has_cases("gradients");
 }

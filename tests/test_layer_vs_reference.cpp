@@ -81,11 +81,22 @@ void compare_with_reference(Problem& pb) {
 }
 
 // Every gate row a copy of the first: each token's scores tie exactly (dyadic values, so in
-// float32 and float64 alike) and the tie rule decides.
+// float32 and float64 alike) and the tie rule decides. A logit function's tensors with one row per
+// expert (StableMoE's centroids and token centroids) likewise, their first row made dyadic.
 void tie_gate_rows(Problem& pb) {
   const int64_t d = pb.shape.d;
   for (int64_t r = 1; r < pb.R && !pb.gate.empty(); ++r)
     std::copy(pb.gate.begin(), pb.gate.begin() + d, pb.gate.begin() + r * d);
+  std::mt19937_64 rng(17);
+  const std::vector<RouterTensorSpec>& specs = pb.layer->router_tensor_specs();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].shape.size() != 2 || specs[i].shape[0] != pb.shape.E) continue;
+    std::vector<float>& t = pb.router[i];
+    const int64_t cols = specs[i].shape[1];
+    for (int64_t j = 0; j < cols; ++j) t[size_t(j)] = dyadic(rng);
+    for (int64_t r = 1; r < pb.shape.E; ++r)
+      std::copy(t.begin(), t.begin() + cols, t.begin() + r * cols);
+  }
 }
 
 class LayerVsReference : public ::testing::TestWithParam<Param> {};

@@ -226,6 +226,15 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // StableMoE: stage 1 (greedy top-1 by the centroids, balance and distillation losses) for
+    // three steps, then stage 2: routing by the token-id router K Q[id], which AdamW leaves
+    // alone (frozen: requires_grad off in PyTorch, no moments, no decay), W learning on.
+    GoldenCase g{"stablemoe_switch", tiny_config(), tiny_opt()};
+    g.model.router = {{"router", "stablemoe"}, {"stage1_steps", 3}, {"distill_dim", 12}};
+    g.steps = 6;
+    out.push_back(g);
+  }
+  {
     GoldenCase g{"gelu_expert_choice", tiny_config(), tiny_opt()};
     g.model.activation = Activation::GELU;
     g.model.moe_every = 2;
@@ -333,6 +342,7 @@ TEST_P(ModelGolden, MatchesPyTorch) {
               << base_seed() << "; reproduce with SWITCHYARD_TEST_SEED=" << base_seed() << "), dir "
               << dir.string() << std::endl;
     model = std::make_unique<Model>(cfg, seed);
+    model->set_schedule(TrainingSchedule{gc.opt.steps});  // as train() does
     std::mt19937_64 rng(seed ^ 0x5eedULL);
     std::uniform_int_distribution<int64_t> tok(0, V - 1);
     std::vector<int64_t> all(size_t(B * (T + 1)));

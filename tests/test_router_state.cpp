@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
@@ -782,6 +783,224 @@ TEST(RouterState, MaskMoEWithoutCountsOrOutsideTheVocabularyNamesTheId) {
   });
   EXPECT_NE(negative.find("test counts"), std::string::npos) << negative;
   EXPECT_NE(negative.find("-1"), std::string::npos) << negative;
+}
+
+// ---------------------------------------------------------------------------------------------
+// StableMoE: the stage and the step count (Router::state), the switch at S₁.
+
+const RouterStepStats kNoStats;
+
+TEST(RouterState, StableMoECountsStepsAndSwitchesAtS1) {
+  const MoEShape shape{8, 4, 4, 0, 16};
+  for (int64_t s1 : {0, 1, 3}) {
+    SCOPED_TRACE("stage1_steps " + std::to_string(s1));
+    auto layer =
+        make_layer({{"router", "stablemoe"}, {"stage1_steps", s1}, {"vocab_size", 16}}, shape);
+    Router& router = layer->router();
+    EXPECT_EQ(router.state(), json({{"steps", 0}, {"stage", 1}}));
+    for (int64_t n = 1; n <= 5; ++n) {
+      router.update_state(kNoStats);
+      EXPECT_EQ(router.state().at("steps"), n);
+      EXPECT_EQ(router.state().at("stage"), n >= s1 ? 2 : 1) << "after " << n << " steps";
+      EXPECT_EQ(router.params().at("stage"), n >= s1 ? 2 : 1);
+      const std::vector<std::string> want =
+          n >= s1 ? std::vector<std::string>{"token_embedding", "token_centroids"}
+                  : std::vector<std::string>{};
+      EXPECT_EQ(router.frozen_tensors(), want);
+    }
+  }
+  // Stage 2 never returns to 1; a router that starts there stays.
+  auto two = make_layer({{"router", "stablemoe"}, {"stage", 2}, {"vocab_size", 16}}, shape);
+  two->router().update_state(kNoStats);
+  EXPECT_EQ(two->router().state(), json({{"steps", 1}, {"stage", 2}}));
+}
+
+TEST(RouterState, StableMoEStateRoundTripsAndRejectsBadStates) {
+  const MoEShape shape{8, 4, 4, 0, 16};
+  const json config = {{"router", "stablemoe"}, {"stage1_steps", 10}, {"vocab_size", 16}};
+  auto first = make_layer(config, shape);
+  for (int i = 0; i < 4; ++i) first->router().update_state(kNoStats);
+  auto second = make_layer(config, shape);
+  second->router().set_state(first->router().state());
+  EXPECT_EQ(second->router().state(), json({{"steps", 4}, {"stage", 1}}));
+  second->router().set_state({{"steps", 12}, {"stage", 2}});
+  EXPECT_EQ(second->router().state(), json({{"steps", 12}, {"stage", 2}}));
+  for (const json& bad : {json{{"steps", 3}, {"stage", 3}}, json{{"steps", 3}, {"stage", 0}},
+                          json{{"steps", -1}, {"stage", 1}}, json{{"steps", 3}}, json{{"stage", 1}},
+                          json::object()}) {
+    SCOPED_TRACE(bad.dump());
+    const std::string message = error_of([&] { second->router().set_state(bad); });
+    EXPECT_NE(message.find("stablemoe"), std::string::npos) << message;
+  }
+  EXPECT_EQ(second->router().state(), json({{"steps", 12}, {"stage", 2}})) << "left unchanged";
+  const std::string stage3 = error_of([&] {
+    make_layer({{"router", "stablemoe"}, {"stage", 3}, {"vocab_size", 16}}, shape);
+  });
+  EXPECT_NE(stage3.find("stage"), std::string::npos) << stage3;
+}
+
+TEST(RouterState, StableMoEWithoutAKnownSwitchNamesStage1Steps) {
+  auto layer = make_layer({{"router", "stablemoe"}, {"vocab_size", 16}}, MoEShape{8, 4, 4, 0, 16});
+  const std::string message = error_of([&] { layer->router().update_state(kNoStats); });
+  EXPECT_NE(message.find("stage1_steps"), std::string::npos) << message;
+}
+
+// The switch in a model (docs/routers/stablemoe.md, sections 4 and 8): two MoE layers, S₁ = 3,
+// 6 steps of the training loop (forward, backward, AdamW, update_router_state). The distilled
+// router Q, K learns in steps 0..2 (step 2's update included) and is bit-identical from the start
+// of step 3 on, its Adam moments too; the centroids W learn at every step; the router loss is
+// 0 from step 3; from step 3 every occurrence of an id goes, in each layer, to argmax K Q[id].
+TEST(RouterState, StableMoEModelFreezesTheDistilledRouterAtTheSwitch) {
+  ModelConfig c = small_model(2);
+  c.router = {{"router", "stablemoe"}, {"stage1_steps", 3}, {"distill_dim", 6}};
+  Model model(c, 21);
+  model.set_schedule(TrainingSchedule{6});
+  AdamWConfig oc;
+  oc.warmup_steps = 1;
+  oc.steps = 6;
+  oc.weight_decay = 0.1;
+  AdamW opt(oc, model.params().size());
+  const int64_t B = 2, T = c.seq_len, N = B * T, E = c.experts, D = 6;
+  std::mt19937_64 rng(5);
+  const std::vector<std::string> frozen = {"token_embedding", "token_centroids"};
+  auto tensor_values = [&](const ParamTensor& t, const std::vector<float>& buffer) {
+    return std::vector<float>(buffer.begin() + long(t.offset),
+                              buffer.begin() + long(t.offset + t.size));
+  };
+  std::map<std::string, std::vector<float>> at_switch, at_switch_m, at_switch_v;
+  for (int64_t step = 0; step < 6; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    std::vector<int32_t> x(static_cast<size_t>(N)), y(static_cast<size_t>(N));
+    for (auto& t : x) t = int32_t(rng() % 12);  // few ids: each occurs many times
+    for (auto& t : y) t = int32_t(rng() % uint64_t(c.vocab_size));
+    const std::vector<float> before = model.params();
+    for (int64_t l = 0; l < 2; ++l)
+      for (const std::string& name : frozen) {
+        const std::string key = "layers." + std::to_string(l) + ".moe.router." + name;
+        EXPECT_EQ(model.tensor(key).frozen, step >= 3) << key;
+        if (step == 3) {
+          at_switch[key] = tensor_values(model.tensor(key), model.params());
+          at_switch_m[key] = tensor_values(model.tensor(key), opt.m());
+          at_switch_v[key] = tensor_values(model.tensor(key), opt.v());
+        }
+      }
+    model.zero_grads();
+    model.forward(x.data(), y.data(), B, T, true);
+    model.backward();
+    const std::vector<const RoutingStats*> stats = model.layer_stats();
+    const std::vector<const MoECache*> caches = model.layer_caches();
+    for (int64_t l = 0; l < 2; ++l) {
+      const double router_loss = stats[size_t(l)]->losses.at("router");
+      if (step >= 3) {
+        EXPECT_EQ(router_loss, 0.0) << "layer " << l;
+      } else {
+        EXPECT_GT(router_loss, 0.0) << "layer " << l;
+      }
+      if (step < 3) continue;
+      // argmax_e K_e · Q[id] from the parameters, in double: the expert of every occurrence.
+      const std::string p = "layers." + std::to_string(l) + ".moe.router.";
+      const float* Q = model.params().data() + model.tensor(p + "token_embedding").offset;
+      const float* K = model.params().data() + model.tensor(p + "token_centroids").offset;
+      const RoutingPlan& plan = caches[size_t(l)]->plan;
+      ASSERT_EQ(int64_t(plan.size()), N);
+      for (size_t a = 0; a < plan.size(); ++a) {
+        const int64_t id = x[size_t(plan.token[a])];
+        int64_t best = 0;
+        double best_value = -1e300;
+        for (int64_t e = 0; e < E; ++e) {
+          double dot = 0.0;
+          for (int64_t j = 0; j < D; ++j) dot += double(Q[id * D + j]) * K[e * D + j];
+          if (dot > best_value) best_value = dot, best = e;
+        }
+        EXPECT_EQ(plan.expert[a], best)
+            << "layer " << l << " token " << plan.token[a] << " id " << id;
+      }
+    }
+    opt.step(model, step);
+    model.update_router_state();
+    for (const ParamTensor& t : model.tensors()) {
+      if (t.name.find(".moe.router.") == std::string::npos) continue;
+      const bool distilled = t.name.ends_with(frozen[0]) || t.name.ends_with(frozen[1]);
+      const bool changed = tensor_values(t, before) != tensor_values(t, model.params());
+      EXPECT_EQ(changed, !distilled || step < 3) << t.name;
+    }
+    EXPECT_EQ(model.state()["moe_layers"][0]["router"]["stage"], step + 1 >= 3 ? 2 : 1);
+  }
+  for (const auto& [key, values] : at_switch) {
+    const ParamTensor& t = model.tensor(key);
+    EXPECT_EQ(tensor_values(t, model.params()), values) << key << " moved after the switch";
+    EXPECT_EQ(tensor_values(t, opt.m()), at_switch_m[key]) << key << ": first moment";
+    EXPECT_EQ(tensor_values(t, opt.v()), at_switch_v[key]) << key << ": second moment";
+  }
+  // A fresh model given the state is frozen too (resume, sample).
+  Model again(c, 21);
+  EXPECT_FALSE(again.tensor("layers.0.moe.router.token_embedding").frozen);
+  again.set_state(model.state(), "test state");
+  EXPECT_TRUE(again.tensor("layers.0.moe.router.token_embedding").frozen);
+  EXPECT_TRUE(again.tensor("layers.1.moe.router.token_centroids").frozen);
+  EXPECT_FALSE(again.tensor("layers.1.moe.router.centroids").frozen);
+}
+
+// RouterTensorSpec::Init::Orthogonal (torch.nn.init.orthogonal_): StableMoE's centroids W (E, d)
+// and token centroids K (E, D) in a model have orthonormal rows times the gain 0.1 where E <= the
+// width, orthonormal columns times 0.1 where E is larger; the token embedding is N(0, 1).
+TEST(RouterState, OrthogonalInitialisationOfRouterTensors) {
+  for (int64_t E : {4, 32}) {
+    SCOPED_TRACE("E " + std::to_string(E));
+    ModelConfig c = small_model(1);  // d = 16
+    c.experts = E;
+    c.router = {{"router", "stablemoe"}, {"distill_dim", 8}};
+    const Model model(c, 9);
+    for (const char* name : {"centroids", "token_centroids"}) {
+      SCOPED_TRACE(name);
+      const ParamTensor& t = model.tensor(std::string("layers.0.moe.router.") + name);
+      const int64_t rows = t.shape[0], cols = t.shape[1];
+      const float* w = model.params().data() + t.offset;
+      const bool by_rows = rows <= cols;
+      const int64_t n = by_rows ? rows : cols, len = by_rows ? cols : rows;
+      for (int64_t a = 0; a < n; ++a)
+        for (int64_t b = 0; b < n; ++b) {
+          double dot = 0.0;
+          for (int64_t i = 0; i < len; ++i)
+            dot += by_rows ? double(w[a * cols + i]) * w[b * cols + i]
+                           : double(w[i * cols + a]) * w[i * cols + b];
+          EXPECT_NEAR(dot, a == b ? 0.01 : 0.0, 1e-6) << a << ", " << b;
+        }
+    }
+    const ParamTensor& q = model.tensor("layers.0.moe.router.token_embedding");
+    EXPECT_EQ(q.shape, (std::vector<int64_t>{c.vocab_size, 8}));
+    double sq = 0.0;
+    for (size_t i = 0; i < q.size; ++i)
+      sq += double(model.params()[q.offset + i]) * model.params()[q.offset + i];
+    EXPECT_NEAR(std::sqrt(sq / double(q.size)), 1.0, 0.1) << "N(0, 1)";
+    EXPECT_TRUE(model.tensor("layers.0.moe.router.centroids").decay);
+    EXPECT_FALSE(q.decay);
+    EXPECT_FALSE(model.tensor("layers.0.moe.router.token_centroids").decay);
+  }
+}
+
+// S₁ = ⌊stage1_fraction · total steps⌋ from the run's schedule; stage1_steps overrides it; a
+// schedule whose S₁ has already passed (S₁ = 0) switches before the first step.
+TEST(RouterState, StableMoETakesS1FromTheSchedule) {
+  const MoEShape shape{8, 4, 4, 0, 16};
+  auto switch_after = [&](const json& extra, int64_t total) {
+    json config = {{"router", "stablemoe"}, {"vocab_size", 16}};
+    config.update(extra);
+    auto layer = make_layer(config, shape);
+    layer->set_schedule(TrainingSchedule{total});
+    int64_t n = 0;
+    while (layer->router().state().at("stage") == 1 && n < 1000) {
+      layer->router().update_state(kNoStats);
+      ++n;
+    }
+    return n;
+  };
+  EXPECT_EQ(switch_after(json::object(), 30), 3);               // ⌊0.1 · 30⌋
+  EXPECT_EQ(switch_after(json::object(), 39), 3);               // ⌊3.9⌋
+  EXPECT_EQ(switch_after({{"stage1_fraction", 0.5}}, 9), 4);    // ⌊4.5⌋
+  EXPECT_EQ(switch_after({{"stage1_steps", 7}}, 30), 7);        // the absolute step wins
+  EXPECT_EQ(switch_after({{"stage1_fraction", 0.0}}, 30), 0);   // stage 2 from the first step
+  EXPECT_EQ(switch_after({{"stage1_fraction", 0.05}}, 10), 0);  // ⌊0.5⌋ = 0
 }
 
 }  // namespace

@@ -244,9 +244,12 @@ void check_other_tokens_change_nothing(const json& router, bool training, bool p
     fill_x_row(changed, rng, t);
     // Scale the new tokens up so that they would win any cross-sequence competition.
     for (int64_t j = 0; j < pb.shape.d; ++j) changed.x[t * pb.shape.d + j] *= 4.0f;
-    if (!changed.token_ids.empty())  // new ids, inside the counts' vocabulary where there is one
-      changed.token_ids[t] =
-          pb.token_counts.empty() ? 1000 + t : (1000 + t) % int64_t(pb.token_counts.size());
+    // New ids, inside the vocabulary where there is one (the counts', or the logits' own).
+    const int64_t vocab = !pb.token_counts.empty() ? int64_t(pb.token_counts.size())
+                          : pb.logits_read_ids()   ? pb.shape.vocab
+                                                   : 0;
+    if (!changed.token_ids.empty())
+      changed.token_ids[t] = vocab > 0 ? (1000 + t) % vocab : 1000 + t;
   }
   MoECache second;
   changed.layer->forward(changed.params(), changed.batch(), second, y.data());

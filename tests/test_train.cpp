@@ -30,6 +30,10 @@ json router_json(const std::string& name) {
     return {{"router", "deepseek_v3"}, {"k", 2}, {"groups", 1}, {"topk_groups", 1}};
   if (name == "maskmoe")  // 2 of the 4 experts visible to the frequent ids, 1 to the others
     return {{"router", "maskmoe"}, {"k", 2}, {"visible_experts", 2}};
+  if (name == "stablemoe")  // the switch at step 7: the 5-step first part stops before it
+    return {{"router", "stablemoe"}, {"stage1_steps", 7}, {"distill_dim", 8}};
+  if (name == "stablemoe_switched")  // S₁ = ⌊0.25 · 12⌋ = 3: the first part stops after it
+    return {{"router", "stablemoe"}, {"stage1_fraction", 0.25}, {"distill_dim", 8}};
   return {{"router", name}};
 }
 
@@ -71,6 +75,25 @@ TrainOptions quiet() {
   return o;
 }
 
+// Trains config j uninterrupted into dir/whole and, into dir/parts, its first `stop_after` steps;
+// returns the parts run's config, for resume_run.
+TrainConfig train_whole_and_first_part(const fs::path& dir, json j, int64_t stop_after) {
+  j["out"] = (dir / "whole").string();
+  train(parse_train_config(j, "test"), quiet());
+  j["out"] = (dir / "parts").string();
+  const TrainConfig parts = parse_train_config(j, "test");
+  TrainOptions first = quiet();
+  first.stop_after = stop_after;
+  train(parts, first);
+  return parts;
+}
+
+void resume_run(const TrainConfig& config) {
+  TrainOptions rest = quiet();
+  rest.resume = true;
+  train(config, rest);
+}
+
 class Resume : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Resume, ReproducesTheUninterruptedRun) {
@@ -93,6 +116,9 @@ TEST_P(Resume, ReproducesTheUninterruptedRun) {
     EXPECT_EQ(a[i]["train_loss"], b[i]["train_loss"]) << "step " << i;
     EXPECT_EQ(a[i].value("val_loss", -1.0), b[i].value("val_loss", -1.0)) << "step " << i;
     EXPECT_EQ(a[i]["layers"][0]["load"], b[i]["layers"][0]["load"]) << "step " << i;
+    for (size_t l = 0; l < a[i]["layers"].size(); ++l)
+      EXPECT_EQ(a[i]["layers"][l]["routing_digest"], b[i]["layers"][l]["routing_digest"])
+          << "step " << i << " layer " << l;
   }
   fs::remove_all(dir);
 }
@@ -100,7 +126,45 @@ TEST_P(Resume, ReproducesTheUninterruptedRun) {
 // Routers with non-gradient state (bias, λ) and training noise (jitter) must resume exactly too.
 INSTANTIATE_TEST_SUITE_P(Routers, Resume,
                          ::testing::Values("mixtral", "switch", "loss_free", "remoe", "maskmoe",
-                                           "thor"));
+                                           "thor", "stablemoe", "stablemoe_switched"));
+
+// StableMoE across a resume (docs/routers/stablemoe.md, section 8): the checkpoint after the
+// switch holds the steps taken and stage 2; the resumed run restores the frozen flags, so the
+// distilled router (Q, K) is the same at the end as at the stop and as in the uninterrupted run;
+// and from the switch on the probe batch's routing never fluctuates.
+TEST(Train, StableMoEStaysFrozenAcrossResumeAndStopsFluctuating) {
+  const fs::path dir = temp_dir("stablemoe");
+  json j = tiny_config(dir / "whole", "stablemoe_switched");
+  j["eval_every"] = 1;
+  const TrainConfig parts = train_whole_and_first_part(dir, j, 5);
+  auto checkpoint = [&](const std::string& run) {
+    return read_safetensors((dir / run / "checkpoint" / "model.safetensors").string());
+  };
+  const SafetensorsFile stopped = checkpoint("parts");
+  const json layers = json::parse(stopped.metadata.at("state"))["model_state"]["moe_layers"];
+  ASSERT_EQ(layers.size(), 2u);
+  for (const json& layer : layers) EXPECT_EQ(layer["router"], json({{"steps", 5}, {"stage", 2}}));
+  resume_run(parts);
+  const SafetensorsFile resumed = checkpoint("parts"), uninterrupted = checkpoint("whole");
+  for (const char* layer : {"0", "1"})
+    for (const char* name : {"token_embedding", "token_centroids"}) {
+      const std::string key = std::string("layers.") + layer + ".moe.router." + name;
+      SCOPED_TRACE(key);
+      EXPECT_EQ(resumed.tensors.at(key).to_f32(key), stopped.tensors.at(key).to_f32(key));
+      EXPECT_EQ(resumed.tensors.at(key).to_f32(key), uninterrupted.tensors.at(key).to_f32(key));
+    }
+  const std::string w = "layers.0.moe.router.centroids";
+  EXPECT_NE(resumed.tensors.at(w).to_f32(w), stopped.tensors.at(w).to_f32(w)) << "W learns on";
+  const auto rows = read_metrics(dir / "parts");
+  ASSERT_EQ(rows.size(), 12u);
+  for (size_t i = 3; i < rows.size(); ++i)
+    for (size_t l = 0; l < 2; ++l) {
+      ASSERT_TRUE(rows[i]["layers"][l].contains("fluctuation")) << "step " << i;
+      EXPECT_EQ(rows[i]["layers"][l]["fluctuation"], 0.0) << "step " << i << " layer " << l;
+      EXPECT_EQ(rows[i]["layers"][l]["losses"]["router"], 0.0) << "step " << i << " layer " << l;
+    }
+  fs::remove_all(dir);
+}
 
 // MaskMoE's masks come from the training split's token counts, counted once before the first step
 // and kept in the checkpoint: every MoE layer holds the same counts, a resumed run routes every
@@ -109,16 +173,7 @@ TEST(Train, MaskMoECountsTheTrainingDataAndResumesWithThem) {
   const fs::path dir = temp_dir("maskmoe");
   json j = tiny_config(dir / "whole", "maskmoe");
   j["steps"] = 6;
-  const TrainConfig whole = parse_train_config(j, "test");
-  j["out"] = (dir / "parts").string();
-  const TrainConfig parts = parse_train_config(j, "test");
-  train(whole, quiet());
-  TrainOptions first = quiet();
-  first.stop_after = 2;
-  train(parts, first);
-  TrainOptions rest = quiet();
-  rest.resume = true;
-  train(parts, rest);
+  resume_run(train_whole_and_first_part(dir, j, 2));
 
   const SafetensorsFile ckpt =
       read_safetensors((dir / "parts" / "checkpoint" / "model.safetensors").string());

@@ -95,6 +95,10 @@ struct LayerConfig {
   ExpertPlacement placement;
   bool training = false;
   uint64_t seed = 0;
+  // The token-id vocabulary of a layer file (layer.json's "vocab_size"), for a router whose logit
+  // function reads ids (LogitFunction::needs_vocab); 0: not given. A model sets MoEShape::vocab
+  // itself.
+  int64_t vocab_size = 0;
   std::string source = "layer.json";  // for error messages
 };
 

@@ -62,6 +62,10 @@ struct ParamTensor {
   size_t offset = 0, size = 0;
   bool decay = false;     // weight decay applies (matrices)
   bool trainable = true;  // false for non-gradient state (selection bias)
+  // Left alone by the optimiser for now (Router::frozen_tensors; no moment update, no decay, not
+  // in the gradient norm). Unlike !trainable its moments stay in checkpoints; the model sets it
+  // from the routers' state.
+  bool frozen = false;
   // An expert tensor held in part (ExpertShard): rows [expert_first, expert_first + shape[0]) of
   // expert_rows experts; 0: held whole.
   int64_t expert_first = 0, expert_rows = 0;
@@ -118,12 +122,15 @@ class Model {
   double aux_loss() const;
   std::vector<const RoutingStats*> layer_stats() const;  // one per MoE layer
   std::vector<const MoECache*> layer_caches() const;
-  // Router state after an optimiser step (selection bias, ReMoE's λ).
+  // Router state after an optimiser step (selection bias, ReMoE's λ); then the frozen flags.
   void update_router_state();
   // The training data's token-id counts (vocab) for every MoE layer's router (MaskMoE's masks;
   // Router::set_token_frequencies), and whether any router needs them.
   void set_token_frequencies(const std::vector<int64_t>& counts);
   bool needs_token_frequencies() const;
+  // The training run's schedule for every MoE layer's router (Router::set_schedule), given once
+  // before the first step of a fresh or resumed run.
+  void set_schedule(const TrainingSchedule& schedule);
   int64_t num_moe_layers() const;
   // Non-gradient state besides the parameters (router state, noise counters), for checkpoints.
   nlohmann::json state() const;
@@ -142,6 +149,9 @@ class Model {
   void backward_pass(float scale, const float* extra_dlogits, bool last);
   void carve_activations();
   void swap_passes();
+  // ParamTensor::frozen from every MoE layer's Router::frozen_tensors (a tensor shared across
+  // layers: when all of them freeze it).
+  void refresh_frozen();
   struct Impl;
   ModelConfig config_;
   std::vector<ParamTensor> tensors_;
@@ -167,7 +177,7 @@ class AdamW {
   // The same with the gradients' global norm given (data and expert parallelism: a rank holds
   // part of the expert gradients, so the norm needs the others').
   double step(Model& model, int64_t step, double grad_norm);
-  // √(Σ g²) over the trainable tensors.
+  // √(Σ g²) over the trainable tensors that are not frozen.
   static double grad_norm(const Model& model);
   std::vector<float>& m() { return m_; }
   std::vector<float>& v() { return v_; }

@@ -26,6 +26,9 @@ struct MoEShape {
   int64_t E = 0;   // routed experts
   int64_t F = 0;   // expert hidden width
   int64_t Fs = 0;  // shared expert hidden width, 0 = none
+  // Token-id vocabulary, for a logit function that reads ids (LogitFunction::needs_vocab): the
+  // model's vocab_size, layer.json's vocab_size; 0 = unknown.
+  int64_t vocab = 0;
 };
 
 // Parameter views (not owned). Weights use PyTorch's (out, in) layout.
@@ -82,7 +85,7 @@ struct MoEGrads {
 struct MoEBatch {
   int64_t T = 0;
   const float* x = nullptr;               // (T, d)
-  const int64_t* token_ids = nullptr;     // (T), hash routers
+  const int64_t* token_ids = nullptr;     // (T), routers and logit functions that read ids
   std::vector<int64_t> seq_lens;          // sums to T; empty = one sequence
   const double* global_counts = nullptr;  // (R) earlier micro-batches' counts (global-batch loss)
   // Replay of recorded routing: (T, forced_k) expert ids per token, -1 = none (RouterInput).
@@ -205,6 +208,8 @@ class MoELayer {
   void set_token_frequencies(const std::vector<int64_t>& counts, const std::string& context) {
     router_->set_token_frequencies(counts, context);
   }
+  // The training run's schedule, for a router with a step-dependent rule (Router::set_schedule).
+  void set_schedule(const TrainingSchedule& schedule) { router_->set_schedule(schedule); }
 
   // Validates the batch and parameters (presence, finiteness, sequence lengths, ids), naming the
   // field and value. forward() runs it without the weight scan (check_weights = false).

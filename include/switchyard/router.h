@@ -68,6 +68,12 @@ struct RouterInput {
   int64_t uniforms_per_token = 1;  // draws per token in `uniform` (uniform_draws)
 };
 
+// A model's training run as its routers see it (Router::set_schedule): routers with a
+// step-dependent rule (StableMoE's switch to stage 2) take their step from it.
+struct TrainingSchedule {
+  int64_t total_steps = 0;  // optimiser steps of the whole run (a resumed run's too)
+};
+
 // Assignments are listed group by group, each group in priority order (earlier = kept first when
 // capacity binds). The dispatch enforces `capacity[g]` (0 = unlimited) and fills `kept`.
 struct RoutingPlan {
@@ -113,6 +119,11 @@ struct RouterTensorSpec {
     RowNorm,   // random directions, every row of norm `value` (expert embeddings)
     Constant,  // every entry `value`
     Uniform,   // U(-value, value) (PyTorch's nn.Linear initialisation)
+    // A (semi-)orthogonal matrix times the gain `value` (torch.nn.init.orthogonal_): the QR
+    // factor of a N(0, 1) draw of the tensor's 2-D shape (transposed when it has fewer rows than
+    // columns), its columns' signs fixed by diag(R). Rows orthonormal (times the gain) where
+    // rows <= columns.
+    Orthogonal,
   };
   std::string name;
   std::vector<int64_t> shape;
@@ -137,22 +148,40 @@ struct LogitCarryGrad {
   float* d_in = nullptr;         // ∂L/∂in, overwritten; null: not wanted
 };
 
+// The sizes a logit function's tensors are shaped by: the model width d, the router outputs R and
+// the token-id vocabulary (MoEShape::vocab: the model's vocabulary, or layer.json's vocab_size;
+// 0 where unknown, which only a function whose needs_vocab() is false may see).
+struct LogitShape {
+  int64_t d = 0, R = 0, vocab = 0;
+};
+// What a logit function may read besides x: the tokens' ids (MoEBatch::token_ids, (T), null when
+// the batch has none; the layer checks them against the vocabulary where needs_vocab() says so).
+struct LogitContext {
+  const int64_t* token_ids = nullptr;
+  int64_t vocab = 0;
+};
+
 // How a router's logits come from its input where that is not x · gate.weightᵀ (X-MoE's
 // low-dimensional cosine). Tensors are passed in tensors() order.
 class LogitFunction {
  public:
   virtual ~LogitFunction() = default;
-  virtual std::vector<RouterTensorSpec> tensors(int64_t d, int64_t R) const = 0;
+  virtual std::vector<RouterTensorSpec> tensors(const LogitShape& shape) const = 0;
+  // Reads token ids and has tensors shaped by the vocabulary (StableMoE's token embedding): the
+  // layer then requires a vocabulary and ids inside it.
+  virtual bool needs_vocab() const { return false; }
   // Width C of the state carried across MoE layers (LogitCarry); 0: none.
   virtual int64_t carry_dim(int64_t /*d*/, int64_t /*R*/) const { return 0; }
   // x (T, d) -> logits (T, R) (and carry.out); `saved` keeps what backward reads.
   virtual void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                       const LogitCarry& carry, float* logits, std::vector<float>& saved) const = 0;
+                       const LogitContext& context, const LogitCarry& carry, float* logits,
+                       std::vector<float>& saved) const = 0;
   // ∂L/∂logits (T, R) (and ∂L/∂carry.out) -> dx (T, d), ∂L/∂carry.in and the tensors' gradients
   // dw, all overwritten; a null dw entry is skipped.
   virtual void backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                        const std::vector<float>& saved, const LogitCarryGrad& carry,
-                        const float* d_logits, float* dx, float* const* dw) const = 0;
+                        const LogitContext& context, const std::vector<float>& saved,
+                        const LogitCarryGrad& carry, const float* d_logits, float* dx,
+                        float* const* dw) const = 0;
 };
 
 class Router {
@@ -192,11 +221,19 @@ class Router {
   // parameters instead.
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void set_state(const nlohmann::json& /*state*/) {}
+  // The model hook for routers with a step-dependent rule: train() gives the run's schedule once
+  // before the first step, in fresh and resumed runs alike (the steps taken come from state());
+  // layer files never do.
+  virtual void set_schedule(const TrainingSchedule& /*schedule*/) {}
   // The model hook for routers whose traits say needs_token_frequencies: counts (vocab) of each
   // token id over the training data, counted once before the first step (a router keeps them in
   // state() so that a resumed run has them); `context` names their source in messages.
   virtual void set_token_frequencies(const std::vector<int64_t>& /*counts*/,
                                      const std::string& /*context*/) {}
+  // Names of the logit function's tensors (RouterTensorSpec::name) that the optimiser must leave
+  // untouched now, given the router's state (StableMoE's distilled router in stage 2): no moment
+  // update, no weight decay. The model asks again after every state change.
+  virtual std::vector<std::string> frozen_tensors() const { return {}; }
   // Every parameter with its resolved value, for logs and for the float64 reference.
   virtual nlohmann::json params() const = 0;
   virtual std::string describe() const = 0;

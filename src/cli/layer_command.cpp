@@ -65,7 +65,7 @@ int run_layer(const std::string& config_path, const std::string& in_path,
   const TensorData& w1_t = in.require("experts.w1");
   if (w1_t.shape.size() != 3 || w1_t.shape[2] != d)
     fail("{}: tensor 'experts.w1' must be (E, F, {}), got {}", in_path, d, shape_str(w1_t.shape));
-  MoEShape shape{d, w1_t.shape[0], w1_t.shape[1], 0};
+  MoEShape shape{d, w1_t.shape[0], w1_t.shape[1], 0, config.vocab_size};
   const int64_t E = shape.E, F = shape.F;
   if (const TensorData* s = in.find("shared.w1")) {
     if (s->shape.size() != 2 || s->shape[1] != d)

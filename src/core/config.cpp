@@ -206,13 +206,13 @@ LayerConfig parse_layer_config(const json& j, const std::string& source) {
   for (const auto& [key, value] : j.items()) {
     if (key == "router" || key == "activation" || key == "swiglu_alpha" || key == "swiglu_limit" ||
         key == "routing_groups" || key == "losses" || key == "training" || key == "seed" ||
-        key == "placement")
+        key == "placement" || key == "vocab_size")
       continue;
     rest[key] = value;
   }
   json layer_keys = json::object();
   for (const char* key : {"router", "activation", "swiglu_alpha", "swiglu_limit", "routing_groups",
-                          "training", "seed"})
+                          "training", "seed", "vocab_size"})
     if (j.contains(key)) layer_keys[key] = j.at(key);
   ParamReader r(layer_keys, source);
   std::vector<std::string> names;
@@ -224,6 +224,7 @@ LayerConfig parse_layer_config(const json& j, const std::string& source) {
                               : RoutingGroups::Sequence;
   config.training = r.get_bool("training", false);
   config.seed = uint64_t(r.get_int("seed", 0, 0, INT64_MAX));
+  config.vocab_size = r.get_int("vocab_size", 0, 1, int64_t(1) << 31);
   r.finish();
   const RouterEntry* entry = nullptr;
   for (const auto& e : router_registry())
@@ -234,7 +235,13 @@ LayerConfig parse_layer_config(const json& j, const std::string& source) {
     config.placement = parse_placement(j.at("placement"), source + " [placement]");
   config.router_params = rest;
   // Validate the router's parameters now so a bad config fails before any data is read.
-  make_router(config.router, config.router_params, source);
+  const std::unique_ptr<Router> router = make_router(config.router, config.router_params, source);
+  const LogitFunction* lf = router->logit_function();
+  if (config.vocab_size > 0 && !(lf && lf->needs_vocab()))
+    fail(
+        "{}: field 'vocab_size' = {} is only for routers whose logits read token ids (router '{}' "
+        "does not); remove it",
+        source, config.vocab_size, config.router);
   return config;
 }
 

@@ -255,7 +255,7 @@ void Model::Impl::load_weights(const Checkpoint& ckpt) {
     layer["activation"] = "swiglu";
     const std::string context = fmt::format("{} [MoE layer {}]", routing_source, w.moe_index);
     const LayerConfig config = parse_layer_config(layer, context);
-    w.moe = std::make_unique<MoELayer>(config, MoEShape{d, E, F, 0});
+    w.moe = std::make_unique<MoELayer>(config, MoEShape{d, E, F, 0, m.vocab});
     w.moe->router().check_shape(E, context);
     if (w.moe->num_router_outputs() != E)
       fail("{}: router '{}' needs {} gate outputs but the layer has {} experts", context,

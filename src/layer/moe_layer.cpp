@@ -144,7 +144,14 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
   router_ = make_router(config.router, config.router_params, config.source);
   R_ = router_->num_outputs(shape.E);
   router_->check_shape(shape.E, config.source + " [router " + config.router + "]");
-  if (const LogitFunction* lf = router_->logit_function()) router_specs_ = lf->tensors(shape.d, R_);
+  if (const LogitFunction* lf = router_->logit_function()) {
+    if (lf->needs_vocab() && shape.vocab <= 0)
+      fail(
+          "{}: router '{}' reads token ids and needs the vocabulary size (layer.json's "
+          "\"vocab_size\"; a model sets it from its vocab_size)",
+          config.source, config.router);
+    router_specs_ = lf->tensors(LogitShape{shape.d, R_, shape.vocab});
+  }
   if (router_->logit_function() && router_->traits().pooled_per_sequence)
     fail(
         "{}: router '{}' merges experts per sequence with gate.weight and cannot have its own "
@@ -276,6 +283,16 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
       if (batch.token_ids[t] < 0)
         fail("moe_layer: token_ids[{}] = {} is negative", t, batch.token_ids[t]);
   }
+  // A logit function indexes its tensors by id: every id must lie in the vocabulary.
+  if (const LogitFunction* lf = router_->logit_function(); lf && lf->needs_vocab()) {
+    if (!batch.token_ids)
+      fail("moe_layer: router '{}' reads token ids and needs token_ids (T = {})", config_.router,
+           batch.T);
+    for (int64_t t = 0; t < batch.T; ++t)
+      if (batch.token_ids[t] < 0 || batch.token_ids[t] >= s.vocab)
+        fail("moe_layer: token_ids[{}] = {} is outside the vocabulary [0, {})", t,
+             batch.token_ids[t], s.vocab);
+  }
   int64_t total = 0;
   for (size_t i = 0; i < batch.seq_lens.size(); ++i) {
     if (batch.seq_lens[i] <= 0)
@@ -397,7 +414,8 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
       } else {
         c.router_carry.clear();
       }
-      lf->forward(T, d, R, router_input, p.router, carry, c.logits.data(), c.logit_saved);
+      lf->forward(T, d, R, router_input, p.router, LogitContext{batch.token_ids, shape_.vocab},
+                  carry, c.logits.data(), c.logit_saved);
       check_overflow("router logits (the router's logit function)", c.logits.data(), T * R, R);
     } else {
       cpu::gemm(false, true, T, R, d, 1.0f, router_input, d, p.gate, d, 0.0f, c.logits.data(), R);
@@ -606,8 +624,8 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
       check_finite("d_router_carry", d_router_carry, int64_t(c.router_carry.size()), 1);
     const LogitCarryGrad carry{c.router_carry.empty() ? nullptr : d_router_carry,
                                c.router_carry.empty() ? nullptr : g.router_carry};
-    lf->backward(T, d, R, router_input, p.router, c.logit_saved, carry, d_logits.data(), dxr,
-                 g.router);
+    lf->backward(T, d, R, router_input, p.router, LogitContext{batch.token_ids, shape_.vocab},
+                 c.logit_saved, carry, d_logits.data(), dxr, g.router);
   } else {
     if (g.gate)
       cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <random>
 
@@ -42,10 +43,43 @@ json ModelConfig::to_json() const {
 
 namespace {
 
+// torch.nn.init.orthogonal_ for a (rows, cols) tensor (cols: the product of the other
+// dimensions): A ~ N(0, 1) (rows, cols), transposed to (n, m) = (cols, rows) when rows < cols;
+// A = Q R with R's diagonal positive (Q · sign(diag R) of any QR: modified Gram-Schmidt gives it
+// directly), Q transposed back, times `gain`.
+void orthogonal_init(int64_t rows, int64_t cols, double gain, std::mt19937_64& rng, float* v) {
+  const bool flip = rows < cols;
+  const int64_t n = flip ? cols : rows, m = flip ? rows : cols;  // n >= m
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> a(size_t(n * m));  // (n, m) row-major: a[i * m + j]
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) a[size_t(flip ? c * m + r : r * m + c)] = normal(rng);
+  for (int64_t j = 0; j < m; ++j) {  // column j: minus its projections, then unit length
+    for (int64_t k = 0; k < j; ++k) {
+      double dot = 0.0;
+      for (int64_t i = 0; i < n; ++i) dot += a[size_t(i * m + k)] * a[size_t(i * m + j)];
+      for (int64_t i = 0; i < n; ++i) a[size_t(i * m + j)] -= dot * a[size_t(i * m + k)];
+    }
+    double sq = 0.0;
+    for (int64_t i = 0; i < n; ++i) sq += a[size_t(i * m + j)] * a[size_t(i * m + j)];
+    const double norm = std::sqrt(sq);
+    for (int64_t i = 0; i < n; ++i)
+      a[size_t(i * m + j)] = norm > 0 ? a[size_t(i * m + j)] / norm : 0;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      v[r * cols + c] = float(gain * a[size_t(flip ? c * m + r : r * m + c)]);
+}
+
 // A router tensor's initial values by its spec (Normal: N(0, value or init_std)).
 void init_router_tensor(const RouterTensorSpec& spec, double init_std, std::mt19937_64& rng,
                         float* v, size_t n) {
   using Init = RouterTensorSpec::Init;
+  if (spec.init == Init::Orthogonal) {
+    const int64_t rows = spec.shape.empty() ? 1 : spec.shape[0];
+    orthogonal_init(rows, int64_t(n) / std::max<int64_t>(rows, 1), spec.value, rng, v);
+    return;
+  }
   if (spec.init == Init::Constant) {
     std::fill(v, v + n, float(spec.value));
     return;
@@ -140,7 +174,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   if (c.d_model % c.n_heads != 0 || (c.d_model / c.n_heads) % 2 != 0)
     fail("{}: d_model = {} must split into n_heads = {} heads of even width (RoPE)", source,
          c.d_model, c.n_heads);
-  for (const char* key : {"activation", "swiglu_alpha", "swiglu_limit", "training", "seed"})
+  for (const char* key :
+       {"activation", "swiglu_alpha", "swiglu_limit", "training", "seed", "vocab_size"})
     if (c.router.contains(key))
       fail("{}: field 'router.{}' is set by the model, remove it", source, key);
   const LayerConfig layer = parse_layer_config(layer_json(c), source + " [router]");
@@ -265,8 +300,8 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
       // all, every layer's draws (THOR's experts, MoEC's coins, jitter) would be the same.
       LayerConfig layer_config = lc;
       layer_config.seed = uint64_t(l);
-      L.moe_layer =
-          std::make_unique<MoELayer>(layer_config, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff});
+      L.moe_layer = std::make_unique<MoELayer>(
+          layer_config, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff, c.vocab_size});
       impl_->consistency = L.moe_layer->router().consistency_weight();
       if (impl_->consistency > 0 && L.global_batch_balance())
         fail(
@@ -350,6 +385,26 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
   for (const auto& [index, spec] : router_specs)
     init_router_tensor(spec, c.init_std, rng, params_.data() + tensors_[index].offset,
                        tensors_[index].size);
+  refresh_frozen();  // a router may start frozen (StableMoE's stage 2)
+}
+
+void Model::refresh_frozen() {
+  // Per parameter offset: the layers that use it, and how many of them freeze it.
+  std::map<size_t, std::pair<int, int>> uses;
+  for (const auto& L : impl_->layers) {
+    if (!L.moe) continue;
+    const std::vector<std::string> names = L.moe_layer->router().frozen_tensors();
+    const std::vector<RouterTensorSpec>& specs = L.moe_layer->router_tensor_specs();
+    for (size_t i = 0; i < specs.size() && i < L.router_tensors.size(); ++i) {
+      auto& [users, freezing] = uses[L.router_tensors[i]];
+      ++users;
+      freezing += std::find(names.begin(), names.end(), specs[i].name) != names.end();
+    }
+  }
+  for (ParamTensor& t : tensors_) {
+    const auto it = uses.find(t.offset);
+    t.frozen = it != uses.end() && it->second.first == it->second.second;
+  }
 }
 
 Model::~Model() = default;
@@ -768,6 +823,7 @@ void Model::set_state(const json& state, const std::string& source) {
   } catch (const json::exception& e) {
     fail("{}: malformed model state: {}", source, e.what());
   }
+  refresh_frozen();
 }
 
 void Model::update_router_state() {
@@ -783,6 +839,7 @@ void Model::update_router_state() {
     stats[i].model_zero_fraction = mean;
     L.moe_layer->update_router_state(stats[i++]);
   }
+  refresh_frozen();
 }
 
 void Model::set_token_frequencies(const std::vector<int64_t>& counts) {
@@ -790,6 +847,12 @@ void Model::set_token_frequencies(const std::vector<int64_t>& counts) {
     fail("model: {} token counts for a vocabulary of {}", counts.size(), config_.vocab_size);
   for (auto& L : impl_->layers)
     if (L.moe) L.moe_layer->set_token_frequencies(counts, "model token counts");
+}
+
+void Model::set_schedule(const TrainingSchedule& schedule) {
+  for (auto& L : impl_->layers)
+    if (L.moe) L.moe_layer->set_schedule(schedule);
+  refresh_frozen();  // the schedule may have switched a router's stage (S₁ = 0)
 }
 
 bool Model::needs_token_frequencies() const {
@@ -841,7 +904,7 @@ double AdamW::grad_norm(const Model& model) {
   const std::vector<float>& g = model.grads();
   double norm_sq = 0.0;
   for (const auto& t : model.tensors()) {
-    if (!t.trainable) continue;
+    if (!t.trainable || t.frozen) continue;
     const float* gg = g.data() + t.offset;
     const int64_t n = int64_t(t.size);
     double sum = 0.0;
@@ -868,7 +931,7 @@ double AdamW::step(Model& model, int64_t step, double norm) {
   const float step_size = float(lr / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
   const float gscale = float(clip);
   for (const auto& t : model.tensors()) {
-    if (!t.trainable) continue;
+    if (!t.trainable || t.frozen) continue;  // frozen: no moment update, no decay
     const float decay = t.decay ? float(1.0 - lr * c.weight_decay) : 1.0f;
     float* pp = p.data() + t.offset;
     const float* gg = g.data() + t.offset;

@@ -1193,6 +1193,68 @@ Routing route_maskmoe(const json& params, const std::vector<double>& logits, con
 }
 
 // ---------------------------------------------------------------------------------------------
+// stablemoe (docs/routers/stablemoe.md): each logit row holds s = W x in columns [0, E) and
+// ŝ = K Q[id] in columns [E, 2E). In stage-1 training a token goes to the first largest s, in
+// stage 2 and in evaluation to the first largest ŝ; its weight is σ(s) of that expert either way.
+// capacity_factor cf > 0: each expert keeps the first ceil(n cf / E) tokens of a routing group of
+// n, in position order.
+
+bool stablemoe_stage1_training(const json& params, bool training) {
+  return training && param<int64_t>(params, "stage") == 1;
+}
+
+Routing route_stablemoe(const json& params, const std::vector<double>& logits,
+                        const std::vector<Range>& groups, bool training, int64_t T, int64_t E) {
+  const int64_t R = 2 * E;
+  const double cf = param<double>(params, "capacity_factor");
+  const int64_t first = stablemoe_stage1_training(params, training) ? 0 : E;
+  Routing routing;
+  routing.chosen.assign(T * R, 0.0);
+  for (const Range& g : groups) {
+    const int64_t C = static_cast<int64_t>(
+        std::ceil(cf * static_cast<double>(g.second - g.first) / static_cast<double>(E)));
+    std::vector<int64_t> used(E, 0);
+    for (int64_t t = g.first; t < g.second; ++t) {
+      const std::vector<double> r(logits.begin() + t * R + first,
+                                  logits.begin() + t * R + first + E);
+      const int64_t e = order_descending(r)[0];
+      const bool kept = cf <= 0.0 || used[e] < C;
+      if (kept) ++used[e];
+      routing.chosen[t * R + e] = 1.0;
+      routing.assignments.push_back({t, e, kept ? sigmoid(logits[t * R + e]) : 0.0, kept});
+    }
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// Stage-1 training only. With a_t = argmax s_t, c_e = #{t : a_t = e} over the whole batch
+// (dropped tokens too) and m = T / E:
+//   α/T Σ_t ((c_{a_t} − m) / m) σ(s_{t,a_t})  +  β/T Σ_t (logsumexp ŝ_t − ŝ_{t,a_t}).
+double stablemoe_regulariser(const json& params, const std::vector<double>& logits, bool training,
+                             int64_t T, int64_t E) {
+  if (!stablemoe_stage1_training(params, training) || T == 0) return 0.0;
+  const int64_t R = 2 * E;
+  std::vector<int64_t> a(T);
+  std::vector<double> c(E, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    a[t] = order_descending(
+        std::vector<double>(logits.begin() + t * R, logits.begin() + t * R + E))[0];
+    c[a[t]] += 1.0;
+  }
+  const double m = static_cast<double>(T) / static_cast<double>(E);
+  double balance = 0.0, distill = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    balance += (c[a[t]] - m) / m * sigmoid(logits[t * R + a[t]]);
+    const std::vector<double> hat(logits.begin() + t * R + E, logits.begin() + (t + 1) * R);
+    distill += logsumexp(hat) - hat[a[t]];
+  }
+  return (param<double>(params, "balance_loss") * balance +
+          param<double>(params, "distill_loss") * distill) /
+         static_cast<double>(T);
+}
+
+// ---------------------------------------------------------------------------------------------
 // soft: every token uses every expert with weight softmax(z).
 
 Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
@@ -1512,6 +1574,28 @@ std::vector<double> router_logits(const json& router_params, const MoEShape& sha
     for (double& v : z) v *= param<double>(router_params, "gate_lr_scale");
     return z;
   }
+  if (kind == "distilled") {
+    // StableMoE: [s | ŝ] with s = W x (E = R / 2 centroids) and ŝ = K Q[id], Q (vocab, D).
+    const int64_t E = R / 2, D = param<int64_t>(router_params, "distill_dim"), V = shape.vocab;
+    const std::vector<double>& W = tensor("centroids", E * d);
+    const std::vector<double>& Q = tensor("token_embedding", V * D);
+    const std::vector<double>& K = tensor("token_centroids", E * D);
+    if (static_cast<int64_t>(batch.token_ids.size()) != T)
+      fail("reference::forward: token_ids has {} elements, expected {}", batch.token_ids.size(), T);
+    std::vector<double> z(size_t(T * R));
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t id = batch.token_ids[t];
+      if (id < 0 || id >= V)
+        fail("reference::forward: token id {} is outside the vocabulary [0, {})", id, V);
+      const std::vector<double> s = matvec(W.data(), E, d, row(x, t, d));
+      const std::vector<double> hat = matvec(K.data(), E, D, row(Q, id, D));
+      for (int64_t e = 0; e < E; ++e) {
+        z[size_t(t * R + e)] = s[size_t(e)];
+        z[size_t(t * R + E + e)] = hat[size_t(e)];
+      }
+    }
+    return z;
+  }
   if (kind != "cosine") return logits_of(x, params.gate, T, d, R);
   // X-MoE: logits = scale · cos(W x, e_r), scale = min(exp(log_scale), 1 / τ_min); a norm below
   // 1e-4 counts as 1e-4 (F.normalize).
@@ -1595,6 +1679,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_moec(router_params, logits, groups, noise, config.training, T, E);
   } else if (family == "maskmoe") {
     routing = route_maskmoe(router_params, logits, batch, T, E);
+  } else if (family == "stablemoe") {
+    routing = route_stablemoe(router_params, logits, groups, config.training, T, E);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }
@@ -1629,6 +1715,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   if (family == "prototype")
     r.aux_loss += prototype_regulariser(router_params, routing, logits, T, E);
   if (family == "moec") r.aux_loss += moec_regulariser(router_params, logits, T, E);
+  if (family == "stablemoe")
+    r.aux_loss += stablemoe_regulariser(router_params, logits, config.training, T, E);
   if (family == "topk" && read_topk_options(router_params).locality_loss > 0.0)
     r.aux_loss += locality_regulariser(read_topk_options(router_params), loc, logits, T, E, R);
   return r;

@@ -7,13 +7,15 @@
 
 namespace switchyard::routers {
 
-std::vector<RouterTensorSpec> AttentionLogits::tensors(int64_t d, int64_t R) const {
+std::vector<RouterTensorSpec> AttentionLogits::tensors(const LogitShape& shape) const {
+  const int64_t d = shape.d, R = shape.R;
   return {{"qkv", {3 * R, d}, RouterTensorSpec::Init::Normal, 0.0, true, true}};
 }
 
 // saved: q k v (T, 3R), then the attention A (T, R, R).
 void AttentionLogits::forward(int64_t T, int64_t d, int64_t R, const float* x,
-                              const float* const* w, const LogitCarry& /*carry*/, float* logits,
+                              const float* const* w, const LogitContext& /*context*/,
+                              const LogitCarry& /*carry*/, float* logits,
                               std::vector<float>& saved) const {
   saved.resize(size_t(T * 3 * R + T * R * R));
   float* qkv = saved.data();
@@ -41,9 +43,9 @@ void AttentionLogits::forward(int64_t T, int64_t d, int64_t R, const float* x,
 }
 
 void AttentionLogits::backward(int64_t T, int64_t d, int64_t R, const float* x,
-                               const float* const* w, const std::vector<float>& saved,
-                               const LogitCarryGrad& /*carry*/, const float* d_logits, float* dx,
-                               float* const* dw) const {
+                               const float* const* w, const LogitContext& /*context*/,
+                               const std::vector<float>& saved, const LogitCarryGrad& /*carry*/,
+                               const float* d_logits, float* dx, float* const* dw) const {
   const float* qkv = saved.data();
   const float* attention = qkv + T * 3 * R;
   std::vector<float> d_qkv(size_t(T * 3 * R), 0.0f);  // (T, 3R)

@@ -14,13 +14,14 @@ namespace switchyard::routers {
 // z_i = Σ_j softmax_j(q_i k_j) v_j (no scaling, as Yuan's code).
 class AttentionLogits final : public LogitFunction {
  public:
-  std::vector<RouterTensorSpec> tensors(int64_t d, int64_t R) const override;
+  std::vector<RouterTensorSpec> tensors(const LogitShape& shape) const override;
   void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-               const LogitCarry& /*carry*/, float* logits,
+               const LogitContext& /*context*/, const LogitCarry& /*carry*/, float* logits,
                std::vector<float>& saved) const override;
   void backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                const std::vector<float>& saved, const LogitCarryGrad& /*carry*/,
-                const float* d_logits, float* dx, float* const* dw) const override;
+                const LogitContext& /*context*/, const std::vector<float>& saved,
+                const LogitCarryGrad& /*carry*/, const float* d_logits, float* dx,
+                float* const* dw) const override;
 };
 
 }  // namespace switchyard::routers

@@ -37,7 +37,8 @@ void normalize_rows_backward(int64_t n, int64_t D, const float* unit, const floa
 
 }  // namespace
 
-std::vector<RouterTensorSpec> CosineLogits::tensors(int64_t d, int64_t R) const {
+std::vector<RouterTensorSpec> CosineLogits::tensors(const LogitShape& shape) const {
+  const int64_t d = shape.d, R = shape.R;
   using Init = RouterTensorSpec::Init;
   return {
       {"projection", {config_.dim, d}, Init::Normal, 0.0, true},
@@ -51,8 +52,8 @@ std::vector<RouterTensorSpec> CosineLogits::tensors(int64_t d, int64_t R) const 
 // saved: n(u) for u = W x (T, D), the norms of u (T), n(e) (R, D), their norms (R), the cosines
 // (T, R), the scale (1).
 void CosineLogits::forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                           const LogitCarry& /*carry*/, float* logits,
-                           std::vector<float>& saved) const {
+                           const LogitContext& /*context*/, const LogitCarry& /*carry*/,
+                           float* logits, std::vector<float>& saved) const {
   const int64_t D = config_.dim;
   saved.resize(size_t(T * D + T + R * D + R + T * R + 1));
   float* u_unit = saved.data();  // u, normalised in place
@@ -73,8 +74,9 @@ void CosineLogits::forward(int64_t T, int64_t d, int64_t R, const float* x, cons
 }
 
 void CosineLogits::backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                            const std::vector<float>& saved, const LogitCarryGrad& /*carry*/,
-                            const float* d_logits, float* dx, float* const* dw) const {
+                            const LogitContext& /*context*/, const std::vector<float>& saved,
+                            const LogitCarryGrad& /*carry*/, const float* d_logits, float* dx,
+                            float* const* dw) const {
   const int64_t D = config_.dim;
   const float* u_unit = saved.data();
   const float* u_norm = u_unit + T * D;

@@ -25,13 +25,14 @@ class CosineLogits final : public LogitFunction {
  public:
   explicit CosineLogits(const CosineLogitsConfig& config) : config_(config) {}
   const CosineLogitsConfig& config() const { return config_; }
-  std::vector<RouterTensorSpec> tensors(int64_t d, int64_t R) const override;
+  std::vector<RouterTensorSpec> tensors(const LogitShape& shape) const override;
   void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-               const LogitCarry& /*carry*/, float* logits,
+               const LogitContext& /*context*/, const LogitCarry& /*carry*/, float* logits,
                std::vector<float>& saved) const override;
   void backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                const std::vector<float>& saved, const LogitCarryGrad& /*carry*/,
-                const float* d_logits, float* dx, float* const* dw) const override;
+                const LogitContext& /*context*/, const std::vector<float>& saved,
+                const LogitCarryGrad& /*carry*/, const float* d_logits, float* dx,
+                float* const* dw) const override;
 
  private:
   CosineLogitsConfig config_;

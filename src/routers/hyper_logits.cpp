@@ -7,7 +7,8 @@
 
 namespace switchyard::routers {
 
-std::vector<RouterTensorSpec> HyperLogits::tensors(int64_t d, int64_t R) const {
+std::vector<RouterTensorSpec> HyperLogits::tensors(const LogitShape& shape) const {
+  const int64_t d = shape.d, R = shape.R;
   using Init = RouterTensorSpec::Init;
   const int64_t m = embedding_dim(d), h = config_.hidden, P = R * (d + 1);
   // nn.Linear's U(±1/√fan_in) for the fixed layers; the embedding is torch.randn.
@@ -23,8 +24,8 @@ std::vector<RouterTensorSpec> HyperLogits::tensors(int64_t d, int64_t R) const {
 
 // saved: the hidden pre-activation (h), its ReLU (h), the generated [W | b] (R, d + 1).
 void HyperLogits::forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                          const LogitCarry& /*carry*/, float* logits,
-                          std::vector<float>& saved) const {
+                          const LogitContext& /*context*/, const LogitCarry& /*carry*/,
+                          float* logits, std::vector<float>& saved) const {
   const int64_t m = embedding_dim(d), h = config_.hidden, P = R * (d + 1);
   saved.resize(size_t(2 * h + P));
   float* pre = saved.data();
@@ -44,8 +45,9 @@ void HyperLogits::forward(int64_t T, int64_t d, int64_t R, const float* x, const
 }
 
 void HyperLogits::backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                           const std::vector<float>& saved, const LogitCarryGrad& /*carry*/,
-                           const float* d_logits, float* dx, float* const* dw) const {
+                           const LogitContext& /*context*/, const std::vector<float>& saved,
+                           const LogitCarryGrad& /*carry*/, const float* d_logits, float* dx,
+                           float* const* dw) const {
   const int64_t m = embedding_dim(d), h = config_.hidden, P = R * (d + 1);
   const float* pre = saved.data();
   const float* hidden = pre + h;

@@ -24,7 +24,8 @@ void column_sums(int64_t T, int64_t n, const float* a, float* out) {
 
 }  // namespace
 
-std::vector<RouterTensorSpec> RecurrentLogits::tensors(int64_t d, int64_t R) const {
+std::vector<RouterTensorSpec> RecurrentLogits::tensors(const LogitShape& shape) const {
+  const int64_t d = shape.d, R = shape.R;
   using Init = RouterTensorSpec::Init;
   const int64_t p = config_.dim;
   // RMoE initialises every router tensor, biases included, from N(0, init_std).
@@ -38,7 +39,8 @@ std::vector<RouterTensorSpec> RecurrentLogits::tensors(int64_t d, int64_t R) con
 
 // saved: u, h', r, z, n, W_hn h' + b_hn, h, each (T, p).
 void RecurrentLogits::forward(int64_t T, int64_t d, int64_t R, const float* x,
-                              const float* const* w, const LogitCarry& carry, float* logits,
+                              const float* const* w, const LogitContext& /*context*/,
+                              const LogitCarry& carry, float* logits,
                               std::vector<float>& saved) const {
   const int64_t p = config_.dim;
   saved.resize(size_t(7 * T * p));
@@ -79,9 +81,9 @@ void RecurrentLogits::forward(int64_t T, int64_t d, int64_t R, const float* x,
 }
 
 void RecurrentLogits::backward(int64_t T, int64_t d, int64_t R, const float* x,
-                               const float* const* w, const std::vector<float>& saved,
-                               const LogitCarryGrad& carry, const float* d_logits, float* dx,
-                               float* const* dw) const {
+                               const float* const* w, const LogitContext& /*context*/,
+                               const std::vector<float>& saved, const LogitCarryGrad& carry,
+                               const float* d_logits, float* dx, float* const* dw) const {
   const int64_t p = config_.dim;
   const float* u = saved.data();
   const float* h_prev = u + T * p;

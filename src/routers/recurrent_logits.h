@@ -23,13 +23,15 @@ struct RecurrentLogitsConfig {
 class RecurrentLogits final : public LogitFunction {
  public:
   explicit RecurrentLogits(const RecurrentLogitsConfig& config) : config_(config) {}
-  std::vector<RouterTensorSpec> tensors(int64_t d, int64_t R) const override;
+  std::vector<RouterTensorSpec> tensors(const LogitShape& shape) const override;
   int64_t carry_dim(int64_t /*d*/, int64_t /*R*/) const override { return config_.dim; }
   void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-               const LogitCarry& carry, float* logits, std::vector<float>& saved) const override;
+               const LogitContext& /*context*/, const LogitCarry& carry, float* logits,
+               std::vector<float>& saved) const override;
   void backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                const std::vector<float>& saved, const LogitCarryGrad& carry, const float* d_logits,
-                float* dx, float* const* dw) const override;
+                const LogitContext& /*context*/, const std::vector<float>& saved,
+                const LogitCarryGrad& carry, const float* d_logits, float* dx,
+                float* const* dw) const override;
 
  private:
   RecurrentLogitsConfig config_;

@@ -85,6 +85,10 @@ const std::vector<RouterEntry>& router_registry() {
       {"hash", "Hash layer: fixed token-id to expert table", kNoLosses, routers::make_hash},
       {"maskmoe", "MaskMoE: top-1 in fixed per-token-id masks, rare ids 1 expert, frequent 8",
        kNoLosses, routers::make_maskmoe},
+      {"stablemoe",
+       "StableMoE: greedy top-1 by centroids, distilled into a token-id router that routes frozen "
+       "after stage 1",
+       kNoLosses, routers::make_stablemoe},
       {"thor", "THOR: random experts, two passes with a consistency loss in training", kNoLosses,
        routers::make_thor},
       {"base", "BASE layer: balanced assignment by auction", kNoLosses, routers::make_base},

@@ -20,18 +20,20 @@ namespace {
 class ScaledGate final : public LogitFunction {
  public:
   ScaledGate(double scale, double init_std) : scale_(scale), init_std_(init_std) {}
-  std::vector<RouterTensorSpec> tensors(int64_t d, int64_t R) const override {
+  std::vector<RouterTensorSpec> tensors(const LogitShape& shape) const override {
+    const int64_t d = shape.d, R = shape.R;
     return {{"gate", {R, d}, RouterTensorSpec::Init::Normal, init_std_ / scale_, true}};
   }
   void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-               const LogitCarry& /*carry*/, float* logits,
+               const LogitContext& /*context*/, const LogitCarry& /*carry*/, float* logits,
                std::vector<float>& saved) const override {
     saved.clear();
     cpu::gemm(false, true, T, R, d, float(scale_), x, d, w[0], d, 0.0f, logits, R);
   }
   void backward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
-                const std::vector<float>& /*saved*/, const LogitCarryGrad& /*carry*/,
-                const float* d_logits, float* dx, float* const* dw) const override {
+                const LogitContext& /*context*/, const std::vector<float>& /*saved*/,
+                const LogitCarryGrad& /*carry*/, const float* d_logits, float* dx,
+                float* const* dw) const override {
     const float s = float(scale_);
     if (dw && dw[0]) cpu::gemm(true, false, R, d, T, s, d_logits, R, x, d, 0.0f, dw[0], d);
     cpu::gemm(false, false, T, d, R, s, d_logits, R, w[0], d, 0.0f, dx, d);

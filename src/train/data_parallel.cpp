@@ -124,7 +124,8 @@ double DataParallel::grad_norm(const Model& model) {
   const std::vector<float>& g = model.grads();
   double dense = 0.0, experts = 0.0;
   for (const ParamTensor& t : model.tensors())
-    if (t.trainable && !is_expert_tensor(t)) dense += sum_sq(g, t.offset, t.offset + t.size);
+    if (t.trainable && !t.frozen && !is_expert_tensor(t))
+      dense += sum_sq(g, t.offset, t.offset + t.size);
   for (const auto& [b, e] : own_experts_) experts += sum_sq(g, b, e);
   expert_group_->allreduce_sum(&experts, 1);
   return std::sqrt(dense + experts);

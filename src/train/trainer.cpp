@@ -545,6 +545,9 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
   // step; a resumed run has them from the checkpoint's router state.
   if (!options.resume && model.needs_token_frequencies())
     model.set_token_frequencies(token_counts(data.train, config.model.vocab_size));
+  // Routers with a step-dependent rule see the run's length; a resumed run's steps taken are in
+  // their state.
+  model.set_schedule(TrainingSchedule{config.optim.steps});
   train_sampler.skip_to(start);
 
   json run = {{"name", config.name},

@@ -116,6 +116,11 @@ def cases(root):
     missing = os.path.join(root, "does_not_exist", "in.safetensors")
     no_dir = os.path.join(root, "no_such_dir", "out.safetensors")
     global_config = dict(VALID_CONFIG, losses={"balance": 0.01, "balance_mode": "global_batch"})
+    stable_config = {"router": "stablemoe", "vocab_size": 8}  # StableMoE's, D = 50 default
+    stable_tensors = no_gate | {"router.centroids": np.ones((E, D), f32),
+                                "router.token_embedding": np.ones((8, 50), f32),
+                                "router.token_centroids": np.ones((E, 50), f32),
+                                "token_ids": np.array([0, 7, 3, 3, 1], np.int64)}
     cosine_tensors = {"router.projection": np.ones((16, D), f32),  # X-MoE's, D = 16 default
                       "router.expert_embeddings": np.ones((E, 16), f32),
                       "router.log_scale": np.array([2.0], f32)}
@@ -174,6 +179,24 @@ def cases(root):
              tensors=mask_tensors | {"token_counts": np.array([3, 0, 5, 1], np.int64)}),
         Case("token_counts given to a router that ignores them", [r"token_counts", r"mixtral"],
              tensors=dict(v, token_counts=np.ones(8, np.int64))),
+        Case("vocab_size missing for stablemoe", [r"vocab_size", r"stablemoe"],
+             config={"router": "stablemoe"}, tensors=stable_tensors),
+        Case("vocab_size given to a router whose logits read no ids", [r"vocab_size", r"mixtral"],
+             config=dict(VALID_CONFIG, vocab_size=8)),
+        Case("token id outside the vocabulary (stablemoe)",
+             [r"in\.safetensors", r"token_ids\[1\] = 9", re.escape("[0, 8)")],
+             config=stable_config,
+             tensors=stable_tensors | {"token_ids": np.array([0, 9, 3, 3, 1], np.int64)}),
+        Case("gate.weight given to stablemoe (its logits come from router.*)",
+             [r"gate\.weight", r"stablemoe", r"router\."], config=stable_config,
+             tensors=stable_tensors | {"gate.weight": v["gate.weight"]}),
+        Case("stablemoe stage 3", [r"stage", r"\b3\b"], config=dict(stable_config, stage=3),
+             tensors=stable_tensors),
+        Case("token_ids missing for stablemoe", [r"token_ids", r"stablemoe"], config=stable_config,
+             tensors={k: a for k, a in stable_tensors.items() if k != "token_ids"}),
+        Case("router.token_embedding not (vocab_size, D)",
+             [re.escape("router.token_embedding"), re.escape("(9, 50)")], config=stable_config,
+             tensors=stable_tensors | {"router.token_embedding": np.ones((9, 50), f32)}),
         Case("global_counts without global_batch mode", [r"global_counts", r"global_batch"],
              tensors=dict(v, global_counts=np.ones(E, np.float32))),
         Case("empty seq_lens", [r"seq_lens", r"empty"],

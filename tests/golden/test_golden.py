@@ -161,6 +161,17 @@ def unclear_tokens(case, t):
     bad = np.zeros(T, dtype=bool)
     if router in ("soft", "smear", "hash", "thor"):
         return bad
+    if router == "stablemoe":  # the routing block's argmax: s in stage-1 training, else shat
+        p = topk_params(cfg)
+        if cfg.get("training", False) and int(p["stage"]) == 1:
+            r = x @ t["router.centroids"].astype(np.float64).T
+        else:
+            q = t["router.token_embedding"].astype(np.float64)[t["token_ids"]]
+            r = q @ t["router.token_centroids"].astype(np.float64).T
+        if E > 1:
+            srt = -np.sort(-r, axis=1)
+            bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
+        return bad
     z = router_logits(case, t, x)
     if router == "remoe":
         if topk_params(cfg)["bias_update_rate"] > 0 and "gate.bias" in t:
@@ -514,6 +525,11 @@ def make_inputs(case, rng):
         t["router.projection"] = (rng.standard_normal((D, d)) / math.sqrt(d)).astype(f32)
         t["router.expert_embeddings"] = rng.standard_normal((R, D)).astype(f32)
         t["router.log_scale"] = np.array([math.log(1.0 / p["cosine_temperature"]) + 0.3], f32)
+    elif case["cfg"]["router"] == "stablemoe":  # centroids W, token embedding Q, its centroids K
+        D, V = topk_params(case["cfg"])["distill_dim"], case["cfg"]["vocab_size"]
+        t["router.centroids"] = (rng.standard_normal((E, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
+        t["router.token_embedding"] = rng.standard_normal((V, D)).astype(f32)
+        t["router.token_centroids"] = (rng.standard_normal((E, D)) / math.sqrt(D)).astype(f32)
     elif logit_kind(case["cfg"]) == "remoe_scaled":  # ReMoE's gate, drawn 1/s as wide
         s = float(topk_params(case["cfg"])["gate_lr_scale"])
         t["router.gate"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d) / s).astype(f32)
@@ -537,8 +553,9 @@ def make_inputs(case, rng):
         t["seq_lens"] = np.array(case["seq_lens"], dtype=np.int64)
     if case["global_counts"]:
         t["global_counts"] = rng.integers(0, 200, size=R).astype(f32)
+    vocab = case["cfg"].get("vocab_size", 24)  # the ids' range: the layer's vocabulary if it has one
     if case["token_ids"]:
-        t["token_ids"] = rng.integers(0, 24, size=T).astype(np.int64)
+        t["token_ids"] = rng.integers(0, vocab, size=T).astype(np.int64)
     if case["token_counts"]:  # the training data's id counts: about a quarter of the ids unseen
         t["token_counts"] = np.maximum(rng.integers(-10, 31, size=24), 0).astype(np.int64)
     if case["dy"] == "random":
@@ -553,6 +570,8 @@ def make_inputs(case, rng):
         if not bad.any():
             return t
         t["x"][bad] = draw_x(int(bad.sum()))
+        if "router.token_embedding" in t:  # a decision by the id alone moves with a new id
+            t["token_ids"][bad] = rng.integers(0, vocab, size=int(bad.sum()))
     raise RuntimeError(f"{case['name']}: could not draw tie-free inputs")
 
 

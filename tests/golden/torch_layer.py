@@ -17,7 +17,7 @@ Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (eval
 training=true is accepted only when the configuration has no random element), expert_choice,
 top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
 (training too: the layer's seeded draws are replayed, layer_noise), rectify, moec (training too),
-maskmoe (token_ids and token_counts).
+maskmoe (token_ids and token_counts), stablemoe (token_ids, both stages, training too).
 """
 import argparse
 import json
@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 LAYER_KEYS = {"router", "activation", "swiglu_alpha", "swiglu_limit", "routing_groups", "losses",
-              "training", "seed", "placement"}
+              "training", "seed", "placement", "vocab_size"}
 ACTIVATIONS = ("swiglu", "gelu", "swiglu_clamped")
 # gpt-oss's clamped SwiGLU (transformers' GptOssExperts): alpha 1.702, limit 7.0.
 SWIGLU_CLAMP_DEFAULTS = {"swiglu_alpha": 1.702, "swiglu_limit": 7.0}
@@ -98,6 +98,9 @@ ROUTERS = {
     "maskmoe": ("maskmoe", {"k": 1, "visible_experts": 8, "frequent_fraction": 0.4,
                             "mask_seed": 0}, {}),
     "thor": ("thor", {"consistency": 1.0, "train_draw": "group"}, {}),
+    "stablemoe": ("stablemoe", {"stage1_fraction": 0.1, "stage1_steps": -1, "stage": 1,
+                                "balance_loss": 0.3, "distill_loss": 0.3, "distill_dim": 50,
+                                "capacity_factor": 2.0}, {}),
     "base": ("base", {}, {}),
     "sparsemixer": ("sparsemixer", {"jitter_eps": 0.01, "jitter": 0.0},
                     {"balance": 0.001, "balance_mode": "global_batch"}),
@@ -107,7 +110,9 @@ ROUTERS = {
                             "intra_rank": True, "fill_in": True},
                 {"balance": 0.01, "balance_top1_only": True}),
 }
-NO_LOSS_FAMILIES = {"hash", "thor", "base", "smear", "smile", "prototype"}
+NO_LOSS_FAMILIES = {"hash", "thor", "base", "smear", "smile", "prototype", "stablemoe"}
+# Routers whose logits read token ids through tensors of one row per id: layer.json's vocab_size.
+VOCAB_FAMILIES = {"stablemoe"}
 
 
 def parse_placement(pl):
@@ -184,7 +189,13 @@ def parse_config(cfg):
         "routing_groups": cfg.get("routing_groups", "batch"),
         "training": bool(cfg.get("training", False)), "seed": int(cfg.get("seed", 0)),
         "placement": parse_placement(cfg.get("placement")),
+        "vocab_size": cfg.get("vocab_size"),
     }
+    if (layer["vocab_size"] is not None) != (family in VOCAB_FAMILIES):
+        raise ConfigError(f"layer.json: vocab_size is required for, and only for, routers "
+                          f"{sorted(VOCAB_FAMILIES)} (router {name!r})")
+    if family == "stablemoe" and int(params["stage"]) not in (1, 2):
+        raise ConfigError(f"layer.json: stage = {params['stage']!r} must be 1 or 2")
     if layer["activation"] not in ACTIVATIONS:
         raise ConfigError(f"layer.json: bad activation {layer['activation']!r}")
     for key, default in SWIGLU_CLAMP_DEFAULTS.items():
@@ -821,6 +832,46 @@ def route_maskmoe(z, E, p, ids, counts):
     return Routing(s * kept, kept, kept.to(z.dtype), torch.softmax(z, dim=-1))
 
 
+def route_stablemoe(s, shat, E, p, groups, training):
+    """StableMoE (docs/routers/stablemoe.md): s = W x, shat = K Q[id], both (T, E). The expert is
+    argmax s in stage-1 training, argmax shat in stage 2 and in evaluation (torch.argmax: the
+    first maximum, the tie rule); the gate sigmoid(s) of that expert; capacity ceil(n cf / E) per
+    group in position order. Own loss in stage-1 training only: the balance loss
+    alpha/T sum_t coef[a_t] sigmoid(s_t,a_t), coef = (c - T/E) / (T/E) from the counts before
+    drops, detached; and beta times the cross-entropy of shat against argmax s (an index)."""
+    T = s.shape[0]
+    stage1 = training and int(p["stage"]) == 1
+    a = (s if stage1 else shat).detach().argmax(-1)                # (T,)
+    keep = keep_in_position_order(a, groups, E, float(p["capacity_factor"]))
+    onehot = F.one_hot(a, E).to(s.dtype)                           # (T, E)
+    gate = torch.sigmoid(s)
+    kept = onehot.bool() & keep[:, None]
+    own = torch.zeros((), dtype=s.dtype)
+    if stage1:
+        c = onehot.sum(0)
+        coef = ((c - T / E) / (T / E)).detach()
+        l_bal = float(p["balance_loss"]) / T * (coef[a] * gate.gather(1, a[:, None])[:, 0]).sum()
+        l_dis = float(p["distill_loss"]) * F.cross_entropy(shat, s.argmax(1))
+        own = l_bal + l_dis
+    return Routing(gate * onehot * keep[:, None].to(s.dtype), kept, own_loss=own, assigned=T)
+
+
+def distilled_logits(x, tensors, ids, vocab):
+    """StableMoE's two affinities: s = x W^T (T, E) and shat = Q[id] K^T (T, E)."""
+    for name in ("centroids", "token_embedding", "token_centroids"):
+        if tensors.get(name) is None:
+            raise ConfigError(f"input: router.{name} is required")
+    if ids is None:
+        raise ConfigError("input: token_ids is required for stablemoe")
+    ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ConfigError(f"input: a token id is outside the vocabulary [0, {vocab})")
+    Q = tensors["token_embedding"]
+    if Q.shape[0] != vocab:
+        raise ConfigError(f"input: router.token_embedding has {Q.shape[0]} rows, vocab_size {vocab}")
+    return x @ tensors["centroids"].t(), Q[ids] @ tensors["token_centroids"].t()
+
+
 def cosine_logits(x, p, tensors):
     """X-MoE: scale * cos(W x, e_r) with scale = exp(log_scale) clamped at 1/tau_min, the norms
     floored at 1e-4 as F.normalize does; W x unnormalised when cosine_normalize_input is false."""
@@ -946,6 +997,10 @@ def run_layer(layer, tin, dtype=torch.float64):
             kept = torch.zeros(T, E, dtype=torch.bool)
             kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
             routing = Routing(kept.to(dtype), kept)
+        elif family == "stablemoe":
+            s, shat = distilled_logits(x, router_tensors, tin.get("token_ids"),
+                                       int(layer["vocab_size"]))
+            routing = route_stablemoe(s, shat, E, p, groups, layer["training"])
         else:
             if family == "topk" and p["logits"] == "cosine":
                 z = cosine_logits(x, p, router_tensors)                  # (T, R)

@@ -42,6 +42,9 @@ Router state after each step (docs/model.md "After each step the routers' non-gr
 updates"): top-k routers with bias_update_rate u > 0: b_e += u sign(mean(c) - c_e), c = the
 step's choices per expert before any drop (all ranks); ReMoE: lambda *= rate if the zero fraction
 1 - kept/(T E), averaged over the MoE layers as in the paper, < 1 - k/E else lambda /= rate. Both as src/routers/topk.cpp and remoe.cpp do it.
+StableMoE: steps += 1 and stage 2 once steps >= S1 (stage1_steps, or floor(stage1_fraction *
+total steps)); in stage 2 its token_embedding and token_centroids are frozen (requires_grad off:
+no gradient, no moments, no decay) and never take weight decay in any stage.
 
 The MoE layers run in training mode (jitter, GShard's random second expert and BASE's auction
 are rejected by torch_layer.parse_config: their random draws are not replayed).
@@ -92,9 +95,11 @@ def parse_model_config(j):
     if cfg["d_model"] % cfg["n_heads"] or (cfg["d_model"] // cfg["n_heads"]) % 2:
         raise ModelError("model.json: d_model / n_heads must be an even integer")
     router = dict(cfg["router"])
-    for key in ("activation", "swiglu_alpha", "swiglu_limit", "training", "seed"):
+    for key in ("activation", "swiglu_alpha", "swiglu_limit", "training", "seed", "vocab_size"):
         if key in router:
             raise ModelError(f"model.json: router must not set {key!r} (the model sets it)")
+    if router.get("router") in TL.ROUTERS and TL.ROUTERS[router["router"]][0] in TL.VOCAB_FAMILIES:
+        router["vocab_size"] = cfg["vocab_size"]  # its logits read the input token ids
     # The model sets activation and training; the seed only matters for random draws, which
     # parse_config rejects in training mode.
     router["activation"] = cfg["activation"]
@@ -134,7 +139,12 @@ def param_specs(cfg):
                   (p + "mlp_norm", (C,), True, "ones")]
         if is_moe_layer(cfg, l):
             m = p + "moe."
-            if recurrent_dim(cfg):  # RMoE: its projection and gate instead of gate.weight
+            if distill_dim(cfg):  # StableMoE: centroids and the token-id router instead
+                D = distill_dim(cfg)
+                specs += [(m + "router.centroids", (E, C), True, "normal"),
+                          (m + "router.token_embedding", (V, D), True, "normal"),
+                          (m + "router.token_centroids", (E, D), True, "normal")]
+            elif recurrent_dim(cfg):  # RMoE: its projection and gate instead of gate.weight
                 r = recurrent_dim(cfg)
                 specs += [(m + "router.projection", (r, C), True, "normal"),
                           (m + "router.gate", (num_router_outputs(cfg), r), True, "normal")]
@@ -175,6 +185,28 @@ def remoe_gate_scale(cfg):
     """ReMoE's gate_lr_scale s (z = s x router.gateᵀ where s != 1, beyond the paper), else 1."""
     layer = cfg["layer"]
     return float(layer["params"]["gate_lr_scale"]) if layer["family"] == "remoe" else 1.0
+
+
+def distill_dim(cfg):
+    """StableMoE's token-embedding width D, else 0."""
+    layer = cfg["layer"]
+    return int(layer["params"]["distill_dim"]) if layer["family"] == "stablemoe" else 0
+
+
+def no_decay(cfg):
+    """Matrices without weight decay: StableMoE's token embedding and token centroids (as the
+    router's tensor specs say); every other parameter with >= 2 dimensions decays."""
+    if not distill_dim(cfg):
+        return set()
+    return {f"layers.{l}.moe.router.{n}" for l in range(cfg["n_layers"]) if is_moe_layer(cfg, l)
+            for n in ("token_embedding", "token_centroids")}
+
+
+def stablemoe_switch_step(cfg, total_steps):
+    """S1: stage1_steps, or floor(stage1_fraction * total steps) where that is -1."""
+    p = cfg["layer"]["params"]
+    steps = int(p["stage1_steps"])
+    return steps if steps >= 0 else int(math.floor(float(p["stage1_fraction"]) * total_steps))
 
 
 def recurrent_dim(cfg):
@@ -267,6 +299,12 @@ def route_margin(family, p, z, s_sel, E, groups):
     if family == "base":
         top = torch.topk(z, 2, dim=-1).values
         return (top[:, 0] - top[:, 1]).to(torch.float64)
+    if family == "stablemoe":  # z = [s | shat]: the routing block's argmax (s in stage 1)
+        block = z[:, :E] if int(p["stage"]) == 1 else z[:, E:]
+        if E < 2:
+            return none
+        top = torch.topk(block, 2, dim=-1).values
+        return (top[:, 0] - top[:, 1]).to(torch.float64)
     return none
 
 
@@ -278,6 +316,8 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
     family, p, losses = layer["family"], dict(layer["params"]), layer["losses"]
     if family == "remoe":
         p["lambda"] = state["lambda"]
+    if family == "stablemoe":
+        p["stage"] = state["stage"]
     swiglu = TL.has_up(layer["activation"])
     w1, w2 = P[prefix + "experts.w1"], P[prefix + "experts.w2"]
     w3 = P[prefix + "experts.w3"] if swiglu else None
@@ -326,6 +366,11 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 z = carry_out @ own["gate"].t()
             elif family == "remoe" and float(p["gate_lr_scale"]) != 1.0:
                 z = float(p["gate_lr_scale"]) * (x @ P[prefix + "router.gate"].t())
+            elif family == "stablemoe":  # s = W x and shat = K Q[id], side by side
+                tensors = {n: P[prefix + "router." + n]
+                           for n in ("centroids", "token_embedding", "token_centroids")}
+                s_aff, shat = TL.distilled_logits(x, tensors, token_ids, int(layer["vocab_size"]))
+                z = torch.cat([s_aff, shat], 1)
             else:
                 z = x @ gate.t()
             if family == "topk":
@@ -361,6 +406,8 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 routing = TL.route_soft(z, E)
             elif family == "remoe":
                 routing = TL.route_remoe(z, E, p, bias)
+            elif family == "stablemoe":
+                routing = TL.route_stablemoe(s_aff, shat, E, p, groups, True)
             elif family == "base":
                 best = TL.topk_indices(z.detach(), 1)[:, 0]
                 kept = torch.zeros(T, E, dtype=torch.bool)
@@ -501,7 +548,9 @@ def learning_rate(step, lr, warmup, total, min_lr_ratio):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-def initial_states(cfg):
+def initial_states(cfg, total_steps=None):
+    """Per MoE layer: the router's non-gradient state. StableMoE: its steps, stage and S1 (from
+    total_steps where stage1_steps is -1; a stage-1 router whose S1 is 0 starts in stage 2)."""
     states = {}
     for l in range(cfg["n_layers"]):
         if is_moe_layer(cfg, l):
@@ -510,8 +559,22 @@ def initial_states(cfg):
                 st["lambda"] = float(cfg["layer"]["params"]["lambda"])
             if cfg["layer"]["family"] == "thor":
                 st.update(seed=l, calls=0)
+            if cfg["layer"]["family"] == "stablemoe":
+                st.update(steps=0, stage=int(cfg["layer"]["params"]["stage"]))
+                if total_steps is not None:
+                    st["switch"] = stablemoe_switch_step(cfg, total_steps)
+                    if st["switch"] == 0:
+                        st["stage"] = 2
             states[l] = st
     return states
+
+
+def frozen_names(cfg, states):
+    """Parameters the optimiser leaves alone now: StableMoE's Q and K in stage 2."""
+    if cfg["layer"]["family"] != "stablemoe":
+        return set()
+    return {f"layers.{l}.moe.router.{n}" for l, st in states.items() if st["stage"] == 2
+            for n in ("token_embedding", "token_centroids")}
 
 
 def update_router_state(cfg, P, states, infos):
@@ -529,6 +592,11 @@ def update_router_state(cfg, P, states, infos):
                 err = c.mean() - c
                 with torch.no_grad():
                     P[f"layers.{l}.moe.gate.bias"] += u * torch.sign(err)
+        elif layer["family"] == "stablemoe":  # one more update done; stage 2 from S1 on
+            st = states[l]
+            st["steps"] += 1
+            if st["stage"] == 1 and st["steps"] >= st["switch"]:
+                st["stage"] = 2
         elif layer["family"] == "remoe":
             st = states[l]
             target = 1.0 - float(layer["params"]["k"]) / E
@@ -549,7 +617,8 @@ def train(cfg, P, inputs, targets, steps, opt):
     tensors = [P[n] for n in names]
     m = [torch.zeros_like(t) for t in tensors]
     v = [torch.zeros_like(t) for t in tensors]
-    states = initial_states(cfg)
+    states = initial_states(cfg, opt["total_steps"])
+    decay_free = no_decay(cfg)
     b1, b2, eps = 0.9, 0.95, opt["eps"]
     out0 = {}
     losses, lrs, norms, margins, route = [], [], [], [], {}
@@ -557,6 +626,11 @@ def train(cfg, P, inputs, targets, steps, opt):
     # 1/2 (CE + aux) of each plus 1/2 alpha mean symmetric KL; the second pass is reported.
     alpha = float(cfg["layer"]["params"].get("consistency", 0.0))
     for step in range(max(steps, 1)):
+        # Frozen parameters (StableMoE's stage 2) do not require grad: their gradient is None
+        # (reported as 0) and the update below skips them, moments and decay included.
+        frozen = frozen_names(cfg, states)
+        for n, t in zip(names, tensors):
+            t.requires_grad_(n not in frozen)
         logits, ce, aux, aux_layers, infos = forward(cfg, P, inputs, targets, states)
         if alpha > 0:
             V = logits.shape[-1]
@@ -570,7 +644,11 @@ def train(cfg, P, inputs, targets, steps, opt):
         for info in infos:
             info["T"] = inputs.numel()
         loss = ce + aux
-        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        live = [i for i, n in enumerate(names) if n not in frozen]
+        got = torch.autograd.grad(loss, [tensors[i] for i in live], allow_unused=True)
+        grads = [None] * len(tensors)
+        for i, g in zip(live, got):
+            grads[i] = g
         grads = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, tensors)]
         if step == 0:
             out0["logits"] = logits.detach().numpy()
@@ -597,13 +675,15 @@ def train(cfg, P, inputs, targets, steps, opt):
         t = step + 1
         with torch.no_grad():
             for i, (p, g) in enumerate(zip(tensors, grads)):
+                if names[i] in frozen:
+                    continue
                 g = g * scale
                 m[i].mul_(b1).add_((1 - b1) * g)
                 v[i].mul_(b2).add_((1 - b2) * g * g)
                 mhat = m[i] / (1 - b1 ** t)
                 vhat = v[i] / (1 - b2 ** t)
                 update = mhat / (torch.sqrt(vhat) + eps)
-                if p.dim() >= 2:
+                if p.dim() >= 2 and names[i] not in decay_free:
                     update = update + opt["weight_decay"] * p
                 p.sub_(lr * update)
         update_router_state(cfg, P, states, infos)
