@@ -390,6 +390,33 @@ TEST(TextFiles, LoadAndSplit) {
   EXPECT_THAT(error_of([&] { load_text_files({}); }), HasSubstr("no files"));
 }
 
+TEST(TextFiles, SelectDomainsKeepsTheirDocumentsOnly) {
+  TempDir dir;
+  write_file_atomic(dir / "a.txt", std::string(30, 'a'));
+  write_file_atomic(dir / "b.txt", std::string(20, 'b'));
+  write_file_atomic(dir / "c.txt", std::string(10, 'c'));
+  const TokenData data = load_text_files({dir / "a.txt", dir / "b.txt", dir / "c.txt"});
+  const TokenData kept = select_domains(data, {"c.txt", "a.txt"}, "train.json [data]");
+  EXPECT_EQ(kept.domain_names, data.domain_names);  // indices keep their meaning
+  ASSERT_EQ(kept.size(), 40);
+  EXPECT_EQ(std::string(kept.tokens.begin(), kept.tokens.end()),
+            std::string(30, 'a') + std::string(10, 'c'));
+  ASSERT_EQ(kept.documents.size(), 2u);
+  EXPECT_EQ(kept.documents[1].offset, 30);
+  EXPECT_EQ(kept.documents[1].domain, 2);
+  EXPECT_EQ(std::count(kept.domains.begin(), kept.domains.end(), 2), 10);
+  EXPECT_EQ(std::count(kept.domains.begin(), kept.domains.end(), 1), 0);
+  const std::string unknown =
+      error_of([&] { select_domains(data, {"d.txt"}, "train.json [data]"); });
+  EXPECT_THAT(unknown, HasSubstr("train.json [data]"));
+  EXPECT_THAT(unknown, HasSubstr("'d.txt'"));
+  EXPECT_THAT(unknown, HasSubstr("a.txt, b.txt, c.txt"));
+  write_file_atomic(dir / "empty.txt", "");
+  const TokenData with_empty = load_text_files({dir / "a.txt", dir / "empty.txt"});
+  EXPECT_THAT(error_of([&] { select_domains(with_empty, {"empty.txt"}, "t"); }),
+              HasSubstr("keeps no token"));
+}
+
 // ---- sampler
 // ---------------------------------------------------------------------------------------
 

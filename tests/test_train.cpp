@@ -219,6 +219,78 @@ TEST(Train, LearnsTheSyntheticData) {
   fs::remove_all(dir);
 }
 
+// Fine-tuning: `init` starts a fresh run (another router over the same tensors, one domain) from
+// an earlier run's parameters, with fresh optimiser moments and step count.
+TEST(Train, InitStartsFromAnEarlierRunsParameters) {
+  const fs::path dir = temp_dir("init");
+  json pre = tiny_config(dir / "pre");
+  pre["steps"] = 6;
+  train(parse_train_config(pre, "test"), quiet());
+  const std::string ckpt = (dir / "pre" / "checkpoint").string();
+  const SafetensorsFile trained = read_safetensors(ckpt + "/model.safetensors");
+
+  json ft = tiny_config(dir / "ft", "gw_moe");
+  ft["init"] = ckpt;
+  ft["data"]["domains"] = {"words"};
+  ft["steps"] = 1;
+  ft["lr"] = 0.0;  // no update: the checkpoint must hold exactly the parameters it started from
+  ft["warmup_steps"] = 0;
+  ft["weight_decay"] = 0.0;
+  const TrainConfig config = parse_train_config(ft, "ft.json");
+  EXPECT_EQ(config.to_json()["init"], ckpt);
+  EXPECT_EQ(config.to_json()["data"]["domains"], json({"words"}));
+  train(config, quiet());
+  const SafetensorsFile after =
+      read_safetensors((dir / "ft" / "checkpoint" / "model.safetensors").string());
+  int compared = 0;
+  for (const auto& [name, t] : after.tensors) {
+    if (name.starts_with("optim.")) continue;
+    ASSERT_TRUE(trained.tensors.count(name)) << name;
+    EXPECT_EQ(t.to_f32(name), trained.tensors.at(name).to_f32(name)) << name;
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+  const auto rows = read_metrics(dir / "ft");
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(
+      json::parse(read_file_text((dir / "ft" / "checkpoint" / "checkpoint.json").string()))["step"],
+      1);
+
+  // Tensors that do not match, and a folder without a checkpoint, are errors naming the config.
+  json wider = ft;
+  wider["model"]["experts"] = 8;
+  try {
+    train(parse_train_config(wider, "wider.json"), quiet());
+    ADD_FAILURE() << "init from a 4-expert checkpoint into 8 experts was accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("field 'init' of wider.json"));
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("gate.weight"));
+  }
+  json nowhere = ft;
+  nowhere["init"] = (dir / "none").string();
+  try {
+    train(parse_train_config(nowhere, "nowhere.json"), quiet());
+    ADD_FAILURE() << "init from a missing checkpoint was accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("nowhere.json: field 'init'"));
+  }
+  fs::remove_all(dir);
+}
+
+// Routers that do not route by logits (hash) hold no gate tensor: nothing unused is trained or
+// saved.
+TEST(Train, GatelessRoutersHoldNoGate) {
+  const fs::path dir = temp_dir("gateless");
+  json j = tiny_config(dir / "run", "hash");
+  j["steps"] = 2;
+  train(parse_train_config(j, "test"), quiet());
+  const SafetensorsFile file =
+      read_safetensors((dir / "run" / "checkpoint" / "model.safetensors").string());
+  EXPECT_FALSE(file.tensors.count("layers.0.moe.gate.weight"));
+  EXPECT_TRUE(file.tensors.count("layers.0.moe.experts.w1"));
+  fs::remove_all(dir);
+}
+
 TEST(Train, CheckpointFilesAreCompleteAndNoTemporariesRemain) {
   const fs::path dir = temp_dir("atomic");
   train(parse_train_config(tiny_config(dir / "run"), "test"), quiet());

@@ -68,6 +68,12 @@ TokenData load_text_files(const std::vector<std::string>& paths);
 // so very short documents contribute nothing to validation.
 TokenData split_validation(TokenData& data, double fraction);
 
+// The documents of `data` whose domain is one of `names`, re-packed (the domain indices and names
+// are kept, so domain statistics stay comparable). An unknown name, or no token left, is an error
+// naming `source` and the domains there are.
+TokenData select_domains(const TokenData& data, const std::vector<std::string>& names,
+                         const std::string& source);
+
 // An llm.c / nanoGPT-style .bin shard; the whole shard is one document of domain 0 named after the
 // file. `vocab_size` 0 means max token + 1; otherwise every token must be below it.
 TokenData load_bin_shard(const std::string& path, int vocab_size = 0);

@@ -19,6 +19,8 @@ struct DataConfig {
   std::string bin_train, bin_val;       // llm.c .bin shards, or
   bool synthetic = false;               // the small synthetic generator (tests)
   double val_fraction = 0.05;
+  // Only the documents of these domains, in both splits (a fine-tuning domain); empty: all.
+  std::vector<std::string> domains;
 };
 
 struct TrainConfig {
@@ -31,6 +33,11 @@ struct TrainConfig {
   std::string out = "runs/train";
   std::string name;   // label in reports (default: the router name)
   std::string group;  // runs of one configuration over several seeds (default: the name)
+  // A checkpoint folder of an earlier run whose parameters start this one (fine-tuning): its
+  // tensors must match this model's by name and shape; the optimiser, the step count and the
+  // routers' state start afresh. Empty: the model's own initialisation.
+  std::string init;
+  std::string source;  // where the config came from, for messages (not part of to_json)
 
   nlohmann::json to_json() const;
 };

@@ -21,6 +21,7 @@ nlohmann::json stats_json(const RoutingStats& stats);
 // `switchyard train`, `sample`, `compare`: flags override the config file's values.
 struct TrainFlags {
   std::string out, corpus, router;
+  std::string init;  // a checkpoint folder whose parameters start the run (fine-tuning)
   int64_t steps = 0;
   bool resume = false;
   int64_t stop_after = -1;

@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
     cmd->add_option("--out", flags.out, "output folder");
     cmd->add_option("--steps", flags.steps, "optimiser steps")->check(CLI::PositiveNumber);
     cmd->add_option("--corpus", flags.corpus, "corpus folder (scripts/build-corpus.sh)");
+    cmd->add_option("--init", flags.init,
+                    "start from this checkpoint folder's parameters (fine-tuning; overrides the "
+                    "config's 'init')");
   };
   auto* train = app.add_subcommand("train", "Train an MoE language model");
   add_train_flags(train);

@@ -17,12 +17,28 @@ namespace switchyard::cli {
 
 using nlohmann::json;
 
+namespace {
+
+// The flags train and compare share, applied to a train.json: --steps, --corpus (which keeps the
+// config's 'domains') and --init.
+void apply_shared_flags(json& j, const TrainFlags& flags) {
+  if (flags.steps > 0) j["steps"] = flags.steps;
+  if (!flags.corpus.empty()) {
+    json data = {{"corpus", flags.corpus}};
+    if (j.contains("data") && j["data"].is_object() && j["data"].contains("domains"))
+      data["domains"] = j["data"]["domains"];
+    j["data"] = data;
+  }
+  if (!flags.init.empty()) j["init"] = flags.init;
+}
+
+}  // namespace
+
 int run_train(const std::string& config_path, const TrainFlags& flags) {
   json j = config_path.empty() ? json::object()
                                : parse_json_strict(read_file_text(config_path), config_path);
   if (!flags.out.empty()) j["out"] = flags.out;
-  if (flags.steps > 0) j["steps"] = flags.steps;
-  if (!flags.corpus.empty()) j["data"] = {{"corpus", flags.corpus}};
+  apply_shared_flags(j, flags);
   if (!flags.router.empty()) {
     if (!j.contains("model")) j["model"] = json::object();
     j["model"]["router"] = {{"router", flags.router}};
@@ -126,8 +142,7 @@ int run_compare(const std::string& config_path, const TrainFlags& flags,
   }
   const std::string out =
       !flags.out.empty() ? flags.out : j.value("out", std::string("runs/compare"));
-  if (flags.steps > 0) j["steps"] = flags.steps;
-  if (!flags.corpus.empty()) j["data"] = {{"corpus", flags.corpus}};
+  apply_shared_flags(j, flags);
   const std::string source = config_path.empty() ? std::string("compare flags") : config_path;
   std::vector<std::string> run_dirs, names;
   for (const json& e : entries) {

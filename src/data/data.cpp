@@ -301,6 +301,41 @@ TokenData load_text_files(const std::vector<std::string>& paths) {
   return data;
 }
 
+namespace {
+
+// Appends tokens [offset, offset + length) of `from` to `part` as one document.
+void append_document(TokenData& part, const TokenData& from, int64_t offset, int64_t length,
+                     int domain) {
+  part.documents.push_back({part.size(), length, domain});
+  part.tokens.insert(part.tokens.end(), from.tokens.begin() + offset,
+                     from.tokens.begin() + offset + length);
+  part.domains.insert(part.domains.end(), from.domains.begin() + offset,
+                      from.domains.begin() + offset + length);
+}
+
+}  // namespace
+
+TokenData select_domains(const TokenData& data, const std::vector<std::string>& names,
+                         const std::string& source) {
+  std::vector<bool> keep(data.domain_names.size(), false);
+  for (const std::string& name : names) {
+    const auto it = std::find(data.domain_names.begin(), data.domain_names.end(), name);
+    if (it == data.domain_names.end())
+      fail("{}: field 'domains' names '{}', which is not a domain of the data (it has: {})", source,
+           name, fmt::join(data.domain_names, ", "));
+    keep[size_t(it - data.domain_names.begin())] = true;
+  }
+  TokenData out;
+  out.domain_names = data.domain_names;
+  out.vocab_size = data.vocab_size;
+  for (const Document& d : data.documents)
+    if (d.domain >= 0 && size_t(d.domain) < keep.size() && keep[size_t(d.domain)])
+      append_document(out, data, d.offset, d.length, d.domain);
+  if (out.tokens.empty())
+    fail("{}: field 'domains' ({}) keeps no token of the data", source, fmt::join(names, ", "));
+  return out;
+}
+
 TokenData split_validation(TokenData& data, double fraction) {
   if (!(fraction > 0.0 && fraction < 1.0)) {
     fail("split_validation: fraction must be in (0, 1), got {}", fraction);
@@ -315,11 +350,7 @@ TokenData split_validation(TokenData& data, double fraction) {
     part->vocab_size = data.vocab_size;
   }
   auto append = [&](TokenData& part, int64_t offset, int64_t length, int domain) {
-    part.documents.push_back({part.size(), length, domain});
-    part.tokens.insert(part.tokens.end(), data.tokens.begin() + offset,
-                       data.tokens.begin() + offset + length);
-    part.domains.insert(part.domains.end(), data.domains.begin() + offset,
-                        data.domains.begin() + offset + length);
+    append_document(part, data, offset, length, domain);
   };
   for (const Document& d : data.documents) {
     if (d.offset < 0 || d.length < 0 || d.offset + d.length > data.size()) {

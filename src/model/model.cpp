@@ -326,9 +326,9 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
           tensors_.back().decay = spec.decay;
           router_specs.emplace_back(tensors_.size() - 1, spec);
         }
-      } else {
+      } else if (L.moe_layer->router().traits().needs_gate) {
         L.gate = add(p + "moe.gate.weight", {R, C});
-      }
+      }  // routers without a gate (hash, THOR's random experts) hold no gate tensor
       L.gate_bias = add(p + "moe.gate.bias", {E}, false);
       L.w1 = add_experts(p + "moe.experts.w1", F, C);
       if (swiglu) L.w3 = add_experts(p + "moe.experts.w3", F, C);

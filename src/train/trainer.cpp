@@ -33,24 +33,27 @@ json TrainConfig::to_json() const {
     data_json["bin"] = {{"train", data.bin_train}, {"val", data.bin_val}};
   if (data.synthetic) data_json["synthetic"] = true;
   data_json["val_fraction"] = data.val_fraction;
-  return {{"model", model.to_json()},
-          {"data", data_json},
-          {"batch", batch},
-          {"grad_accum", grad_accum},
-          {"steps", optim.steps},
-          {"lr", optim.lr},
-          {"warmup_steps", optim.warmup_steps},
-          {"min_lr_ratio", optim.min_lr_ratio},
-          {"weight_decay", optim.weight_decay},
-          {"grad_clip", optim.grad_clip},
-          {"eval_every", eval_every},
-          {"eval_batches", eval_batches},
-          {"checkpoint_every", checkpoint_every},
-          {"log_every", log_every},
-          {"seed", seed},
-          {"out", out},
-          {"name", name},
-          {"group", group}};
+  if (!data.domains.empty()) data_json["domains"] = data.domains;
+  json j = {{"model", model.to_json()},
+            {"data", data_json},
+            {"batch", batch},
+            {"grad_accum", grad_accum},
+            {"steps", optim.steps},
+            {"lr", optim.lr},
+            {"warmup_steps", optim.warmup_steps},
+            {"min_lr_ratio", optim.min_lr_ratio},
+            {"weight_decay", optim.weight_decay},
+            {"grad_clip", optim.grad_clip},
+            {"eval_every", eval_every},
+            {"eval_batches", eval_batches},
+            {"checkpoint_every", checkpoint_every},
+            {"log_every", log_every},
+            {"seed", seed},
+            {"out", out},
+            {"name", name},
+            {"group", group}};
+  if (!init.empty()) j["init"] = init;
+  return j;
 }
 
 TrainConfig parse_train_config(const json& j, const std::string& source) {
@@ -72,6 +75,7 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
     }
     c.data.synthetic = d.get_bool("synthetic", false);
     c.data.val_fraction = d.get_double("val_fraction", 0.05, 1e-6, 0.5);
+    c.data.domains = d.get_string_list("domains");
     d.finish();
     const int sources = int(!c.data.corpus.empty()) + int(!c.data.text_files.empty()) +
                         int(!c.data.bin_train.empty()) + int(c.data.synthetic);
@@ -96,7 +100,9 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
   c.out = r.get_string("out", c.out);
   c.name = r.get_string("name", "");
   c.group = r.get_string("group", "");
+  c.init = r.get_string("init", "");
   r.finish();
+  c.source = source;
   if (c.name.empty()) c.name = c.model.router.value("router", "mixtral");
   if (c.group.empty()) c.group = c.name;
   return c;
@@ -146,7 +152,7 @@ struct Dataset {
   TokenData train, val;
 };
 
-Dataset load_data(const DataConfig& d) {
+Dataset load_data(const DataConfig& d, const std::string& source) {
   Dataset ds;
   if (!d.corpus.empty()) {
     ds.train = load_byte_corpus(d.corpus, "train");
@@ -159,6 +165,10 @@ Dataset load_data(const DataConfig& d) {
     ds.val = load_bin_shard(d.bin_val, ds.train.vocab_size);
   } else {
     synthetic_data(ds.train, ds.val);
+  }
+  if (!d.domains.empty()) {
+    ds.train = select_domains(ds.train, d.domains, source + " [data] (training split)");
+    ds.val = select_domains(ds.val, d.domains, source + " [data] (validation split)");
   }
   return ds;
 }
@@ -428,6 +438,19 @@ void write_checkpoint(const std::string& dir, const Model& model, AdamW& optim,
                     json{{"step", step}, {"config", config.to_json()}}.dump(2) + "\n");
 }
 
+// A fresh run's starting point from an earlier run's checkpoint folder (TrainConfig::init): its
+// parameters only; the optimiser moments, the step and the routers' state are not carried over.
+void load_initial_parameters(Model& model, const std::string& dir, const std::string& source) {
+  const std::string path = dir + "/model.safetensors";
+  if (!fs::is_regular_file(path))
+    fail("{}: field 'init' = '{}': no checkpoint there (missing '{}')", source, dir, path);
+  const SafetensorsFile file = read_safetensors(path);
+  SafetensorsFile params;
+  for (const auto& [name, t] : file.tensors)
+    if (!name.starts_with("optim.")) params.tensors[name] = t;
+  model.load_safetensors(params, fmt::format("{} (field 'init' of {})", path, source));
+}
+
 // Keeps the metrics lines of steps before `step` (a resumed run rewrites what follows).
 void truncate_metrics(const std::string& path, int64_t step) {
   if (!fs::exists(path)) return;
@@ -451,7 +474,7 @@ void truncate_metrics(const std::string& path, int64_t step) {
 }  // namespace
 
 TrainResult train(const TrainConfig& config, const TrainOptions& options) {
-  const Dataset data = load_data(config.data);
+  const Dataset data = load_data(config.data, config.source);
   const int64_t T = config.model.seq_len, B = config.batch;
   if (data.train.size() <= T + 1 || data.val.size() <= T + 1)
     fail("train: the data is too small for seq_len = {} (train {} tokens, validation {})", T,
@@ -538,8 +561,9 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
     } catch (const json::exception& e) {
       fail("{}: malformed checkpoint: {}", ckpt_dir, e.what());
     }
-  } else if (writer) {
-    write_file_atomic(metrics_path, std::string());
+  } else {
+    if (!config.init.empty()) load_initial_parameters(model, config.init, config.source);
+    if (writer) write_file_atomic(metrics_path, std::string());
   }
   // Routers that route by the training data's token frequencies get them once, before the first
   // step; a resumed run has them from the checkpoint's router state.

@@ -150,7 +150,7 @@ def param_specs(cfg):
                           (m + "router.gate", (num_router_outputs(cfg), r), True, "normal")]
             elif remoe_gate_scale(cfg) != 1.0:  # ReMoE's gate_lr_scale: router.gate instead
                 specs.append((m + "router.gate", (num_router_outputs(cfg), C), True, "normal"))
-            else:
+            elif cfg["layer"]["family"] not in ("hash", "thor"):  # routers without a gate hold none
                 specs.append((m + "gate.weight", (num_router_outputs(cfg), C), True, "normal"))
             specs.append((m + "experts.w1", (E, Fe, C), True, "normal"))
             if swiglu:
