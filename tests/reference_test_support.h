@@ -703,6 +703,17 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
       const auto first = z.begin() + t * R + (backbone ? 0 : E);
       if (!gaps_ok(std::vector<double>(first, first + E), 1, m.logit)) bad[t] = true;
     }
+  } else if (f == "vqmoe") {
+    // The nearest code (the codebook block's argmax) must be clear, and in pretrain the
+    // continuous top-k set of softmax(s) as well.
+    const int64_t E = pb.shape.E;
+    const bool pretrain = pb.router_params.at("mode") == "pretrain";
+    const int64_t k = pb.router_params.at("k");
+    for (int64_t t = 0; t < pb.T; ++t) {
+      const auto first = z.begin() + t * R;
+      if (!gaps_ok(std::vector<double>(first + E, first + 2 * E), 1, m.logit)) bad[t] = true;
+      if (pretrain && !gaps_ok(softmax_of(&z[t * R], E), k, m.score)) bad[t] = true;
+    }
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)
       for (int64_t r = 0; r < R; ++r)

@@ -178,6 +178,31 @@ TEST_P(Gradients, MatchFiniteDifferences) {
   }
 }
 
+// The layer's forward, then its backward for the upstream gradient dy: ∂x and the router
+// tensors' gradients (their buffers start at 7, so a gradient the backward leaves unwritten shows).
+struct RouterGradients {
+  std::vector<float> dx;
+  std::vector<std::vector<float>> router;
+};
+RouterGradients router_gradients(const Problem& pb, const std::vector<float>& dy) {
+  MoECache cache;
+  std::vector<float> y(size_t(pb.T * pb.shape.d));
+  pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+  RouterGradients out;
+  out.dx.assign(pb.x.size(), 0.0f);
+  std::vector<float*> views;
+  for (const auto& t : pb.router) out.router.emplace_back(t.size(), 7.0f);
+  for (auto& t : out.router) views.push_back(t.data());
+  std::vector<float> dw1(pb.w1.size()), dw3(pb.w3.size()), dw2(pb.w2.size());
+  MoEGrads grads;
+  grads.w1 = dw1.data();
+  grads.w3 = dw3.data();
+  grads.w2 = dw2.data();
+  grads.router = views.data();
+  pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), out.dx.data(), grads);
+  return out;
+}
+
 // StableMoE's distilled router (Q = router.token_embedding, K = router.token_centroids) learns only
 // from the distillation loss of stage-1 training: there the rows of Q for ids absent from the
 // batch get exactly 0; in evaluation, in stage 2, and with distill_loss 0, all of Q and K do.
@@ -198,21 +223,8 @@ TEST(Gradients, StableMoEDistilledRouterIsExactlyZeroWhereUnused) {
     o.T = 12;
     o.E = 4;
     Problem pb = make_problem(config, o, rng);
-    MoECache cache;
-    std::vector<float> y(size_t(pb.T * pb.shape.d)), dx(pb.x.size());
-    pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
-    const std::vector<float> dy = normal_vector(rng, y.size(), 1.0);
-    std::vector<std::vector<float>> d_router;
-    std::vector<float*> views;
-    for (const auto& t : pb.router) d_router.emplace_back(t.size(), 7.0f);  // overwritten
-    for (auto& t : d_router) views.push_back(t.data());
-    std::vector<float> dw1(pb.w1.size()), dw3(pb.w3.size()), dw2(pb.w2.size());
-    MoEGrads grads;
-    grads.w1 = dw1.data();
-    grads.w3 = dw3.data();
-    grads.w2 = dw2.data();
-    grads.router = views.data();
-    pb.layer->backward(pb.params(), pb.batch(), cache, dy.data(), dx.data(), grads);
+    const std::vector<float> dy = normal_vector(rng, size_t(pb.T * pb.shape.d), 1.0);
+    const std::vector<std::vector<float>> d_router = router_gradients(pb, dy).router;
     ASSERT_EQ(pb.router_names,
               (std::vector<std::string>{"centroids", "token_embedding", "token_centroids"}));
     const int64_t D = pb.router_params.at("distill_dim");
@@ -229,6 +241,69 @@ TEST(Gradients, StableMoEDistilledRouterIsExactlyZeroWhereUnused) {
     EXPECT_TRUE(std::any_of(d_router[0].begin(), d_router[0].end(), [](float g) {
       return g != 0.0f;
     })) << "the centroids learn through the gate in every stage";
+  }
+}
+
+// VQMoE's L_vq has the value λ/T Σ (1 + β) ‖x − C_{e*}‖²/d, but VQ-VAE's stop-gradients send
+// its codebook term to C only and its commitment term to x only, so finite differences of the
+// value see both terms in each tensor. With dy = 0 and no balance loss, the backward must give
+// ∂C = FD_C / (1 + β) and ∂x = FD_x · β / (1 + β), and nothing to the gate or the mixing gate.
+TEST(Gradients, VQMoEStopGradientsSplitTheVQLoss) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const double beta = 0.6;
+  for (const char* mode : {"finetune", "pretrain"}) {
+    const json config = {{"router", "vqmoe"},
+                         {"mode", mode},
+                         {"training", true},
+                         {"commitment", beta},
+                         {"vq_loss", 1.7},
+                         {"balance_loss", 0.0},
+                         {"k", 2}};
+    SCOPED_TRACE(config.dump());
+    ProblemOptions o;
+    o.T = 9;
+    o.E = 4;
+    Problem pb = make_problem(config, o, rng);
+    Margins margins;
+    margins.logit = 1e-2;
+    margins.score = 1e-3;
+    ASSERT_TRUE(separate_routing(pb, rng, margins));
+    ASSERT_EQ(pb.router_names, (std::vector<std::string>{"gate", "codebook", "mix"}));
+    const RouterGradients grads =
+        router_gradients(pb, std::vector<float>(size_t(pb.T * pb.shape.d), 0.0f));
+    const std::vector<std::vector<float>>& d_router = grads.router;
+    const std::vector<float>& dx = grads.dx;
+    for (size_t i : {size_t(0), size_t(2)})
+      EXPECT_TRUE(
+          std::all_of(d_router[i].begin(), d_router[i].end(), [](float g) { return g == 0.0f; }))
+          << "d router." << pb.router_names[i] << " must be 0 with dy = 0 and no balance loss";
+
+    reference::Params rp = pb.ref_params();
+    reference::Batch rb = pb.ref_batch();
+    const double h = 1e-6;
+    auto fd = [&](double& v) {
+      const double saved = v;
+      v = saved + h;
+      const double plus = pb.reference(rp, rb).aux_loss;
+      v = saved - h;
+      const double minus = pb.reference(rp, rb).aux_loss;
+      v = saved;
+      return (plus - minus) / (2.0 * h);
+    };
+    std::vector<double>& C = rp.router.at("codebook");
+    int nonzero = 0;
+    for (size_t i = 0; i < C.size(); ++i) {
+      const double expect = fd(C[i]) / (1.0 + beta);
+      EXPECT_NEAR(d_router[1][i], expect, 1e-4 * std::max(1.0, std::abs(expect)))
+          << "C[" << i << "]";
+      nonzero += d_router[1][i] != 0.0f;
+    }
+    EXPECT_GT(nonzero, 0) << "no code moved";
+    for (size_t i = 0; i < rb.x.size(); ++i) {
+      const double expect = fd(rb.x[i]) * beta / (1.0 + beta);
+      EXPECT_NEAR(dx[i], expect, 1e-4 * std::max(1.0, std::abs(expect))) << "x[" << i << "]";
+    }
   }
 }
 

@@ -123,10 +123,11 @@ TEST_P(Resume, ReproducesTheUninterruptedRun) {
   fs::remove_all(dir);
 }
 
-// Routers with non-gradient state (bias, λ) and training noise (jitter) must resume exactly too.
+// Routers with non-gradient state (bias, λ) and training noise (jitter) must resume exactly too;
+// vqmoe: a logit function with three tensors of their own (the codebook never decays).
 INSTANTIATE_TEST_SUITE_P(Routers, Resume,
                          ::testing::Values("mixtral", "switch", "loss_free", "remoe", "maskmoe",
-                                           "thor", "stablemoe", "stablemoe_switched"));
+                                           "thor", "stablemoe", "stablemoe_switched", "vqmoe"));
 
 // StableMoE across a resume (docs/routers/stablemoe.md, section 8): the checkpoint after the
 // switch holds the steps taken and stage 2; the resumed run restores the frozen flags, so the

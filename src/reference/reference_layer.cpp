@@ -1255,6 +1255,91 @@ double stablemoe_regulariser(const json& params, const std::vector<double>& logi
 }
 
 // ---------------------------------------------------------------------------------------------
+// vqmoe (docs/routers/vqmoe.md): each logit row holds s = W x (columns [0, E)), the codebook block
+// a = −‖x − C_e‖² / d ([E, 2E)), the commitment block b of the same value ([2E, 3E)) and the
+// mixing gate m = M x ([3E, 3E + 2)). The VQ expert is the nearest code (the first largest a).
+// pretrain: the k experts of largest p = softmax(s) get g_c p_e, the VQ expert gets g_d (added
+// to its continuous weight where it is one of them), (g_c, g_d) = softmax(m); finetune: the VQ
+// expert alone, weight 1. Dropless.
+
+struct VQToken {
+  std::vector<double> p;     // (E) softmax(s)
+  std::vector<double> g;     // (2) softmax(m)
+  std::vector<int64_t> top;  // the k largest p, descending, ties to the lower index
+  int64_t vq = 0;
+};
+
+VQToken vq_token(const json& params, const std::vector<double>& logits, int64_t t, int64_t E) {
+  const int64_t R = 3 * E + 2;
+  const auto first = logits.begin() + t * R;
+  VQToken v;
+  v.vq = order_descending(std::vector<double>(first + E, first + 2 * E))[0];
+  v.p = softmax(std::vector<double>(first, first + E));
+  v.g = softmax(std::vector<double>(first + 3 * E, first + 3 * E + 2));
+  const std::vector<int64_t> order = order_descending(v.p);
+  v.top.assign(order.begin(), order.begin() + param<int64_t>(params, "k"));
+  return v;
+}
+
+bool vqmoe_finetune(const json& params) {
+  return param<std::string>(params, "mode") == "finetune";
+}
+
+Routing route_vqmoe(const json& params, const std::vector<double>& logits, int64_t T, int64_t E) {
+  const int64_t R = 3 * E + 2;
+  Routing routing;
+  routing.chosen.assign(T * R, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const VQToken v = vq_token(params, logits, t, E);
+    std::vector<std::pair<int64_t, double>> picks;  // (expert, weight) in plan order
+    if (vqmoe_finetune(params)) {
+      picks.push_back({v.vq, 1.0});
+    } else {
+      for (int64_t e : v.top) picks.push_back({e, v.g[0] * v.p[e]});
+      bool found = false;
+      for (auto& [e, w] : picks)
+        if (e == v.vq) {
+          w += v.g[1];
+          found = true;
+        }
+      if (!found) picks.push_back({v.vq, v.g[1]});
+    }
+    for (const auto& [e, w] : picks) {
+      routing.chosen[t * R + e] = 1.0;
+      routing.assignments.push_back({t, e, w, true});
+    }
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// L_vq = λ/T Σ_t (1 + β) ‖x_t − C_{e*}‖² / d (the value: the stop-gradients change gradients
+// only), plus in pretrain L_bal = α E Σ_e f_e P_e with f_e = #{t : e in top_t} / (T k) and
+// P_e = mean_t p_{t,e}.
+double vqmoe_regulariser(const json& params, const std::vector<double>& logits, int64_t T,
+                         int64_t E) {
+  if (T == 0) return 0.0;
+  const int64_t R = 3 * E + 2;
+  const double lambda = param<double>(params, "vq_loss"),
+               beta = param<double>(params, "commitment");
+  double vq = 0.0;
+  std::vector<double> f(E, 0.0), P(E, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const VQToken v = vq_token(params, logits, t, E);
+    vq += -(1.0 + beta) * logits[t * R + E + v.vq];
+    for (int64_t e : v.top) f[e] += 1.0;
+    for (int64_t e = 0; e < E; ++e) P[e] += v.p[e];
+  }
+  double loss = lambda * vq / static_cast<double>(T);
+  if (vqmoe_finetune(params)) return loss;
+  const double k = static_cast<double>(param<int64_t>(params, "k"));
+  double bal = 0.0;
+  for (int64_t e = 0; e < E; ++e)
+    bal += f[e] / (static_cast<double>(T) * k) * P[e] / static_cast<double>(T);
+  return loss + param<double>(params, "balance_loss") * static_cast<double>(E) * bal;
+}
+
+// ---------------------------------------------------------------------------------------------
 // soft: every token uses every expert with weight softmax(z).
 
 Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
@@ -1574,6 +1659,29 @@ std::vector<double> router_logits(const json& router_params, const MoEShape& sha
     for (double& v : z) v *= param<double>(router_params, "gate_lr_scale");
     return z;
   }
+  if (kind == "vq") {
+    // VQMoE: [W x | −‖x − C_e‖²/d | the same | M x], E = (R − 2) / 3 codes of width d.
+    const int64_t E = (R - 2) / 3;
+    const std::vector<double>& W = tensor("gate", E * d);
+    const std::vector<double>& C = tensor("codebook", E * d);
+    const std::vector<double>& M = tensor("mix", 2 * d);
+    std::vector<double> z(size_t(T * R));
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<double> xt = row(x, t, d);
+      const std::vector<double> s = matvec(W.data(), E, d, xt), m = matvec(M.data(), 2, d, xt);
+      for (int64_t e = 0; e < E; ++e) {
+        double dist = 0.0;
+        for (int64_t j = 0; j < d; ++j)
+          dist += (xt[size_t(j)] - C[size_t(e * d + j)]) * (xt[size_t(j)] - C[size_t(e * d + j)]);
+        z[size_t(t * R + e)] = s[size_t(e)];
+        z[size_t(t * R + E + e)] = -dist / static_cast<double>(d);
+        z[size_t(t * R + 2 * E + e)] = -dist / static_cast<double>(d);
+      }
+      z[size_t(t * R + 3 * E)] = m[0];
+      z[size_t(t * R + 3 * E + 1)] = m[1];
+    }
+    return z;
+  }
   if (kind == "distilled") {
     // StableMoE: [s | ŝ] with s = W x (E = R / 2 centroids) and ŝ = K Q[id], Q (vocab, D).
     const int64_t E = R / 2, D = param<int64_t>(router_params, "distill_dim"), V = shape.vocab;
@@ -1681,6 +1789,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_maskmoe(router_params, logits, batch, T, E);
   } else if (family == "stablemoe") {
     routing = route_stablemoe(router_params, logits, groups, config.training, T, E);
+  } else if (family == "vqmoe") {
+    routing = route_vqmoe(router_params, logits, T, E);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }
@@ -1717,6 +1827,7 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   if (family == "moec") r.aux_loss += moec_regulariser(router_params, logits, T, E);
   if (family == "stablemoe")
     r.aux_loss += stablemoe_regulariser(router_params, logits, config.training, T, E);
+  if (family == "vqmoe") r.aux_loss += vqmoe_regulariser(router_params, logits, T, E);
   if (family == "topk" && read_topk_options(router_params).locality_loss > 0.0)
     r.aux_loss += locality_regulariser(read_topk_options(router_params), loc, logits, T, E, R);
   return r;

@@ -89,6 +89,10 @@ const std::vector<RouterEntry>& router_registry() {
        "StableMoE: greedy top-1 by centroids, distilled into a token-id router that routes frozen "
        "after stage 1",
        kNoLosses, routers::make_stablemoe},
+      {"vqmoe",
+       "VQMoE: the nearest code of a learned codebook names the expert (vector quantisation), "
+       "mixed with a softmax top-1 router in pretrain mode",
+       kNoLosses, routers::make_vqmoe},
       {"thor", "THOR: random experts, two passes with a consistency loss in training", kNoLosses,
        routers::make_thor},
       {"base", "BASE layer: balanced assignment by auction", kNoLosses, routers::make_base},

@@ -30,6 +30,13 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+int32_t first_argmax(const float* v, int64_t n) {
+  int32_t best = 0;
+  for (int32_t i = 1; i < int32_t(n); ++i)
+    if (v[i] > v[best]) best = i;
+  return best;
+}
+
 void compute_scores(ScoreKind kind, const float* z, int64_t R, double* s) {
   if (kind == ScoreKind::Sigmoid) {
     for (int64_t j = 0; j < R; ++j) s[j] = 1.0 / (1.0 + std::exp(-double(z[j])));

@@ -14,6 +14,9 @@ uint64_t splitmix64(uint64_t x);
 // s = softmax(z) or sigmoid(z) for one token's R logits, in double for stable sums.
 void compute_scores(ScoreKind kind, const float* z, int64_t R, double* s);
 
+// The first index of the largest of n values (ties -> the lower index); n >= 1.
+int32_t first_argmax(const float* v, int64_t n);
+
 // Indices of the k largest values (ties -> lower index), in descending order of value.
 // Entries equal to -inf are never chosen.
 std::vector<int32_t> top_k_indices(const double* values, int64_t n, int64_t k);

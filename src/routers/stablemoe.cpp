@@ -23,14 +23,6 @@
 namespace switchyard::routers {
 namespace {
 
-// The first index of the largest of n values (ties: the lower index).
-int32_t argmax(const float* v, int64_t n) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < int32_t(n); ++i)
-    if (v[i] > v[best]) best = i;
-  return best;
-}
-
 double sigmoid(double z) {
   return 1.0 / (1.0 + std::exp(-z));
 }
@@ -92,7 +84,7 @@ class StableMoERouter final : public Router {
       const auto [begin, end] = in.groups[g];
       for (int64_t t = begin; t < end; ++t) {
         const float* z = in.logits + t * R;
-        const int32_t e = argmax(z + block, E);
+        const int32_t e = first_argmax(z + block, E);
         plan.add(int32_t(t), e, int32_t(g), float(sigmoid(double(z[e]))));
         plan.selection_counts[size_t(e)] += 1.0;
       }
@@ -128,7 +120,7 @@ class StableMoERouter final : public Router {
     std::vector<double> p(static_cast<size_t>(E));
     for (int64_t t = 0; t < T; ++t) {
       const float* z = in.logits + t * R;
-      const int32_t target = argmax(z, E);  // argmax s: an index, no gradient into s
+      const int32_t target = first_argmax(z, E);  // argmax s: an index, no gradient into s
       const float* zd = z + E;
       double max = double(zd[0]);
       for (int64_t j = 1; j < E; ++j) max = std::max(max, double(zd[j]));

@@ -121,6 +121,9 @@ def cases(root):
                                 "router.token_embedding": np.ones((8, 50), f32),
                                 "router.token_centroids": np.ones((E, 50), f32),
                                 "token_ids": np.array([0, 7, 3, 3, 1], np.int64)}
+    vq_tensors = no_gate | {"router.gate": np.ones((E, D), f32),  # VQMoE's three tensors
+                            "router.codebook": np.ones((E, D), f32),
+                            "router.mix": np.ones((2, D), f32)}
     cosine_tensors = {"router.projection": np.ones((16, D), f32),  # X-MoE's, D = 16 default
                       "router.expert_embeddings": np.ones((E, 16), f32),
                       "router.log_scale": np.array([2.0], f32)}
@@ -197,6 +200,22 @@ def cases(root):
         Case("router.token_embedding not (vocab_size, D)",
              [re.escape("router.token_embedding"), re.escape("(9, 50)")], config=stable_config,
              tensors=stable_tensors | {"router.token_embedding": np.ones((9, 50), f32)}),
+        Case("vqmoe mode not pretrain or finetune", [r"mode", r"distill", r"vqmoe"],
+             config={"router": "vqmoe", "mode": "distill"}, tensors=vq_tensors),
+        Case("vqmoe negative commitment", [r"commitment", r"-0\.5", r"vqmoe"],
+             config={"router": "vqmoe", "commitment": -0.5}, tensors=vq_tensors),
+        Case("vqmoe k above E", [r"\bk = 5\b", r"E = 4", r"vqmoe"],
+             config={"router": "vqmoe", "k": 5}, tensors=vq_tensors),
+        Case("vqmoe losses refused", [r"losses", r"vqmoe"],
+             config={"router": "vqmoe", "losses": {"balance": 0.01}}, tensors=vq_tensors),
+        Case("router.codebook missing for vqmoe", [re.escape("router.codebook")],
+             config={"router": "vqmoe"},
+             tensors={k: a for k, a in vq_tensors.items() if k != "router.codebook"}),
+        Case("router.mix wrong shape (vqmoe)", [re.escape("router.mix"), re.escape("(3, 6)")],
+             config={"router": "vqmoe"}, tensors=vq_tensors | {"router.mix": np.ones((3, D), f32)}),
+        Case("gate.weight given to vqmoe (its logits come from router.*)",
+             [r"gate\.weight", r"vqmoe", r"router\."], config={"router": "vqmoe"},
+             tensors=vq_tensors | {"gate.weight": v["gate.weight"]}),
         Case("global_counts without global_batch mode", [r"global_counts", r"global_batch"],
              tensors=dict(v, global_counts=np.ones(E, np.float32))),
         Case("empty seq_lens", [r"seq_lens", r"empty"],

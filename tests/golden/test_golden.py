@@ -161,6 +161,18 @@ def unclear_tokens(case, t):
     bad = np.zeros(T, dtype=bool)
     if router in ("soft", "smear", "hash", "thor"):
         return bad
+    if router == "vqmoe":  # the nearest code, and in pretrain the continuous top-k set
+        p = topk_params(cfg)
+        c = t["router.codebook"].astype(np.float64)
+        a = -((x[:, None, :] - c[None, :, :]) ** 2).mean(-1)                  # (T, E)
+        if E > 1:
+            srt = -np.sort(-a, axis=1)
+            bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
+        if p["mode"] == "pretrain" and int(p["k"]) < E:
+            srt = -np.sort(-softmax(x @ t["router.gate"].astype(np.float64).T), axis=1)
+            k = int(p["k"])
+            bad |= (srt[:, :k] - srt[:, 1:k + 1] <= MARGIN).any(1)
+        return bad
     if router == "stablemoe":  # the routing block's argmax: s in stage-1 training, else shat
         p = topk_params(cfg)
         if cfg.get("training", False) and int(p["stage"]) == 1:
@@ -525,6 +537,10 @@ def make_inputs(case, rng):
         t["router.projection"] = (rng.standard_normal((D, d)) / math.sqrt(d)).astype(f32)
         t["router.expert_embeddings"] = rng.standard_normal((R, D)).astype(f32)
         t["router.log_scale"] = np.array([math.log(1.0 / p["cosine_temperature"]) + 0.3], f32)
+    elif case["cfg"]["router"] == "vqmoe":  # continuous gate W, codebook C near the data, mix M
+        t["router.gate"] = (rng.standard_normal((E, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
+        t["router.codebook"] = (rng.standard_normal((E, d)) * 0.5 + mu).astype(f32)
+        t["router.mix"] = (rng.standard_normal((2, d)) / math.sqrt(d)).astype(f32)
     elif case["cfg"]["router"] == "stablemoe":  # centroids W, token embedding Q, its centroids K
         D, V = topk_params(case["cfg"])["distill_dim"], case["cfg"]["vocab_size"]
         t["router.centroids"] = (rng.standard_normal((E, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)

@@ -17,7 +17,8 @@ Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (eval
 training=true is accepted only when the configuration has no random element), expert_choice,
 top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
 (training too: the layer's seeded draws are replayed, layer_noise), rectify, moec (training too),
-maskmoe (token_ids and token_counts), stablemoe (token_ids, both stages, training too).
+maskmoe (token_ids and token_counts), stablemoe (token_ids, both stages, training too), vqmoe
+(both modes; the VQ stop-gradients by .detach()).
 """
 import argparse
 import json
@@ -101,6 +102,8 @@ ROUTERS = {
     "stablemoe": ("stablemoe", {"stage1_fraction": 0.1, "stage1_steps": -1, "stage": 1,
                                 "balance_loss": 0.3, "distill_loss": 0.3, "distill_dim": 50,
                                 "capacity_factor": 2.0}, {}),
+    "vqmoe": ("vqmoe", {"mode": "pretrain", "k": 1, "commitment": 0.25, "vq_loss": 1.0,
+                        "balance_loss": 0.01}, {}),
     "base": ("base", {}, {}),
     "sparsemixer": ("sparsemixer", {"jitter_eps": 0.01, "jitter": 0.0},
                     {"balance": 0.001, "balance_mode": "global_batch"}),
@@ -110,7 +113,7 @@ ROUTERS = {
                             "intra_rank": True, "fill_in": True},
                 {"balance": 0.01, "balance_top1_only": True}),
 }
-NO_LOSS_FAMILIES = {"hash", "thor", "base", "smear", "smile", "prototype", "stablemoe"}
+NO_LOSS_FAMILIES = {"hash", "thor", "base", "smear", "smile", "prototype", "stablemoe", "vqmoe"}
 # Routers whose logits read token ids through tensors of one row per id: layer.json's vocab_size.
 VOCAB_FAMILIES = {"stablemoe"}
 
@@ -194,6 +197,8 @@ def parse_config(cfg):
     if (layer["vocab_size"] is not None) != (family in VOCAB_FAMILIES):
         raise ConfigError(f"layer.json: vocab_size is required for, and only for, routers "
                           f"{sorted(VOCAB_FAMILIES)} (router {name!r})")
+    if family == "vqmoe" and params["mode"] not in ("pretrain", "finetune"):
+        raise ConfigError(f"layer.json: mode = {params['mode']!r} must be pretrain or finetune")
     if family == "stablemoe" and int(params["stage"]) not in (1, 2):
         raise ConfigError(f"layer.json: stage = {params['stage']!r} must be 1 or 2")
     if layer["activation"] not in ACTIVATIONS:
@@ -856,6 +861,41 @@ def route_stablemoe(s, shat, E, p, groups, training):
     return Routing(gate * onehot * keep[:, None].to(s.dtype), kept, own_loss=own, assigned=T)
 
 
+def route_vqmoe(x, tensors, E, p):
+    """VQMoE (docs/routers/vqmoe.md). The VQ expert is the nearest code of router.codebook C
+    (torch.argmax: the first maximum); the mean squared distances appear twice, with VQ-VAE's
+    stop-gradients: ||sg[x] - C||^2 / d (reaches C) and ||x - sg[C]||^2 / d (reaches x).
+    pretrain: weights g_c p_e on the top-k of p = softmax(x W^T), plus g_d on the VQ expert,
+    (g_c, g_d) = softmax(x M^T); finetune: the VQ expert alone, weight 1. Own loss:
+    vq_loss / T sum_t (codebook + commitment * commit distance of the VQ expert), and in pretrain
+    balance_loss * E * sum_e f_e P_e (f: top-k counts / (T k), detached; P: mean p)."""
+    for name in ("gate", "codebook", "mix"):
+        if tensors.get(name) is None:
+            raise ConfigError(f"input: router.{name} is required")
+    W, C, M = tensors["gate"], tensors["codebook"], tensors["mix"]
+    if C.shape[0] != E or W.shape[0] != E or M.shape[0] != 2:
+        raise ConfigError(f"input: router.gate/codebook need E={E} rows and router.mix 2")
+    T = x.shape[0]
+    dist_codebook = ((x.detach()[:, None, :] - C[None, :, :]) ** 2).mean(-1)   # (T, E)
+    dist_commit = ((x[:, None, :] - C.detach()[None, :, :]) ** 2).mean(-1)     # (T, E)
+    vq = (-dist_codebook).detach().argmax(-1)                                  # (T,)
+    onehot = F.one_hot(vq, E).to(x.dtype)
+    own = float(p["vq_loss"]) / T * (
+        dist_codebook.gather(1, vq[:, None]).sum()
+        + float(p["commitment"]) * dist_commit.gather(1, vq[:, None]).sum())
+    if p["mode"] == "finetune":
+        return Routing(onehot, onehot.bool(), own_loss=own)
+    k = int(p["k"])
+    prob = torch.softmax(x @ W.t(), dim=-1)                                    # (T, E)
+    top = topk_indices(prob.detach(), k)                                       # (T, k)
+    mask = torch.zeros(T, E, dtype=x.dtype).scatter(1, top, 1.0)
+    g = torch.softmax(x @ M.t(), dim=-1)                                       # (T, 2)
+    weights = g[:, 0:1] * prob * mask + g[:, 1:2] * onehot
+    f = mask.sum(0) / (T * k)
+    own = own + float(p["balance_loss"]) * E * (f * prob.mean(0)).sum()
+    return Routing(weights, (mask + onehot) > 0, own_loss=own)
+
+
 def distilled_logits(x, tensors, ids, vocab):
     """StableMoE's two affinities: s = x W^T (T, E) and shat = Q[id] K^T (T, E)."""
     for name in ("centroids", "token_embedding", "token_centroids"):
@@ -997,6 +1037,8 @@ def run_layer(layer, tin, dtype=torch.float64):
             kept = torch.zeros(T, E, dtype=torch.bool)
             kept[torch.arange(T), torch.tensor(experts, dtype=torch.long)] = True
             routing = Routing(kept.to(dtype), kept)
+        elif family == "vqmoe":
+            routing = route_vqmoe(x, router_tensors, E, p)
         elif family == "stablemoe":
             s, shat = distilled_logits(x, router_tensors, tin.get("token_ids"),
                                        int(layer["vocab_size"]))
