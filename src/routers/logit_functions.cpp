@@ -75,8 +75,8 @@ LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
     c.dim = r.get_int("global_dim", c.dim, 1, 1 << 14);
     choice.params["global_dim"] = c.dim;
     choice.description = fmt::format(
-        "logits = W [x ; P m], m the causal running mean of x over the token's sequence, P m of "
-        "width {} (SpeechMoE2's global embedding, causal)",
+        "logits = W [x ; P m], m the running mean of x over the token's sequence so far, P m of "
+        "width {} (SpeechMoE2's global embedding): batch-dependent but causal",
         c.dim);
     choice.function = std::make_unique<GlobalLogits>(c);
   }
