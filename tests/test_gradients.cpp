@@ -307,6 +307,97 @@ TEST(Gradients, VQMoEStopGradientsSplitTheVQLoss) {
   }
 }
 
+// A logit function that reads the earlier tokens of the sequence (SpeechMoE2's running mean):
+// its backward alone against central differences of the float64 reference logits, objective
+// Σ G ⊙ z, over every x entry and every tensor entry, with three sequences (one of a single
+// token). The first token's gradient must carry the later tokens' share (through the mean).
+TEST(Gradients, EarlierTokenLogitsSendExactGradientToEarlierTokens) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  int routers = 0;
+  for (const RouterEntry& entry : router_registry()) {
+    const std::unique_ptr<Router> made = entry.make(json::object(), "test");
+    const LogitFunction* probe = made->logit_function();
+    if (!probe || !probe->reads_earlier_tokens()) continue;
+    SCOPED_TRACE(entry.name);
+    ++routers;
+    ProblemOptions o;
+    o.T = 9;
+    o.E = 4;
+    o.seq_lens = {4, 1, 4};
+    Problem pb = make_problem({{"router", entry.name}}, o, rng);
+    const LogitFunction& lf = *pb.layer->router().logit_function();
+    const int64_t T = pb.T, d = pb.shape.d, R = pb.R;
+    const auto seqs = routing_groups(RoutingGroups::Sequence, pb.seq_lens, T);
+    const LogitContext context{nullptr, 0, seqs.data(), int64_t(seqs.size())};
+    const MoEParams params = pb.params();
+    std::vector<float> logits(size_t(T * R)), saved;
+    lf.forward(T, d, R, pb.x.data(), params.router, context, LogitCarry{}, logits.data(), saved);
+    const std::vector<float> G = normal_vector(rng, size_t(T * R), 1.0);  // ∂L/∂z
+    std::vector<float> dx(size_t(T * d));
+    std::vector<std::vector<float>> dw;
+    std::vector<float*> dw_views;
+    for (const auto& t : pb.router) dw.emplace_back(t.size(), 0.0f);
+    for (auto& t : dw) dw_views.push_back(t.data());
+    lf.backward(T, d, R, pb.x.data(), params.router, context, saved, LogitCarryGrad{}, G.data(),
+                dx.data(), dw_views.data());
+
+    reference::Params rp = pb.ref_params();
+    reference::Batch rb = pb.ref_batch();
+    const std::vector<double> z64 =
+        reference::router_logits(pb.router_params, pb.shape, R, rp, rb, pb.noise);
+    for (size_t i = 0; i < z64.size(); ++i)
+      EXPECT_NEAR(z64[i], logits[i], 1e-5 * std::max(1.0, std::abs(z64[i])));
+    auto objective_of = [&] {
+      const std::vector<double> z =
+          reference::router_logits(pb.router_params, pb.shape, R, rp, rb, pb.noise);
+      double sum = 0.0;
+      for (size_t i = 0; i < z.size(); ++i) sum += z[i] * double(G[i]);
+      return sum;
+    };
+    auto check = [&](const std::string& name, std::vector<double>& values,
+                     const std::vector<float>& gradient) {
+      const double h = 1e-6;
+      for (size_t i = 0; i < values.size(); ++i) {
+        const double v = values[i];
+        values[i] = v + h;
+        const double plus = objective_of();
+        values[i] = v - h;
+        const double minus = objective_of();
+        values[i] = v;
+        const double fd = (plus - minus) / (2.0 * h);
+        EXPECT_NEAR(gradient[i], fd, 1e-4 * std::max(1.0, std::abs(fd))) << name << "[" << i << "]";
+      }
+    };
+    check("x", rb.x, dx);
+    for (size_t i = 0; i < pb.router.size(); ++i)
+      check("router." + pb.router_names[i], rp.router.at(pb.router_names[i]), dw[i]);
+    // The share of token 0's gradient that comes from the later tokens' logits: the full
+    // gradient minus the one through z_0 alone.
+    std::vector<float> only_first(G.size(), 0.0f);
+    std::copy_n(G.begin(), R, only_first.begin());
+    std::vector<float> dx_first(size_t(T * d));
+    lf.backward(T, d, R, pb.x.data(), params.router, context, saved, LogitCarryGrad{},
+                only_first.data(), dx_first.data(), nullptr);
+    double later = 0.0;
+    for (int64_t j = 0; j < d; ++j) later = std::max(later, double(std::abs(dx[j] - dx_first[j])));
+    EXPECT_GT(later, 1e-3) << "the later tokens' logits send token 0 no gradient";
+    // Token 4 is a sequence of its own: z_4 sends gradient to x_4 alone, and x_4 gets none from
+    // the other sequences' logits.
+    std::vector<float> only_4(G.size(), 0.0f), dx_4(size_t(T * d));
+    std::copy_n(G.begin() + 4 * R, R, only_4.begin() + 4 * R);
+    lf.backward(T, d, R, pb.x.data(), params.router, context, saved, LogitCarryGrad{},
+                only_4.data(), dx_4.data(), nullptr);
+    for (int64_t i = 0; i < T * d; ++i) {
+      if (i / d == 4)
+        EXPECT_NEAR(dx_4[size_t(i)], dx[size_t(i)], 1e-5f) << "x[4][" << i % d << "]";
+      else
+        EXPECT_EQ(dx_4[size_t(i)], 0.0f) << "x[" << i / d << "][" << i % d << "]";
+    }
+  }
+  EXPECT_GE(routers, 1) << "no registered router's logit function reads earlier tokens";
+}
+
 TEST(GradientsCoverage, EveryRegisteredRouterHasCases) {
   expect_every_router_has_cases("gradients");
 }

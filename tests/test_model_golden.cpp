@@ -212,6 +212,14 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // SpeechMoE2: the running mean restarts at every row of the batch (the model's sequences),
+    // its gradient reaches the earlier positions' inputs, and the sparsity and importance losses
+    // join the objective.
+    GoldenCase g{"speechmoe2_causal_global", tiny_config(), tiny_opt()};
+    g.model.router = {{"router", "speechmoe2"}, {"global_dim", 6}};
+    out.push_back(g);
+  }
+  {
     // THOR: random experts (one per layer and pass, each layer its own stream), two passes per
     // step and the consistency loss between their distributions.
     GoldenCase g{"thor_consistency", tiny_config(), tiny_opt()};

@@ -290,6 +290,77 @@ TEST_P(RoutingInvariants, BatchIndependentRoutersIgnoreOtherTokens) {
   }
 }
 
+// A router whose logit function reads the earlier tokens of the sequence (SpeechMoE2) is causal:
+// new tokens at the end of sequence 0 change neither the logits nor the plan of its earlier
+// tokens, nor anything of the other sequences; a new early token does change a later token's
+// logits (the function does read it). Without capacity, so that no slot is contested.
+TEST_P(RoutingInvariants, EarlierTokenRoutersAreCausal) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const json& router = GetParam().config;
+  {
+    const Problem probe = make_router_problem(router, false, false, 3, rng);
+    const LogitFunction* lf = probe.layer->router().logit_function();
+    if (!lf || !lf->reads_earlier_tokens()) GTEST_SKIP() << "reads no earlier tokens";
+    if (probe.router_params.value("capacity_factor", 0.0) > 0 ||
+        probe.router_params.value("eval_capacity_factor", 0.0) > 0)
+      GTEST_SKIP() << "capacity: slots are contested";
+  }
+  const int64_t T = 61, cut = 20;
+  for (bool training : {false, true}) {
+    SCOPED_TRACE("training " + std::to_string(training));
+    Problem pb = make_router_problem(router, training, false, T, rng);
+    const auto seqs = routing_groups(RoutingGroups::Sequence, pb.seq_lens, T);
+    ASSERT_EQ(seqs.size(), 3u);
+    ASSERT_GT(seqs[0].second, cut + 2);
+    const int64_t d = pb.shape.d, R = pb.R;
+    auto run = [&](const std::vector<float>& x, MoECache& cache) {
+      Problem q = make_router_problem(router, training, false, T, rng);
+      q.config = pb.config;
+      q.layer = std::make_unique<MoELayer>(pb.config, pb.shape);  // the same draws
+      q.x = x;
+      q.router = pb.router;
+      q.router_names = pb.router_names;
+      q.w1 = pb.w1;
+      q.w3 = pb.w3;
+      q.w2 = pb.w2;
+      q.seq_lens = pb.seq_lens;
+      std::vector<float> y(static_cast<size_t>(T * d));
+      q.layer->forward(q.params(), q.batch(), cache, y.data());
+    };
+    MoECache base, late, early;
+    run(pb.x, base);
+    std::vector<float> x_late = pb.x;  // sequence 0's tokens from `cut` on, new and larger
+    for (int64_t t = cut; t < seqs[0].second; ++t)
+      for (int64_t j = 0; j < d; ++j) x_late[size_t(t * d + j)] = 4.0f * dyadic(rng);
+    run(x_late, late);
+    for (int64_t t = 0; t < T; ++t) {
+      if (t >= cut && t < seqs[0].second) continue;
+      for (int64_t r = 0; r < R; ++r)
+        EXPECT_FLOAT_EQ(late.logits[size_t(t * R + r)], base.logits[size_t(t * R + r)])
+            << "token " << t << " output " << r;
+    }
+    for (const auto& [b, e] : {std::pair<int64_t, int64_t>{0, cut}, seqs[1], seqs[2]}) {
+      const auto a = plan_of(base.plan, b, e), c = plan_of(late.plan, b, e);
+      ASSERT_EQ(a.size(), c.size()) << "tokens [" << b << ", " << e << ") changed";
+      for (const auto& [key, w] : a) {
+        const auto it = c.find(key);
+        ASSERT_NE(it, c.end()) << "token " << std::get<0>(key) << " lost expert "
+                               << std::get<1>(key);
+        EXPECT_FLOAT_EQ(it->second, w);
+      }
+    }
+    std::vector<float> x_early = pb.x;  // token 1 new: token cut's logits must move
+    for (int64_t j = 0; j < d; ++j) x_early[size_t(d + j)] = 4.0f * dyadic(rng);
+    run(x_early, early);
+    double moved = 0.0;
+    for (int64_t r = 0; r < R; ++r)
+      moved = std::max(moved, double(std::abs(early.logits[size_t(cut * R + r)] -
+                                              base.logits[size_t(cut * R + r)])));
+    EXPECT_GT(moved, 1e-6) << "token " << cut << " does not read token 1";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Registry, RoutingInvariants, ::testing::ValuesIn(invariant_cases()),
                          [](const ::testing::TestParamInfo<RouterCase>& param_info) {
                            return param_info.param.name;

@@ -50,7 +50,8 @@ Result forward(const LayerConfig& config, const nlohmann::json& router_params,
 
 // The router's logits (T, R): x (jittered by `noise`) times gate.weight, or X-MoE's cosine
 // logits from params.router where router_params says "logits": "cosine" (likewise the other
-// logit functions; "distilled": StableMoE's [W x | K Q[id]], Q with shape.vocab rows).
+// logit functions; "distilled": StableMoE's [W x | K Q[id]], Q with shape.vocab rows; "global":
+// SpeechMoE2's W [x ; P m], m the running mean over batch.seq_lens' sequences).
 std::vector<double> router_logits(const nlohmann::json& router_params, const MoEShape& shape,
                                   int64_t R, const Params& params, const Batch& batch,
                                   const RouterNoise& noise);

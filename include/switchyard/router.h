@@ -155,10 +155,14 @@ struct LogitShape {
   int64_t d = 0, R = 0, vocab = 0;
 };
 // What a logit function may read besides x: the tokens' ids (MoEBatch::token_ids, (T), null when
-// the batch has none; the layer checks them against the vocabulary where needs_vocab() says so).
+// the batch has none; the layer checks them against the vocabulary where needs_vocab() says so)
+// and the sequences, (num_sequences) token ranges [begin, end) in order that cover the call's T
+// tokens (MoEBatch::seq_lens; null: one sequence of all T tokens), whatever the routing groups.
 struct LogitContext {
   const int64_t* token_ids = nullptr;
   int64_t vocab = 0;
+  const std::pair<int64_t, int64_t>* sequences = nullptr;
+  int64_t num_sequences = 0;
 };
 
 // How a router's logits come from its input where that is not x · gate.weightᵀ (X-MoE's
@@ -172,6 +176,10 @@ class LogitFunction {
   virtual bool needs_vocab() const { return false; }
   // Width C of the state carried across MoE layers (LogitCarry); 0: none.
   virtual int64_t carry_dim(int64_t /*d*/, int64_t /*R*/) const { return 0; }
+  // A token's logits read the earlier tokens of its sequence (LogitContext::sequences), never
+  // later ones or other sequences (SpeechMoE2's causal global embedding): routes are then
+  // causal but depend on other tokens, and backward sends gradient to the earlier tokens' x.
+  virtual bool reads_earlier_tokens() const { return false; }
   // x (T, d) -> logits (T, R) (and carry.out); `saved` keeps what backward reads.
   virtual void forward(int64_t T, int64_t d, int64_t R, const float* x, const float* const* w,
                        const LogitContext& context, const LogitCarry& carry, float* logits,

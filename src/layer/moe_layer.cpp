@@ -414,8 +414,9 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
       } else {
         c.router_carry.clear();
       }
-      lf->forward(T, d, R, router_input, p.router, LogitContext{batch.token_ids, shape_.vocab},
-                  carry, c.logits.data(), c.logit_saved);
+      const LogitContext context{batch.token_ids, shape_.vocab, c.sequences.data(),
+                                 int64_t(c.sequences.size())};
+      lf->forward(T, d, R, router_input, p.router, context, carry, c.logits.data(), c.logit_saved);
       check_overflow("router logits (the router's logit function)", c.logits.data(), T * R, R);
     } else {
       cpu::gemm(false, true, T, R, d, 1.0f, router_input, d, p.gate, d, 0.0f, c.logits.data(), R);
@@ -624,8 +625,10 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
       check_finite("d_router_carry", d_router_carry, int64_t(c.router_carry.size()), 1);
     const LogitCarryGrad carry{c.router_carry.empty() ? nullptr : d_router_carry,
                                c.router_carry.empty() ? nullptr : g.router_carry};
-    lf->backward(T, d, R, router_input, p.router, LogitContext{batch.token_ids, shape_.vocab},
-                 c.logit_saved, carry, d_logits.data(), dxr, g.router);
+    const LogitContext context{batch.token_ids, shape_.vocab, c.sequences.data(),
+                               int64_t(c.sequences.size())};
+    lf->backward(T, d, R, router_input, p.router, context, c.logit_saved, carry, d_logits.data(),
+                 dxr, g.router);
   } else {
     if (g.gate)
       cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);

@@ -222,6 +222,7 @@ struct TopkOptions {
   int64_t topk_groups = 1;
   double route_scale = 1.0;
   double local_bonus = 0.0, locality_loss = 0.0, locality_smoothing = 0.1;
+  double sparsity_loss = 0.0, importance_loss = 0.0;  // SpeechMoE's α and β
 };
 
 // LocMoE's locality (docs/routers/locmoe.md): the domain (node, or rank) of every token and of
@@ -277,6 +278,28 @@ double locality_regulariser(const TopkOptions& o, const Locality& loc,
   return o.locality_loss * kl;
 }
 
+// SpeechMoE's losses (docs/routers/speechmoe2.md), p_t = softmax(z_t) over all R outputs:
+// α mean_t ‖p_t / ‖p_t‖₂‖₁ + β R Σ_r (mean_t p_tr)².
+double speechmoe_regulariser(const TopkOptions& o, const std::vector<double>& logits, int64_t T,
+                             int64_t R) {
+  if (T == 0) return 0.0;
+  double sparsity = 0.0;
+  std::vector<double> importance(R, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> p =
+        softmax(std::vector<double>(logits.begin() + t * R, logits.begin() + (t + 1) * R));
+    double l2 = 0.0, l1 = 0.0;
+    for (double v : p) l2 += v * v;
+    l2 = std::sqrt(l2);
+    for (double v : p) l1 += std::abs(v / l2);
+    sparsity += l1 / static_cast<double>(T);
+    for (int64_t r = 0; r < R; ++r) importance[r] += p[r] / static_cast<double>(T);
+  }
+  double squares = 0.0;
+  for (double v : importance) squares += v * v;
+  return o.sparsity_loss * sparsity + o.importance_loss * static_cast<double>(R) * squares;
+}
+
 TopkOptions read_topk_options(const json& params) {
   TopkOptions o;
   o.k = param<int64_t>(params, "k");
@@ -298,6 +321,8 @@ TopkOptions read_topk_options(const json& params) {
   o.local_bonus = param<double>(params, "local_bonus");
   o.locality_loss = param<double>(params, "locality_loss");
   o.locality_smoothing = param<double>(params, "locality_smoothing");
+  o.sparsity_loss = param<double>(params, "sparsity_loss");
+  o.importance_loss = param<double>(params, "importance_loss");
   return o;
 }
 
@@ -1633,6 +1658,28 @@ std::vector<double> router_logits(const json& router_params, const MoEShape& sha
         recurrent_router_state(router_params, shape, params, batch, noise);
     return logits_of(h, tensor("gate", R * p), T, p, R);
   }
+  if (kind == "global") {
+    // SpeechMoE2, causal: m_t = the mean of x over t's sequence up to t, g_t = P m_t,
+    // z_t = W [x_t ; g_t] with W (R, d + D).
+    const int64_t D = param<int64_t>(router_params, "global_dim");
+    const std::vector<double>& W = tensor("gate", R * (d + D));
+    const std::vector<double>& P = tensor("global_projection", D * d);
+    std::vector<double> z(size_t(T * R));
+    for (const Range& seq : sequences(batch.seq_lens, T)) {
+      std::vector<double> sum(d, 0.0);
+      for (int64_t t = seq.first; t < seq.second; ++t) {
+        std::vector<double> input = row(x, t, d);  // [x_t ; g_t]
+        for (int64_t j = 0; j < d; ++j) sum[j] += x[t * d + j];
+        std::vector<double> mean(d);
+        for (int64_t j = 0; j < d; ++j) mean[j] = sum[j] / static_cast<double>(t - seq.first + 1);
+        const std::vector<double> g = matvec(P.data(), D, d, mean);
+        input.insert(input.end(), g.begin(), g.end());
+        const std::vector<double> out = matvec(W.data(), R, d + D, input);
+        std::copy(out.begin(), out.end(), z.begin() + t * R);
+      }
+    }
+    return z;
+  }
   if (kind == "attention") {
     // Yuan 2.0-M32: q, k, v (R) = rows [0, R), [R, 2R), [2R, 3R) of qkv times x, and
     // z_i = Σ_j softmax_j(q_i k_j) v_j.
@@ -1830,6 +1877,8 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   if (family == "vqmoe") r.aux_loss += vqmoe_regulariser(router_params, logits, T, E);
   if (family == "topk" && read_topk_options(router_params).locality_loss > 0.0)
     r.aux_loss += locality_regulariser(read_topk_options(router_params), loc, logits, T, E, R);
+  if (family == "topk")
+    r.aux_loss += speechmoe_regulariser(read_topk_options(router_params), logits, T, R);
   return r;
 }
 

@@ -7,6 +7,7 @@
 
 #include "routers/attention_logits.h"
 #include "routers/cosine_logits.h"
+#include "routers/global_logits.h"
 #include "routers/hyper_logits.h"
 #include "routers/recurrent_logits.h"
 
@@ -14,13 +15,14 @@ namespace switchyard::routers {
 
 LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
                                 const std::string& context) {
-  const std::string kind =
-      r.get_choice("logits", "linear", {"linear", "cosine", "hyper", "attention", "recurrent"});
+  const std::string kind = r.get_choice(
+      "logits", "linear", {"linear", "cosine", "hyper", "attention", "recurrent", "global"});
   const std::vector<std::pair<std::string, std::vector<std::string>>> keys = {
       {"cosine",
        {"cosine_dim", "cosine_temperature", "cosine_min_temperature", "cosine_normalize_input"}},
       {"hyper", {"hyper_hidden", "hyper_embedding_dim"}},
       {"recurrent", {"recurrent_dim"}},
+      {"global", {"global_dim"}},
   };
   for (const auto& [owner, names] : keys)
     for (const std::string& key : names)
@@ -68,6 +70,15 @@ LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
         "across layers)",
         c.dim);
     choice.function = std::make_unique<RecurrentLogits>(c);
+  } else if (kind == "global") {
+    GlobalLogitsConfig c;
+    c.dim = r.get_int("global_dim", c.dim, 1, 1 << 14);
+    choice.params["global_dim"] = c.dim;
+    choice.description = fmt::format(
+        "logits = W [x ; P m], m the running mean of x over the token's sequence so far, P m of "
+        "width {} (SpeechMoE2's global embedding): batch-dependent but causal",
+        c.dim);
+    choice.function = std::make_unique<GlobalLogits>(c);
   }
   return choice;
 }

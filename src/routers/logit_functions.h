@@ -1,6 +1,6 @@
-// The "logits" parameter any router may take: `linear` (x · gate.weightᵀ), `cosine` (X-MoE) or
-// `hyper` (HyperRouter), `attention` (Yuan 2.0-M32) or `recurrent` (RMoE), with each function's
-// own parameters.
+// The "logits" parameter any router may take: `linear` (x · gate.weightᵀ), `cosine` (X-MoE),
+// `hyper` (HyperRouter), `attention` (Yuan 2.0-M32), `recurrent` (RMoE) or `global`
+// (SpeechMoE2), with each function's own parameters.
 #pragma once
 
 #include <switchyard/config.h>

@@ -55,6 +55,10 @@ const std::vector<RouterEntry>& router_registry() {
        "Yuan 2.0-M32: top-2 over attention-router logits, softmax(q kᵀ) v across the experts",
        {{"balance", 0.01}},
        routers::make_yuan},
+      {"speechmoe2",
+       "SpeechMoE2: top-1 over W [x ; P m], m the causal running mean of the sequence, with "
+       "sparsity L1 and mean importance losses",
+       kNoLosses, routers::make_speechmoe2},
       {"rmoe",
        "RMoE: top-2 over logits from a GRU shared across the MoE layers (layerwise recurrence)",
        {{"balance", 0.01}},

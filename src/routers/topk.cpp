@@ -12,6 +12,7 @@
 #include "routers/logit_functions.h"
 #include "routers/router_common.h"
 #include "routers/routers.h"
+#include "routers/speechmoe2.h"
 
 namespace switchyard::routers {
 namespace {
@@ -53,8 +54,15 @@ class TopKRouter final : public Router {
     local_bonus_ = r.get_double("local_bonus", 0.0, 0.0, 1e6);
     locality_loss_ = r.get_double("locality_loss", 0.0, 0.0, 1e6);
     locality_smoothing_ = r.get_double("locality_smoothing", 0.1, 1e-6, 1.0);
+    sparsity_loss_ = r.get_double("sparsity_loss", 0.0, 0.0, 1e6);
+    importance_loss_ = r.get_double("importance_loss", 0.0, 0.0, 1e6);
     logits_ = read_logit_function(r, params, context);
     r.finish();
+    if ((sparsity_loss_ > 0 || importance_loss_ > 0) && traits_.score != ScoreKind::Softmax)
+      fail(
+          "{}: sparsity_loss = {} and importance_loss = {} (SpeechMoE's losses) are defined on "
+          "softmax gate values, but score is '{}'; set score to softmax or both losses to 0",
+          context, sparsity_loss_, importance_loss_, score_name(traits_.score));
     if (normalize_ && k_ == 1 && null_experts_ == 0)
       fail(
           "{}: normalize = true with k = 1 makes every weight 1, so the router gets no gradient; "
@@ -73,10 +81,14 @@ class TopKRouter final : public Router {
       fail("{}: broadcast_threshold (GW-MoE) cannot be combined with null_experts = {}", context,
            null_experts_);
     if (eval_capacity_factor_ < 0) eval_capacity_factor_ = capacity_factor_;
-    traits_.batch_dependent = capacity_factor_ > 0.0 || eval_capacity_factor_ > 0.0 || sinkhorn_;
+    // A logit function that reads the earlier tokens of the sequence (SpeechMoE2's running mean)
+    // makes routes depend on other tokens, causally.
+    const bool reads_earlier = logits_.function && logits_.function->reads_earlier_tokens();
+    traits_.batch_dependent =
+        capacity_factor_ > 0.0 || eval_capacity_factor_ > 0.0 || sinkhorn_ || reads_earlier;
     traits_.supports_forced = null_experts_ == 0;
     traits_.needs_placement = local_bonus_ > 0 || locality_loss_ > 0;
-    traits_.has_own_loss = locality_loss_ > 0;
+    traits_.has_own_loss = locality_loss_ > 0 || sparsity_loss_ > 0 || importance_loss_ > 0;
   }
 
   const RouterTraits& traits() const override { return traits_; }
@@ -109,7 +121,9 @@ class TopKRouter final : public Router {
               {"locality", locality_ == LocalityLevel::Node ? "node" : "rank"},
               {"local_bonus", local_bonus_},
               {"locality_loss", locality_loss_},
-              {"locality_smoothing", locality_smoothing_}};
+              {"locality_smoothing", locality_smoothing_},
+              {"sparsity_loss", sparsity_loss_},
+              {"importance_loss", importance_loss_}};
     p.update(logits_.params);
     return p;
   }
@@ -147,6 +161,9 @@ class TopKRouter final : public Router {
                   ? fmt::format(", capacity factor {} in evaluation", eval_capacity_factor_)
                   : std::string(", dropless in evaluation");
     if (min_capacity_ > 0) text += fmt::format(", at least {} slots per expert", min_capacity_);
+    if (sparsity_loss_ > 0 || importance_loss_ > 0)
+      text += fmt::format(", SpeechMoE's sparsity L1 loss {} and mean importance loss {}",
+                          sparsity_loss_, importance_loss_);
     return text;
   }
 
@@ -292,7 +309,8 @@ class TopKRouter final : public Router {
   }
 
   double own_loss(const RouterInput& in, const RoutingPlan&, float* d_logits) const override {
-    return locality_loss(in, locality_, locality_loss_, locality_smoothing_, d_logits);
+    return locality_loss(in, locality_, locality_loss_, locality_smoothing_, d_logits) +
+           speechmoe_losses(in, sparsity_loss_, importance_loss_, d_logits);
   }
 
   void update_state(const RouterStepStats& step) override {
@@ -395,6 +413,7 @@ class TopKRouter final : public Router {
   double bias_update_rate_ = 0.0;
   LocalityLevel locality_ = LocalityLevel::Node;
   double local_bonus_ = 0.0, locality_loss_ = 0.0, locality_smoothing_ = 0.1;
+  double sparsity_loss_ = 0.0, importance_loss_ = 0.0;  // SpeechMoE's α and β
 };
 
 // Preset defaults are overridden by the user's parameters.

@@ -127,6 +127,8 @@ def cases(root):
     cosine_tensors = {"router.projection": np.ones((16, D), f32),  # X-MoE's, D = 16 default
                       "router.expert_embeddings": np.ones((E, 16), f32),
                       "router.log_scale": np.array([2.0], f32)}
+    speech_tensors = {"router.gate": np.ones((E, D + 16), f32),  # SpeechMoE2's, D = 16 default
+                      "router.global_projection": np.ones((16, D), f32)}
     return [
         Case("x wrong rank", [r"'x'", re.escape("(5, 6, 1)")],
              tensors=with_tensors(x=v["x"].reshape(T, D, 1))),
@@ -165,6 +167,22 @@ def cases(root):
              tensors=no_gate | cosine_tensors | {"router.log_scale": np.array([np.nan], f32)}),
         Case("cosine parameter without logits = cosine", [r"cosine_dim", r"logits"],
              config={"router": "mixtral", "cosine_dim": 8}),
+        Case("router.gate not (E, d + global_dim) for speechmoe2",
+             [re.escape("router.gate"), re.escape("(4, 22)")], config={"router": "speechmoe2"},
+             tensors=no_gate | speech_tensors | {"router.gate": np.ones((E, D), f32)}),
+        Case("router.global_projection missing for speechmoe2",
+             [re.escape("router.global_projection")], config={"router": "speechmoe2"},
+             tensors=no_gate | {"router.gate": speech_tensors["router.gate"]}),
+        Case("speechmoe2 global_dim 0", [r"global_dim", r"\b0\b", r"speechmoe2"],
+             config={"router": "speechmoe2", "global_dim": 0}, tensors=no_gate | speech_tensors),
+        Case("global parameter without logits = global", [r"global_dim", r"logits"],
+             config={"router": "mixtral", "global_dim": 8}),
+        Case("speechmoe2 losses with sigmoid scores",
+             [r"sparsity_loss", r"importance_loss", r"softmax", r"sigmoid", r"speechmoe2"],
+             config={"router": "speechmoe2", "score": "sigmoid"}, tensors=no_gate | speech_tensors),
+        Case("speechmoe2 negative sparsity_loss", [r"sparsity_loss", r"-0\.5"],
+             config={"router": "speechmoe2", "sparsity_loss": -0.5},
+             tensors=no_gate | speech_tensors),
         Case("router.qkv given to mixtral", [re.escape("router.qkv")],
              tensors=v | {"router.qkv": np.zeros((3 * E, D), f32)}),
         Case("token_ids given to a router that ignores them", [r"token_ids", r"mixtral"],

@@ -137,6 +137,13 @@ def router_logits(case, t, x):
         r, zg = 1.0 / (1.0 + np.exp(-(ir + hr))), 1.0 / (1.0 + np.exp(-(iz + hz)))
         h = (1.0 - zg) * np.tanh(i_n + r * hn) + zg * h0
         return h @ w["gate"].T
+    if kind == "global":  # SpeechMoE2: [x, P m] W^T, m the running mean within each sequence
+        seq_lens = case["seq_lens"] or [x.shape[0]]
+        bounds = np.cumsum([0] + list(seq_lens))
+        m = np.concatenate([np.cumsum(x[a:b], 0) / np.arange(1, b - a + 1)[:, None]
+                            for a, b in zip(bounds[:-1], bounds[1:])])
+        g = m @ t["router.global_projection"].astype(np.float64).T
+        return np.concatenate([x, g], 1) @ t["router.gate"].astype(np.float64).T
     if kind == "hyper":
         w = {n: t["router." + n].astype(np.float64)
              for n in ("embedding", "hyper_w1", "hyper_b1", "hyper_w2", "hyper_b2")}
@@ -531,6 +538,11 @@ def make_inputs(case, rng):
         if case["router_carry"]:  # the previous MoE layer's state and this one's upstream gradient
             t["router_carry"] = (rng.standard_normal((T, m)) * 0.5).astype(f32)
             t["d_router_carry_out"] = rng.standard_normal((T, m)).astype(f32)
+    elif logit_kind(case["cfg"]) == "global":  # SpeechMoE2's gate over [x, g] and projection P
+        D = topk_params(case["cfg"])["global_dim"]
+        t["router.gate"] = (rng.standard_normal((R, d + D)) * case["gate_scale"]
+                            / math.sqrt(d + D)).astype(f32)
+        t["router.global_projection"] = (rng.standard_normal((D, d)) / math.sqrt(d)).astype(f32)
     elif logit_kind(case["cfg"]) == "cosine":  # X-MoE's tensors; the log scale 0.3 above its start
         p = topk_params(case["cfg"])
         D = p["cosine_dim"]

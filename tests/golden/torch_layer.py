@@ -58,7 +58,8 @@ TOPK_DEFAULTS = {
     "eval_capacity_factor": -1.0, "min_capacity": 0, "broadcast_threshold": 0.0,
     "logits": "linear", "cosine_dim": 16, "cosine_temperature": 0.07,
     "cosine_min_temperature": 0.01, "cosine_normalize_input": True,
-    "hyper_hidden": 256, "hyper_embedding_dim": 0, "recurrent_dim": 256,
+    "hyper_hidden": 256, "hyper_embedding_dim": 0, "recurrent_dim": 256, "global_dim": 16,
+    "sparsity_loss": 0.0, "importance_loss": 0.0,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
@@ -85,6 +86,8 @@ ROUTERS = {
     "hyperrouter": ("topk", {"k": 2, "normalize": True, "logits": "hyper"}, {}),
     "yuan": ("topk", {"k": 2, "normalize": True, "logits": "attention"}, {"balance": 0.01}),
     "rmoe": ("topk", {"k": 2, "normalize": True, "logits": "recurrent"}, {"balance": 0.01}),
+    "speechmoe2": ("topk", {"k": 1, "normalize": False, "logits": "global",
+                            "sparsity_loss": 0.1, "importance_loss": 0.1}, {}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
     "soft": ("soft", {}, {}),
@@ -224,6 +227,8 @@ def parse_config(cfg):
             raise ConfigError(f"layer.json: bad drop_order {p['drop_order']!r}")
         if p["normalize"] and p["k"] == 1:
             raise ConfigError("layer.json: normalize=true with k=1 gives the router no gradient")
+        if (p["sparsity_loss"] or p["importance_loss"]) and p["score"] != "softmax":
+            raise ConfigError("layer.json: sparsity_loss and importance_loss need score softmax")
         if layer["training"] and (p["jitter"] > 0 or p["second_expert"] == "random"):
             raise ConfigError("torch_layer: training-time random draws (jitter, random second "
                               "expert) are not replayed; use training=false")
@@ -926,6 +931,30 @@ def cosine_logits(x, p, tensors):
     return torch.exp(scale) * (u @ e.t())
 
 
+def global_logits(x, tensors, seq_lens):
+    """SpeechMoE2, causal: m = the running mean of x within each sequence (a cumulative sum over
+    the positions so far), g = m P^T, z = [x, g] W^T."""
+    for name in ("gate", "global_projection"):
+        if tensors.get(name) is None:
+            raise ConfigError(f"input: router.{name} is required")
+    means = []
+    for (a, b) in seq_ranges(seq_lens, x.shape[0]):
+        n = torch.arange(1, b - a + 1, dtype=x.dtype)[:, None]
+        means.append(torch.cumsum(x[a:b], dim=0) / n)
+    g = torch.cat(means, 0) @ tensors["global_projection"].t()          # (T, D)
+    return torch.cat([x, g], dim=1) @ tensors["gate"].t()               # (T, R)
+
+
+def speechmoe_losses(z, p):
+    """SpeechMoE's sparsity L1 loss (the L1 norm of the L2-normalised gates) and mean importance
+    loss (R times the squared mean gates), on softmax(z) over all R outputs."""
+    prob = torch.softmax(z, dim=-1)
+    unit = prob / torch.linalg.vector_norm(prob, dim=-1, keepdim=True)
+    sparsity = unit.abs().sum(-1).mean()
+    importance = z.shape[1] * (prob.mean(0) ** 2).sum()
+    return float(p["sparsity_loss"]) * sparsity + float(p["importance_loss"]) * importance
+
+
 def attention_logits(x, tensors):
     """Yuan 2.0-M32's attention router: q, k, v = chunks of x qkv^T, each (T, R); per token
     z = softmax(q k^T) v over the R outputs, unscaled."""
@@ -1050,6 +1079,8 @@ def run_layer(layer, tin, dtype=torch.float64):
                 z = hyper_logits(x, p, router_tensors)                   # (T, R)
             elif family == "topk" and p["logits"] == "attention":
                 z = attention_logits(x, router_tensors)                  # (T, R)
+            elif family == "topk" and p["logits"] == "global":
+                z = global_logits(x, router_tensors, seq_lens)           # (T, R)
             elif family == "topk" and p["logits"] == "recurrent":
                 carry_out = recurrent_state(x, router_tensors, carry_in)  # (T, p)
                 z = carry_out @ router_tensors["gate"].t()               # (T, R)
@@ -1077,6 +1108,9 @@ def run_layer(layer, tin, dtype=torch.float64):
                                      training=layer["training"])
                 if float(p["locality_loss"]) > 0:
                     routing.own_loss = locality_loss(z, E, p, *local)
+                if float(p["sparsity_loss"]) > 0 or float(p["importance_loss"]) > 0:
+                    own = speechmoe_losses(z, p)
+                    routing.own_loss = own if routing.own_loss is None else routing.own_loss + own
             elif family == "expert_choice":
                 routing = route_expert_choice(z, E, p, groups)
             elif family == "top_p":

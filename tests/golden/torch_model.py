@@ -148,6 +148,10 @@ def param_specs(cfg):
                 r = recurrent_dim(cfg)
                 specs += [(m + "router.projection", (r, C), True, "normal"),
                           (m + "router.gate", (num_router_outputs(cfg), r), True, "normal")]
+            elif global_dim(cfg):  # SpeechMoE2: a gate over [x, g] and the projection P
+                D = global_dim(cfg)
+                specs += [(m + "router.gate", (num_router_outputs(cfg), C + D), True, "normal"),
+                          (m + "router.global_projection", (D, C), True, "normal")]
             elif remoe_gate_scale(cfg) != 1.0:  # ReMoE's gate_lr_scale: router.gate instead
                 specs.append((m + "router.gate", (num_router_outputs(cfg), C), True, "normal"))
             elif cfg["layer"]["family"] not in ("hash", "thor"):  # routers without a gate hold none
@@ -207,6 +211,14 @@ def stablemoe_switch_step(cfg, total_steps):
     p = cfg["layer"]["params"]
     steps = int(p["stage1_steps"])
     return steps if steps >= 0 else int(math.floor(float(p["stage1_fraction"]) * total_steps))
+
+
+def global_dim(cfg):
+    """SpeechMoE2's global embedding width where the router's logits are "global", else 0."""
+    layer = cfg["layer"]
+    if layer["family"] == "topk" and layer["params"].get("logits") == "global":
+        return int(layer["params"]["global_dim"])
+    return 0
 
 
 def recurrent_dim(cfg):
@@ -364,6 +376,9 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 own = {n: P[prefix + "router." + n] for n in ("projection", "gate")}
                 carry_out = TL.recurrent_state(x, {**shared, **own}, carry)  # (T, r)
                 z = carry_out @ own["gate"].t()
+            elif family == "topk" and p.get("logits") == "global":  # SpeechMoE2, per sequence
+                tensors = {n: P[prefix + "router." + n] for n in ("gate", "global_projection")}
+                z = TL.global_logits(x, tensors, seq_lens)
             elif family == "remoe" and float(p["gate_lr_scale"]) != 1.0:
                 z = float(p["gate_lr_scale"]) * (x @ P[prefix + "router.gate"].t())
             elif family == "stablemoe":  # s = W x and shat = K Q[id], side by side
@@ -375,6 +390,8 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 z = x @ gate.t()
             if family == "topk":
                 routing = TL.route_topk(z, bias, E, p, groups, losses["balance_top1_only"])
+                if float(p["sparsity_loss"]) > 0 or float(p["importance_loss"]) > 0:
+                    routing.own_loss = TL.speechmoe_losses(z, p)
                 # selection scores as route_topk forms them, for the margin and the counts
                 s = torch.softmax(z, -1) if p["score"] == "softmax" else torch.sigmoid(z)
                 sel = s.detach().clone()
