@@ -210,7 +210,9 @@ inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptio
     pb.gate_bias.resize(size_t(E));
     for (float& b : pb.gate_bias) b = float(u(rng));
   }
-  pb.w1 = normal_vector(rng, size_t(E * F * d), 1.0 / std::sqrt(double(d)));
+  // w1 reads x (d), or the logit function's per-expert activations (gate_in, AoE).
+  const int64_t w1_in = pb.layer->shape().w1_in();
+  pb.w1 = normal_vector(rng, size_t(E * F * w1_in), 1.0 / std::sqrt(double(w1_in)));
   if (pb.swiglu()) pb.w3 = normal_vector(rng, size_t(E * F * d), 1.0 / std::sqrt(double(d)));
   pb.w2 = normal_vector(rng, size_t(E * d * F), 1.0 / std::sqrt(double(F)));
   if (Fs > 0) {
@@ -550,21 +552,40 @@ inline void rectify_bad_tokens(const Problem& pb, const std::vector<double>& z, 
   }
 }
 
-// float64 pre-activations of token t: h1 = w1 x (n, F) and h3 = w3 x, n = E experts (and the
-// shared expert's Fs values, appended) from the (n, F, d) stacks.
+// float64 pre-activations of token t: h1 = w1 g (n, F) and h3 = w3 x, n = E experts (and the
+// shared expert's Fs values, appended) from the (n, F, ·) stacks; the gate input g is x, or where
+// w1 reads the logit function's activations (gate_in r > 0, AoE) router.down's rows of expert e
+// times the jittered x.
 inline void pre_activations(const Problem& pb, int64_t t, std::vector<double>& h1,
                             std::vector<double>& h3) {
   const int64_t d = pb.shape.d, E = pb.shape.E, F = pb.shape.F, Fs = pb.shape.Fs;
+  const int64_t gr = pb.layer->shape().gate_in;
+  std::vector<double> x(static_cast<size_t>(d)), a(static_cast<size_t>(E * gr), 0.0);
+  for (int64_t j = 0; j < d; ++j) x[size_t(j)] = pb.x[size_t(t * d + j)];
+  if (gr > 0) {
+    const std::vector<float>& down = pb.router.at(0);  // (R r, d)
+    for (int64_t i = 0; i < E * gr; ++i)
+      for (int64_t j = 0; j < d; ++j) {
+        const double xr = pb.noise.jitter.empty()
+                              ? x[size_t(j)]
+                              : x[size_t(j)] * double(pb.noise.jitter[size_t(t * d + j)]);
+        a[size_t(i)] += double(down[size_t(i * d + j)]) * xr;
+      }
+  }
   h1.assign(size_t(E * F + Fs), 0.0);
   h3.assign(size_t(E * F + Fs), 0.0);
   for (int64_t r = 0; r < E * F + Fs; ++r) {
     const bool shared = r >= E * F;
-    const float* w1 = shared ? &pb.shared_w1[size_t((r - E * F) * d)] : &pb.w1[size_t(r * d)];
     const float* w3 = shared ? &pb.shared_w3[size_t((r - E * F) * d)] : &pb.w3[size_t(r * d)];
-    for (int64_t j = 0; j < d; ++j) {
-      h1[size_t(r)] += double(w1[j]) * pb.x[size_t(t * d + j)];
-      h3[size_t(r)] += double(w3[j]) * pb.x[size_t(t * d + j)];
+    for (int64_t j = 0; j < d; ++j) h3[size_t(r)] += double(w3[j]) * x[size_t(j)];
+    if (!shared && gr > 0) {
+      const int64_t e = r / F;
+      for (int64_t j = 0; j < gr; ++j)
+        h1[size_t(r)] += double(pb.w1[size_t(r * gr + j)]) * a[size_t(e * gr + j)];
+      continue;
     }
+    const float* w1 = shared ? &pb.shared_w1[size_t((r - E * F) * d)] : &pb.w1[size_t(r * d)];
+    for (int64_t j = 0; j < d; ++j) h1[size_t(r)] += double(w1[j]) * x[size_t(j)];
   }
 }
 

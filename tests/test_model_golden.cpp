@@ -220,6 +220,15 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // Autonomy-of-Experts: no gate; every expert's W_down scores it by a norm, and the chosen
+    // experts' gates (experts.w1 (E, F, r)) read that activation; MoE layers 0 and 2 of 3.
+    GoldenCase g{"aoe_expert_gates", tiny_config(), tiny_opt()};
+    g.model.n_layers = 3;
+    g.model.moe_layers = {0, 2};
+    g.model.router = {{"router", "aoe"}, {"aoe_rank", 6}, {"losses", {{"balance", 0.01}}}};
+    out.push_back(g);
+  }
+  {
     // THOR: random experts (one per layer and pass, each layer its own stream), two passes per
     // step and the consistency loss between their distributions.
     GoldenCase g{"thor_consistency", tiny_config(), tiny_opt()};
@@ -560,6 +569,36 @@ INSTANTIATE_TEST_SUITE_P(Tiny, ModelGolden, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<GoldenCase>& param_info) {
                            return param_info.param.name;
                          });
+
+// Autonomy-of-Experts at the model level: experts.w1 is shaped by the router's gate input
+// (E, F, r), router.down (E r, d) replaces gate.weight and counts in full among the active
+// parameters (it runs for every expert on every token), and a checkpoint round-trips.
+TEST(ModelAoe, ShapesActiveParametersAndCheckpoint) {
+  ModelConfig c = tiny_config();
+  const int64_t r = 5, E = c.experts, F = c.d_ff, C = c.d_model;
+  c.router = {{"router", "aoe"}, {"aoe_rank", r}};
+  Model model(c, 7);
+  EXPECT_EQ(model.tensor("layers.0.moe.experts.w1").shape, (std::vector<int64_t>{E, F, r}));
+  EXPECT_EQ(model.tensor("layers.0.moe.experts.w3").shape, (std::vector<int64_t>{E, F, C}));
+  EXPECT_EQ(model.tensor("layers.0.moe.router.down").shape, (std::vector<int64_t>{E * r, C}));
+  EXPECT_THROW(model.tensor("layers.0.moe.gate.weight"), Error);
+  // Active: all but the routed experts in full; the routed experts' w1, w3, w2 at k/E = 2/4.
+  int64_t routed = 0;
+  for (const ParamTensor& t : model.tensors())
+    if (t.trainable && t.name.find("moe.experts.") != std::string::npos) routed += int64_t(t.size);
+  EXPECT_EQ(routed, c.n_layers * E * (F * r + 2 * F * C));
+  EXPECT_EQ(model.active_parameter_count(), model.parameter_count() - routed + routed * 2 / E);
+  // A checkpoint loads into a fresh model and reproduces the loss.
+  std::vector<int32_t> tokens(size_t(2 * c.seq_len)), targets(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = int32_t((i * 37 + 11) % size_t(c.vocab_size));
+    targets[i] = int32_t((i * 53 + 5) % size_t(c.vocab_size));
+  }
+  const double loss = model.forward(tokens.data(), targets.data(), 2, c.seq_len, false);
+  Model again(c, 99);
+  again.load_safetensors(model.to_safetensors(), "aoe checkpoint");
+  EXPECT_EQ(again.forward(tokens.data(), targets.data(), 2, c.seq_len, false), loss);
+}
 
 // model.json's activation keys: swiglu_clamped's parameters round-trip through to_json (gpt-oss's
 // defaults when absent), and bad ones are errors naming the field and value.

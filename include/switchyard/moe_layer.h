@@ -29,13 +29,18 @@ struct MoEShape {
   // Token-id vocabulary, for a logit function that reads ids (LogitFunction::needs_vocab): the
   // model's vocab_size, layer.json's vocab_size; 0 = unknown.
   int64_t vocab = 0;
+  // Input width of the experts' gate projection w1 where the router's logit function supplies
+  // the gate inputs (LogitFunction::expert_gate_input_dim, Autonomy-of-Experts): w1 is (E, F,
+  // gate_in). 0: w1 reads x, (E, F, d). MoELayer sets it from its router; read it from shape().
+  int64_t gate_in = 0;
+  int64_t w1_in() const { return gate_in > 0 ? gate_in : d; }
 };
 
 // Parameter views (not owned). Weights use PyTorch's (out, in) layout.
 struct MoEParams {
   const float* gate = nullptr;       // (R, d); null for routers without a gate
   const float* gate_bias = nullptr;  // (E) selection bias, or null
-  const float* w1 = nullptr;         // (E, F, d)
+  const float* w1 = nullptr;         // (E, F, d), or (E, F, gate_in) (MoEShape::gate_in)
   const float* w3 = nullptr;         // (E, F, d), SwiGLU only
   const float* w2 = nullptr;         // (E, d, F)
   const float* shared_w1 = nullptr;  // (Fs, d)
@@ -139,10 +144,13 @@ struct MoECache {
   std::vector<int64_t> token_offsets;   // (T + 1) CSR of dispatched rows by token
   std::vector<int32_t> token_rows;      // (A_kept)
   std::vector<float> xd;                // (A_kept, d) gathered inputs
-  std::vector<float> h1;                // (A_kept, F) w1 pre-activation
-  std::vector<float> h3;                // (A_kept, F) w3 output (SwiGLU)
-  std::vector<float> act;               // (A_kept, F) activation fed to w2
-  std::vector<float> out;               // (A_kept, d) expert outputs before weighting
+  // (A_kept, gate_in) each row's gate input from the logit function (MoEShape::gate_in > 0),
+  // what w1 reads instead of xd; empty otherwise.
+  std::vector<float> gate_in;
+  std::vector<float> h1;   // (A_kept, F) w1 pre-activation
+  std::vector<float> h3;   // (A_kept, F) w3 output (SwiGLU)
+  std::vector<float> act;  // (A_kept, F) activation fed to w2
+  std::vector<float> out;  // (A_kept, d) expert outputs before weighting
   std::vector<float> shared_h1, shared_h3, shared_act;  // (T, Fs)
   std::vector<float> shared_out;    // (T, d) the shared expert's output, when it is gated
   std::vector<float> shared_gate;   // (T) σ(x · shared.gate), when it is gated
@@ -258,6 +266,9 @@ class MoELayer {
   std::unique_ptr<Router> router_;
   int64_t R_ = 0;
   std::vector<RouterTensorSpec> router_specs_;  // the logit function's, read once
+  // c.gate_in (rows, gate_in): each dispatched row's (token, expert) row of the logit function's
+  // gate inputs (LogitFunction::expert_gate_inputs); cleared when gate_in is 0.
+  void gather_gate_inputs(MoECache& c) const;
   // Dispatch and combine (src/layer/token_dispatcher.h), the experts' FFNs
   // (src/layer/expert_backend.h).
   std::unique_ptr<layer::TokenDispatcher> dispatcher_;
@@ -265,6 +276,7 @@ class MoELayer {
   // Backward scratch kept across calls: allocating and faulting in (rows, d) buffers on every
   // call cost more than the routing itself.
   std::vector<float> ws_dout_, ws_dxd_, ws_dxr_;
+  std::vector<float> ws_dgate_rows_, ws_dgate_;  // (rows, gate_in), (T, R gate_in)
   uint64_t calls_ = 0;
   dist::Communicator* routing_comm_ = nullptr;
   // Global routing's scratch: this rank's logits, the capacity pass's counters and rows.

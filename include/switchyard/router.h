@@ -190,6 +190,21 @@ class LogitFunction {
                         const LogitContext& context, const std::vector<float>& saved,
                         const LogitCarryGrad& carry, const float* d_logits, float* dx,
                         float* const* dw) const = 0;
+  // The experts' gate inputs (Autonomy-of-Experts: the router's scores are part of the experts).
+  // A width r > 0 says that expert e's gate projection w1 reads, for token t, the row (t, e) of
+  // the (T, R, r) activations expert_gate_inputs(saved) left by forward instead of x: the model
+  // and the layer then shape experts.w1 (E, F, r) (MoEShape::gate_in). 0: w1 reads x (E, F, d).
+  virtual int64_t expert_gate_input_dim(int64_t /*d*/, int64_t /*R*/) const { return 0; }
+  virtual const float* expert_gate_inputs(const std::vector<float>& /*saved*/) const {
+    return nullptr;
+  }
+  // Where expert_gate_input_dim > 0: the gradient d_gate (T, R, r) of those activations (zero
+  // rows where a token did not reach the expert) -> accumulated into dx (T, d) and dw (the
+  // entries of backward, which the layer calls first; a null dw entry is skipped).
+  virtual void backward_gate_inputs(int64_t /*T*/, int64_t /*d*/, int64_t /*R*/, const float* /*x*/,
+                                    const float* const* /*w*/, const std::vector<float>& /*saved*/,
+                                    const float* /*d_gate*/, float* /*dx*/,
+                                    float* const* /*dw*/) const {}
 };
 
 class Router {

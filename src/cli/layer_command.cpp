@@ -63,7 +63,7 @@ int run_layer(const std::string& config_path, const std::string& in_path,
     fail("{}: tensor 'x' must be (T, d), got {}", in_path, shape_str(x_t.shape));
   const int64_t T = x_t.shape[0], d = x_t.shape[1];
   const TensorData& w1_t = in.require("experts.w1");
-  if (w1_t.shape.size() != 3 || w1_t.shape[2] != d)
+  if (w1_t.shape.size() != 3)
     fail("{}: tensor 'experts.w1' must be (E, F, {}), got {}", in_path, d, shape_str(w1_t.shape));
   MoEShape shape{d, w1_t.shape[0], w1_t.shape[1], 0, config.vocab_size};
   const int64_t E = shape.E, F = shape.F;
@@ -74,10 +74,17 @@ int run_layer(const std::string& config_path, const std::string& in_path,
   }
   MoELayer layer(config, shape);
   const int64_t R = layer.num_router_outputs();
+  // w1 reads x (d), or the router's per-expert activations (MoEShape::gate_in, AoE).
+  const int64_t w1_in = layer.shape().w1_in();
+  if (w1_t.shape[2] != w1_in)
+    fail(
+        "{}: tensor 'experts.w1' must be (E, F, {}){}, got {}", in_path, w1_in,
+        w1_in != d ? fmt::format(" (router '{}' feeds it its own activations)", config.router) : "",
+        shape_str(w1_t.shape));
   const bool swiglu = has_up_projection(config.activation);
 
   const std::vector<float> x = in.floats("x", {T, d});
-  const std::vector<float> w1 = in.floats("experts.w1", {E, F, d});
+  const std::vector<float> w1 = in.floats("experts.w1", {E, F, w1_in});
   const std::vector<float> w2 = in.floats("experts.w2", {E, d, F});
   const std::vector<float> w3 = swiglu ? in.floats("experts.w3", {E, F, d}) : std::vector<float>{};
   const RouterTraits& traits = layer.router().traits();
@@ -213,7 +220,7 @@ int run_layer(const std::string& config_path, const std::string& in_path,
           TensorData::from_f32(router_specs[i].shape, d_router[i]);
     out.tensors["dx"] = TensorData::from_f32({T, d}, dx);
     if (!gate.empty()) out.tensors["d_gate.weight"] = TensorData::from_f32({R, d}, dgate);
-    out.tensors["d_experts.w1"] = TensorData::from_f32({E, F, d}, dw1);
+    out.tensors["d_experts.w1"] = TensorData::from_f32({E, F, w1_in}, dw1);
     out.tensors["d_experts.w2"] = TensorData::from_f32({E, d, F}, dw2);
     if (swiglu) out.tensors["d_experts.w3"] = TensorData::from_f32({E, F, d}, dw3);
     if (shape.Fs > 0) {

@@ -51,7 +51,7 @@ cpu::Act expert_activation(Activation activation, const SwigluClamp& clamp) {
 }
 
 const float* expert_w1(const MoEParams& p, const MoEShape& s, int64_t e) {
-  return block_of(p.w1, p.w1_experts, e, s.F * s.d);
+  return block_of(p.w1, p.w1_experts, e, s.F * s.w1_in());
 }
 const float* expert_w3(const MoEParams& p, const MoEShape& s, int64_t e) {
   return block_of(p.w3, p.w3_experts, e, s.F * s.d);
@@ -60,7 +60,7 @@ const float* expert_w2(const MoEParams& p, const MoEShape& s, int64_t e) {
   return block_of(p.w2, p.w2_experts, e, s.d * s.F);
 }
 float* expert_grad_w1(const MoEGrads& g, const MoEShape& s, int64_t e) {
-  return block_of(g.w1, g.w1_experts, e, s.F * s.d);
+  return block_of(g.w1, g.w1_experts, e, s.F * s.w1_in());
 }
 float* expert_grad_w3(const MoEGrads& g, const MoEShape& s, int64_t e) {
   return block_of(g.w3, g.w3_experts, e, s.F * s.d);
@@ -76,6 +76,9 @@ void CpuExpertBackend::forward(cpu::Act act, const MoEShape& s, const MoEParams&
   resize_on_huge_pages(c.h3, swiglu ? size_t(rows * F) : 0);
   resize_on_huge_pages(c.act, size_t(rows * F));
   resize_on_huge_pages(c.out, size_t(rows * d));
+  // w1's input: the rows themselves, or their gate inputs from the logit function (gate_in).
+  const int64_t dg = s.w1_in();
+  const float* xg = s.gate_in > 0 ? c.gate_in.data() : c.xd.data();
   const auto bf16_acts =
       p.bf16_round_activations ? cpu::Bf16Activations::Round : cpu::Bf16Activations::Float32;
   for_each_expert(s.E, c.expert_offsets, [&](int64_t e) {
@@ -87,16 +90,19 @@ void CpuExpertBackend::forward(cpu::Act act, const MoEShape& s, const MoEParams&
                             c.h1.data() + o * F, h3, c.act.data() + o * F, c.out.data() + o * d,
                             bf16_acts);
     else if (n > 0)
-      cpu::ffn_forward(act, n, d, F, c.xd.data() + o * d, expert_w1(p, s, e),
-                       swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e),
-                       c.h1.data() + o * F, h3, c.act.data() + o * F, c.out.data() + o * d);
+      cpu::ffn_forward_gated(act, n, d, dg, F, c.xd.data() + o * d, xg + o * dg, expert_w1(p, s, e),
+                             swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e),
+                             c.h1.data() + o * F, h3, c.act.data() + o * F, c.out.data() + o * d);
   });
 }
 
 void CpuExpertBackend::backward(cpu::Act act, const MoEShape& s, const MoEParams& p,
-                                const MoECache& c, const float* dout, const MoEGrads& g,
-                                float* dxd) {
+                                const MoECache& c, const float* dout, const MoEGrads& g, float* dxd,
+                                float* dgate) {
   const int64_t d = s.d, F = s.F, E = s.E, rows = int64_t(c.xd.size()) / d;  // the experts' rows
+  const int64_t dg = s.w1_in();
+  const bool gated = s.gate_in > 0;
+  const float* xg = gated ? c.gate_in.data() : c.xd.data();
   const bool swiglu = act.has_up();
   float* dact = take(dact_, rows * F);                   // (rows, F)
   float* dh3 = swiglu ? take(dh3_, rows * F) : nullptr;  // (rows, F)
@@ -105,22 +111,25 @@ void CpuExpertBackend::backward(cpu::Act act, const MoEShape& s, const MoEParams
   for (int64_t e = 0; e < E && all_grads; ++e)
     all_grads =
         expert_grad_w1(g, s, e) && expert_grad_w2(g, s, e) && (!swiglu || expert_grad_w3(g, s, e));
-  float* scratch_w = all_grads ? nullptr : take(dw_scratch_, E * F * d * 3);
+  // Per expert [dw1 (F, dg) | dw3 (F, d) | dw2 (d, F)].
+  const int64_t per = F * dg + 2 * F * d;
+  float* scratch_w = all_grads ? nullptr : take(dw_scratch_, E * per);
   for_each_expert(E, c.expert_offsets, [&](int64_t e) {
     const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
-    float* scratch = scratch_w ? scratch_w + e * 3 * F * d : nullptr;
+    float* scratch = scratch_w ? scratch_w + e * per : nullptr;
     float* dw1 = expert_grad_w1(g, s, e);
     float* dw3 = swiglu ? expert_grad_w3(g, s, e) : nullptr;
     float* dw2 = expert_grad_w2(g, s, e);
     if (!dw1) dw1 = scratch;
-    if (swiglu && !dw3) dw3 = scratch + F * d;
-    if (!dw2) dw2 = scratch + 2 * F * d;
+    if (swiglu && !dw3) dw3 = scratch + F * dg;
+    if (!dw2) dw2 = scratch + F * dg + F * d;
     if (!expert_w1(p, s, e)) return;  // held elsewhere: no rows (checked in forward)
-    cpu::ffn_backward(act, n, d, F, c.xd.data() + o * d, expert_w1(p, s, e),
-                      swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e),
-                      c.h1.data() + o * F, swiglu ? c.h3.data() + o * F : nullptr,
-                      c.act.data() + o * F, dout + o * d, dact + o * F,
-                      swiglu ? dh3 + o * F : nullptr, dw1, dw3, dw2, dxd + o * d, false);
+    cpu::ffn_backward_gated(act, n, d, dg, F, c.xd.data() + o * d, xg + o * dg, expert_w1(p, s, e),
+                            swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e),
+                            c.h1.data() + o * F, swiglu ? c.h3.data() + o * F : nullptr,
+                            c.act.data() + o * F, dout + o * d, dact + o * F,
+                            swiglu ? dh3 + o * F : nullptr, dw1, dw3, dw2, dxd + o * d,
+                            gated ? dgate + o * dg : dxd + o * d, false);
   });
 }
 

@@ -27,12 +27,14 @@ float* expert_grad_w2(const MoEGrads& g, const MoEShape& s, int64_t e);
 class ExpertBackend {
  public:
   virtual ~ExpertBackend() = default;
-  // c.out (rows, d) = FFN_e(c.xd rows of expert e), saving c.h1, c.h3, c.act (rows, F).
+  // c.out (rows, d) = FFN_e(c.xd rows of expert e), saving c.h1, c.h3, c.act (rows, F); w1 reads
+  // c.gate_in's rows instead of c.xd's where shape.gate_in > 0.
   virtual void forward(cpu::Act act, const MoEShape& shape, const MoEParams& p, MoECache& c) = 0;
   // From dout (rows, d): dxd (rows, d) and the experts' weight gradients (g.w1, g.w3, g.w2 where
-  // given; otherwise computed into scratch and dropped).
+  // given; otherwise computed into scratch and dropped). Where w1 reads c.gate_in (shape.gate_in
+  // > 0), dgate (rows, gate_in) gets that input's gradient and dxd the part through w3 only.
   virtual void backward(cpu::Act act, const MoEShape& shape, const MoEParams& p, const MoECache& c,
-                        const float* dout, const MoEGrads& g, float* dxd) = 0;
+                        const float* dout, const MoEGrads& g, float* dxd, float* dgate) = 0;
 };
 
 // OpenBLAS sgemm for float32 experts, the BF16 kernels for BF16 ones (forward only); in parallel
@@ -41,7 +43,7 @@ class CpuExpertBackend final : public ExpertBackend {
  public:
   void forward(cpu::Act act, const MoEShape& shape, const MoEParams& p, MoECache& c) override;
   void backward(cpu::Act act, const MoEShape& shape, const MoEParams& p, const MoECache& c,
-                const float* dout, const MoEGrads& g, float* dxd) override;
+                const float* dout, const MoEGrads& g, float* dxd, float* dgate) override;
 
  private:
   // Kept across calls: allocating and faulting in (rows, F) buffers on every call cost more than

@@ -130,6 +130,11 @@ void MoELayer::set_placement(const ExpertPlacement& placement) {
 }
 
 void MoELayer::set_routing_communicator(dist::Communicator* comm) {
+  if (comm && comm->size() > 1 && shape_.gate_in > 0)
+    fail(
+        "moe_layer: router '{}' feeds its own activations to the experts' gate projection; "
+        "routing across ranks does not carry them yet",
+        config_.router);
   routing_comm_ = comm && comm->size() > 1 ? comm : nullptr;
 }
 
@@ -151,6 +156,10 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
           "\"vocab_size\"; a model sets it from its vocab_size)",
           config.source, config.router);
     router_specs_ = lf->tensors(LogitShape{shape.d, R_, shape.vocab});
+    // The experts' gate projection reads the logit function's activations (AoE): w1's input.
+    shape_.gate_in = lf->expert_gate_input_dim(shape.d, R_);
+  } else {
+    shape_.gate_in = 0;
   }
   if (router_->logit_function() && router_->traits().pooled_per_sequence)
     fail(
@@ -186,6 +195,13 @@ void MoELayer::set_dispatcher(std::unique_ptr<layer::TokenDispatcher> dispatcher
   if (router_->traits().pooled_per_sequence)
     fail("moe_layer: router '{}' merges experts per sequence and has no dispatcher",
          config_.router);
+  // The gate-input rows (MoECache::gate_in) are gathered from this process's tokens: a
+  // dispatcher that moves rows to other ranks would have to move them too.
+  if (shape_.gate_in > 0 && !dynamic_cast<layer::LocalDispatcher*>(dispatcher.get()))
+    fail(
+        "moe_layer: router '{}' feeds its own activations to the experts' gate projection "
+        "(experts.w1 is (E, F, {})); expert parallelism does not carry them yet",
+        config_.router, shape_.gate_in);
   dispatcher_ = std::move(dispatcher);
 }
 
@@ -217,6 +233,11 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
   }
   if (p.gate_bias && check_weights) check_finite("gate.bias", p.gate_bias, s.E, s.E);
   const bool bf16 = p.w1_bf16 != nullptr;
+  if (bf16 && s.gate_in > 0)
+    fail(
+        "moe_layer: router '{}' feeds its own activations to the experts' gate projection; the "
+        "BF16 experts do not take them",
+        config_.router);
   if (bf16 && (p.w1 || p.w2 || p.w3 || !p.w2_bf16 || traits.pooled_per_sequence))
     fail(
         "moe_layer: BF16 experts need w1_bf16 and w2_bf16 and no float32 experts, and a router "
@@ -236,7 +257,7 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
   if (!bf16 && !per_expert && (!p.w1 || !p.w2))
     fail("moe_layer: experts.w1 and experts.w2 are required");
   if (check_weights && !bf16 && !per_expert) {
-    check_finite("experts.w1", p.w1, s.E * s.F * s.d, s.d);
+    check_finite("experts.w1", p.w1, s.E * s.F * s.w1_in(), s.w1_in());
     check_finite("experts.w2", p.w2, s.E * s.d * s.F, s.F);
   }
   if (per_expert)
@@ -245,7 +266,7 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
       if (w1 != w2 || (swiglu && w1 != w3))
         fail("moe_layer: expert {} has some of its per-expert weights but not all", e);
       if (!check_weights || !w1) continue;
-      check_finite("experts.w1 (an expert's)", p.w1_experts[e], s.F * s.d, s.d);
+      check_finite("experts.w1 (an expert's)", p.w1_experts[e], s.F * s.w1_in(), s.w1_in());
       check_finite("experts.w2 (an expert's)", p.w2_experts[e], s.d * s.F, s.F);
       if (swiglu) check_finite("experts.w3 (an expert's)", p.w3_experts[e], s.F * s.d, s.d);
     }
@@ -455,6 +476,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   const int64_t rows = dispatcher_->dispatch_preprocess(plan, batch.x, T, d, E, c);
   dispatcher_->dispatch_communicate(d, c);
   dispatcher_->dispatch_postprocess(d, c);
+  gather_gate_inputs(c);
   if (p.w1_experts)
     for (int64_t e = 0; e < E; ++e)
       if (!p.w1_experts[e] && c.expert_offsets[size_t(e) + 1] > c.expert_offsets[size_t(e)])
@@ -506,6 +528,22 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   check_overflow("y", y, T * d, d);
   lap("statistics");
   return stats;
+}
+
+void MoELayer::gather_gate_inputs(MoECache& c) const {
+  const int64_t r = shape_.gate_in, R = R_;
+  if (r == 0) {
+    c.gate_in.clear();
+    return;
+  }
+  const float* a = router_->logit_function()->expert_gate_inputs(c.logit_saved);  // (T, R, r)
+  const int64_t rows = int64_t(c.row_token.size());
+  c.gate_in.resize(size_t(rows * r));
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t t = c.row_token[size_t(i)];
+    const int64_t e = c.plan.expert[size_t(c.row_assignment[size_t(i)])];
+    std::copy_n(a + (t * R + e) * r, r, c.gate_in.data() + i * r);
+  }
 }
 
 int64_t MoELayer::router_carry_dim() const {
@@ -578,8 +616,22 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   float* dout = take(ws_dout_, rows * d);  // (rows, d)
   float* dxd = take(ws_dxd_, rows * d);    // (rows, d)
   dispatcher_->combine_backward(c, dy, d, dout, d_weight.data());
-  experts_->backward(act, shape_, p, c, dout, g, dxd);
+  const int64_t r = shape_.gate_in;
+  float* dgate_rows = r > 0 ? take(ws_dgate_rows_, rows * r) : nullptr;  // (rows, r)
+  experts_->backward(act, shape_, p, c, dout, g, dxd, dgate_rows);
   dispatcher_->dispatch_backward(c, dxd, T, d, dx);
+  // The gate inputs' gradient, back to the logit function's (T, R, r) activations (a row is one
+  // (token, expert) pair, so rows do not collide).
+  float* dgate = nullptr;
+  if (r > 0) {
+    ws_dgate_.assign(size_t(T * R * r), 0.0f);
+    dgate = ws_dgate_.data();
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t t = c.row_token[size_t(i)];
+      const int64_t e = plan.expert[size_t(c.row_assignment[size_t(i)])];
+      std::copy_n(dgate_rows + i * r, r, dgate + (t * R + e) * r);
+    }
+  }
 
   std::vector<float> d_pass;
   if (!plan.passthrough.empty()) {
@@ -629,6 +681,9 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
                                int64_t(c.sequences.size())};
     lf->backward(T, d, R, router_input, p.router, context, c.logit_saved, carry, d_logits.data(),
                  dxr, g.router);
+    if (dgate)
+      lf->backward_gate_inputs(T, d, R, router_input, p.router, c.logit_saved, dgate, dxr,
+                               g.router);
   } else {
     if (g.gate)
       cpu::gemm(true, false, R, d, T, 1.0f, d_logits.data(), R, router_input, d, 0.0f, g.gate, d);

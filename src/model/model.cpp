@@ -330,7 +330,14 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
         L.gate = add(p + "moe.gate.weight", {R, C});
       }  // routers without a gate (hash, THOR's random experts) hold no gate tensor
       L.gate_bias = add(p + "moe.gate.bias", {E}, false);
-      L.w1 = add_experts(p + "moe.experts.w1", F, C);
+      // w1 reads x (F, C), or the router's per-expert activations (F, gate_in; AoE).
+      const int64_t w1_in = L.moe_layer->shape().w1_in();
+      if (sharded && w1_in != C)
+        fail(
+            "model: router '{}' feeds its own activations to the experts' gate projection "
+            "(experts.w1 is (E, F, {})); expert parallelism does not carry them yet",
+            lc.router, w1_in);
+      L.w1 = add_experts(p + "moe.experts.w1", F, w1_in);
       if (swiglu) L.w3 = add_experts(p + "moe.experts.w3", F, C);
       L.w2 = add_experts(p + "moe.experts.w2", C, F);
       if (c.shared_d_ff > 0) {

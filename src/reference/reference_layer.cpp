@@ -130,12 +130,14 @@ std::vector<double> matvec(const double* w, int64_t rows, int64_t cols,
   return out;
 }
 
-// One FFN on one token: SwiGLU w2 (silu(w1 x) ⊙ w3 x), GELU w2 gelu(w1 x), or the clamped
-// SwiGLU w2 ((clamp(w3 x, -limit, limit) + 1) ⊙ g sigmoid(alpha g)), g = min(w1 x, limit).
-// w1, w3: (F, d); w2: (d, F). w3 is ignored for GELU.
-std::vector<double> ffn(const LayerConfig& config, const double* w1, const double* w3,
-                        const double* w2, int64_t d, int64_t F, const std::vector<double>& x) {
-  const std::vector<double> h1 = matvec(w1, F, d, x);
+// One FFN on one token: SwiGLU w2 (silu(w1 g) ⊙ w3 x), GELU w2 gelu(w1 g), or the clamped
+// SwiGLU w2 ((clamp(w3 x, -limit, limit) + 1) ⊙ h sigmoid(alpha h)), h = min(w1 g, limit), where
+// the gate's input g is x itself, or (Autonomy-of-Experts) the expert's own low-rank activation.
+// w1: (F, dg) for g of dg values; w3: (F, d); w2: (d, F). w3 is ignored for GELU.
+std::vector<double> ffn_gated(const LayerConfig& config, const double* w1, const double* w3,
+                              const double* w2, int64_t d, int64_t F, const std::vector<double>& x,
+                              const std::vector<double>& g) {
+  const std::vector<double> h1 = matvec(w1, F, static_cast<int64_t>(g.size()), g);
   std::vector<double> act(F);
   if (config.activation == Activation::SwiGLU) {
     const std::vector<double> h3 = matvec(w3, F, d, x);
@@ -154,11 +156,26 @@ std::vector<double> ffn(const LayerConfig& config, const double* w1, const doubl
   return matvec(w2, d, F, act);
 }
 
+std::vector<double> ffn(const LayerConfig& config, const double* w1, const double* w3,
+                        const double* w2, int64_t d, int64_t F, const std::vector<double>& x) {
+  return ffn_gated(config, w1, w3, w2, d, F, x, x);
+}
+
+// Expert e on token x; its gate reads g (x, or AoE's W_down,e x of dg values: w1 is (E, F, dg)).
 std::vector<double> expert_ffn(const LayerConfig& config, const Params& p, const MoEShape& shape,
-                               int64_t e, const std::vector<double>& x) {
-  const int64_t d = shape.d, F = shape.F;
+                               int64_t e, const std::vector<double>& x,
+                               const std::vector<double>& g) {
+  const int64_t d = shape.d, F = shape.F, dg = static_cast<int64_t>(g.size());
   const double* w3 = has_up_projection(config.activation) ? p.w3.data() + e * F * d : nullptr;
-  return ffn(config, p.w1.data() + e * F * d, w3, p.w2.data() + e * d * F, d, F, x);
+  return ffn_gated(config, p.w1.data() + e * F * dg, w3, p.w2.data() + e * d * F, d, F, x, g);
+}
+
+// Autonomy-of-Experts (docs/routers/aoe.md): the rank r of each expert's W_down, 0 for routers
+// whose experts' gates read x.
+int64_t aoe_rank(const json& router_params) {
+  return router_params.value("logits", "linear") == "aoe"
+             ? param<int64_t>(router_params, "aoe_rank")
+             : 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1466,13 +1483,14 @@ double config_losses(const LossConfig& losses, const std::vector<double>& logits
 // The layer.
 
 void check_sizes(const LayerConfig& config, const MoEShape& shape, int64_t R, const Params& p,
-                 const Batch& b, const RouterNoise& noise, bool needs_gate, int64_t draws) {
+                 const Batch& b, const RouterNoise& noise, bool needs_gate, int64_t draws,
+                 int64_t w1_in) {
   const int64_t T = b.T, d = shape.d, E = shape.E, F = shape.F, Fs = shape.Fs;
   const bool swiglu = has_up_projection(config.activation);
   expect_size(b.x, T * d, "x");
   if (needs_gate) expect_size(p.gate, R * d, "gate.weight");
   if (!p.gate_bias.empty()) expect_size(p.gate_bias, E, "gate.bias");
-  expect_size(p.w1, E * F * d, "experts.w1");
+  expect_size(p.w1, E * F * w1_in, "experts.w1");
   if (swiglu) expect_size(p.w3, E * F * d, "experts.w3");
   expect_size(p.w2, E * d * F, "experts.w2");
   expect_size(p.shared_w1, Fs * d, "shared.w1");
@@ -1751,6 +1769,21 @@ std::vector<double> router_logits(const json& router_params, const MoEShape& sha
     }
     return z;
   }
+  if (kind == "aoe") {
+    // Autonomy-of-Experts: z_te = ‖a_te‖₂, a_te = W_down,e x_t, W_down,e rows [e r, (e + 1) r).
+    const int64_t r = param<int64_t>(router_params, "aoe_rank");
+    const std::vector<double>& down = tensor("down", R * r * d);
+    std::vector<double> z(size_t(T * R));
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<double> a = matvec(down.data(), R * r, d, row(x, t, d));
+      for (int64_t e = 0; e < R; ++e) {
+        double sq = 0.0;
+        for (int64_t j = 0; j < r; ++j) sq += a[size_t(e * r + j)] * a[size_t(e * r + j)];
+        z[size_t(t * R + e)] = std::sqrt(sq);
+      }
+    }
+    return z;
+  }
   if (kind != "cosine") return logits_of(x, params.gate, T, d, R);
   // X-MoE: logits = scale · cos(W x, e_r), scale = min(exp(log_scale), 1 / τ_min); a norm below
   // 1e-4 counts as 1e-4 (F.normalize).
@@ -1788,10 +1821,12 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   const bool own_logits =
       router_params.value("logits", "linear") != "linear" || remoe_scaled_gate(router_params);
   const bool gateless = family == "hash" || family == "thor";
+  const int64_t rank = aoe_rank(router_params);
   check_sizes(config, shape, R, params, batch, noise, !gateless && !own_logits,
               family == "sparsemixer" ? sparsemixer_draws(R)
               : family == "moec"      ? param<int64_t>(router_params, "cluster_size")
-                                      : 1);
+                                      : 1,
+              rank > 0 ? rank : d);
   if (family == "smear") return forward_smear(config, shape, params, batch, noise);
 
   const std::vector<Range> groups = routing_group_ranges(config.routing_groups, batch.seq_lens, T);
@@ -1855,8 +1890,13 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     }
     ++r.tokens_per_expert[a.expert];
     r.combine[a.token * E + a.expert] += a.weight;
-    const std::vector<double> out =
-        expert_ffn(config, params, shape, a.expert, row(batch.x, a.token, d));
+    // The gate's input: x, or AoE's W_down,e times the router's (jittered) view of x.
+    const std::vector<double> xt = row(batch.x, a.token, d);
+    const std::vector<double> g =
+        rank > 0 ? matvec(router_tensor(params, "down", R * rank * d).data() + a.expert * rank * d,
+                          rank, d, row(router_input(batch.x, noise), a.token, d))
+                 : xt;
+    const std::vector<double> out = expert_ffn(config, params, shape, a.expert, xt, g);
     for (int64_t j = 0; j < d; ++j) r.y[a.token * d + j] += a.weight * out[j];
   }
   for (int64_t t = 0; t < static_cast<int64_t>(routing.passthrough.size()); ++t)

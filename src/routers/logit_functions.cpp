@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "routers/aoe_logits.h"
 #include "routers/attention_logits.h"
 #include "routers/cosine_logits.h"
 #include "routers/global_logits.h"
@@ -16,13 +17,14 @@ namespace switchyard::routers {
 LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
                                 const std::string& context) {
   const std::string kind = r.get_choice(
-      "logits", "linear", {"linear", "cosine", "hyper", "attention", "recurrent", "global"});
+      "logits", "linear", {"linear", "cosine", "hyper", "attention", "recurrent", "global", "aoe"});
   const std::vector<std::pair<std::string, std::vector<std::string>>> keys = {
       {"cosine",
        {"cosine_dim", "cosine_temperature", "cosine_min_temperature", "cosine_normalize_input"}},
       {"hyper", {"hyper_hidden", "hyper_embedding_dim"}},
       {"recurrent", {"recurrent_dim"}},
       {"global", {"global_dim"}},
+      {"aoe", {"aoe_rank"}},
   };
   for (const auto& [owner, names] : keys)
     for (const std::string& key : names)
@@ -79,6 +81,15 @@ LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
         "width {} (SpeechMoE2's global embedding): batch-dependent but causal",
         c.dim);
     choice.function = std::make_unique<GlobalLogits>(c);
+  } else if (kind == "aoe") {
+    AoeLogitsConfig c;
+    c.rank = r.get_int("aoe_rank", c.rank, 1, 1 << 14);
+    choice.params["aoe_rank"] = c.rank;
+    choice.description = fmt::format(
+        "logits = ‖W_down,e x‖ per expert (rank {}), the experts' gate projection reading "
+        "W_down,e x (Autonomy-of-Experts)",
+        c.rank);
+    choice.function = std::make_unique<AoeLogits>(c);
   }
   return choice;
 }

@@ -1,6 +1,7 @@
 // The "logits" parameter any router may take: `linear` (x · gate.weightᵀ), `cosine` (X-MoE),
-// `hyper` (HyperRouter), `attention` (Yuan 2.0-M32), `recurrent` (RMoE) or `global`
-// (SpeechMoE2), with each function's own parameters.
+// `hyper` (HyperRouter), `attention` (Yuan 2.0-M32), `recurrent` (RMoE), `global` (SpeechMoE2)
+// or `aoe` (Autonomy-of-Experts: the experts' own low-rank activations), with each function's own
+// parameters.
 #pragma once
 
 #include <switchyard/config.h>

@@ -463,6 +463,9 @@ std::unique_ptr<Router> make_yuan(const json& p, const std::string& c) {
 std::unique_ptr<Router> make_rmoe(const json& p, const std::string& c) {
   return with_defaults({{"k", 2}, {"normalize", true}, {"logits", "recurrent"}}, p, c);
 }
+std::unique_ptr<Router> make_aoe(const json& p, const std::string& c) {
+  return with_defaults({{"k", 2}, {"normalize", true}, {"logits", "aoe"}}, p, c);
+}
 std::unique_ptr<Router> make_sinkhorn(const json& p, const std::string& c) {
   return with_defaults(
       {{"k", 1}, {"score", "sigmoid"}, {"normalize", false}, {"selection", "sinkhorn"}}, p, c);

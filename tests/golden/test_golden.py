@@ -121,6 +121,10 @@ def router_logits(case, t, x):
     p = topk_params(case["cfg"])
     if kind == "remoe_scaled":
         return float(p["gate_lr_scale"]) * (x @ t["router.gate"].astype(np.float64).T)
+    if kind == "aoe":  # AoE: ‖W_down,e x‖₂ per expert, router.down (R r, d)
+        r = int(p["aoe_rank"])
+        a = (x @ t["router.down"].astype(np.float64).T).reshape(x.shape[0], -1, r)
+        return np.linalg.norm(a, axis=2)
     if kind == "attention":
         q, k, v = np.split(x @ t["router.qkv"].astype(np.float64).T, 3, axis=1)
         s = q[:, :, None] * k[:, None, :]
@@ -543,6 +547,9 @@ def make_inputs(case, rng):
         t["router.gate"] = (rng.standard_normal((R, d + D)) * case["gate_scale"]
                             / math.sqrt(d + D)).astype(f32)
         t["router.global_projection"] = (rng.standard_normal((D, d)) / math.sqrt(d)).astype(f32)
+    elif logit_kind(case["cfg"]) == "aoe":  # AoE's per-expert W_down, rows [e r, (e + 1) r)
+        r = topk_params(case["cfg"])["aoe_rank"]
+        t["router.down"] = (rng.standard_normal((R * r, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
     elif logit_kind(case["cfg"]) == "cosine":  # X-MoE's tensors; the log scale 0.3 above its start
         p = topk_params(case["cfg"])
         D = p["cosine_dim"]
@@ -563,7 +570,9 @@ def make_inputs(case, rng):
         t["router.gate"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d) / s).astype(f32)
     elif case["cfg"]["router"] not in ("hash", "thor"):
         t["gate.weight"] = (rng.standard_normal((R, d)) * case["gate_scale"] / math.sqrt(d)).astype(f32)
-    t["experts.w1"] = (rng.standard_normal((E, F, d)) / math.sqrt(d)).astype(f32)
+    # w1 reads x, or AoE's r-dimensional activations
+    w1_in = topk_params(case["cfg"])["aoe_rank"] if logit_kind(case["cfg"]) == "aoe" else d
+    t["experts.w1"] = (rng.standard_normal((E, F, w1_in)) / math.sqrt(w1_in)).astype(f32)
     if not gelu:
         t["experts.w3"] = (rng.standard_normal((E, F, d)) / math.sqrt(d)).astype(f32)
     t["experts.w2"] = (rng.standard_normal((E, d, F)) / math.sqrt(F)).astype(f32)

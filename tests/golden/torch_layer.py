@@ -59,7 +59,7 @@ TOPK_DEFAULTS = {
     "logits": "linear", "cosine_dim": 16, "cosine_temperature": 0.07,
     "cosine_min_temperature": 0.01, "cosine_normalize_input": True,
     "hyper_hidden": 256, "hyper_embedding_dim": 0, "recurrent_dim": 256, "global_dim": 16,
-    "sparsity_loss": 0.0, "importance_loss": 0.0,
+    "sparsity_loss": 0.0, "importance_loss": 0.0, "aoe_rank": 16,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
@@ -88,6 +88,7 @@ ROUTERS = {
     "rmoe": ("topk", {"k": 2, "normalize": True, "logits": "recurrent"}, {"balance": 0.01}),
     "speechmoe2": ("topk", {"k": 1, "normalize": False, "logits": "global",
                             "sparsity_loss": 0.1, "importance_loss": 0.1}, {}),
+    "aoe": ("topk", {"k": 2, "normalize": True, "logits": "aoe"}, {"balance": 0.01}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
     "soft": ("soft", {}, {}),
@@ -246,21 +247,23 @@ def has_up(activation):
     return activation in ("swiglu", "swiglu_clamped")
 
 
-def ffn(x, w1, w3, w2, layer):
-    """x (n, d); w1, w3 (F, d); w2 (d, F); layer: parse_config's dict (activation, swiglu_alpha,
-    swiglu_limit)."""
+def ffn(x, w1, w3, w2, layer, g=None):
+    """x (n, d); w1 (F, d), or (F, r) reading g (n, r) instead of x (Autonomy-of-Experts: the
+    expert's own low-rank activation); w3 (F, d); w2 (d, F); layer: parse_config's dict
+    (activation, swiglu_alpha, swiglu_limit)."""
     activation = layer["activation"]
+    g = x if g is None else g
     if activation == "swiglu_clamped":
         # As transformers' GptOssExperts.forward (without its biases): the gate clamped from
         # above, the up projection on both sides.
         alpha, limit = layer["swiglu_alpha"], layer["swiglu_limit"]
-        gate = (x @ w1.t()).clamp(min=None, max=limit)
+        gate = (g @ w1.t()).clamp(min=None, max=limit)
         up = (x @ w3.t()).clamp(min=-limit, max=limit)
         h = (up + 1) * (gate * torch.sigmoid(gate * alpha))
     elif activation == "swiglu":
-        h = F.silu(x @ w1.t()) * (x @ w3.t())
+        h = F.silu(g @ w1.t()) * (x @ w3.t())
     else:
-        h = F.gelu(x @ w1.t())  # exact erf form (torch's default)
+        h = F.gelu(g @ w1.t())  # exact erf form (torch's default)
     return h @ w2.t()
 
 
@@ -1034,6 +1037,7 @@ def run_layer(layer, tin, dtype=torch.float64):
 
     y = torch.zeros(T, d, dtype=dtype)
     z = None
+    gate_in = None  # AoE: (T, R, r) the activations the experts' gates read instead of x
     routing = None
     passthrough = None
 
@@ -1081,6 +1085,11 @@ def run_layer(layer, tin, dtype=torch.float64):
                 z = attention_logits(x, router_tensors)                  # (T, R)
             elif family == "topk" and p["logits"] == "global":
                 z = global_logits(x, router_tensors, seq_lens)           # (T, R)
+            elif family == "topk" and p["logits"] == "aoe":
+                # AoE: a_te = W_down,e x_t (T, R, r) from router.down (R r, d); z = ‖a_te‖₂
+                r = int(p["aoe_rank"])
+                gate_in = (x @ router_tensors["down"].t()).reshape(T, -1, r)
+                z = torch.linalg.vector_norm(gate_in, dim=2)                # (T, R)
             elif family == "topk" and p["logits"] == "recurrent":
                 carry_out = recurrent_state(x, router_tensors, carry_in)  # (T, p)
                 z = carry_out @ router_tensors["gate"].t()               # (T, R)
@@ -1152,7 +1161,8 @@ def run_layer(layer, tin, dtype=torch.float64):
             tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
             if tok.numel() == 0:
                 continue
-            out = ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer)
+            out = ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer,
+                      None if gate_in is None else gate_in[tok, e])
             y = y.index_add(0, tok, out * W[tok, e:e + 1])
         if passthrough is not None:
             y = y + passthrough * x

@@ -154,9 +154,13 @@ def param_specs(cfg):
                           (m + "router.global_projection", (D, C), True, "normal")]
             elif remoe_gate_scale(cfg) != 1.0:  # ReMoE's gate_lr_scale: router.gate instead
                 specs.append((m + "router.gate", (num_router_outputs(cfg), C), True, "normal"))
+            elif aoe_rank(cfg):  # AoE: every expert's W_down instead of gate.weight
+                specs.append((m + "router.down", (num_router_outputs(cfg) * aoe_rank(cfg), C),
+                              True, "normal"))
             elif cfg["layer"]["family"] not in ("hash", "thor"):  # routers without a gate hold none
                 specs.append((m + "gate.weight", (num_router_outputs(cfg), C), True, "normal"))
-            specs.append((m + "experts.w1", (E, Fe, C), True, "normal"))
+            # w1 reads x, or (AoE) the expert's r-dimensional activation W_down,e x
+            specs.append((m + "experts.w1", (E, Fe, aoe_rank(cfg) or C), True, "normal"))
             if swiglu:
                 specs.append((m + "experts.w3", (E, Fe, C), True, "normal"))
             specs.append((m + "experts.w2", (E, C, Fe), True, "proj"))
@@ -218,6 +222,15 @@ def global_dim(cfg):
     layer = cfg["layer"]
     if layer["family"] == "topk" and layer["params"].get("logits") == "global":
         return int(layer["params"]["global_dim"])
+    return 0
+
+
+def aoe_rank(cfg):
+    """AoE's rank r where the router's logits are "aoe" (the experts' gates read W_down,e x),
+    else 0."""
+    layer = cfg["layer"]
+    if layer["family"] == "topk" and layer["params"].get("logits") == "aoe":
+        return int(layer["params"]["aoe_rank"])
     return 0
 
 
@@ -343,6 +356,7 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
 
     y = torch.zeros(T, d, dtype=x.dtype)
     z, passthrough = None, None
+    gate_in = None  # AoE: (T, R, r) the activations the experts' gates read instead of x
     margin = torch.full((T,), math.inf, dtype=torch.float64)
     counts = None
     if family == "smear":
@@ -381,6 +395,9 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 z = TL.global_logits(x, tensors, seq_lens)
             elif family == "remoe" and float(p["gate_lr_scale"]) != 1.0:
                 z = float(p["gate_lr_scale"]) * (x @ P[prefix + "router.gate"].t())
+            elif family == "topk" and p.get("logits") == "aoe":  # z = ‖W_down,e x‖₂
+                gate_in = (x @ P[prefix + "router.down"].t()).reshape(T, -1, int(p["aoe_rank"]))
+                z = torch.linalg.vector_norm(gate_in, dim=2)
             elif family == "stablemoe":  # s = W x and shat = K Q[id], side by side
                 tensors = {n: P[prefix + "router." + n]
                            for n in ("centroids", "token_embedding", "token_centroids")}
@@ -443,7 +460,8 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
             tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
             if tok.numel() == 0:
                 continue
-            out = TL.ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer)
+            out = TL.ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer,
+                         None if gate_in is None else gate_in[tok, e])
             y = y.index_add(0, tok, out * W[tok, e:e + 1])
         if passthrough is not None:
             y = y + passthrough * x

@@ -179,8 +179,14 @@ void ffn_activation(Act act_kind, int64_t size, const float* h1, const float* h3
 
 void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
                  const float* w3, const float* w2, float* h1, float* h3, float* act, float* out) {
+  ffn_forward_gated(act_kind, n, d, d, F, x, x, w1, w3, w2, h1, h3, act, out);
+}
+
+void ffn_forward_gated(Act act_kind, int64_t n, int64_t d, int64_t dg, int64_t F, const float* x,
+                       const float* xg, const float* w1, const float* w3, const float* w2,
+                       float* h1, float* h3, float* act, float* out) {
   if (n == 0) return;
-  gemm(false, true, n, F, d, 1.0f, x, d, w1, d, 0.0f, h1, F);  // (n, F)
+  gemm(false, true, n, F, dg, 1.0f, xg, dg, w1, dg, 0.0f, h1, F);  // (n, F)
   const int64_t size = n * F;
   if (act_kind.has_up()) gemm(false, true, n, F, d, 1.0f, x, d, w3, d, 0.0f, h3, F);  // (n, F)
   ffn_activation(act_kind, size, h1, h3, act);
@@ -191,10 +197,19 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
                   const float* w3, const float* w2, const float* h1, const float* h3,
                   const float* act, const float* dout, float* dact, float* dh3, float* dw1,
                   float* dw3, float* dw2, float* dx, bool accumulate) {
+  ffn_backward_gated(act_kind, n, d, d, F, x, x, w1, w3, w2, h1, h3, act, dout, dact, dh3, dw1, dw3,
+                     dw2, dx, dx, accumulate);
+}
+
+void ffn_backward_gated(Act act_kind, int64_t n, int64_t d, int64_t dg, int64_t F, const float* x,
+                        const float* xg, const float* w1, const float* w3, const float* w2,
+                        const float* h1, const float* h3, const float* act, const float* dout,
+                        float* dact, float* dh3, float* dw1, float* dw3, float* dw2, float* dx,
+                        float* dxg, bool accumulate) {
   const float beta = accumulate ? 1.0f : 0.0f;
   if (n == 0) {
     if (!accumulate) {
-      std::fill(dw1, dw1 + F * d, 0.0f);
+      std::fill(dw1, dw1 + F * dg, 0.0f);
       if (dw3) std::fill(dw3, dw3 + F * d, 0.0f);
       std::fill(dw2, dw2 + d * F, 0.0f);
     }
@@ -231,9 +246,14 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
 #pragma omp parallel for simd schedule(static) if (size > 65536)
     for (int64_t i = 0; i < size; ++i) dact[i] *= gelu_grad(h1[i]);
   }
-  gemm(true, false, F, d, n, 1.0f, dact, F, x, d, beta, dw1, d);   // (F, d)
-  gemm(false, false, n, d, F, 1.0f, dact, F, w1, d, 0.0f, dx, d);  // (n, d)
-  if (act_kind.has_up()) gemm(false, false, n, d, F, 1.0f, dh3, F, w3, d, 1.0f, dx, d);
+  gemm(true, false, F, dg, n, 1.0f, dact, F, xg, dg, beta, dw1, dg);   // (F, dg)
+  gemm(false, false, n, dg, F, 1.0f, dact, F, w1, dg, 0.0f, dxg, dg);  // (n, dg)
+  // dx is dxg where w1 reads x: the w3 path adds to it; otherwise it is the w3 path alone.
+  const bool same = dx == dxg;
+  if (act_kind.has_up())
+    gemm(false, false, n, d, F, 1.0f, dh3, F, w3, d, same ? 1.0f : 0.0f, dx, d);
+  else if (!same)
+    std::fill(dx, dx + n * d, 0.0f);
 }
 
 void combine_rows(int64_t T, int64_t d, const int64_t* token_offsets, const int32_t* token_rows,

@@ -40,6 +40,12 @@ struct Act {
 void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
                  const float* w3, const float* w2, float* h1, float* h3, float* act, float* out);
 
+// ffn_forward with the gate projection w1 (F, dg) reading its own input xg (n, dg) instead of x
+// (Autonomy-of-Experts: the router's low-rank activations); w3 still reads x (n, d).
+void ffn_forward_gated(Act act_kind, int64_t n, int64_t d, int64_t dg, int64_t F, const float* x,
+                       const float* xg, const float* w1, const float* w3, const float* w2,
+                       float* h1, float* h3, float* act, float* out);
+
 // act (size) = the activation of h1 (and h3): the step between the two GEMMs of an expert.
 void ffn_activation(Act act_kind, int64_t size, const float* h1, const float* h3, float* act);
 
@@ -49,6 +55,14 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
                   const float* w3, const float* w2, const float* h1, const float* h3,
                   const float* act, const float* dout, float* dact, float* dh3, float* dw1,
                   float* dw3, float* dw2, float* dx, bool accumulate);
+
+// Backward of ffn_forward_gated: dw1 (F, dg) from xg, dxg (n, dg) = the gradient of xg, dx (n, d)
+// through w3 only (zero for GELU); the rest as ffn_backward.
+void ffn_backward_gated(Act act_kind, int64_t n, int64_t d, int64_t dg, int64_t F, const float* x,
+                        const float* xg, const float* w1, const float* w3, const float* w2,
+                        const float* h1, const float* h3, const float* act, const float* dout,
+                        float* dact, float* dh3, float* dw1, float* dw3, float* dw2, float* dx,
+                        float* dxg, bool accumulate);
 
 // y[t] += Σ_{rows r of t} row_weight[r] * out[r], with the CSR from rows_by_token.
 void combine_rows(int64_t T, int64_t d, const int64_t* token_offsets, const int32_t* token_rows,
