@@ -216,6 +216,12 @@ class Router {
   virtual double nominal_experts_per_token(int64_t /*num_experts*/) const { return 1.0; }
   // Number of router outputs R for E experts (E + null experts for AdaMoE).
   virtual int64_t num_outputs(int64_t num_experts) const { return num_experts; }
+  // The block of logit columns [first, first + count) whose scores choose the experts here, which
+  // the router-entropy statistic reads; the whole row unless the row holds more than one router
+  // (StableMoE's two, VQMoE's gate, codebook and mixing blocks).
+  virtual std::pair<int64_t, int64_t> scored_columns(const RouterInput& in) const {
+    return {0, in.R};
+  }
   // Rejects an expert count the router cannot route (k > R, groups not dividing E); `context`
   // names the config in the message. Called when the layer is built, before any data is read.
   virtual void check_shape(int64_t /*num_experts*/, const std::string& /*context*/) const {}

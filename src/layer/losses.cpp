@@ -150,15 +150,16 @@ double aux_losses(const LossConfig& config, const LossInput& in,
   return sum;
 }
 
-double mean_router_entropy(const LossInput& in) {
+double mean_router_entropy(const LossInput& in, std::pair<int64_t, int64_t> columns) {
   if (in.logits == nullptr || in.T == 0) return 0.0;
+  const auto [first, n] = columns;
   double total = 0.0;
 #pragma omp parallel reduction(+ : total)
   {
-    std::vector<double> s(size_t(in.R)), q(size_t(in.R));
+    std::vector<double> s(static_cast<size_t>(n)), q(static_cast<size_t>(n));
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < in.T; ++t) {
-      balance_probs(in.score, in.logits + t * in.R, in.R, s.data(), q.data());
+      balance_probs(in.score, in.logits + t * in.R + first, n, s.data(), q.data());
       for (double v : q) total -= v > 0 ? v * std::log(v) : 0.0;
     }
   }

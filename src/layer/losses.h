@@ -25,7 +25,8 @@ struct LossInput {
 double aux_losses(const LossConfig& config, const LossInput& in,
                   std::map<std::string, double>& each, float* d_logits);
 
-// Mean over tokens of the entropy of the balance probabilities (softmax, or s / Σ s for sigmoid).
-double mean_router_entropy(const LossInput& in);
+// Mean over tokens of the entropy of the balance probabilities (softmax, or s / Σ s for sigmoid)
+// of logit columns [columns.first, columns.first + columns.second).
+double mean_router_entropy(const LossInput& in, std::pair<int64_t, int64_t> columns);
 
 }  // namespace switchyard

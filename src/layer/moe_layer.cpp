@@ -517,7 +517,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   stats.experts_per_token = double(routed_rows) / double(routed_T);
   if (traits.needs_gate) {
     const LossInput li = make_loss_input(batch, c, R, traits.score);
-    stats.entropy = mean_router_entropy(li);
+    stats.entropy = mean_router_entropy(li, router_->scored_columns(in));
     stats.aux_loss = aux_losses(config_.losses, li, stats.losses, nullptr);
     const double own = router_->own_loss(in, routed, nullptr);
     if (traits.has_own_loss) {

@@ -75,6 +75,9 @@ class StableMoERouter final : public Router {
                              : std::string("dropless"));
   }
 
+  std::pair<int64_t, int64_t> scored_columns(const RouterInput& in) const override {
+    return {routes_by_backbone(in) ? 0 : in.E, in.E};
+  }
   void route(const RouterInput& in, RoutingPlan& plan) const override {
     const int64_t E = in.E, R = in.R;
     const int64_t block = routes_by_backbone(in) ? 0 : E;  // s, or ŝ

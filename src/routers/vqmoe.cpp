@@ -75,6 +75,10 @@ class VQMoERouter final : public Router {
         k_, vq, alpha_);
   }
 
+  // The gate W x picks the continuous experts; in finetune mode the codebook distances alone.
+  std::pair<int64_t, int64_t> scored_columns(const RouterInput& in) const override {
+    return {finetune_ ? in.E : 0, in.E};
+  }
   void route(const RouterInput& in, RoutingPlan& plan) const override {
     TokenRoute tr;
     route_per_token(in, plan, [&](int64_t t, auto&& emit) {
