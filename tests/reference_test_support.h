@@ -724,6 +724,18 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
       const auto first = z.begin() + t * R + (backbone ? 0 : E);
       if (!gaps_ok(std::vector<double>(first, first + E), 1, m.logit)) bad[t] = true;
     }
+  } else if (f == "competesmoe") {
+    // The top k by the affinities on a competing call (every expert's output on every token, as
+    // the reference computes them), else the top k of softmax(z).
+    const int64_t k = pb.router_params.at("k"), E = pb.shape.E;
+    const std::vector<double> s = reference::competesmoe_affinities(
+        pb.config, pb.router_params, pb.shape, pb.ref_params(), pb.ref_batch(), pb.noise);
+    for (int64_t t = 0; t < pb.T; ++t) {
+      const std::vector<double> v =
+          s.empty() ? softmax_of(&z[t * R], R)
+                    : std::vector<double>(s.begin() + t * E, s.begin() + (t + 1) * E);
+      if (!gaps_ok(v, k, m.score)) bad[t] = true;
+    }
   } else if (f == "vqmoe") {
     // The nearest code (the codebook block's argmax) must be clear, and in pretrain the
     // continuous top-k set of softmax(s) as well.

@@ -252,6 +252,22 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // CompeteSMoE: no competition in the warm-up (steps 0 and 1), then each MoE layer competes
+    // on the training calls whose first draw of its own stream (seed l, its call count) is
+    // below 0.6: every expert on every token, routes by the outputs' mean softplus, the router
+    // loss and the diversity loss; the others route by the gate.
+    GoldenCase g{"competesmoe_competition", tiny_config(), tiny_opt()};
+    g.model.n_layers = 3;
+    g.model.moe_layers = {0, 2};
+    g.model.router = {{"router", "competesmoe"},
+                      {"competition", 0.6},
+                      {"warmup_steps", 2},
+                      {"router_loss", 0.5},
+                      {"diversity_loss", 0.2}};
+    g.steps = 6;
+    out.push_back(g);
+  }
+  {
     GoldenCase g{"gelu_expert_choice", tiny_config(), tiny_opt()};
     g.model.activation = Activation::GELU;
     g.model.moe_every = 2;

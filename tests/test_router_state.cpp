@@ -786,9 +786,116 @@ TEST(RouterState, MaskMoEWithoutCountsOrOutsideTheVocabularyNamesTheId) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// StableMoE: the stage and the step count (Router::state), the switch at S₁.
+// CompeteSMoE (docs/routers/competesmoe.md): which training calls compete (dense scoring), the
+// warm-up counted in steps, the state.
 
 const RouterStepStats kNoStats;
+
+// One training forward of a CompeteSMoE layer on fixed random weights; returns whether it competed.
+bool competesmoe_call(MoELayer& layer, const MoEShape& s) {
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> n(0.0f, 0.5f);
+  auto draw = [&](int64_t size) {
+    std::vector<float> v(static_cast<size_t>(size));
+    for (float& x : v) x = n(rng);
+    return v;
+  };
+  const int64_t T = 6;
+  const std::vector<float> x = draw(T * s.d), gate = draw(s.E * s.d), w1 = draw(s.E * s.F * s.d),
+                           w3 = draw(s.E * s.F * s.d), w2 = draw(s.E * s.d * s.F);
+  MoEParams p;
+  p.gate = gate.data();
+  p.w1 = w1.data();
+  p.w3 = w3.data();
+  p.w2 = w2.data();
+  MoEBatch b;
+  b.T = T;
+  b.x = x.data();
+  MoECache c;
+  std::vector<float> y(static_cast<size_t>(T * s.d));
+  layer.forward(p, b, c, y.data());
+  EXPECT_EQ(c.plan.size(), size_t(T * 2));  // k = 2 choices per token either way
+  if (c.dense) {
+    EXPECT_EQ(c.responses.size(), size_t(T * s.E * s.d));
+    EXPECT_EQ(c.expert_offsets.back(), T * s.E) << "every token ran on every expert";
+  } else {
+    EXPECT_EQ(c.expert_offsets.back(), T * 2);
+  }
+  return c.dense;
+}
+
+TEST(RouterState, CompeteSMoECompetesAfterTheWarmupOnly) {
+  const MoEShape shape{8, 4, 5, 0, 0};
+  auto layer = make_layer(
+      {{"router", "competesmoe"}, {"competition", 1.0}, {"warmup_steps", 2}, {"training", true}},
+      shape);
+  Router& router = layer->router();
+  EXPECT_EQ(router.state(), json({{"steps", 0}}));
+  EXPECT_FALSE(competesmoe_call(*layer, shape)) << "step 0 is in the warm-up";
+  router.update_state(kNoStats);
+  EXPECT_FALSE(competesmoe_call(*layer, shape)) << "step 1 is in the warm-up";
+  router.update_state(kNoStats);
+  EXPECT_TRUE(competesmoe_call(*layer, shape)) << "step 2: competition = 1 competes every call";
+  layer->set_training(false);
+  EXPECT_FALSE(competesmoe_call(*layer, shape)) << "evaluation never competes";
+  // λ = 0 never competes; the warm-up from the run's schedule: W = ⌊0.25 · 12⌋ = 3.
+  auto never =
+      make_layer({{"router", "competesmoe"}, {"competition", 0.0}, {"training", true}}, shape);
+  EXPECT_FALSE(competesmoe_call(*never, shape));
+  auto scheduled = make_layer({{"router", "competesmoe"},
+                               {"competition", 1.0},
+                               {"warmup_fraction", 0.25},
+                               {"training", true}},
+                              shape);
+  scheduled->router().set_schedule(TrainingSchedule{12});
+  EXPECT_EQ(scheduled->router().params().at("warmup"), 3);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_FALSE(competesmoe_call(*scheduled, shape)) << "step " << i;
+    scheduled->router().update_state(kNoStats);
+  }
+  EXPECT_TRUE(competesmoe_call(*scheduled, shape));
+}
+
+// λ = 0.4: the calls that compete are those whose first draw is below λ, the same for the same
+// seed and call (so a resumed run, which restores the call counter, replays them), about 40%.
+TEST(RouterState, CompeteSMoECompetitionIsAFunctionOfSeedAndCall) {
+  const MoEShape shape{8, 4, 5, 0, 0};
+  const json config = {
+      {"router", "competesmoe"}, {"competition", 0.4}, {"training", true}, {"seed", 5}};
+  auto a = make_layer(config, shape), b = make_layer(config, shape);
+  std::vector<bool> first, second;
+  for (int i = 0; i < 60; ++i) first.push_back(competesmoe_call(*a, shape));
+  for (int i = 0; i < 60; ++i) second.push_back(competesmoe_call(*b, shape));
+  EXPECT_EQ(first, second);
+  const auto competed = std::count(first.begin(), first.end(), true);
+  EXPECT_GT(competed, 10);
+  EXPECT_LT(competed, 40);
+  // Resuming at call 30 replays calls 30..59.
+  auto c = make_layer(config, shape);
+  c->set_calls(30);
+  for (int i = 30; i < 60; ++i) EXPECT_EQ(competesmoe_call(*c, shape), first[size_t(i)]) << i;
+}
+
+TEST(RouterState, CompeteSMoEStateRoundTripsAndRejectsBadStates) {
+  const MoEShape shape{8, 4, 5, 0, 0};
+  auto first = make_layer({{"router", "competesmoe"}}, shape);
+  for (int i = 0; i < 4; ++i) first->router().update_state(kNoStats);
+  auto second = make_layer({{"router", "competesmoe"}}, shape);
+  second->router().set_state(first->router().state());
+  EXPECT_EQ(second->router().state(), json({{"steps", 4}}));
+  for (const json& bad :
+       {json{{"steps", -1}}, json{{"steps", 1.5}}, json::object(), json{{"stage", 1}}}) {
+    SCOPED_TRACE(bad.dump());
+    const std::string message = error_of([&] { second->router().set_state(bad); });
+    EXPECT_NE(message.find("competesmoe"), std::string::npos) << message;
+  }
+  EXPECT_EQ(second->router().state(), json({{"steps", 4}})) << "left unchanged";
+  const std::string k = error_of([&] { make_layer({{"router", "competesmoe"}, {"k", 5}}, shape); });
+  EXPECT_NE(k.find("k = 5"), std::string::npos) << k;
+}
+
+// ---------------------------------------------------------------------------------------------
+// StableMoE: the stage and the step count (Router::state), the switch at S₁.
 
 TEST(RouterState, StableMoECountsStepsAndSwitchesAtS1) {
   const MoEShape shape{8, 4, 4, 0, 16};

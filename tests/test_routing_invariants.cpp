@@ -142,7 +142,21 @@ void check_plan_invariants(const Problem& pb, const MoECache& cache) {
     }
   }
 
-  // Dispatch by expert.
+  // Dispatch by expert: of the plan, or on a dense-scoring call of the dense plan (every token to
+  // every expert once), which the router chose from.
+  const RoutingPlan& dispatched = cache.dense ? cache.dense_plan : plan;
+  const size_t dispatched_A = dispatched.size();
+  if (cache.dense) {
+    ASSERT_EQ(int64_t(dispatched_A), T * E);
+    ASSERT_EQ(int64_t(cache.responses.size()), T * E * pb.shape.d);
+    std::set<std::pair<int32_t, int32_t>> pairs;
+    for (size_t a = 0; a < dispatched_A; ++a) {
+      EXPECT_TRUE(dispatched.kept[a]);
+      EXPECT_TRUE(pairs.insert({dispatched.token[a], dispatched.expert[a]}).second);
+    }
+    std::fill(kept_per_expert.begin(), kept_per_expert.end(), T);
+    kept_total = T * E;
+  }
   ASSERT_EQ(cache.expert_offsets.size(), size_t(E + 1));
   EXPECT_EQ(cache.expert_offsets[0], 0);
   for (int64_t e = 0; e < E; ++e) {
@@ -156,9 +170,9 @@ void check_plan_invariants(const Problem& pb, const MoECache& cache) {
     for (int64_t r = cache.expert_offsets[e]; r < cache.expert_offsets[e + 1]; ++r) {
       const int32_t a = cache.row_assignment[r];
       ASSERT_GE(a, 0);
-      ASSERT_LT(size_t(a), A);
-      EXPECT_EQ(plan.expert[a], e) << "row " << r;
-      EXPECT_TRUE(plan.kept[a]) << "row " << r << " dispatches a dropped assignment";
+      ASSERT_LT(size_t(a), dispatched_A);
+      EXPECT_EQ(dispatched.expert[a], e) << "row " << r;
+      EXPECT_TRUE(dispatched.kept[a]) << "row " << r << " dispatches a dropped assignment";
       EXPECT_TRUE(rows_of_assignments.insert(a).second) << "assignment " << a << " twice";
     }
 
@@ -174,7 +188,7 @@ void check_plan_invariants(const Problem& pb, const MoECache& cache) {
       const int32_t r = cache.token_rows[i];
       ASSERT_GE(r, 0);
       ASSERT_LT(r, kept_total);
-      EXPECT_EQ(plan.token[cache.row_assignment[r]], t) << "row " << r;
+      EXPECT_EQ(dispatched.token[cache.row_assignment[r]], t) << "row " << r;
       EXPECT_TRUE(seen_rows.insert(r).second) << "row " << r << " twice";
     }
   }

@@ -34,6 +34,10 @@ json router_json(const std::string& name) {
     return {{"router", "stablemoe"}, {"stage1_steps", 7}, {"distill_dim", 8}};
   if (name == "stablemoe_switched")  // S₁ = ⌊0.25 · 12⌋ = 3: the first part stops after it
     return {{"router", "stablemoe"}, {"stage1_fraction", 0.25}, {"distill_dim", 8}};
+  if (name == "competesmoe")  // competes on about half the calls from step 2 on
+    return {{"router", "competesmoe"}, {"competition", 0.5}, {"warmup_steps", 2}};
+  if (name == "competesmoe_fraction")  // W = ⌊0.25 · 12⌋ = 3 from the run's schedule
+    return {{"router", "competesmoe"}, {"competition", 0.7}, {"warmup_fraction", 0.25}};
   return {{"router", name}};
 }
 
@@ -127,7 +131,8 @@ TEST_P(Resume, ReproducesTheUninterruptedRun) {
 // vqmoe: a logit function with three tensors of their own (the codebook never decays).
 INSTANTIATE_TEST_SUITE_P(Routers, Resume,
                          ::testing::Values("mixtral", "switch", "loss_free", "remoe", "maskmoe",
-                                           "thor", "stablemoe", "stablemoe_switched", "vqmoe"));
+                                           "thor", "stablemoe", "stablemoe_switched", "vqmoe",
+                                           "competesmoe", "competesmoe_fraction"));
 
 // StableMoE across a resume (docs/routers/stablemoe.md, section 8): the checkpoint after the
 // switch holds the steps taken and stage 2; the resumed run restores the frozen flags, so the

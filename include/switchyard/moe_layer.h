@@ -156,6 +156,14 @@ struct MoECache {
   std::vector<float> shared_gate;   // (T) σ(x · shared.gate), when it is gated
   std::vector<float> merged;        // SMEAR: (S, 2F d + d F) merged expert weights
   std::vector<int32_t> token_rank;  // (T routed) home expert-parallel rank (needs_placement)
+  // Dense scoring (Router::dense_scoring): the call ran every expert on every token first. The
+  // dispatched rows above are then dense_plan's (T E rows), responses (T, E, d) their outputs
+  // token by token, dense_row (T E) the row of each (token, expert) pair; plan is the router's
+  // choice among them. Empty (dense false) on ordinary calls.
+  bool dense = false;
+  RoutingPlan dense_plan;
+  std::vector<float> responses;
+  std::vector<int32_t> dense_row;
   // Expert parallelism (src/layer/expert_parallel_dispatcher.h): what the exchanges of the last
   // forward and backward moved; the exchange state itself is the dispatcher's (one per layer).
   struct ExpertParallel {
@@ -269,6 +277,14 @@ class MoELayer {
   // c.gate_in (rows, gate_in): each dispatched row's (token, expert) row of the logit function's
   // gate inputs (LogitFunction::expert_gate_inputs); cleared when gate_in is 0.
   void gather_gate_inputs(MoECache& c) const;
+  // Dense scoring (Router::dense_scoring): every expert on every token through the dispatcher and
+  // the experts, into c.responses (T, E, d) and c.dense_row; and y from the plan over them.
+  void dense_forward(const MoEParams& p, const MoEBatch& batch, MoECache& c);
+  void dense_combine(const MoECache& c, float* y) const;
+  // Its backward: d_weight (A) of the plan, and dout (T E rows, d) of the dense rows from the
+  // combine's w · dy and Router::backward_responses.
+  void dense_backward_rows(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
+                           const float* dy, float aux_weight, float* d_weight, float* dout) const;
   // Dispatch and combine (src/layer/token_dispatcher.h), the experts' FFNs
   // (src/layer/expert_backend.h).
   std::unique_ptr<layer::TokenDispatcher> dispatcher_;

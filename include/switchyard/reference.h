@@ -71,4 +71,12 @@ std::vector<double> sinkhorn_balanced(const std::vector<double>& logits,
                                       std::pair<int64_t, int64_t> group, int64_t E, int64_t R,
                                       double tolerance);
 
+// CompeteSMoE's affinities (docs/routers/competesmoe.md): (T, E) mean softplus of every expert's
+// output on every token where the call competes (training, steps >= warmup, the noise's first
+// draw below λ); empty where it does not. Public for the tests' tie rule.
+std::vector<double> competesmoe_affinities(const LayerConfig& config,
+                                           const nlohmann::json& router_params,
+                                           const MoEShape& shape, const Params& params,
+                                           const Batch& batch, const RouterNoise& noise);
+
 }  // namespace switchyard::reference

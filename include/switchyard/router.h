@@ -66,6 +66,10 @@ struct RouterInput {
   const int32_t* token_rank = nullptr;
   int64_t ranks = 0, ranks_per_node = 0;
   int64_t uniforms_per_token = 1;  // draws per token in `uniform` (uniform_draws)
+  // Dense scoring (Router::dense_scoring): (T, E, d) every expert's output for every token, token
+  // by token, on the calls where the router asked for them; null otherwise. d: the model width.
+  const float* responses = nullptr;
+  int64_t d = 0;
 };
 
 // A model's training run as its routers see it (Router::set_schedule): routers with a
@@ -233,11 +237,24 @@ class Router {
   // symmetric KL divergence of their next-token distributions, α this weight (docs/model.md).
   // 0: one pass.
   virtual double consistency_weight() const { return 0.0; }
+  // Dense scoring (CompeteSMoE's competition): true asks the layer to run every expert on every
+  // token of this call before routing it, and to route with RouterInput::responses set (the
+  // outputs, (T, E, d)); y is then combined from those outputs. Asked once per forward call,
+  // with responses null; the answer must be a function of `in` and the router's state. Such
+  // calls are dropless (capacity 0) and local (no routing across ranks, expert parallelism, gate
+  // inputs or forced experts).
+  virtual bool dense_scoring(const RouterInput& /*in*/) const { return false; }
   virtual void route(const RouterInput& in, RoutingPlan& plan) const = 0;
   // Accumulates ∂L/∂logits (T, R) given ∂L/∂weight per assignment (A) (0 for dropped ones) and
   // ∂L/∂passthrough (T) where the router has one.
   virtual void backward(const RouterInput& in, const RoutingPlan& plan, const float* d_weight,
                         const float* d_passthrough, float* d_logits) const = 0;
+  // On dense-scoring calls: accumulates ∂L/∂responses (T, E, d) from d_weight (A), through the
+  // weights' dependence on the responses, plus aux_weight times the own loss's gradient with
+  // respect to them (own_loss gives its logits' part).
+  virtual void backward_responses(const RouterInput& /*in*/, const RoutingPlan& /*plan*/,
+                                  const float* /*d_weight*/, double /*aux_weight*/,
+                                  float* /*d_responses*/) const {}
   // A router's own regulariser (ReMoE's adaptive L1): value with coefficients applied, and its
   // gradient accumulated into d_logits when d_logits is not null.
   virtual double own_loss(const RouterInput&, const RoutingPlan&, float* /*d_logits*/) const {

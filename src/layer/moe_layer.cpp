@@ -460,7 +460,24 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     c.token_rank =
         token_home_ranks(config_.placement, global ? c.global.seq_lens : batch.seq_lens, routed_T);
   }
-  const RouterInput in = make_router_input(p, batch, c, R, E, config_.training, config_.placement);
+  RouterInput in = make_router_input(p, batch, c, R, E, config_.training, config_.placement);
+  // Dense scoring: every expert on every token first, the router routes from their outputs.
+  c.dense = router_->dense_scoring(in);
+  if (c.dense && global)
+    fail(
+        "moe_layer: router '{}' runs every expert on every token on this call (dense scoring); "
+        "routing across ranks does not carry the experts' outputs",
+        config_.router);
+  if (c.dense) {
+    dense_forward(p, batch, c);
+    in.responses = c.responses.data();
+    in.d = d;
+    lap("dense_experts");
+  } else {
+    c.dense_plan.clear();
+    c.responses.clear();
+    c.dense_row.clear();
+  }
   if (global) {
     router_->route(in, c.global.plan);
     layer::take_local_plan(E, ws_slots_, ws_offsets_, ws_rows_, c);
@@ -472,20 +489,30 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   stats.declined = std::count(chosen.kept.begin(), chosen.kept.end(), uint8_t{0});
 
   lap("route");
-  // Dispatch (capacity, grouping by expert, the rows to their experts), the experts, combine.
-  const int64_t rows = dispatcher_->dispatch_preprocess(plan, batch.x, T, d, E, c);
-  dispatcher_->dispatch_communicate(d, c);
-  dispatcher_->dispatch_postprocess(d, c);
-  gather_gate_inputs(c);
-  if (p.w1_experts)
-    for (int64_t e = 0; e < E; ++e)
-      if (!p.w1_experts[e] && c.expert_offsets[size_t(e) + 1] > c.expert_offsets[size_t(e)])
-        fail("moe_layer: {} rows are routed to expert {}, which this process does not hold",
-             c.expert_offsets[size_t(e) + 1] - c.expert_offsets[size_t(e)], e);
-  lap("dispatch");
-  experts_->forward(act, shape_, p, c);
-  lap("experts");
-  dispatcher_->combine(c, T, d, y);
+  int64_t rows = 0;
+  if (c.dense) {
+    for (int64_t cap : plan.capacity)
+      if (cap != 0)
+        fail("moe_layer: router '{}' set a capacity on a dense-scoring call, which is dropless",
+             config_.router);
+    rows = std::count(plan.kept.begin(), plan.kept.end(), uint8_t{1});
+    dense_combine(c, y);
+  } else {
+    // Dispatch (capacity, grouping by expert, the rows to their experts), the experts, combine.
+    rows = dispatcher_->dispatch_preprocess(plan, batch.x, T, d, E, c);
+    dispatcher_->dispatch_communicate(d, c);
+    dispatcher_->dispatch_postprocess(d, c);
+    gather_gate_inputs(c);
+    if (p.w1_experts)
+      for (int64_t e = 0; e < E; ++e)
+        if (!p.w1_experts[e] && c.expert_offsets[size_t(e) + 1] > c.expert_offsets[size_t(e)])
+          fail("moe_layer: {} rows are routed to expert {}, which this process does not hold",
+               c.expert_offsets[size_t(e) + 1] - c.expert_offsets[size_t(e)], e);
+    lap("dispatch");
+    experts_->forward(act, shape_, p, c);
+    lap("experts");
+    dispatcher_->combine(c, T, d, y);
+  }
   if (!plan.passthrough.empty()) cpu::add_scaled_rows(T, d, plan.passthrough.data(), batch.x, y);
 
   lap("combine");
@@ -493,7 +520,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   const RoutingPlan& routed = c.routing_plan();
   const int64_t routed_A = int64_t(routed.size()), routed_rows = global ? c.global.kept : rows;
   stats.tokens_per_expert.resize(static_cast<size_t>(E));
-  if (global) {
+  if (global || c.dense) {
     std::fill(stats.tokens_per_expert.begin(), stats.tokens_per_expert.end(), 0);
     for (int64_t a = 0; a < routed_A; ++a)
       if (routed.kept[size_t(a)]) ++stats.tokens_per_expert[size_t(routed.expert[size_t(a)])];
@@ -528,6 +555,81 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   check_overflow("y", y, T * d, d);
   lap("statistics");
   return stats;
+}
+
+void MoELayer::dense_forward(const MoEParams& p, const MoEBatch& batch, MoECache& c) {
+  const int64_t T = c.T, d = shape_.d, E = shape_.E;
+  if (shape_.gate_in > 0 || batch.forced_experts || p.w1_experts ||
+      !dynamic_cast<layer::LocalDispatcher*>(dispatcher_.get()))
+    fail(
+        "moe_layer: router '{}' runs every expert on every token on some training calls (dense "
+        "scoring), which needs local stacked experts: no expert parallelism, per-expert weights, "
+        "gate inputs or forced experts",
+        config_.router);
+  // The dense plan: assignment t E + e sends token t to expert e, no capacity.
+  RoutingPlan& dense = c.dense_plan;
+  dense.clear();
+  for (size_t g = 0; g < c.groups.size(); ++g) {
+    for (int64_t t = c.groups[g].first; t < c.groups[g].second; ++t)
+      for (int64_t e = 0; e < E; ++e) dense.add(int32_t(t), int32_t(e), int32_t(g), 1.0f);
+    dense.capacity.push_back(0);
+  }
+  dispatcher_->dispatch_preprocess(dense, batch.x, T, d, E, c);
+  dispatcher_->dispatch_communicate(d, c);
+  dispatcher_->dispatch_postprocess(d, c);
+  c.gate_in.clear();
+  experts_->forward(act_of(config_), shape_, p, c);
+  // The rows' outputs, token by token: responses (T, E, d); dense_row (T E) their rows.
+  const int64_t rows = int64_t(c.row_assignment.size());
+  c.responses.resize(size_t(T * E * d));
+  c.dense_row.assign(size_t(T * E), -1);
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t a = c.row_assignment[size_t(i)];
+    const int64_t pair = int64_t(dense.token[size_t(a)]) * E + dense.expert[size_t(a)];
+    c.dense_row[size_t(pair)] = int32_t(i);
+    std::copy_n(c.out.data() + i * d, d, c.responses.data() + pair * d);
+  }
+}
+
+void MoELayer::dense_combine(const MoECache& c, float* y) const {
+  const int64_t d = shape_.d, E = shape_.E;
+  const RoutingPlan& plan = c.plan;
+  for (size_t a = 0; a < plan.size(); ++a) {
+    if (!plan.kept[a]) continue;
+    const float w = plan.weight[a];
+    const float* o = c.responses.data() + (int64_t(plan.token[a]) * E + plan.expert[a]) * d;
+    float* yt = y + int64_t(plan.token[a]) * d;
+    for (int64_t j = 0; j < d; ++j) yt[j] += w * o[j];
+  }
+}
+
+void MoELayer::dense_backward_rows(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
+                                   const float* dy, float aux_weight, float* d_weight,
+                                   float* dout) const {
+  const int64_t T = c.T, d = shape_.d, E = shape_.E;
+  const RoutingPlan& plan = c.plan;
+  // ∂L/∂responses (T, E, d): w · dy from the combine, then the router's share.
+  std::vector<float> d_resp(size_t(T * E * d), 0.0f);
+  for (size_t a = 0; a < plan.size(); ++a) {
+    if (!plan.kept[a]) continue;
+    const int64_t t = plan.token[a], pair = t * E + plan.expert[a];
+    const float* o = c.responses.data() + pair * d;
+    const float* dyt = dy + t * d;
+    float* dr = d_resp.data() + pair * d;
+    double u = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      u += double(dyt[j]) * double(o[j]);
+      dr[j] += plan.weight[a] * dyt[j];
+    }
+    d_weight[a] = float(u);
+  }
+  RouterInput in = make_router_input(p, batch, c, R_, E, config_.training, config_.placement);
+  in.responses = c.responses.data();
+  in.d = d;
+  router_->backward_responses(in, plan, d_weight, double(aux_weight), d_resp.data());
+  // Back to the dense rows.
+  for (int64_t pair = 0; pair < T * E; ++pair)
+    std::copy_n(d_resp.data() + pair * d, d, dout + int64_t(c.dense_row[size_t(pair)]) * d);
 }
 
 void MoELayer::gather_gate_inputs(MoECache& c) const {
@@ -615,7 +717,11 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
   };
   float* dout = take(ws_dout_, rows * d);  // (rows, d)
   float* dxd = take(ws_dxd_, rows * d);    // (rows, d)
-  dispatcher_->combine_backward(c, dy, d, dout, d_weight.data());
+  if (c.dense) {
+    dense_backward_rows(p, batch, c, dy, aux_weight, d_weight.data(), dout);
+  } else {
+    dispatcher_->combine_backward(c, dy, d, dout, d_weight.data());
+  }
   const int64_t r = shape_.gate_in;
   float* dgate_rows = r > 0 ? take(ws_dgate_rows_, rows * r) : nullptr;  // (rows, r)
   experts_->backward(act, shape_, p, c, dout, g, dxd, dgate_rows);
@@ -643,7 +749,11 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     if (g.gate) std::fill(g.gate, g.gate + R * d, 0.0f);
     return;
   }
-  const RouterInput in = make_router_input(p, batch, c, R, E, config_.training, config_.placement);
+  RouterInput in = make_router_input(p, batch, c, R, E, config_.training, config_.placement);
+  if (c.dense) {
+    in.responses = c.responses.data();
+    in.d = d;
+  }
   const LossInput li = make_loss_input(batch, c, R, traits.score);
   std::map<std::string, double> unused;
   if (c.global.active) {
@@ -726,7 +836,11 @@ RouterStepStats MoELayer::router_step_stats(const MoECache& c, float* gate_bias)
                       c.plan.selection_counts.begin() +
                           std::min<int64_t>(E, int64_t(c.plan.selection_counts.size())));
   stats.counts.resize(size_t(E), 0.0);
-  const double rows = double(c.global.active ? c.global.kept : int64_t(c.row_assignment.size()));
+  // Rows of the routing (a dense-scoring call dispatched every pair, but routed the plan's).
+  const double rows =
+      double(c.global.active ? c.global.kept
+             : c.dense       ? int64_t(std::count(c.plan.kept.begin(), c.plan.kept.end(), 1))
+                             : int64_t(c.row_assignment.size()));
   stats.zero_fraction = 1.0 - rows / (double(c.routing_tokens()) * double(E));
   stats.model_zero_fraction = stats.zero_fraction;
   stats.bias = gate_bias;

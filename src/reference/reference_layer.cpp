@@ -1235,6 +1235,96 @@ Routing route_maskmoe(const json& params, const std::vector<double>& logits, con
 }
 
 // ---------------------------------------------------------------------------------------------
+// competesmoe (docs/routers/competesmoe.md). A training call competes when steps >= warmup and
+// the first draw of the call's noise is below λ. Competing: every expert's output o_te on every
+// token, affinity s_te = mean softplus(o_te), the k largest s win with weights s / Σ s, and the
+// own loss β_r · mean_{t,e} (softmax(z)_te − softmax(s)_te)² (s a constant) plus
+// β_d / (T k²) · Σ_t Σ_{i≠j chosen} cos(o_ti, o_tj). Otherwise the top k of softmax(z),
+// renormalised, and no own loss.
+
+bool competesmoe_competes(const json& params, bool training, const RouterNoise& noise) {
+  return training && !noise.uniform.empty() &&
+         param<int64_t>(params, "steps") >= param<int64_t>(params, "warmup") &&
+         static_cast<double>(noise.uniform[0]) < param<double>(params, "competition");
+}
+
+// o (T, E, d): every expert on every token.
+std::vector<double> all_expert_outputs(const LayerConfig& config, const MoEShape& shape,
+                                       const Params& params, const Batch& batch) {
+  const int64_t T = batch.T, E = shape.E, d = shape.d;
+  std::vector<double> o(T * E * d);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) {
+      const std::vector<double> xt = row(batch.x, t, d);
+      const std::vector<double> out = expert_ffn(config, params, shape, e, xt, xt);
+      std::copy(out.begin(), out.end(), o.begin() + (t * E + e) * d);
+    }
+  return o;
+}
+
+// s (T, E): the mean softplus of each output o (T, E, d).
+std::vector<double> competesmoe_affinities_of(const std::vector<double>& o, int64_t T, int64_t E,
+                                              int64_t d) {
+  std::vector<double> s(T * E, 0.0);
+  for (int64_t i = 0; i < T * E; ++i) {
+    for (int64_t j = 0; j < d; ++j) s[i] += std::log1p(std::exp(o[i * d + j]));
+    s[i] /= static_cast<double>(d);
+  }
+  return s;
+}
+
+Routing route_competesmoe(const json& params, const std::vector<double>& logits,
+                          const std::vector<double>& affinities, int64_t T, int64_t E) {
+  const int64_t k = param<int64_t>(params, "k");
+  const bool competing = !affinities.empty();
+  Routing r;
+  r.chosen.assign(T * E, 0.0);
+  r.chosen_first.assign(T * E, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> score =
+        competing ? row(affinities, t, E) : softmax(row(logits, t, E));
+    const std::vector<int64_t> order = order_descending(score);
+    double sum = 0.0;
+    for (int64_t i = 0; i < k; ++i) sum += score[order[i]];
+    for (int64_t i = 0; i < k; ++i) {
+      r.assignments.push_back({t, order[i], score[order[i]] / sum, true});
+      r.chosen[t * E + order[i]] = 1.0;
+    }
+    r.chosen_first[t * E + order[0]] = 1.0;
+  }
+  return r;
+}
+
+double competesmoe_regulariser(const json& params, const std::vector<double>& logits,
+                               const std::vector<double>& affinities,
+                               const std::vector<double>& outputs, const Routing& routing,
+                               int64_t T, int64_t E, int64_t d) {
+  if (affinities.empty()) return 0.0;
+  const int64_t k = param<int64_t>(params, "k");
+  double mse = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> p = softmax(row(logits, t, E)), q = softmax(row(affinities, t, E));
+    for (int64_t e = 0; e < E; ++e) mse += (p[e] - q[e]) * (p[e] - q[e]);
+  }
+  double cosines = 0.0;
+  for (const Assignment& a : routing.assignments)
+    for (const Assignment& b : routing.assignments) {
+      if (a.token != b.token || a.expert == b.expert) continue;
+      const double* u = outputs.data() + (a.token * E + a.expert) * d;
+      const double* v = outputs.data() + (b.token * E + b.expert) * d;
+      double uv = 0.0, uu = 0.0, vv = 0.0;
+      for (int64_t j = 0; j < d; ++j) {
+        uv += u[j] * v[j];
+        uu += u[j] * u[j];
+        vv += v[j] * v[j];
+      }
+      if (uu > 0.0 && vv > 0.0) cosines += uv / std::sqrt(uu * vv);
+    }
+  return param<double>(params, "router_loss") * mse / static_cast<double>(T * E) +
+         param<double>(params, "diversity_loss") * cosines / static_cast<double>(T * k * k);
+}
+
+// ---------------------------------------------------------------------------------------------
 // stablemoe (docs/routers/stablemoe.md): each logit row holds s = W x in columns [0, E) and
 // ŝ = K Q[id] in columns [E, 2E). In stage-1 training a token goes to the first largest s, in
 // stage 2 and in evaluation to the first largest ŝ; its weight is σ(s) of that expert either way.
@@ -1836,6 +1926,7 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   Routing routing;
   std::string score = "softmax";
   Locality loc;
+  std::vector<double> competesmoe_outputs, competesmoe_affinities;  // (T, E, d), (T, E)
   if (family == "topk") {
     score = param<std::string>(router_params, "score");
     const TopkOptions o = read_topk_options(router_params);
@@ -1869,6 +1960,12 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_moec(router_params, logits, groups, noise, config.training, T, E);
   } else if (family == "maskmoe") {
     routing = route_maskmoe(router_params, logits, batch, T, E);
+  } else if (family == "competesmoe") {
+    if (competesmoe_competes(router_params, config.training, noise)) {
+      competesmoe_outputs = all_expert_outputs(config, shape, params, batch);
+      competesmoe_affinities = competesmoe_affinities_of(competesmoe_outputs, T, E, d);
+    }
+    routing = route_competesmoe(router_params, logits, competesmoe_affinities, T, E);
   } else if (family == "stablemoe") {
     routing = route_stablemoe(router_params, logits, groups, config.training, T, E);
   } else if (family == "vqmoe") {
@@ -1915,11 +2012,23 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   if (family == "stablemoe")
     r.aux_loss += stablemoe_regulariser(router_params, logits, config.training, T, E);
   if (family == "vqmoe") r.aux_loss += vqmoe_regulariser(router_params, logits, T, E);
+  if (family == "competesmoe")
+    r.aux_loss += competesmoe_regulariser(router_params, logits, competesmoe_affinities,
+                                          competesmoe_outputs, routing, T, E, d);
   if (family == "topk" && read_topk_options(router_params).locality_loss > 0.0)
     r.aux_loss += locality_regulariser(read_topk_options(router_params), loc, logits, T, E, R);
   if (family == "topk")
     r.aux_loss += speechmoe_regulariser(read_topk_options(router_params), logits, T, R);
   return r;
+}
+
+std::vector<double> competesmoe_affinities(const LayerConfig& config,
+                                           const nlohmann::json& router_params,
+                                           const MoEShape& shape, const Params& params,
+                                           const Batch& batch, const RouterNoise& noise) {
+  if (!competesmoe_competes(router_params, config.training, noise)) return {};
+  return competesmoe_affinities_of(all_expert_outputs(config, shape, params, batch), batch.T,
+                                   shape.E, shape.d);
 }
 
 }  // namespace switchyard::reference

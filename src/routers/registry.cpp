@@ -97,6 +97,11 @@ const std::vector<RouterEntry>& router_registry() {
        "StableMoE: greedy top-1 by centroids, distilled into a token-id router that routes frozen "
        "after stage 1",
        kNoLosses, routers::make_stablemoe},
+      {"competesmoe",
+       "CompeteSMoE: top-2, on some training calls the experts compete by their outputs and the "
+       "router learns the result",
+       {{"balance", 0.01}, {"z", 0.001}},
+       routers::make_competesmoe},
       {"vqmoe",
        "VQMoE: the nearest code of a learned codebook names the expert (vector quantisation), "
        "mixed with a softmax top-1 router in pretrain mode",

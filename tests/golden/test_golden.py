@@ -196,6 +196,23 @@ def unclear_tokens(case, t):
             bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
         return bad
     z = router_logits(case, t, x)
+    if router == "competesmoe":  # the top k of the affinities on a competing call, else of softmax z
+        import torch
+        import torch_layer
+        layer = torch_layer.parse_config(cfg)
+        p = layer["params"]
+        k = int(p["k"])
+        s = softmax(z)
+        if torch_layer.competesmoe_competes(layer, T, x.shape[1]):
+            w = {n: torch.tensor(t[n].astype(np.float64)) for n in t if n.startswith("experts.")}
+            xt = torch.tensor(x)
+            s = np.stack([torch.nn.functional.softplus(torch_layer.ffn(
+                xt, w["experts.w1"][e], w["experts.w3"][e] if "experts.w3" in w else None,
+                w["experts.w2"][e], layer)).mean(-1).numpy() for e in range(E)], axis=1)
+        if k < E:
+            srt = -np.sort(-s, axis=1)
+            bad |= (srt[:, :k] - srt[:, 1:k + 1] <= MARGIN).any(1)
+        return bad
     if router == "remoe":
         if topk_params(cfg)["bias_update_rate"] > 0 and "gate.bias" in t:
             z = z + t["gate.bias"].astype(np.float64)  # R = ReLU(z + b)

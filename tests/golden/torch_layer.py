@@ -18,7 +18,8 @@ training=true is accepted only when the configuration has no random element), ex
 top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
 (training too: the layer's seeded draws are replayed, layer_noise), rectify, moec (training too),
 maskmoe (token_ids and token_counts), stablemoe (token_ids, both stages, training too), vqmoe
-(both modes; the VQ stop-gradients by .detach()).
+(both modes; the VQ stop-gradients by .detach()), competesmoe (training too: the competition's
+draw is replayed).
 """
 import argparse
 import json
@@ -106,6 +107,9 @@ ROUTERS = {
     "stablemoe": ("stablemoe", {"stage1_fraction": 0.1, "stage1_steps": -1, "stage": 1,
                                 "balance_loss": 0.3, "distill_loss": 0.3, "distill_dim": 50,
                                 "capacity_factor": 2.0}, {}),
+    "competesmoe": ("competesmoe", {"k": 2, "competition": 0.05, "warmup_fraction": 0.05,
+                                    "warmup_steps": -1, "router_loss": 0.01,
+                                    "diversity_loss": 0.01}, {"balance": 0.01, "z": 0.001}),
     "vqmoe": ("vqmoe", {"mode": "pretrain", "k": 1, "commitment": 0.25, "vq_loss": 1.0,
                         "balance_loss": 0.01}, {}),
     "base": ("base", {}, {}),
@@ -845,6 +849,47 @@ def route_maskmoe(z, E, p, ids, counts):
     return Routing(s * kept, kept, kept.to(z.dtype), torch.softmax(z, dim=-1))
 
 
+def competesmoe_competes(layer, T, d, steps=0, warmup=None, call_index=0):
+    """CompeteSMoE (docs/routers/competesmoe.md): whether the layer's training call `call_index`
+    competes: steps >= the warm-up and the call's first draw below `competition`. A layer on its
+    own has taken no steps and has no schedule: its warm-up is warmup_steps (0 when negative)."""
+    p = layer["params"]
+    if warmup is None:
+        warmup = max(int(p["warmup_steps"]), 0)
+    if not layer["training"] or steps < warmup:
+        return False
+    u, _ = layer_noise(layer["seed"], T, d, 1, 0.0, call_index)
+    return float(u[0, 0]) < float(p["competition"])
+
+
+def route_competesmoe(z, x, w1, w3, w2, E, p, layer, compete):
+    """Competing: every expert on every token, s = mean softplus of the outputs, top-k of s
+    weighted s / sum s (autograd into the experts), own loss router_loss * MSE(softmax z,
+    softmax s detached) + diversity_loss * the mean masked cosine similarity of the chosen
+    outputs. Otherwise top-k of softmax z, renormalised. routing.score: what chose."""
+    T, d = x.shape
+    k = int(p["k"])
+    prob = torch.softmax(z, dim=-1)
+    if compete:
+        o = torch.stack([ffn(x, w1[e], w3[e] if w3 is not None else None, w2[e], layer)
+                         for e in range(E)], dim=1)                     # (T, E, d)
+        score = F.softplus(o).mean(-1)                                  # (T, E)
+    else:
+        score = prob
+    top = topk_indices(score.detach(), k)                               # (T, k)
+    vals = score.gather(1, top)
+    weights = torch.zeros(T, E, dtype=z.dtype).scatter(1, top, vals / vals.sum(1, keepdim=True))
+    kept = torch.zeros(T, E, dtype=torch.bool).scatter(1, top, True)
+    routing = Routing(weights, kept, kept.to(z.dtype), prob)
+    routing.score = score.detach()
+    if compete:
+        mse = F.mse_loss(prob, torch.softmax(score, dim=-1).detach())
+        chosen = F.normalize(o.gather(1, top[:, :, None].expand(T, k, d)), p=2, dim=-1)
+        sim = torch.bmm(chosen, chosen.transpose(1, 2)) * (1 - torch.eye(k, dtype=z.dtype))
+        routing.own_loss = float(p["router_loss"]) * mse + float(p["diversity_loss"]) * sim.mean()
+    return routing
+
+
 def route_stablemoe(s, shat, E, p, groups, training):
     """StableMoE (docs/routers/stablemoe.md): s = W x, shat = K Q[id], both (T, E). The expert is
     argmax s in stage-1 training, argmax shat in stage 2 and in evaluation (torch.argmax: the
@@ -1141,6 +1186,9 @@ def run_layer(layer, tin, dtype=torch.float64):
                 if "token_ids" not in tin or "token_counts" not in tin:
                     raise ConfigError("input: maskmoe needs token_ids and token_counts")
                 routing = route_maskmoe(z, E, p, tin["token_ids"], tin["token_counts"])
+            elif family == "competesmoe":
+                routing = route_competesmoe(z, x, w1, w3, w2, E, p, layer,
+                                            competesmoe_competes(layer, T, d))
             elif family == "rectify":
                 routing = route_rectify(z, E, p, groups, losses["balance_top1_only"],
                                         layer["placement"], seq_lens)

@@ -442,6 +442,11 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 routing = TL.route_remoe(z, E, p, bias)
             elif family == "stablemoe":
                 routing = TL.route_stablemoe(s_aff, shat, E, p, groups, True)
+            elif family == "competesmoe":  # the layer's seed l, its call count and steps decide
+                compete = TL.competesmoe_competes({**layer, "seed": state["seed"]}, T, d,
+                                                  state["steps"], state["warmup"], state["calls"])
+                state["calls"] += 1
+                routing = TL.route_competesmoe(z, x, w1, w3, w2, E, p, layer, compete)
             elif family == "base":
                 best = TL.topk_indices(z.detach(), 1)[:, 0]
                 kept = torch.zeros(T, E, dtype=torch.bool)
@@ -451,7 +456,13 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 passthrough = 1 - alpha.gather(1, best[:, None])
             else:
                 raise ModelError(f"router family {family} not implemented")
-            if family != "topk":
+            if family == "competesmoe":  # the k-th against the (k+1)-th of what chose
+                k = int(p["k"])
+                margin = torch.full((T,), math.inf, dtype=torch.float64)
+                if k < E:
+                    top = torch.topk(routing.score, k + 1, dim=-1).values
+                    margin = (top[:, k - 1] - top[:, k]).to(torch.float64)
+            elif family != "topk":
                 margin = route_margin(family, p, z, None, E, groups)
             if family == "remoe" and float(p["bias_update_rate"]) > 0 and bias is not None:
                 margin = route_margin(family, p, z + bias, None, E, groups)  # R = ReLU(z + b)
@@ -594,6 +605,12 @@ def initial_states(cfg, total_steps=None):
                 st["lambda"] = float(cfg["layer"]["params"]["lambda"])
             if cfg["layer"]["family"] == "thor":
                 st.update(seed=l, calls=0)
+            if cfg["layer"]["family"] == "competesmoe":  # W: warmup_steps or the run's share
+                p = cfg["layer"]["params"]
+                W = int(p["warmup_steps"])
+                if W < 0:
+                    W = int(math.floor(float(p["warmup_fraction"]) * (total_steps or 0)))
+                st.update(seed=l, calls=0, steps=0, warmup=W)
             if cfg["layer"]["family"] == "stablemoe":
                 st.update(steps=0, stage=int(cfg["layer"]["params"]["stage"]))
                 if total_steps is not None:
@@ -627,6 +644,8 @@ def update_router_state(cfg, P, states, infos):
                 err = c.mean() - c
                 with torch.no_grad():
                     P[f"layers.{l}.moe.gate.bias"] += u * torch.sign(err)
+        elif layer["family"] == "competesmoe":  # one more update done
+            states[l]["steps"] += 1
         elif layer["family"] == "stablemoe":  # one more update done; stage 2 from S1 on
             st = states[l]
             st["steps"] += 1
