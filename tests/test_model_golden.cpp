@@ -152,6 +152,15 @@ AdamWConfig tiny_opt() {
   return o;
 }
 
+// DeepSeek-V3's sigmoid, group-limited top-2 with the selection bias moved after every step.
+json deepseek_bias_router() {
+  return {{"router", "deepseek_v3"},
+          {"k", 2},
+          {"groups", 2},
+          {"topk_groups", 1},
+          {"bias_update_rate", 0.01}};
+}
+
 std::vector<GoldenCase> cases() {
   std::vector<GoldenCase> out;
   {
@@ -169,11 +178,7 @@ std::vector<GoldenCase> cases() {
     // Sigmoid scores, group-limited selection, sequence balance loss and the aux-loss-free
     // selection bias (updated after every step through update_router_state).
     GoldenCase g{"deepseek_v3_bias_update", tiny_config(), tiny_opt()};
-    g.model.router = {{"router", "deepseek_v3"},
-                      {"k", 2},
-                      {"groups", 2},
-                      {"topk_groups", 1},
-                      {"bias_update_rate", 0.01}};
+    g.model.router = deepseek_bias_router();
     out.push_back(g);
   }
   {
@@ -265,6 +270,35 @@ std::vector<GoldenCase> cases() {
                       {"router_loss", 0.5},
                       {"diversity_loss", 0.2}};
     g.steps = 6;
+    out.push_back(g);
+  }
+  {
+    // CartesianMoE's Cartesian product layer: each MoE block is two MoE sub-layers, each with
+    // its own router (top-2 of 4 sub-experts) and shared expert; the second reads
+    // RMSNorm(x + y) of the first, the block adds the second's output to the residual stream.
+    GoldenCase g{"cartesian_sublayers_shared", tiny_config(), tiny_opt()};
+    g.model.moe_sublayers = 2;
+    g.model.d_ff = 12;
+    g.model.shared_d_ff = 8;
+    g.model.router = {{"router", "topk"}, {"k", 2}, {"losses", {{"balance", 0.01}, {"z", 0.001}}}};
+    out.push_back(g);
+  }
+  {
+    // Sub-layers with per-sub-layer router state (each its own selection bias, moved after
+    // every step) and a dense layer between the MoE blocks.
+    GoldenCase g{"cartesian_sublayers_bias_update", tiny_config(), tiny_opt()};
+    g.model.n_layers = 3;
+    g.model.moe_layers = {0, 2};
+    g.model.moe_sublayers = 2;
+    g.model.router = deepseek_bias_router();
+    out.push_back(g);
+  }
+  {
+    // The router carry runs through the sub-layers in order (RMoE's GRU state: sub-layer 0 of
+    // block 0, sub-layer 1 of block 0, then block 1's), and its gradient back.
+    GoldenCase g{"cartesian_sublayers_rmoe_carry", tiny_config(), tiny_opt()};
+    g.model.moe_sublayers = 2;
+    g.model.router = {{"router", "rmoe"}, {"recurrent_dim", 8}};
     out.push_back(g);
   }
   {
@@ -448,15 +482,19 @@ TEST_P(ModelGolden, MatchesPyTorch) {
     int64_t i = 0;
     for (int64_t l = 0; l < cfg.n_layers; ++l) {
       if (!cfg.is_moe_layer(l)) continue;
-      const std::string name = "aux." + std::to_string(l);
-      if (i < int64_t(stats.size()) && ref.has(name)) {
-        const double ours = stats[size_t(i)]->aux_loss, r = ref.scalar(name);
-        report << "  " << name << " ours " << ours << " ref " << r << "\n";
-        EXPECT_NEAR(ours, r, kLossTol * 0.1) << name;
+      for (int64_t sub = 0; sub < cfg.moe_sublayers; ++sub) {  // aux.L, or aux.L.S per sub-layer
+        const std::string name =
+            "aux." + std::to_string(l) + (cfg.moe_sublayers > 1 ? "." + std::to_string(sub) : "");
+        EXPECT_TRUE(ref.has(name)) << "the reference has no " << name;
+        if (i < int64_t(stats.size()) && ref.has(name)) {
+          const double ours = stats[size_t(i)]->aux_loss, r = ref.scalar(name);
+          report << "  " << name << " ours " << ours << " ref " << r << "\n";
+          EXPECT_NEAR(ours, r, kLossTol * 0.1) << name;
+        }
+        ++i;
       }
-      ++i;
     }
-    EXPECT_EQ(int64_t(stats.size()), i) << "layer_stats() has one entry per MoE layer";
+    EXPECT_EQ(int64_t(stats.size()), i) << "layer_stats() has one entry per MoE (sub-)layer";
   }
   // Gradients of every trainable tensor.
   {
@@ -614,6 +652,53 @@ TEST(ModelAoe, ShapesActiveParametersAndCheckpoint) {
   Model again(c, 99);
   again.load_safetensors(model.to_safetensors(), "aoe checkpoint");
   EXPECT_EQ(again.forward(tokens.data(), targets.data(), 2, c.seq_len, false), loss);
+}
+
+// CartesianMoE's sizing (docs/routers/cartesianmoe.md): two sub-layers of E experts of width
+// d_ff / 2, top-2 each, hold as many parameters and activate as many per token as one layer of E
+// experts of width d_ff at top-2. Tensors are named per sub-layer, the sub-layers' norm starts
+// at 1, model.json round-trips and a checkpoint reproduces the loss.
+TEST(ModelSublayers, NamesSizesActiveParametersAndCheckpoint) {
+  ModelConfig base = tiny_config();
+  base.d_ff = 24;
+  base.shared_d_ff = 8;
+  base.router = {{"router", "topk"}, {"k", 2}};
+  ModelConfig cart = base;
+  cart.moe_sublayers = 2;
+  cart.d_ff = 12;
+  cart.shared_d_ff = 4;
+  Model top2(base, 3), model(cart, 3);
+  const int64_t E = cart.experts, F = cart.d_ff, C = cart.d_model;
+  EXPECT_EQ(model.parameter_count(), top2.parameter_count() + cart.n_layers * (C + E * C))
+      << "the same but for sub-layer 1's norm and its gate";
+  EXPECT_EQ(model.active_parameter_count(),
+            top2.active_parameter_count() + cart.n_layers * (C + E * C));
+  EXPECT_EQ(model.tensor("layers.1.sub1.moe.experts.w1").shape, (std::vector<int64_t>{E, F, C}));
+  EXPECT_EQ(model.tensor("layers.1.sub0.moe.gate.weight").shape, (std::vector<int64_t>{E, C}));
+  EXPECT_EQ(model.tensor("layers.1.sub1.moe.shared.w2").shape, (std::vector<int64_t>{C, 4}));
+  EXPECT_THROW(model.tensor("layers.0.moe.gate.weight"), Error);
+  EXPECT_THROW(model.tensor("layers.0.sub0.norm"), Error);
+  const ParamTensor& norm = model.tensor("layers.0.sub1.norm");
+  EXPECT_EQ(norm.shape, (std::vector<int64_t>{C}));
+  for (size_t i = 0; i < norm.size; ++i) EXPECT_EQ(model.params()[norm.offset + i], 1.0f);
+  EXPECT_EQ(model.num_moe_layers(), 2 * cart.n_layers);
+  EXPECT_EQ(top2.num_moe_layers(), cart.n_layers);
+  EXPECT_NO_THROW(top2.tensor("layers.0.moe.gate.weight")) << "one sub-layer: names unchanged";
+  const ModelConfig again = parse_model_config(cart.to_json(), "model.json");
+  EXPECT_EQ(again.moe_sublayers, 2);
+  EXPECT_FALSE(base.to_json().contains("moe_sublayers")) << "written only when set";
+  std::vector<int32_t> tokens(size_t(2 * cart.seq_len)), targets(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = int32_t((i * 37 + 11) % size_t(cart.vocab_size));
+    targets[i] = int32_t((i * 53 + 5) % size_t(cart.vocab_size));
+  }
+  const double loss = model.forward(tokens.data(), targets.data(), 2, cart.seq_len, false);
+  EXPECT_EQ(model.layer_stats().size(), size_t(2 * cart.n_layers));
+  Model loaded(cart, 99);
+  loaded.load_safetensors(model.to_safetensors(), "sub-layer checkpoint");
+  EXPECT_EQ(loaded.forward(tokens.data(), targets.data(), 2, cart.seq_len, false), loss);
+  EXPECT_THROW(top2.load_safetensors(model.to_safetensors(), "checkpoint"), Error)
+      << "a sub-layer checkpoint does not load into a one-sub-layer model";
 }
 
 // model.json's activation keys: swiglu_clamped's parameters round-trip through to_json (gpt-oss's

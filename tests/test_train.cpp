@@ -285,6 +285,47 @@ TEST(Train, InitStartsFromAnEarlierRunsParameters) {
 
 // Routers that do not route by logits (hash) hold no gate tensor: nothing unused is trained or
 // saved.
+// CartesianMoE's sub-layers (model moe_sublayers = 2) under the loss-free router: every
+// sub-layer is its own MoE layer with its own selection bias, so the state, the metrics rows and
+// the checkpoint tensors are per sub-layer, and a resumed run reproduces the uninterrupted one.
+TEST(Train, MoESublayersResumeAndCheckpointPerSubLayer) {
+  const fs::path dir = temp_dir("sublayers");
+  json j = tiny_config(dir, "loss_free");
+  j["model"]["moe_sublayers"] = 2;
+  j["model"]["d_ff"] = 16;
+  j["model"]["shared_d_ff"] = 8;
+  const TrainConfig parts = train_whole_and_first_part(dir, j, 5);
+  resume_run(parts);
+  const auto a = read_metrics(dir / "whole"), b = read_metrics(dir / "parts");
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i]["layers"].size(), 4u) << "2 MoE layers of 2 sub-layers each";
+    EXPECT_EQ(a[i]["train_loss"], b[i]["train_loss"]) << "step " << i;
+    EXPECT_EQ(a[i].value("val_loss", -1.0), b[i].value("val_loss", -1.0)) << "step " << i;
+    for (size_t l = 0; l < a[i]["layers"].size(); ++l)
+      EXPECT_EQ(a[i]["layers"][l]["routing_digest"], b[i]["layers"][l]["routing_digest"])
+          << "step " << i << " layer " << l;
+  }
+  const SafetensorsFile whole =
+      read_safetensors((dir / "whole" / "checkpoint" / "model.safetensors").string());
+  const SafetensorsFile resumed =
+      read_safetensors((dir / "parts" / "checkpoint" / "model.safetensors").string());
+  for (const char* name :
+       {"layers.0.sub0.moe.gate.weight", "layers.0.sub0.moe.gate.bias", "layers.0.sub1.norm",
+        "layers.0.sub1.moe.gate.weight", "layers.0.sub1.moe.gate.bias",
+        "layers.1.sub1.moe.experts.w2", "layers.1.sub1.moe.shared.w1"}) {
+    ASSERT_TRUE(whole.tensors.count(name)) << name;
+    EXPECT_EQ(whole.tensors.at(name).to_f32(name), resumed.tensors.at(name).to_f32(name)) << name;
+  }
+  EXPECT_FALSE(whole.tensors.count("layers.0.moe.gate.weight"));
+  EXPECT_FALSE(whole.tensors.count("layers.0.sub0.norm")) << "sub-layer 0 reads mlp_norm's output";
+  // The selection biases moved, each its own way (the routers are apart).
+  EXPECT_NE(whole.tensors.at("layers.0.sub0.moe.gate.bias").to_f32("b0"),
+            whole.tensors.at("layers.0.sub1.moe.gate.bias").to_f32("b1"));
+  fs::remove_all(dir);
+}
+
 TEST(Train, GatelessRoutersHoldNoGate) {
   const fs::path dir = temp_dir("gateless");
   json j = tiny_config(dir / "run", "hash");
@@ -372,6 +413,15 @@ TEST(Train, BadConfigsNameTheField) {
   j = tiny_config(dir);
   j["model"]["shared_expert_gate"] = true;  // and no shared expert
   expect_error(j, "shared_expert_gate");
+  for (const json& bad : {json(0), json(9), json("two"), json(1.5)}) {
+    j = tiny_config(dir);
+    j["model"]["moe_sublayers"] = bad;
+    expect_error(j, "moe_sublayers");
+  }
+  j = tiny_config(dir);
+  j["model"]["moe_sublayers"] = 2;
+  j["model"]["moe_every"] = 3;  // 2 layers: no MoE layer to split
+  expect_error(j, "moe_sublayers");
   j = tiny_config(dir);
   j["data"] = {{"corpus", (dir / "missing").string()}};
   const TrainConfig c = parse_train_config(j, "train.json");

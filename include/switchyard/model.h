@@ -31,6 +31,12 @@ struct ModelConfig {
 
   // Which layers are MoE (Megatron's per-layer list); empty: every moe_every-th.
   std::vector<int64_t> moe_layers;
+  // MoE sub-layers per MoE block (CartesianMoE's Cartesian product layer: 2). Each is an ordinary
+  // MoE layer of `experts` experts of width d_ff with its own router (the `router` config);
+  // sub-layer s > 0 reads x_s = RMSNorm(x_{s-1} + y_{s-1}) and the block adds the last one's
+  // output to the residual stream (docs/model.md, docs/routers/cartesianmoe.md). 1: a plain MoE
+  // block. Every sub-layer is one "MoE layer" of layer_stats(), state() and the metrics.
+  int64_t moe_sublayers = 1;
 
   bool is_moe_layer(int64_t l) const {
     if (!moe_layers.empty())
@@ -120,7 +126,8 @@ class Model {
   // Σ over MoE layers of the last forward's aux loss (two passes: their mean, plus the
   // consistency term).
   double aux_loss() const;
-  std::vector<const RoutingStats*> layer_stats() const;  // one per MoE layer
+  // One per MoE layer (per MoE sub-layer, in order, when moe_sublayers > 1).
+  std::vector<const RoutingStats*> layer_stats() const;
   std::vector<const MoECache*> layer_caches() const;
   // Router state after an optimiser step (selection bias, ReMoE's λ); then the frozen flags.
   void update_router_state();
@@ -131,7 +138,7 @@ class Model {
   // The training run's schedule for every MoE layer's router (Router::set_schedule), given once
   // before the first step of a fresh or resumed run.
   void set_schedule(const TrainingSchedule& schedule);
-  int64_t num_moe_layers() const;
+  int64_t num_moe_layers() const;  // MoE sub-layers included (the routing units)
   // Non-gradient state besides the parameters (router state, noise counters), for checkpoints.
   nlohmann::json state() const;
   void set_state(const nlohmann::json& state, const std::string& source);

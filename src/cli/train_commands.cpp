@@ -148,6 +148,11 @@ int run_compare(const std::string& config_path, const TrainFlags& flags,
   for (const json& e : entries) {
     if (!e.is_object() || !e.contains("name") || !e.at("name").is_string() || !e.contains("router"))
       fail("{}: each 'routers' entry needs 'name' and 'router', got {}", source, e.dump());
+    if (e.contains("model") && (!e.at("model").is_object() || e.at("model").contains("router")))
+      fail(
+          "{}: entry '{}': 'model' must be an object of model.json fields to override (not "
+          "'router', the entry's own), got {}",
+          source, e.at("name").get<std::string>(), e.at("model").dump());
     names.push_back(e.at("name").get<std::string>());
   }
   if (!baseline.empty() && std::find(names.begin(), names.end(), baseline) == names.end())
@@ -159,9 +164,12 @@ int run_compare(const std::string& config_path, const TrainFlags& flags,
     const std::string what = source + " [" + e.at("name").get<std::string>() + "]";
     const LayerConfig layer = parse_layer_config(e.at("router"), what);
     const std::unique_ptr<Router> router = make_router(layer.router, layer.router_params, what);
-    const int64_t experts = j.contains("model") ? j["model"].value("experts", ModelConfig{}.experts)
-                                                : ModelConfig{}.experts;
-    router->check_shape(experts, what);
+    // The entry's model (the config's with its own fields over it) is checked whole too.
+    json model = j.contains("model") ? j.at("model") : json::object();
+    if (e.contains("model")) model.update(e.at("model"));
+    model["router"] = e.at("router");
+    parse_model_config(model, what + " [model]");
+    router->check_shape(model.value("experts", ModelConfig{}.experts), what);
     if (router->traits().needs_placement && !layer.placement.declared())
       fail(
           "{}: router {} routes by locality; in one process declare where tokens and experts "
@@ -178,6 +186,8 @@ int run_compare(const std::string& config_path, const TrainFlags& flags,
       const std::string label = seeds == 1 ? name : fmt::format("{} seed {}", name, seed);
       json run = j;
       if (!run.contains("model")) run["model"] = json::object();
+      // The entry's own model fields (e.g. moe_sublayers, experts), then its router.
+      if (e.contains("model")) run["model"].update(e.at("model"));
       run["model"]["router"] = e.at("router");
       const int64_t d_ff = run["model"].value("d_ff", int64_t(256));
       run["model"]["d_ff"] = d_ff * e.value("d_ff_scale", int64_t(1));

@@ -2,6 +2,7 @@
 #include <switchyard/model.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -38,6 +39,7 @@ json ModelConfig::to_json() const {
   write_activation(j, activation, swiglu_clamp);          // swiglu_clamped: alpha and limit too
   if (!moe_layers.empty()) j["moe_layers"] = moe_layers;  // absent in older model.json files
   if (shared_expert_gate) j["shared_expert_gate"] = true;
+  if (moe_sublayers != 1) j["moe_sublayers"] = moe_sublayers;
   return j;
 }
 
@@ -153,6 +155,7 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.norm_eps = r.get_double("norm_eps", c.norm_eps, 1e-12, 1.0);
   c.init_std = r.get_double("init_std", c.init_std, 1e-6, 10.0);
   c.router = r.get_object("router", c.router);
+  c.moe_sublayers = r.get_int("moe_sublayers", c.moe_sublayers, 1, 8);
   r.finish();
   if (!moe_layers.is_null()) {
     if (!moe_layers.is_array() || moe_layers.empty())
@@ -171,6 +174,13 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
     }
     std::sort(c.moe_layers.begin(), c.moe_layers.end());
   }
+  if (c.moe_sublayers > 1) {
+    bool any = false;
+    for (int64_t l = 0; l < c.n_layers; ++l) any = any || c.is_moe_layer(l);
+    if (!any)
+      fail("{}: field 'moe_sublayers' = {} needs an MoE layer, but moe_every = {} > n_layers = {}",
+           source, c.moe_sublayers, c.moe_every, c.n_layers);
+  }
   if (c.d_model % c.n_heads != 0 || (c.d_model / c.n_heads) % 2 != 0)
     fail("{}: d_model = {} must split into n_heads = {} heads of even width (RoPE)", source,
          c.d_model, c.n_heads);
@@ -185,13 +195,15 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
 }
 
 struct Model::Impl {
-  struct Layer {
-    bool moe = false;
-    size_t attn_norm = 0, wqkv = 0, wo = 0, mlp_norm = 0;
-    // MoE: parameter offsets (SIZE_MAX = absent) and the block [begin, end) they occupy.
+  // One MoE layer: an MoE block's only one, or one of its moe_sublayers sub-layers.
+  struct Unit {
+    // Parameter offsets (SIZE_MAX = absent) and the block [begin, end) they occupy.
     size_t gate = SIZE_MAX, gate_bias = SIZE_MAX, w1 = SIZE_MAX, w3 = SIZE_MAX, w2 = SIZE_MAX;
     size_t sw1 = SIZE_MAX, sw3 = SIZE_MAX, sw2 = SIZE_MAX, block_begin = 0, block_end = 0;
     size_t shared_gate = SIZE_MAX;  // (1, C) Qwen2-MoE's shared-expert gate
+    // (C) sub-layers after the first: x = RMSNorm(u) · in_norm, u = the previous sub-layer's
+    // input plus its output (outside [block_begin, block_end)).
+    size_t in_norm = SIZE_MAX;
     // The router's logit-function tensors (instead of gate), with views for MoEParams/MoEGrads.
     std::vector<size_t> router_tensors;
     std::vector<bool> router_tensor_shared;  // held once for all MoE layers (moe.router.NAME)
@@ -207,6 +219,15 @@ struct Model::Impl {
       const LossConfig& losses = moe_layer->config().losses;
       return losses.balance > 0 && losses.balance_mode == BalanceMode::GlobalBatch;
     }
+    // Activations (views into acts): x (N, C) the input (the first: the block's m), y (N, C)
+    // the output (the last: the block's f); after the first, u (N, C) and rstd (N) of in_norm.
+    float *x = nullptr, *y = nullptr, *u = nullptr, *rstd = nullptr;
+  };
+  struct Layer {
+    bool moe = false;
+    size_t attn_norm = 0, wqkv = 0, wo = 0, mlp_norm = 0;
+    size_t w1 = SIZE_MAX, w3 = SIZE_MAX, w2 = SIZE_MAX;  // dense FFN
+    std::vector<Unit> subs;  // MoE: moe_sublayers units, applied in order; dense: none
     // Activations (views into acts).
     float *h_in, *a, *rstd1, *qkv, *probs, *o, *h_mid, *m, *rstd2, *f, *dh1, *dh3, *dact;
   };
@@ -232,6 +253,9 @@ struct Model::Impl {
   std::vector<float> shared_grads;
   // The router carry's gradient between MoE layers in backward (LogitCarry), (N, C) each.
   std::vector<float> d_carry_above, d_carry_below;
+  // Backward between MoE sub-layers (moe_sublayers > 1): ∂L/∂x of a sub-layer after the first
+  // and ∂L/∂u of its in_norm's input, (N, C) each.
+  std::vector<float> d_sub_x, d_sub_u;
   std::vector<int32_t> tokens, targets;
   std::vector<int64_t> token_ids;
   bool has_targets = false;
@@ -283,8 +307,9 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
   };
   Impl& im = *impl_;
   std::vector<std::pair<size_t, RouterTensorSpec>> router_specs;  // (tensor index, spec)
-  // Shared router tensors, allocated after the layers: (layer, position in router_tensors).
-  std::vector<std::pair<RouterTensorSpec, std::vector<std::pair<size_t, size_t>>>> shared_specs;
+  // Shared router tensors, allocated after the layers: (layer, sub-layer, position in
+  // router_tensors).
+  std::vector<std::pair<RouterTensorSpec, std::vector<std::array<size_t, 3>>>> shared_specs;
   im.wte = add("wte", {V, C});
   const LayerConfig lc = parse_layer_config(layer_json(c), "model router");
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -295,59 +320,66 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
     L.wqkv = add(p + "attn.wqkv", {3 * C, C});
     L.wo = add(p + "attn.wo", {C, C});
     L.mlp_norm = add(p + "mlp_norm", {C});
-    if (L.moe) {
-      // Each MoE layer draws its own random stream (seed = the layer's index): with one seed for
-      // all, every layer's draws (THOR's experts, MoEC's coins, jitter) would be the same.
+    for (int64_t sub = 0; L.moe && sub < c.moe_sublayers; ++sub) {
+      Impl::Unit U;
+      // Sub-layers are named apart: layers.L.subS.moe.* (one sub-layer: layers.L.moe.*).
+      const std::string q = c.moe_sublayers == 1 ? p : p + "sub" + std::to_string(sub) + ".";
+      if (sub > 0) U.in_norm = add(q + "norm", {C});
+      // Each MoE layer draws its own random stream (seed = its index among layers and
+      // sub-layers): with one seed for all, every layer's draws (THOR's experts, MoEC's coins,
+      // jitter) would be the same.
       LayerConfig layer_config = lc;
-      layer_config.seed = uint64_t(l);
-      L.moe_layer = std::make_unique<MoELayer>(
+      layer_config.seed = uint64_t(l * c.moe_sublayers + sub);
+      U.moe_layer = std::make_unique<MoELayer>(
           layer_config, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff, c.vocab_size});
-      impl_->consistency = L.moe_layer->router().consistency_weight();
-      if (impl_->consistency > 0 && L.global_batch_balance())
+      impl_->consistency = U.moe_layer->router().consistency_weight();
+      if (impl_->consistency > 0 && U.global_batch_balance())
         fail(
             "model: router '{}' runs two passes per step (consistency {}); the global-batch "
             "balance loss cannot be combined with it",
             lc.router, impl_->consistency);
-      const int64_t R = L.moe_layer->num_router_outputs(), E = c.experts, F = c.d_ff;
-      L.block_begin = total;
-      if (L.moe_layer->router().logit_function()) {
-        for (const RouterTensorSpec& spec : L.moe_layer->router_tensor_specs()) {
-          L.router_tensor_shared.push_back(spec.shared_across_layers);
+      const int64_t R = U.moe_layer->num_router_outputs(), E = c.experts, F = c.d_ff;
+      U.block_begin = total;
+      if (U.moe_layer->router().logit_function()) {
+        for (const RouterTensorSpec& spec : U.moe_layer->router_tensor_specs()) {
+          U.router_tensor_shared.push_back(spec.shared_across_layers);
           if (spec.shared_across_layers) {
             auto it = std::find_if(shared_specs.begin(), shared_specs.end(),
                                    [&](const auto& e) { return e.first.name == spec.name; });
             if (it == shared_specs.end()) it = shared_specs.insert(shared_specs.end(), {spec, {}});
-            it->second.emplace_back(im.layers.size(), L.router_tensors.size());
-            L.router_tensors.push_back(SIZE_MAX);  // its offset comes after the layers
+            it->second.push_back({size_t(l), size_t(sub), U.router_tensors.size()});
+            U.router_tensors.push_back(SIZE_MAX);  // its offset comes after the layers
             continue;
           }
-          L.router_tensors.push_back(
-              add(p + "moe.router." + spec.name, spec.shape, spec.trainable));
+          U.router_tensors.push_back(
+              add(q + "moe.router." + spec.name, spec.shape, spec.trainable));
           tensors_.back().decay = spec.decay;
           router_specs.emplace_back(tensors_.size() - 1, spec);
         }
-      } else if (L.moe_layer->router().traits().needs_gate) {
-        L.gate = add(p + "moe.gate.weight", {R, C});
+      } else if (U.moe_layer->router().traits().needs_gate) {
+        U.gate = add(q + "moe.gate.weight", {R, C});
       }  // routers without a gate (hash, THOR's random experts) hold no gate tensor
-      L.gate_bias = add(p + "moe.gate.bias", {E}, false);
+      U.gate_bias = add(q + "moe.gate.bias", {E}, false);
       // w1 reads x (F, C), or the router's per-expert activations (F, gate_in; AoE).
-      const int64_t w1_in = L.moe_layer->shape().w1_in();
+      const int64_t w1_in = U.moe_layer->shape().w1_in();
       if (sharded && w1_in != C)
         fail(
             "model: router '{}' feeds its own activations to the experts' gate projection "
             "(experts.w1 is (E, F, {})); expert parallelism does not carry them yet",
             lc.router, w1_in);
-      L.w1 = add_experts(p + "moe.experts.w1", F, w1_in);
-      if (swiglu) L.w3 = add_experts(p + "moe.experts.w3", F, C);
-      L.w2 = add_experts(p + "moe.experts.w2", C, F);
+      U.w1 = add_experts(q + "moe.experts.w1", F, w1_in);
+      if (swiglu) U.w3 = add_experts(q + "moe.experts.w3", F, C);
+      U.w2 = add_experts(q + "moe.experts.w2", C, F);
       if (c.shared_d_ff > 0) {
-        L.sw1 = add(p + "moe.shared.w1", {c.shared_d_ff, C});
-        if (swiglu) L.sw3 = add(p + "moe.shared.w3", {c.shared_d_ff, C});
-        L.sw2 = add(p + "moe.shared.w2", {C, c.shared_d_ff});
-        if (c.shared_expert_gate) L.shared_gate = add(p + "moe.shared.gate", {1, C});
+        U.sw1 = add(q + "moe.shared.w1", {c.shared_d_ff, C});
+        if (swiglu) U.sw3 = add(q + "moe.shared.w3", {c.shared_d_ff, C});
+        U.sw2 = add(q + "moe.shared.w2", {C, c.shared_d_ff});
+        if (c.shared_expert_gate) U.shared_gate = add(q + "moe.shared.gate", {1, C});
       }
-      L.block_end = total;
-    } else {
+      U.block_end = total;
+      L.subs.push_back(std::move(U));
+    }
+    if (!L.moe) {
       L.w1 = add(p + "mlp.w1", {c.dense_d_ff, C});
       if (swiglu) L.w3 = add(p + "mlp.w3", {c.dense_d_ff, C});
       L.w2 = add(p + "mlp.w2", {C, c.dense_d_ff});
@@ -361,7 +393,8 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
     const size_t offset = add("moe.router." + spec.name, spec.shape, spec.trainable);
     tensors_.back().decay = spec.decay;
     router_specs.emplace_back(tensors_.size() - 1, spec);
-    for (const auto& [layer, position] : uses) im.layers[layer].router_tensors[position] = offset;
+    for (const auto& [layer, sub, position] : uses)
+      im.layers[layer].subs[sub].router_tensors[position] = offset;
   }
   im.shared_end = total;
   im.shared_grads.assign(im.shared_end - im.shared_begin, 0.0f);
@@ -398,16 +431,16 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
 void Model::refresh_frozen() {
   // Per parameter offset: the layers that use it, and how many of them freeze it.
   std::map<size_t, std::pair<int, int>> uses;
-  for (const auto& L : impl_->layers) {
-    if (!L.moe) continue;
-    const std::vector<std::string> names = L.moe_layer->router().frozen_tensors();
-    const std::vector<RouterTensorSpec>& specs = L.moe_layer->router_tensor_specs();
-    for (size_t i = 0; i < specs.size() && i < L.router_tensors.size(); ++i) {
-      auto& [users, freezing] = uses[L.router_tensors[i]];
-      ++users;
-      freezing += std::find(names.begin(), names.end(), specs[i].name) != names.end();
+  for (const auto& L : impl_->layers)
+    for (const auto& U : L.subs) {
+      const std::vector<std::string> names = U.moe_layer->router().frozen_tensors();
+      const std::vector<RouterTensorSpec>& specs = U.moe_layer->router_tensor_specs();
+      for (size_t i = 0; i < specs.size() && i < U.router_tensors.size(); ++i) {
+        auto& [users, freezing] = uses[U.router_tensors[i]];
+        ++users;
+        freezing += std::find(names.begin(), names.end(), specs[i].name) != names.end();
+      }
     }
-  }
   for (ParamTensor& t : tensors_) {
     const auto it = uses.find(t.offset);
     t.frozen = it != uses.end() && it->second.first == it->second.second;
@@ -441,10 +474,12 @@ int64_t Model::parameter_count() const {
 
 int64_t Model::active_parameter_count() const {
   // Nominal experts per token (Router::nominal_experts_per_token).
+  // Every MoE (sub-)layer has the same router config, and each sub-layer's experts count
+  // apart: moe_sublayers = 2 at k per sub-layer activates 2 k experts of width d_ff per token.
   double k = 1.0;
   for (const auto& L : impl_->layers) {
-    if (!L.moe) continue;
-    k = L.moe_layer->router().nominal_experts_per_token(config_.experts);
+    if (L.subs.empty()) continue;
+    k = L.subs[0].moe_layer->router().nominal_experts_per_token(config_.experts);
     break;
   }
   double n = 0;
@@ -458,7 +493,7 @@ int64_t Model::active_parameter_count() const {
 
 int64_t Model::num_moe_layers() const {
   int64_t n = 0;
-  for (const auto& L : impl_->layers) n += L.moe;
+  for (const auto& L : impl_->layers) n += int64_t(L.subs.size());
   return n;
 }
 
@@ -467,7 +502,11 @@ void Model::carve_activations() {
   Impl& im = *impl_;
   const int64_t B = im.B, T = im.T, N = B * T, C = c.d_model, H = c.n_heads, Fd = c.dense_d_ff;
   const size_t per_layer = size_t(N * C * 6 + N * 2 + N * 3 * C + B * H * T * T + N * Fd * 3);
-  im.acts.resize(per_layer * size_t(c.n_layers) + size_t(N * C * 2 + N), 0.0f);
+  // Each MoE sub-layer after the first: its x, u, rstd and the previous one's y.
+  const size_t per_sub = size_t(N * C * 3 + N);
+  size_t subs = 0;
+  for (const auto& L : im.layers) subs += L.subs.empty() ? 0 : L.subs.size() - 1;
+  im.acts.resize(per_layer * size_t(c.n_layers) + per_sub * subs + size_t(N * C * 2 + N), 0.0f);
   float* p = im.acts.data();
   auto take = [&](int64_t n) {
     float* r = p;
@@ -479,6 +518,16 @@ void Model::carve_activations() {
     L.probs = take(B * H * T * T), L.o = take(N * C), L.h_mid = take(N * C), L.m = take(N * C);
     L.rstd2 = take(N), L.f = take(N * C), L.dh1 = take(N * Fd), L.dh3 = take(N * Fd);
     L.dact = take(N * Fd);
+    for (size_t s = 0; s < L.subs.size(); ++s) {
+      Impl::Unit& U = L.subs[s];
+      if (s == 0) {
+        U.x = L.m;
+      } else {
+        U.x = take(N * C), U.u = take(N * C), U.rstd = take(N);
+        L.subs[s - 1].y = take(N * C);
+      }
+    }
+    if (!L.subs.empty()) L.subs.back().y = L.f;
   }
   im.h_out = take(N * C), im.hf = take(N * C), im.rstd_f = take(N);
   logits_.resize(size_t(N * c.vocab_size), 0.0f);
@@ -490,7 +539,8 @@ void Model::swap_passes() {
   Impl& im = *impl_;
   std::swap(im.acts, im.other_acts);
   std::swap(logits_, im.other_logits);
-  for (auto& L : im.layers) std::swap(L.cache, L.other_cache);
+  for (auto& L : im.layers)
+    for (auto& U : L.subs) std::swap(U.cache, U.other_cache);
   carve_activations();
 }
 
@@ -552,31 +602,39 @@ double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < N * C; ++i) L.h_mid[i] += L.h_in[i];
     ops::rmsnorm_forward(N, C, L.h_mid, P + L.mlp_norm, c.norm_eps, L.m, L.rstd2);
-    if (L.moe) {
-      auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : P + off; };
-      MoEParams mp{opt(L.gate), opt(L.gate_bias), opt(L.w1),  opt(L.w3),
-                   opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
-      if (!L.router_tensors.empty()) {
-        L.router_params.clear();
-        for (size_t off : L.router_tensors) L.router_params.push_back(P + off);
-        mp.router = L.router_params.data();
+    for (size_t sub = 0; sub < L.subs.size(); ++sub) {
+      Impl::Unit& U = L.subs[sub];
+      if (sub > 0) {  // u = x_{s-1} + y_{s-1}; x_s = RMSNorm(u) · in_norm
+        const Impl::Unit& below = L.subs[sub - 1];
+#pragma omp parallel for simd schedule(static)
+        for (int64_t i = 0; i < N * C; ++i) U.u[i] = below.x[i] + below.y[i];
+        ops::rmsnorm_forward(N, C, U.u, P + U.in_norm, c.norm_eps, U.x, U.rstd);
       }
-      mp.shared_gate = opt(L.shared_gate);
+      auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : P + off; };
+      MoEParams mp{opt(U.gate), opt(U.gate_bias), opt(U.w1),  opt(U.w3),
+                   opt(U.w2),   opt(U.sw1),       opt(U.sw3), opt(U.sw2)};
+      if (!U.router_tensors.empty()) {
+        U.router_params.clear();
+        for (size_t off : U.router_tensors) U.router_params.push_back(P + off);
+        mp.router = U.router_params.data();
+      }
+      mp.shared_gate = opt(U.shared_gate);
       if (im.shard.count != c.experts) {
         mp.w1 = mp.w3 = mp.w2 = nullptr;
         expert_views(
-            im.shard, c.experts, c.d_ff * C, L.w1, L.w3, L.w2,
+            im.shard, c.experts, c.d_ff * C, U.w1, U.w3, U.w2,
             [&](size_t off) -> const float* { return P + off; }, im.expert_params, mp.w1_experts,
             mp.w3_experts, mp.w2_experts);
       }
-      batch.x = L.m;
-      batch.global_counts = training && L.global_batch_balance() && !L.earlier_counts.empty()
-                                ? L.earlier_counts.data()
+      batch.x = U.x;
+      batch.global_counts = training && U.global_batch_balance() && !U.earlier_counts.empty()
+                                ? U.earlier_counts.data()
                                 : nullptr;
-      L.moe_layer->set_training(training);
-      L.moe_layer->forward(mp, batch, L.cache, L.f);
-      if (!L.cache.router_carry.empty()) batch.router_carry = L.cache.router_carry.data();
-    } else {
+      U.moe_layer->set_training(training);
+      U.moe_layer->forward(mp, batch, U.cache, U.y);
+      if (!U.cache.router_carry.empty()) batch.router_carry = U.cache.router_carry.data();
+    }
+    if (!L.moe) {
       cpu::ffn_forward(dense_act, N, C, c.dense_d_ff, L.m, P + L.w1, swiglu ? P + L.w3 : nullptr,
                        P + L.w2, L.dh1, L.dh3, L.dact, L.f);
     }
@@ -641,82 +699,107 @@ void Model::backward_pass(float scale, const float* extra_dlogits, bool last) {
   batch.T = N;
   batch.token_ids = im.token_ids.data();
   batch.seq_lens.assign(size_t(B), T);
-  // The router carry: the MoE layer below this one gave it (null at the lowest MoE layer).
-  std::vector<bool> carry_from_below(im.layers.size(), false);
-  for (size_t l = 0, seen = 0; l < im.layers.size(); ++l)
-    if (im.layers[l].moe) carry_from_below[l] = seen++ > 0;
-  bool have_d_carry = false;  // d_carry_above holds the layers above's ∂L/∂carry
+  // The router carry: the MoE layer below this one gave it (null at the lowest MoE layer), per
+  // MoE (sub-)layer in forward order.
+  std::vector<bool> carry_from_below;
+  for (const auto& L : im.layers)
+    for (size_t sub = 0; sub < L.subs.size(); ++sub)
+      carry_from_below.push_back(!carry_from_below.empty());
+  size_t unit = carry_from_below.size();  // counts down with backward
+  bool have_d_carry = false;              // d_carry_above holds the layers above's ∂L/∂carry
+  if (c.moe_sublayers > 1) {
+    im.d_sub_x.resize(size_t(N * C));
+    im.d_sub_u.resize(size_t(N * C));
+  }
   for (size_t li = im.layers.size(); li-- > 0;) {
     auto& L = im.layers[li];
     std::fill(dm, dm + N * C, 0.0f);
-    if (L.moe) {
-      im.moe_grads.assign(L.block_end - L.block_begin, 0.0f);
+    // The last sub-layer's output adds to the residual stream: dy = dh (scale applies through
+    // dh already). Below it, dy is ∂L/∂u of the in_norm above.
+    const float* dy = dh;
+    for (size_t sub = L.subs.size(); sub-- > 0;) {
+      Impl::Unit& U = L.subs[sub];
+      --unit;
+      float* dx = sub == 0 ? dm : im.d_sub_x.data();  // (N, C) ∂L/∂x of this sub-layer
+      std::fill(dx, dx + N * C, 0.0f);
+      im.moe_grads.assign(U.block_end - U.block_begin, 0.0f);
       auto opt = [&](size_t off) { return off == SIZE_MAX ? nullptr : P + off; };
       auto grad = [&](size_t off) {
         if (off == SIZE_MAX) return static_cast<float*>(nullptr);
         if (off >= im.shared_begin && off < im.shared_end)
           return im.shared_grads.data() + (off - im.shared_begin);
-        return im.moe_grads.data() + (off - L.block_begin);
+        return im.moe_grads.data() + (off - U.block_begin);
       };
-      MoEParams mp{opt(L.gate), opt(L.gate_bias), opt(L.w1),  opt(L.w3),
-                   opt(L.w2),   opt(L.sw1),       opt(L.sw3), opt(L.sw2)};
-      MoEGrads mg{grad(L.gate), grad(L.w1),  grad(L.w3), grad(L.w2),
-                  grad(L.sw1),  grad(L.sw3), grad(L.sw2)};
-      if (!L.router_tensors.empty()) {
-        L.router_params.clear();
-        L.router_grads.clear();
-        for (size_t off : L.router_tensors) {
-          L.router_params.push_back(P + off);
-          L.router_grads.push_back(grad(off));
+      MoEParams mp{opt(U.gate), opt(U.gate_bias), opt(U.w1),  opt(U.w3),
+                   opt(U.w2),   opt(U.sw1),       opt(U.sw3), opt(U.sw2)};
+      MoEGrads mg{grad(U.gate), grad(U.w1),  grad(U.w3), grad(U.w2),
+                  grad(U.sw1),  grad(U.sw3), grad(U.sw2)};
+      if (!U.router_tensors.empty()) {
+        U.router_params.clear();
+        U.router_grads.clear();
+        for (size_t off : U.router_tensors) {
+          U.router_params.push_back(P + off);
+          U.router_grads.push_back(grad(off));
         }
-        mp.router = L.router_params.data();
-        mg.router = L.router_grads.data();
+        mp.router = U.router_params.data();
+        mg.router = U.router_grads.data();
       }
-      mp.shared_gate = opt(L.shared_gate);
-      mg.shared_gate = grad(L.shared_gate);
+      mp.shared_gate = opt(U.shared_gate);
+      mg.shared_gate = grad(U.shared_gate);
       if (im.shard.count != c.experts) {
         mp.w1 = mp.w3 = mp.w2 = nullptr;
         mg.w1 = mg.w3 = mg.w2 = nullptr;
         expert_views(
-            im.shard, c.experts, c.d_ff * C, L.w1, L.w3, L.w2,
+            im.shard, c.experts, c.d_ff * C, U.w1, U.w3, U.w2,
             [&](size_t off) -> const float* { return P + off; }, im.expert_params, mp.w1_experts,
             mp.w3_experts, mp.w2_experts);
-        expert_views(im.shard, c.experts, c.d_ff * C, L.w1, L.w3, L.w2, grad, im.expert_grads,
+        expert_views(im.shard, c.experts, c.d_ff * C, U.w1, U.w3, U.w2, grad, im.expert_grads,
                      mg.w1_experts, mg.w3_experts, mg.w2_experts);
       }
-      batch.x = L.m;
-      // dy = dh · 1 (the FFN output adds to the residual); scale applies through dh already.
+      batch.x = U.x;
       batch.global_counts =
-          L.global_batch_balance() && !L.earlier_counts.empty() ? L.earlier_counts.data() : nullptr;
+          U.global_batch_balance() && !U.earlier_counts.empty() ? U.earlier_counts.data() : nullptr;
       // The carry this layer read came from the MoE layer below: its gradient goes there.
-      const size_t carry = L.cache.router_carry.size();
-      if (carry > 0 && carry_from_below[li]) {
+      const size_t carry = U.cache.router_carry.size();
+      if (carry > 0 && carry_from_below[unit]) {
         im.d_carry_below.resize(carry);
         mg.router_carry = im.d_carry_below.data();
       }
       std::fill(im.shared_grads.begin(), im.shared_grads.end(), 0.0f);
-      L.moe_layer->backward(mp, batch, L.cache, dh, dm, mg, scale,
+      U.moe_layer->backward(mp, batch, U.cache, dy, dx, mg, scale,
                             have_d_carry ? im.d_carry_above.data() : nullptr);
       if (carry > 0) {
-        have_d_carry = carry_from_below[li];
+        have_d_carry = carry_from_below[unit];
         std::swap(im.d_carry_above, im.d_carry_below);
       }
       // Every MoE layer reads every shared tensor (one router config for all of them).
       for (size_t i = 0; i < im.shared_grads.size(); ++i)
         G[im.shared_begin + i] += im.shared_grads[i];
-      if (L.global_batch_balance()) {
+      if (U.global_batch_balance()) {
         // The next micro-batch's balance loss counts this one's choices too (the ones the loss
         // counts: first choices only under balance_top1_only).
-        const RoutingPlan& plan = L.cache.routing_plan();
+        const RoutingPlan& plan = U.cache.routing_plan();
         const bool first =
-            L.moe_layer->config().losses.balance_top1_only && !plan.first_choice_counts.empty();
+            U.moe_layer->config().losses.balance_top1_only && !plan.first_choice_counts.empty();
         const std::vector<double>& counts =
             first ? plan.first_choice_counts : plan.selection_counts;
-        L.earlier_counts.resize(counts.size(), 0.0);
-        for (size_t i = 0; i < counts.size(); ++i) L.earlier_counts[i] += counts[i];
+        U.earlier_counts.resize(counts.size(), 0.0);
+        for (size_t i = 0; i < counts.size(); ++i) U.earlier_counts[i] += counts[i];
       }
-      for (size_t i = 0; i < im.moe_grads.size(); ++i) G[L.block_begin + i] += im.moe_grads[i];
-    } else {
+      for (size_t i = 0; i < im.moe_grads.size(); ++i) G[U.block_begin + i] += im.moe_grads[i];
+      if (sub + 1 < L.subs.size()) {
+        // u_{s+1} = x_s + y_s: the residual inside the block, dy (= ∂L/∂u) reaches x_s too.
+#pragma omp parallel for simd schedule(static)
+        for (int64_t i = 0; i < N * C; ++i) dx[i] += dy[i];
+      }
+      if (sub > 0) {  // x_s = RMSNorm(u_s) · in_norm: ∂L/∂u_s is the next one down's dy
+        float* du = im.d_sub_u.data();
+        std::fill(du, du + N * C, 0.0f);
+        ops::rmsnorm_backward(N, C, U.u, P + U.in_norm, U.rstd, dx, du, G + U.in_norm);
+        dy = du;
+      }
+    }
+    if (!L.moe) {
       std::vector<float> dact(size_t(N * c.dense_d_ff)), dh3(swiglu ? size_t(N * c.dense_d_ff) : 0);
       cpu::ffn_backward(dense_act, N, C, c.dense_d_ff, L.m, P + L.w1, swiglu ? P + L.w3 : nullptr,
                         P + L.w2, L.dh1, L.dh3, L.dact, dh, dact.data(),
@@ -753,21 +836,21 @@ void Model::set_parallel(const ModelParallel& parallel) {
     fail(
         "model: two passes per step (consistency regularisation, router thor) do not run under "
         "expert parallelism yet; use --expert-parallel 1 (data parallelism works)");
-  for (auto& L : impl_->layers) {
-    if (!L.moe) continue;
-    const ExpertPlacement& declared = L.moe_layer->placement();
-    if (declared.declared() && parallel.placement.declared() && !(declared == parallel.placement))
-      fail(
-          "model: the router config's placement {} differs from this run's layout {} (ranks = "
-          "the job's size, expert_parallel = --expert-parallel, ranks_per_node = "
-          "--ranks-per-node); change one to match",
-          placement_json(declared).dump(), placement_json(parallel.placement).dump());
-    if (parallel.placement.declared()) L.moe_layer->set_placement(parallel.placement);
-    L.moe_layer->set_routing_communicator(parallel.routing);
-    if (parallel.experts && parallel.experts->size() > 1)
-      L.moe_layer->set_dispatcher(std::make_unique<layer::ExpertParallelDispatcher>(
-          *parallel.experts, parallel.ranks_per_node));
-  }
+  for (auto& L : impl_->layers)
+    for (auto& U : L.subs) {
+      const ExpertPlacement& declared = U.moe_layer->placement();
+      if (declared.declared() && parallel.placement.declared() && !(declared == parallel.placement))
+        fail(
+            "model: the router config's placement {} differs from this run's layout {} (ranks = "
+            "the job's size, expert_parallel = --expert-parallel, ranks_per_node = "
+            "--ranks-per-node); change one to match",
+            placement_json(declared).dump(), placement_json(parallel.placement).dump());
+      if (parallel.placement.declared()) U.moe_layer->set_placement(parallel.placement);
+      U.moe_layer->set_routing_communicator(parallel.routing);
+      if (parallel.experts && parallel.experts->size() > 1)
+        U.moe_layer->set_dispatcher(std::make_unique<layer::ExpertParallelDispatcher>(
+            *parallel.experts, parallel.ranks_per_node));
+    }
 }
 
 void Model::set_gradient_ready(std::function<void(size_t, size_t)> ready) {
@@ -775,7 +858,8 @@ void Model::set_gradient_ready(std::function<void(size_t, size_t)> ready) {
 }
 
 void Model::zero_grads() {
-  for (auto& L : impl_->layers) L.earlier_counts.clear();
+  for (auto& L : impl_->layers)
+    for (auto& U : L.subs) U.earlier_counts.clear();
   float* g = grads_.data();
   const int64_t n = int64_t(grads_.size());
 #pragma omp parallel for simd schedule(static)
@@ -786,32 +870,32 @@ double Model::aux_loss() const {
   const Impl& im = *impl_;
   double total = 0.0;
   for (const auto& L : im.layers)
-    if (L.moe)
-      total += im.paired ? 0.5 * (L.cache.stats.aux_loss + L.other_cache.stats.aux_loss)
-                         : L.cache.stats.aux_loss;
+    for (const auto& U : L.subs)
+      total += im.paired ? 0.5 * (U.cache.stats.aux_loss + U.other_cache.stats.aux_loss)
+                         : U.cache.stats.aux_loss;
   return total + im.consistency_loss;
 }
 
 std::vector<const RoutingStats*> Model::layer_stats() const {
   std::vector<const RoutingStats*> out;
   for (const auto& L : impl_->layers)
-    if (L.moe) out.push_back(&L.cache.stats);
+    for (const auto& U : L.subs) out.push_back(&U.cache.stats);
   return out;
 }
 
 std::vector<const MoECache*> Model::layer_caches() const {
   std::vector<const MoECache*> out;
   for (const auto& L : impl_->layers)
-    if (L.moe) out.push_back(&L.cache);
+    for (const auto& U : L.subs) out.push_back(&U.cache);
   return out;
 }
 
 nlohmann::json Model::state() const {
   json layers = json::array();
   for (const auto& L : impl_->layers)
-    if (L.moe)
+    for (const auto& U : L.subs)
       layers.push_back(
-          {{"router", L.moe_layer->router().state()}, {"calls", L.moe_layer->calls()}});
+          {{"router", U.moe_layer->router().state()}, {"calls", U.moe_layer->calls()}});
   return {{"moe_layers", layers}};
 }
 
@@ -821,12 +905,12 @@ void Model::set_state(const json& state, const std::string& source) {
     if (!layers.is_array() || int64_t(layers.size()) != num_moe_layers())
       fail("{}: state.moe_layers must list {} MoE layers", source, num_moe_layers());
     size_t i = 0;
-    for (auto& L : impl_->layers) {
-      if (!L.moe) continue;
-      L.moe_layer->router().set_state(layers.at(i).at("router"));
-      L.moe_layer->set_calls(layers.at(i).at("calls").get<uint64_t>());
-      ++i;
-    }
+    for (auto& L : impl_->layers)
+      for (auto& U : L.subs) {
+        U.moe_layer->router().set_state(layers.at(i).at("router"));
+        U.moe_layer->set_calls(layers.at(i).at("calls").get<uint64_t>());
+        ++i;
+      }
   } catch (const json::exception& e) {
     fail("{}: malformed model state: {}", source, e.what());
   }
@@ -836,16 +920,16 @@ void Model::set_state(const json& state, const std::string& source) {
 void Model::update_router_state() {
   std::vector<RouterStepStats> stats;
   for (auto& L : impl_->layers)
-    if (L.moe)
-      stats.push_back(L.moe_layer->router_step_stats(L.cache, params_.data() + L.gate_bias));
+    for (auto& U : L.subs)
+      stats.push_back(U.moe_layer->router_step_stats(U.cache, params_.data() + U.gate_bias));
   double mean = 0.0;
   for (const RouterStepStats& s : stats) mean += s.zero_fraction / double(stats.size());
   size_t i = 0;
-  for (auto& L : impl_->layers) {
-    if (!L.moe) continue;
-    stats[i].model_zero_fraction = mean;
-    L.moe_layer->update_router_state(stats[i++]);
-  }
+  for (auto& L : impl_->layers)
+    for (auto& U : L.subs) {
+      stats[i].model_zero_fraction = mean;
+      U.moe_layer->update_router_state(stats[i++]);
+    }
   refresh_frozen();
 }
 
@@ -853,18 +937,19 @@ void Model::set_token_frequencies(const std::vector<int64_t>& counts) {
   if (int64_t(counts.size()) != config_.vocab_size)
     fail("model: {} token counts for a vocabulary of {}", counts.size(), config_.vocab_size);
   for (auto& L : impl_->layers)
-    if (L.moe) L.moe_layer->set_token_frequencies(counts, "model token counts");
+    for (auto& U : L.subs) U.moe_layer->set_token_frequencies(counts, "model token counts");
 }
 
 void Model::set_schedule(const TrainingSchedule& schedule) {
   for (auto& L : impl_->layers)
-    if (L.moe) L.moe_layer->set_schedule(schedule);
+    for (auto& U : L.subs) U.moe_layer->set_schedule(schedule);
   refresh_frozen();  // the schedule may have switched a router's stage (S₁ = 0)
 }
 
 bool Model::needs_token_frequencies() const {
   for (const auto& L : impl_->layers)
-    if (L.moe && L.moe_layer->router().traits().needs_token_frequencies) return true;
+    for (const auto& U : L.subs)
+      if (U.moe_layer->router().traits().needs_token_frequencies) return true;
   return false;
 }
 

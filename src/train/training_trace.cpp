@@ -48,8 +48,10 @@ infer::RoutingTrace step_trace(const Model& model, const Batch& batch, const std
       trace.sequences.push_back(i);
     }
   nlohmann::json moe_layers = nlohmann::json::array(), routing = nlohmann::json::array();
+  // One entry per MoE layer the trace has: a block of moe_sublayers sub-layers repeats its index.
   for (int64_t l = 0; l < model.config().n_layers; ++l)
-    if (model.config().is_moe_layer(l)) moe_layers.push_back(l);
+    if (model.config().is_moe_layer(l))
+      for (int64_t s = 0; s < model.config().moe_sublayers; ++s) moe_layers.push_back(l);
   for (int64_t l = 0; l < L; ++l) routing.push_back({{"router", model.config().router}});
   trace.meta = {{"format", "switchyard-routing-trace"},
                 {"version", 1},

@@ -741,6 +741,25 @@ def compare_results(binary, root):
         problem = "a run was trained before the bad entry was rejected"
     results.append(("compare rejects a router that does not fit the model before training",
                     problem))
+    # An entry's own model fields (docs/training.md) are checked before anything trains too.
+    for label, model, needles in (
+            ("moe_sublayers 0", {"moe_sublayers": 0}, ["cartesian", "moe_sublayers", "0"]),
+            ("moe_sublayers 'two'", {"moe_sublayers": "two"}, ["cartesian", "moe_sublayers"]),
+            ("a model that is not an object", "wide", ["cartesian", "'model'", "wide"]),
+            ("a model that sets the router", {"router": {"router": "switch"}},
+             ["cartesian", "'router'"])):
+        out = os.path.join(root, "compare_bad_model")
+        with open(cfg, "w") as f:
+            json.dump({"steps": 1, "model": {"experts": 8},
+                       "routers": [{"name": "fine", "router": {"router": "switch"}},
+                                   {"name": "cartesian", "model": model,
+                                    "router": {"router": "topk", "k": 2}}]}, f)
+        p = subprocess.run([binary, "compare", "--config", cfg, "--out", out],
+                           capture_output=True, text=True, timeout=TIMEOUT_S)
+        problem = "; ".join(rejection_problems(p, needles + [re.escape(cfg)])) or None
+        if problem is None and os.path.exists(os.path.join(out, "runs")):
+            problem = "a run was trained before the bad entry was rejected"
+        results.append((f"compare rejects an entry with {label} before training", problem))
     p = subprocess.run([binary, "compare", "--all-routers", "--routers", "switch"],
                        capture_output=True, text=True, timeout=TIMEOUT_S)
     results.append(("compare --all-routers excludes --routers",

@@ -70,7 +70,7 @@ MODEL_DEFAULTS = {
     "moe_every": 1, "experts": 8, "d_ff": 256, "shared_d_ff": 0, "dense_d_ff": 512,
     "activation": "swiglu", "swiglu_alpha": None, "swiglu_limit": None, "tied_head": True, "rope_theta": 10000.0, "norm_eps": 1e-5,
     "init_std": 0.02, "router": {"router": "mixtral", "k": 2}, "moe_layers": None,
-    "shared_expert_gate": False,
+    "shared_expert_gate": False, "moe_sublayers": 1,
 }
 
 
@@ -94,6 +94,9 @@ def parse_model_config(j):
         raise ModelError(f"model.json: bad activation {cfg['activation']!r}")
     if cfg["d_model"] % cfg["n_heads"] or (cfg["d_model"] // cfg["n_heads"]) % 2:
         raise ModelError("model.json: d_model / n_heads must be an even integer")
+    S = cfg["moe_sublayers"]
+    if not isinstance(S, int) or isinstance(S, bool) or not 1 <= S <= 8:
+        raise ModelError(f"model.json: moe_sublayers must be an integer in [1, 8], got {S!r}")
     router = dict(cfg["router"])
     for key in ("activation", "swiglu_alpha", "swiglu_limit", "training", "seed", "vocab_size"):
         if key in router:
@@ -117,6 +120,28 @@ def is_moe_layer(cfg, l):
     return (l + 1) % cfg["moe_every"] == 0
 
 
+def moe_units(cfg):
+    """[(key, l, s, prefix)] for every MoE layer in forward order: an MoE block's moe_sublayers
+    sub-layers s (CartesianMoE: 2), each an ordinary MoE layer with its parameters under prefix
+    (layers.l.moe. for one sub-layer, layers.l.subS.moe. for more); key indexes the router
+    states (l, or (l, s) with sub-layers)."""
+    S = cfg["moe_sublayers"]
+    out = []
+    for l in range(cfg["n_layers"]):
+        if not is_moe_layer(cfg, l):
+            continue
+        for s in range(S):
+            if S == 1:
+                out.append((l, l, 0, f"layers.{l}.moe."))
+            else:
+                out.append(((l, s), l, s, f"layers.{l}.sub{s}.moe."))
+    return out
+
+
+def aux_name(cfg, l, s):
+    return f"aux.{l}" if cfg["moe_sublayers"] == 1 else f"aux.{l}.{s}"
+
+
 def num_router_outputs(cfg):
     layer = cfg["layer"]
     if layer["family"] == "topk":
@@ -137,8 +162,9 @@ def param_specs(cfg):
                   (p + "attn.wqkv", (3 * C, C), True, "normal"),
                   (p + "attn.wo", (C, C), True, "proj"),
                   (p + "mlp_norm", (C,), True, "ones")]
-        if is_moe_layer(cfg, l):
-            m = p + "moe."
+        for _, _, s, m in [u for u in moe_units(cfg) if u[1] == l]:
+            if s > 0:  # x_s = RMSNorm(x_{s-1} + y_{s-1}) with this weight
+                specs.append((f"layers.{l}.sub{s}.norm", (C,), True, "ones"))
             if distill_dim(cfg):  # StableMoE: centroids and the token-id router instead
                 D = distill_dim(cfg)
                 specs += [(m + "router.centroids", (E, C), True, "normal"),
@@ -172,7 +198,7 @@ def param_specs(cfg):
                 if cfg["shared_expert_gate"]:  # Qwen2-MoE's sigmoid gate on the shared expert
                     specs.append((m + "shared.gate", (1, C), True, "normal"))
             specs.append((m + "gate.bias", (E,), False, "zeros"))
-        else:
+        if not is_moe_layer(cfg, l):
             specs.append((p + "mlp.w1", (Fd, C), True, "normal"))
             if swiglu:
                 specs.append((p + "mlp.w3", (Fd, C), True, "normal"))
@@ -206,7 +232,7 @@ def no_decay(cfg):
     router's tensor specs say); every other parameter with >= 2 dimensions decays."""
     if not distill_dim(cfg):
         return set()
-    return {f"layers.{l}.moe.router.{n}" for l in range(cfg["n_layers"]) if is_moe_layer(cfg, l)
+    return {m + "router." + n for _, _, _, m in moe_units(cfg)
             for n in ("token_embedding", "token_centroids")}
 
 
@@ -567,12 +593,18 @@ def forward(cfg, P, inputs, targets, states):
         h = h + o @ P[p + "attn.wo"].t()
         m = rmsnorm(h, P[p + "mlp_norm"], eps)
         if is_moe_layer(cfg, l):
-            y, aux, info = moe_forward(cfg["layer"], m.reshape(B * T, C), P, p + "moe.",
-                                       cfg["experts"], [T] * B, token_ids, states[l], carry)
-            carry = info.get("router_carry")
+            # The block's sub-layers in order: sub-layer s > 0 reads RMSNorm(x + y) of the one
+            # before (its input plus its output); the last one's output joins the residual.
+            x = m.reshape(B * T, C)
+            for key, _, s, prefix in [u for u in moe_units(cfg) if u[1] == l]:
+                if s > 0:
+                    x = rmsnorm(x + y, P[f"layers.{l}.sub{s}.norm"], eps)
+                y, aux, info = moe_forward(cfg["layer"], x, P, prefix, cfg["experts"], [T] * B,
+                                           token_ids, states[key], carry)
+                carry = info.get("router_carry")
+                aux_layers.append(aux)
+                infos.append(info)
             h = h + y.reshape(B, T, C)
-            aux_layers.append(aux)
-            infos.append(info)
         else:
             h = h + dense_ffn(m, P, p, cfg["layer"])
     hf = rmsnorm(h, P["final_norm"], eps)
@@ -598,26 +630,26 @@ def initial_states(cfg, total_steps=None):
     """Per MoE layer: the router's non-gradient state. StableMoE: its steps, stage and S1 (from
     total_steps where stage1_steps is -1; a stage-1 router whose S1 is 0 starts in stage 2)."""
     states = {}
-    for l in range(cfg["n_layers"]):
-        if is_moe_layer(cfg, l):
+    for key, l, s, _ in moe_units(cfg):
+        if True:
             st = {}
             if cfg["layer"]["family"] == "remoe":
                 st["lambda"] = float(cfg["layer"]["params"]["lambda"])
-            if cfg["layer"]["family"] == "thor":
-                st.update(seed=l, calls=0)
+            if cfg["layer"]["family"] == "thor":  # the layer's seed: its index among the units
+                st.update(seed=l * cfg["moe_sublayers"] + s, calls=0)
             if cfg["layer"]["family"] == "competesmoe":  # W: warmup_steps or the run's share
                 p = cfg["layer"]["params"]
                 W = int(p["warmup_steps"])
                 if W < 0:
                     W = int(math.floor(float(p["warmup_fraction"]) * (total_steps or 0)))
-                st.update(seed=l, calls=0, steps=0, warmup=W)
+                st.update(seed=l * cfg["moe_sublayers"] + s, calls=0, steps=0, warmup=W)
             if cfg["layer"]["family"] == "stablemoe":
                 st.update(steps=0, stage=int(cfg["layer"]["params"]["stage"]))
                 if total_steps is not None:
                     st["switch"] = stablemoe_switch_step(cfg, total_steps)
                     if st["switch"] == 0:
                         st["stage"] = 2
-            states[l] = st
+            states[key] = st
     return states
 
 
@@ -625,25 +657,26 @@ def frozen_names(cfg, states):
     """Parameters the optimiser leaves alone now: StableMoE's Q and K in stage 2."""
     if cfg["layer"]["family"] != "stablemoe":
         return set()
-    return {f"layers.{l}.moe.router.{n}" for l, st in states.items() if st["stage"] == 2
+    prefix = {key: m for key, _, _, m in moe_units(cfg)}
+    return {prefix[key] + "router." + n for key, st in states.items() if st["stage"] == 2
             for n in ("token_embedding", "token_centroids")}
 
 
 def update_router_state(cfg, P, states, infos):
     layer = cfg["layer"]
     E = cfg["experts"]
-    moe_layers = [l for l in range(cfg["n_layers"]) if is_moe_layer(cfg, l)]
+    units = moe_units(cfg)
     # ReMoE's S: the zero fraction averaged over the MoE layers (one controller for the model).
     zeros = [1.0 - info["kept_rows"] / (info["T"] * E) for info in infos]
     mean_zero = sum(zeros) / len(zeros) if zeros else 0.0
-    for l, info in zip(moe_layers, infos):
+    for (l, _, _, m), info in zip(units, infos):  # l: the unit's state key
         if layer["family"] == "topk":
             u = float(layer["params"]["bias_update_rate"])
             if u > 0:
                 c = info["counts"]
                 err = c.mean() - c
                 with torch.no_grad():
-                    P[f"layers.{l}.moe.gate.bias"] += u * torch.sign(err)
+                    P[m + "gate.bias"] += u * torch.sign(err)
         elif layer["family"] == "competesmoe":  # one more update done
             states[l]["steps"] += 1
         elif layer["family"] == "stablemoe":  # one more update done; stage 2 from S1 on
@@ -662,7 +695,7 @@ def update_router_state(cfg, P, states, infos):
                 rate = info["kept"].sum(0).to(DTYPE) / info["T"]
                 err = float(layer["params"]["k"]) / E - rate
                 with torch.no_grad():
-                    P[f"layers.{l}.moe.gate.bias"] += u * torch.sign(err)
+                    P[m + "gate.bias"] += u * torch.sign(err)
 
 
 def train(cfg, P, inputs, targets, steps, opt):
@@ -709,9 +742,8 @@ def train(cfg, P, inputs, targets, steps, opt):
             out0["loss"] = np.array(float(loss.detach()))
             out0["ce_loss"] = np.array(float(ce.detach()))
             out0["aux_loss"] = np.array(float(aux.detach()))
-            moe_layers = [l for l in range(cfg["n_layers"]) if is_moe_layer(cfg, l)]
-            for l, a in zip(moe_layers, aux_layers):
-                out0[f"aux.{l}"] = np.array(float(a.detach()))
+            for (_, l, s, _), a in zip(moe_units(cfg), aux_layers):
+                out0[aux_name(cfg, l, s)] = np.array(float(a.detach()))
             for n, g in zip(names, grads):
                 out0["grad." + n] = g.detach().numpy().copy()
         if steps == 0:
@@ -780,6 +812,11 @@ def self_test():
                                 "router": {"router": "expert_choice"}}),
         ("remoe", {"vocab_size": 64, "d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 8,
                    "experts": 4, "d_ff": 12, "router": {"router": "remoe", "lambda": 0.1}}),
+        ("cartesian sub-layers shared", {"vocab_size": 64, "d_model": 16, "n_layers": 2,
+                                         "n_heads": 2, "seq_len": 8, "experts": 4, "d_ff": 6,
+                                         "shared_d_ff": 4, "moe_sublayers": 2,
+                                         "router": {"router": "topk", "k": 2,
+                                                    "losses": {"balance": 0.01}}}),
     ]
     for label, j in configs:
         cfg = parse_model_config(j)
