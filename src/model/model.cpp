@@ -234,6 +234,9 @@ struct Model::Impl {
   std::vector<float> d_carry_above, d_carry_below;
   std::vector<int32_t> tokens, targets;
   std::vector<int64_t> token_ids;
+  // (N) the token importance of the current layer's attention, for a router that reads it
+  // (RouterTraits::needs_token_importance; ops::attention_self_importance).
+  std::vector<float> token_importance;
   bool has_targets = false;
   ExpertShard shard;
   // Per-expert views of a shard's experts (null: held elsewhere), per MoE layer: w1, w3, w2.
@@ -570,6 +573,13 @@ double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_
             mp.w3_experts, mp.w2_experts);
       }
       batch.x = L.m;
+      // The block's attention gives each token an importance (no gradient flows back into it).
+      batch.token_importance = nullptr;
+      if (L.moe_layer->router().traits().needs_token_importance) {
+        im.token_importance.resize(size_t(N));
+        ops::attention_self_importance(B, T, H, L.probs, im.token_importance.data());
+        batch.token_importance = im.token_importance.data();
+      }
       batch.global_counts = training && L.global_batch_balance() && !L.earlier_counts.empty()
                                 ? L.earlier_counts.data()
                                 : nullptr;
