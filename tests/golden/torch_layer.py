@@ -15,7 +15,7 @@ computation dtype (float64 by default) so that a comparison sees the reference a
 
 Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (evaluation mode:
 training=true is accepted only when the configuration has no random element), expert_choice,
-top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
+top_p, damoe (token_importance), soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
 (training too: the layer's seeded draws are replayed, layer_noise), rectify, moec (training too),
 maskmoe (token_ids and token_counts), stablemoe (token_ids, both stages, training too), vqmoe
 (both modes; the VQ stop-gradients by .detach()).
