@@ -86,6 +86,8 @@ struct Problem {
   std::vector<double> global_counts;
   // (T, C) the previous MoE layer's router carry (LogitFunction::carry_dim C > 0), or empty.
   std::vector<float> router_carry;
+  // (T) per-token importance (RouterTraits::needs_token_importance, DA-MoE), or empty.
+  std::vector<float> token_importance;
 
   std::string family() const { return router_params.at("router").get<std::string>(); }
   // The logit function reads token ids (LogitFunction::needs_vocab): ids lie in [0, shape.vocab).
@@ -120,6 +122,7 @@ struct Problem {
     b.seq_lens = seq_lens;
     b.global_counts = global_counts.empty() ? nullptr : global_counts.data();
     b.router_carry = router_carry.empty() ? nullptr : router_carry.data();
+    b.token_importance = token_importance.empty() ? nullptr : token_importance.data();
     return b;
   }
   reference::Params ref_params() const {
@@ -145,6 +148,7 @@ struct Problem {
     b.seq_lens = seq_lens;
     b.global_counts = global_counts;
     b.router_carry = to_double(router_carry);
+    b.token_importance = to_double(token_importance);
     return b;
   }
   reference::Result reference(const reference::Params& p, const reference::Batch& b) const {
@@ -233,6 +237,14 @@ inline Problem make_problem(const nlohmann::json& layer_json, const ProblemOptio
     pb.token_counts.resize(size_t(2 * o.T + 4));
     for (int64_t& c : pb.token_counts) c = std::max<int64_t>(count(rng), 0);
     pb.layer->set_token_frequencies(pb.token_counts, "test token counts");
+  }
+  if (pb.traits.needs_token_importance) {
+    // Multiples of 1/8 in [0, 4] (sums exact in float64, so every path finds the same K_t), a
+    // tenth of them 0 (a token that gets k_min; a sequence that starts at mean 0).
+    std::uniform_int_distribution<int> eighths(0, 32);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    pb.token_importance.resize(size_t(o.T));
+    for (float& v : pb.token_importance) v = u(rng) < 0.1 ? 0.0f : float(eighths(rng)) / 8.0f;
   }
   pb.seq_lens = o.seq_lens;
   if (o.global_counts) {
@@ -673,6 +685,21 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
     expert_choice_bad_tokens(pb, z, m, bad);
   } else if (f == "top_p") {
     top_p_bad_tokens(pb, z, m, bad);
+  } else if (f == "damoe") {  // K_t is exact (dyadic importances): the K_t-th score must be clear
+    const double k = pb.router_params.at("k");
+    const int64_t lo = std::min(pb.router_params.at("k_min").get<int64_t>(), R);
+    const int64_t hi = std::min(pb.router_params.at("k_max").get<int64_t>(), R);
+    for (const auto& [b, e] : routing_groups(RoutingGroups::Sequence, pb.seq_lens, pb.T)) {
+      double sum = 0.0;
+      for (int64_t t = b; t < e; ++t) {
+        sum += double(pb.token_importance[size_t(t)]);
+        const double mean = sum / double(t - b + 1);
+        const double ratio = mean > 0.0 ? double(pb.token_importance[size_t(t)]) / mean : 1.0;
+        const double K =
+            std::clamp(std::min(std::floor(k * ratio + 0.5), double(R)), double(lo), double(hi));
+        if (!gaps_ok(softmax_of(&z[t * R], R), int64_t(K), m.score)) bad[size_t(t)] = true;
+      }
+    }
   } else if (f == "smile") {  // both levels' argmax must be clear
     const int64_t N = pb.router_params.at("nodes");
     for (int64_t t = 0; t < pb.T; ++t) {

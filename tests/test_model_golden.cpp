@@ -34,6 +34,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -299,6 +300,14 @@ std::vector<GoldenCase> cases() {
     GoldenCase g{"cartesian_sublayers_rmoe_carry", tiny_config(), tiny_opt()};
     g.model.moe_sublayers = 2;
     g.model.router = {{"router", "rmoe"}, {"recurrent_dim", 8}};
+    out.push_back(g);
+  }
+  {
+    // DA-MoE: each MoE layer's K_t from its block's attention (the weight the token's query gives
+    // itself, times t + 1, over its causal running mean in the sequence), no gradient into it.
+    GoldenCase g{"damoe_attention_importance", tiny_config(), tiny_opt()};
+    g.model.init_std = 0.2;  // peaked attention from the start, so that K_t varies
+    g.model.router = {{"router", "damoe"}, {"k", 2}, {"k_max", 4}};
     out.push_back(g);
   }
   {
@@ -699,6 +708,54 @@ TEST(ModelSublayers, NamesSizesActiveParametersAndCheckpoint) {
   EXPECT_EQ(loaded.forward(tokens.data(), targets.data(), 2, cart.seq_len, false), loss);
   EXPECT_THROW(top2.load_safetensors(model.to_safetensors(), "checkpoint"), Error)
       << "a sub-layer checkpoint does not load into a one-sub-layer model";
+}
+
+// DA-MoE's importance comes from the model's causal attention and the router normalises it by a
+// causal running mean: new tokens at the end of sequence 0 change neither the importance, the
+// routing nor the logits of its earlier tokens, nor anything of sequence 1; and K_t does vary
+// (the importance is read).
+TEST(ModelDaMoE, RoutingIsCausal) {
+  ModelConfig c = tiny_config();
+  c.init_std = 0.2;  // peaked attention, so that K_t varies from token to token
+  c.router = {{"router", "damoe"}, {"k", 2}, {"k_max", 4}};
+  const int64_t B = 2, T = c.seq_len, V = c.vocab_size, cut = 9;
+  std::vector<int32_t> tokens(size_t(B * T));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 37 + 11) % size_t(V));
+  std::vector<int32_t> later = tokens;
+  for (int64_t t = cut; t < T; ++t) later[size_t(t)] = int32_t((t * 101 + 7) % V);
+  Model a(c, 5), b(c, 5);
+  a.forward(tokens.data(), nullptr, B, T, false);
+  b.forward(later.data(), nullptr, B, T, false);
+  auto untouched = [&](int64_t n) { return n >= T || n < cut; };  // row n = b T + t
+  // The experts' GEMMs run over the rows routed to each expert, so other rows can move a value by
+  // float rounding (the order of sums), never more (a later layer's importance too); the
+  // experts chosen must match exactly.
+  for (int64_t n = 0; n < B * T; ++n) {
+    if (!untouched(n)) continue;
+    for (int64_t v = 0; v < V; ++v)
+      ASSERT_NEAR(a.logits()[size_t(n * V + v)], b.logits()[size_t(n * V + v)], 1e-5)
+          << "row " << n << " vocab " << v;
+  }
+  const auto ca = a.layer_caches(), cb = b.layer_caches();
+  ASSERT_EQ(ca.size(), size_t(c.n_layers));
+  std::set<int64_t> counts;  // distinct K_t seen
+  for (size_t l = 0; l < ca.size(); ++l) {
+    ASSERT_EQ(ca[l]->token_importance.size(), size_t(B * T));
+    std::vector<std::vector<int32_t>> ea(size_t(B * T)), eb(size_t(B * T));
+    for (size_t i = 0; i < ca[l]->plan.size(); ++i)
+      ea[size_t(ca[l]->plan.token[i])].push_back(ca[l]->plan.expert[i]);
+    for (size_t i = 0; i < cb[l]->plan.size(); ++i)
+      eb[size_t(cb[l]->plan.token[i])].push_back(cb[l]->plan.expert[i]);
+    for (int64_t n = 0; n < B * T; ++n) {
+      counts.insert(int64_t(ea[size_t(n)].size()));
+      if (!untouched(n)) continue;
+      EXPECT_NEAR(ca[l]->token_importance[size_t(n)], cb[l]->token_importance[size_t(n)],
+                  1e-5 * std::max(1.0f, ca[l]->token_importance[size_t(n)]))
+          << "layer " << l << " row " << n;
+      EXPECT_EQ(ea[size_t(n)], eb[size_t(n)]) << "layer " << l << " row " << n;
+    }
+  }
+  EXPECT_GE(counts.size(), 2u) << "every token got the same number of experts";
 }
 
 // model.json's activation keys: swiglu_clamped's parameters round-trip through to_json (gpt-oss's

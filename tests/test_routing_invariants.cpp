@@ -252,7 +252,8 @@ void check_other_tokens_change_nothing(const json& router, bool training, bool p
   changed.w3 = pb.w3;
   changed.w2 = pb.w2;
   changed.token_ids = pb.token_ids;
-  changed.token_counts = pb.token_counts;  // the training data's, not the batch's
+  changed.token_counts = pb.token_counts;          // the training data's, not the batch's
+  changed.token_importance = pb.token_importance;  // per token, as x (DA-MoE)
   if (!pb.token_counts.empty()) changed.layer->set_token_frequencies(pb.token_counts, "test");
   for (int64_t t = seqs[1].first; t < seqs[1].second; ++t) {
     fill_x_row(changed, rng, t);
@@ -264,6 +265,7 @@ void check_other_tokens_change_nothing(const json& router, bool training, bool p
                                                    : 0;
     if (!changed.token_ids.empty())
       changed.token_ids[t] = vocab > 0 ? (1000 + t) % vocab : 1000 + t;
+    if (!changed.token_importance.empty()) changed.token_importance[size_t(t)] = 16.0f;
   }
   MoECache second;
   changed.layer->forward(changed.params(), changed.batch(), second, y.data());
@@ -392,6 +394,78 @@ TEST_P(EarlierTokenRouting, IsCausal) {
   }
 }
 
+// The invariant cases of routers that read a per-token importance (DA-MoE).
+std::vector<RouterCase> importance_cases() {
+  std::vector<RouterCase> out;
+  std::mt19937_64 rng(1);  // only to build the layer
+  for (const RouterCase& c : invariant_cases())
+    if (make_router_problem(c.config, false, false, 3, rng).traits.needs_token_importance)
+      out.push_back(c);
+  return out;
+}
+
+class ImportanceRouting : public ::testing::TestWithParam<RouterCase> {};
+
+TEST(ImportanceRoutingCases, IncludeDaMoE) {
+  const auto cases = importance_cases();
+  EXPECT_TRUE(std::any_of(cases.begin(), cases.end(),
+                          [](const RouterCase& c) { return c.name == "damoe"; }));
+}
+
+// Such a router is causal in its sequence: new inputs and importances at the end of sequence 0
+// change nothing of its earlier tokens' plan, nor of the other sequences (whatever the routing
+// groups); a new importance early in the sequence does change a later token's number of experts
+// (the running mean reads it).
+TEST_P(ImportanceRouting, IsCausal) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const int64_t T = 61, cut = 20;
+  for (bool per_sequence : {false, true})
+    for (bool training : {false, true}) {
+      SCOPED_TRACE("training " + std::to_string(training) + " per sequence " +
+                   std::to_string(per_sequence));
+      Problem pb = make_router_problem(GetParam().config, training, per_sequence, T, rng);
+      const auto seqs = routing_groups(RoutingGroups::Sequence, pb.seq_lens, T);
+      ASSERT_EQ(seqs.size(), 3u);
+      ASSERT_GT(seqs[0].second, cut + 2);
+      const int64_t d = pb.shape.d;
+      const std::vector<float> x0 = pb.x, s0 = pb.token_importance;
+      auto run = [&](const std::vector<float>& x, const std::vector<float>& importance) {
+        pb.layer = std::make_unique<MoELayer>(pb.config, pb.shape);  // the same draws
+        pb.x = x;
+        pb.token_importance = importance;
+        MoECache cache;
+        std::vector<float> y(static_cast<size_t>(T * d));
+        pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+        return cache.plan;
+      };
+      const RoutingPlan base = run(x0, s0);
+      std::vector<float> x_late = x0, s_late = s0;  // sequence 0 from `cut` on: all new
+      for (int64_t t = cut; t < seqs[0].second; ++t) {
+        for (int64_t j = 0; j < d; ++j) x_late[size_t(t * d + j)] = 4.0f * dyadic(rng);
+        s_late[size_t(t)] = 3.0f + float(t % 5);
+      }
+      const RoutingPlan late = run(x_late, s_late);
+      for (const auto& [b, e] : {std::pair<int64_t, int64_t>{0, cut}, seqs[1], seqs[2]}) {
+        const auto a = plan_of(base, b, e), c = plan_of(late, b, e);
+        ASSERT_EQ(a.size(), c.size()) << "tokens [" << b << ", " << e << ") changed";
+        for (const auto& [key, w] : a) {
+          const auto it = c.find(key);
+          ASSERT_NE(it, c.end()) << "token " << std::get<0>(key) << " lost expert "
+                                 << std::get<1>(key);
+          EXPECT_FLOAT_EQ(it->second, w);
+        }
+      }
+      // Token 1's importance raised far above the rest: the running mean of the later tokens
+      // grows, so some later token of sequence 0 gets fewer experts.
+      std::vector<float> s_early = s0;
+      s_early[1] = 64.0f;
+      const RoutingPlan early = run(x0, s_early);
+      EXPECT_LT(plan_of(early, 2, seqs[0].second).size(), plan_of(base, 2, seqs[0].second).size())
+          << "the later tokens do not read token 1's importance";
+    }
+}
+
 std::string case_name(const ::testing::TestParamInfo<RouterCase>& param_info) {
   return param_info.param.name;
 }
@@ -399,6 +473,8 @@ std::string case_name(const ::testing::TestParamInfo<RouterCase>& param_info) {
 INSTANTIATE_TEST_SUITE_P(Registry, RoutingInvariants, ::testing::ValuesIn(invariant_cases()),
                          case_name);
 INSTANTIATE_TEST_SUITE_P(Registry, EarlierTokenRouting, ::testing::ValuesIn(earlier_token_cases()),
+                         case_name);
+INSTANTIATE_TEST_SUITE_P(Registry, ImportanceRouting, ::testing::ValuesIn(importance_cases()),
                          case_name);
 
 }  // namespace

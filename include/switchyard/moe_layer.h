@@ -99,6 +99,10 @@ struct MoEBatch {
   // (T, C) the previous MoE layer's router carry (LogitCarry; RMoE's GRU output), for a logit
   // function whose carry_dim C > 0; null: zeros (the first MoE layer).
   const float* router_carry = nullptr;
+  // (T) per-token importance (>= 0, finite) for a router whose traits say
+  // needs_token_importance (DA-MoE); the model passes its preceding attention's
+  // (docs/model.md, "Token importance"). Treated as a constant: no gradient is returned for it.
+  const float* token_importance = nullptr;
 };
 
 struct RoutingStats {
@@ -132,10 +136,11 @@ struct MoECache {
   std::vector<std::pair<int64_t, int64_t>> groups;     // routing groups
   std::vector<std::pair<int64_t, int64_t>> sequences;  // token ranges of the sequences
   RouterNoise noise;
-  std::vector<float> router_in;     // (T, d) jittered input, or (S, d) sequence means for SMEAR
-  std::vector<float> logits;        // (T, R) or (S, R)
-  std::vector<float> logit_saved;   // the logit function's saved values for backward
-  std::vector<float> router_carry;  // (T, C) the logit function's carry out; empty when C = 0
+  std::vector<float> router_in;         // (T, d) jittered input, or (S, d) sequence means for SMEAR
+  std::vector<float> logits;            // (T, R) or (S, R)
+  std::vector<float> logit_saved;       // the logit function's saved values for backward
+  std::vector<float> router_carry;      // (T, C) the logit function's carry out; empty when C = 0
+  std::vector<float> token_importance;  // (T) MoEBatch::token_importance, kept for backward
   RoutingPlan plan;
   std::vector<int64_t> expert_offsets;  // (E + 1) into the dispatched rows
   std::vector<int32_t> row_assignment;  // (A_kept) assignment of each dispatched row

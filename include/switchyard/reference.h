@@ -24,12 +24,13 @@ struct Params {  // float64 copies of MoEParams; empty vectors = absent
 
 struct Batch {
   int64_t T = 0;
-  std::vector<double> x;              // (T, d)
-  std::vector<int64_t> token_ids;     // (T) or empty
-  std::vector<int64_t> token_counts;  // (vocab) MaskMoE's training-data id counts, or empty
-  std::vector<int64_t> seq_lens;      // empty = one sequence
-  std::vector<double> global_counts;  // (R) or empty
-  std::vector<double> router_carry;   // (T, C) the previous MoE layer's router carry, or empty
+  std::vector<double> x;                 // (T, d)
+  std::vector<int64_t> token_ids;        // (T) or empty
+  std::vector<int64_t> token_counts;     // (vocab) MaskMoE's training-data id counts, or empty
+  std::vector<int64_t> seq_lens;         // empty = one sequence
+  std::vector<double> global_counts;     // (R) or empty
+  std::vector<double> router_carry;      // (T, C) the previous MoE layer's router carry, or empty
+  std::vector<double> token_importance;  // (T) DA-MoE's per-token importance, or empty
 };
 
 struct Result {

@@ -30,7 +30,11 @@ struct RouterTraits {
   bool supports_losses = true;       // balance / z / entropy losses are meaningful
   bool supports_forced = false;      // can route to given experts (RouterInput::forced)
   bool needs_placement = false;      // routes by locality (RouterInput::token_rank)
-  bool has_own_loss = false;         // own_loss is reported (as the "router" loss), even when 0
+  // Reads a per-token importance from outside the layer (RouterInput::token_importance; a
+  // model gives its preceding attention's, MoEBatch::token_importance; layer files the tensor
+  // token_importance). DA-MoE's number of experts per token. No gradient flows into it.
+  bool needs_token_importance = false;
+  bool has_own_loss = false;  // own_loss is reported (as the "router" loss), even when 0
   ScoreKind score = ScoreKind::Softmax;
   double jitter = 0.0;  // multiplicative input noise U[1-ε, 1+ε] in training
   // U[0,1) draws per token in training: n = uniforms_per_token + uniforms_per_output · R
@@ -70,6 +74,13 @@ struct RouterInput {
   // by token, on the calls where the router asked for them; null otherwise. d: the model width.
   const float* responses = nullptr;
   int64_t d = 0;
+  // (T) a non-negative importance per token, for routers whose traits say
+  // needs_token_importance (a constant of the routing: it receives no gradient); else null.
+  const float* token_importance = nullptr;
+  // The sequences, (num_sequences) token ranges [begin, end) in order covering the T tokens
+  // (MoEBatch::seq_lens), each inside one routing group; null under routing across ranks.
+  const std::pair<int64_t, int64_t>* sequences = nullptr;
+  int64_t num_sequences = 0;
 };
 
 // A model's training run as its routers see it (Router::set_schedule): routers with a

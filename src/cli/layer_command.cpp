@@ -128,6 +128,19 @@ int run_layer(const std::string& config_path, const std::string& in_path,
     token_ids = t->to_i64(in_path + ": tensor token_ids");
     batch.token_ids = token_ids.data();
   }
+  std::vector<float> token_importance;  // (T) the importance a model's attention would give
+  if (in.find("token_importance")) {
+    if (!traits.needs_token_importance)
+      fail("{}: tensor 'token_importance' is not used by router '{}' (it reads no importance)",
+           in_path, config.router);
+    token_importance = in.floats("token_importance", {T});
+    batch.token_importance = token_importance.data();
+  } else if (traits.needs_token_importance) {
+    fail(
+        "{}: router '{}' needs the tensor 'token_importance' (T = {}) float32, each token's "
+        "importance >= 0",
+        in_path, config.router, T);
+  }
   if (traits.needs_token_frequencies) {  // the training data's id counts (MaskMoE's masks)
     const TensorData* t = in.find("token_counts");
     if (!t)

@@ -102,6 +102,11 @@ RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const M
                  global ? 0 : batch.forced_k};
   if (in.T > 0 && !c.noise.uniform.empty())
     in.uniforms_per_token = int64_t(c.noise.uniform.size()) / in.T;
+  if (!c.token_importance.empty()) in.token_importance = c.token_importance.data();
+  if (!global) {
+    in.sequences = c.sequences.data();
+    in.num_sequences = int64_t(c.sequences.size());
+  }
   if (!c.token_rank.empty()) {
     in.token_rank = c.token_rank.data();
     in.ranks = placement.expert_parallel;
@@ -304,6 +309,19 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
       if (batch.token_ids[t] < 0)
         fail("moe_layer: token_ids[{}] = {} is negative", t, batch.token_ids[t]);
   }
+  if (traits.needs_token_importance) {
+    if (!batch.token_importance)
+      fail(
+          "moe_layer: router '{}' needs token_importance (T = {}), a per-token importance >= 0 "
+          "(a model gives its attention's; a layer file the tensor token_importance)",
+          config_.router, batch.T);
+    for (int64_t t = 0; t < batch.T; ++t)
+      if (!std::isfinite(batch.token_importance[t]) || batch.token_importance[t] < 0.0f)
+        fail("moe_layer: token_importance[{}] = {} must be finite and >= 0", t,
+             batch.token_importance[t]);
+  } else if (batch.token_importance) {
+    fail("moe_layer: token_importance is given but router '{}' does not read it", config_.router);
+  }
   // A logit function indexes its tensors by id: every id must lie in the vocabulary.
   if (const LogitFunction* lf = router_->logit_function(); lf && lf->needs_vocab()) {
     if (!batch.token_ids)
@@ -361,6 +379,11 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
       fail("moe_layer: {} merges experts per sequence and cannot route across ranks",
            config_.router);
     if (batch.forced_experts) fail("moe_layer: forced routing does not run across ranks");
+    if (traits.needs_token_importance)
+      fail(
+          "moe_layer: router '{}' reads token_importance, which routing across ranks does not "
+          "gather yet",
+          config_.router);
     layer::gather_batch(*global, batch, traits.needs_token_ids, c);
   }
   // Noise of the routed batch (the global one across ranks); this rank's rows start at `first`.
@@ -417,6 +440,10 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   // Router.
   c.groups = routing_groups(config_.routing_groups, batch.seq_lens, T);
   c.sequences = sequences_of(batch.seq_lens, T);
+  if (traits.needs_token_importance)  // kept: backward routes from the cache, not the batch
+    c.token_importance.assign(batch.token_importance, batch.token_importance + T);
+  else
+    c.token_importance.clear();
   const float* router_input = batch.x;
   if (jitter) {
     c.router_in.resize(size_t(T * d));

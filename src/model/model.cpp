@@ -258,6 +258,9 @@ struct Model::Impl {
   std::vector<float> d_sub_x, d_sub_u;
   std::vector<int32_t> tokens, targets;
   std::vector<int64_t> token_ids;
+  // (N) the token importance of the current layer's attention, for a router that reads it
+  // (RouterTraits::needs_token_importance; ops::attention_self_importance).
+  std::vector<float> token_importance;
   bool has_targets = false;
   ExpertShard shard;
   // Per-expert views of a shard's experts (null: held elsewhere), per MoE layer: w1, w3, w2.
@@ -627,6 +630,13 @@ double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_
             mp.w3_experts, mp.w2_experts);
       }
       batch.x = U.x;
+      // The block's attention gives each token an importance (no gradient flows back into it).
+      batch.token_importance = nullptr;
+      if (U.moe_layer->router().traits().needs_token_importance) {
+        im.token_importance.resize(size_t(N));
+        ops::attention_self_importance(B, T, H, L.probs, im.token_importance.data());
+        batch.token_importance = im.token_importance.data();
+      }
       batch.global_counts = training && U.global_batch_balance() && !U.earlier_counts.empty()
                                 ? U.earlier_counts.data()
                                 : nullptr;

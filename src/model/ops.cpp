@@ -90,6 +90,16 @@ void attention_forward(int64_t B, int64_t T, int64_t H, int64_t D, const float* 
     }
 }
 
+void attention_self_importance(int64_t B, int64_t T, int64_t H, const float* probs,
+                               float* importance) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      double sum = 0.0;  // Σ_h P[b, h, t, t]
+      for (int64_t h = 0; h < H; ++h) sum += double(probs[((b * H + h) * T + t) * T + t]);
+      importance[b * T + t] = float(sum / double(H) * double(t + 1));
+    }
+}
+
 void attention_backward(int64_t B, int64_t T, int64_t H, int64_t D, const float* qkv,
                         const float* probs, const float* dout, float* dqkv, float* scratch) {
   const int64_t C = H * D;

@@ -20,6 +20,11 @@ void rope(int64_t B, int64_t T, int64_t H, int64_t D, double theta, float* qkv, 
 // out (B, T, C).
 void attention_forward(int64_t B, int64_t T, int64_t H, int64_t D, const float* qkv, float* probs,
                        float* out);
+// Each token's causal attention importance from probs (B, H, T, T): the weight its own query
+// gives itself, mean over heads, times its t + 1 visible keys (1 = uniform attention),
+// importance (B·T). Reads only position t's row, so it is causal (docs/model.md).
+void attention_self_importance(int64_t B, int64_t T, int64_t H, const float* probs,
+                               float* importance);
 // dqkv (B, T, 3C) overwritten; scratch (B, H, T, T).
 void attention_backward(int64_t B, int64_t T, int64_t H, int64_t D, const float* qkv,
                         const float* probs, const float* dout, float* dqkv, float* scratch);

@@ -779,6 +779,42 @@ Routing route_top_p(const json& params, const std::vector<double>& logits, int64
 }
 
 // ---------------------------------------------------------------------------------------------
+// damoe: K_t = clamp(round(k · s_t / mean(s_b..s_t)), k_min, k_max) over the token's sequence
+// [b, e) (ratio 1 where that mean is 0), then the K_t largest softmax scores, raw weights.
+
+Routing route_damoe(const json& params, const std::vector<double>& logits,
+                    const std::vector<double>& importance, const std::vector<Range>& seqs,
+                    int64_t T, int64_t E) {
+  if (static_cast<int64_t>(importance.size()) != T)
+    fail("reference::forward: token_importance has {} elements, expected {}", importance.size(), T);
+  const double k = param<double>(params, "k");
+  const int64_t k_min = std::min(param<int64_t>(params, "k_min"), E);
+  const int64_t k_max = std::min(param<int64_t>(params, "k_max"), E);
+  Routing routing;
+  routing.chosen.assign(T * E, 0.0);
+  routing.chosen_first.assign(T * E, 0.0);
+  for (const Range& seq : seqs)
+    for (int64_t t = seq.first; t < seq.second; ++t) {
+      double sum = 0.0;  // the importance of the sequence's tokens up to t, from scratch
+      for (int64_t u = seq.first; u <= t; ++u) sum += importance[u];
+      const double mean = sum / double(t - seq.first + 1);
+      const double ratio = mean > 0.0 ? importance[t] / mean : 1.0;
+      const double wanted = std::floor(k * ratio + 0.5);
+      int64_t K = wanted >= double(E) ? E : static_cast<int64_t>(wanted);
+      K = std::max(k_min, std::min(k_max, K));
+      const std::vector<double> p = softmax(row(logits, t, E));
+      const std::vector<int64_t> ranked = order_descending(p);
+      for (int64_t i = 0; i < K; ++i) {
+        const int64_t e = ranked[i];
+        routing.assignments.push_back({t, e, p[e], true});
+        routing.chosen[t * E + e] += 1.0;
+        if (i == 0) routing.chosen_first[t * E + e] += 1.0;
+      }
+    }
+  return routing;
+}
+
+// ---------------------------------------------------------------------------------------------
 // remoe: ReLU(z) is the weight; experts with z > 0 are active (z + b, the selection bias, where
 // bias_update_rate > 0).
 
@@ -1944,6 +1980,9 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_base(logits, groups, config.training, T, E);
   } else if (family == "top_p") {
     routing = route_top_p(router_params, logits, T, E);
+  } else if (family == "damoe") {
+    routing = route_damoe(router_params, logits, batch.token_importance,
+                          sequences(batch.seq_lens, T), T, E);
   } else if (family == "remoe") {
     routing = route_remoe(remoe_logits(router_params, logits, params.gate_bias, T, E), T, E);
   } else if (family == "soft") {

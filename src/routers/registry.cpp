@@ -114,6 +114,11 @@ const std::vector<RouterEntry>& router_registry() {
        {{"balance", 0.01}, {"entropy", 0.0001}},
        routers::make_top_p},
       {"remoe", "ReMoE: ReLU routing with adaptive L1", kNoLosses, routers::make_remoe},
+      {"damoe",
+       "DA-MoE: top-K_t experts, K_t from the token's attention importance over its causal mean "
+       "(mean budget k = 2)",
+       {{"balance", 0.01}},
+       routers::make_damoe},
       {"smear", "SMEAR: soft merging of experts per sequence", kNoLosses, routers::make_smear},
       {"soft", "Dense soft routing over all experts (upper bound)", kNoLosses, routers::make_soft},
   };

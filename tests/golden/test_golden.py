@@ -253,6 +253,15 @@ def unclear_tokens(case, t):
         srt = -np.sort(-z, axis=1)
         bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
         return bad
+    if router == "damoe":  # K_t is exact (dyadic importances); the K_t-th score must be clear
+        import torch_layer
+        lens = case["seq_lens"] or [T]
+        K = torch_layer.damoe_experts(t["token_importance"], lens, E, topk_params(cfg))
+        srt = -np.sort(-softmax(z), axis=1)
+        for ti in range(T):
+            if K[ti] < E and srt[ti, K[ti] - 1] - srt[ti, K[ti]] <= MARGIN:
+                bad[ti] = True
+        return bad
     if router == "top_p":
         s = softmax(z)
         thr = cfg.get("threshold", 0.4)
@@ -612,6 +621,9 @@ def make_inputs(case, rng):
         t["token_ids"] = rng.integers(0, vocab, size=T).astype(np.int64)
     if case["token_counts"]:  # the training data's id counts: about a quarter of the ids unseen
         t["token_counts"] = np.maximum(rng.integers(-10, 31, size=24), 0).astype(np.int64)
+    if case["cfg"]["router"] == "damoe":  # dyadic importances (exact sums), some 0, some large
+        t["token_importance"] = (rng.integers(0, 33, size=T) / 8.0).astype(f32)
+        t["token_importance"][rng.random(T) < 0.1] = 0.0
     if case["dy"] == "random":
         t["dy"] = rng.standard_normal((T, d)).astype(f32)
     elif case["dy"] == "zero":

@@ -15,7 +15,7 @@ computation dtype (float64 by default) so that a comparison sees the reference a
 
 Routers: topk and its presets switch, gshard, mixtral, deepseek_v3, adamoe (evaluation mode:
 training=true is accepted only when the configuration has no random element), expert_choice,
-top_p, soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
+top_p, damoe (token_importance), soft, remoe, smear, smile, prototype, hash, base (evaluation: greedy argmax), sparsemixer
 (training too: the layer's seeded draws are replayed, layer_noise), rectify, moec (training too),
 maskmoe (token_ids and token_counts), stablemoe (token_ids, both stages, training too), vqmoe
 (both modes; the VQ stop-gradients by .detach()), competesmoe (training too: the competition's
@@ -92,6 +92,7 @@ ROUTERS = {
     "aoe": ("topk", {"k": 2, "normalize": True, "logits": "aoe"}, {"balance": 0.01}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
+    "damoe": ("damoe", {"k": 2.0, "k_min": 1, "k_max": 4}, {"balance": 0.01}),
     "soft": ("soft", {}, {}),
     "remoe": ("remoe", {"k": 1, "lambda": 1e-8, "lambda_rate": 1.2, "gate_lr_scale": 1.0,
                         "gate_init_std": 0.02, "bias_update_rate": 0.0}, {}),
@@ -449,6 +450,42 @@ def route_top_p(z, E, p):
     before = torch.cumsum(vals, dim=-1) - vals       # running sum before each sorted entry
     keep_sorted = before <= float(p["threshold"])    # up to and including the first that exceeds
     kept = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    return Routing(s * kept, kept, kept.to(z.dtype), s)
+
+
+def damoe_experts(importance, seq_lens, E, p):
+    """DA-MoE's K_t per token: round(k s_t / mean(s over the sequence up to t)), clamped to
+    [k_min, k_max] (both at most E); ratio 1 where that mean is 0. Python floats (float64), the
+    same operations in the same order as the C++ (so that dyadic importances agree exactly)."""
+    lo, hi = min(int(p["k_min"]), E), min(int(p["k_max"]), E)
+    return [max(lo, min(hi, min(int(math.floor(w + 0.5)), E)))
+            for w in damoe_wanted(importance, seq_lens, p)]
+
+
+def damoe_wanted(importance, seq_lens, p):
+    """k s_t / mean(s over the sequence up to t) per token, before rounding (ratio 1 at mean 0)."""
+    k = float(p["k"])
+    s = [float(v) for v in importance]
+    out, a = [], 0
+    for n in seq_lens:
+        total = 0.0
+        for i in range(n):
+            total += s[a + i]
+            mean = total / float(i + 1)
+            out.append(k * (s[a + i] / mean if mean > 0.0 else 1.0))
+        a += n
+    return out
+
+
+def route_damoe(z, E, p, importance, seq_lens):
+    """The K_t largest softmax scores of each token, raw weights; K_t from the importance, which
+    carries no gradient (damoe_experts)."""
+    s = torch.softmax(z, dim=-1)
+    K = damoe_experts(importance, seq_lens, E, p)
+    order = torch.argsort(-s.detach(), dim=-1, stable=True)
+    kept = torch.zeros(z.shape, dtype=torch.bool)
+    for t, k in enumerate(K):
+        kept[t, order[t, :k]] = True
     return Routing(s * kept, kept, kept.to(z.dtype), s)
 
 
@@ -1169,6 +1206,10 @@ def run_layer(layer, tin, dtype=torch.float64):
                 routing = route_expert_choice(z, E, p, groups)
             elif family == "top_p":
                 routing = route_top_p(z, E, p)
+            elif family == "damoe":
+                if "token_importance" not in tin:
+                    raise ConfigError("input: damoe needs token_importance (T)")
+                routing = route_damoe(z, E, p, tin["token_importance"], seq_lens)
             elif family == "soft":
                 routing = route_soft(z, E)
             elif family == "remoe":
@@ -1201,7 +1242,8 @@ def run_layer(layer, tin, dtype=torch.float64):
                 passthrough = (1 - alpha.gather(1, best[:, None]))     # (T, 1)
             else:
                 raise ConfigError(f"router family {family} not implemented")
-            if family in ("expert_choice", "top_p", "soft", "remoe", "base") and z.shape[1] != E:
+            if family in ("expert_choice", "top_p", "damoe", "soft", "remoe", "base") and \
+                    z.shape[1] != E:
                 raise ConfigError(f"gate.weight has {z.shape[1]} rows, expected E={E}")
         # The usual per-expert loop: gather the tokens routed to e, run e, weight, add back.
         W = routing.weights

@@ -359,7 +359,34 @@ def route_margin(family, p, z, s_sel, E, groups):
     return none
 
 
-def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
+def damoe_margin(p, z, E, importance, seq_lens):
+    """(T,) DA-MoE: the gap between the K_t-th and (K_t+1)-th softmax scores, and the distance
+    of k s_t / m_t from the rounding's half-integer where that decides K_t (the importance comes
+    from float32 attention in the engine, float64 here)."""
+    s = torch.sort(torch.softmax(z.detach(), dim=-1), dim=-1, descending=True).values
+    K = TL.damoe_experts(importance, seq_lens, E, p)
+    wanted = TL.damoe_wanted(importance, seq_lens, p)
+    lo, hi = min(int(p["k_min"]), E), min(int(p["k_max"]), E)
+    out = torch.full((z.shape[0],), math.inf, dtype=torch.float64)
+    for t, k in enumerate(K):
+        if k < E:
+            out[t] = float(s[t, k - 1] - s[t, k])
+        half = math.floor(wanted[t]) + 0.5  # the nearest rounding boundary that matters
+        if lo + 0.5 <= half <= hi - 0.5:  # between two counts the clamp allows
+            out[t] = min(float(out[t]), abs(wanted[t] - half))
+    return out
+
+
+def self_importance(att):
+    """att (B, H, T, T) causal attention probabilities -> (B T,) the weight each token's query
+    gives itself, mean over heads, times its t + 1 visible keys; detached (no gradient)."""
+    B, H, T, _ = att.shape
+    diag = torch.diagonal(att.detach(), dim1=-2, dim2=-1).mean(1)          # (B, T)
+    return (diag * torch.arange(1, T + 1, dtype=att.dtype)).reshape(B * T)
+
+
+def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None,
+                importance=None):
     """x (T, d) with autograd. Returns (y, aux, info): info has counts (E), kept rows,
     margin, and RMoE's router carry out (its GRU state; `carry` is the previous MoE layer's).
     `state` holds the non-gradient router state (remoe lambda)."""
@@ -462,6 +489,9 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 routing = TL.route_expert_choice(z, E, p, groups)
             elif family == "top_p":
                 routing = TL.route_top_p(z, E, p)
+            elif family == "damoe":  # K_t from the block's attention importance
+                imp = importance.tolist()
+                routing = TL.route_damoe(z, E, p, imp, seq_lens)
             elif family == "soft":
                 routing = TL.route_soft(z, E)
             elif family == "remoe":
@@ -488,6 +518,8 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None):
                 if k < E:
                     top = torch.topk(routing.score, k + 1, dim=-1).values
                     margin = (top[:, k - 1] - top[:, k]).to(torch.float64)
+            elif family == "damoe":
+                margin = damoe_margin(p, z, E, imp, seq_lens)
             elif family != "topk":
                 margin = route_margin(family, p, z, None, E, groups)
             if family == "remoe" and float(p["bias_update_rate"]) > 0 and bias is not None:
@@ -600,7 +632,7 @@ def forward(cfg, P, inputs, targets, states):
                 if s > 0:
                     x = rmsnorm(x + y, P[f"layers.{l}.sub{s}.norm"], eps)
                 y, aux, info = moe_forward(cfg["layer"], x, P, prefix, cfg["experts"], [T] * B,
-                                           token_ids, states[key], carry)
+                                           token_ids, states[key], carry, self_importance(att))
                 carry = info.get("router_carry")
                 aux_layers.append(aux)
                 infos.append(info)
