@@ -306,21 +306,39 @@ TEST_P(RoutingInvariants, BatchIndependentRoutersIgnoreOtherTokens) {
   }
 }
 
+// The invariant cases whose layer, built once, satisfies `keep`.
+template <class Keep>
+std::vector<RouterCase> invariant_cases_where(Keep keep) {
+  std::vector<RouterCase> out;
+  std::mt19937_64 rng(1);  // only to build the layer: its decisions are not looked at
+  for (const RouterCase& c : invariant_cases())
+    if (keep(make_router_problem(c.config, false, false, 3, rng))) out.push_back(c);
+  return out;
+}
+
+// The tokens of every range [b, e) have the same experts with the same weights in both plans.
+void expect_same_routing(const RoutingPlan& first, const RoutingPlan& second,
+                         const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  for (const auto& [b, e] : ranges) {
+    const auto a = plan_of(first, b, e), c = plan_of(second, b, e);
+    ASSERT_EQ(a.size(), c.size()) << "tokens [" << b << ", " << e << ") changed";
+    for (const auto& [key, w] : a) {
+      const auto it = c.find(key);
+      ASSERT_NE(it, c.end()) << "token " << std::get<0>(key) << " lost expert " << std::get<1>(key);
+      EXPECT_FLOAT_EQ(it->second, w);
+    }
+  }
+}
+
 // The invariant cases whose logit function reads the earlier tokens of the sequence
 // (SpeechMoE2), without capacity (so that no slot is contested).
 std::vector<RouterCase> earlier_token_cases() {
-  std::vector<RouterCase> out;
-  std::mt19937_64 rng(1);  // only to build the layer: its decisions are not looked at
-  for (const RouterCase& c : invariant_cases()) {
-    const Problem probe = make_router_problem(c.config, false, false, 3, rng);
+  return invariant_cases_where([](const Problem& probe) {
     const LogitFunction* lf = probe.layer->router().logit_function();
-    if (!lf || !lf->reads_earlier_tokens()) continue;
-    if (probe.router_params.value("capacity_factor", 0.0) > 0 ||
-        probe.router_params.value("eval_capacity_factor", 0.0) > 0)
-      continue;
-    out.push_back(c);
-  }
-  return out;
+    return lf && lf->reads_earlier_tokens() &&
+           probe.router_params.value("capacity_factor", 0.0) <= 0 &&
+           probe.router_params.value("eval_capacity_factor", 0.0) <= 0;
+  });
 }
 
 class EarlierTokenRouting : public ::testing::TestWithParam<RouterCase> {};
@@ -373,16 +391,7 @@ TEST_P(EarlierTokenRouting, IsCausal) {
         EXPECT_FLOAT_EQ(late.logits[size_t(t * R + r)], base.logits[size_t(t * R + r)])
             << "token " << t << " output " << r;
     }
-    for (const auto& [b, e] : {std::pair<int64_t, int64_t>{0, cut}, seqs[1], seqs[2]}) {
-      const auto a = plan_of(base.plan, b, e), c = plan_of(late.plan, b, e);
-      ASSERT_EQ(a.size(), c.size()) << "tokens [" << b << ", " << e << ") changed";
-      for (const auto& [key, w] : a) {
-        const auto it = c.find(key);
-        ASSERT_NE(it, c.end()) << "token " << std::get<0>(key) << " lost expert "
-                               << std::get<1>(key);
-        EXPECT_FLOAT_EQ(it->second, w);
-      }
-    }
+    expect_same_routing(base.plan, late.plan, {{0, cut}, seqs[1], seqs[2]});
     std::vector<float> x_early = pb.x;  // token 1 new: token cut's logits must move
     for (int64_t j = 0; j < d; ++j) x_early[size_t(d + j)] = 4.0f * dyadic(rng);
     run(x_early, early);
@@ -396,12 +405,8 @@ TEST_P(EarlierTokenRouting, IsCausal) {
 
 // The invariant cases of routers that read a per-token importance (DA-MoE).
 std::vector<RouterCase> importance_cases() {
-  std::vector<RouterCase> out;
-  std::mt19937_64 rng(1);  // only to build the layer
-  for (const RouterCase& c : invariant_cases())
-    if (make_router_problem(c.config, false, false, 3, rng).traits.needs_token_importance)
-      out.push_back(c);
-  return out;
+  return invariant_cases_where(
+      [](const Problem& probe) { return probe.traits.needs_token_importance; });
 }
 
 class ImportanceRouting : public ::testing::TestWithParam<RouterCase> {};
@@ -446,16 +451,7 @@ TEST_P(ImportanceRouting, IsCausal) {
         s_late[size_t(t)] = 3.0f + float(t % 5);
       }
       const RoutingPlan late = run(x_late, s_late);
-      for (const auto& [b, e] : {std::pair<int64_t, int64_t>{0, cut}, seqs[1], seqs[2]}) {
-        const auto a = plan_of(base, b, e), c = plan_of(late, b, e);
-        ASSERT_EQ(a.size(), c.size()) << "tokens [" << b << ", " << e << ") changed";
-        for (const auto& [key, w] : a) {
-          const auto it = c.find(key);
-          ASSERT_NE(it, c.end()) << "token " << std::get<0>(key) << " lost expert "
-                                 << std::get<1>(key);
-          EXPECT_FLOAT_EQ(it->second, w);
-        }
-      }
+      expect_same_routing(base, late, {{0, cut}, seqs[1], seqs[2]});
       // Token 1's importance raised far above the rest: the running mean of the later tokens
       // grows, so some later token of sequence 0 gets fewer experts.
       std::vector<float> s_early = s0;
@@ -464,6 +460,43 @@ TEST_P(ImportanceRouting, IsCausal) {
       EXPECT_LT(plan_of(early, 2, seqs[0].second).size(), plan_of(base, 2, seqs[0].second).size())
           << "the later tokens do not read token 1's importance";
     }
+}
+
+// The router-entropy statistic reads the block of logits that routes (Router::scored_columns):
+// StableMoE's W x while stage 1 trains and ŝ otherwise, VQMoE's gate in pretrain mode and its
+// codebook block in finetune mode; not the whole (wider) row.
+TEST(RouterEntropyStatistic, ReadsTheBlockThatRoutes) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const std::vector<std::tuple<json, bool, int64_t>> cases = {
+      {{{"router", "stablemoe"}}, true, 0},
+      {{{"router", "stablemoe"}}, false, 1},
+      {{{"router", "stablemoe"}, {"stage", 2}}, true, 1},
+      {{{"router", "vqmoe"}}, true, 0},
+      {{{"router", "vqmoe"}, {"mode", "finetune"}}, false, 1}};
+  for (const auto& [config, training, block] : cases) {
+    SCOPED_TRACE(config.dump() + " training " + std::to_string(training));
+    const int64_t T = 40;
+    Problem pb = make_router_problem(config, training, false, T, rng);
+    MoECache cache;
+    std::vector<float> y(static_cast<size_t>(T * pb.shape.d));
+    const double entropy = pb.layer->forward(pb.params(), pb.batch(), cache, y.data()).entropy;
+    const int64_t E = pb.shape.E, R = pb.R;
+    ASSERT_GT(R, E);
+    double expected = 0.0;  // softmax (or s / Σ s of sigmoids) over columns [block E, block E + E)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* z = cache.logits.data() + t * R + block * E;
+      std::vector<double> q(static_cast<size_t>(E));
+      const double top = *std::max_element(z, z + E);
+      for (int64_t e = 0; e < E; ++e)
+        q[size_t(e)] = pb.traits.score == ScoreKind::Softmax ? std::exp(double(z[e]) - top)
+                                                             : 1.0 / (1.0 + std::exp(-z[e]));
+      double sum = 0.0;
+      for (double v : q) sum += v;
+      for (double v : q) expected -= v > 0 ? v / sum * std::log(v / sum) : 0.0;
+    }
+    EXPECT_NEAR(entropy, expected / double(T), 1e-6);
+  }
 }
 
 std::string case_name(const ::testing::TestParamInfo<RouterCase>& param_info) {
