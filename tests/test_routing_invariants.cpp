@@ -462,6 +462,37 @@ TEST_P(ImportanceRouting, IsCausal) {
     }
 }
 
+// DA-MoE's budget "prefix": over every prefix of n tokens of a sequence the experts taken never
+// exceed floor(k n). Importances that grow along the sequence make every token want more than k
+// (each is above its running mean), so without the budget the same input overspends.
+TEST(ImportanceRoutingBudget, PrefixNeverOverspends) {
+  SCOPED_TRACE(seed_trace());
+  std::mt19937_64 rng = test_rng();
+  const int64_t T = 61;
+  for (const char* budget : {"prefix", "none"}) {
+    SCOPED_TRACE(std::string("budget ") + budget);
+    const json config = {{"router", "damoe"}, {"k", 1.5}, {"k_max", 4}, {"budget", budget}};
+    Problem pb = make_router_problem(config, true, false, T, rng);
+    const auto seqs = routing_groups(RoutingGroups::Sequence, pb.seq_lens, T);
+    for (int64_t t = 0; t < T; ++t) pb.token_importance[size_t(t)] = 1.0f + float(t);
+    MoECache cache;
+    std::vector<float> y(static_cast<size_t>(T * pb.shape.d));
+    pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
+    std::vector<int64_t> K(size_t(T), 0);  // (T) experts per token
+    for (size_t a = 0; a < cache.plan.size(); ++a) ++K[size_t(cache.plan.token[a])];
+    bool overspent = false;
+    for (const auto& [b, e] : seqs) {
+      int64_t spent = 0;
+      for (int64_t t = b; t < e; ++t) {
+        EXPECT_GE(K[size_t(t)], 1) << "token " << t;
+        spent += K[size_t(t)];
+        overspent |= spent > int64_t(std::floor(1.5 * double(t - b + 1)));
+      }
+    }
+    EXPECT_EQ(overspent, std::string(budget) == "none");
+  }
+}
+
 // The router-entropy statistic reads the block of logits that routes (Router::scored_columns):
 // StableMoE's W x while stage 1 trains and ŝ otherwise, VQMoE's gate in pretrain mode and its
 // codebook block in finetune mode; not the whole (wider) row.

@@ -780,7 +780,8 @@ Routing route_top_p(const json& params, const std::vector<double>& logits, int64
 
 // ---------------------------------------------------------------------------------------------
 // damoe: K_t = clamp(round(k · s_t / mean(s_b..s_t)), k_min, k_max) over the token's sequence
-// [b, e) (ratio 1 where that mean is 0), then the K_t largest softmax scores, raw weights.
+// [b, e) (ratio 1 where that mean is 0), then the K_t largest softmax scores, raw weights. Budget
+// "prefix": K_t at most floor(k n) minus the K of the sequence's earlier tokens, n = t - b + 1.
 
 Routing route_damoe(const json& params, const std::vector<double>& logits,
                     const std::vector<double>& importance, const std::vector<Range>& seqs,
@@ -790,6 +791,7 @@ Routing route_damoe(const json& params, const std::vector<double>& logits,
   const double k = param<double>(params, "k");
   const int64_t k_min = std::min(param<int64_t>(params, "k_min"), E);
   const int64_t k_max = std::min(param<int64_t>(params, "k_max"), E);
+  const bool prefix_budget = param<std::string>(params, "budget") == "prefix";
   Routing routing;
   routing.chosen.assign(T * E, 0.0);
   routing.chosen_first.assign(T * E, 0.0);
@@ -802,6 +804,12 @@ Routing route_damoe(const json& params, const std::vector<double>& logits,
       const double wanted = std::floor(k * ratio + 0.5);
       int64_t K = wanted >= double(E) ? E : static_cast<int64_t>(wanted);
       K = std::max(k_min, std::min(k_max, K));
+      if (prefix_budget) {
+        int64_t spent = 0;  // the slots of the sequence's earlier tokens, recounted from the plan
+        for (const auto& a : routing.assignments)
+          if (a.token >= seq.first && a.token < t) ++spent;
+        K = std::min(K, static_cast<int64_t>(std::floor(k * double(t - seq.first + 1))) - spent);
+      }
       const std::vector<double> p = softmax(row(logits, t, E));
       const std::vector<int64_t> ranked = order_descending(p);
       for (int64_t i = 0; i < K; ++i) {

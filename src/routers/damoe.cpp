@@ -2,7 +2,8 @@
 // an importance given from outside the layer (a model's attention), then its top-K_t experts
 // with raw softmax weights. K_t = clamp(round(k · s_t / m_t), k_min, k_max), m_t the running
 // mean of the importance over the token's sequence up to and including t: causal, and the mean
-// number of experts stays near the budget k.
+// number of experts stays near the budget k; with budget "prefix" no prefix of n tokens of a
+// sequence spends more than floor(k n) expert slots (unspent slots carry forward).
 #include <switchyard/config.h>
 #include <switchyard/error.h>
 
@@ -22,6 +23,7 @@ class DaMoERouter final : public Router {
     k_ = r.get_double("k", 2.0, 1.0, double(1 << 20));
     k_min_ = r.get_int("k_min", 1, 1, 1 << 20);
     k_max_ = r.get_int("k_max", 4, 1, 1 << 20);
+    prefix_budget_ = r.get_choice("budget", "none", {"none", "prefix"}) == "prefix";
     r.finish();
     if (double(k_min_) > k_)
       fail("{}: field 'k_min' = {} exceeds the mean budget k = {}", context, k_min_, k_);
@@ -35,13 +37,18 @@ class DaMoERouter final : public Router {
     return std::min(k_, double(std::max<int64_t>(E, 1)));
   }
   nlohmann::json params() const override {
-    return {{"router", "damoe"}, {"k", k_}, {"k_min", k_min_}, {"k_max", k_max_}};
+    return {{"router", "damoe"},
+            {"k", k_},
+            {"k_min", k_min_},
+            {"k_max", k_max_},
+            {"budget", prefix_budget_ ? "prefix" : "none"}};
   }
   std::string describe() const override {
     return fmt::format(
         "DA-MoE: top-K_t by token importance, K_t = clamp(round({} s_t / causal mean), {}, {}), "
-        "raw softmax weights, dropless",
-        k_, k_min_, k_max_);
+        "raw softmax weights, dropless{}",
+        k_, k_min_, k_max_,
+        prefix_budget_ ? ", at most floor(k n) experts over every n-token prefix" : "");
   }
 
   void route(const RouterInput& in, RoutingPlan& plan) const override {
@@ -64,7 +71,9 @@ class DaMoERouter final : public Router {
   }
 
  private:
-  // (T) K_t per token: the importance over its running mean within the token's sequence.
+  // (T) K_t per token: the importance over its running mean within the token's sequence; under
+  // the prefix budget also at most floor(k n) - (slots the sequence's earlier tokens took). That
+  // cap is never below k_min: floor(k n) - floor(k (n - 1)) >= floor(k) >= k_min.
   std::vector<int64_t> experts_per_token(const RouterInput& in) const {
     const int64_t lo = std::min<int64_t>(k_min_, in.R), hi = std::min<int64_t>(k_max_, in.R);
     std::vector<int64_t> K(size_t(in.T), lo);
@@ -73,13 +82,20 @@ class DaMoERouter final : public Router {
     const int64_t n_seq = in.sequences ? in.num_sequences : 1;
     for (int64_t q = 0; q < n_seq; ++q) {
       double sum = 0.0;
+      int64_t spent = 0;  // expert slots of the sequence's tokens before t
       for (int64_t t = seqs[q].first; t < seqs[q].second; ++t) {
         const double st = double(in.token_importance[t]);
         sum += st;
         const double mean = sum / double(t - seqs[q].first + 1);
         const double ratio = mean > 0.0 ? st / mean : 1.0;
         const double rounded = std::floor(k_ * ratio + 0.5);
-        K[size_t(t)] = std::clamp(int64_t(std::min(rounded, double(in.R))), lo, hi);
+        int64_t Kt = std::clamp(int64_t(std::min(rounded, double(in.R))), lo, hi);
+        if (prefix_budget_) {
+          const double n = double(t - seqs[q].first + 1);
+          Kt = std::min(Kt, int64_t(std::floor(k_ * n)) - spent);
+        }
+        spent += Kt;
+        K[size_t(t)] = Kt;
       }
     }
     return K;
@@ -88,6 +104,7 @@ class DaMoERouter final : public Router {
   RouterTraits traits_;
   double k_ = 2.0;
   int64_t k_min_ = 1, k_max_ = 4;
+  bool prefix_budget_ = false;
 };
 
 }  // namespace

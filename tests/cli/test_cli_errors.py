@@ -239,6 +239,8 @@ def cases(root):
              config={"router": "damoe", "k_min": 3}, tensors=dict(v, token_importance=np.ones(T, f32))),
         Case("damoe k_max below the budget k", [r"k_max", r"\b1\b", r"k = 2"],
              config={"router": "damoe", "k_max": 1}, tensors=dict(v, token_importance=np.ones(T, f32))),
+        Case("damoe unknown budget", [r"budget", r"monthly", r"prefix"],
+             config={"router": "damoe", "budget": "monthly"}, tensors=dict(v, token_importance=np.ones(T, f32))),
         Case("damoe token_importance of the wrong shape", [r"token_importance", r"shape|\(|\["],
              config={"router": "damoe"}, tensors=dict(v, token_importance=np.ones(T + 1, f32))),
         Case("router.token_embedding not (vocab_size, D)",

@@ -92,7 +92,7 @@ ROUTERS = {
     "aoe": ("topk", {"k": 2, "normalize": True, "logits": "aoe"}, {"balance": 0.01}),
     "expert_choice": ("expert_choice", {"capacity_factor": 2.0}, {}),
     "top_p": ("top_p", {"threshold": 0.4}, {}),
-    "damoe": ("damoe", {"k": 2.0, "k_min": 1, "k_max": 4}, {"balance": 0.01}),
+    "damoe": ("damoe", {"k": 2.0, "k_min": 1, "k_max": 4, "budget": "none"}, {"balance": 0.01}),
     "soft": ("soft", {}, {}),
     "remoe": ("remoe", {"k": 1, "lambda": 1e-8, "lambda_rate": 1.2, "gate_lr_scale": 1.0,
                         "gate_init_std": 0.02, "bias_update_rate": 0.0}, {}),
@@ -455,11 +455,20 @@ def route_top_p(z, E, p):
 
 def damoe_experts(importance, seq_lens, E, p):
     """DA-MoE's K_t per token: round(k s_t / mean(s over the sequence up to t)), clamped to
-    [k_min, k_max] (both at most E); ratio 1 where that mean is 0. Python floats (float64), the
+    [k_min, k_max] (both at most E); ratio 1 where that mean is 0; budget "prefix" caps it. Python floats (float64), the
     same operations in the same order as the C++ (so that dyadic importances agree exactly)."""
     lo, hi = min(int(p["k_min"]), E), min(int(p["k_max"]), E)
-    return [max(lo, min(hi, min(int(math.floor(w + 0.5)), E)))
-            for w in damoe_wanted(importance, seq_lens, p)]
+    K = [max(lo, min(hi, min(int(math.floor(w + 0.5)), E)))
+         for w in damoe_wanted(importance, seq_lens, p)]
+    if p["budget"] == "prefix":  # no n-token prefix of a sequence takes more than floor(k n)
+        a = 0
+        for n in seq_lens:
+            spent = 0
+            for i in range(n):
+                K[a + i] = min(K[a + i], int(math.floor(float(p["k"]) * float(i + 1))) - spent)
+                spent += K[a + i]
+            a += n
+    return K
 
 
 def damoe_wanted(importance, seq_lens, p):
