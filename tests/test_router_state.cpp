@@ -1086,6 +1086,26 @@ TEST(RouterState, OrthogonalInitialisationOfRouterTensors) {
   }
 }
 
+// AoE's W_down starts N(0, aoe_down_std) where set, else N(0, init_std) like the experts' tensors.
+TEST(RouterState, AoeDownInitialisationScale) {
+  const auto rms = [](const Model& model, const std::string& name) {
+    const ParamTensor& t = model.tensor(name);
+    double sq = 0.0;
+    for (size_t i = 0; i < t.size; ++i)
+      sq += double(model.params()[t.offset + i]) * model.params()[t.offset + i];
+    return std::sqrt(sq / double(t.size));
+  };
+  ModelConfig c = small_model(1);  // d = 16
+  c.router = {{"router", "aoe"}, {"aoe_rank", 8}};
+  const Model plain(c, 9);
+  EXPECT_NEAR(rms(plain, "layers.0.moe.router.down"), c.init_std, 0.1 * c.init_std);
+  c.router["aoe_down_std"] = 0.08;
+  const Model scaled(c, 9);
+  EXPECT_NEAR(rms(scaled, "layers.0.moe.router.down"), 0.08, 0.008);
+  // Only W_down changes: the experts' gate projection keeps the model's scale.
+  EXPECT_EQ(rms(scaled, "layers.0.moe.experts.w1"), rms(plain, "layers.0.moe.experts.w1"));
+}
+
 // S₁ = ⌊stage1_fraction · total steps⌋ from the run's schedule; stage1_steps overrides it; a
 // schedule whose S₁ has already passed (S₁ = 0) switches before the first step.
 TEST(RouterState, StableMoETakesS1FromTheSchedule) {

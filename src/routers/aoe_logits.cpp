@@ -18,8 +18,13 @@ void down_backward(int64_t T, int64_t d, int64_t Rr, const float* x, const float
 }  // namespace
 
 std::vector<RouterTensorSpec> AoeLogits::tensors(const LogitShape& shape) const {
-  // N(0, init_std) like the experts' other projections (the authors' code: 0.02 for all four).
-  return {{"down", {shape.R * config_.rank, shape.d}, RouterTensorSpec::Init::Normal, 0.0, true}};
+  // N(0, init_std) like the experts' other projections (the authors' code: 0.02 for all four),
+  // unless aoe_down_std sets its own.
+  return {{"down",
+           {shape.R * config_.rank, shape.d},
+           RouterTensorSpec::Init::Normal,
+           config_.down_std,
+           true}};
 }
 
 // saved: a (T, R r), then the norms z (T, R).

@@ -13,6 +13,9 @@ namespace switchyard::routers {
 
 struct AoeLogitsConfig {
   int64_t rank = 16;  // r, the width of each expert's low-rank activation (the paper's d_low)
+  // W_down starts N(0, down_std); 0: the model's init_std. At a small width the code's 0.02
+  // gives small activations a (docs/routers/aoe.md, "Initialisation").
+  double down_std = 0.0;
 };
 
 // Tensor: down (R r, d), expert e's W_down in rows [e r, (e + 1) r).

@@ -24,7 +24,7 @@ LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
       {"hyper", {"hyper_hidden", "hyper_embedding_dim"}},
       {"recurrent", {"recurrent_dim"}},
       {"global", {"global_dim"}},
-      {"aoe", {"aoe_rank"}},
+      {"aoe", {"aoe_rank", "aoe_down_std"}},
   };
   for (const auto& [owner, names] : keys)
     for (const std::string& key : names)
@@ -88,6 +88,7 @@ LogitChoice read_logit_function(ParamReader& r, const nlohmann::json& params,
   } else if (kind == "aoe") {
     AoeLogitsConfig c;
     c.rank = get_int("aoe_rank", c.rank, 1, 1 << 14);
+    c.down_std = get_double("aoe_down_std", c.down_std, 0.0, 10.0);
     choice.description = fmt::format(
         "logits = ‖W_down,e x‖ per expert (rank {}), the experts' gate projection reading "
         "W_down,e x (Autonomy-of-Experts)",

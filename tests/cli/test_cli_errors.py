@@ -195,6 +195,8 @@ def cases(root):
                                 "experts.w1": np.ones((E, F, 2), f32)}),
         Case("aoe_rank without logits = aoe", [r"aoe_rank", r"logits"],
              config={"router": "mixtral", "aoe_rank": 8}),
+        Case("aoe: aoe_down_std negative", [r"aoe_down_std", r"-0\.5"],
+             config={"router": "aoe", "aoe_rank": 2, "aoe_down_std": -0.5}, tensors=no_gate),
         Case("router.qkv given to mixtral", [re.escape("router.qkv")],
              tensors=v | {"router.qkv": np.zeros((3 * E, D), f32)}),
         Case("token_ids given to a router that ignores them", [r"token_ids", r"mixtral"],

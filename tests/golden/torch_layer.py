@@ -61,6 +61,7 @@ TOPK_DEFAULTS = {
     "cosine_min_temperature": 0.01, "cosine_normalize_input": True,
     "hyper_hidden": 256, "hyper_embedding_dim": 0, "recurrent_dim": 256, "global_dim": 16,
     "sparsity_loss": 0.0, "importance_loss": 0.0, "aoe_rank": 16,
+    "aoe_down_std": 0.0,
 }
 NO_LOSSES = {"balance": 0.0, "balance_mode": "micro_batch", "balance_top1_only": False,
              "z": 0.0, "entropy": 0.0}
