@@ -30,7 +30,7 @@ Heatmap build_heatmap(const RunData& run, size_t run_index, int layer) {
   std::vector<const MetricsRow*> picked;
   const size_t max_cols = 60;
   if (rows.size() <= max_cols) {
-    picked = rows;
+    picked = std::move(rows);  // (a copy here trips GCC 12's -Wfree-nonheap-object at -O3)
   } else {
     for (size_t c = 0; c < max_cols; ++c)
       picked.push_back(rows[c * (rows.size() - 1) / (max_cols - 1)]);

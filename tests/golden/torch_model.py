@@ -28,6 +28,10 @@ Outputs (float64 unless noted):
   route_margin.<step>.<i> (T): each token's own margin, so that a routing flip in the C++ run can
   be told apart from a near-tie;
   final.<name>: every parameter after the N steps (diagnostics).
+MindSkip (model.json attention_skip, docs/routers/mindskip.md), per skipping layer l:
+  skip_loss.<l>, skip_score.<l> (B) at the initial weights; skip.<step>.<l> (B): 1 where the
+  sequence's attention ran at that step, skip_margin.<step>.<l> (B): |s - threshold| (part of
+  route_margin); eval_logits (B, T, V): the evaluation forward at the initial weights.
 
 Optimiser (docs/model.md; the details the contract leaves open are fixed here as in llm.c):
   t = step + 1; lr(step) = lr * (step + 1) / warmup for step < warmup, else
