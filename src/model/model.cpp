@@ -401,6 +401,11 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
       layer_config.seed = uint64_t(l * c.moe_sublayers + sub);
       U.moe_layer = std::make_unique<MoELayer>(
           layer_config, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff, c.vocab_size});
+      if (c.attention_skip.skips(l) && U.moe_layer->router().traits().needs_token_importance)
+        fail(
+            "model: router '{}' reads the token importance of layer {}'s attention, which "
+            "attention_skip may skip; list other layers in attention_skip.layers",
+            lc.router, l);
       impl_->consistency = U.moe_layer->router().consistency_weight();
       if (impl_->consistency > 0 && U.global_batch_balance())
         fail(
