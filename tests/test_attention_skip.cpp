@@ -163,6 +163,7 @@ TEST(AttentionSkip, SkippedAttentionIsNotComputed) {
       ASSERT_EQ(stats.size(), 2u);
       for (const auto& st : stats) {
         EXPECT_EQ(st.skip_rate, 1.0) << "layer " << st.layer;
+        EXPECT_EQ(st.attention_runs, 0) << "layer " << st.layer;
         EXPECT_EQ(st.loss, 0.0);
       }
       if (!training) continue;
@@ -190,7 +191,10 @@ TEST(AttentionSkip, KeptEverywhereIsTheBaseModel) {
   EXPECT_EQ(skip.forward(in.data(), target.data(), B, T, false),
             plain.forward(in.data(), target.data(), B, T, false));
   EXPECT_EQ(skip.logits(), plain.logits());
-  for (const auto& st : skip.attention_skip_stats()) EXPECT_EQ(st.skip_rate, 0.0);
+  for (const auto& st : skip.attention_skip_stats()) {
+    EXPECT_EQ(st.skip_rate, 0.0);
+    EXPECT_EQ(st.attention_runs, B);
+  }
 }
 
 // The differentiable gate (g = s): ∂(CE + aux)/∂w per element by central differences, and the
@@ -227,6 +231,9 @@ TEST(AttentionSkip, GradientMatchesFiniteDifferences) {
   for (uint8_t k : kept) on += k;
   ASSERT_GT(on, 0u) << "seed " << seed << ": nothing kept";
   ASSERT_LT(on, kept.size()) << "seed " << seed << ": nothing skipped";
+  int64_t runs = 0;  // the attention ran for the kept sequences only
+  for (const auto& st : model.attention_skip_stats()) runs += st.attention_runs;
+  EXPECT_EQ(runs, int64_t(on));
   double margin = 1.0;
   for (const auto& st : model.attention_skip_stats())
     for (float s : st.scores) margin = std::min(margin, std::abs(double(s) - 0.45));

@@ -84,6 +84,7 @@ struct AttentionSkipStats {
   std::vector<float> scores;  // (B) s_b
   std::vector<uint8_t> kept;  // (B) 1 where the attention ran
   double skip_rate = 0.0, mean_score = 0.0, loss = 0.0;
+  int64_t attention_runs = 0;  // sequences whose attention was computed (counted at the call)
 };
 
 // A named view into the parameter buffer.

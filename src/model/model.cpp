@@ -291,6 +291,7 @@ struct Model::Impl {
       std::vector<float> pool, score;  // (B, C) mean of a over each sequence; (B) s
       std::vector<uint8_t> kept;       // (B)
       double loss = 0.0;
+      int64_t attention_runs = 0;  // sequences whose attention ran
     };
     Skip skip, other_skip;
     // Activations (views into acts).
@@ -715,6 +716,7 @@ double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_
         gate_sum += ste ? double(S.kept[size_t(b)]) : double(S.score[size_t(b)]);
       }
       S.loss = sk.loss * gate_sum / double(B);
+      S.attention_runs = 0;
       for (int64_t b0 = 0; b0 < B;) {
         if (!S.kept[size_t(b0)]) {
           ++b0;
@@ -728,6 +730,7 @@ double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_
         ops::rope(b1 - b0, T, H, D, c.rope_theta, L.qkv + r0 * 3 * C, false);
         ops::attention_forward(b1 - b0, T, H, D, L.qkv + r0 * 3 * C, L.probs + b0 * H * T * T,
                                L.o + r0 * C);
+        S.attention_runs += b1 - b0;
         cpu::gemm(false, true, rows, C, C, 1.0f, L.o + r0 * C, C, P + L.wo, C, 0.0f,
                   L.h_mid + r0 * C, C);
         b0 = b1;
@@ -1100,6 +1103,7 @@ std::vector<AttentionSkipStats> Model::attention_skip_stats() const {
     st.scores = L.skip.score;
     st.kept = L.skip.kept;
     st.loss = L.skip.loss;
+    st.attention_runs = L.skip.attention_runs;
     const double n = double(std::max<size_t>(1, st.kept.size()));
     for (size_t b = 0; b < st.kept.size(); ++b) {
       st.skip_rate += (1.0 - double(st.kept[b])) / n;
