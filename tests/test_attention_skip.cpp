@@ -278,5 +278,49 @@ TEST(AttentionSkip, GradientMatchesFiniteDifferences) {
   EXPECT_NEAR(fd, norm, 2e-2 * norm) << "seed " << seed;
 }
 
+// Two passes per step (THOR's consistency regularisation) with skipping layers: each pass keeps
+// its own decisions and skip loss (swapped with the pass's activations), and the gradient of the
+// whole objective matches a directional finite difference (the draws replayed by set_state).
+TEST(AttentionSkip, TwoPassGradientMatchesADirectionalFiniteDifference) {
+  const uint64_t seed = testing_support::test_base_seed();
+  json j = base_json();
+  j["router"] = {{"router", "thor"}, {"consistency", 5.0}};
+  j["attention_skip"] = {{"layers", {0, 1}}, {"threshold", 0.45}, {"gate", "score"}, {"loss", 0.3}};
+  Model model(parse_model_config(j, "model.json"), seed);
+  std::mt19937_64 rng(seed + 8);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const ParamTensor& t : model.tensors())
+    if (t.name.find(".attn_skip.") != std::string::npos)
+      for (size_t i = 0; i < t.size; ++i) model.params()[t.offset + i] = normal(rng);
+  const int64_t B = 4, T = 8;
+  const auto in = random_tokens(size_t(B * T), 29, seed + 9);
+  const auto target = random_tokens(size_t(B * T), 29, seed + 10);
+  const nlohmann::json state = model.state();
+  auto objective = [&] {
+    model.set_state(state, "test");
+    const double ce = model.forward(in.data(), target.data(), B, T, true);
+    return ce + model.aux_loss();
+  };
+  model.zero_grads();
+  objective();
+  double skip_loss = 0.0;
+  for (const auto& st : model.attention_skip_stats()) skip_loss += st.loss;
+  EXPECT_GT(skip_loss, 0.0);
+  model.backward(1.0f);
+  const std::vector<float> g = model.grads(), p0 = model.params();
+  double norm = 0.0;
+  for (float v : g) norm += double(v) * double(v);
+  norm = std::sqrt(norm);
+  ASSERT_GT(norm, 0.0);
+  auto at = [&](double step) {
+    for (size_t i = 0; i < p0.size(); ++i) model.params()[i] = p0[i] + float(step * g[i] / norm);
+    return objective();
+  };
+  const double h = 1e-3;
+  const double fd = (at(h) - at(-h)) / (2.0 * h);
+  model.params() = p0;
+  EXPECT_NEAR(fd, norm, 2e-2 * norm) << "seed " << seed;
+}
+
 }  // namespace
 }  // namespace switchyard
