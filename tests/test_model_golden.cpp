@@ -114,6 +114,10 @@ struct GoldenCase {
   ModelConfig model;
   AdamWConfig opt;
   int64_t B = 3, T = 16, steps = 10;
+  // MindSkip (attention_skip): > 0 redraws the skip routers N(0, this) before the reference sees
+  // the weights, so that the sequences' scores spread on both sides of the threshold; the seed is
+  // redrawn until step 0 both skips and keeps some sequence.
+  double skip_router_std = 0.0;
 };
 
 // gtest prints the case's name instead of its bytes.
@@ -311,6 +315,35 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // MindSkip with the released code's gate: per sequence s = σ(w · mean a); kept sequences
+    // add their attention at full strength (straight-through gradient into w), skipped ones
+    // run none; the skip loss λ mean(kept) (gradient λ/B into every score). Both layers skip.
+    GoldenCase g{"mindskip_ste_all_layers", tiny_config(), tiny_opt()};
+    g.model.attention_skip.enabled = true;
+    g.model.attention_skip.threshold = 0.5;
+    g.model.attention_skip.loss = 0.05;
+    g.model.attention_skip.layers = {0, 1};
+    g.B = 6;
+    g.skip_router_std = 1.0;
+    out.push_back(g);
+  }
+  {
+    // The differentiable variant (g = s on kept sequences, loss λ mean(s)) on layers 0 and 1 of
+    // three, with a dense layer and untied head.
+    GoldenCase g{"mindskip_score_dense_between", tiny_config(), tiny_opt()};
+    g.model.n_layers = 3;
+    g.model.moe_layers = {0, 2};
+    g.model.tied_head = false;
+    g.model.attention_skip.enabled = true;
+    g.model.attention_skip.threshold = 0.4;
+    g.model.attention_skip.loss = 0.02;
+    g.model.attention_skip.gate = AttentionSkipConfig::Gate::Score;
+    g.model.attention_skip.layers = {0, 1};
+    g.B = 6;
+    g.skip_router_std = 1.0;
+    out.push_back(g);
+  }
+  {
     GoldenCase g{"gelu_expert_choice", tiny_config(), tiny_opt()};
     g.model.activation = Activation::GELU;
     g.model.moe_every = 2;
@@ -420,6 +453,12 @@ TEST_P(ModelGolden, MatchesPyTorch) {
     model = std::make_unique<Model>(cfg, seed);
     model->set_schedule(TrainingSchedule{gc.opt.steps});  // as train() does
     std::mt19937_64 rng(seed ^ 0x5eedULL);
+    if (gc.skip_router_std > 0) {
+      std::normal_distribution<float> skip_normal(0.0f, float(gc.skip_router_std));
+      for (const ParamTensor& pt : model->tensors())
+        if (pt.name.find(".attn_skip.") != std::string::npos)
+          for (size_t i = 0; i < pt.size; ++i) model->params()[pt.offset + i] = skip_normal(rng);
+    }
     std::uniform_int_distribution<int64_t> tok(0, V - 1);
     std::vector<int64_t> all(size_t(B * (T + 1)));
     for (auto& v : all) v = tok(rng);
@@ -441,7 +480,15 @@ TEST_P(ModelGolden, MatchesPyTorch) {
     ASSERT_EQ(ref.rc, 0) << "torch_model.py failed (exit " << ref.rc << "):\n" << ref.log;
     const auto margins = ref.get("route_margin");
     ASSERT_EQ(margins.size(), size_t(gc.steps)) << "route_margin";
-    if (margins[0] >= kMargin) break;
+    bool both = true;  // MindSkip: some sequence skipped and some kept at step 0
+    if (cfg.attention_skip.enabled) {
+      double kept = 0, decisions = 0;
+      for (int64_t l : cfg.attention_skip.layers)
+        for (double k : ref.get("skip.0." + std::to_string(l))) kept += k, decisions += 1;
+      both = kept > 0 && kept < decisions;
+      if (!both) std::cout << "[ model golden ] step 0 skips all or none: redrawing" << std::endl;
+    }
+    if (margins[0] >= kMargin && both) break;
     std::cout << "[ model golden ] step-0 routing margin " << margins[0] << " < " << kMargin
               << ": redrawing the model" << std::endl;
   }
@@ -536,6 +583,34 @@ TEST_P(ModelGolden, MatchesPyTorch) {
     EXPECT_EQ(trainable, ref_grads) << "trainable tensors: ours vs reference";
   }
 
+  // MindSkip: the step-0 scores and skip losses, and an evaluation forward (training = false:
+  // the skipped attentions are not computed) against the reference's.
+  if (cfg.attention_skip.enabled) {
+    const std::vector<AttentionSkipStats> skips = model->attention_skip_stats();
+    ASSERT_EQ(skips.size(), cfg.attention_skip.layers.size());
+    for (const AttentionSkipStats& sk : skips) {
+      const std::string l = std::to_string(sk.layer);
+      const auto rs = ref.get("skip_score." + l);
+      ASSERT_EQ(rs.size(), sk.scores.size()) << "skip_score." << l;
+      for (size_t b = 0; b < rs.size(); ++b)
+        EXPECT_NEAR(sk.scores[b], rs[b], 1e-5) << "skip score, layer " << l << " sequence " << b;
+      EXPECT_NEAR(sk.loss, ref.scalar("skip_loss." + l), 1e-6) << "skip loss, layer " << l;
+      report << "  skip layer " << l << ": skip rate " << sk.skip_rate << ", loss ours " << sk.loss
+             << " ref " << ref.scalar("skip_loss." + l) << "\n";
+    }
+    model->forward(tokens.data(), nullptr, B, T, /*training=*/false);
+    const auto r = ref.get("eval_logits");
+    ASSERT_EQ(r.size(), model->logits().size()) << "eval_logits";
+    double worst = 0.0;
+    for (size_t i = 0; i < r.size(); ++i)
+      worst = std::max(worst,
+                       std::abs(double(model->logits()[i]) - r[i]) / std::max(1.0, std::abs(r[i])));
+    report << (worst <= kLogitTol ? "  ok   " : "  FAIL ") << "eval logits: max err " << worst
+           << "\n";
+    EXPECT_LE(worst, kLogitTol) << "evaluation-mode logits";
+    ok &= worst <= kLogitTol;
+  }
+
   // ---- Training: steps of AdamW, loss before each update -----------------------------------
   std::vector<double> losses, lrs, norms;
   AdamW opt(gc.opt, model->params().size());
@@ -563,6 +638,20 @@ TEST_P(ModelGolden, MatchesPyTorch) {
           f.margin = ref_margin[size_t(t)];
           f.token = t;
         }
+      }
+      if (f.tokens > 0) flip = f;
+    }
+    // MindSkip's decisions, sequence by sequence (a flip: layer -1 - l, token = the sequence).
+    for (const AttentionSkipStats& sk : model->attention_skip_stats()) {
+      if (flip.step >= 0) break;
+      const std::string tag = std::to_string(step) + "." + std::to_string(sk.layer);
+      const auto rk = ref.get("skip." + tag), rm = ref.get("skip_margin." + tag);
+      ASSERT_EQ(rk.size(), sk.kept.size()) << "skip." << tag;
+      RouteFlip f{step, -1 - sk.layer, -1, std::numeric_limits<double>::infinity(), 0};
+      for (size_t b = 0; b < rk.size(); ++b) {
+        if (double(sk.kept[b]) == rk[b]) continue;
+        ++f.tokens;
+        if (rm[b] < f.margin) f.margin = rm[b], f.token = int64_t(b);
       }
       if (f.tokens > 0) flip = f;
     }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <switchyard/error.h>
 #include <switchyard/file_util.h>
+#include <switchyard/model.h>
 #include <switchyard/safetensors.h>
 #include <switchyard/train.h>
 
@@ -323,6 +324,102 @@ TEST(Train, MoESublayersResumeAndCheckpointPerSubLayer) {
   // The selection biases moved, each its own way (the routers are apart).
   EXPECT_NE(whole.tensors.at("layers.0.sub0.moe.gate.bias").to_f32("b0"),
             whole.tensors.at("layers.0.sub1.moe.gate.bias").to_f32("b1"));
+  fs::remove_all(dir);
+}
+
+// MindSkip (model attention_skip) under the loss-free router: a resumed run reproduces the
+// uninterrupted one, skip decisions and the skip routers' weights included, and the metrics carry
+// the skip rates (training and validation).
+TEST(Train, AttentionSkipResumesExactly) {
+  const fs::path dir = temp_dir("attention_skip");
+  json j = tiny_config(dir, "loss_free");
+  j["model"]["attention_skip"] = {{"layers", "all"}, {"loss", 0.05}};
+  const TrainConfig parts = train_whole_and_first_part(dir, j, 5);
+  resume_run(parts);
+  const auto a = read_metrics(dir / "whole"), b = read_metrics(dir / "parts");
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["train_loss"], b[i]["train_loss"]) << "step " << i;
+    EXPECT_EQ(a[i]["aux_loss"], b[i]["aux_loss"]) << "step " << i;
+    ASSERT_TRUE(a[i].contains("attention_skip")) << "step " << i;
+    ASSERT_EQ(a[i]["attention_skip"].size(), 2u);
+    EXPECT_EQ(a[i]["attention_skip"], b[i]["attention_skip"]) << "step " << i;
+    EXPECT_EQ(a[i].contains("val_loss"), a[i].contains("val_attention_skip")) << "step " << i;
+    EXPECT_EQ(a[i].value("val_attention_skip", json()), b[i].value("val_attention_skip", json()));
+  }
+  const SafetensorsFile whole =
+      read_safetensors((dir / "whole" / "checkpoint" / "model.safetensors").string());
+  const SafetensorsFile resumed =
+      read_safetensors((dir / "parts" / "checkpoint" / "model.safetensors").string());
+  ASSERT_TRUE(whole.tensors.count("layers.0.attn_skip.weight"));
+  ASSERT_TRUE(whole.tensors.count("layers.1.attn_skip.weight"));
+  for (const auto& [name, t] : whole.tensors)
+    EXPECT_EQ(t.to_f32(name), resumed.tensors.at(name).to_f32(name)) << name;
+  fs::remove_all(dir);
+}
+
+// Router-Tuning: from a base checkpoint without skip routers (init), only the skip routers learn;
+// every other tensor, the selection bias the loss-free router would move included, ends
+// bit-identical to the base checkpoint. The run log lists the tensors init did not have.
+TEST(Train, RouterTuningChangesOnlyTheSkipRouters) {
+  const fs::path dir = temp_dir("router_tuning");
+  json base = tiny_config(dir / "base", "loss_free");
+  base["steps"] = 6;
+  train(parse_train_config(base, "base.json"), quiet());
+  const std::string ckpt = (dir / "base" / "checkpoint").string();
+  const SafetensorsFile trained = read_safetensors(ckpt + "/model.safetensors");
+
+  json rt = tiny_config(dir / "rt", "loss_free");
+  rt["model"]["attention_skip"] = {{"layers", "all"}, {"loss", 0.1}};
+  rt["init"] = ckpt;
+  rt["router_tuning"] = true;
+  rt["steps"] = 5;
+  rt["lr"] = 0.05;
+  const TrainConfig config = parse_train_config(rt, "rt.json");
+  EXPECT_EQ(config.to_json()["router_tuning"], true);
+  train(config, quiet());
+  const SafetensorsFile after =
+      read_safetensors((dir / "rt" / "checkpoint" / "model.safetensors").string());
+  const Model fresh(config.model, config.seed);  // the skip routers' initialisation
+  int frozen = 0, tuned = 0;
+  for (const auto& [name, t] : after.tensors) {
+    if (name.starts_with("optim.")) continue;
+    if (name.find(".attn_skip.") != std::string::npos) {
+      const ParamTensor& pt = fresh.tensor(name);
+      const std::vector<float> init(fresh.params().begin() + long(pt.offset),
+                                    fresh.params().begin() + long(pt.offset + pt.size));
+      EXPECT_NE(t.to_f32(name), init) << name << " did not learn";
+      ++tuned;
+      continue;
+    }
+    ASSERT_TRUE(trained.tensors.count(name)) << name;
+    EXPECT_EQ(t.to_f32(name), trained.tensors.at(name).to_f32(name)) << name << " changed";
+    ++frozen;
+  }
+  EXPECT_EQ(tuned, 2);
+  EXPECT_GT(frozen, 10);
+  const json run = json::parse(read_file_text((dir / "rt" / "run.json").string()));
+  EXPECT_EQ(run["init_missing"], json({"layers.0.attn_skip.weight", "layers.1.attn_skip.weight"}));
+
+  // Router-Tuning needs the skip routers; init still refuses any other missing tensor.
+  json no_skip = rt;
+  no_skip["model"].erase("attention_skip");
+  try {
+    parse_train_config(no_skip, "no_skip.json");
+    ADD_FAILURE() << "router_tuning without attention_skip was accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("no_skip.json: field 'router_tuning'"));
+  }
+  json shared = rt;
+  shared["model"]["shared_d_ff"] = 8;
+  shared["out"] = (dir / "shared").string();
+  try {
+    train(parse_train_config(shared, "shared.json"), quiet());
+    ADD_FAILURE() << "init without the shared expert's tensors was accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("shared.w1"));
+  }
   fs::remove_all(dir);
 }
 

@@ -19,6 +19,21 @@ namespace dist {
 class Communicator;
 }  // namespace dist
 
+// MindSkip (Router-Tuning, docs/routers/mindskip.md): a router per listed layer scores each
+// sequence, s = σ(w · mean_t rmsnorm(h_t) · attn_norm); the layer's attention runs for the
+// sequence only where s ≥ threshold (h += g · Attn, g = 1 with a straight-through gradient, or g
+// = s), else it is not computed; the skip loss λ · mean(g or s) joins the aux loss.
+struct AttentionSkipConfig {
+  enum class Gate { STE, Score };
+  bool enabled = false;
+  double threshold = 0.5, loss = 0.0;
+  Gate gate = Gate::STE;
+  std::vector<int64_t> layers;  // sorted, resolved (the default rule already applied)
+  bool skips(int64_t l) const {
+    return enabled && std::find(layers.begin(), layers.end(), l) != layers.end();
+  }
+};
+
 struct ModelConfig {
   int64_t vocab_size = 256, d_model = 128, n_layers = 4, n_heads = 4, seq_len = 128;
   int64_t moe_every = 1, experts = 8, d_ff = 256, shared_d_ff = 0, dense_d_ff = 512;
@@ -37,6 +52,8 @@ struct ModelConfig {
   // output to the residual stream (docs/model.md, docs/routers/cartesianmoe.md). 1: a plain MoE
   // block. Every sub-layer is one "MoE layer" of layer_stats(), state() and the metrics.
   int64_t moe_sublayers = 1;
+  // "attention_skip" (absent: off, and the model is exactly the one without it).
+  AttentionSkipConfig attention_skip;
 
   bool is_moe_layer(int64_t l) const {
     if (!moe_layers.empty())
@@ -59,6 +76,15 @@ struct ModelParallel {
   // Where tokens and experts sit, for locality-aware routers; a placement in the config must
   // equal it.
   ExpertPlacement placement;
+};
+
+// One skipping layer's decisions in the last forward (AttentionSkipConfig).
+struct AttentionSkipStats {
+  int64_t layer = 0;
+  std::vector<float> scores;  // (B) s_b
+  std::vector<uint8_t> kept;  // (B) 1 where the attention ran
+  double skip_rate = 0.0, mean_score = 0.0, loss = 0.0;
+  int64_t attention_runs = 0;  // sequences whose attention was computed (counted at the call)
 };
 
 // A named view into the parameter buffer.
@@ -129,6 +155,12 @@ class Model {
   // One per MoE layer (per MoE sub-layer, in order, when moe_sublayers > 1).
   std::vector<const RoutingStats*> layer_stats() const;
   std::vector<const MoECache*> layer_caches() const;
+  // One per skipping layer (attention_skip), in layer order; empty when the option is off.
+  std::vector<AttentionSkipStats> attention_skip_stats() const;
+  // Router-Tuning: every tensor but the attention-skip routers (layers.L.attn_skip.*) frozen, and
+  // the MoE routers' non-gradient state left as it is (update_router_state does nothing).
+  void set_router_tuning(bool on);
+  bool router_tuning() const { return router_tuning_; }
   // Router state after an optimiser step (selection bias, ReMoE's λ); then the frozen flags.
   void update_router_state();
   // The training data's token-id counts (vocab) for every MoE layer's router (MaskMoE's masks;
@@ -144,7 +176,11 @@ class Model {
   void set_state(const nlohmann::json& state, const std::string& source);
 
   SafetensorsFile to_safetensors() const;
-  void load_safetensors(const SafetensorsFile& file, const std::string& source);
+  // Every tensor must be in the file with its shape. allow_missing_attention_skip: the
+  // attention-skip routers (layers.L.attn_skip.*) may be missing (a base checkpoint for
+  // Router-Tuning); they keep their values. Returns the names left at their values.
+  std::vector<std::string> load_safetensors(const SafetensorsFile& file, const std::string& source,
+                                            bool allow_missing_attention_skip = false);
   int64_t parameter_count() const;
   int64_t active_parameter_count() const;  // per token: routed experts count k (or mean)
 
@@ -166,6 +202,7 @@ class Model {
   std::vector<float> logits_;
   std::unique_ptr<Impl> impl_;
   double loss_share_ = 1.0;
+  bool router_tuning_ = false;
   std::function<void(size_t, size_t)> gradient_ready_;
 };
 

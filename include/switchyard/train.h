@@ -37,6 +37,10 @@ struct TrainConfig {
   // tensors must match this model's by name and shape; the optimiser, the step count and the
   // routers' state start afresh. Empty: the model's own initialisation.
   std::string init;
+  // Router-Tuning (docs/routers/mindskip.md): train only the attention-skip routers
+  // (layers.L.attn_skip.*), every other tensor frozen; needs the model's attention_skip. With
+  // `init`, the base checkpoint may lack exactly those tensors.
+  bool router_tuning = false;
   std::string source;  // where the config came from, for messages (not part of to_json)
 
   nlohmann::json to_json() const;

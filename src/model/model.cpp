@@ -40,6 +40,12 @@ json ModelConfig::to_json() const {
   if (!moe_layers.empty()) j["moe_layers"] = moe_layers;  // absent in older model.json files
   if (shared_expert_gate) j["shared_expert_gate"] = true;
   if (moe_sublayers != 1) j["moe_sublayers"] = moe_sublayers;
+  if (attention_skip.enabled)  // absent in model.json files without the option
+    j["attention_skip"] = {
+        {"threshold", attention_skip.threshold},
+        {"loss", attention_skip.loss},
+        {"gate", attention_skip.gate == AttentionSkipConfig::Gate::STE ? "ste" : "score"},
+        {"layers", attention_skip.layers}};
   return j;
 }
 
@@ -132,6 +138,53 @@ void expert_views(const ExpertShard& shard, int64_t E, int64_t block, size_t w1,
 
 }  // namespace
 
+namespace {
+
+// model.json's "attention_skip" object (docs/routers/mindskip.md).
+AttentionSkipConfig parse_attention_skip(const json& j, int64_t n_layers,
+                                         const std::string& source) {
+  const std::string where = source + " [attention_skip]";
+  ParamReader r(j, where);
+  AttentionSkipConfig a;
+  a.enabled = true;
+  a.threshold = r.get_double("threshold", a.threshold, 0.0, 1.0);
+  a.loss = r.get_double("loss", a.loss, 0.0, 1e6);
+  a.gate = r.get_choice("gate", "ste", {"ste", "score"}) == "ste"
+               ? AttentionSkipConfig::Gate::STE
+               : AttentionSkipConfig::Gate::Score;
+  const json layers = r.get_json("layers", json());
+  r.finish();
+  if (layers.is_null()) {  // the released code's rule: the floor(L/2) layers below the last
+    for (int64_t l = n_layers - 1 - n_layers / 2; l <= n_layers - 2; ++l) a.layers.push_back(l);
+    if (a.layers.empty())
+      fail(
+          "{}: the default layers (the floor(n_layers / 2) below the last) are none for n_layers "
+          "= {}; give 'layers' (a list of layer indices or \"all\")",
+          where, n_layers);
+  } else if (layers.is_string() && layers.get<std::string>() == "all") {
+    for (int64_t l = 0; l < n_layers; ++l) a.layers.push_back(l);
+  } else {
+    if (!layers.is_array() || layers.empty())
+      fail("{}: field 'layers' = {} must be \"all\" or a non-empty list of layer indices", where,
+           layers.dump());
+    for (const json& v : layers) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= n_layers)
+        fail("{}: field 'layers' has {}, not a layer index in [0, {})", where, v.dump(), n_layers);
+      if (a.skips(v.get<int64_t>()))
+        fail("{}: field 'layers' lists layer {} twice", where, v.get<int64_t>());
+      a.layers.push_back(v.get<int64_t>());
+    }
+    std::sort(a.layers.begin(), a.layers.end());
+  }
+  return a;
+}
+
+bool is_attention_skip_tensor(const std::string& name) {
+  return name.find(".attn_skip.") != std::string::npos;
+}
+
+}  // namespace
+
 ModelConfig parse_model_config(const json& j, const std::string& source) {
   ParamReader r(j, source);
   ModelConfig c;
@@ -156,7 +209,10 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.init_std = r.get_double("init_std", c.init_std, 1e-6, 10.0);
   c.router = r.get_object("router", c.router);
   c.moe_sublayers = r.get_int("moe_sublayers", c.moe_sublayers, 1, 8);
+  const bool skip = r.has("attention_skip");
+  const json skip_json = r.get_object("attention_skip", json::object());
   r.finish();
+  if (skip) c.attention_skip = parse_attention_skip(skip_json, c.n_layers, source);
   if (!moe_layers.is_null()) {
     if (!moe_layers.is_array() || moe_layers.empty())
       fail("{}: field 'moe_layers' = {} must be a non-empty list of layer indices", source,
@@ -228,6 +284,16 @@ struct Model::Impl {
     size_t attn_norm = 0, wqkv = 0, wo = 0, mlp_norm = 0;
     size_t w1 = SIZE_MAX, w3 = SIZE_MAX, w2 = SIZE_MAX;  // dense FFN
     std::vector<Unit> subs;  // MoE: moe_sublayers units, applied in order; dense: none
+    // Attention skip (AttentionSkipConfig): the router's (1, C) offset, SIZE_MAX where the
+    // attention always runs; the last forward's decisions (other_skip: the other pass's).
+    size_t skip_w = SIZE_MAX;
+    struct Skip {
+      std::vector<float> pool, score;  // (B, C) mean of a over each sequence; (B) s
+      std::vector<uint8_t> kept;       // (B)
+      double loss = 0.0;
+      int64_t attention_runs = 0;  // sequences whose attention ran
+    };
+    Skip skip, other_skip;
     // Activations (views into acts).
     float *h_in, *a, *rstd1, *qkv, *probs, *o, *h_mid, *m, *rstd2, *f, *dh1, *dh3, *dact;
   };
@@ -322,6 +388,7 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
     L.attn_norm = add(p + "attn_norm", {C});
     L.wqkv = add(p + "attn.wqkv", {3 * C, C});
     L.wo = add(p + "attn.wo", {C, C});
+    if (c.attention_skip.skips(l)) L.skip_w = add(p + "attn_skip.weight", {1, C});
     L.mlp_norm = add(p + "mlp_norm", {C});
     for (int64_t sub = 0; L.moe && sub < c.moe_sublayers; ++sub) {
       Impl::Unit U;
@@ -335,6 +402,11 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
       layer_config.seed = uint64_t(l * c.moe_sublayers + sub);
       U.moe_layer = std::make_unique<MoELayer>(
           layer_config, MoEShape{C, c.experts, c.d_ff, c.shared_d_ff, c.vocab_size});
+      if (c.attention_skip.skips(l) && U.moe_layer->router().traits().needs_token_importance)
+        fail(
+            "model: router '{}' reads the token importance of layer {}'s attention, which "
+            "attention_skip may skip; list other layers in attention_skip.layers",
+            lc.router, l);
       impl_->consistency = U.moe_layer->router().consistency_weight();
       if (impl_->consistency > 0 && U.global_batch_balance())
         fail(
@@ -412,7 +484,8 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
       std::fill_n(params_.begin() + long(t.offset), t.size, 1.0f);
       continue;
     }
-    if (!t.trainable) continue;  // selection bias starts at 0
+    if (!t.trainable) continue;                      // selection bias starts at 0
+    if (is_attention_skip_tensor(t.name)) continue;  // drawn last: the rest as without them
     const bool residual_out = t.name.ends_with("attn.wo") || t.name.ends_with("w2");
     std::normal_distribution<float> normal(0.0f, float(residual_out ? out_std : c.init_std));
     // A shard draws the whole tensor and keeps its rows: the one-process weights.
@@ -428,6 +501,13 @@ Model::Model(const ModelConfig& config, uint64_t seed, ExpertShard shard)
   for (const auto& [index, spec] : router_specs)
     init_router_tensor(spec, c.init_std, rng, params_.data() + tensors_[index].offset,
                        tensors_[index].size);
+  // The attention-skip routers, N(0, init_std) (Hugging Face's nn.Linear init in the released
+  // code), after everything else.
+  for (const ParamTensor& t : tensors_) {
+    if (!is_attention_skip_tensor(t.name)) continue;
+    std::normal_distribution<float> normal(0.0f, float(c.init_std));
+    for (size_t i = 0; i < t.size; ++i) params_[t.offset + i] = normal(rng);
+  }
   refresh_frozen();  // a router may start frozen (StableMoE's stage 2)
 }
 
@@ -447,6 +527,8 @@ void Model::refresh_frozen() {
   for (ParamTensor& t : tensors_) {
     const auto it = uses.find(t.offset);
     t.frozen = it != uses.end() && it->second.first == it->second.second;
+    // Router-Tuning: only the attention-skip routers learn.
+    if (router_tuning_ && !is_attention_skip_tensor(t.name)) t.frozen = true;
   }
 }
 
@@ -542,8 +624,10 @@ void Model::swap_passes() {
   Impl& im = *impl_;
   std::swap(im.acts, im.other_acts);
   std::swap(logits_, im.other_logits);
-  for (auto& L : im.layers)
+  for (auto& L : im.layers) {
     for (auto& U : L.subs) std::swap(U.cache, U.other_cache);
+    std::swap(L.skip, L.other_skip);
+  }
   carve_activations();
 }
 
@@ -598,12 +682,72 @@ double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_
   for (size_t l = 0; l < im.layers.size(); ++l) {
     auto& L = im.layers[l];
     ops::rmsnorm_forward(N, C, L.h_in, P + L.attn_norm, c.norm_eps, L.a, L.rstd1);
-    cpu::gemm(false, true, N, 3 * C, C, 1.0f, L.a, C, P + L.wqkv, C, 0.0f, L.qkv, 3 * C);
-    ops::rope(B, T, H, D, c.rope_theta, L.qkv, false);
-    ops::attention_forward(B, T, H, D, L.qkv, L.probs, L.o);
-    cpu::gemm(false, true, N, C, C, 1.0f, L.o, C, P + L.wo, C, 0.0f, L.h_mid, C);
+    if (L.skip_w == SIZE_MAX) {
+      cpu::gemm(false, true, N, 3 * C, C, 1.0f, L.a, C, P + L.wqkv, C, 0.0f, L.qkv, 3 * C);
+      ops::rope(B, T, H, D, c.rope_theta, L.qkv, false);
+      ops::attention_forward(B, T, H, D, L.qkv, L.probs, L.o);
+      cpu::gemm(false, true, N, C, C, 1.0f, L.o, C, P + L.wo, C, 0.0f, L.h_mid, C);
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < N * C; ++i) L.h_mid[i] += L.h_in[i];
+      for (int64_t i = 0; i < N * C; ++i) L.h_mid[i] += L.h_in[i];
+    } else {
+      // MindSkip (docs/routers/mindskip.md): s_b = σ(w · mean_t a_{b,t}) per sequence; the
+      // attention runs only for the sequences with s_b >= threshold, on runs of consecutive
+      // kept sequences; h_mid = h_in + g_b · o Woᵀ there and h_in elsewhere.
+      const AttentionSkipConfig& sk = c.attention_skip;
+      const bool ste = sk.gate == AttentionSkipConfig::Gate::STE;
+      Impl::Layer::Skip& S = L.skip;
+      S.pool.assign(size_t(B * C), 0.0f);
+      S.score.assign(size_t(B), 0.0f);
+      S.kept.assign(size_t(B), 0);
+      const float* w = P + L.skip_w;
+      std::vector<double> acc(static_cast<size_t>(C));
+      double gate_sum = 0.0;
+      for (int64_t b = 0; b < B; ++b) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t i = 0; i < C; ++i) acc[size_t(i)] += L.a[(b * T + t) * C + i];
+        double z = 0.0;
+        for (int64_t i = 0; i < C; ++i) {
+          S.pool[size_t(b * C + i)] = float(acc[size_t(i)] / double(T));
+          z += double(w[i]) * double(S.pool[size_t(b * C + i)]);
+        }
+        S.score[size_t(b)] = float(1.0 / (1.0 + std::exp(-z)));
+        S.kept[size_t(b)] = double(S.score[size_t(b)]) >= sk.threshold ? 1 : 0;
+        gate_sum += ste ? double(S.kept[size_t(b)]) : double(S.score[size_t(b)]);
+      }
+      S.loss = sk.loss * gate_sum / double(B);
+      S.attention_runs = 0;
+      for (int64_t b0 = 0; b0 < B;) {
+        if (!S.kept[size_t(b0)]) {
+          ++b0;
+          continue;
+        }
+        int64_t b1 = b0 + 1;
+        while (b1 < B && S.kept[size_t(b1)]) ++b1;
+        const int64_t r0 = b0 * T, rows = (b1 - b0) * T;
+        cpu::gemm(false, true, rows, 3 * C, C, 1.0f, L.a + r0 * C, C, P + L.wqkv, C, 0.0f,
+                  L.qkv + r0 * 3 * C, 3 * C);
+        ops::rope(b1 - b0, T, H, D, c.rope_theta, L.qkv + r0 * 3 * C, false);
+        ops::attention_forward(b1 - b0, T, H, D, L.qkv + r0 * 3 * C, L.probs + b0 * H * T * T,
+                               L.o + r0 * C);
+        S.attention_runs += b1 - b0;
+        cpu::gemm(false, true, rows, C, C, 1.0f, L.o + r0 * C, C, P + L.wo, C, 0.0f,
+                  L.h_mid + r0 * C, C);
+        b0 = b1;
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        const float g = ste ? 1.0f : S.score[size_t(b)];
+        float* hm = L.h_mid + b * T * C;
+        const float* hi = L.h_in + b * T * C;
+        if (!S.kept[size_t(b)]) {
+          std::copy_n(hi, T * C, hm);
+        } else if (ste) {
+          for (int64_t i = 0; i < T * C; ++i) hm[i] += hi[i];
+        } else {
+          for (int64_t i = 0; i < T * C; ++i) hm[i] = hi[i] + g * hm[i];
+        }
+      }
+    }
     ops::rmsnorm_forward(N, C, L.h_mid, P + L.mlp_norm, c.norm_eps, L.m, L.rstd2);
     for (size_t sub = 0; sub < L.subs.size(); ++sub) {
       Impl::Unit& U = L.subs[sub];
@@ -817,13 +961,66 @@ void Model::backward_pass(float scale, const float* extra_dlogits, bool last) {
                         G + L.w2, dm, true);
     }
     ops::rmsnorm_backward(N, C, L.h_mid, P + L.mlp_norm, L.rstd2, dm, dh, G + L.mlp_norm);
-    // Attention block: h_mid = h_in + o Woᵀ.
-    cpu::gemm(true, false, C, C, N, 1.0f, dh, C, L.o, C, 1.0f, G + L.wo, C);
-    cpu::gemm(false, false, N, C, C, 1.0f, dh, C, P + L.wo, C, 0.0f, dtmp, C);
-    ops::attention_backward(B, T, H, D, L.qkv, L.probs, dtmp, dqkv, dprobs);
-    ops::rope(B, T, H, D, c.rope_theta, dqkv, true);
-    cpu::gemm(true, false, 3 * C, C, N, 1.0f, dqkv, 3 * C, L.a, C, 1.0f, G + L.wqkv, C);
-    cpu::gemm(false, false, N, C, 3 * C, 1.0f, dqkv, 3 * C, P + L.wqkv, C, 0.0f, da, C);
+    if (L.skip_w == SIZE_MAX) {
+      // Attention block: h_mid = h_in + o Woᵀ.
+      cpu::gemm(true, false, C, C, N, 1.0f, dh, C, L.o, C, 1.0f, G + L.wo, C);
+      cpu::gemm(false, false, N, C, C, 1.0f, dh, C, P + L.wo, C, 0.0f, dtmp, C);
+      ops::attention_backward(B, T, H, D, L.qkv, L.probs, dtmp, dqkv, dprobs);
+      ops::rope(B, T, H, D, c.rope_theta, dqkv, true);
+      cpu::gemm(true, false, 3 * C, C, N, 1.0f, dqkv, 3 * C, L.a, C, 1.0f, G + L.wqkv, C);
+      cpu::gemm(false, false, N, C, 3 * C, 1.0f, dqkv, 3 * C, P + L.wqkv, C, 0.0f, da, C);
+    } else {
+      // MindSkip: h_mid = h_in + g_b · o Woᵀ on kept sequences. ∂L/∂s_b = ⟨δ, o Woᵀ⟩ over the
+      // sequence (g = s, or g = 1 with the straight-through gradient: the same expression) plus
+      // the skip loss's λ · share / B; then through σ and the mean into w and every token's a.
+      const AttentionSkipConfig& sk = c.attention_skip;
+      const bool ste = sk.gate == AttentionSkipConfig::Gate::STE;
+      const Impl::Layer::Skip& S = L.skip;
+      std::fill(da, da + N * C, 0.0f);
+      std::vector<double> ds(size_t(B), 0.0);
+      for (int64_t b0 = 0; b0 < B;) {
+        if (!S.kept[size_t(b0)]) {
+          ++b0;
+          continue;
+        }
+        int64_t b1 = b0 + 1;
+        while (b1 < B && S.kept[size_t(b1)]) ++b1;
+        const int64_t r0 = b0 * T, rows = (b1 - b0) * T;
+        cpu::gemm(false, false, rows, C, C, 1.0f, dh + r0 * C, C, P + L.wo, C, 0.0f, dtmp + r0 * C,
+                  C);
+        for (int64_t b = b0; b < b1; ++b) {
+          const float* dt = dtmp + b * T * C;
+          const float* o = L.o + b * T * C;
+          double dot = 0.0;
+          for (int64_t i = 0; i < T * C; ++i) dot += double(dt[i]) * double(o[i]);
+          ds[size_t(b)] = dot;
+          const float g = ste ? 1.0f : S.score[size_t(b)];
+          cpu::gemm(true, false, C, C, T, g, dh + b * T * C, C, o, C, 1.0f, G + L.wo, C);
+          if (!ste)
+            for (int64_t i = 0; i < T * C; ++i) dtmp[b * T * C + i] *= g;
+        }
+        ops::attention_backward(b1 - b0, T, H, D, L.qkv + r0 * 3 * C, L.probs + b0 * H * T * T,
+                                dtmp + r0 * C, dqkv + r0 * 3 * C, dprobs + b0 * H * T * T);
+        ops::rope(b1 - b0, T, H, D, c.rope_theta, dqkv + r0 * 3 * C, true);
+        cpu::gemm(true, false, 3 * C, C, rows, 1.0f, dqkv + r0 * 3 * C, 3 * C, L.a + r0 * C, C,
+                  1.0f, G + L.wqkv, C);
+        cpu::gemm(false, false, rows, C, 3 * C, 1.0f, dqkv + r0 * 3 * C, 3 * C, P + L.wqkv, C, 0.0f,
+                  da + r0 * C, C);
+        b0 = b1;
+      }
+      const double loss_grad = sk.loss * double(scale) * loss_share_ / double(B);
+      const float* w = P + L.skip_w;
+      for (int64_t b = 0; b < B; ++b) {
+        const double s = double(S.score[size_t(b)]);
+        const double dz = (ds[size_t(b)] + loss_grad) * s * (1.0 - s);
+        for (int64_t i = 0; i < C; ++i)
+          G[L.skip_w + size_t(i)] += float(dz * double(S.pool[size_t(b * C + i)]));
+        for (int64_t i = 0; i < C; ++i) {
+          const float d = float(dz * double(w[i]) / double(T));
+          for (int64_t t = 0; t < T; ++t) da[(b * T + t) * C + i] += d;
+        }
+      }
+    }
     ops::rmsnorm_backward(N, C, L.h_in, P + L.attn_norm, L.rstd1, da, dh, G + L.attn_norm);
     if (gradient_ready_ && last)
       gradient_ready_(L.attn_norm,
@@ -883,6 +1080,9 @@ double Model::aux_loss() const {
     for (const auto& U : L.subs)
       total += im.paired ? 0.5 * (U.cache.stats.aux_loss + U.other_cache.stats.aux_loss)
                          : U.cache.stats.aux_loss;
+  for (const auto& L : im.layers)  // MindSkip's skip loss
+    if (L.skip_w != SIZE_MAX)
+      total += im.paired ? 0.5 * (L.skip.loss + L.other_skip.loss) : L.skip.loss;
   return total + im.consistency_loss;
 }
 
@@ -891,6 +1091,36 @@ std::vector<const RoutingStats*> Model::layer_stats() const {
   for (const auto& L : impl_->layers)
     for (const auto& U : L.subs) out.push_back(&U.cache.stats);
   return out;
+}
+
+std::vector<AttentionSkipStats> Model::attention_skip_stats() const {
+  std::vector<AttentionSkipStats> out;
+  for (size_t l = 0; l < impl_->layers.size(); ++l) {
+    const Impl::Layer& L = impl_->layers[l];
+    if (L.skip_w == SIZE_MAX) continue;
+    AttentionSkipStats st;
+    st.layer = int64_t(l);
+    st.scores = L.skip.score;
+    st.kept = L.skip.kept;
+    st.loss = L.skip.loss;
+    st.attention_runs = L.skip.attention_runs;
+    const double n = double(std::max<size_t>(1, st.kept.size()));
+    for (size_t b = 0; b < st.kept.size(); ++b) {
+      st.skip_rate += (1.0 - double(st.kept[b])) / n;
+      st.mean_score += double(st.scores[b]) / n;
+    }
+    out.push_back(std::move(st));
+  }
+  return out;
+}
+
+void Model::set_router_tuning(bool on) {
+  if (on && !config_.attention_skip.enabled)
+    fail(
+        "model: Router-Tuning ('router_tuning' = true) trains only the attention-skip routers, "
+        "but the model config has no 'attention_skip'");
+  router_tuning_ = on;
+  refresh_frozen();
 }
 
 std::vector<const MoECache*> Model::layer_caches() const {
@@ -928,6 +1158,10 @@ void Model::set_state(const json& state, const std::string& source) {
 }
 
 void Model::update_router_state() {
+  if (router_tuning_) {  // Router-Tuning: the rest of the model, router state included, stays
+    refresh_frozen();
+    return;
+  }
   std::vector<RouterStepStats> stats;
   for (auto& L : impl_->layers)
     for (auto& U : L.subs)
@@ -972,14 +1206,22 @@ SafetensorsFile Model::to_safetensors() const {
   return file;
 }
 
-void Model::load_safetensors(const SafetensorsFile& file, const std::string& source) {
+std::vector<std::string> Model::load_safetensors(const SafetensorsFile& file,
+                                                 const std::string& source,
+                                                 bool allow_missing_attention_skip) {
   for (const auto& [name, data] : file.tensors) {
     bool known = false;
     for (const auto& t : tensors_) known = known || t.name == name;
     if (!known) fail("{}: unknown tensor '{}' for this model config", source, name);
   }
+  std::vector<std::string> kept;
   for (const auto& t : tensors_) {
     auto it = file.tensors.find(t.name);
+    if (it == file.tensors.end() && allow_missing_attention_skip &&
+        is_attention_skip_tensor(t.name)) {
+      kept.push_back(t.name);
+      continue;
+    }
     if (it == file.tensors.end()) fail("{}: tensor '{}' is missing", source, t.name);
     if (it->second.shape != t.full_shape())
       fail("{}: tensor '{}' has shape ({}), the model config needs ({})", source, t.name,
@@ -989,6 +1231,7 @@ void Model::load_safetensors(const SafetensorsFile& file, const std::string& sou
       if (!std::isfinite(x)) fail("{}: tensor '{}' has a non-finite value {}", source, t.name, x);
     std::copy(v.begin(), v.end(), params_.begin() + long(t.offset));
   }
+  return kept;
 }
 
 AdamW::AdamW(const AdamWConfig& config, size_t n) : config_(config), m_(n, 0.0f), v_(n, 0.0f) {}

@@ -53,6 +53,7 @@ json TrainConfig::to_json() const {
             {"name", name},
             {"group", group}};
   if (!init.empty()) j["init"] = init;
+  if (router_tuning) j["router_tuning"] = true;
   return j;
 }
 
@@ -101,7 +102,13 @@ TrainConfig parse_train_config(const json& j, const std::string& source) {
   c.name = r.get_string("name", "");
   c.group = r.get_string("group", "");
   c.init = r.get_string("init", "");
+  c.router_tuning = r.get_bool("router_tuning", false);
   r.finish();
+  if (c.router_tuning && !c.model.attention_skip.enabled)
+    fail(
+        "{}: field 'router_tuning' = true trains only the attention-skip routers, but the model "
+        "config has no 'attention_skip' (docs/routers/mindskip.md)",
+        source);
   c.source = source;
   if (c.name.empty()) c.name = c.model.router.value("router", "mixtral");
   if (c.group.empty()) c.group = c.name;
@@ -287,6 +294,8 @@ struct Evaluation {
   std::vector<std::vector<int64_t>> load;               // (layers, E)
   std::vector<std::vector<std::vector<double>>> joint;  // (layers, domains, E)
   std::vector<std::vector<int32_t>> probe_top1;         // (layers, probe tokens)
+  // Per skipping layer (attention_skip): the skip rate and mean score over the batches.
+  std::vector<double> skip_rate, skip_score;
 };
 
 Evaluation evaluate(Model& model, const BatchSampler& sampler, int64_t batches, int num_domains,
@@ -303,6 +312,17 @@ Evaluation evaluate(Model& model, const BatchSampler& sampler, int64_t batches, 
     split_batch(mine, in, target);
     const double loss = model.forward(in.data(), target.data(), mine.batch, mine.seq_len, false);
     ev.loss += (dp ? dp->sum(loss / double(dp->ranks())) : loss) / double(batches);
+    const std::vector<AttentionSkipStats> skips = model.attention_skip_stats();
+    ev.skip_rate.resize(skips.size(), 0.0);
+    ev.skip_score.resize(skips.size(), 0.0);
+    for (size_t j = 0; j < skips.size(); ++j) {
+      const double rate =
+          dp ? dp->sum(skips[j].skip_rate / double(dp->ranks())) : skips[j].skip_rate;
+      const double score =
+          dp ? dp->sum(skips[j].mean_score / double(dp->ranks())) : skips[j].mean_score;
+      ev.skip_rate[j] += rate / double(batches);
+      ev.skip_score[j] += score / double(batches);
+    }
     const auto caches = model.layer_caches();
     for (int64_t l = 0; l < L; ++l) {
       const MoECache& c = *caches[size_t(l)];
@@ -440,7 +460,10 @@ void write_checkpoint(const std::string& dir, const Model& model, AdamW& optim,
 
 // A fresh run's starting point from an earlier run's checkpoint folder (TrainConfig::init): its
 // parameters only; the optimiser moments, the step and the routers' state are not carried over.
-void load_initial_parameters(Model& model, const std::string& dir, const std::string& source) {
+// The attention-skip routers may be missing (a base model for Router-Tuning): returned, they keep
+// their initialisation.
+std::vector<std::string> load_initial_parameters(Model& model, const std::string& dir,
+                                                 const std::string& source) {
   const std::string path = dir + "/model.safetensors";
   if (!fs::is_regular_file(path))
     fail("{}: field 'init' = '{}': no checkpoint there (missing '{}')", source, dir, path);
@@ -448,7 +471,8 @@ void load_initial_parameters(Model& model, const std::string& dir, const std::st
   SafetensorsFile params;
   for (const auto& [name, t] : file.tensors)
     if (!name.starts_with("optim.")) params.tensors[name] = t;
-  model.load_safetensors(params, fmt::format("{} (field 'init' of {})", path, source));
+  return model.load_safetensors(params, fmt::format("{} (field 'init' of {})", path, source),
+                                /*allow_missing_attention_skip=*/true);
 }
 
 // Keeps the metrics lines of steps before `step` (a resumed run rewrites what follows).
@@ -491,6 +515,9 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
               parallel ? training::DataParallel::shard_of(*options.world, options.expert_parallel,
                                                           config.model.experts)
                        : ExpertShard{});
+  // Router-Tuning: only the attention-skip routers learn (the flags survive state changes).
+  model.set_router_tuning(config.router_tuning);
+  std::vector<std::string> init_missing;  // init's tensors left at their initialisation
   AdamW optim(config.optim, model.params().size());
   BatchSampler train_sampler(data.train, B, T, config.seed);
   const BatchSampler val_sampler(data.val, B, T, config.seed);
@@ -562,7 +589,14 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
       fail("{}: malformed checkpoint: {}", ckpt_dir, e.what());
     }
   } else {
-    if (!config.init.empty()) load_initial_parameters(model, config.init, config.source);
+    if (!config.init.empty()) {
+      init_missing = load_initial_parameters(model, config.init, config.source);
+      if (writer && !options.quiet && !init_missing.empty())
+        fmt::print(stderr,
+                   "{}: init from '{}': {} attention-skip router tensor(s) not in that checkpoint "
+                   "keep their initialisation: {}\n",
+                   config.name, config.init, init_missing.size(), fmt::join(init_missing, ", "));
+    }
     if (writer) write_file_atomic(metrics_path, std::string());
   }
   // Routers that route by the training data's token frequencies get them once, before the first
@@ -583,6 +617,7 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
               {"active_params", model.active_parameter_count()},
               {"tokens_per_step", B * T * config.grad_accum},
               {"domains", data.val.domain_names}};
+  if (!init_missing.empty()) run["init_missing"] = init_missing;
   if (dp)
     run["parallel"] = {{"ranks", dp->ranks()},
                        {"expert_parallel", dp->expert_parallel()},
@@ -609,6 +644,7 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
     model.zero_grads();
     double train_loss = 0.0, aux = 0.0;
     std::vector<RoutingStats> stats;
+    std::vector<AttentionSkipStats> skips;  // the first micro-batch's
     std::vector<uint64_t> digests;
     RankCounters counters;
     for (int64_t micro = 0; micro < config.grad_accum; ++micro) {
@@ -624,6 +660,7 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
       counters.add(model);
       if (micro == 0) {
         for (const RoutingStats* st : model.layer_stats()) stats.push_back(*st);
+        skips = model.attention_skip_stats();
         for (const MoECache* c : model.layer_caches())
           digests.push_back(routing_digest(c->routing_plan()));
         if (writer && !options.trace_path.empty() && step == options.trace_step)
@@ -648,6 +685,15 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
       layers.push_back(layer_step_json(stats[l], int64_t(l)));
       layers.back()["routing_digest"] = fmt::format("{:016x}", digests[l]);
     }
+    if (!skips.empty()) {  // MindSkip: this rank's first micro-batch
+      json rows = json::array();
+      for (const AttentionSkipStats& sk : skips)
+        rows.push_back({{"layer", sk.layer},
+                        {"skip_rate", sk.skip_rate},
+                        {"mean_score", sk.mean_score},
+                        {"losses", {{"attention_skip", sk.loss}}}});
+      row["attention_skip"] = rows;
+    }
     if (dp) row["parallel"] = counters.gather(*dp, step_seconds);
     if (!std::isfinite(train_loss))
       fail("train: the training loss became {} at step {} (try a lower lr)", train_loss, step);
@@ -668,6 +714,14 @@ TrainResult train(const TrainConfig& config, const TrainOptions& options) {
         }
       }
       previous_probe = ev.probe_top1;
+      if (!ev.skip_rate.empty()) {
+        json rows = json::array();
+        for (size_t j = 0; j < ev.skip_rate.size(); ++j)
+          rows.push_back({{"layer", skips.size() > j ? skips[j].layer : int64_t(j)},
+                          {"skip_rate", ev.skip_rate[j]},
+                          {"mean_score", ev.skip_score[j]}});
+        row["val_attention_skip"] = rows;
+      }
     }
     row["layers"] = layers;
     if (writer) metrics << row.dump() << "\n" << std::flush;

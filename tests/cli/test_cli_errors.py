@@ -800,6 +800,41 @@ def compare_results(binary, root):
     return results
 
 
+def attention_skip_results(binary, root):
+    """`switchyard train` with a bad MindSkip option (model attention_skip, train router_tuning):
+    rejected before anything trains, naming the config, the field and its value."""
+    results = []
+    cfg = os.path.join(root, "skip_bad.json")
+    tiny = {"d_model": 16, "n_layers": 3, "n_heads": 2, "seq_len": 8, "experts": 4, "d_ff": 8,
+            "dense_d_ff": 8}
+    for label, skip, extra, needles in (
+            ("an unknown attention_skip field", {"treshold": 0.5}, {},
+             ["attention_skip", "treshold"]),
+            ("threshold 1.5", {"threshold": 1.5}, {}, ["attention_skip", "threshold", "1.5"]),
+            ("threshold -0.2", {"threshold": -0.2}, {}, ["attention_skip", "threshold", "-0.2"]),
+            ("a skip layer out of range", {"layers": [0, 7]}, {},
+             ["attention_skip", "layers", "7", r"\[0, 3\)"]),
+            ("a skip layer listed twice", {"layers": [1, 1]}, {}, ["attention_skip", "twice"]),
+            ("gate 'soft'", {"gate": "soft"}, {}, ["attention_skip", "gate", "soft"]),
+            ("a negative skip loss", {"loss": -1}, {}, ["attention_skip", "loss"]),
+            ("router_tuning without attention_skip", None, {"router_tuning": True},
+             ["router_tuning", "attention_skip"])):
+        model = dict(tiny)
+        if skip is not None:
+            model["attention_skip"] = skip
+        out = os.path.join(root, "skip_bad_run")
+        with open(cfg, "w") as f:
+            json.dump({"steps": 1, "model": model, "data": {"synthetic": True}, "out": out,
+                       **extra}, f)
+        p = subprocess.run([binary, "train", "--config", cfg], capture_output=True, text=True,
+                           timeout=TIMEOUT_S)
+        problem = "; ".join(rejection_problems(p, needles + [re.escape(cfg)])) or None
+        if problem is None and os.path.exists(os.path.join(out, "metrics.jsonl")):
+            problem = "a run was started before the bad config was rejected"
+        results.append((f"train rejects {label}", problem))
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--switchyard", required=True, help="the switchyard binary")
@@ -819,6 +854,7 @@ def main():
             results.append((case.name, check_case(binary, root, i, case)))
         results.extend(llm_results(binary, root))
         results.extend(compare_results(binary, root))
+        results.extend(attention_skip_results(binary, root))
         for name, problem in results:
             if problem is None:
                 passed += 1

@@ -28,6 +28,10 @@ Outputs (float64 unless noted):
   route_margin.<step>.<i> (T): each token's own margin, so that a routing flip in the C++ run can
   be told apart from a near-tie;
   final.<name>: every parameter after the N steps (diagnostics).
+MindSkip (model.json attention_skip, docs/routers/mindskip.md), per skipping layer l:
+  skip_loss.<l>, skip_score.<l> (B) at the initial weights; skip.<step>.<l> (B): 1 where the
+  sequence's attention ran at that step, skip_margin.<step>.<l> (B): |s - threshold| (part of
+  route_margin); eval_logits (B, T, V): the evaluation forward at the initial weights.
 
 Optimiser (docs/model.md; the details the contract leaves open are fixed here as in llm.c):
   t = step + 1; lr(step) = lr * (step + 1) / warmup for step < warmup, else
@@ -70,8 +74,14 @@ MODEL_DEFAULTS = {
     "moe_every": 1, "experts": 8, "d_ff": 256, "shared_d_ff": 0, "dense_d_ff": 512,
     "activation": "swiglu", "swiglu_alpha": None, "swiglu_limit": None, "tied_head": True, "rope_theta": 10000.0, "norm_eps": 1e-5,
     "init_std": 0.02, "router": {"router": "mixtral", "k": 2}, "moe_layers": None,
-    "shared_expert_gate": False, "moe_sublayers": 1,
+    "shared_expert_gate": False, "moe_sublayers": 1, "attention_skip": None,
 }
+
+SKIP_KEYS = {"threshold", "loss", "gate", "layers"}
+
+# MindSkip (docs/routers/mindskip.md): per skipping layer of the last forward, in layer order,
+# {"layer", "score" (B,), "kept" (B,) bool, "loss"} -- set by forward().
+SKIP_INFOS = []
 
 
 class ModelError(ValueError):
@@ -111,7 +121,19 @@ def parse_model_config(j):
             router[key] = cfg[key]
     router["training"] = True
     cfg["layer"] = TL.parse_config(router)
+    sk = cfg["attention_skip"]
+    if sk is not None:  # model.json carries every field, the layer list resolved
+        if not isinstance(sk, dict) or set(sk) != SKIP_KEYS:
+            raise ModelError(f"model.json: attention_skip must have exactly {sorted(SKIP_KEYS)}")
+        if sk["gate"] not in ("ste", "score") or not 0.0 <= sk["threshold"] <= 1.0:
+            raise ModelError(f"model.json: bad attention_skip {sk}")
+        if any(not 0 <= l < cfg["n_layers"] for l in sk["layers"]):
+            raise ModelError(f"model.json: attention_skip layers {sk['layers']} out of range")
     return cfg
+
+
+def skips(cfg, l):
+    return cfg["attention_skip"] is not None and l in cfg["attention_skip"]["layers"]
 
 
 def is_moe_layer(cfg, l):
@@ -160,8 +182,10 @@ def param_specs(cfg):
         p = f"layers.{l}."
         specs += [(p + "attn_norm", (C,), True, "ones"),
                   (p + "attn.wqkv", (3 * C, C), True, "normal"),
-                  (p + "attn.wo", (C, C), True, "proj"),
-                  (p + "mlp_norm", (C,), True, "ones")]
+                  (p + "attn.wo", (C, C), True, "proj")]
+        if skips(cfg, l):  # MindSkip's router w (1, C), no bias
+            specs.append((p + "attn_skip.weight", (1, C), True, "normal"))
+        specs.append((p + "mlp_norm", (C,), True, "ones"))
         for _, _, s, m in [u for u in moe_units(cfg) if u[1] == l]:
             if s > 0:  # x_s = RMSNorm(x_{s-1} + y_{s-1}) with this weight
                 specs.append((f"layers.{l}.sub{s}.norm", (C,), True, "ones"))
@@ -610,6 +634,8 @@ def forward(cfg, P, inputs, targets, states):
     aux_layers, infos = [], []
     token_ids = inputs.reshape(-1).tolist()
     carry = None  # RMoE: the GRU state passed from one MoE layer to the next
+    SKIP_INFOS.clear()
+    skip_losses = []
     for l in range(cfg["n_layers"]):
         p = f"layers.{l}."
         a = rmsnorm(h, P[p + "attn_norm"], eps)
@@ -622,7 +648,27 @@ def forward(cfg, P, inputs, targets, states):
         att = (q @ k.transpose(-1, -2)) / math.sqrt(D)
         att = torch.softmax(att.masked_fill(mask, float("-inf")), dim=-1)
         o = (att @ v).transpose(1, 2).reshape(B, T, C)
-        h = h + o @ P[p + "attn.wo"].t()
+        if skips(cfg, l):
+            # MindSkip: one score per sequence from the mean of the attention's input; the
+            # attention's output joins only where s >= threshold. Computed everywhere here and
+            # masked: a skipped sequence's g is exactly 0 and so is its gradient.
+            sk = cfg["attention_skip"]
+            s = torch.sigmoid(a.mean(dim=1) @ P[p + "attn_skip.weight"][0])        # (B,)
+            kept = (s >= sk["threshold"]).detach()
+            k = kept.to(DTYPE)
+            if sk["gate"] == "ste":  # forward 1 (kept) / 0, straight-through gradient
+                g = k * (1.0 + s - s.detach())
+                loss = sk["loss"] * (k + s - s.detach()).mean()
+            else:
+                g = k * s
+                loss = sk["loss"] * s.mean()
+            h = h + g[:, None, None] * (o @ P[p + "attn.wo"].t())
+            skip_losses.append(loss)
+            SKIP_INFOS.append({"layer": l, "score": s.detach().clone(), "kept": kept.clone(),
+                               "loss": float(loss.detach()),
+                               "margin": (s.detach() - sk["threshold"]).abs()})
+        else:
+            h = h + o @ P[p + "attn.wo"].t()
         m = rmsnorm(h, P[p + "mlp_norm"], eps)
         if is_moe_layer(cfg, l):
             # The block's sub-layers in order: sub-layer s > 0 reads RMSNorm(x + y) of the one
@@ -645,6 +691,8 @@ def forward(cfg, P, inputs, targets, states):
     ce = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
     aux_total = torch.zeros((), dtype=DTYPE)
     for a in aux_layers:
+        aux_total = aux_total + a
+    for a in skip_losses:  # MindSkip's skip loss joins the aux loss
         aux_total = aux_total + a
     return logits, ce, aux_total, aux_layers, infos
 
@@ -762,6 +810,7 @@ def train(cfg, P, inputs, targets, steps, opt):
             logits = logits2
         for info in infos:
             info["T"] = inputs.numel()
+        skip_infos = [dict(i) for i in SKIP_INFOS]  # the (second) pass's MindSkip decisions
         loss = ce + aux
         live = [i for i, n in enumerate(names) if n not in frozen]
         got = torch.autograd.grad(loss, [tensors[i] for i in live], allow_unused=True)
@@ -778,10 +827,22 @@ def train(cfg, P, inputs, targets, steps, opt):
                 out0[aux_name(cfg, l, s)] = np.array(float(a.detach()))
             for n, g in zip(names, grads):
                 out0["grad." + n] = g.detach().numpy().copy()
+            for si in skip_infos:
+                out0[f"skip_loss.{si['layer']}"] = np.array(si["loss"])
+                out0[f"skip_score.{si['layer']}"] = si["score"].numpy().copy()
+            if cfg["attention_skip"] is not None:
+                # The evaluation forward (the same rule; the C++ side runs training = false).
+                with torch.no_grad():
+                    eval_logits, _, _, _, _ = forward(cfg, P, inputs, targets, states)
+                out0["eval_logits"] = eval_logits.detach().numpy().copy()
         if steps == 0:
             break
         losses.append(float(loss.detach()))
-        margins.append(min([info["margin"] for info in infos], default=math.inf))
+        margins.append(min([info["margin"] for info in infos] +
+                           [float(si["margin"].min()) for si in skip_infos], default=math.inf))
+        for si in skip_infos:
+            route[f"skip.{step}.{si['layer']}"] = si["kept"].numpy().astype(np.float64)
+            route[f"skip_margin.{step}.{si['layer']}"] = si["margin"].numpy().copy()
         for i, info in enumerate(infos):
             route[f"route.{step}.{i}"] = info["kept"].numpy().astype(np.float64)
             route[f"route_margin.{step}.{i}"] = info["margin_tokens"].numpy().copy()
