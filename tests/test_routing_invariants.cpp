@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <exception>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <ostream>
@@ -56,13 +55,12 @@ Problem make_router_problem(const json& router, bool training, bool per_sequence
   o.T = T;
   o.E = kExperts;
   o.seq_lens = three_sequences(T);
-  try {
-    return make_problem(config, o, rng);
-  } catch (const std::exception&) {
-    // A router built for a fixed expert count (Duo-LLM's small and big module) rejects 16.
-    o.E = 2;
-    return make_problem(config, o, rng);
-  }
+  // A router built for one expert count (Duo-LLM's small and big module) gets it.
+  const LayerConfig layer = parse_layer_config(config, "test_routing_invariants");
+  if (const int64_t n = make_router(layer.router, layer.router_params, "test")->required_experts();
+      n > 0)
+    o.E = n;
+  return make_problem(config, o, rng);
 }
 
 // The hidden widths a router's parameters allow: Flextron's list of fractions, Duo-LLM's small

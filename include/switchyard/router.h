@@ -261,6 +261,9 @@ class Router {
   // Rejects an expert count the router cannot route (k > R, groups not dividing E); `context`
   // names the config in the message. Called when the layer is built, before any data is read.
   virtual void check_shape(int64_t /*num_experts*/, const std::string& /*context*/) const {}
+  // The one expert count the router is built for (Duo-LLM's small and big module: 2), which
+  // `compare --routers` gives its model and the tests use; 0: any count check_shape accepts.
+  virtual int64_t required_experts() const { return 0; }
   // The logit function, where the router has its own (its tensors replace gate.weight); null:
   // the linear gate.
   virtual const LogitFunction* logit_function() const { return nullptr; }

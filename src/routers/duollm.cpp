@@ -52,6 +52,7 @@ class DuoLLMRouter final : public Router {
   int64_t num_outputs(int64_t) const override { return skip_ ? 3 : 2; }
   double nominal_experts_per_token(int64_t) const override { return 1.0; }
   double nominal_width_fraction() const override { return lambda_ > 0.0 ? target_ : 1.0; }
+  int64_t required_experts() const override { return 2; }
   void check_shape(int64_t E, const std::string& context) const override {
     if (E != 2)
       fail(
