@@ -12,12 +12,14 @@
 #include <cstdlib>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/kernels.h"
+#include "layer/token_dispatcher.h"
 
 namespace {
 
@@ -355,6 +357,39 @@ TEST(ElasticWidth, Bf16ExpertsAreRefused) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("duollm"));
     EXPECT_THAT(e.what(), ::testing::HasSubstr("BF16"));
   }
+}
+
+// A dispatcher that moves rows elsewhere (here a stand-in for the expert-parallel one) does
+// not carry the widths: the layer refuses it for an elastic-width router, and takes it for others.
+class RemoteDispatcher final : public switchyard::layer::TokenDispatcher {
+ public:
+  int64_t dispatch_preprocess(switchyard::RoutingPlan&, const float*, int64_t, int64_t, int64_t,
+                              MoECache&) override {
+    return 0;
+  }
+  void dispatch_communicate(int64_t, MoECache&) override {}
+  void dispatch_postprocess(int64_t, MoECache&) override {}
+  void combine(MoECache&, int64_t, int64_t, float*) override {}
+  void combine_backward(const MoECache&, const float*, int64_t, float*, float*) override {}
+  void dispatch_backward(const MoECache&, const float*, int64_t, int64_t, float*) override {}
+};
+
+TEST(ElasticWidth, NonLocalDispatcherIsRefused) {
+  for (const char* router : {"duollm", "flextron"}) {
+    SCOPED_TRACE(router);
+    MoELayer layer(switchyard::parse_layer_config({{"router", router}}, "test_layer_seams"),
+                   MoEShape{4, 2, 4, 0});
+    try {
+      layer.set_dispatcher(std::make_unique<RemoteDispatcher>());
+      FAIL() << "a non-local dispatcher was accepted";
+    } catch (const switchyard::Error& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(router));
+      EXPECT_THAT(e.what(), ::testing::HasSubstr("expert parallelism"));
+    }
+  }
+  MoELayer plain(switchyard::parse_layer_config({{"router", "mixtral"}}, "test_layer_seams"),
+                 MoEShape{4, 2, 4, 0});
+  EXPECT_NO_THROW(plain.set_dispatcher(std::make_unique<RemoteDispatcher>()));
 }
 
 }  // namespace elastic
