@@ -244,6 +244,21 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // Flextron: top-2 experts, each on a prefix of d_ff chosen per token (d_ff 24: 6, 12, 18 or 24
+    // hidden units), the compute and balance losses in the objective.
+    GoldenCase g{"flextron_elastic_width", tiny_config(), tiny_opt()};
+    g.model.router = {{"router", "flextron"}, {"k", 2}, {"normalize", true}, {"compute_loss", 0.5}};
+    out.push_back(g);
+  }
+  {
+    // Duo-LLM: two experts, the small one on 6 of 24 hidden units, skipping allowed, the compute
+    // loss in the objective.
+    GoldenCase g{"duollm_small_big_skip", tiny_config(), tiny_opt()};
+    g.model.experts = 2;
+    g.model.router = {{"router", "duollm"}, {"skip", true}, {"compute_loss", 1.0}};
+    out.push_back(g);
+  }
+  {
     GoldenCase g{"thor_token_draws", tiny_config(), tiny_opt()};
     g.model.router = {{"router", "thor"}, {"consistency", 1.0}, {"train_draw", "token"}};
     out.push_back(g);
