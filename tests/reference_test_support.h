@@ -774,6 +774,19 @@ inline std::vector<bool> bad_tokens(const Problem& pb, const Margins& m) {
       if (!gaps_ok(std::vector<double>(first + E, first + 2 * E), 1, m.logit)) bad[t] = true;
       if (pretrain && !gaps_ok(softmax_of(&z[t * R], E), k, m.score)) bad[t] = true;
     }
+  } else if (f == "duollm") {
+    // The argmax of softmax(z) over the outputs (random routes go by the uniform draw, the same
+    // float in every path: no margin).
+    const bool random = pb.config.training && pb.router_params.at("random_routes").get<bool>();
+    for (int64_t t = 0; t < pb.T && !random; ++t)
+      if (!gaps_ok(softmax_of(&z[t * R], R), 1, m.score)) bad[t] = true;
+  } else if (f == "flextron") {
+    // The top-k set of the experts block and the width block's argmax.
+    const int64_t E = pb.shape.E, k = pb.router_params.at("k");
+    for (int64_t t = 0; t < pb.T; ++t)
+      if (!gaps_ok(softmax_of(&z[t * R], E), k, m.score) ||
+          !gaps_ok(softmax_of(&z[t * R + E], R - E), 1, m.score))
+        bad[t] = true;
   } else if (f == "remoe") {
     for (int64_t t = 0; t < pb.T; ++t)
       for (int64_t r = 0; r < R; ++r)

@@ -70,6 +70,10 @@ void compare_with_reference(Problem& pb) {
   ASSERT_EQ(cache.router_carry.size(), ref.router_carry.size()) << "router carry out";
   EXPECT_LE(max_abs_diff(cache.router_carry, ref.router_carry), 1e-5) << "router carry out differs";
   EXPECT_EQ(cache.stats.tokens_per_expert, ref.tokens_per_expert);
+  if (ref.hidden_per_token >= 0.0) {  // per-assignment widths (Duo-LLM, Flextron) or all F
+    EXPECT_NEAR(cache.stats.hidden_per_token, ref.hidden_per_token, 1e-9)
+        << "hidden units per token differ";
+  }
   EXPECT_EQ(cache.stats.dropped, ref.dropped);
   EXPECT_NEAR(cache.stats.aux_loss, ref.aux_loss, 1e-4 * std::abs(ref.aux_loss) + 1e-9);
   if (pb.clamped() && T >= 100) {  // enough rows that the clamps must cut at both ends

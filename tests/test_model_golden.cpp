@@ -248,6 +248,21 @@ std::vector<GoldenCase> cases() {
     out.push_back(g);
   }
   {
+    // Flextron: top-2 experts, each on a prefix of d_ff chosen per token (d_ff 24: 6, 12, 18 or 24
+    // hidden units), the compute and balance losses in the objective.
+    GoldenCase g{"flextron_elastic_width", tiny_config(), tiny_opt()};
+    g.model.router = {{"router", "flextron"}, {"k", 2}, {"normalize", true}, {"compute_loss", 0.5}};
+    out.push_back(g);
+  }
+  {
+    // Duo-LLM: two experts, the small one on 6 of 24 hidden units, skipping allowed, the compute
+    // loss in the objective.
+    GoldenCase g{"duollm_small_big_skip", tiny_config(), tiny_opt()};
+    g.model.experts = 2;
+    g.model.router = {{"router", "duollm"}, {"skip", true}, {"compute_loss", 1.0}};
+    out.push_back(g);
+  }
+  {
     GoldenCase g{"thor_token_draws", tiny_config(), tiny_opt()};
     g.model.router = {{"router", "thor"}, {"consistency", 1.0}, {"train_draw", "token"}};
     out.push_back(g);
@@ -750,6 +765,33 @@ TEST(ModelAoe, ShapesActiveParametersAndCheckpoint) {
   Model again(c, 99);
   again.load_safetensors(model.to_safetensors(), "aoe checkpoint");
   EXPECT_EQ(again.forward(tokens.data(), targets.data(), 2, c.seq_len, false), loss);
+}
+
+// Per-assignment widths (Flextron, Duo-LLM): the routed experts count at k/E times the router's
+// nominal width fraction (its compute target while its compute loss is on, else 1).
+TEST(ModelElastic, ActiveParametersCountTheWidthFraction) {
+  auto routed_of = [](const Model& m) {
+    int64_t n = 0;
+    for (const ParamTensor& t : m.tensors())
+      if (t.trainable && t.name.find("moe.experts.") != std::string::npos) n += int64_t(t.size);
+    return double(n);
+  };
+  ModelConfig c = tiny_config();
+  const double E = double(c.experts);
+  c.router = {{"router", "flextron"}, {"k", 2}, {"compute_target", 0.25}};
+  const Model flex(c, 5);
+  EXPECT_NEAR(double(flex.active_parameter_count()),
+              double(flex.parameter_count()) - routed_of(flex) + routed_of(flex) * 2 * 0.25 / E,
+              1.0);
+  c.router = {{"router", "flextron"}, {"k", 2}, {"compute_loss", 0.0}};
+  const Model full(c, 5);
+  EXPECT_NEAR(double(full.active_parameter_count()),
+              double(full.parameter_count()) - routed_of(full) + routed_of(full) * 2 / E, 1.0);
+  c.experts = 2;
+  c.router = {{"router", "duollm"}, {"compute_loss", 1.0}, {"compute_target", 0.4}};
+  const Model duo(c, 5);
+  EXPECT_NEAR(double(duo.active_parameter_count()),
+              double(duo.parameter_count()) - routed_of(duo) + routed_of(duo) * 0.4 / 2, 1.0);
 }
 
 // CartesianMoE's sizing (docs/routers/cartesianmoe.md): two sub-layers of E experts of width

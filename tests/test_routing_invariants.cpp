@@ -55,7 +55,60 @@ Problem make_router_problem(const json& router, bool training, bool per_sequence
   o.T = T;
   o.E = kExperts;
   o.seq_lens = three_sequences(T);
+  // A router built for one expert count (Duo-LLM's small and big module) gets it.
+  const LayerConfig layer = parse_layer_config(config, "test_routing_invariants");
+  if (const int64_t n = make_router(layer.router, layer.router_params, "test")->required_experts();
+      n > 0)
+    o.E = n;
   return make_problem(config, o, rng);
+}
+
+// The hidden widths a router's parameters allow: Flextron's list of fractions, Duo-LLM's small
+// width and F (round(f F), halves up, in [1, F], as docs/layer-config.md says); empty: any.
+std::set<int32_t> allowed_widths(const json& params, int64_t F) {
+  auto width_of = [F](double f) {
+    return int32_t(std::clamp<double>(std::floor(f * double(F) + 0.5), 1.0, double(F)));
+  };
+  std::set<int32_t> out;
+  if (params.contains("widths"))
+    for (double f : params.at("widths")) out.insert(width_of(f));
+  if (params.contains("small_width")) out = {width_of(params.at("small_width")), int32_t(F)};
+  return out;
+}
+
+// Per-assignment widths: present exactly for elastic-width routers, in the allowed set and in
+// [1, F]; rows of an expert ordered by width (descending) carrying their assignment's width; the
+// hidden-units statistic matches the rows.
+void check_width_invariants(const Problem& pb, const MoECache& cache) {
+  const RoutingPlan& plan = cache.plan;
+  const int64_t F = pb.shape.F, E = pb.shape.E;
+  if (!pb.traits.elastic_width) {
+    EXPECT_TRUE(plan.width.empty());
+    EXPECT_TRUE(cache.row_width.empty());
+    EXPECT_DOUBLE_EQ(cache.stats.hidden_per_token, cache.stats.experts_per_token);
+    return;
+  }
+  ASSERT_EQ(plan.width.size(), plan.size());
+  const std::set<int32_t> allowed = allowed_widths(pb.router_params, F);
+  for (int32_t w : plan.width) {
+    EXPECT_GE(w, 1);
+    EXPECT_LE(w, F);
+    if (!allowed.empty()) {
+      EXPECT_TRUE(allowed.count(w)) << "width " << w << " not allowed";
+    }
+  }
+  ASSERT_EQ(cache.row_width.size(), cache.row_assignment.size());
+  double units = 0.0;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = cache.expert_offsets[e]; r < cache.expert_offsets[e + 1]; ++r) {
+      EXPECT_EQ(cache.row_width[r], plan.width[cache.row_assignment[r]]) << "row " << r;
+      if (r > cache.expert_offsets[e]) {
+        EXPECT_GE(cache.row_width[r - 1], cache.row_width[r]);
+      }
+      units += double(cache.row_width[r]);
+    }
+  EXPECT_NEAR(cache.stats.hidden_per_token, units / double(F) / double(pb.T), 1e-12);
+  EXPECT_LE(cache.stats.hidden_per_token, cache.stats.experts_per_token + 1e-12);
 }
 
 // SMEAR-like routers route per sequence: plan rows are (sequence, expert), nothing is dispatched.
@@ -209,6 +262,7 @@ TEST_P(RoutingInvariants, PlanAndDispatch) {
         std::vector<float> y(static_cast<size_t>(T * pb.shape.d));
         pb.layer->forward(pb.params(), pb.batch(), cache, y.data());
         check_plan_invariants(pb, cache);
+        if (!pb.traits.pooled_per_sequence) check_width_invariants(pb, cache);
         for (float v : y) ASSERT_TRUE(std::isfinite(v));
       }
 }

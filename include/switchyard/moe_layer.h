@@ -114,7 +114,11 @@ struct RoutingStats {
   double max_vio = 0.0;  // (max load - mean load) / mean load
   double cv = 0.0;       // std / mean of the load
   double entropy = 0.0;  // mean per-token router entropy (nats)
-  double experts_per_token = 0.0;        // kept true-expert assignments per token
+  double experts_per_token = 0.0;  // kept true-expert assignments per token
+  // Expert hidden units run per token, in units of F: Σ over kept rows of width / F, over T.
+  // Equals experts_per_token for every router without per-assignment widths (traits'
+  // elastic_width); Duo-LLM's small module counts its width fraction.
+  double hidden_per_token = 0.0;
   std::map<std::string, double> losses;  // each enabled loss, coefficient applied
   double aux_loss = 0.0;                 // their sum
   // Forward wall time per phase: shared_expert, route (logits + router), dispatch (capacity,
@@ -146,9 +150,14 @@ struct MoECache {
   std::vector<int32_t> row_assignment;  // (A_kept) assignment of each dispatched row
   std::vector<int32_t> row_token;       // (A_kept) its token
   std::vector<float> row_weight;        // (A_kept) its combine weight
-  std::vector<int64_t> token_offsets;   // (T + 1) CSR of dispatched rows by token
-  std::vector<int32_t> token_rows;      // (A_kept)
-  std::vector<float> xd;                // (A_kept, d) gathered inputs
+  // (A_kept) its hidden width (RoutingPlan::width), where the plan has widths: rows of an expert
+  // are then ordered by width, descending (stable), so equal widths form contiguous segments
+  // that run as one GEMM chain on F' = width units; and a row's h1, h3, act take (width) values
+  // packed at (row offset of its segment) · F + (row within the segment) · width. Empty: all F.
+  std::vector<int32_t> row_width;
+  std::vector<int64_t> token_offsets;  // (T + 1) CSR of dispatched rows by token
+  std::vector<int32_t> token_rows;     // (A_kept)
+  std::vector<float> xd;               // (A_kept, d) gathered inputs
   // (A_kept, gate_in) each row's gate input from the logit function (MoEShape::gate_in > 0),
   // what w1 reads instead of xd; empty otherwise.
   std::vector<float> gate_in;
@@ -282,6 +291,9 @@ class MoELayer {
   // c.gate_in (rows, gate_in): each dispatched row's (token, expert) row of the logit function's
   // gate inputs (LogitFunction::expert_gate_inputs); cleared when gate_in is 0.
   void gather_gate_inputs(MoECache& c) const;
+  // The plan's widths: present (one per assignment, in [1, F]) exactly where the router's
+  // traits say elastic_width.
+  void check_widths(const RoutingPlan& plan) const;
   // Dense scoring (Router::dense_scoring): every expert on every token through the dispatcher and
   // the experts, into c.responses (T, E, d) and c.dense_row; and y from the plan over them.
   void dense_forward(const MoEParams& p, const MoEBatch& batch, MoECache& c);

@@ -40,6 +40,9 @@ struct Result {
   std::vector<int64_t> tokens_per_expert;  // (E)
   int64_t dropped = 0;
   std::vector<double> router_carry;  // (T, C) this layer's router carry (RMoE), or empty
+  // Σ over kept assignments of (its hidden width, or F) / F, over T (RoutingStats::
+  // hidden_per_token); -1 where not computed (SMEAR's merged experts).
+  double hidden_per_token = -1.0;
 };
 
 // `router_params` are the resolved parameters (Router::params(), with "router" naming the family:

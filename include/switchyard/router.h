@@ -44,6 +44,11 @@ struct RouterTraits {
   // Draws at inference too (THOR's random experts): a fixed stream per layer, the same at every
   // call, so evaluation is reproducible and leaves the training stream alone.
   bool draws_at_inference = false;
+  // Gives each assignment a hidden width (RoutingPlan::width): the expert runs only its hidden
+  // units [0, width) for that row (Duo-LLM's small module, Flextron's elastic width). The layer
+  // refuses what it cannot run that way yet (BF16 experts, expert parallelism, routing across
+  // ranks, gate inputs, dense scoring).
+  bool elastic_width = false;
 };
 // The draws per token n of RouterTraits for R router outputs.
 inline int64_t uniform_draws(const RouterTraits& traits, int64_t R) {
@@ -77,6 +82,9 @@ struct RouterInput {
   // (T) a non-negative importance per token, for routers whose traits say
   // needs_token_importance (a constant of the routing: it receives no gradient); else null.
   const float* token_importance = nullptr;
+  // The experts' hidden width F, for routers whose traits say elastic_width (their widths are
+  // shares of it); set on every call.
+  int64_t F = 0;
   // The sequences, (num_sequences) token ranges [begin, end) in order covering the T tokens
   // (MoEBatch::seq_lens), each inside one routing group; null under routing across ranks.
   const std::pair<int64_t, int64_t>* sequences = nullptr;
@@ -103,6 +111,10 @@ struct RoutingPlan {
   std::vector<double> first_choice_counts;  // (R) first choices only (top-k routers), else empty
   // Router-specific values saved for backward (e.g. normalisers), indexed as the router likes.
   std::vector<float> saved;
+  // (A) the hidden units [0, width) of its expert's F this assignment runs (1 <= width <= F),
+  // for routers whose traits say elastic_width; empty: every assignment runs all F (every other
+  // router). Fill it with add_width.
+  std::vector<int32_t> width;
 
   void clear();
   size_t size() const { return token.size(); }
@@ -112,6 +124,11 @@ struct RoutingPlan {
     group.push_back(g);
     weight.push_back(w);
     kept.push_back(1);
+  }
+  // add() with a hidden width (routers whose traits say elastic_width use it for every row).
+  void add_width(int32_t t, int32_t e, int32_t g, float w, int32_t hidden) {
+    add(t, e, g, w);
+    width.push_back(hidden);
   }
 };
 
@@ -229,6 +246,10 @@ class Router {
   // Experts a token's FFN compute stands for, nominally (the active-parameter count): k for
   // token-choice routers, the capacity factor for expert choice, E for dense soft routing.
   virtual double nominal_experts_per_token(int64_t /*num_experts*/) const { return 1.0; }
+  // The share of an expert's F hidden units a routed row runs, nominally (elastic-width routers:
+  // their compute target; 1 for every other router). The active-parameter count multiplies it
+  // with nominal_experts_per_token.
+  virtual double nominal_width_fraction() const { return 1.0; }
   // Number of router outputs R for E experts (E + null experts for AdaMoE).
   virtual int64_t num_outputs(int64_t num_experts) const { return num_experts; }
   // The block of logit columns [first, first + count) whose scores choose the experts here, which
@@ -240,6 +261,9 @@ class Router {
   // Rejects an expert count the router cannot route (k > R, groups not dividing E); `context`
   // names the config in the message. Called when the layer is built, before any data is read.
   virtual void check_shape(int64_t /*num_experts*/, const std::string& /*context*/) const {}
+  // The one expert count the router is built for (Duo-LLM's small and big module: 2), which
+  // `compare --routers` gives its model and the tests use; 0: any count check_shape accepts.
+  virtual int64_t required_experts() const { return 0; }
   // The logit function, where the router has its own (its tensors replace gate.weight); null:
   // the linear gate.
   virtual const LogitFunction* logit_function() const { return nullptr; }

@@ -262,6 +262,7 @@ nlohmann::json stats_json(const RoutingStats& s) {
           {"cv", s.cv},
           {"entropy", s.entropy},
           {"experts_per_token", s.experts_per_token},
+          {"hidden_per_token", s.hidden_per_token},
           {"losses", s.losses},
           {"aux_loss", s.aux_loss}};
 }

@@ -121,6 +121,8 @@ json entry_for_router(const std::string& name) {
   // Routers whose tokens stand for one expert's compute (top-1, hash, merged experts) get
   // experts twice as wide, to match the top-2 routers' expert FLOPs.
   if (router->nominal_experts_per_token(ModelConfig{}.experts) == 1.0) e["d_ff_scale"] = 2;
+  // A router built for one expert count (Duo-LLM's small and big module) gets a model with it.
+  if (const int64_t n = router->required_experts(); n > 0) e["model"] = {{"experts", n}};
   // A locality-aware router in one process routes as 4 ranks on 2 nodes would (docs/training.md).
   if (router->traits().needs_placement)
     e["router"]["placement"] = {{"ranks", 4}, {"ranks_per_node", 2}};

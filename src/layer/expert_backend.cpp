@@ -25,6 +25,19 @@ void for_each_expert(int64_t E, const std::vector<int64_t>& offsets, Fn&& fn) {
   for (int64_t i = 0; i < E; ++i) fn(order[size_t(i)]);
 }
 
+// Runs fn(begin, rows, width) for each run of equal widths among rows [begin, end) (the
+// dispatcher ordered them by width within each expert).
+template <typename Fn>
+void for_each_width_segment(const std::vector<int32_t>& width, int64_t begin, int64_t end,
+                            Fn&& fn) {
+  for (int64_t b = begin; b < end;) {
+    int64_t j = b + 1;
+    while (j < end && width[size_t(j)] == width[size_t(b)]) ++j;
+    fn(b, j - b, int64_t(width[size_t(b)]));
+    b = j;
+  }
+}
+
 float* take(std::vector<float>& v, int64_t n) {
   if (v.size() < size_t(n)) v.resize(size_t(n));
   return v.data();
@@ -81,6 +94,7 @@ void CpuExpertBackend::forward(cpu::Act act, const MoEShape& s, const MoEParams&
   const float* xg = s.gate_in > 0 ? c.gate_in.data() : c.xd.data();
   const auto bf16_acts =
       p.bf16_round_activations ? cpu::Bf16Activations::Round : cpu::Bf16Activations::Float32;
+  const bool elastic = !c.row_width.empty();
   for_each_expert(s.E, c.expert_offsets, [&](int64_t e) {
     const int64_t o = c.expert_offsets[size_t(e)], n = c.expert_offsets[size_t(e) + 1] - o;
     float* h3 = swiglu ? c.h3.data() + o * F : nullptr;
@@ -89,10 +103,19 @@ void CpuExpertBackend::forward(cpu::Act act, const MoEShape& s, const MoEParams&
                             p.w3_bf16 ? p.w3_bf16 + e * F * d : nullptr, p.w2_bf16 + e * d * F,
                             c.h1.data() + o * F, h3, c.act.data() + o * F, c.out.data() + o * d,
                             bf16_acts);
-    else if (n > 0)
+    else if (n > 0 && !elastic)
       cpu::ffn_forward_gated(act, n, d, dg, F, c.xd.data() + o * d, xg + o * dg, expert_w1(p, s, e),
                              swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e),
                              c.h1.data() + o * F, h3, c.act.data() + o * F, c.out.data() + o * d);
+    else if (n > 0)
+      // Per-assignment widths: each run of equal width w runs on w1, w3 rows [0, w) and w2
+      // columns [0, w) (leading dimension F), its h1, h3, act (rows, w) packed at its offset.
+      for_each_width_segment(c.row_width, o, o + n, [&](int64_t b, int64_t m, int64_t w) {
+        cpu::ffn_forward_gated(
+            act, m, d, dg, w, c.xd.data() + b * d, xg + b * dg, expert_w1(p, s, e),
+            swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e), c.h1.data() + b * F,
+            swiglu ? c.h3.data() + b * F : nullptr, c.act.data() + b * F, c.out.data() + b * d, F);
+      });
   });
 }
 
@@ -124,12 +147,28 @@ void CpuExpertBackend::backward(cpu::Act act, const MoEShape& s, const MoEParams
     if (swiglu && !dw3) dw3 = scratch + F * dg;
     if (!dw2) dw2 = scratch + F * dg + F * d;
     if (!expert_w1(p, s, e)) return;  // held elsewhere: no rows (checked in forward)
-    cpu::ffn_backward_gated(act, n, d, dg, F, c.xd.data() + o * d, xg + o * dg, expert_w1(p, s, e),
-                            swiglu ? expert_w3(p, s, e) : nullptr, expert_w2(p, s, e),
-                            c.h1.data() + o * F, swiglu ? c.h3.data() + o * F : nullptr,
-                            c.act.data() + o * F, dout + o * d, dact + o * F,
-                            swiglu ? dh3 + o * F : nullptr, dw1, dw3, dw2, dxd + o * d,
-                            gated ? dgate + o * dg : dxd + o * d, false);
+    if (c.row_width.empty()) {
+      cpu::ffn_backward_gated(act, n, d, dg, F, c.xd.data() + o * d, xg + o * dg,
+                              expert_w1(p, s, e), swiglu ? expert_w3(p, s, e) : nullptr,
+                              expert_w2(p, s, e), c.h1.data() + o * F,
+                              swiglu ? c.h3.data() + o * F : nullptr, c.act.data() + o * F,
+                              dout + o * d, dact + o * F, swiglu ? dh3 + o * F : nullptr, dw1, dw3,
+                              dw2, dxd + o * d, gated ? dgate + o * dg : dxd + o * d, false);
+      return;
+    }
+    // Per-assignment widths: the hidden units no row ran get zero gradient; each segment adds
+    // its share to dW1, dW3 rows [0, w) and dW2 columns [0, w).
+    std::fill(dw1, dw1 + F * dg, 0.0f);
+    if (dw3) std::fill(dw3, dw3 + F * d, 0.0f);
+    std::fill(dw2, dw2 + d * F, 0.0f);
+    for_each_width_segment(c.row_width, o, o + n, [&](int64_t b, int64_t m, int64_t w) {
+      cpu::ffn_backward_gated(act, m, d, dg, w, c.xd.data() + b * d, xg + b * dg,
+                              expert_w1(p, s, e), swiglu ? expert_w3(p, s, e) : nullptr,
+                              expert_w2(p, s, e), c.h1.data() + b * F,
+                              swiglu ? c.h3.data() + b * F : nullptr, c.act.data() + b * F,
+                              dout + b * d, dact + b * F, swiglu ? dh3 + b * F : nullptr, dw1, dw3,
+                              dw2, dxd + b * d, gated ? dgate + b * dg : dxd + b * d, true, F);
+    });
   });
 }
 

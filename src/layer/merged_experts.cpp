@@ -58,6 +58,7 @@ void merged_experts_forward(const Router& router, bool training, cpu::Act act,
   stats.tokens_per_expert.assign(size_t(E), T);
   stats.assignments = int64_t(c.plan.size());
   stats.experts_per_token = 1.0;  // one merged expert per token
+  stats.hidden_per_token = 1.0;
   LossInput li{c.logits.data(), S, R, ScoreKind::Softmax, &c.plan, {{0, S}}, nullptr};
   stats.entropy = mean_router_entropy(li, {0, R});
   check_overflow("y", y, T * d, d);

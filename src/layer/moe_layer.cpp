@@ -83,7 +83,7 @@ namespace {
 
 // What the router reads: this process's batch, or the global batch under routing across ranks.
 RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const MoECache& c,
-                              int64_t R, int64_t E, bool training,
+                              int64_t R, int64_t E, int64_t F, bool training,
                               const ExpertPlacement& placement) {
   const bool global = c.global.active;
   const std::vector<float>& logits = global ? c.global.logits : c.logits;
@@ -100,6 +100,7 @@ RouterInput make_router_input(const MoEParams& p, const MoEBatch& batch, const M
                  training,
                  global ? nullptr : batch.forced_experts,
                  global ? 0 : batch.forced_k};
+  in.F = F;
   if (in.T > 0 && !c.noise.uniform.empty())
     in.uniforms_per_token = int64_t(c.noise.uniform.size()) / in.T;
   if (!c.token_importance.empty()) in.token_importance = c.token_importance.data();
@@ -140,6 +141,11 @@ void MoELayer::set_routing_communicator(dist::Communicator* comm) {
         "moe_layer: router '{}' feeds its own activations to the experts' gate projection; "
         "routing across ranks does not carry them yet",
         config_.router);
+  if (comm && comm->size() > 1 && router_->traits().elastic_width)
+    fail(
+        "moe_layer: router '{}' gives each assignment a hidden width; routing across ranks does "
+        "not carry the widths yet",
+        config_.router);
   routing_comm_ = comm && comm->size() > 1 ? comm : nullptr;
 }
 
@@ -166,6 +172,12 @@ MoELayer::MoELayer(const LayerConfig& config, const MoEShape& shape)
   } else {
     shape_.gate_in = 0;
   }
+  if (router_->traits().elastic_width &&
+      (shape_.gate_in > 0 || router_->traits().pooled_per_sequence))
+    fail(
+        "{}: router '{}' gives each assignment a hidden width, which the experts' gate inputs and "
+        "merged experts do not support",
+        config.source, config.router);
   if (router_->logit_function() && router_->traits().pooled_per_sequence)
     fail(
         "{}: router '{}' merges experts per sequence with gate.weight and cannot have its own "
@@ -207,6 +219,11 @@ void MoELayer::set_dispatcher(std::unique_ptr<layer::TokenDispatcher> dispatcher
         "moe_layer: router '{}' feeds its own activations to the experts' gate projection "
         "(experts.w1 is (E, F, {})); expert parallelism does not carry them yet",
         config_.router, shape_.gate_in);
+  if (router_->traits().elastic_width && !dynamic_cast<layer::LocalDispatcher*>(dispatcher.get()))
+    fail(
+        "moe_layer: router '{}' gives each assignment a hidden width; expert parallelism does not "
+        "carry the widths yet",
+        config_.router);
   dispatcher_ = std::move(dispatcher);
 }
 
@@ -247,6 +264,11 @@ void MoELayer::validate(const MoEParams& p, const MoEBatch& batch, bool check_we
     fail(
         "moe_layer: BF16 experts need w1_bf16 and w2_bf16 and no float32 experts, and a router "
         "that routes tokens ('{}' with BF16 experts)",
+        config_.router);
+  if (bf16 && traits.elastic_width)
+    fail(
+        "moe_layer: router '{}' gives each assignment a hidden width; the BF16 experts run every "
+        "hidden unit (use float32 experts)",
         config_.router);
   const bool swiglu = has_up_projection(config_.activation);
   const bool per_expert = p.w1_experts || p.w2_experts || p.w3_experts;
@@ -487,9 +509,15 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     c.token_rank =
         token_home_ranks(config_.placement, global ? c.global.seq_lens : batch.seq_lens, routed_T);
   }
-  RouterInput in = make_router_input(p, batch, c, R, E, config_.training, config_.placement);
+  RouterInput in =
+      make_router_input(p, batch, c, R, E, shape_.F, config_.training, config_.placement);
   // Dense scoring: every expert on every token first, the router routes from their outputs.
   c.dense = router_->dense_scoring(in);
+  if (c.dense && traits.elastic_width)
+    fail(
+        "moe_layer: router '{}' asks for dense scoring and per-assignment widths together, which "
+        "the layer does not run",
+        config_.router);
   if (c.dense && global)
     fail(
         "moe_layer: router '{}' runs every expert on every token on this call (dense scoring); "
@@ -512,6 +540,7 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     router_->route(in, c.plan);
   }
   RoutingPlan& plan = c.plan;
+  check_widths(plan);
   const RoutingPlan& chosen = c.routing_plan();  // before dispatch: kept == 0 is the router's
   stats.declined = std::count(chosen.kept.begin(), chosen.kept.end(), uint8_t{0});
 
@@ -569,6 +598,12 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
     stats.cv = std::sqrt(var) / mean;
   }
   stats.experts_per_token = double(routed_rows) / double(routed_T);
+  stats.hidden_per_token = stats.experts_per_token;
+  if (!c.row_width.empty()) {
+    double units = 0.0;
+    for (int32_t w : c.row_width) units += double(w);
+    stats.hidden_per_token = units / double(shape_.F) / double(routed_T);
+  }
   if (traits.needs_gate) {
     const LossInput li = make_loss_input(batch, c, R, traits.score);
     stats.entropy = mean_router_entropy(li, router_->scored_columns(in));
@@ -582,6 +617,22 @@ const RoutingStats& MoELayer::forward(const MoEParams& p, const MoEBatch& batch,
   check_overflow("y", y, T * d, d);
   lap("statistics");
   return stats;
+}
+
+void MoELayer::check_widths(const RoutingPlan& plan) const {
+  if (!router_->traits().elastic_width) {
+    if (!plan.width.empty())
+      fail("moe_layer: router '{}' set hidden widths but its traits do not say elastic_width",
+           config_.router);
+    return;
+  }
+  if (plan.width.size() != plan.size())
+    fail("moe_layer: router '{}' gave {} hidden widths for {} assignments", config_.router,
+         plan.width.size(), plan.size());
+  for (size_t a = 0; a < plan.size(); ++a)
+    if (plan.width[a] < 1 || plan.width[a] > shape_.F)
+      fail("moe_layer: router '{}' gave assignment {} the hidden width {}, outside [1, F = {}]",
+           config_.router, a, plan.width[a], shape_.F);
 }
 
 void MoELayer::dense_forward(const MoEParams& p, const MoEBatch& batch, MoECache& c) {
@@ -650,7 +701,8 @@ void MoELayer::dense_backward_rows(const MoEParams& p, const MoEBatch& batch, co
     }
     d_weight[a] = float(u);
   }
-  RouterInput in = make_router_input(p, batch, c, R_, E, config_.training, config_.placement);
+  RouterInput in =
+      make_router_input(p, batch, c, R_, E, shape_.F, config_.training, config_.placement);
   in.responses = c.responses.data();
   in.d = d;
   router_->backward_responses(in, plan, d_weight, double(aux_weight), d_resp.data());
@@ -776,7 +828,8 @@ void MoELayer::backward(const MoEParams& p, const MoEBatch& batch, const MoECach
     if (g.gate) std::fill(g.gate, g.gate + R * d, 0.0f);
     return;
   }
-  RouterInput in = make_router_input(p, batch, c, R, E, config_.training, config_.placement);
+  RouterInput in =
+      make_router_input(p, batch, c, R, E, shape_.F, config_.training, config_.placement);
   if (c.dense) {
     in.responses = c.responses.data();
     in.d = d;

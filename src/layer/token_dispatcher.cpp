@@ -18,6 +18,21 @@ int64_t group_rows(RoutingPlan& plan, int64_t T, int64_t E, std::vector<int64_t>
                                      plan.capacity.data(), G, E, slots.data(),
                                      c.expert_offsets.data(), c.row_assignment.data());
   c.row_assignment.resize(size_t(rows));
+  // Per-assignment widths: within each expert, rows by width, descending (stable: plan order
+  // among equal widths), so that each (expert, width) segment is contiguous.
+  if (plan.width.empty()) {
+    c.row_width.clear();
+  } else {
+    auto by_width = [&](int32_t a, int32_t b) {
+      return plan.width[size_t(a)] > plan.width[size_t(b)];
+    };
+    for (int64_t e = 0; e < E; ++e)
+      std::stable_sort(c.row_assignment.begin() + c.expert_offsets[size_t(e)],
+                       c.row_assignment.begin() + c.expert_offsets[size_t(e) + 1], by_width);
+    c.row_width.resize(size_t(rows));
+    for (int64_t r = 0; r < rows; ++r)
+      c.row_width[size_t(r)] = plan.width[size_t(c.row_assignment[size_t(r)])];
+  }
   c.row_token.resize(size_t(rows));
   c.row_weight.resize(size_t(rows));
   for (int64_t r = 0; r < rows; ++r) {

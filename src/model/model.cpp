@@ -561,10 +561,14 @@ int64_t Model::active_parameter_count() const {
   // Nominal experts per token (Router::nominal_experts_per_token).
   // Every MoE (sub-)layer has the same router config, and each sub-layer's experts count
   // apart: moe_sublayers = 2 at k per sub-layer activates 2 k experts of width d_ff per token.
+  // Elastic-width routers run a share of each expert's hidden units per row
+  // (Router::nominal_width_fraction; 1 for every other router).
   double k = 1.0;
   for (const auto& L : impl_->layers) {
     if (L.subs.empty()) continue;
-    k = L.subs[0].moe_layer->router().nominal_experts_per_token(config_.experts);
+    const Router& router = L.subs[0].moe_layer->router();
+    k = router.nominal_experts_per_token(config_.experts);
+    if (const double f = router.nominal_width_fraction(); f != 1.0) k *= f;
     break;
   }
   double n = 0;

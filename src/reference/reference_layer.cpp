@@ -170,6 +170,24 @@ std::vector<double> expert_ffn(const LayerConfig& config, const Params& p, const
   return ffn_gated(config, p.w1.data() + e * F * dg, w3, p.w2.data() + e * d * F, d, F, x, g);
 }
 
+// Expert e on token x on its first `width` hidden units only: w1, w3 sliced to their first
+// `width` rows and w2 to its first `width` columns, then the FFN of that width.
+std::vector<double> expert_ffn_width(const LayerConfig& config, const Params& p,
+                                     const MoEShape& shape, int64_t e, int64_t width,
+                                     const std::vector<double>& x, const std::vector<double>& g) {
+  const int64_t d = shape.d, F = shape.F, dg = static_cast<int64_t>(g.size());
+  if (width <= 0 || width == F) return expert_ffn(config, p, shape, e, x, g);
+  if (width > F) fail("reference::forward: hidden width {} exceeds F = {}", width, F);
+  const std::vector<double> w1(p.w1.begin() + e * F * dg, p.w1.begin() + e * F * dg + width * dg);
+  std::vector<double> w3;
+  if (has_up_projection(config.activation))
+    w3.assign(p.w3.begin() + e * F * d, p.w3.begin() + e * F * d + width * d);
+  std::vector<double> w2(d * width);
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t f = 0; f < width; ++f) w2[i * width + f] = p.w2[e * d * F + i * F + f];
+  return ffn_gated(config, w1.data(), w3.empty() ? nullptr : w3.data(), w2.data(), d, width, x, g);
+}
+
 // Autonomy-of-Experts (docs/routers/aoe.md): the rank r of each expert's W_down, 0 for routers
 // whose experts' gates read x.
 int64_t aoe_rank(const json& router_params) {
@@ -207,6 +225,7 @@ struct Assignment {
   int64_t expert = 0;  // a true expert, in [0, E)
   double weight = 0.0;
   bool kept = true;
+  int64_t width = 0;  // hidden units [0, width) of the expert's F it runs; 0: all F
 };
 
 struct Routing {
@@ -1516,6 +1535,129 @@ double vqmoe_regulariser(const json& params, const std::vector<double>& logits, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Elastic widths (docs/routers/duollm.md, flextron.md): a share f of F runs round(f F) hidden
+// units, halves up, at least 1 and at most F.
+
+int64_t width_of(double fraction, int64_t F) {
+  return std::clamp<int64_t>(static_cast<int64_t>(std::floor(fraction * F + 0.5)), 1, F);
+}
+
+// duollm: outputs (small, big[, skip]); routed: c = the first largest p = softmax(z), weight p_c;
+// random routes (training): c from the token's uniform u: skip below p_skip, big below
+// p_skip + p_big, else small, weight 1. Small is expert 0 at width_of(small_width), big expert 1
+// at F, skip routes nowhere.
+bool duollm_random(const json& params, bool training) {
+  return training && param<bool>(params, "random_routes");
+}
+
+Routing route_duollm(const json& params, const std::vector<double>& logits,
+                     const RouterNoise& noise, bool training, int64_t T, int64_t R, int64_t F) {
+  Routing routing;
+  routing.chosen.assign(T * R, 0.0);
+  const int64_t small = width_of(param<double>(params, "small_width"), F);
+  const int64_t n = T > 0 ? static_cast<int64_t>(noise.uniform.size()) / T : 1;
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t c = 0;
+    double w = 1.0;
+    if (duollm_random(params, training)) {
+      const double u = noise.uniform[t * n];
+      const double ps = param<double>(params, "p_skip"), pb = param<double>(params, "p_big");
+      c = u < ps ? 2 : (u < ps + pb ? 1 : 0);
+    } else {
+      const std::vector<double> p = softmax(row(logits, t, R));
+      c = order_descending(p)[0];
+      w = p[c];
+    }
+    routing.chosen[t * R + c] = 1.0;
+    if (c == 2) continue;
+    routing.assignments.push_back({t, c, w, true, c == 0 ? small : F});
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// λ (C − c*)², C = (1/T) Σ_t Σ_j p_tj cost_j, cost = (small width / F, 1, 0).
+double duollm_regulariser(const json& params, const std::vector<double>& logits, int64_t T,
+                          int64_t R, int64_t F) {
+  const double lambda = param<double>(params, "compute_loss");
+  if (lambda == 0.0 || T == 0) return 0.0;
+  const double cost[3] = {
+      static_cast<double>(width_of(param<double>(params, "small_width"), F)) / F, 1.0, 0.0};
+  double C = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    const std::vector<double> p = softmax(row(logits, t, R));
+    for (int64_t j = 0; j < R; ++j) C += p[j] * cost[j] / static_cast<double>(T);
+  }
+  const double gap = C - param<double>(params, "compute_target");
+  return lambda * gap * gap;
+}
+
+// flextron: each row [s (E) | m (W)]; the k largest p = softmax(s) (first largest on ties), each
+// weighted p_e (or p_e / their sum with normalize) times q_j, q = softmax(m), j the first largest
+// q, at width_of(widths[j]).
+struct FlextronToken {
+  std::vector<double> p, q;
+  std::vector<int64_t> top;
+  int64_t j = 0;
+};
+
+FlextronToken flextron_token(const json& params, const std::vector<double>& logits, int64_t t,
+                             int64_t E, int64_t R) {
+  FlextronToken v;
+  const auto first = logits.begin() + t * R;
+  v.p = softmax(std::vector<double>(first, first + E));
+  v.q = softmax(std::vector<double>(first + E, first + R));
+  const std::vector<int64_t> order = order_descending(v.p);
+  v.top.assign(order.begin(), order.begin() + param<int64_t>(params, "k"));
+  v.j = order_descending(v.q)[0];
+  return v;
+}
+
+Routing route_flextron(const json& params, const std::vector<double>& logits, int64_t T, int64_t E,
+                       int64_t R, int64_t F) {
+  const std::vector<double> widths = params.at("widths").get<std::vector<double>>();
+  const bool normalize = param<bool>(params, "normalize");
+  Routing routing;
+  routing.chosen.assign(T * R, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const FlextronToken v = flextron_token(params, logits, t, E, R);
+    double sum = 0.0;
+    for (int64_t e : v.top) sum += v.p[e];
+    for (int64_t e : v.top) {
+      const double pe = normalize ? v.p[e] / sum : v.p[e];
+      routing.assignments.push_back({t, e, pe * v.q[v.j], true, width_of(widths[v.j], F)});
+      routing.chosen[t * R + e] = 1.0;
+    }
+    routing.chosen[t * R + E + v.j] = 1.0;
+  }
+  routing.chosen_first = routing.chosen;
+  return routing;
+}
+
+// α E Σ_e f_e P_e over the experts block (f_e = #{t : e in top_t} / (T k), P_e = mean_t p_te)
+// plus λ (C − c*)², C = (1/T) Σ_t Σ_j q_tj width_of(widths[j]) / F.
+double flextron_regulariser(const json& params, const std::vector<double>& logits, int64_t T,
+                            int64_t E, int64_t R, int64_t F) {
+  if (T == 0) return 0.0;
+  const std::vector<double> widths = params.at("widths").get<std::vector<double>>();
+  const double k = static_cast<double>(param<int64_t>(params, "k"));
+  std::vector<double> f(E, 0.0), P(E, 0.0);
+  double C = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    const FlextronToken v = flextron_token(params, logits, t, E, R);
+    for (int64_t e : v.top) f[e] += 1.0 / (static_cast<double>(T) * k);
+    for (int64_t e = 0; e < E; ++e) P[e] += v.p[e] / static_cast<double>(T);
+    for (int64_t j = 0; j < R - E; ++j)
+      C += v.q[j] * static_cast<double>(width_of(widths[j], F)) / F / static_cast<double>(T);
+  }
+  double bal = 0.0;
+  for (int64_t e = 0; e < E; ++e) bal += f[e] * P[e];
+  const double gap = C - param<double>(params, "compute_target");
+  return param<double>(params, "balance_loss") * static_cast<double>(E) * bal +
+         param<double>(params, "compute_loss") * gap * gap;
+}
+
+// ---------------------------------------------------------------------------------------------
 // soft: every token uses every expert with weight softmax(z).
 
 Routing route_soft(const std::vector<double>& logits, int64_t T, int64_t E) {
@@ -2017,6 +2159,10 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
     routing = route_stablemoe(router_params, logits, groups, config.training, T, E);
   } else if (family == "vqmoe") {
     routing = route_vqmoe(router_params, logits, T, E);
+  } else if (family == "duollm") {
+    routing = route_duollm(router_params, logits, noise, config.training, T, R, shape.F);
+  } else if (family == "flextron") {
+    routing = route_flextron(router_params, logits, T, E, R, shape.F);
   } else {
     fail("reference::forward: unknown router family '{}'", family);
   }
@@ -2027,12 +2173,14 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   r.y.assign(T * d, 0.0);
   r.combine.assign(T * E, 0.0);
   r.tokens_per_expert.assign(E, 0);
+  double hidden_units = 0.0;
   for (const Assignment& a : routing.assignments) {
     if (!a.kept) {
       ++r.dropped;
       continue;
     }
     ++r.tokens_per_expert[a.expert];
+    hidden_units += static_cast<double>(a.width > 0 ? a.width : shape.F);
     r.combine[a.token * E + a.expert] += a.weight;
     // The gate's input: x, or AoE's W_down,e times the router's (jittered) view of x.
     const std::vector<double> xt = row(batch.x, a.token, d);
@@ -2040,9 +2188,11 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
         rank > 0 ? matvec(router_tensor(params, "down", R * rank * d).data() + a.expert * rank * d,
                           rank, d, row(router_input(batch.x, noise), a.token, d))
                  : xt;
-    const std::vector<double> out = expert_ffn(config, params, shape, a.expert, xt, g);
+    const std::vector<double> out =
+        expert_ffn_width(config, params, shape, a.expert, a.width, xt, g);
     for (int64_t j = 0; j < d; ++j) r.y[a.token * d + j] += a.weight * out[j];
   }
+  r.hidden_per_token = hidden_units / static_cast<double>(shape.F) / static_cast<double>(T);
   for (int64_t t = 0; t < static_cast<int64_t>(routing.passthrough.size()); ++t)
     for (int64_t j = 0; j < d; ++j) r.y[t * d + j] += routing.passthrough[t] * batch.x[t * d + j];
   add_shared_expert(config, params, shape, batch.x, T, r.y);
@@ -2059,6 +2209,9 @@ Result forward(const LayerConfig& config, const json& router_params, const MoESh
   if (family == "stablemoe")
     r.aux_loss += stablemoe_regulariser(router_params, logits, config.training, T, E);
   if (family == "vqmoe") r.aux_loss += vqmoe_regulariser(router_params, logits, T, E);
+  if (family == "duollm") r.aux_loss += duollm_regulariser(router_params, logits, T, R, shape.F);
+  if (family == "flextron")
+    r.aux_loss += flextron_regulariser(router_params, logits, T, E, R, shape.F);
   if (family == "competesmoe")
     r.aux_loss += competesmoe_regulariser(router_params, logits, competesmoe_affinities,
                                           competesmoe_outputs, routing, T, E, d);

@@ -119,6 +119,14 @@ const std::vector<RouterEntry>& router_registry() {
        "(mean budget k = 2)",
        {{"balance", 0.01}},
        routers::make_damoe},
+      {"duollm",
+       "Duo-LLM: top-1 between a small module (expert 0 on a prefix of F) and a big one (expert "
+       "1), optionally skipping, with a compute-budget loss",
+       kNoLosses, routers::make_duollm},
+      {"flextron",
+       "Flextron: top-k experts, each on a prefix of F chosen per token from width fractions, with "
+       "a compute-target loss",
+       kNoLosses, routers::make_flextron},
       {"smear", "SMEAR: soft merging of experts per sequence", kNoLosses, routers::make_smear},
       {"soft", "Dense soft routing over all experts (upper bound)", kNoLosses, routers::make_soft},
   };
@@ -145,6 +153,7 @@ void RoutingPlan::clear() {
   selection_counts.clear();
   first_choice_counts.clear();
   saved.clear();
+  width.clear();
 }
 
 }  // namespace switchyard

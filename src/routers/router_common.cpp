@@ -103,6 +103,11 @@ TokenAssignments assignments_by_token(const RoutingPlan& plan, int64_t T) {
   return out;
 }
 
+int32_t hidden_width(double fraction, int64_t F) {
+  const double w = std::floor(fraction * double(F) + 0.5);
+  return int32_t(std::clamp<double>(w, 1.0, double(F)));
+}
+
 void backward_raw_scores(ScoreKind kind, const RouterInput& in, const RoutingPlan& plan,
                          const float* d_weight, double scale, float* d_logits) {
   const TokenAssignments by_token = assignments_by_token(plan, in.T);

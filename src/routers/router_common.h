@@ -23,6 +23,10 @@ std::vector<int32_t> top_k_indices(const double* values, int64_t n, int64_t k);
 // The same into `out` (reused storage, for hot loops).
 void top_k_indices(const double* values, int64_t n, int64_t k, std::vector<int32_t>& out);
 
+// The hidden units an elastic-width router runs for a share `fraction` in (0, 1] of an expert's
+// F: round(fraction F) (halves up), at least 1 and at most F.
+int32_t hidden_width(double fraction, int64_t F);
+
 // dz += J^T ds for one token, J the Jacobian of the scores with respect to the logits.
 void scores_backward(ScoreKind kind, const double* s, const double* ds, int64_t R, float* dz);
 

@@ -17,5 +17,6 @@ Factory make_topk, make_switch, make_gshard, make_mixtral, make_deepseek_v3, mak
 Factory make_expert_choice, make_hash, make_base, make_top_p, make_remoe, make_smear, make_soft,
     make_smile, make_prototype, make_sparsemixer, make_rectify, make_moec, make_thor;
 Factory make_maskmoe, make_stablemoe, make_vqmoe, make_speechmoe2, make_competesmoe, make_damoe;
+Factory make_duollm, make_flextron;
 
 }  // namespace switchyard::routers

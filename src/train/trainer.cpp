@@ -246,6 +246,7 @@ json layer_step_json(const RoutingStats& s, int64_t index) {
           {"declined_frac", double(s.declined) / assignments},
           {"entropy", s.entropy},
           {"experts_per_token", s.experts_per_token},
+          {"hidden_per_token", s.hidden_per_token},
           {"losses", s.losses}};
 }
 

@@ -129,6 +129,10 @@ def cases(root):
                       "router.log_scale": np.array([2.0], f32)}
     speech_tensors = {"router.gate": np.ones((E, D + 16), f32),  # SpeechMoE2's, D = 16 default
                       "router.global_projection": np.ones((16, D), f32)}
+    duo_tensors = {"x": v["x"], "gate.weight": np.ones((2, D), f32),  # Duo-LLM: E = 2 experts
+                   "experts.w1": v["experts.w1"][:2], "experts.w3": v["experts.w3"][:2],
+                   "experts.w2": v["experts.w2"][:2]}
+    flex_tensors = dict(v, **{"gate.weight": np.ones((E + 4, D), f32)})  # E + 4 width columns
     return [
         Case("x wrong rank", [r"'x'", re.escape("(5, 6, 1)")],
              tensors=with_tensors(x=v["x"].reshape(T, D, 1))),
@@ -274,6 +278,37 @@ def cases(root):
         Case("gate.weight given to vqmoe (its logits come from router.*)",
              [r"gate\.weight", r"vqmoe", r"router\."], config={"router": "vqmoe"},
              tensors=vq_tensors | {"gate.weight": v["gate.weight"]}),
+        Case("duollm with E = 4 experts", [r"duollm", r"E = 2", r"E = 4"],
+             config={"router": "duollm"}),
+        Case("duollm small_width 0", [r"small_width", r"= 0\b", re.escape("(0, 1]")],
+             config={"router": "duollm", "small_width": 0.0}, tensors=duo_tensors),
+        Case("duollm small_width above 1", [r"small_width", r"1\.5"],
+             config={"router": "duollm", "small_width": 1.5}, tensors=duo_tensors),
+        Case("duollm p_skip without skip", [r"p_skip", r"0\.2", r"skip"],
+             config={"router": "duollm", "p_skip": 0.2}, tensors=duo_tensors),
+        Case("duollm p_big + p_skip above 1", [r"p_big", r"0\.8", r"p_skip", r"0\.5"],
+             config={"router": "duollm", "skip": True, "p_big": 0.8, "p_skip": 0.5},
+             tensors=duo_tensors),
+        Case("duollm negative compute_loss", [r"compute_loss", r"-1"],
+             config={"router": "duollm", "compute_loss": -1.0}, tensors=duo_tensors),
+        Case("duollm unknown parameter", [r"tiny_width", r"duollm"],
+             config={"router": "duollm", "tiny_width": 0.1}, tensors=duo_tensors),
+        Case("duollm gate.weight without the skip row", [r"gate\.weight", re.escape("(3, 6)")],
+             config={"router": "duollm", "skip": True}, tensors=duo_tensors),
+        Case("flextron widths not increasing", [r"widths", r"increasing"],
+             config={"router": "flextron", "widths": [0.5, 0.25, 1.0]}, tensors=flex_tensors),
+        Case("flextron width 0", [r"widths", re.escape("(0, 1]"), r"\b0\b"],
+             config={"router": "flextron", "widths": [0, 1.0]}, tensors=flex_tensors),
+        Case("flextron widths not a list", [r"widths", r"half"],
+             config={"router": "flextron", "widths": "half"}, tensors=flex_tensors),
+        Case("flextron k above E", [r"\bk = 5\b", r"E = 4", r"flextron"],
+             config={"router": "flextron", "k": 5}, tensors=flex_tensors),
+        Case("flextron losses refused", [r"losses", r"flextron"],
+             config={"router": "flextron", "losses": {"balance": 0.01}}, tensors=flex_tensors),
+        Case("flextron compute_target above 1", [r"compute_target", r"1\.2"],
+             config={"router": "flextron", "compute_target": 1.2}, tensors=flex_tensors),
+        Case("flextron gate.weight without the width block", [r"gate\.weight", re.escape("(8, 6)")],
+             config={"router": "flextron"}, tensors=v),
         Case("global_counts without global_batch mode", [r"global_counts", r"global_batch"],
              tensors=dict(v, global_counts=np.ones(E, np.float32))),
         Case("empty seq_lens", [r"seq_lens", r"empty"],

@@ -196,6 +196,21 @@ def unclear_tokens(case, t):
             bad |= (srt[:, 0] - srt[:, 1]) <= MARGIN
         return bad
     z = router_logits(case, t, x)
+    if router == "duollm":  # the argmax of softmax(z); random routes go by the draw alone
+        if cfg.get("training", False) and cfg.get("random_routes", False):
+            return bad
+        srt = -np.sort(-softmax(z), axis=1)
+        return bad | ((srt[:, 0] - srt[:, 1]) <= MARGIN)
+    if router == "flextron":  # the top-k set of the experts block, the width block's argmax
+        k = int(cfg.get("k", 1))
+        srt = -np.sort(-softmax(z[:, :E]), axis=1)
+        upto = min(k + 1, E)
+        if upto > 1:
+            bad |= (srt[:, :upto - 1] - srt[:, 1:upto] <= MARGIN).any(1)
+        if z.shape[1] - E > 1:
+            sq = -np.sort(-softmax(z[:, E:]), axis=1)
+            bad |= (sq[:, 0] - sq[:, 1]) <= MARGIN
+        return bad
     if router == "competesmoe":  # the top k of the affinities on a competing call, else of softmax z
         import torch
         import torch_layer

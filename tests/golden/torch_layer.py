@@ -115,6 +115,12 @@ ROUTERS = {
     "vqmoe": ("vqmoe", {"mode": "pretrain", "k": 1, "commitment": 0.25, "vq_loss": 1.0,
                         "balance_loss": 0.01}, {}),
     "base": ("base", {}, {}),
+    "duollm": ("duollm", {"small_width": 0.25, "skip": False, "random_routes": False,
+                          "p_big": 0.5, "p_skip": 0.0, "compute_target": 0.5,
+                          "compute_loss": 0.0}, {}),
+    "flextron": ("flextron", {"k": 1, "normalize": False, "widths": [0.25, 0.5, 0.75, 1.0],
+                              "compute_target": 0.5, "compute_loss": 0.1,
+                              "balance_loss": 0.01}, {}),
     "sparsemixer": ("sparsemixer", {"jitter_eps": 0.01, "jitter": 0.0},
                     {"balance": 0.001, "balance_mode": "global_batch"}),
     "moec": ("moec", {"cluster_size": 8, "cluster_dropout": 0.5, "cluster_loss": 1.0,
@@ -123,7 +129,8 @@ ROUTERS = {
                             "intra_rank": True, "fill_in": True},
                 {"balance": 0.01, "balance_top1_only": True}),
 }
-NO_LOSS_FAMILIES = {"hash", "thor", "base", "smear", "smile", "prototype", "stablemoe", "vqmoe"}
+NO_LOSS_FAMILIES = {"hash", "thor", "base", "smear", "smile", "prototype", "stablemoe", "vqmoe",
+                    "flextron"}
 # Routers whose logits read token ids through tensors of one row per id: layer.json's vocab_size.
 VOCAB_FAMILIES = {"stablemoe"}
 
@@ -996,6 +1003,78 @@ def route_vqmoe(x, tensors, E, p):
     return Routing(weights, (mask + onehot) > 0, own_loss=own)
 
 
+def hidden_units(fraction, F):
+    """round(fraction F), halves up, clamped to [1, F]: the hidden units a width fraction runs."""
+    return int(min(max(math.floor(fraction * F + 0.5), 1), F))
+
+
+def route_duollm(z, E, p, Fh, training, u):
+    """Duo-LLM (docs/routers/duollm.md). Outputs (small, big[, skip]). Routed: c = argmax of
+    softmax(z) (the first maximum), weight p_c; random routes in training: from the token's
+    uniform u, skip below p_skip, big below p_skip + p_big, else small, weight 1. Expert 0 (small)
+    runs its first round(small_width F) hidden units, expert 1 (big) all F; skip runs nothing.
+    Own loss compute_loss (C - compute_target)^2, C = mean_t sum_j p_tj cost_j with costs
+    (small / F, 1, 0)."""
+    T, R = z.shape
+    if E != 2 or R != (3 if p["skip"] else 2):
+        raise ConfigError(f"duollm needs E=2 experts and {3 if p['skip'] else 2} gate rows")
+    small = hidden_units(float(p["small_width"]), Fh)
+    prob = torch.softmax(z, dim=-1)                                  # (T, R)
+    if training and p["random_routes"]:
+        uu = torch.tensor(u[:, 0])
+        ps, pb = float(p["p_skip"]), float(p["p_big"])
+        c = torch.where(uu < ps, 2, torch.where(uu < ps + pb, 1, 0)).long()
+        w = torch.ones(T, dtype=z.dtype)
+    else:
+        c = prob.detach().argmax(-1)
+        w = prob.gather(1, c[:, None])[:, 0]
+    onehot = F.one_hot(c, R).to(z.dtype)                            # (T, R)
+    mask = onehot[:, :E]                                            # skip: no expert
+    weights = w[:, None] * mask
+    widths = torch.tensor([[small, Fh]], dtype=torch.long).expand(T, E)
+    own = torch.zeros((), dtype=z.dtype)
+    lam = float(p["compute_loss"])
+    if lam > 0:
+        cost = torch.tensor([small / Fh, 1.0, 0.0][:R], dtype=z.dtype)
+        C = (prob * cost).sum(1).mean()
+        own = lam * (C - float(p["compute_target"])) ** 2
+    r = Routing(weights, mask.bool(), choices=onehot, bal_prob=prob, own_loss=own)
+    r.widths = widths
+    return r
+
+
+def route_flextron(z, E, p, Fh):
+    """Flextron's elastic MLP (docs/routers/flextron.md). z = [s (E) | m (W)]: the top-k of
+    p = softmax(s) (renormalised with normalize), each weighted by q_j of the argmax j of
+    q = softmax(m) and run on its first round(widths[j] F) hidden units. Own loss: balance_loss E
+    sum_e f_e P_e (f: top-k counts / (T k), detached) + compute_loss (C - compute_target)^2,
+    C = mean_t sum_j q_tj round(widths[j] F) / F."""
+    T, R = z.shape
+    widths = [float(v) for v in p["widths"]]
+    W = len(widths)
+    if R != E + W:
+        raise ConfigError(f"flextron needs E + {W} = {E + W} gate rows, got {R}")
+    k = int(p["k"])
+    prob = torch.softmax(z[:, :E], dim=-1)                           # (T, E)
+    q = torch.softmax(z[:, E:], dim=-1)                              # (T, W)
+    top = topk_indices(prob.detach(), k)
+    mask = torch.zeros(T, E, dtype=z.dtype).scatter(1, top, 1.0)
+    pe = prob * mask
+    if p["normalize"]:
+        pe = pe / pe.sum(1, keepdim=True)
+    j = q.detach().argmax(-1)                                        # (T,)
+    weights = pe * q.gather(1, j[:, None])
+    units = torch.tensor([hidden_units(f, Fh) for f in widths], dtype=torch.long)
+    f = mask.sum(0) / (T * k)
+    cost = units.to(z.dtype) / Fh
+    C = (q * cost).sum(1).mean()
+    own = float(p["balance_loss"]) * E * (f * prob.mean(0)).sum() + \
+        float(p["compute_loss"]) * (C - float(p["compute_target"])) ** 2
+    r = Routing(weights, mask.bool(), own_loss=own)
+    r.widths = units[j][:, None].expand(T, E)
+    return r
+
+
 def distilled_logits(x, tensors, ids, vocab):
     """StableMoE's two affinities: s = x W^T (T, E) and shat = Q[id] K^T (T, E)."""
     for name in ("centroids", "token_embedding", "token_centroids"):
@@ -1243,6 +1322,11 @@ def run_layer(layer, tin, dtype=torch.float64):
             elif family == "rectify":
                 routing = route_rectify(z, E, p, groups, losses["balance_top1_only"],
                                         layer["placement"], seq_lens)
+            elif family == "duollm":
+                u = layer_noise(layer["seed"], T, d, 1, 0.0)[0] if layer["training"] else None
+                routing = route_duollm(z, E, p, w1.shape[1], layer["training"], u)
+            elif family == "flextron":
+                routing = route_flextron(z, E, p, w1.shape[1])
             elif family == "base":
                 best = topk_indices(z.detach(), 1)[:, 0]
                 kept = torch.zeros(T, E, dtype=torch.bool)
@@ -1257,9 +1341,19 @@ def run_layer(layer, tin, dtype=torch.float64):
                 raise ConfigError(f"gate.weight has {z.shape[1]} rows, expected E={E}")
         # The usual per-expert loop: gather the tokens routed to e, run e, weight, add back.
         W = routing.weights
+        widths = getattr(routing, "widths", None)  # (T, E) hidden units per pair, or None (all F)
         for e in range(E):
             tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
             if tok.numel() == 0:
+                continue
+            if widths is not None:
+                # Elastic width: each token runs expert e's first w hidden units only (w1, w3
+                # rows, w2 columns sliced), grouped by w.
+                for w in sorted(set(int(v) for v in widths[tok, e])):
+                    sub = tok[widths[tok, e] == w]
+                    out = ffn(x[sub], w1[e][:w], w3[e][:w] if swiglu else None, w2[e][:, :w],
+                              layer)
+                    y = y.index_add(0, sub, out * W[sub, e:e + 1])
                 continue
             out = ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer,
                       None if gate_in is None else gate_in[tok, e])

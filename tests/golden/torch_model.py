@@ -168,6 +168,10 @@ def num_router_outputs(cfg):
     layer = cfg["layer"]
     if layer["family"] == "topk":
         return cfg["experts"] + int(layer["params"]["null_experts"])
+    if layer["family"] == "duollm":  # small, big (and skip)
+        return 3 if layer["params"]["skip"] else 2
+    if layer["family"] == "flextron":  # the experts block and the width block
+        return cfg["experts"] + len(layer["params"]["widths"])
     return cfg["experts"]
 
 
@@ -374,6 +378,18 @@ def route_margin(family, p, z, s_sel, E, groups):
     if family == "base":
         top = torch.topk(z, 2, dim=-1).values
         return (top[:, 0] - top[:, 1]).to(torch.float64)
+    if family == "duollm":  # the argmax of softmax(z) over (small, big[, skip])
+        top = torch.topk(torch.softmax(z, dim=-1), 2, dim=-1).values
+        return (top[:, 0] - top[:, 1]).to(torch.float64)
+    if family == "flextron":  # the top-k set of the experts block, the width block's argmax
+        k, out = int(p["k"]), none.clone()
+        if k < E:
+            top = torch.topk(torch.softmax(z[:, :E], dim=-1), k + 1, dim=-1).values
+            out = torch.minimum(out, (top[:, k - 1] - top[:, k]).to(torch.float64))
+        if z.shape[1] - E > 1:
+            top = torch.topk(torch.softmax(z[:, E:], dim=-1), 2, dim=-1).values
+            out = torch.minimum(out, (top[:, 0] - top[:, 1]).to(torch.float64))
+        return out
     if family == "stablemoe":  # z = [s | shat]: the routing block's argmax (s in stage 1)
         block = z[:, :E] if int(p["stage"]) == 1 else z[:, E:]
         if E < 2:
@@ -534,6 +550,12 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None,
                 alpha = torch.sigmoid(z)
                 routing = TL.Routing(alpha * kept, kept)
                 passthrough = 1 - alpha.gather(1, best[:, None])
+            elif family == "duollm":  # routed by the argmax (random routes are not replayed)
+                if p["random_routes"]:
+                    raise ModelError("duollm random_routes: the model's draws are not replayed")
+                routing = TL.route_duollm(z, E, p, w1.shape[1], False, None)
+            elif family == "flextron":
+                routing = TL.route_flextron(z, E, p, w1.shape[1])
             else:
                 raise ModelError(f"router family {family} not implemented")
             if family == "competesmoe":  # the k-th against the (k+1)-th of what chose
@@ -549,9 +571,17 @@ def moe_forward(layer, x, P, prefix, E, seq_lens, token_ids, state, carry=None,
             if family == "remoe" and float(p["bias_update_rate"]) > 0 and bias is not None:
                 margin = route_margin(family, p, z + bias, None, E, groups)  # R = ReLU(z + b)
         W = routing.weights
+        widths = getattr(routing, "widths", None)  # (T, E) per-assignment widths, or None
         for e in range(E):
             tok = torch.nonzero(routing.kept[:, e], as_tuple=False).squeeze(1)
             if tok.numel() == 0:
+                continue
+            if widths is not None:  # each token on expert e's first w hidden units, by w
+                for w in sorted(set(int(v) for v in widths[tok, e])):
+                    sub = tok[widths[tok, e] == w]
+                    out = TL.ffn(x[sub], w1[e][:w], w3[e][:w] if swiglu else None, w2[e][:, :w],
+                                 layer)
+                    y = y.index_add(0, sub, out * W[sub, e:e + 1])
                 continue
             out = TL.ffn(x[tok], w1[e], w3[e] if swiglu else None, w2[e], layer,
                          None if gate_in is None else gate_in[tok, e])

@@ -11,10 +11,15 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
+
+#include "kernels/cpu/kernels.h"
+#include "layer/token_dispatcher.h"
 
 namespace {
 
@@ -190,3 +195,201 @@ TEST(LayerSeams, MixedOrPartialExpertLayoutsAreErrors) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Per-assignment widths (docs/ARCHITECTURE.md, "Per-assignment widths").
+
+namespace elastic {
+
+using switchyard::cpu::Act;
+
+// The kernels on a prefix F' of the hidden units (w2's leading dimension F) equal the full-width
+// kernels on weights that are zero beyond F', forward and backward; the sliced backward leaves
+// dW2's columns [F', F) untouched.
+TEST(ElasticWidth, SlicedFfnEqualsZeroPaddedFull) {
+  std::mt19937_64 rng(seed() + 11);
+  const int64_t n = 9, d = 7, F = 11;
+  for (Act act : {Act(Act::SwiGLU), Act(Act::GELU), Act(Act::SwiGLUClamped, 1.702f, 1.5f)}) {
+    for (int64_t Fp : {int64_t(1), int64_t(3), int64_t(10), F}) {
+      SCOPED_TRACE("act " + std::to_string(int(act.kind)) + " F' " + std::to_string(Fp));
+      const std::vector<float> x = normal(rng, size_t(n * d), 1.0);
+      const std::vector<float> w1 = normal(rng, size_t(F * d), 0.5);
+      const std::vector<float> w3 = normal(rng, size_t(F * d), 0.5);
+      const std::vector<float> w2 = normal(rng, size_t(d * F), 0.5);
+      const std::vector<float> dout = normal(rng, size_t(n * d), 1.0);
+      std::vector<float> w1z = w1, w3z = w3, w2z = w2;
+      for (int64_t f = Fp; f < F; ++f)
+        for (int64_t j = 0; j < d; ++j) {
+          w1z[size_t(f * d + j)] = 0.0f;
+          w3z[size_t(f * d + j)] = 0.0f;
+          w2z[size_t(j * F + f)] = 0.0f;
+        }
+      const bool up = act.has_up();
+      // Full width on the zero-padded weights.
+      std::vector<float> h1(size_t(n * F)), h3(size_t(n * F)), a(size_t(n * F)), out(size_t(n * d));
+      switchyard::cpu::ffn_forward(act, n, d, F, x.data(), w1z.data(), up ? w3z.data() : nullptr,
+                                   w2z.data(), h1.data(), h3.data(), a.data(), out.data());
+      std::vector<float> dact(size_t(n * F)), dh3(size_t(n * F)), dw1(size_t(F * d)),
+          dw3(size_t(F * d)), dw2(size_t(d * F)), dx(size_t(n * d));
+      switchyard::cpu::ffn_backward(act, n, d, F, x.data(), w1z.data(), up ? w3z.data() : nullptr,
+                                    w2z.data(), h1.data(), h3.data(), a.data(), dout.data(),
+                                    dact.data(), dh3.data(), dw1.data(), up ? dw3.data() : nullptr,
+                                    dw2.data(), dx.data(), false);
+      // The prefix only, on the original weights (what lies beyond F' must not matter).
+      std::vector<float> s1(size_t(n * Fp)), s3(size_t(n * Fp)), sa(size_t(n * Fp)),
+          sout(size_t(n * d));
+      switchyard::cpu::ffn_forward_gated(act, n, d, d, Fp, x.data(), x.data(), w1.data(),
+                                         up ? w3.data() : nullptr, w2.data(), s1.data(), s3.data(),
+                                         sa.data(), sout.data(), F);
+      for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(sout[i], out[i], 1e-5) << "out " << i;
+      std::vector<float> sdact(size_t(n * Fp)), sdh3(size_t(n * Fp)), sdw1(size_t(Fp * d)),
+          sdw3(size_t(Fp * d)), sdw2(size_t(d * F), 7.0f), sdx(size_t(n * d));
+      switchyard::cpu::ffn_backward_gated(
+          act, n, d, d, Fp, x.data(), x.data(), w1.data(), up ? w3.data() : nullptr, w2.data(),
+          s1.data(), s3.data(), sa.data(), dout.data(), sdact.data(), sdh3.data(), sdw1.data(),
+          up ? sdw3.data() : nullptr, sdw2.data(), sdx.data(), sdx.data(), false, F);
+      for (size_t i = 0; i < dx.size(); ++i) EXPECT_NEAR(sdx[i], dx[i], 1e-5) << "dx " << i;
+      for (int64_t i = 0; i < Fp * d; ++i) {
+        EXPECT_NEAR(sdw1[size_t(i)], dw1[size_t(i)], 1e-5) << "dw1 " << i;
+        if (up) {
+          EXPECT_NEAR(sdw3[size_t(i)], dw3[size_t(i)], 1e-5) << "dw3 " << i;
+        }
+      }
+      for (int64_t j = 0; j < d; ++j)
+        for (int64_t f = 0; f < F; ++f) {
+          const size_t i = size_t(j * F + f);
+          if (f < Fp) {
+            EXPECT_NEAR(sdw2[i], dw2[i], 1e-5) << "dw2 " << j << "," << f;
+          } else {
+            EXPECT_EQ(sdw2[i], 7.0f) << "dw2 column " << f << " beyond F' was written";
+          }
+        }
+    }
+  }
+}
+
+// A Duo-LLM layer never reads the small expert's hidden units past its width: NaN there leaves
+// y, dx and every other gradient unchanged, and their gradient is exactly 0 (no masked
+// full-width run, which would turn the NaN into NaN outputs).
+TEST(ElasticWidth, UnusedHiddenUnitsAreNeverRead) {
+  std::mt19937_64 rng(seed() + 12);
+  const MoEShape shape{12, 2, 8, 0};
+  const int64_t T = 41, d = shape.d, F = shape.F, small = 2;  // round(0.25 · 8)
+  const std::vector<float> x = normal(rng, size_t(T * d), 1.0);
+  const std::vector<float> gate = normal(rng, size_t(2 * d), 1.0);
+  std::vector<float> w1 = normal(rng, size_t(2 * F * d), 0.3),
+                     w3 = normal(rng, size_t(2 * F * d), 0.3),
+                     w2 = normal(rng, size_t(2 * d * F), 0.3);
+  const std::vector<float> dy = normal(rng, size_t(T * d), 1.0);
+  auto run_duo = [&](const std::vector<float>& a1, const std::vector<float>& a3,
+                     const std::vector<float>& a2, Result& r) {
+    MoELayer layer(switchyard::parse_layer_config({{"router", "duollm"}}, "test_layer_seams"),
+                   shape);
+    MoEParams p;
+    p.gate = gate.data();
+    p.w1 = a1.data();
+    p.w3 = a3.data();
+    p.w2 = a2.data();
+    MoEBatch b;
+    b.T = T;
+    b.x = x.data();
+    MoECache cache;
+    r.y.resize(size_t(T * d));
+    layer.forward(p, b, cache, r.y.data());
+    EXPECT_GT(cache.stats.tokens_per_expert[0], 0) << "no token on the small module";
+    EXPECT_GT(cache.stats.tokens_per_expert[1], 0) << "no token on the big module";
+    r.dx.resize(size_t(T * d));
+    r.dgate.resize(size_t(2 * d));
+    r.dw1.assign(size_t(2 * F * d), 7.0f);
+    r.dw3.assign(size_t(2 * F * d), 7.0f);
+    r.dw2.assign(size_t(2 * d * F), 7.0f);
+    MoEGrads g;
+    g.gate = r.dgate.data();
+    g.w1 = r.dw1.data();
+    g.w3 = r.dw3.data();
+    g.w2 = r.dw2.data();
+    layer.backward(p, b, cache, dy.data(), r.dx.data(), g);
+  };
+  Result clean, poisoned;
+  run_duo(w1, w3, w2, clean);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t f = small; f < F; ++f)
+    for (int64_t j = 0; j < d; ++j) {  // expert 0's units [small, F)
+      w1[size_t(f * d + j)] = nan;
+      w3[size_t(f * d + j)] = nan;
+      w2[size_t(j * F + f)] = nan;
+    }
+  run_duo(w1, w3, w2, poisoned);
+  EXPECT_EQ(clean.y, poisoned.y);
+  EXPECT_EQ(clean.dx, poisoned.dx);
+  EXPECT_EQ(clean.dgate, poisoned.dgate);
+  EXPECT_EQ(clean.dw1, poisoned.dw1);
+  EXPECT_EQ(clean.dw3, poisoned.dw3);
+  EXPECT_EQ(clean.dw2, poisoned.dw2);
+  for (int64_t f = small; f < F; ++f)
+    for (int64_t j = 0; j < d; ++j) {
+      EXPECT_EQ(clean.dw1[size_t(f * d + j)], 0.0f);
+      EXPECT_EQ(clean.dw3[size_t(f * d + j)], 0.0f);
+      EXPECT_EQ(clean.dw2[size_t(j * F + f)], 0.0f);
+    }
+}
+
+// What the width hook does not carry is refused with a message naming the router.
+TEST(ElasticWidth, Bf16ExpertsAreRefused) {
+  const MoEShape shape{4, 2, 4, 0};
+  MoELayer layer(switchyard::parse_layer_config({{"router", "duollm"}}, "test_layer_seams"), shape);
+  const std::vector<float> x(8, 0.5f), gate(8, 0.1f);
+  const std::vector<uint16_t> w(32, 0x3f80);
+  MoEParams p;
+  p.gate = gate.data();
+  p.w1_bf16 = w.data();
+  p.w3_bf16 = w.data();
+  p.w2_bf16 = w.data();
+  MoEBatch b;
+  b.T = 2;
+  b.x = x.data();
+  MoECache cache;
+  std::vector<float> y(8);
+  try {
+    layer.forward(p, b, cache, y.data());
+    FAIL() << "BF16 experts with per-assignment widths were accepted";
+  } catch (const switchyard::Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("duollm"));
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("BF16"));
+  }
+}
+
+// A dispatcher that moves rows elsewhere (here a stand-in for the expert-parallel one) does
+// not carry the widths: the layer refuses it for an elastic-width router, and takes it for others.
+class RemoteDispatcher final : public switchyard::layer::TokenDispatcher {
+ public:
+  int64_t dispatch_preprocess(switchyard::RoutingPlan&, const float*, int64_t, int64_t, int64_t,
+                              MoECache&) override {
+    return 0;
+  }
+  void dispatch_communicate(int64_t, MoECache&) override {}
+  void dispatch_postprocess(int64_t, MoECache&) override {}
+  void combine(MoECache&, int64_t, int64_t, float*) override {}
+  void combine_backward(const MoECache&, const float*, int64_t, float*, float*) override {}
+  void dispatch_backward(const MoECache&, const float*, int64_t, int64_t, float*) override {}
+};
+
+TEST(ElasticWidth, NonLocalDispatcherIsRefused) {
+  for (const char* router : {"duollm", "flextron"}) {
+    SCOPED_TRACE(router);
+    MoELayer layer(switchyard::parse_layer_config({{"router", router}}, "test_layer_seams"),
+                   MoEShape{4, 2, 4, 0});
+    try {
+      layer.set_dispatcher(std::make_unique<RemoteDispatcher>());
+      FAIL() << "a non-local dispatcher was accepted";
+    } catch (const switchyard::Error& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(router));
+      EXPECT_THAT(e.what(), ::testing::HasSubstr("expert parallelism"));
+    }
+  }
+  MoELayer plain(switchyard::parse_layer_config({{"router", "mixtral"}}, "test_layer_seams"),
+                 MoEShape{4, 2, 4, 0});
+  EXPECT_NO_THROW(plain.set_dispatcher(std::make_unique<RemoteDispatcher>()));
+}
+
+}  // namespace elastic

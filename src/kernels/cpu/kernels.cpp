@@ -184,13 +184,14 @@ void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, 
 
 void ffn_forward_gated(Act act_kind, int64_t n, int64_t d, int64_t dg, int64_t F, const float* x,
                        const float* xg, const float* w1, const float* w3, const float* w2,
-                       float* h1, float* h3, float* act, float* out) {
+                       float* h1, float* h3, float* act, float* out, int64_t ldw2) {
   if (n == 0) return;
+  if (ldw2 == 0) ldw2 = F;
   gemm(false, true, n, F, dg, 1.0f, xg, dg, w1, dg, 0.0f, h1, F);  // (n, F)
   const int64_t size = n * F;
   if (act_kind.has_up()) gemm(false, true, n, F, d, 1.0f, x, d, w3, d, 0.0f, h3, F);  // (n, F)
   ffn_activation(act_kind, size, h1, h3, act);
-  gemm(false, true, n, d, F, 1.0f, act, F, w2, F, 0.0f, out, d);  // (n, d)
+  gemm(false, true, n, d, F, 1.0f, act, F, w2, ldw2, 0.0f, out, d);  // (n, d)
 }
 
 void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, const float* w1,
@@ -205,18 +206,19 @@ void ffn_backward_gated(Act act_kind, int64_t n, int64_t d, int64_t dg, int64_t 
                         const float* xg, const float* w1, const float* w3, const float* w2,
                         const float* h1, const float* h3, const float* act, const float* dout,
                         float* dact, float* dh3, float* dw1, float* dw3, float* dw2, float* dx,
-                        float* dxg, bool accumulate) {
+                        float* dxg, bool accumulate, int64_t ldw2) {
   const float beta = accumulate ? 1.0f : 0.0f;
+  if (ldw2 == 0) ldw2 = F;
   if (n == 0) {
     if (!accumulate) {
       std::fill(dw1, dw1 + F * dg, 0.0f);
       if (dw3) std::fill(dw3, dw3 + F * d, 0.0f);
-      std::fill(dw2, dw2 + d * F, 0.0f);
+      for (int64_t i = 0; i < d; ++i) std::fill(dw2 + i * ldw2, dw2 + i * ldw2 + F, 0.0f);
     }
     return;
   }
-  gemm(true, false, d, F, n, 1.0f, dout, d, act, F, beta, dw2, F);   // (d, F)
-  gemm(false, false, n, F, d, 1.0f, dout, d, w2, F, 0.0f, dact, F);  // (n, F)
+  gemm(true, false, d, F, n, 1.0f, dout, d, act, F, beta, dw2, ldw2);   // (d, F) of (d, ldw2)
+  gemm(false, false, n, F, d, 1.0f, dout, d, w2, ldw2, 0.0f, dact, F);  // (n, F)
   const int64_t size = n * F;
   // dact becomes dh1 in place; dh3 gets the gate's gradient.
   if (act_kind.kind == Act::SwiGLU) {

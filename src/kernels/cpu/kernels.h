@@ -42,9 +42,11 @@ void ffn_forward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x, 
 
 // ffn_forward with the gate projection w1 (F, dg) reading its own input xg (n, dg) instead of x
 // (Autonomy-of-Experts: the router's low-rank activations); w3 still reads x (n, d).
+// ldw2 > 0: w2 is the first F columns of a (d, ldw2) matrix (an expert of ldw2 hidden units run
+// on its first F: w1, w3 are then their first F rows, contiguous); 0 means ldw2 = F.
 void ffn_forward_gated(Act act_kind, int64_t n, int64_t d, int64_t dg, int64_t F, const float* x,
                        const float* xg, const float* w1, const float* w3, const float* w2,
-                       float* h1, float* h3, float* act, float* out);
+                       float* h1, float* h3, float* act, float* out, int64_t ldw2 = 0);
 
 // act (size) = the activation of h1 (and h3): the step between the two GEMMs of an expert.
 void ffn_activation(Act act_kind, int64_t size, const float* h1, const float* h3, float* act);
@@ -57,12 +59,13 @@ void ffn_backward(Act act_kind, int64_t n, int64_t d, int64_t F, const float* x,
                   float* dw3, float* dw2, float* dx, bool accumulate);
 
 // Backward of ffn_forward_gated: dw1 (F, dg) from xg, dxg (n, dg) = the gradient of xg, dx (n, d)
-// through w3 only (zero for GELU); the rest as ffn_backward.
+// through w3 only (zero for GELU); the rest as ffn_backward. ldw2 as in ffn_forward_gated: w2
+// and dw2 are then the first F columns of (d, ldw2) matrices (only those columns are written).
 void ffn_backward_gated(Act act_kind, int64_t n, int64_t d, int64_t dg, int64_t F, const float* x,
                         const float* xg, const float* w1, const float* w3, const float* w2,
                         const float* h1, const float* h3, const float* act, const float* dout,
                         float* dact, float* dh3, float* dw1, float* dw3, float* dw2, float* dx,
-                        float* dxg, bool accumulate);
+                        float* dxg, bool accumulate, int64_t ldw2 = 0);
 
 // y[t] += Σ_{rows r of t} row_weight[r] * out[r], with the CSR from rows_by_token.
 void combine_rows(int64_t T, int64_t d, const int64_t* token_offsets, const int32_t* token_rows,
