@@ -183,6 +183,23 @@ bool is_attention_skip_tensor(const std::string& name) {
   return name.find(".attn_skip.") != std::string::npos;
 }
 
+// Calls fn(b0, b1) for each run [b0, b1) of consecutive sequences whose attention runs (MindSkip:
+// kept[b] = 1), so that each run is one batch of GEMMs.
+template <typename Fn>
+void for_each_kept_run(const std::vector<uint8_t>& kept, Fn&& fn) {
+  const int64_t B = int64_t(kept.size());
+  for (int64_t b0 = 0; b0 < B;) {
+    if (!kept[size_t(b0)]) {
+      ++b0;
+      continue;
+    }
+    int64_t b1 = b0 + 1;
+    while (b1 < B && kept[size_t(b1)]) ++b1;
+    fn(b0, b1);
+    b0 = b1;
+  }
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const json& j, const std::string& source) {
@@ -721,13 +738,7 @@ double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_
       }
       S.loss = sk.loss * gate_sum / double(B);
       S.attention_runs = 0;
-      for (int64_t b0 = 0; b0 < B;) {
-        if (!S.kept[size_t(b0)]) {
-          ++b0;
-          continue;
-        }
-        int64_t b1 = b0 + 1;
-        while (b1 < B && S.kept[size_t(b1)]) ++b1;
+      for_each_kept_run(S.kept, [&](int64_t b0, int64_t b1) {
         const int64_t r0 = b0 * T, rows = (b1 - b0) * T;
         cpu::gemm(false, true, rows, 3 * C, C, 1.0f, L.a + r0 * C, C, P + L.wqkv, C, 0.0f,
                   L.qkv + r0 * 3 * C, 3 * C);
@@ -737,8 +748,7 @@ double Model::forward_pass(const int32_t* tokens, const int32_t* targets, int64_
         S.attention_runs += b1 - b0;
         cpu::gemm(false, true, rows, C, C, 1.0f, L.o + r0 * C, C, P + L.wo, C, 0.0f,
                   L.h_mid + r0 * C, C);
-        b0 = b1;
-      }
+      });
       for (int64_t b = 0; b < B; ++b) {
         const float g = ste ? 1.0f : S.score[size_t(b)];
         float* hm = L.h_mid + b * T * C;
@@ -982,13 +992,7 @@ void Model::backward_pass(float scale, const float* extra_dlogits, bool last) {
       const Impl::Layer::Skip& S = L.skip;
       std::fill(da, da + N * C, 0.0f);
       std::vector<double> ds(size_t(B), 0.0);
-      for (int64_t b0 = 0; b0 < B;) {
-        if (!S.kept[size_t(b0)]) {
-          ++b0;
-          continue;
-        }
-        int64_t b1 = b0 + 1;
-        while (b1 < B && S.kept[size_t(b1)]) ++b1;
+      for_each_kept_run(S.kept, [&](int64_t b0, int64_t b1) {
         const int64_t r0 = b0 * T, rows = (b1 - b0) * T;
         cpu::gemm(false, false, rows, C, C, 1.0f, dh + r0 * C, C, P + L.wo, C, 0.0f, dtmp + r0 * C,
                   C);
@@ -1010,8 +1014,7 @@ void Model::backward_pass(float scale, const float* extra_dlogits, bool last) {
                   1.0f, G + L.wqkv, C);
         cpu::gemm(false, false, rows, C, 3 * C, 1.0f, dqkv + r0 * 3 * C, 3 * C, P + L.wqkv, C, 0.0f,
                   da + r0 * C, C);
-        b0 = b1;
-      }
+      });
       const double loss_grad = sk.loss * double(scale) * loss_share_ / double(B);
       const float* w = P + L.skip_w;
       for (int64_t b = 0; b < B; ++b) {
